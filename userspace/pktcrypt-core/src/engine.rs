@@ -1,0 +1,1064 @@
+//! The packet engine: peers, their key generations, and seal/open.
+//!
+//! Each peer holds at most three security associations in fixed slots: the initialization key
+//! (generation 0, never deleted by updates) and two dynamic slots that alternate between
+//! "newest" (N) and "previous" (N-1). Installing N+1 overwrites the previous slot and flips which
+//! one is newest, so existing SPI table entries never move.
+//!
+//! Which generation a peer transmits with follows its role (spec §3):
+//!
+//! | role       | transmits with                  | receives with        |
+//! |------------|---------------------------------|----------------------|
+//! | key server | N-1 (the init key if none)      | N, N-1 and init      |
+//! | client     | N (the init key if none)        | N, N-1 and init      |
+//!
+//! so a key server never sends under a key its client may not have yet.
+
+use crate::aead::{AeadItem, Backend, NONCE_LEN, TAG_LEN};
+use crate::keys::{Direction, Generation, GenerationInfo};
+use crate::replay::{DEFAULT_WINDOW, ReplayError};
+use crate::sa::{Sa, SaCounters};
+use crate::wire::esp::{self, ESP_HEADER_LEN, ESP_ICV_LEN, EspHeader, MIN_ESP_LEN, NextHeader};
+use crate::{DropCounters, DropReason, Error, SealError, Suite, Time};
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// A Security Parameters Index outside the reserved range 0..=255.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Spi(u32);
+
+impl Spi {
+    /// Validates an SPI.
+    ///
+    /// # Errors
+    /// [`Error::ReservedSpi`] for 0..=255.
+    pub const fn new(value: u32) -> Result<Spi, Error> {
+        if value <= pktcrypt_common::MAX_RESERVED_SPI {
+            Err(Error::ReservedSpi)
+        } else {
+            Ok(Spi(value))
+        }
+    }
+
+    /// The numeric SPI.
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl fmt::Debug for Spi {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Spi({:#010x})", self.0)
+    }
+}
+
+impl fmt::Display for Spi {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#010x}", self.0)
+    }
+}
+
+/// Which side of the key distribution this engine is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Key transmitting device: transmits with N-1, receives with N and N-1.
+    KeyServer,
+    /// Key receiving device: transmits with N, receives with N and N-1.
+    Client,
+}
+
+impl Role {
+    /// The direction this role transmits in.
+    pub const fn tx_direction(self) -> Direction {
+        match self {
+            Role::KeyServer => Direction::ServerToClient,
+            Role::Client => Direction::ClientToServer,
+        }
+    }
+}
+
+/// Engine configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Role of this side.
+    pub role: Role,
+    /// AEAD implementation.
+    pub backend: Backend,
+    /// Anti-replay window in packets (multiple of 64, 64..=8192).
+    pub replay_window: u32,
+    /// 64-bit extended sequence numbers (RFC 4303 §2.2.1); the high half enters the AAD.
+    pub esn: bool,
+    /// Largest ESP packet accepted or produced (bytes from SPI to ICV).
+    pub max_esp_len: usize,
+    /// Highest sequence number a transmit SA may use before sealing refuses and a rekey is
+    /// required. `None`: the full space (2^64-1 with ESN, 2^32-1 without).
+    pub seq_limit: Option<u64>,
+}
+
+impl EngineConfig {
+    /// Defaults for `role`: default backend, 1024-packet window, ESN, 64 KiB packets.
+    pub fn new(role: Role) -> Self {
+        Self {
+            role,
+            backend: Backend::default(),
+            replay_window: DEFAULT_WINDOW,
+            esn: true,
+            max_esp_len: 65535,
+            seq_limit: None,
+        }
+    }
+
+    fn effective_seq_limit(&self) -> u64 {
+        let space = if self.esn {
+            u64::MAX
+        } else {
+            u64::from(u32::MAX)
+        };
+        self.seq_limit.map_or(space, |l| l.min(space))
+    }
+}
+
+/// Identifies a peer inside one [`Engine`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u32);
+
+/// The slot a generation occupies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Slot {
+    /// The initialization key (generation 0).
+    Init,
+    /// The newest dynamic generation N.
+    Newest,
+    /// The previous dynamic generation N-1.
+    Previous,
+}
+
+/// Where an SPI points: a peer and one of its three physical slots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SaRef {
+    peer: u32,
+    slot: u8,
+}
+
+const INIT_SLOT: u8 = 0;
+
+struct Peer {
+    /// Physical slots: 0 = init, 1 and 2 alternate as newest/previous.
+    slots: [Option<Sa>; 3],
+    /// Physical index (1 or 2) of the newest dynamic generation, if any.
+    newest: Option<u8>,
+}
+
+impl Peer {
+    fn previous_index(&self) -> Option<u8> {
+        let other = 3 - self.newest?;
+        self.slots[usize::from(other)].as_ref().map(|_| other)
+    }
+
+    fn logical(&self, physical: u8) -> Slot {
+        if physical == INIT_SLOT {
+            Slot::Init
+        } else if Some(physical) == self.newest {
+            Slot::Newest
+        } else {
+            Slot::Previous
+        }
+    }
+
+    fn tx_index(&self, role: Role) -> u8 {
+        let dynamic = match role {
+            Role::KeyServer => self.previous_index(),
+            Role::Client => self.newest,
+        };
+        dynamic.unwrap_or(INIT_SLOT)
+    }
+}
+
+/// FxHash-style multiplicative hasher for SPI keys: SPIs are chosen by us (random or
+/// sequential), so a DoS-resistant hasher buys nothing and costs per-packet cycles.
+#[derive(Default)]
+struct SpiHasher(u64);
+
+impl Hasher for SpiHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 =
+                (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (u64::from(n)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// Metadata of an opened packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenInfo {
+    /// The peer that sent it.
+    pub peer: PeerId,
+    /// SPI it arrived under.
+    pub spi: Spi,
+    /// Generation number of that SPI.
+    pub generation: u64,
+    /// Which slot that generation occupies at the receiver.
+    pub slot: Slot,
+    /// Full 64-bit sequence number.
+    pub seq: u64,
+}
+
+/// Result of opening one packet, without borrowing it (for batches). The payload always
+/// starts at [`ESP_HEADER_LEN`] in the packet buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenOutcome {
+    /// An inner IP packet of `len` bytes.
+    Data {
+        /// Inner packet length.
+        len: usize,
+        /// IPv4 or IPv6.
+        next_header: NextHeader,
+        /// Who sent it, under which generation.
+        info: OpenInfo,
+    },
+    /// A control message of `len` bytes for the control plane.
+    Control {
+        /// Message length.
+        len: usize,
+        /// Who sent it, under which generation.
+        info: OpenInfo,
+    },
+    /// Dropped (and counted).
+    Drop(DropReason),
+}
+
+/// Result of opening one packet, in the style of boringtun's `TunnResult`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Opened<'a> {
+    /// A decrypted inner IP packet, in place in the caller's buffer.
+    Data {
+        /// The inner packet.
+        packet: &'a mut [u8],
+        /// IPv4 or IPv6.
+        next_header: NextHeader,
+        /// Who sent it, under which generation.
+        info: OpenInfo,
+    },
+    /// A decrypted control message for the control plane.
+    Control {
+        /// The message.
+        message: &'a [u8],
+        /// Who sent it, under which generation.
+        info: OpenInfo,
+    },
+    /// Dropped (and counted) for this reason.
+    Drop(DropReason),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Pending,
+    Sealed(usize),
+    SealFailed(SealError),
+    Opened(OpenOutcome),
+}
+
+/// One packet of a batch: a caller buffer and the bytes used in it.
+///
+/// For [`Engine::seal_batch`] the inner IP packet sits at `buf[ESP_HEADER_LEN..][..len]` and the
+/// buffer has room for [`esp::MAX_OVERHEAD`] more bytes; for [`Engine::open_batch`] the ESP
+/// packet sits at `buf[..len]`. Both transform the buffer in place.
+pub struct Packet<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+    state: State,
+    // Per-packet crypto parameters, filled by the engine before the AEAD pass.
+    sa: Option<SaRef>,
+    seq: u64,
+    nonce: [u8; NONCE_LEN],
+    aad: [u8; 12],
+    aad_len: usize,
+    ct_len: usize,
+}
+
+impl fmt::Debug for Packet<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Packet")
+            .field("len", &self.len)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Packet<'a> {
+    /// Wraps a buffer holding `len` bytes of input.
+    pub fn new(buf: &'a mut [u8], len: usize) -> Self {
+        Self {
+            buf,
+            len,
+            state: State::Pending,
+            sa: None,
+            seq: 0,
+            nonce: [0; NONCE_LEN],
+            aad: [0; 12],
+            aad_len: 0,
+            ct_len: 0,
+        }
+    }
+
+    /// Result of sealing: the ESP packet length at `buf[..n]`.
+    ///
+    /// # Errors
+    /// Why this packet was not sealed.
+    pub fn sealed(&self) -> Result<usize, SealError> {
+        match self.state {
+            State::Sealed(n) => Ok(n),
+            State::SealFailed(e) => Err(e),
+            _ => Err(SealError::BadInnerPacket),
+        }
+    }
+
+    /// Result of opening.
+    pub fn opened(&self) -> OpenOutcome {
+        match self.state {
+            State::Opened(o) => o,
+            _ => OpenOutcome::Drop(DropReason::Truncated),
+        }
+    }
+
+    /// The buffer.
+    pub fn buf(&self) -> &[u8] {
+        self.buf
+    }
+
+    /// The buffer, mutably.
+    pub fn buf_mut(&mut self) -> &mut [u8] {
+        self.buf
+    }
+
+    /// Input length (before processing).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the input is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Resets the packet for reuse with new input of `len` bytes.
+    pub fn reset(&mut self, len: usize) {
+        self.len = len;
+        self.state = State::Pending;
+        self.sa = None;
+    }
+}
+
+impl AeadItem for Packet<'_> {
+    fn active(&self) -> bool {
+        self.state == State::Pending && self.sa.is_some()
+    }
+    fn nonce(&self) -> &[u8; NONCE_LEN] {
+        &self.nonce
+    }
+    fn data_len(&self) -> usize {
+        self.ct_len
+    }
+    fn parts(&mut self) -> (&[u8], &mut [u8], &mut [u8; TAG_LEN]) {
+        let (data, rest) = self.buf[ESP_HEADER_LEN..].split_at_mut(self.ct_len);
+        let tag: &mut [u8; TAG_LEN] = (&mut rest[..TAG_LEN])
+            .try_into()
+            .expect("room for the ICV was checked before the AEAD pass");
+        (&self.aad[..self.aad_len], data, tag)
+    }
+    fn set_authentic(&mut self, ok: bool) {
+        if !ok {
+            self.state = State::Opened(OpenOutcome::Drop(DropReason::AuthFailed));
+        }
+    }
+}
+
+/// Status of one held generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SaStatus {
+    /// Number, SPI, suite.
+    pub info: GenerationInfo,
+    /// Slot it occupies.
+    pub slot: Slot,
+    /// Whether this side currently transmits with it.
+    pub transmitting: bool,
+    /// Traffic counters.
+    pub counters: SaCounters,
+    /// When it was installed.
+    pub installed_at: Time,
+    /// Next sequence number to send.
+    pub next_seq: u64,
+    /// Highest sequence number received and authenticated.
+    pub highest_received: u64,
+}
+
+/// Status of a peer: every generation held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The peer.
+    pub peer: PeerId,
+    /// Held generations: init first, then newest, then previous.
+    pub sas: Vec<SaStatus>,
+}
+
+impl PeerStatus {
+    /// The generation in a slot, if held.
+    pub fn slot(&self, slot: Slot) -> Option<&SaStatus> {
+        self.sas.iter().find(|s| s.slot == slot)
+    }
+
+    /// The generation this side transmits with.
+    pub fn transmitting(&self) -> Option<&SaStatus> {
+        self.sas.iter().find(|s| s.transmitting)
+    }
+}
+
+/// One direction of one generation, exported for an independent decryptor (Wireshark's ESP SA
+/// table, Linux xfrm, the Python `cryptography` package). Holds key material: zeroized on drop,
+/// redacted in `Debug`.
+pub struct SaExport {
+    /// SPI.
+    pub spi: Spi,
+    /// Suite.
+    pub suite: Suite,
+    /// Generation number.
+    pub generation: u64,
+    /// Direction of the traffic this key protects.
+    pub direction: Direction,
+    /// Whether this engine sends (true) or receives (false) under it.
+    pub outbound: bool,
+    /// Whether 64-bit ESNs are in the AAD.
+    pub esn: bool,
+    /// AEAD key followed by the 4-byte salt (the RFC 4106 / RFC 7634 "keymat").
+    pub keymat: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl fmt::Debug for SaExport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SaExport")
+            .field("spi", &self.spi)
+            .field("suite", &self.suite)
+            .field("generation", &self.generation)
+            .field("direction", &self.direction)
+            .field("outbound", &self.outbound)
+            .field("esn", &self.esn)
+            .field("keymat", &"<redacted>")
+            .finish()
+    }
+}
+
+/// What an install changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Installed {
+    /// The generation became newest; `retired` was forgotten to make room.
+    Rotated {
+        /// The generation dropped (the old N-1), if any.
+        retired: Option<GenerationInfo>,
+    },
+    /// Already held: nothing changed (resends are idempotent).
+    AlreadyHeld,
+}
+
+/// The packet engine of one endpoint: many peers, each with up to three generations.
+pub struct Engine {
+    config: EngineConfig,
+    seq_limit: u64,
+    peers: Vec<Option<Peer>>,
+    free: Vec<u32>,
+    spis: HashMap<u32, SaRef, BuildHasherDefault<SpiHasher>>,
+    drops: DropCounters,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.config)
+            .field("peers", &(self.peers.len() - self.free.len()))
+            .field("drops", &self.drops)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// A new engine.
+    ///
+    /// # Errors
+    /// [`Error::ReplayWindow`] for a bad window size.
+    pub fn new(config: EngineConfig) -> Result<Engine, Error> {
+        crate::replay::ReplayWindow::new(config.replay_window)?;
+        Ok(Engine {
+            seq_limit: config.effective_seq_limit(),
+            config,
+            peers: Vec::new(),
+            free: Vec::new(),
+            spis: HashMap::default(),
+            drops: DropCounters::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Drop counters per reason.
+    pub fn drops(&self) -> &DropCounters {
+        &self.drops
+    }
+
+    fn peer(&self, id: PeerId) -> Option<&Peer> {
+        self.peers.get(id.0 as usize)?.as_ref()
+    }
+
+    fn peer_mut(&mut self, id: PeerId) -> Option<&mut Peer> {
+        self.peers.get_mut(id.0 as usize)?.as_mut()
+    }
+
+    fn sa(&self, r: SaRef) -> Option<&Sa> {
+        self.peers.get(r.peer as usize)?.as_ref()?.slots[usize::from(r.slot)].as_ref()
+    }
+
+    fn sa_mut(&mut self, r: SaRef) -> Option<&mut Sa> {
+        self.peers.get_mut(r.peer as usize)?.as_mut()?.slots[usize::from(r.slot)].as_mut()
+    }
+
+    /// Adds a peer holding only its initialization key (generation 0).
+    ///
+    /// # Errors
+    /// [`Error::GenerationNumber`] unless `init` is generation 0; [`Error::DuplicateSpi`].
+    pub fn add_peer(&mut self, init: &Generation, now: Time) -> Result<PeerId, Error> {
+        if init.info.number != 0 {
+            return Err(Error::GenerationNumber);
+        }
+        Spi::new(init.info.spi.get())?;
+        if self.spis.contains_key(&init.info.spi.get()) {
+            return Err(Error::DuplicateSpi);
+        }
+        let sa = self.new_sa(init, now)?;
+        let peer = Peer {
+            slots: [Some(sa), None, None],
+            newest: None,
+        };
+        let index = match self.free.pop() {
+            Some(i) => {
+                self.peers[i as usize] = Some(peer);
+                i
+            }
+            None => {
+                self.peers.push(Some(peer));
+                u32::try_from(self.peers.len() - 1).map_err(|_| Error::UnknownPeer)?
+            }
+        };
+        self.spis.insert(
+            init.info.spi.get(),
+            SaRef {
+                peer: index,
+                slot: INIT_SLOT,
+            },
+        );
+        Ok(PeerId(index))
+    }
+
+    /// Removes a peer and all its keys.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPeer`].
+    pub fn remove_peer(&mut self, id: PeerId) -> Result<(), Error> {
+        let peer = self
+            .peers
+            .get_mut(id.0 as usize)
+            .and_then(Option::take)
+            .ok_or(Error::UnknownPeer)?;
+        for sa in peer.slots.iter().flatten() {
+            self.spis.remove(&sa.info.spi.get());
+        }
+        self.free.push(id.0);
+        Ok(())
+    }
+
+    fn new_sa(&self, generation: &Generation, now: Time) -> Result<Sa, Error> {
+        Sa::new(
+            generation,
+            self.config.role.tx_direction(),
+            self.config.backend,
+            self.config.replay_window,
+            now,
+        )
+    }
+
+    /// Installs a new newest generation N+1: keeps {N+1, N} and forgets N-1 (the init key
+    /// stays). A generation already held is accepted again without change, so resends are
+    /// idempotent.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPeer`]; [`Error::GenerationNumber`] for generation 0;
+    /// [`Error::StaleGeneration`] for one older than N; [`Error::GenerationGap`] for one beyond
+    /// N+1; [`Error::ConflictingGeneration`] for a held number with other contents;
+    /// [`Error::DuplicateSpi`] if the SPI is in use.
+    pub fn install(
+        &mut self,
+        id: PeerId,
+        generation: &Generation,
+        now: Time,
+    ) -> Result<Installed, Error> {
+        let info = generation.info;
+        if info.number == 0 {
+            return Err(Error::GenerationNumber);
+        }
+        Spi::new(info.spi.get())?;
+        let peer = self.peer(id).ok_or(Error::UnknownPeer)?;
+        if let Some(held) = peer
+            .slots
+            .iter()
+            .flatten()
+            .find(|sa| sa.info.number == info.number)
+        {
+            return if held.same_generation(generation) {
+                Ok(Installed::AlreadyHeld)
+            } else {
+                Err(Error::ConflictingGeneration)
+            };
+        }
+        if let Some(newest) = peer.newest {
+            let n = peer.slots[usize::from(newest)]
+                .as_ref()
+                .map_or(0, |sa| sa.info.number);
+            if info.number < n {
+                return Err(Error::StaleGeneration);
+            }
+            if info.number > n + 1 {
+                return Err(Error::GenerationGap);
+            }
+        }
+        if self.spis.contains_key(&info.spi.get()) {
+            return Err(Error::DuplicateSpi);
+        }
+        let sa = self.new_sa(generation, now)?;
+        let peer = self.peer_mut(id).ok_or(Error::UnknownPeer)?;
+        let target = match peer.newest {
+            Some(n) => 3 - n,
+            None => 1,
+        };
+        let retired = peer.slots[usize::from(target)].replace(sa);
+        peer.newest = Some(target);
+        let retired = retired.map(|old| {
+            self.spis.remove(&old.info.spi.get());
+            old.info
+        });
+        self.spis.insert(
+            info.spi.get(),
+            SaRef {
+                peer: id.0,
+                slot: target,
+            },
+        );
+        Ok(Installed::Rotated { retired })
+    }
+
+    /// Forgets both dynamic generations, leaving only the init key (after a fault, or when the
+    /// peer re-initialises). Returns what was dropped.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPeer`].
+    pub fn reset_to_init(&mut self, id: PeerId) -> Result<Vec<GenerationInfo>, Error> {
+        let peer = self.peer_mut(id).ok_or(Error::UnknownPeer)?;
+        peer.newest = None;
+        let dropped: Vec<GenerationInfo> = peer.slots[1..]
+            .iter_mut()
+            .filter_map(Option::take)
+            .map(|sa| sa.info)
+            .collect();
+        for info in &dropped {
+            self.spis.remove(&info.spi.get());
+        }
+        Ok(dropped)
+    }
+
+    /// Forgets N-1, keeping only N (and the init key).
+    ///
+    /// # Errors
+    /// [`Error::UnknownPeer`].
+    pub fn retire_previous(&mut self, id: PeerId) -> Result<Option<GenerationInfo>, Error> {
+        let peer = self.peer_mut(id).ok_or(Error::UnknownPeer)?;
+        let Some(prev) = peer.previous_index() else {
+            return Ok(None);
+        };
+        let old = peer.slots[usize::from(prev)].take().map(|sa| sa.info);
+        if let Some(info) = &old {
+            self.spis.remove(&info.spi.get());
+        }
+        Ok(old)
+    }
+
+    /// The generation held in `slot` for a peer.
+    pub fn generation(&self, id: PeerId, slot: Slot) -> Option<GenerationInfo> {
+        let peer = self.peer(id)?;
+        let index = match slot {
+            Slot::Init => Some(INIT_SLOT),
+            Slot::Newest => peer.newest,
+            Slot::Previous => peer.previous_index(),
+        }?;
+        peer.slots[usize::from(index)].as_ref().map(|sa| sa.info)
+    }
+
+    /// The generation this side transmits with to a peer, by the role rule.
+    pub fn tx_generation(&self, id: PeerId) -> Option<GenerationInfo> {
+        let peer = self.peer(id)?;
+        peer.slots[usize::from(peer.tx_index(self.config.role))]
+            .as_ref()
+            .map(|sa| sa.info)
+    }
+
+    /// Looks up which peer and generation an SPI belongs to (O(1)).
+    pub fn lookup_spi(&self, spi: u32) -> Option<(PeerId, GenerationInfo, Slot)> {
+        let r = *self.spis.get(&spi)?;
+        let peer = self.peer(PeerId(r.peer))?;
+        let sa = peer.slots[usize::from(r.slot)].as_ref()?;
+        Some((PeerId(r.peer), sa.info, peer.logical(r.slot)))
+    }
+
+    /// Status and counters of every generation held for a peer.
+    pub fn peer_status(&self, id: PeerId) -> Option<PeerStatus> {
+        let peer = self.peer(id)?;
+        let tx = peer.tx_index(self.config.role);
+        let mut sas = Vec::with_capacity(3);
+        let order = [Some(INIT_SLOT), peer.newest, peer.previous_index()];
+        for index in order.into_iter().flatten() {
+            if let Some(sa) = &peer.slots[usize::from(index)] {
+                sas.push(SaStatus {
+                    info: sa.info,
+                    slot: peer.logical(index),
+                    transmitting: index == tx,
+                    counters: sa.counters,
+                    installed_at: sa.installed_at,
+                    next_seq: sa.next_seq,
+                    highest_received: sa.replay.top(),
+                });
+            }
+        }
+        Some(PeerStatus { peer: id, sas })
+    }
+
+    /// All peers.
+    pub fn peers(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.peers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.is_some())
+            .map(|(i, _)| PeerId(i as u32))
+    }
+
+    /// Both directions of every generation held for a peer, for an independent decryptor.
+    pub fn export_sas(&self, id: PeerId) -> Vec<SaExport> {
+        let Some(peer) = self.peer(id) else {
+            return Vec::new();
+        };
+        let tx_dir = self.config.role.tx_direction();
+        let mut out = Vec::new();
+        for sa in peer.slots.iter().flatten() {
+            for (direction, outbound) in [(tx_dir, true), (tx_dir.reverse(), false)] {
+                let key = sa.secret.derive_direction(sa.info, direction);
+                let mut keymat = zeroize::Zeroizing::new(Vec::with_capacity(36));
+                keymat.extend_from_slice(key.key());
+                keymat.extend_from_slice(&key.salt());
+                out.push(SaExport {
+                    spi: sa.info.spi,
+                    suite: sa.info.suite,
+                    generation: sa.info.number,
+                    direction,
+                    outbound,
+                    esn: self.config.esn,
+                    keymat,
+                });
+            }
+        }
+        out
+    }
+
+    /// Seals one packet for a peer under the generation the role rule picks.
+    ///
+    /// The payload (inner IP packet or control message) sits at
+    /// `buf[ESP_HEADER_LEN..ESP_HEADER_LEN + payload_len]`; the buffer needs room for
+    /// [`esp::esp_len`]`(payload_len)` bytes. Returns the ESP packet length at `buf[..n]`.
+    ///
+    /// # Errors
+    /// See [`SealError`]; on error no sequence number is consumed.
+    pub fn seal(
+        &mut self,
+        id: PeerId,
+        buf: &mut [u8],
+        payload_len: usize,
+        next_header: NextHeader,
+    ) -> Result<usize, SealError> {
+        let mut packet = Packet::new(buf, payload_len);
+        self.seal_packets(id, core::slice::from_mut(&mut packet), Some(next_header));
+        packet.sealed()
+    }
+
+    /// Seals a control message for a peer: copies `message` after the ESP header and seals it
+    /// with next header 253. Returns the ESP packet length.
+    ///
+    /// # Errors
+    /// As [`Self::seal`].
+    pub fn seal_control(
+        &mut self,
+        id: PeerId,
+        message: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, SealError> {
+        let area = out
+            .get_mut(ESP_HEADER_LEN..ESP_HEADER_LEN + message.len())
+            .ok_or(SealError::BufferTooSmall)?;
+        area.copy_from_slice(message);
+        self.seal(id, out, message.len(), NextHeader::Control)
+    }
+
+    /// Seals a batch of inner IP packets for one peer (next header from each packet's IP
+    /// version). Each packet's result is in [`Packet::sealed`].
+    pub fn seal_batch(&mut self, id: PeerId, packets: &mut [Packet<'_>]) {
+        self.seal_packets(id, packets, None);
+    }
+
+    fn seal_packets(&mut self, id: PeerId, packets: &mut [Packet<'_>], next: Option<NextHeader>) {
+        let Some(peer) = self.peer(id) else {
+            for p in packets.iter_mut() {
+                p.state = State::SealFailed(SealError::UnknownPeer);
+            }
+            return;
+        };
+        let r = SaRef {
+            peer: id.0,
+            slot: peer.tx_index(self.config.role),
+        };
+        let max_esp = self.config.max_esp_len;
+        let seq_limit = self.seq_limit;
+        // Pass 1: validate, assign sequence numbers, write header and trailer.
+        let Some(sa) = self.sa(r) else { return };
+        let spi = sa.info.spi.get();
+        let salt = sa.tx_salt;
+        let mut next_seq = sa.next_seq;
+        for p in packets.iter_mut() {
+            p.state = State::Pending;
+            p.sa = None;
+            let payload = p.len;
+            let next = match next {
+                Some(n) => n,
+                None => match p
+                    .buf
+                    .get(ESP_HEADER_LEN..ESP_HEADER_LEN + payload)
+                    .and_then(NextHeader::for_ip_packet)
+                {
+                    Some(n) => n,
+                    None => {
+                        p.state = State::SealFailed(SealError::BadInnerPacket);
+                        continue;
+                    }
+                },
+            };
+            let total = esp::esp_len(payload);
+            if total > max_esp {
+                p.state = State::SealFailed(SealError::PacketTooLarge);
+                continue;
+            }
+            if total > p.buf.len() {
+                p.state = State::SealFailed(SealError::BufferTooSmall);
+                continue;
+            }
+            if next_seq > seq_limit {
+                p.state = State::SealFailed(SealError::SequenceExhausted);
+                continue;
+            }
+            let seq = next_seq;
+            next_seq += 1;
+            let iv = seq.to_be_bytes();
+            let header = EspHeader {
+                spi,
+                seq_low: seq as u32,
+                iv,
+            };
+            let (head, rest) = p.buf.split_at_mut(ESP_HEADER_LEN);
+            header.write(head.try_into().expect("split at ESP_HEADER_LEN"));
+            p.ct_len = esp::write_trailer(rest, payload, next);
+            p.nonce = esp::nonce(salt, iv);
+            let mut aad = [0u8; 12];
+            p.aad_len = esp::aad(spi, seq, self.config.esn, &mut aad);
+            p.aad = aad;
+            p.seq = seq;
+            p.sa = Some(r);
+        }
+        // Pass 2: encrypt all of them under one key.
+        let Some(sa) = self.sa_mut(r) else { return };
+        sa.next_seq = next_seq;
+        sa.tx.seal_batch(packets);
+        // Pass 3: results and counters.
+        for p in packets.iter_mut().filter(|p| p.sa.is_some()) {
+            p.state = State::Sealed(ESP_HEADER_LEN + p.ct_len + ESP_ICV_LEN);
+            sa.counters.packets_sealed += 1;
+            sa.counters.bytes_sealed += p.len as u64;
+        }
+    }
+
+    /// Opens one ESP packet (`buf` starts at the SPI) in place.
+    pub fn open<'b>(&mut self, buf: &'b mut [u8]) -> Opened<'b> {
+        let len = buf.len();
+        let mut packet = Packet::new(buf, len);
+        self.open_batch(core::slice::from_mut(&mut packet));
+        let outcome = packet.opened();
+        let buf = packet.buf;
+        match outcome {
+            OpenOutcome::Data {
+                len,
+                next_header,
+                info,
+            } => Opened::Data {
+                packet: &mut buf[ESP_HEADER_LEN..ESP_HEADER_LEN + len],
+                next_header,
+                info,
+            },
+            OpenOutcome::Control { len, info } => Opened::Control {
+                message: &buf[ESP_HEADER_LEN..ESP_HEADER_LEN + len],
+                info,
+            },
+            OpenOutcome::Drop(reason) => Opened::Drop(reason),
+        }
+    }
+
+    /// Opens a batch of ESP packets in place; each result is in [`Packet::opened`]. Runs of
+    /// packets under the same SPI are authenticated with one batched AEAD call.
+    pub fn open_batch(&mut self, packets: &mut [Packet<'_>]) {
+        // Pass 1: parse, look up the SPI, infer the ESN, check the replay window.
+        for p in packets.iter_mut() {
+            p.state = State::Pending;
+            p.sa = None;
+            match self.prepare_open(p) {
+                Ok(()) => {}
+                Err(reason) => p.state = State::Opened(OpenOutcome::Drop(reason)),
+            }
+        }
+        // Pass 2: authenticate and decrypt, one AEAD call per run of the same SA.
+        let mut start = 0;
+        while start < packets.len() {
+            let Some(r) = packets[start].sa.filter(|_| packets[start].active()) else {
+                start += 1;
+                continue;
+            };
+            let mut end = start + 1;
+            while end < packets.len() && (packets[end].sa == Some(r) || !packets[end].active()) {
+                end += 1;
+            }
+            if let Some(sa) = self.sa(r) {
+                sa.rx.open_batch(&mut packets[start..end]);
+            }
+            start = end;
+        }
+        // Pass 3: update the window (only now: after authentication), parse the trailer, count.
+        for p in packets.iter_mut() {
+            let outcome = self.finish_open(p);
+            if let OpenOutcome::Drop(reason) = outcome {
+                self.drops.add(reason);
+            }
+            p.state = State::Opened(outcome);
+        }
+    }
+
+    fn prepare_open(&self, p: &mut Packet<'_>) -> Result<(), DropReason> {
+        let packet = p.buf.get(..p.len).ok_or(DropReason::Truncated)?;
+        if packet.len() > self.config.max_esp_len {
+            return Err(DropReason::Oversized);
+        }
+        let header = EspHeader::parse(packet)?;
+        if header.spi <= pktcrypt_common::MAX_RESERVED_SPI {
+            return Err(DropReason::ReservedSpi);
+        }
+        let r = *self.spis.get(&header.spi).ok_or(DropReason::UnknownSpi)?;
+        let sa = self.sa(r).ok_or(DropReason::UnknownSpi)?;
+        // From here on drops are also counted against this SA.
+        p.sa = Some(r);
+        let seq = if self.config.esn {
+            sa.replay
+                .infer_esn(header.seq_low)
+                .ok_or(DropReason::TooOld)?
+        } else {
+            u64::from(header.seq_low)
+        };
+        sa.replay.check(seq).map_err(replay_reason)?;
+        p.ct_len = packet.len() - MIN_ESP_LEN + 2;
+        p.nonce = esp::nonce(sa.rx_salt, header.iv);
+        let mut aad = [0u8; 12];
+        p.aad_len = esp::aad(header.spi, seq, self.config.esn, &mut aad);
+        p.aad = aad;
+        p.seq = seq;
+        Ok(())
+    }
+
+    fn finish_open(&mut self, p: &mut Packet<'_>) -> OpenOutcome {
+        let r = match (p.state, p.sa) {
+            (State::Pending, Some(r)) => r,
+            (State::Opened(OpenOutcome::Drop(reason)), Some(r)) => {
+                if let Some(sa) = self.sa_mut(r) {
+                    match reason {
+                        DropReason::AuthFailed => sa.counters.auth_failures += 1,
+                        DropReason::Replay | DropReason::TooOld => sa.counters.replays += 1,
+                        _ => {}
+                    }
+                }
+                return OpenOutcome::Drop(reason);
+            }
+            (State::Opened(o), None) => return o,
+            _ => return OpenOutcome::Drop(DropReason::Truncated),
+        };
+        let seq = p.seq;
+        let ct_len = p.ct_len;
+        let slot = self
+            .peer(PeerId(r.peer))
+            .map_or(Slot::Init, |peer| peer.logical(r.slot));
+        let Some(sa) = self.sa_mut(r) else {
+            return OpenOutcome::Drop(DropReason::UnknownSpi);
+        };
+        if sa.replay.update(seq).is_err() {
+            sa.counters.replays += 1;
+            return OpenOutcome::Drop(DropReason::Replay);
+        }
+        let info = OpenInfo {
+            peer: PeerId(r.peer),
+            spi: sa.info.spi,
+            generation: sa.info.number,
+            slot,
+            seq,
+        };
+        let plaintext = &p.buf[ESP_HEADER_LEN..ESP_HEADER_LEN + ct_len];
+        let (len, next_header) = match esp::parse_trailer(plaintext) {
+            Ok(v) => v,
+            Err(reason) => return OpenOutcome::Drop(reason),
+        };
+        sa.counters.packets_opened += 1;
+        sa.counters.bytes_opened += len as u64;
+        match next_header {
+            NextHeader::Control => OpenOutcome::Control { len, info },
+            ip => {
+                if NextHeader::for_ip_packet(&plaintext[..len]) != Some(ip) {
+                    return OpenOutcome::Drop(DropReason::BadInnerPacket);
+                }
+                OpenOutcome::Data {
+                    len,
+                    next_header: ip,
+                    info,
+                }
+            }
+        }
+    }
+}
+
+fn replay_reason(e: ReplayError) -> DropReason {
+    match e {
+        ReplayError::Replayed => DropReason::Replay,
+        ReplayError::TooOld => DropReason::TooOld,
+    }
+}

@@ -1,0 +1,185 @@
+//! Generation secrets and the per-direction keys derived from them.
+//!
+//! A generation is a 256-bit secret with a number, an SPI and a suite. Each direction's AEAD key
+//! and salt come from HKDF-SHA256 (RFC 5869) over the secret, with an info string naming the
+//! direction, generation number, SPI and suite, so the two directions never share a
+//! (key, nonce) pair and no two generations share a key even if a secret were reused.
+
+use crate::{Error, Spi, Suite};
+use core::fmt;
+use hkdf::Hkdf;
+use sha2::Sha256;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+/// Length of a generation secret.
+pub const SECRET_LEN: usize = 32;
+
+/// Label mixed into every derivation of this protocol version.
+const KDF_SALT: &[u8] = b"pktcrypt v1";
+
+/// A 256-bit generation secret. Zeroized on drop; `Debug` never shows it.
+#[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
+pub struct Secret([u8; SECRET_LEN]);
+
+impl Secret {
+    /// Wraps 32 bytes of key material (from a CSPRNG or an out-of-band provisioned key).
+    pub fn from_bytes(bytes: [u8; SECRET_LEN]) -> Self {
+        Self(bytes)
+    }
+
+    /// Copies a secret from a slice.
+    ///
+    /// # Errors
+    /// [`Error::KeyLength`] unless `bytes` is exactly 32 bytes long.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, Error> {
+        let bytes: [u8; SECRET_LEN] = bytes.try_into().map_err(|_| Error::KeyLength)?;
+        Ok(Self(bytes))
+    }
+
+    /// The raw secret, for distribution inside a sealed control message or for export.
+    pub fn expose(&self) -> &[u8; SECRET_LEN] {
+        &self.0
+    }
+
+    /// Derived-key mode (spec §5): the secret of generation `next` computed from this secret and
+    /// a fresh public nonce. Key material never crosses the network.
+    pub fn derive_next(&self, nonce: &[u8], next: GenerationInfo) -> Secret {
+        let hk = Hkdf::<Sha256>::new(Some(nonce), &self.0);
+        let mut info = [0u8; 32];
+        let n = next.write_info(b"next secret", &mut info);
+        let mut out = [0u8; SECRET_LEN];
+        hk.expand(&info[..n], &mut out)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        Secret(out)
+    }
+
+    /// Derives the AEAD key and salt of one direction of the generation described by `info`.
+    pub fn derive_direction(&self, info: GenerationInfo, direction: Direction) -> DirectionKey {
+        let hk = Hkdf::<Sha256>::new(Some(KDF_SALT), &self.0);
+        let mut buf = [0u8; 32];
+        let n = info.write_info(direction.label(), &mut buf);
+        let mut okm = Zeroizing::new([0u8; SECRET_LEN + 4]);
+        let len = info.suite.key_len() + info.suite.salt_len();
+        hk.expand(&buf[..n], &mut okm[..len])
+            .expect("at most 36 bytes is a valid HKDF-SHA256 output length");
+        let mut salt = [0u8; 4];
+        salt.copy_from_slice(&okm[info.suite.key_len()..len]);
+        DirectionKey {
+            suite: info.suite,
+            key: okm,
+            salt,
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The public description of a generation: number, SPI and suite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GenerationInfo {
+    /// Generation number; 0 is the initialization key.
+    pub number: u64,
+    /// SPI that selects this generation on the wire.
+    pub spi: Spi,
+    /// AEAD suite of this generation.
+    pub suite: Suite,
+}
+
+impl GenerationInfo {
+    /// Writes `label ‖ 0x00 ‖ number(8) ‖ spi(4) ‖ suite(1)` and returns its length.
+    fn write_info(&self, label: &[u8], out: &mut [u8; 32]) -> usize {
+        let n = label.len();
+        out[..n].copy_from_slice(label);
+        out[n] = 0;
+        out[n + 1..n + 9].copy_from_slice(&self.number.to_be_bytes());
+        out[n + 9..n + 13].copy_from_slice(&self.spi.get().to_be_bytes());
+        out[n + 13] = self.suite.id();
+        n + 14
+    }
+}
+
+/// A generation: its public description and its secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Generation {
+    /// Number, SPI and suite.
+    pub info: GenerationInfo,
+    /// The 256-bit secret.
+    pub secret: Secret,
+}
+
+impl fmt::Debug for Generation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Generation")
+            .field("info", &self.info)
+            .field("secret", &self.secret)
+            .finish()
+    }
+}
+
+/// Direction of traffic between a key server and a client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Key server (key transmitting device) to client.
+    ServerToClient,
+    /// Client (key receiving device) to key server.
+    ClientToServer,
+}
+
+impl Direction {
+    const fn label(self) -> &'static [u8] {
+        match self {
+            Direction::ServerToClient => b"esp server->client",
+            Direction::ClientToServer => b"esp client->server",
+        }
+    }
+
+    /// The opposite direction.
+    pub const fn reverse(self) -> Direction {
+        match self {
+            Direction::ServerToClient => Direction::ClientToServer,
+            Direction::ClientToServer => Direction::ServerToClient,
+        }
+    }
+}
+
+/// The AEAD key and salt of one direction of one generation. Zeroized on drop.
+pub struct DirectionKey {
+    suite: Suite,
+    key: Zeroizing<[u8; SECRET_LEN + 4]>,
+    salt: [u8; 4],
+}
+
+impl DirectionKey {
+    /// The AEAD key bytes.
+    pub fn key(&self) -> &[u8] {
+        &self.key[..self.suite.key_len()]
+    }
+
+    /// The 4-byte salt that prefixes the IV in the nonce.
+    pub fn salt(&self) -> [u8; 4] {
+        self.salt
+    }
+
+    /// The suite this key is for.
+    pub fn suite(&self) -> Suite {
+        self.suite
+    }
+}
+
+impl Drop for DirectionKey {
+    fn drop(&mut self) {
+        self.salt.zeroize();
+    }
+}
+
+impl fmt::Debug for DirectionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DirectionKey")
+            .field("suite", &self.suite)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,36 @@
+//! The sans-IO core of pktcrypt.
+//!
+//! Everything here is pure computation over caller-provided buffers: no sockets, no threads, no
+//! clock reads (time is a parameter), no `unsafe`. The XDP daemon, the UDP driver, the C ABI
+//! and the Python module all drive this crate.
+//!
+//! - [`wire`]: ESP-in-UDP framing over IPv4 and IPv6.
+//! - [`aead`]: the AEAD suites behind a backend switch (RustCrypto-built GCM, `ring`).
+//! - [`keys`]: generation secrets and HKDF-derived per-direction keys.
+//! - [`replay`]: the 64-bit ESN anti-replay window.
+//! - [`Engine`]: peers, two key generations each, SPI lookup, seal/open (single and batched)
+//!   with a per-packet [`Opened`] result and counted [`DropReason`]s.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod aead;
+mod engine;
+mod error;
+pub mod keys;
+pub mod replay;
+mod sa;
+mod suite;
+pub mod wire;
+
+pub use engine::{
+    Engine, EngineConfig, Installed, OpenInfo, OpenOutcome, Opened, Packet, PeerId, PeerStatus,
+    Role, SaExport, SaStatus, Slot, Spi,
+};
+pub use error::{DropCounters, DropReason, Error, SealError};
+pub use keys::{Direction, Generation, GenerationInfo, Secret};
+pub use sa::SaCounters;
+pub use suite::Suite;
+
+/// Time since an arbitrary monotonic epoch. Drivers pass a clock that keeps counting across
+/// suspend (`CLOCK_BOOTTIME`); tests pass simulated time.
+pub type Time = core::time::Duration;

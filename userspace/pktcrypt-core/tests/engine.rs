@@ -1,0 +1,564 @@
+//! Engine behaviour: role rules across generations, round trips, anti-replay, malformed input.
+
+use pktcrypt_core::aead::Backend;
+use pktcrypt_core::wire::esp::{self, ESP_HEADER_LEN, NextHeader};
+use pktcrypt_core::{
+    DropReason, Engine, EngineConfig, Generation, GenerationInfo, Installed, OpenOutcome, Opened,
+    Packet, PeerId, Role, SealError, Secret, Slot, Spi, Suite, Time,
+};
+use proptest::prelude::*;
+
+fn generation(number: u64, spi: u32, suite: Suite) -> Generation {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&number.to_be_bytes());
+    bytes[8..12].copy_from_slice(&spi.to_be_bytes());
+    bytes[31] = 0xa5;
+    Generation {
+        info: GenerationInfo {
+            number,
+            spi: Spi::new(spi).expect("test SPI"),
+            suite,
+        },
+        secret: Secret::from_bytes(bytes),
+    }
+}
+
+struct Pair {
+    server: Engine,
+    client: Engine,
+    s_peer: PeerId,
+    c_peer: PeerId,
+}
+
+fn pair_with(backend: Backend, suite: Suite, window: u32) -> Pair {
+    let mut sc = EngineConfig::new(Role::KeyServer);
+    sc.backend = backend;
+    sc.replay_window = window;
+    let mut cc = EngineConfig::new(Role::Client);
+    cc.backend = backend;
+    cc.replay_window = window;
+    let mut server = Engine::new(sc).expect("server config");
+    let mut client = Engine::new(cc).expect("client config");
+    let init = generation(0, 0x1000, suite);
+    let s_peer = server.add_peer(&init, Time::ZERO).expect("server peer");
+    let c_peer = client.add_peer(&init, Time::ZERO).expect("client peer");
+    Pair {
+        server,
+        client,
+        s_peer,
+        c_peer,
+    }
+}
+
+fn pair(suite: Suite) -> Pair {
+    pair_with(Backend::default(), suite, 1024)
+}
+
+/// A minimal IPv4 packet of `len` bytes (len ≥ 20), payload filled with `fill`.
+fn ipv4(len: usize, fill: u8) -> Vec<u8> {
+    let mut p = vec![fill; len.max(20)];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    p
+}
+
+fn seal(engine: &mut Engine, peer: PeerId, inner: &[u8]) -> Result<Vec<u8>, SealError> {
+    let mut buf = vec![0u8; ESP_HEADER_LEN + inner.len() + esp::MAX_OVERHEAD];
+    buf[ESP_HEADER_LEN..ESP_HEADER_LEN + inner.len()].copy_from_slice(inner);
+    let next = NextHeader::for_ip_packet(inner).unwrap_or(NextHeader::Control);
+    let n = engine.seal(peer, &mut buf, inner.len(), next)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Opens and returns (generation, inner) or the drop reason.
+fn open(engine: &mut Engine, packet: &[u8]) -> Result<(u64, Vec<u8>), DropReason> {
+    let mut buf = packet.to_vec();
+    match engine.open(&mut buf) {
+        Opened::Data { packet, info, .. } => Ok((info.generation, packet.to_vec())),
+        Opened::Control { message, info } => Ok((info.generation, message.to_vec())),
+        Opened::Drop(r) => Err(r),
+    }
+}
+
+fn tx_gen(engine: &Engine, peer: PeerId) -> u64 {
+    engine.tx_generation(peer).expect("peer").number
+}
+
+#[test]
+fn role_rules_through_many_generations() {
+    for suite in Suite::ALL {
+        let mut p = pair(suite);
+        let pkt = ipv4(100, 7);
+        // Only the init key: both transmit with it.
+        assert_eq!(tx_gen(&p.server, p.s_peer), 0);
+        assert_eq!(tx_gen(&p.client, p.c_peer), 0);
+        for n in 1..=6u64 {
+            let g = generation(n, 0x2000 + n as u32, suite);
+            // The server creates N first: it keeps transmitting one generation behind.
+            p.server
+                .install(p.s_peer, &g, Time::from_secs(n))
+                .expect("server install");
+            let behind = if n == 1 { 0 } else { n - 1 };
+            assert_eq!(
+                tx_gen(&p.server, p.s_peer),
+                behind,
+                "server transmits with N-1"
+            );
+            // The client has not got N yet: traffic both ways still opens (hitless).
+            let s2c = seal(&mut p.server, p.s_peer, &pkt).expect("seal");
+            assert_eq!(open(&mut p.client, &s2c), Ok((behind, pkt.clone())));
+            let c2s = seal(&mut p.client, p.c_peer, &pkt).expect("seal");
+            assert_eq!(open(&mut p.server, &c2s).map(|(g, _)| g), Ok(behind));
+            // The client receives N: it transmits with N at once; the server opens it.
+            assert!(matches!(
+                p.client.install(p.c_peer, &g, Time::from_secs(n)),
+                Ok(Installed::Rotated { .. })
+            ));
+            assert_eq!(tx_gen(&p.client, p.c_peer), n, "client transmits with N");
+            let c2s = seal(&mut p.client, p.c_peer, &pkt).expect("seal");
+            let (g_used, inner) = open(&mut p.server, &c2s).expect("server opens N");
+            assert_eq!((g_used, inner), (n, pkt.clone()));
+            // The server's traffic (N-1) still opens at the client, which kept N-1.
+            let s2c = seal(&mut p.server, p.s_peer, &pkt).expect("seal");
+            assert_eq!(open(&mut p.client, &s2c).map(|(g, _)| g), Ok(behind));
+            // Never more than two dynamic generations, plus the init key.
+            for e in [(&p.server, p.s_peer), (&p.client, p.c_peer)] {
+                let st = e.0.peer_status(e.1).expect("status");
+                assert!(st.sas.len() <= 3);
+                assert_eq!(st.slot(Slot::Init).map(|s| s.info.number), Some(0));
+                assert_eq!(st.slot(Slot::Newest).map(|s| s.info.number), Some(n));
+                if n > 1 {
+                    assert_eq!(st.slot(Slot::Previous).map(|s| s.info.number), Some(n - 1));
+                }
+            }
+        }
+        // After generation 6: N-2 (=4) is gone at both sides.
+        let old = generation(4, 0x2004, suite);
+        assert_eq!(p.server.lookup_spi(old.info.spi.get()), None);
+    }
+}
+
+#[test]
+fn install_rules() {
+    let mut p = pair(Suite::Aes256Gcm);
+    let g1 = generation(1, 0x3001, Suite::Aes256Gcm);
+    let g2 = generation(2, 0x3002, Suite::Aes256Gcm);
+    let g3 = generation(3, 0x3003, Suite::Aes256Gcm);
+    let t = Time::ZERO;
+    assert!(p.client.install(p.c_peer, &g1, t).is_ok());
+    // Idempotent resend.
+    assert_eq!(
+        p.client.install(p.c_peer, &g1, t),
+        Ok(Installed::AlreadyHeld)
+    );
+    // Two ahead is refused: the sides never drift two generations apart.
+    assert_eq!(
+        p.client.install(p.c_peer, &g3, t),
+        Err(pktcrypt_core::Error::GenerationGap)
+    );
+    assert!(p.client.install(p.c_peer, &g2, t).is_ok());
+    assert_eq!(
+        p.client.install(p.c_peer, &g1, t),
+        Ok(Installed::AlreadyHeld)
+    );
+    assert!(p.client.install(p.c_peer, &g3, t).is_ok());
+    // g1 is now forgotten: installing it again is stale.
+    assert_eq!(
+        p.client.install(p.c_peer, &g1, t),
+        Err(pktcrypt_core::Error::StaleGeneration)
+    );
+    // Same number, other secret: conflict.
+    let mut evil = g3.clone();
+    evil.secret = Secret::from_bytes([9; 32]);
+    assert_eq!(
+        p.client.install(p.c_peer, &evil, t),
+        Err(pktcrypt_core::Error::ConflictingGeneration)
+    );
+    // Generation 0 only as init key; SPI collisions refused.
+    assert_eq!(
+        p.client
+            .install(p.c_peer, &generation(0, 0x3100, Suite::Aes256Gcm), t),
+        Err(pktcrypt_core::Error::GenerationNumber)
+    );
+    assert_eq!(
+        p.client
+            .install(p.c_peer, &generation(4, 0x1000, Suite::Aes256Gcm), t),
+        Err(pktcrypt_core::Error::DuplicateSpi)
+    );
+    // Reset to init keeps the init key only; then any generation may start again.
+    let dropped = p.client.reset_to_init(p.c_peer).expect("reset");
+    assert_eq!(dropped.len(), 2);
+    assert_eq!(tx_gen(&p.client, p.c_peer), 0);
+    assert!(
+        p.client
+            .install(p.c_peer, &generation(1, 0x4001, Suite::Aes256Gcm), t)
+            .is_ok()
+    );
+    assert_eq!(Spi::new(255), Err(pktcrypt_core::Error::ReservedSpi));
+}
+
+/// Cipher agility (spec §7): a rekey switches suite without interrupting traffic.
+#[test]
+fn suite_switch_at_rekey() {
+    let mut p = pair(Suite::Aes128Gcm);
+    let pkt = ipv4(300, 1);
+    let g1 = generation(1, 0x5001, Suite::ChaCha20Poly1305);
+    let g2 = generation(2, 0x5002, Suite::Aes256Gcm);
+    for g in [&g1, &g2] {
+        p.server.install(p.s_peer, g, Time::ZERO).expect("install");
+        let s2c = seal(&mut p.server, p.s_peer, &pkt).expect("seal");
+        assert!(open(&mut p.client, &s2c).is_ok());
+        p.client.install(p.c_peer, g, Time::ZERO).expect("install");
+        let c2s = seal(&mut p.client, p.c_peer, &pkt).expect("seal");
+        assert_eq!(open(&mut p.server, &c2s).map(|(n, _)| n), Ok(g.info.number));
+    }
+}
+
+#[test]
+fn control_messages_are_told_apart() {
+    let mut p = pair(Suite::ChaCha20Poly1305);
+    let mut out = vec![0u8; 128];
+    let n = p
+        .client
+        .seal_control(p.c_peer, b"hello control plane", &mut out)
+        .expect("seal control");
+    let mut buf = out[..n].to_vec();
+    match p.server.open(&mut buf) {
+        Opened::Control { message, info } => {
+            assert_eq!(message, b"hello control plane");
+            assert_eq!(info.peer, p.s_peer);
+            assert_eq!(info.slot, Slot::Init);
+        }
+        other => panic!("expected a control message, got {other:?}"),
+    }
+}
+
+#[test]
+fn sequence_exhaustion_forces_rekey() {
+    let mut cc = EngineConfig::new(Role::Client);
+    cc.seq_limit = Some(3);
+    let mut client = Engine::new(cc).expect("config");
+    let peer = client
+        .add_peer(&generation(0, 0x1000, Suite::Aes128Gcm), Time::ZERO)
+        .expect("peer");
+    let pkt = ipv4(40, 0);
+    for _ in 0..3 {
+        seal(&mut client, peer, &pkt).expect("within limit");
+    }
+    assert_eq!(
+        seal(&mut client, peer, &pkt),
+        Err(SealError::SequenceExhausted)
+    );
+    assert_eq!(
+        seal(&mut client, peer, &pkt),
+        Err(SealError::SequenceExhausted)
+    );
+    // A new generation brings a fresh sequence space.
+    client
+        .install(peer, &generation(1, 0x1001, Suite::Aes128Gcm), Time::ZERO)
+        .expect("install");
+    assert!(seal(&mut client, peer, &pkt).is_ok());
+}
+
+#[test]
+fn seal_errors() {
+    let mut p = pair(Suite::Aes128Gcm);
+    let mut small = vec![0u8; 40];
+    small[ESP_HEADER_LEN] = 0x45;
+    assert_eq!(
+        p.client.seal(p.c_peer, &mut small, 20, NextHeader::Ipv4),
+        Err(SealError::BufferTooSmall)
+    );
+    assert_eq!(
+        p.client.seal(PeerId(99), &mut small, 4, NextHeader::Ipv4),
+        Err(SealError::UnknownPeer)
+    );
+    let mut not_ip = vec![0u8; 100];
+    let mut batch = [Packet::new(&mut not_ip, 20)];
+    p.client.seal_batch(p.c_peer, &mut batch);
+    assert_eq!(batch[0].sealed(), Err(SealError::BadInnerPacket));
+}
+
+#[test]
+fn malformed_packets_are_dropped_with_reasons() {
+    let mut p = pair(Suite::Aes256Gcm);
+    let good = seal(&mut p.client, p.c_peer, &ipv4(64, 3)).expect("seal");
+    let cases: Vec<(Vec<u8>, DropReason)> = vec![
+        (vec![], DropReason::Truncated),
+        (good[..10].to_vec(), DropReason::Truncated),
+        (good[..esp::MIN_ESP_LEN - 1].to_vec(), DropReason::Truncated),
+        (
+            {
+                let mut g = good.clone();
+                g[0..4].copy_from_slice(&200u32.to_be_bytes());
+                g
+            },
+            DropReason::ReservedSpi,
+        ),
+        (
+            {
+                let mut g = good.clone();
+                g[0..4].copy_from_slice(&0xdead_beefu32.to_be_bytes());
+                g
+            },
+            DropReason::UnknownSpi,
+        ),
+        (
+            {
+                let mut g = good.clone();
+                let n = g.len();
+                g[n - 1] ^= 1;
+                g
+            },
+            DropReason::AuthFailed,
+        ),
+        (good[..good.len() - 1].to_vec(), DropReason::AuthFailed),
+        (vec![0xffu8; 70_000], DropReason::Oversized),
+    ];
+    for (packet, reason) in cases {
+        assert_eq!(
+            open(&mut p.server, &packet).map(|_| ()),
+            Err(reason),
+            "{reason}"
+        );
+    }
+    // Garbage of every length up to 200 never panics and is always dropped.
+    for len in 0..200usize {
+        let junk: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
+        assert!(open(&mut p.server, &junk).is_err());
+    }
+    // The good packet still opens afterwards: nothing else was affected.
+    assert!(open(&mut p.server, &good).is_ok());
+    assert!(p.server.drops().get(DropReason::AuthFailed) >= 2);
+    assert!(p.server.drops().get(DropReason::UnknownSpi) >= 1);
+    assert!(p.server.drops().get(DropReason::Truncated) >= 3);
+}
+
+/// A packet whose trailer names an unsupported next header, or whose inner packet does not
+/// match its next header, authenticates but is dropped by name.
+#[test]
+fn wrong_next_header_and_inner_mismatch() {
+    let mut p = pair(Suite::Aes128Gcm);
+    // Next header says IPv4, content is IPv6.
+    let mut v6 = vec![0u8; 60];
+    v6[0] = 0x60;
+    let mut buf = vec![0u8; 200];
+    buf[ESP_HEADER_LEN..ESP_HEADER_LEN + 60].copy_from_slice(&v6);
+    let n = p
+        .client
+        .seal(p.c_peer, &mut buf, 60, NextHeader::Ipv4)
+        .expect("seal");
+    assert_eq!(
+        open(&mut p.server, &buf[..n]).map(|_| ()),
+        Err(DropReason::BadInnerPacket)
+    );
+}
+
+#[test]
+fn replay_and_window_edges() {
+    let mut p = pair_with(Backend::RustCrypto, Suite::Aes128Gcm, 64);
+    let pkt = ipv4(50, 9);
+    let sealed: Vec<Vec<u8>> = (0..200)
+        .map(|_| seal(&mut p.client, p.c_peer, &pkt).expect("seal"))
+        .collect();
+    // Out of order within the window is fine; duplicates are not.
+    assert!(open(&mut p.server, &sealed[10]).is_ok());
+    assert!(open(&mut p.server, &sealed[5]).is_ok());
+    assert_eq!(
+        open(&mut p.server, &sealed[5]).map(|_| ()),
+        Err(DropReason::Replay)
+    );
+    assert_eq!(
+        open(&mut p.server, &sealed[10]).map(|_| ()),
+        Err(DropReason::Replay)
+    );
+    // Jump ahead: top = seq 100 (index 99). Window 64 covers seqs 37..=100.
+    assert!(open(&mut p.server, &sealed[99]).is_ok());
+    assert!(
+        open(&mut p.server, &sealed[36]).is_ok(),
+        "seq 37: the oldest in the window"
+    );
+    assert_eq!(
+        open(&mut p.server, &sealed[35]).map(|_| ()),
+        Err(DropReason::TooOld),
+        "seq 36"
+    );
+    assert_eq!(
+        open(&mut p.server, &sealed[36]).map(|_| ()),
+        Err(DropReason::Replay)
+    );
+    // A forged packet with a far-future sequence number does not move the window.
+    let mut forged = sealed[199].clone();
+    let n = forged.len();
+    forged[n - 3] ^= 0x10;
+    assert_eq!(
+        open(&mut p.server, &forged).map(|_| ()),
+        Err(DropReason::AuthFailed)
+    );
+    assert!(
+        open(&mut p.server, &sealed[60]).is_ok(),
+        "window unchanged by the forgery"
+    );
+    let st = p.server.peer_status(p.s_peer).expect("status");
+    let init = st.slot(Slot::Init).expect("init");
+    assert_eq!(init.counters.auth_failures, 1);
+    assert_eq!(init.counters.replays, 4, "3 duplicates and 1 too old");
+}
+
+#[test]
+fn batches_match_single_packets() {
+    for backend in Backend::all() {
+        for suite in Suite::ALL {
+            let mut p = pair_with(*backend, suite, 1024);
+            let sizes = [20usize, 64, 100, 256, 1000, 1420, 20, 64, 9000, 33];
+            let mut bufs: Vec<Vec<u8>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| {
+                    let mut b = vec![0u8; ESP_HEADER_LEN + s + esp::MAX_OVERHEAD];
+                    b[ESP_HEADER_LEN..ESP_HEADER_LEN + s].copy_from_slice(&ipv4(s, i as u8));
+                    b
+                })
+                .collect();
+            let mut packets: Vec<Packet<'_>> = bufs
+                .iter_mut()
+                .zip(sizes)
+                .map(|(b, s)| Packet::new(b, s))
+                .collect();
+            p.client.seal_batch(p.c_peer, &mut packets);
+            let lens: Vec<usize> = packets
+                .iter()
+                .map(|p| p.sealed().expect("sealed"))
+                .collect();
+            drop(packets);
+            // Single-packet open of batch-sealed packets.
+            for ((b, len), (i, s)) in bufs.iter().zip(&lens).zip(sizes.iter().enumerate()) {
+                let (_, inner) = open(&mut p.server, &b[..*len]).expect("opens");
+                assert_eq!(inner, ipv4(*s, i as u8));
+            }
+            // Batch open of single-sealed packets, with a forgery and a replay mixed in.
+            let mut singles: Vec<Vec<u8>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| seal(&mut p.client, p.c_peer, &ipv4(s, i as u8)).expect("seal"))
+                .collect();
+            singles[3][20] ^= 4;
+            singles.push(singles[0].clone());
+            let lens: Vec<usize> = singles.iter().map(Vec::len).collect();
+            let mut packets: Vec<Packet<'_>> = singles
+                .iter_mut()
+                .zip(&lens)
+                .map(|(b, l)| Packet::new(b, *l))
+                .collect();
+            p.server.open_batch(&mut packets);
+            for (i, pk) in packets.iter().enumerate() {
+                match (i, pk.opened()) {
+                    (3, o) => assert_eq!(o, OpenOutcome::Drop(DropReason::AuthFailed)),
+                    (10, o) => assert_eq!(o, OpenOutcome::Drop(DropReason::Replay)),
+                    (i, OpenOutcome::Data { len, .. }) => {
+                        assert_eq!(
+                            &pk.buf()[ESP_HEADER_LEN..ESP_HEADER_LEN + len],
+                            &ipv4(sizes[i], i as u8)[..]
+                        );
+                    }
+                    (i, o) => panic!("packet {i}: {o:?}"),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn debug_output_never_shows_keys() {
+    let g = generation(1, 0x7001, Suite::Aes256Gcm);
+    let dbg = format!("{g:?}");
+    assert!(dbg.contains("redacted"));
+    assert!(!dbg.contains("a5"), "{dbg}");
+    let p = pair(Suite::Aes256Gcm);
+    for sa in p.server.export_sas(p.s_peer) {
+        let dbg = format!("{sa:?}");
+        assert!(dbg.contains("<redacted>"));
+        assert!(!dbg.contains(&hex::encode(&sa.keymat[..4])));
+    }
+    assert!(!format!("{:?}", p.server).contains("keymat"));
+}
+
+fn suite_strategy() -> impl Strategy<Value = Suite> {
+    prop_oneof![
+        Just(Suite::Aes128Gcm),
+        Just(Suite::Aes256Gcm),
+        Just(Suite::ChaCha20Poly1305)
+    ]
+}
+
+fn backend_strategy() -> impl Strategy<Value = Backend> {
+    proptest::sample::select(Backend::all().to_vec())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// seal → open returns the same inner packet, for every suite, backend and size 0..9000.
+    #[test]
+    fn round_trip(suite in suite_strategy(), backend in backend_strategy(),
+                  len in 0usize..9000, fill in any::<u8>(), control in any::<bool>()) {
+        let mut p = pair_with(backend, suite, 1024);
+        let inner = if control || len < 20 { vec![fill; len] } else { ipv4(len, fill) };
+        let mut buf = vec![0u8; ESP_HEADER_LEN + len + esp::MAX_OVERHEAD];
+        buf[ESP_HEADER_LEN..ESP_HEADER_LEN + len].copy_from_slice(&inner);
+        let next = if control || len < 20 { NextHeader::Control } else { NextHeader::Ipv4 };
+        let n = p.client.seal(p.c_peer, &mut buf, len, next).expect("seal");
+        prop_assert_eq!(n, esp::esp_len(len));
+        prop_assert_eq!(n % 4, 0, "ESP packets end on a 4-byte boundary");
+        let (_, out) = open(&mut p.server, &buf[..n]).expect("opens");
+        prop_assert_eq!(out, inner);
+    }
+
+    /// Any single bit flip anywhere in the ESP packet makes it drop; it never opens.
+    #[test]
+    fn any_bit_flip_is_rejected(suite in suite_strategy(), len in 20usize..600,
+                                bit in any::<proptest::sample::Index>()) {
+        let mut p = pair(suite);
+        let sealed = seal(&mut p.client, p.c_peer, &ipv4(len, 0x33)).expect("seal");
+        let mut forged = sealed.clone();
+        let i = bit.index(forged.len() * 8);
+        forged[i / 8] ^= 1 << (i % 8);
+        let r = open(&mut p.server, &forged);
+        prop_assert!(r.is_err(), "flipped bit {} opened", i);
+        // The genuine packet is unaffected.
+        prop_assert!(open(&mut p.server, &sealed).is_ok());
+    }
+
+    /// Opening a random permutation with duplicates: each sequence number opens at most once,
+    /// and everything within the window opens exactly once.
+    #[test]
+    fn replays_never_open(order in proptest::collection::vec(0usize..300, 1..600)) {
+        let mut p = pair_with(Backend::RustCrypto, Suite::Aes128Gcm, 1024);
+        let sealed: Vec<Vec<u8>> = (0..300)
+            .map(|i| seal(&mut p.client, p.c_peer, &ipv4(40, i as u8)).expect("seal"))
+            .collect();
+        let mut opened = vec![false; 300];
+        for i in order {
+            match open(&mut p.server, &sealed[i]) {
+                Ok(_) => {
+                    prop_assert!(!opened[i], "packet {} opened twice", i);
+                    opened[i] = true;
+                }
+                Err(r) => prop_assert!(opened[i] && r == DropReason::Replay, "{} dropped: {:?}", i, r),
+            }
+        }
+    }
+
+    /// ESN inference across the 2^32 boundary: a window straddling it accepts both sides.
+    #[test]
+    fn esn_window_straddles_wrap(back in 1u64..1000, fwd in 1u64..1000) {
+        let mut w = pktcrypt_core::replay::ReplayWindow::new(1024).expect("window");
+        let top = (1u64 << 32) + 500;
+        w.update(top).expect("update");
+        let low = top - back.min(1023);
+        prop_assert_eq!(w.infer_esn(low as u32), Some(low));
+        let high = top + fwd;
+        prop_assert_eq!(w.infer_esn(high as u32), Some(high));
+    }
+}
