@@ -34,7 +34,7 @@ pub enum Backend {
 impl Default for Backend {
     /// The backend the engine uses unless told otherwise.
     ///
-    /// Chosen by measurement (see `benches/` and the README): `ring`'s fused AES-GCM and
+    /// Chosen by measurement (`BENCHMARKS.md`): `ring`'s fused AES-GCM and
     /// ChaCha20-Poly1305 assembly is faster per packet than the separate CTR and GHASH passes the
     /// RustCrypto crates allow, so it is the default where the `ring` feature is built.
     fn default() -> Self {
