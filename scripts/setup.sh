@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs everything pktcrypt's build, demo and tests need on a fresh Debian 12 machine.
+# Idempotent: every step checks before it installs. Run as root (or with sudo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+# Debian packages: OpenSSL headers for the benchmark baseline, pkg-config, Python.
+APT_PACKAGES=(pkg-config libssl-dev python3 python3-venv ca-certificates)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Rust: the pinned toolchain (rust-toolchain.toml) with rustfmt and clippy, and a nightly with
+# rust-src for cargo-fuzz.
+if ! command -v rustup >/dev/null 2>&1; then
+  echo "rustup is required (https://rustup.rs); none found on PATH" >&2
+  exit 1
+fi
+rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install "$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)"
+rustup component add rustfmt clippy >/dev/null 2>&1
+if ! rustup toolchain list | grep -q '^nightly'; then
+  log "rustup toolchain install nightly"
+  rustup toolchain install nightly --profile minimal
+fi
+rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src' \
+  || rustup component add rust-src --toolchain nightly
+
+# cargo-fuzz (built from crates.io).
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  log "cargo install cargo-fuzz"
+  cargo install cargo-fuzz --locked --quiet
+fi
+
+# Python: a virtual environment with the independent ESP decryptor's dependency.
+VENV=.venv
+if [ ! -x "$VENV/bin/python" ]; then
+  log "python3 -m venv $VENV"
+  python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c 'import cryptography' >/dev/null 2>&1; then
+  log "pip install cryptography"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check 'cryptography>=42'
+fi
+log "ready"

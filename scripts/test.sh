@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The test command: sets up a fresh machine (scripts/setup.sh), then runs every check CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test (unit, known-answer, property, independence, demo)"
+export PKTCRYPT_PYTHON="$PWD/.venv/bin/python"
+cargo test --workspace --locked
+
+step "benchmarks compile"
+cargo bench -p pktcrypt-benches --locked --no-run
+
+step "fuzz smoke run (${FUZZ_SECONDS:=20}s per target)"
+for target in packet_parser open; do
+  (cd userspace/pktcrypt-core && cargo +nightly fuzz run "$target" -- \
+      -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 >/dev/null 2>"../../target/fuzz-$target.log") \
+    || { tail -40 "target/fuzz-$target.log"; echo "fuzz target $target failed"; exit 1; }
+  echo "fuzz $target: $(grep -Eo 'Done [0-9]+ runs' "target/fuzz-$target.log" | tail -1)"
+done
+
+echo
+echo "all checks passed"
