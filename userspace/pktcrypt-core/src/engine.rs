@@ -94,6 +94,20 @@ pub struct EngineConfig {
     /// Highest sequence number a transmit SA may use before sealing refuses and a rekey is
     /// required. `None`: the full space (2^64-1 with ESN, 2^32-1 without).
     pub seq_limit: Option<u64>,
+    /// First transmit sequence number under the init key (generation 0) in this boot.
+    ///
+    /// The init key outlives restarts, its sequence counter does not: starting every boot at
+    /// [`boot_seq_base`] of the wall clock keeps (key, nonce) pairs unique across restarts and
+    /// lets the peer's replay window accept the restarted sender. Receivers take the full 64-bit
+    /// sequence number of init-key packets from their (authenticated) IV. Default 1 (tests).
+    pub init_seq_base: u64,
+}
+
+/// The init-key sequence base for a boot at `unix_micros` microseconds since the UNIX epoch:
+/// `unix_micros · 4096`. Two boots a microsecond apart cannot overlap unless the first sent more
+/// than 4096 packets per microsecond of its life; the value fits 64 bits until the year 2112.
+pub const fn boot_seq_base(unix_micros: u64) -> u64 {
+    unix_micros.saturating_mul(4096)
 }
 
 impl EngineConfig {
@@ -106,6 +120,7 @@ impl EngineConfig {
             esn: true,
             max_esp_len: 65535,
             seq_limit: None,
+            init_seq_base: 1,
         }
     }
 
@@ -145,7 +160,7 @@ const INIT_SLOT: u8 = 0;
 
 struct Peer {
     /// Physical slots: 0 = init, 1 and 2 alternate as newest/previous.
-    slots: [Option<Sa>; 3],
+    slots: Box<[Option<Sa>; 3]>,
     /// Physical index (1 or 2) of the newest dynamic generation, if any.
     newest: Option<u8>,
 }
@@ -541,9 +556,10 @@ impl Engine {
         if self.spis.contains_key(&init.info.spi.get()) {
             return Err(Error::DuplicateSpi);
         }
-        let sa = self.new_sa(init, now)?;
+        let mut sa = Sa::new(init, now);
+        sa.next_seq = self.config.init_seq_base.max(1);
         let peer = Peer {
-            slots: [Some(sa), None, None],
+            slots: Box::new([Some(sa), None, None]),
             newest: None,
         };
         let index = match self.free.pop() {
@@ -581,16 +597,6 @@ impl Engine {
         }
         self.free.push(id.0);
         Ok(())
-    }
-
-    fn new_sa(&self, generation: &Generation, now: Time) -> Result<Sa, Error> {
-        Sa::new(
-            generation,
-            self.config.role.tx_direction(),
-            self.config.backend,
-            self.config.replay_window,
-            now,
-        )
     }
 
     /// Installs a new newest generation N+1: keeps {N+1, N} and forgets N-1 (the init key
@@ -640,7 +646,7 @@ impl Engine {
         if self.spis.contains_key(&info.spi.get()) {
             return Err(Error::DuplicateSpi);
         }
-        let sa = self.new_sa(generation, now)?;
+        let sa = Sa::new(generation, now);
         let peer = self.peer_mut(id).ok_or(Error::UnknownPeer)?;
         let target = match peer.newest {
             Some(n) => 3 - n,
@@ -736,10 +742,10 @@ impl Engine {
                     info: sa.info,
                     slot: peer.logical(index),
                     transmitting: index == tx,
-                    counters: sa.counters,
-                    installed_at: sa.installed_at,
+                    counters: sa.counters(),
+                    installed_at: sa.installed_at(),
                     next_seq: sa.next_seq,
-                    highest_received: sa.replay.top(),
+                    highest_received: sa.replay().map_or(0, |w| w.top()),
                 });
             }
         }
@@ -780,6 +786,40 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// Drops the expanded AEAD keys of every generation of a peer; they are derived again from
+    /// the secrets on the next packet. Sequence numbers, replay windows and counters stay. A key
+    /// server calls this for idle clients to keep its memory per client small.
+    pub fn evict_keys(&mut self, id: PeerId) {
+        if let Some(peer) = self.peer_mut(id) {
+            for sa in peer.slots.iter_mut().flatten() {
+                sa.evict_keys();
+            }
+        }
+    }
+
+    /// Counters and install time of the generation in `slot`, without allocating.
+    pub fn sa_counters(&self, id: PeerId, slot: Slot) -> Option<(crate::SaCounters, Time)> {
+        let peer = self.peer(id)?;
+        let index = match slot {
+            Slot::Init => Some(INIT_SLOT),
+            Slot::Newest => peer.newest,
+            Slot::Previous => peer.previous_index(),
+        }?;
+        let sa = peer.slots[usize::from(index)].as_ref()?;
+        Some((sa.counters(), sa.installed_at()))
+    }
+
+    /// The secret of the generation in `slot` (for derived-key mode and distribution).
+    pub(crate) fn secret(&self, id: PeerId, slot: Slot) -> Option<&crate::Secret> {
+        let peer = self.peer(id)?;
+        let index = match slot {
+            Slot::Init => Some(INIT_SLOT),
+            Slot::Newest => peer.newest,
+            Slot::Previous => peer.previous_index(),
+        }?;
+        peer.slots[usize::from(index)].as_ref().map(|sa| &sa.secret)
     }
 
     /// Seals one packet for a peer under the generation the role rule picks.
@@ -839,10 +879,21 @@ impl Engine {
         };
         let max_esp = self.config.max_esp_len;
         let seq_limit = self.seq_limit;
+        let esn = self.config.esn;
+        let backend = self.config.backend;
+        let direction = self.config.role.tx_direction();
         // Pass 1: validate, assign sequence numbers, write header and trailer.
-        let Some(sa) = self.sa(r) else { return };
+        let Some(sa) = self.sa_mut(r) else { return };
         let spi = sa.info.spi.get();
-        let salt = sa.tx_salt;
+        let salt = match sa.tx(backend, direction) {
+            Ok(keyed) => keyed.salt,
+            Err(_) => {
+                for p in packets.iter_mut() {
+                    p.state = State::SealFailed(SealError::UnknownPeer);
+                }
+                return;
+            }
+        };
         let mut next_seq = sa.next_seq;
         for p in packets.iter_mut() {
             p.state = State::Pending;
@@ -888,20 +939,22 @@ impl Engine {
             p.ct_len = esp::write_trailer(rest, payload, next);
             p.nonce = esp::nonce(salt, iv);
             let mut aad = [0u8; 12];
-            p.aad_len = esp::aad(spi, seq, self.config.esn, &mut aad);
+            p.aad_len = esp::aad(spi, seq, esn, &mut aad);
             p.aad = aad;
             p.seq = seq;
             p.sa = Some(r);
         }
         // Pass 2: encrypt all of them under one key.
-        let Some(sa) = self.sa_mut(r) else { return };
         sa.next_seq = next_seq;
-        sa.tx.seal_batch(packets);
+        if let Ok(keyed) = sa.tx(backend, direction) {
+            keyed.key.seal_batch(packets);
+        }
         // Pass 3: results and counters.
+        let counters = sa.counters_mut();
         for p in packets.iter_mut().filter(|p| p.sa.is_some()) {
             p.state = State::Sealed(ESP_HEADER_LEN + p.ct_len + ESP_ICV_LEN);
-            sa.counters.packets_sealed += 1;
-            sa.counters.bytes_sealed += p.len as u64;
+            counters.packets_sealed += 1;
+            counters.bytes_sealed += p.len as u64;
         }
     }
 
@@ -953,8 +1006,8 @@ impl Engine {
             while end < packets.len() && (packets[end].sa == Some(r) || !packets[end].active()) {
                 end += 1;
             }
-            if let Some(sa) = self.sa(r) {
-                sa.rx.open_batch(&mut packets[start..end]);
+            if let Some(keyed) = self.sa(r).and_then(Sa::rx_expanded) {
+                keyed.key.open_batch(&mut packets[start..end]);
             }
             start = end;
         }
@@ -968,7 +1021,7 @@ impl Engine {
         }
     }
 
-    fn prepare_open(&self, p: &mut Packet<'_>) -> Result<(), DropReason> {
+    fn prepare_open(&mut self, p: &mut Packet<'_>) -> Result<(), DropReason> {
         let packet = p.buf.get(..p.len).ok_or(DropReason::Truncated)?;
         if packet.len() > self.config.max_esp_len {
             return Err(DropReason::Oversized);
@@ -977,22 +1030,38 @@ impl Engine {
         if header.spi <= pktcrypt_common::MAX_RESERVED_SPI {
             return Err(DropReason::ReservedSpi);
         }
+        let ct_len = packet.len() - MIN_ESP_LEN + 2;
         let r = *self.spis.get(&header.spi).ok_or(DropReason::UnknownSpi)?;
-        let sa = self.sa(r).ok_or(DropReason::UnknownSpi)?;
+        let esn = self.config.esn;
+        let window = self.config.replay_window;
+        let backend = self.config.backend;
+        let direction = self.config.role.tx_direction().reverse();
+        let sa = self.sa_mut(r).ok_or(DropReason::UnknownSpi)?;
         // From here on drops are also counted against this SA.
         p.sa = Some(r);
-        let seq = if self.config.esn {
-            sa.replay
-                .infer_esn(header.seq_low)
-                .ok_or(DropReason::TooOld)?
+        let replay = sa.replay_mut(window).map_err(|_| DropReason::Malformed)?;
+        let seq = if r.slot == INIT_SLOT {
+            // Init-key traffic restarts at a boot-derived base: the IV carries the full 64-bit
+            // sequence number (authenticated through the nonce) and must agree with the header.
+            let seq = u64::from_be_bytes(header.iv);
+            if seq as u32 != header.seq_low || (!esn && seq > u64::from(u32::MAX)) {
+                return Err(DropReason::Malformed);
+            }
+            seq
+        } else if esn {
+            replay.infer_esn(header.seq_low).ok_or(DropReason::TooOld)?
         } else {
             u64::from(header.seq_low)
         };
-        sa.replay.check(seq).map_err(replay_reason)?;
-        p.ct_len = packet.len() - MIN_ESP_LEN + 2;
-        p.nonce = esp::nonce(sa.rx_salt, header.iv);
+        replay.check(seq).map_err(replay_reason)?;
+        let salt = sa
+            .rx(backend, direction)
+            .map_err(|_| DropReason::Malformed)?
+            .salt;
+        p.ct_len = ct_len;
+        p.nonce = esp::nonce(salt, header.iv);
         let mut aad = [0u8; 12];
-        p.aad_len = esp::aad(header.spi, seq, self.config.esn, &mut aad);
+        p.aad_len = esp::aad(header.spi, seq, esn, &mut aad);
         p.aad = aad;
         p.seq = seq;
         Ok(())
@@ -1004,8 +1073,8 @@ impl Engine {
             (State::Opened(OpenOutcome::Drop(reason)), Some(r)) => {
                 if let Some(sa) = self.sa_mut(r) {
                     match reason {
-                        DropReason::AuthFailed => sa.counters.auth_failures += 1,
-                        DropReason::Replay | DropReason::TooOld => sa.counters.replays += 1,
+                        DropReason::AuthFailed => sa.counters_mut().auth_failures += 1,
+                        DropReason::Replay | DropReason::TooOld => sa.counters_mut().replays += 1,
                         _ => {}
                     }
                 }
@@ -1019,11 +1088,16 @@ impl Engine {
         let slot = self
             .peer(PeerId(r.peer))
             .map_or(Slot::Init, |peer| peer.logical(r.slot));
+        let window = self.config.replay_window;
         let Some(sa) = self.sa_mut(r) else {
             return OpenOutcome::Drop(DropReason::UnknownSpi);
         };
-        if sa.replay.update(seq).is_err() {
-            sa.counters.replays += 1;
+        if sa
+            .replay_mut(window)
+            .and_then(|w| w.update(seq).map_err(|_| Error::ReplayWindow))
+            .is_err()
+        {
+            sa.counters_mut().replays += 1;
             return OpenOutcome::Drop(DropReason::Replay);
         }
         let info = OpenInfo {
@@ -1038,8 +1112,9 @@ impl Engine {
             Ok(v) => v,
             Err(reason) => return OpenOutcome::Drop(reason),
         };
-        sa.counters.packets_opened += 1;
-        sa.counters.bytes_opened += len as u64;
+        let counters = sa.counters_mut();
+        counters.packets_opened += 1;
+        counters.bytes_opened += len as u64;
         match next_header {
             NextHeader::Control => OpenOutcome::Control { len, info },
             ip => {

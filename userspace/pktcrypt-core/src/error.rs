@@ -139,6 +139,10 @@ drop_reasons! {
     Dummy = "dummy",
     /// The inner packet does not match its next header (e.g. not IPv4 under next header 4).
     BadInnerPacket = "bad_inner_packet",
+    /// An authenticated control message that does not decode (version, type, length).
+    ControlMalformed = "control_malformed",
+    /// A control message this role does not accept (e.g. a distribution sent to a server).
+    ControlUnexpected = "control_unexpected",
 }
 
 impl fmt::Display for DropReason {

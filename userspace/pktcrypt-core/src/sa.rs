@@ -1,4 +1,11 @@
 //! A security association: one generation of keys with one peer, both directions.
+//!
+//! Only the generation's description, its secret and the transmit sequence number are always
+//! resident. The expanded AEAD keys of each direction are derived on first use (HKDF, then the
+//! cipher's key schedule) and may be evicted again for idle peers; counters and the replay window
+//! are allocated on first traffic. A key server holding a million mostly idle clients therefore
+//! keeps about a hundred bytes per generation instead of the ~600 bytes an expanded AES-256-GCM
+//! key takes.
 
 use crate::aead::{AeadKey, Backend};
 use crate::keys::{Direction, Generation, GenerationInfo, Secret};
@@ -22,45 +29,98 @@ pub struct SaCounters {
     pub replays: u64,
 }
 
+/// An expanded AEAD key and its salt: derived on demand, evictable.
+pub(crate) struct Keyed {
+    pub(crate) key: AeadKey,
+    pub(crate) salt: [u8; 4],
+}
+
 pub(crate) struct Sa {
     pub(crate) info: GenerationInfo,
     pub(crate) secret: Secret,
-    pub(crate) tx: AeadKey,
-    pub(crate) tx_salt: [u8; 4],
-    /// Next sequence number to send; starts at 1 (RFC 4303 §3.3.3).
+    /// Next sequence number to send; starts at 1 (RFC 4303 §3.3.3). Survives key eviction.
     pub(crate) next_seq: u64,
-    pub(crate) rx: AeadKey,
-    pub(crate) rx_salt: [u8; 4],
-    pub(crate) replay: ReplayWindow,
-    pub(crate) counters: SaCounters,
-    pub(crate) installed_at: Time,
+    /// When it was installed, in nanoseconds of [`Time`].
+    installed_at: u64,
+    tx: Option<Box<Keyed>>,
+    rx: Option<Box<Keyed>>,
+    /// Allocated at the first received packet. Survives key eviction.
+    replay: Option<Box<ReplayWindow>>,
+    counters: Option<Box<SaCounters>>,
 }
 
 impl Sa {
-    pub(crate) fn new(
-        generation: &Generation,
-        tx_direction: Direction,
-        backend: Backend,
-        window: u32,
-        now: Time,
-    ) -> Result<Sa, Error> {
-        let info = generation.info;
-        let tx_key = generation.secret.derive_direction(info, tx_direction);
-        let rx_key = generation
-            .secret
-            .derive_direction(info, tx_direction.reverse());
-        Ok(Sa {
-            info,
+    pub(crate) fn new(generation: &Generation, now: Time) -> Sa {
+        Sa {
+            info: generation.info,
             secret: generation.secret.clone(),
-            tx: backend.key(info.suite, tx_key.key())?,
-            tx_salt: tx_key.salt(),
             next_seq: 1,
-            rx: backend.key(info.suite, rx_key.key())?,
-            rx_salt: rx_key.salt(),
-            replay: ReplayWindow::new(window)?,
-            counters: SaCounters::default(),
-            installed_at: now,
-        })
+            installed_at: u64::try_from(now.as_nanos()).unwrap_or(u64::MAX),
+            tx: None,
+            rx: None,
+            replay: None,
+            counters: None,
+        }
+    }
+
+    pub(crate) fn installed_at(&self) -> Time {
+        Time::from_nanos(self.installed_at)
+    }
+
+    fn expand(&self, backend: Backend, direction: Direction) -> Result<Box<Keyed>, Error> {
+        let dk = self.secret.derive_direction(self.info, direction);
+        Ok(Box::new(Keyed {
+            key: backend.key(self.info.suite, dk.key())?,
+            salt: dk.salt(),
+        }))
+    }
+
+    /// The transmit key, expanded on first use.
+    pub(crate) fn tx(&mut self, backend: Backend, direction: Direction) -> Result<&Keyed, Error> {
+        if self.tx.is_none() {
+            self.tx = Some(self.expand(backend, direction)?);
+        }
+        self.tx.as_deref().ok_or(Error::KeyLength)
+    }
+
+    /// The receive key, expanded on first use.
+    pub(crate) fn rx(&mut self, backend: Backend, direction: Direction) -> Result<&Keyed, Error> {
+        if self.rx.is_none() {
+            self.rx = Some(self.expand(backend, direction)?);
+        }
+        self.rx.as_deref().ok_or(Error::KeyLength)
+    }
+
+    /// The receive key if already expanded.
+    pub(crate) fn rx_expanded(&self) -> Option<&Keyed> {
+        self.rx.as_deref()
+    }
+
+    /// The replay window, allocated on first use.
+    pub(crate) fn replay_mut(&mut self, window: u32) -> Result<&mut ReplayWindow, Error> {
+        if self.replay.is_none() {
+            self.replay = Some(Box::new(ReplayWindow::new(window)?));
+        }
+        self.replay.as_deref_mut().ok_or(Error::ReplayWindow)
+    }
+
+    /// The replay window if any packet was received.
+    pub(crate) fn replay(&self) -> Option<&ReplayWindow> {
+        self.replay.as_deref()
+    }
+
+    pub(crate) fn counters(&self) -> SaCounters {
+        self.counters.as_deref().copied().unwrap_or_default()
+    }
+
+    pub(crate) fn counters_mut(&mut self) -> &mut SaCounters {
+        self.counters.get_or_insert_with(Box::default)
+    }
+
+    /// Drops the expanded keys (they are re-derived from the secret when needed again).
+    pub(crate) fn evict_keys(&mut self) {
+        self.tx = None;
+        self.rx = None;
     }
 
     pub(crate) fn same_generation(&self, generation: &Generation) -> bool {

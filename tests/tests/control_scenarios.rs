@@ -1,0 +1,316 @@
+//! The required control-plane scenarios S1-S7 of the spec, each in its own test, on the
+//! deterministic simulator (virtual time, lossy links, data flowing both ways throughout).
+
+use pktcrypt_core::control::{ClientConfig, ClientEvent, ServerConfig, ServerEvent};
+use pktcrypt_core::{Suite, Time};
+use pktcrypt_tests::sim::Sim;
+use std::time::Duration;
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn server_config() -> ServerConfig {
+    let mut c = ServerConfig::new();
+    c.rekey_interval = None;
+    c
+}
+
+fn client_config() -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.hello_interval = secs(2);
+    c
+}
+
+fn minted(sim: &Sim) -> Vec<u64> {
+    sim.server_events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            ServerEvent::KeyMinted { generation, .. } => Some(generation.number),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn s1_startup_from_init_key() {
+    let mut sim = Sim::new(1, server_config(), client_config(), 1);
+    assert_eq!(
+        sim.generations(0),
+        (0, 0, 0),
+        "both start with the init key only"
+    );
+    let took = sim.run_until_converged(Duration::from_millis(10), secs(2));
+    assert!(
+        took.is_some(),
+        "S1 did not converge: {:?}",
+        sim.generations(0)
+    );
+    assert_eq!(sim.generations(0), (1, 1, 1));
+    assert_eq!(minted(&sim), vec![1]);
+    assert!(matches!(
+        sim.server_events[0].1,
+        ServerEvent::ClientInit { .. }
+    ));
+    assert_eq!(sim.stats.key_mismatch, 0);
+}
+
+#[test]
+fn s2_client_timed_update() {
+    let mut cc = client_config();
+    cc.update_interval = Some(secs(5));
+    let mut sim = Sim::new(1, server_config(), cc, 2);
+    sim.run_for(secs(1));
+    assert_eq!(sim.generations(0), (1, 1, 1));
+    // Each update timer expiry brings one new generation, requested by the client.
+    sim.run_for(secs(12));
+    let (c, s, p) = sim.generations(0);
+    assert!(c >= 3, "two timed updates expected, at generation {c}");
+    assert_eq!((c, s), (p, p));
+    assert_eq!(minted(&sim), (1..=c).collect::<Vec<_>>());
+    assert_eq!(sim.stats.key_mismatch, 0);
+}
+
+#[test]
+fn s3_lost_distribution_explicit_resend() {
+    let mut cc = client_config();
+    cc.hello_interval = secs(60);
+    // Only the client's explicit request may recover: no implicit resend, no server retransmit.
+    let mut sc = server_config();
+    sc.implicit_resend_interval = secs(3600);
+    sc.distribution_retry = secs(3600);
+    let mut sim = Sim::new(1, sc, cc, 3);
+    sim.run_for(secs(1));
+    assert_eq!(sim.generations(0), (1, 1, 1));
+    let minted_before = sim.stats.minted;
+    // The next distribution is lost; the server's own retransmissions too (it waits longer).
+    sim.drop_next_down_control = 1;
+    sim.clients[0].machine.request_update(sim.now);
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(
+        sim.generations(0).0,
+        1,
+        "client did not get generation 2 yet"
+    );
+    assert_eq!(sim.generations(0).1, 2, "server minted generation 2");
+    sim.run_for(secs(3));
+    assert_eq!(sim.generations(0), (2, 2, 2));
+    assert_eq!(
+        sim.stats.minted,
+        minted_before + 1,
+        "a resend mints nothing new"
+    );
+    assert!(
+        sim.stats.resent_explicit >= 1,
+        "the lost key was re-sent on request"
+    );
+    assert_eq!(sim.stats.resent_implicit, 0);
+    assert!(
+        sim.clients[0]
+            .events
+            .iter()
+            .all(|(_, e)| *e != ClientEvent::FellBackToInit),
+        "no fallback needed"
+    );
+    assert_eq!(sim.stats.key_mismatch, 0);
+}
+
+#[test]
+fn s4_lost_distribution_implicit_resend() {
+    let mut cc = client_config();
+    // The client waits long before asking: the server must notice by itself.
+    cc.request_timeout = secs(30);
+    cc.max_backoff = secs(30);
+    cc.hello_interval = secs(60);
+    let mut sc = server_config();
+    sc.distribution_retry = secs(30);
+    let mut sim = Sim::new(1, sc, cc, 4);
+    sim.run_for(secs(1));
+    assert_eq!(sim.generations(0), (1, 1, 1));
+    sim.drop_next_down_control = 1;
+    sim.clients[0].machine.request_update(sim.now);
+    // Data keeps flowing under generation 1: the server sees it and re-sends 2 unasked.
+    sim.run_for(secs(2));
+    assert_eq!(sim.generations(0), (2, 2, 2));
+    assert!(
+        sim.stats.resent_implicit >= 1,
+        "no implicit resend: {:?}",
+        sim.stats
+    );
+    assert_eq!(sim.stats.resent_explicit, 0);
+    assert_eq!(sim.stats.key_mismatch, 0);
+}
+
+#[test]
+fn s5_server_loses_all_keys() {
+    let cc = client_config();
+    let bound = cc.fallback_bound() + cc.hello_interval.mul_f64(1.1) + secs(1);
+    let mut sim = Sim::new(3, server_config(), cc, 5);
+    sim.run_for(secs(1));
+    for i in 0..3 {
+        sim.clients[i].machine.request_update(sim.now);
+    }
+    sim.run_for(secs(1));
+    assert!((0..3).all(|i| sim.generations(i) == (2, 2, 2)));
+    let fault = sim.now;
+    sim.restart_server();
+    let took = sim.run_until_converged(Duration::from_millis(50), bound);
+    assert!(
+        took.is_some(),
+        "no recovery within {bound:?}: {:?}",
+        (0..3).map(|i| sim.generations(i)).collect::<Vec<_>>()
+    );
+    assert!(
+        (0..3).all(|i| sim.generations(i) == (1, 1, 1)),
+        "both sides restart at generation 1"
+    );
+    assert_eq!(
+        sim.stats.fallbacks, 3,
+        "each client fell back to the init key once"
+    );
+    for c in &sim.clients {
+        assert!(
+            c.events
+                .iter()
+                .any(|(t, e)| *t > fault && *e == ClientEvent::FellBackToInit)
+        );
+    }
+}
+
+#[test]
+fn s6_client_restart() {
+    let mut sim = Sim::new(2, server_config(), client_config(), 6);
+    sim.run_for(secs(1));
+    for _ in 0..3 {
+        sim.clients[0].machine.request_update(sim.now);
+        sim.run_for(secs(1));
+    }
+    assert_eq!(sim.generations(0), (4, 4, 4));
+    sim.restart_client(0);
+    assert_eq!(
+        sim.clients[0].machine.newest(),
+        0,
+        "restarted with the init key only"
+    );
+    let took = sim.run_until_converged(Duration::from_millis(10), secs(2));
+    assert!(took.is_some(), "{:?}", sim.generations(0));
+    assert_eq!(
+        sim.generations(0),
+        (1, 1, 1),
+        "re-initialised from the init key"
+    );
+    assert_eq!(
+        sim.generations(1),
+        (1, 1, 1),
+        "the other client is untouched"
+    );
+    assert!(
+        sim.server_events
+            .iter()
+            .filter(|(_, e)| matches!(e, ServerEvent::ClientInit { .. }))
+            .count()
+            == 3
+    );
+}
+
+#[test]
+fn s7_server_timed_update() {
+    let mut sc = server_config();
+    sc.rekey_interval = Some(secs(10));
+    sc.rekey_jitter_permille = 0;
+    let mut sim = Sim::new(1, sc, client_config(), 7);
+    sim.run_for(secs(5));
+    assert_eq!(sim.generations(0), (1, 1, 1));
+    sim.run_for(secs(6));
+    assert_eq!(
+        sim.generations(0),
+        (2, 2, 2),
+        "the server rotated on its own timer"
+    );
+    sim.run_for(secs(10));
+    assert_eq!(sim.generations(0), (3, 3, 3));
+    // It rotated only after a proof of the newest generation: never two ahead.
+    assert_eq!(minted(&sim), vec![1, 2, 3]);
+    assert_eq!(sim.stats.key_mismatch, 0);
+}
+
+#[test]
+fn derived_mode_rotates_without_sending_secrets() {
+    let mut sc = server_config();
+    sc.derived = true;
+    sc.rekey_interval = Some(secs(3));
+    let mut sim = Sim::new(2, sc, client_config(), 8);
+    sim.run_for(secs(20));
+    for i in 0..2 {
+        let (c, s, p) = sim.generations(i);
+        assert!(c >= 5, "client {i} at generation {c}");
+        assert_eq!((c, s), (p, p));
+    }
+    assert_eq!(sim.stats.key_mismatch, 0);
+}
+
+#[test]
+fn suite_switch_at_rekey() {
+    let mut sc = server_config();
+    sc.rekey_interval = Some(secs(3));
+    let mut sim = Sim::new(1, sc, client_config(), 9);
+    sim.run_for(secs(2));
+    sim.server.set_suite(Suite::ChaCha20Poly1305);
+    sim.run_for(secs(5));
+    let peer = sim.clients[0].peer;
+    let g = sim.server.engine().tx_generation(peer).expect("tx");
+    let st = sim.server.engine().peer_status(peer).expect("status");
+    assert!(
+        st.sas
+            .iter()
+            .any(|s| s.info.suite == Suite::ChaCha20Poly1305),
+        "{st:?}"
+    );
+    assert!(g.number >= 1);
+    assert_eq!(sim.stats.key_mismatch, 0);
+}
+
+#[test]
+fn rekey_trigger_on_packets_sealed() {
+    let mut cc = client_config();
+    cc.triggers.packets_sealed = 25;
+    let mut sim = Sim::new(1, server_config(), cc, 10);
+    sim.run_for(secs(10));
+    let (c, _, _) = sim.generations(0);
+    // 10 packets/s sealed: a rotation about every 2.5 s.
+    assert!(c >= 3, "trigger did not rotate: generation {c}");
+    assert!(sim.clients[0].events.iter().any(|(_, e)| matches!(
+        e,
+        ClientEvent::Triggered {
+            reason: "packets_sealed"
+        }
+    )));
+    assert_eq!(sim.stats.key_mismatch, 0);
+}
+
+#[test]
+fn rekeys_are_rate_limited_and_spread() {
+    let mut sc = server_config();
+    sc.rekey_interval = Some(secs(5));
+    sc.rekey_jitter_permille = 300;
+    sc.max_rekeys_per_second = 20;
+    let mut sim = Sim::new(100, sc, client_config(), 11);
+    sim.data_interval = Some(Duration::from_millis(500));
+    sim.run_for(secs(30));
+    let mut per_second = std::collections::HashMap::<u64, u64>::new();
+    for (t, e) in &sim.server_events {
+        if let ServerEvent::KeyMinted { generation, .. } = e
+            && generation.number > 1
+        {
+            *per_second.entry(t.as_secs()).or_default() += 1;
+        }
+    }
+    let max = per_second.values().copied().max().unwrap_or(0);
+    assert!(max <= 2 * 20, "{max} rekeys in one second");
+    assert!(
+        per_second.values().sum::<u64>() >= 300,
+        "rekeys happened: {per_second:?}"
+    );
+    assert_eq!(sim.stats.key_mismatch, 0);
+    let _ = Time::ZERO;
+}

@@ -1,0 +1,812 @@
+//! The key server (key transmitting device): one instance serves many clients.
+//!
+//! Per client it keeps the engine's three slots (init, N, N-1) and a small record: where the
+//! client was last seen, the newest generation it has *proven* it holds (by sending anything
+//! under that generation's SPI), a pending distribution and a few deadlines. Rules (spec §3, §4):
+//!
+//! - A new generation N+1 is minted only when the client has proven N: the sides are never more
+//!   than one generation apart. The server then holds {N+1, N} and transmits with N.
+//! - `KEY_INIT_REQUEST` (or any request or `HELLO` under the init key while dynamic keys exist:
+//!   a restarted client, S6) resets the client to its init key and mints generation 1. A
+//!   retransmitted init request (same message id) gets the same distribution again.
+//! - `KEY_UPDATE_REQUEST` under N rotates (S2); `KEY_RESEND_REQUEST` re-sends the same newest
+//!   generation, minting nothing (S3); a client seen transmitting under N while the server holds
+//!   an unproven N+1 gets N+1 re-sent without asking (S4).
+//! - The server's own rekey timer (S7) and the rekey triggers mark a client as due; it rotates at
+//!   the next proof that the client holds N. Rekeys are rate-limited by a token bucket and the
+//!   timers are jittered, so thousands of clients do not rotate in the same second.
+
+use super::message::{Distribution, KeyMaterial, Message};
+use super::{Incoming, Random, RekeyTriggers, Transmit, backoff, jittered, nanos};
+use crate::engine::Installed;
+use crate::{
+    DropReason, Engine, EngineConfig, Error, Generation, GenerationInfo, Opened, PeerId, Role,
+    Secret, Slot, Spi, Suite, Time,
+};
+use core::net::SocketAddr;
+use core::time::Duration;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+/// Key server configuration. Every timeout is configurable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Data-plane settings (the role is forced to [`Role::KeyServer`]).
+    pub engine: EngineConfig,
+    /// Suite of newly minted generations (changing it switches suite at the next rekey).
+    pub suite: Suite,
+    /// Derived-key mode (spec §5): distributions carry a nonce, not the secret.
+    pub derived: bool,
+    /// Server-timed update (S7): rotate each client this often (jittered). `None`: only on
+    /// request or trigger.
+    pub rekey_interval: Option<Duration>,
+    /// Jitter applied to rekey timers, in permille (±).
+    pub rekey_jitter_permille: u32,
+    /// Rekeys minted per second at most, over all clients (token bucket; burst = the rate).
+    pub max_rekeys_per_second: u32,
+    /// First retransmission of an unproven distribution.
+    pub distribution_retry: Duration,
+    /// Largest retransmission interval.
+    pub distribution_max_backoff: Duration,
+    /// Retransmissions before the client is reported unresponsive (the server then waits for
+    /// the client to ask).
+    pub distribution_retries: u32,
+    /// Smallest interval between two implicit resends to one client (S4).
+    pub implicit_resend_interval: Duration,
+    /// Rekey triggers on the generation the client transmits with.
+    pub triggers: RekeyTriggers,
+    /// Drop expanded keys of clients idle this long (they are re-derived on the next packet).
+    pub idle_evict: Option<Duration>,
+    /// Longest reordering expected between a data packet and a later control message. The
+    /// server mints N+2 no sooner than this after the client proved N+1 (so the client's
+    /// traffic under N has arrived before N is forgotten), and sends N+2 no sooner than this
+    /// after minting it (so its own traffic under N arrives before the client forgets N).
+    pub reorder_grace: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults: AES-256-GCM, secret mode, hourly jittered rekeys, 1000 rekeys/s.
+    pub fn new() -> Self {
+        let engine = EngineConfig::new(Role::KeyServer);
+        Self {
+            suite: Suite::Aes256Gcm,
+            derived: false,
+            rekey_interval: Some(Duration::from_secs(3600)),
+            rekey_jitter_permille: 100,
+            max_rekeys_per_second: 1000,
+            distribution_retry: Duration::from_millis(500),
+            distribution_max_backoff: Duration::from_secs(8),
+            distribution_retries: 6,
+            implicit_resend_interval: Duration::from_millis(500),
+            triggers: RekeyTriggers::for_suite(Suite::Aes256Gcm, engine.max_esp_len),
+            idle_evict: Some(Duration::from_secs(300)),
+            reorder_grace: Duration::from_millis(250),
+            engine,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What the key server tells the application.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// A client (re)started from its init key.
+    ClientInit {
+        /// The client.
+        peer: PeerId,
+    },
+    /// A generation was minted for a client and sent.
+    KeyMinted {
+        /// The client.
+        peer: PeerId,
+        /// The new generation.
+        generation: GenerationInfo,
+    },
+    /// A generation was forgotten.
+    Retired {
+        /// The client.
+        peer: PeerId,
+        /// The forgotten generation.
+        generation: GenerationInfo,
+    },
+    /// The client proved it holds `generation` (it sent under its SPI).
+    Proven {
+        /// The client.
+        peer: PeerId,
+        /// Generation number.
+        generation: u64,
+    },
+    /// The newest generation was sent again.
+    Resent {
+        /// The client.
+        peer: PeerId,
+        /// Generation number.
+        generation: u64,
+        /// True when the server noticed by itself (S4), false when asked (S3).
+        implicit: bool,
+    },
+    /// A distribution went unproven through all retransmissions.
+    Unresponsive {
+        /// The client.
+        peer: PeerId,
+        /// The unproven generation.
+        generation: u64,
+    },
+    /// A rekey trigger fired for a client.
+    Triggered {
+        /// The client.
+        peer: PeerId,
+        /// Which trigger.
+        reason: &'static str,
+    },
+}
+
+/// An outstanding distribution, kept until the client proves it.
+#[derive(Clone, Debug)]
+struct Pending {
+    dist: Distribution,
+    msg_id: u32,
+    retries: u32,
+    next_at: u64,
+    /// Not sent before this time (the reorder grace after a mint).
+    not_before: u64,
+}
+
+/// Per-client control state (kept small: a key server may hold millions).
+#[derive(Debug)]
+struct ClientState {
+    addr: Option<SocketAddr>,
+    /// Highest generation proven (0: none beyond the init key).
+    proven: u64,
+    /// When it was first proven.
+    proven_at: u64,
+    /// Newest generation held (0: init key only).
+    newest: u64,
+    /// Rotate at the next proof of the newest generation.
+    rekey_wanted: bool,
+    /// The newest generation answers an init request whose id is `init_id`.
+    from_init: bool,
+    init_id: u32,
+    pending: Option<Box<Pending>>,
+    rekey_at: u64,
+    deferred_at: u64,
+    last_resend: u64,
+    last_rx: u64,
+    evict_at: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    Retry,
+    Rekey,
+    Deferred,
+    Evict,
+}
+
+/// The key server.
+pub struct KeyServer {
+    config: ServerConfig,
+    engine: Engine,
+    clients: Vec<Option<ClientState>>,
+    timers: BinaryHeap<Reverse<(u64, u32, TimerKind)>>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<ServerEvent>,
+    rng: Box<dyn Random>,
+    next_id: u32,
+    tokens: u32,
+    tokens_at: u64,
+    out: Vec<u8>,
+}
+
+impl std::fmt::Debug for KeyServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyServer")
+            .field("engine", &self.engine)
+            .field("pending_timers", &self.timers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyServer {
+    /// A key server with no clients yet.
+    ///
+    /// # Errors
+    /// Invalid engine configuration.
+    pub fn new(mut config: ServerConfig, mut rng: Box<dyn Random>) -> Result<Self, Error> {
+        config.engine.role = Role::KeyServer;
+        let engine = Engine::new(config.engine.clone())?;
+        let next_id = u32::try_from(rng.next_u64() >> 33).unwrap_or(1);
+        Ok(Self {
+            tokens: config.max_rekeys_per_second.max(1),
+            config,
+            engine,
+            clients: Vec::new(),
+            timers: BinaryHeap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            rng,
+            next_id,
+            tokens_at: 0,
+            out: vec![0u8; 256],
+        })
+    }
+
+    /// The data-plane engine (status, counters, data sealing).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Changes the suite of future generations (cipher agility, spec §7).
+    pub fn set_suite(&mut self, suite: Suite) {
+        self.config.suite = suite;
+    }
+
+    /// Adds a client provisioned with `init` (generation 0), optionally with a known address.
+    ///
+    /// # Errors
+    /// As [`Engine::add_peer`].
+    pub fn add_client(
+        &mut self,
+        init: &Generation,
+        addr: Option<SocketAddr>,
+        now: Time,
+    ) -> Result<PeerId, Error> {
+        let peer = self.engine.add_peer(init, now)?;
+        let state = ClientState {
+            addr,
+            proven: 0,
+            proven_at: 0,
+            newest: 0,
+            rekey_wanted: false,
+            from_init: false,
+            init_id: 0,
+            pending: None,
+            rekey_at: 0,
+            deferred_at: 0,
+            last_resend: 0,
+            last_rx: nanos(now),
+            evict_at: 0,
+        };
+        let i = peer.0 as usize;
+        if self.clients.len() <= i {
+            self.clients.resize_with(i + 1, || None);
+        }
+        self.clients[i] = Some(state);
+        Ok(peer)
+    }
+
+    /// Removes a client and its keys.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPeer`].
+    pub fn remove_client(&mut self, peer: PeerId) -> Result<(), Error> {
+        self.engine.remove_peer(peer)?;
+        if let Some(c) = self.clients.get_mut(peer.0 as usize) {
+            *c = None;
+        }
+        Ok(())
+    }
+
+    fn client(&mut self, peer: PeerId) -> Option<&mut ClientState> {
+        self.clients.get_mut(peer.0 as usize)?.as_mut()
+    }
+
+    /// The newest generation a client has proven it holds.
+    pub fn proven(&self, peer: PeerId) -> Option<u64> {
+        Some(self.clients.get(peer.0 as usize)?.as_ref()?.proven)
+    }
+
+    /// The next timer deadline.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.timers
+            .peek()
+            .map(|Reverse((t, _, _))| Time::from_nanos(*t))
+    }
+
+    /// The next packet to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// Seals a data packet for a client (see [`Engine::seal`]).
+    ///
+    /// # Errors
+    /// As [`Engine::seal`].
+    pub fn seal(
+        &mut self,
+        peer: PeerId,
+        buf: &mut [u8],
+        len: usize,
+        next: crate::wire::NextHeader,
+    ) -> Result<usize, crate::SealError> {
+        self.engine.seal(peer, buf, len, next)
+    }
+
+    /// Handles one received ESP packet (the UDP payload) from `from`.
+    pub fn handle_datagram<'b>(
+        &mut self,
+        now: Time,
+        from: Option<SocketAddr>,
+        buf: &'b mut [u8],
+    ) -> Incoming<'b> {
+        match self.engine.open(buf) {
+            Opened::Data {
+                packet,
+                next_header,
+                info,
+            } => {
+                self.on_authentic(now, from, info.peer, info.slot, info.generation);
+                self.check_triggers(now, info.peer);
+                Incoming::Data {
+                    peer: info.peer,
+                    packet,
+                    next_header,
+                    generation: info.generation,
+                }
+            }
+            Opened::Control { message, info } => {
+                let decoded = Message::decode(message);
+                self.on_authentic(now, from, info.peer, info.slot, info.generation);
+                match decoded {
+                    Ok((msg, id)) => {
+                        if self.on_control(now, info.peer, info.slot, msg, id) {
+                            Incoming::Control { peer: info.peer }
+                        } else {
+                            Incoming::Dropped(DropReason::ControlUnexpected)
+                        }
+                    }
+                    Err(_) => Incoming::Dropped(DropReason::ControlMalformed),
+                }
+            }
+            Opened::Drop(reason) => Incoming::Dropped(reason),
+        }
+    }
+
+    fn on_authentic(
+        &mut self,
+        now: Time,
+        from: Option<SocketAddr>,
+        peer: PeerId,
+        slot: Slot,
+        generation: u64,
+    ) {
+        let interval = nanos(self.config.implicit_resend_interval);
+        let idle = self.config.idle_evict.map(nanos);
+        let t = nanos(now);
+        let Some(c) = self.client(peer) else { return };
+        if from.is_some() {
+            c.addr = from;
+        }
+        c.last_rx = t;
+        let mut schedule_evict = None;
+        if let Some(idle) = idle
+            && c.evict_at <= t
+        {
+            c.evict_at = t.saturating_add(idle);
+            schedule_evict = Some(c.evict_at);
+        }
+        let mut resend = false;
+        let mut proven = None;
+        let mut rotate = false;
+        match slot {
+            Slot::Newest if generation > c.proven => {
+                c.proven = generation;
+                c.proven_at = t;
+                c.pending = None;
+                proven = Some(generation);
+                rotate = c.rekey_wanted;
+            }
+            Slot::Newest => rotate = c.rekey_wanted,
+            Slot::Previous
+                if c.proven < c.newest
+                // S4: the client still transmits under N while N+1 exists: it lacks N+1.
+                && t.saturating_sub(c.last_resend) >= interval =>
+            {
+                c.last_resend = t;
+                resend = true;
+            }
+            _ => {}
+        }
+        if let Some(at) = schedule_evict {
+            self.timers.push(Reverse((at, peer.0, TimerKind::Evict)));
+        }
+        if let Some(generation) = proven {
+            self.events
+                .push_back(ServerEvent::Proven { peer, generation });
+        }
+        if resend {
+            self.resend(now, peer, true);
+        }
+        if rotate {
+            self.try_rotate(now, peer);
+        }
+    }
+
+    /// Returns false for messages a server does not accept.
+    fn on_control(&mut self, now: Time, peer: PeerId, slot: Slot, msg: Message, id: u32) -> bool {
+        let Some(c) = self.client(peer) else {
+            return false;
+        };
+        let has_dynamic = c.newest > 0;
+        let pending_init = c.from_init && c.pending.is_some();
+        match msg {
+            Message::KeyInitRequest => self.handle_init(now, peer, id),
+            Message::KeyUpdateRequest { .. }
+            | Message::KeyResendRequest { .. }
+            | Message::Hello { .. }
+                if slot == Slot::Init && has_dynamic && !pending_init =>
+            {
+                // S6: a request or hello under the init key while dynamic keys exist is an init.
+                self.handle_init(now, peer, id);
+            }
+            Message::KeyUpdateRequest { .. } => match slot {
+                Slot::Newest => {
+                    if let Some(c) = self.client(peer) {
+                        c.rekey_wanted = true;
+                    }
+                    self.try_rotate(now, peer);
+                }
+                _ if has_dynamic => self.resend(now, peer, false),
+                _ => self.handle_init(now, peer, id),
+            },
+            Message::KeyResendRequest { .. } => {
+                if has_dynamic {
+                    self.resend(now, peer, false);
+                } else {
+                    self.handle_init(now, peer, id);
+                }
+            }
+            Message::Hello { .. } => {
+                if slot == Slot::Init && !has_dynamic {
+                    self.handle_init(now, peer, id);
+                } else if slot == Slot::Init && pending_init {
+                    self.resend(now, peer, false);
+                } else {
+                    let newest = self.client(peer).map_or(0, |c| c.newest);
+                    self.send(peer, &Message::HelloReply { newest }, id);
+                }
+            }
+            Message::KeyAck { .. } => {}
+            _ => return false,
+        }
+        true
+    }
+
+    fn handle_init(&mut self, now: Time, peer: PeerId, id: u32) {
+        let Some(c) = self.client(peer) else { return };
+        if c.from_init && c.init_id == id && c.newest > 0 {
+            // A retransmission of the request we already answered: same answer again.
+            if c.pending.is_some() {
+                self.resend(now, peer, false);
+            }
+            return;
+        }
+        c.init_id = id;
+        let retired = self.engine.reset_to_init(peer).unwrap_or_default();
+        if let Some(c) = self.client(peer) {
+            c.proven = 0;
+            c.newest = 0;
+            c.pending = None;
+            c.rekey_wanted = false;
+        }
+        for generation in retired {
+            self.events
+                .push_back(ServerEvent::Retired { peer, generation });
+        }
+        self.events.push_back(ServerEvent::ClientInit { peer });
+        // Answering an init is not rate-limited: clients back off on their own.
+        self.mint(now, peer, true);
+    }
+
+    fn take_token(&mut self, now: Time) -> bool {
+        let rate = u64::from(self.config.max_rekeys_per_second.max(1));
+        let t = nanos(now);
+        let elapsed = t.saturating_sub(self.tokens_at);
+        let refill = elapsed.saturating_mul(rate) / 1_000_000_000;
+        if refill > 0 {
+            self.tokens =
+                u32::try_from((u64::from(self.tokens) + refill).min(rate)).unwrap_or(u32::MAX);
+            self.tokens_at = t;
+        }
+        if self.tokens > 0 {
+            self.tokens -= 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn try_rotate(&mut self, now: Time, peer: PeerId) {
+        let grace = nanos(self.config.reorder_grace);
+        let t = nanos(now);
+        let Some(c) = self.client(peer) else { return };
+        if c.proven < c.newest {
+            // Never two ahead: wait for the proof of N first.
+            c.rekey_wanted = true;
+            return;
+        }
+        if c.newest > 0 && t < c.proven_at.saturating_add(grace) {
+            // Minting forgets N-1: let the client's last packets under it arrive first.
+            c.rekey_wanted = true;
+            c.deferred_at = c.proven_at.saturating_add(grace);
+            let at = c.deferred_at;
+            self.timers.push(Reverse((at, peer.0, TimerKind::Deferred)));
+            return;
+        }
+        if self.take_token(now) {
+            self.mint(now, peer, false);
+        } else {
+            let delay = jittered(Duration::from_millis(500), 900, self.rng.as_mut());
+            let at = nanos(now + delay);
+            if let Some(c) = self.client(peer) {
+                c.rekey_wanted = true;
+                c.deferred_at = at;
+            }
+            self.timers.push(Reverse((at, peer.0, TimerKind::Deferred)));
+        }
+    }
+
+    fn fresh_spi(&mut self) -> Spi {
+        loop {
+            let v = u32::try_from(self.rng.next_u64() >> 32).unwrap_or(0);
+            if let Ok(spi) = Spi::new(v)
+                && self.engine.lookup_spi(v).is_none()
+            {
+                return spi;
+            }
+        }
+    }
+
+    fn mint(&mut self, now: Time, peer: PeerId, from_init: bool) {
+        let Some(newest) = self.client(peer).map(|c| c.newest) else {
+            return;
+        };
+        let number = newest + 1;
+        let info = GenerationInfo {
+            number,
+            spi: self.fresh_spi(),
+            suite: self.config.suite,
+        };
+        let mut bytes = [0u8; 32];
+        self.rng.fill(&mut bytes);
+        let (secret, material) = if self.config.derived {
+            let parent_slot = if newest == 0 {
+                Slot::Init
+            } else {
+                Slot::Newest
+            };
+            let Some(parent) = self.engine.secret(peer, parent_slot) else {
+                return;
+            };
+            (parent.derive_next(&bytes, info), KeyMaterial::Nonce(bytes))
+        } else {
+            (Secret::from_bytes(bytes), KeyMaterial::Secret(bytes))
+        };
+        zeroize::Zeroize::zeroize(&mut bytes);
+        let generation = Generation { info, secret };
+        match self.engine.install(peer, &generation, now) {
+            Ok(Installed::Rotated { retired }) => {
+                if let Some(generation) = retired {
+                    self.events
+                        .push_back(ServerEvent::Retired { peer, generation });
+                }
+            }
+            Ok(Installed::AlreadyHeld) => {}
+            Err(_) => return,
+        }
+        let dist = Distribution {
+            generation: number,
+            spi: info.spi.get(),
+            suite: info.suite,
+            material,
+        };
+        let msg_id = self.fresh_id();
+        // After an init nothing was forgotten: send at once. After a rotation the client will
+        // forget N when it installs N+2: hold the distribution until our traffic under N is in.
+        let not_before = if from_init {
+            nanos(now)
+        } else {
+            nanos(now + self.config.reorder_grace)
+        };
+        let retry = if from_init {
+            nanos(now + self.config.distribution_retry)
+        } else {
+            not_before
+        };
+        let rekey_at = self.config.rekey_interval.map(|i| {
+            nanos(now + jittered(i, self.config.rekey_jitter_permille, self.rng.as_mut()))
+        });
+        if let Some(c) = self.client(peer) {
+            c.newest = number;
+            c.from_init = from_init;
+            c.rekey_wanted = false;
+            c.pending = Some(Box::new(Pending {
+                dist,
+                msg_id,
+                retries: 0,
+                next_at: retry,
+                not_before,
+            }));
+            if let Some(at) = rekey_at {
+                c.rekey_at = at;
+            }
+        }
+        self.timers.push(Reverse((retry, peer.0, TimerKind::Retry)));
+        if let Some(at) = rekey_at {
+            self.timers.push(Reverse((at, peer.0, TimerKind::Rekey)));
+        }
+        self.events.push_back(ServerEvent::KeyMinted {
+            peer,
+            generation: info,
+        });
+        if from_init {
+            self.send(peer, &Message::KeyDistribution(dist), msg_id);
+        }
+    }
+
+    /// Sends the newest generation again, identical (same secret or nonce), minting nothing.
+    fn resend(&mut self, now: Time, peer: PeerId, implicit: bool) {
+        let t = nanos(now);
+        let Some(c) = self.client(peer) else { return };
+        let (dist, id, generation) = match &c.pending {
+            // Within the reorder grace the retry timer sends it; nothing earlier.
+            Some(p) if t < p.not_before => return,
+            Some(p) => (p.dist, p.msg_id, p.dist.generation),
+            None => {
+                // Proven already: rebuild the distribution from the engine's newest generation.
+                let Some(info) = self.engine.generation(peer, Slot::Newest) else {
+                    return;
+                };
+                if self.config.derived {
+                    // The nonce is gone once proven; the client has the key.
+                    return;
+                }
+                let Some(secret) = self.engine.secret(peer, Slot::Newest) else {
+                    return;
+                };
+                let dist = Distribution {
+                    generation: info.number,
+                    spi: info.spi.get(),
+                    suite: info.suite,
+                    material: KeyMaterial::Secret(*secret.expose()),
+                };
+                let id = self.fresh_id();
+                (dist, id, info.number)
+            }
+        };
+        self.events.push_back(ServerEvent::Resent {
+            peer,
+            generation,
+            implicit,
+        });
+        self.send(peer, &Message::KeyDistribution(dist), id);
+    }
+
+    fn fresh_id(&mut self) -> u32 {
+        self.next_id = self.next_id.wrapping_add(1);
+        self.next_id
+    }
+
+    fn send(&mut self, peer: PeerId, msg: &Message, id: u32) {
+        let encoded = msg.encode(id);
+        let Ok(n) = self
+            .engine
+            .seal_control(peer, encoded.as_bytes(), &mut self.out)
+        else {
+            return;
+        };
+        let destination = self
+            .clients
+            .get(peer.0 as usize)
+            .and_then(|c| c.as_ref()?.addr);
+        self.transmits.push_back(Transmit {
+            peer,
+            destination,
+            contents: self.out[..n].to_vec(),
+        });
+        zeroize::Zeroize::zeroize(&mut self.out[..]);
+    }
+
+    fn check_triggers(&mut self, now: Time, peer: PeerId) {
+        let Some((counters, installed)) = self.engine.sa_counters(peer, Slot::Newest) else {
+            return;
+        };
+        let triggers = self.config.triggers;
+        let Some(c) = self.client(peer) else { return };
+        if c.rekey_wanted || c.proven < c.newest {
+            return;
+        }
+        if let Some(reason) = triggers.exceeded(&counters, now.saturating_sub(installed)) {
+            c.rekey_wanted = true;
+            self.events
+                .push_back(ServerEvent::Triggered { peer, reason });
+        }
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Time) {
+        let t = nanos(now);
+        while let Some(Reverse((at, index, kind))) = self.timers.peek().copied() {
+            if at > t {
+                break;
+            }
+            self.timers.pop();
+            let peer = PeerId(index);
+            let first_retry = nanos(now + self.config.distribution_retry);
+            let Some(c) = self.client(peer) else { continue };
+            match kind {
+                TimerKind::Retry => {
+                    let Some(p) = c.pending.as_deref_mut() else {
+                        continue;
+                    };
+                    if p.next_at != at {
+                        continue;
+                    }
+                    if at == p.not_before && p.retries == 0 && at != 0 {
+                        // First transmission after the reorder grace.
+                        let (dist, id) = (p.dist, p.msg_id);
+                        let next = first_retry;
+                        p.next_at = next;
+                        p.not_before = 0;
+                        self.timers.push(Reverse((next, index, TimerKind::Retry)));
+                        self.send(peer, &Message::KeyDistribution(dist), id);
+                        continue;
+                    }
+                    p.retries += 1;
+                    let (retries, generation) = (p.retries, p.dist.generation);
+                    if retries > self.config.distribution_retries {
+                        self.events
+                            .push_back(ServerEvent::Unresponsive { peer, generation });
+                        continue;
+                    }
+                    let delay = backoff(
+                        self.config.distribution_retry,
+                        self.config.distribution_max_backoff,
+                        retries,
+                        self.rng.as_mut(),
+                    );
+                    let next = nanos(now + delay);
+                    if let Some(p) = self.client(peer).and_then(|c| c.pending.as_deref_mut()) {
+                        p.next_at = next;
+                    }
+                    self.timers.push(Reverse((next, index, TimerKind::Retry)));
+                    self.resend(now, peer, false);
+                }
+                TimerKind::Rekey => {
+                    if c.rekey_at != at {
+                        continue;
+                    }
+                    // S7: rotate at the next proof that the client holds N.
+                    c.rekey_wanted = true;
+                }
+                TimerKind::Deferred => {
+                    if c.deferred_at != at || !c.rekey_wanted {
+                        continue;
+                    }
+                    self.try_rotate(now, peer);
+                }
+                TimerKind::Evict => {
+                    if c.evict_at != at {
+                        continue;
+                    }
+                    self.engine.evict_keys(peer);
+                }
+            }
+        }
+    }
+}
