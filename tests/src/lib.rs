@@ -25,4 +25,5 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_default()
 }
 
+pub mod group_sim;
 pub mod sim;

@@ -163,6 +163,22 @@ struct Peer {
     slots: Box<[Option<Sa>; 3]>,
     /// Physical index (1 or 2) of the newest dynamic generation, if any.
     newest: Option<u8>,
+    /// Key derivation directions: (transmit, receive).
+    dirs: (Direction, Direction),
+    /// Which generation this side transmits with.
+    rule: TxRule,
+}
+
+/// Which generation a side transmits with to a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TxRule {
+    /// By the engine's role: a key server N-1, a client N (the init key if none).
+    Role,
+    /// The newest generation (the init key if none): a group member in transit.
+    Newest,
+    /// The previous generation (the init key if none): a group member that has the new key
+    /// but was not told to switch yet.
+    Previous,
 }
 
 impl Peer {
@@ -182,9 +198,9 @@ impl Peer {
     }
 
     fn tx_index(&self, role: Role) -> u8 {
-        let dynamic = match role {
-            Role::KeyServer => self.previous_index(),
-            Role::Client => self.newest,
+        let dynamic = match (self.rule, role) {
+            (TxRule::Previous, _) | (TxRule::Role, Role::KeyServer) => self.previous_index(),
+            (TxRule::Newest, _) | (TxRule::Role, Role::Client) => self.newest,
         };
         dynamic.unwrap_or(INIT_SLOT)
     }
@@ -558,9 +574,12 @@ impl Engine {
         }
         let mut sa = Sa::new(init, now);
         sa.next_seq = self.config.init_seq_base.max(1);
+        let tx = self.config.role.tx_direction();
         let peer = Peer {
             slots: Box::new([Some(sa), None, None]),
             newest: None,
+            dirs: (tx, tx.reverse()),
+            rule: TxRule::Role,
         };
         let index = match self.free.pop() {
             Some(i) => {
@@ -580,6 +599,31 @@ impl Engine {
             },
         );
         Ok(PeerId(index))
+    }
+
+    /// Adds one sender of a group (spec §6): the SAs of this peer derive both their transmit and
+    /// receive keys for [`Direction::GroupSender`] under the sender's own SPI, so every member
+    /// decrypts every sender with the shared group secret while no two senders share a
+    /// (key, nonce). `init` is the group init key under this sender's init SPI.
+    ///
+    /// # Errors
+    /// As [`Self::add_peer`].
+    pub fn add_group_sender(&mut self, init: &Generation, now: Time) -> Result<PeerId, Error> {
+        let id = self.add_peer(init, now)?;
+        if let Some(peer) = self.peer_mut(id) {
+            peer.dirs = (Direction::GroupSender, Direction::GroupSender);
+            peer.rule = TxRule::Newest;
+        }
+        Ok(id)
+    }
+
+    /// Sets which generation this side transmits with to a peer.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPeer`].
+    pub fn set_tx_rule(&mut self, id: PeerId, rule: TxRule) -> Result<(), Error> {
+        self.peer_mut(id).ok_or(Error::UnknownPeer)?.rule = rule;
+        Ok(())
     }
 
     /// Removes a peer and all its keys.
@@ -766,10 +810,16 @@ impl Engine {
         let Some(peer) = self.peer(id) else {
             return Vec::new();
         };
-        let tx_dir = self.config.role.tx_direction();
+        let (tx_dir, rx_dir) = peer.dirs;
         let mut out = Vec::new();
         for sa in peer.slots.iter().flatten() {
-            for (direction, outbound) in [(tx_dir, true), (tx_dir.reverse(), false)] {
+            let both = [(tx_dir, true), (rx_dir, false)];
+            let dirs = if tx_dir == rx_dir {
+                &both[..1]
+            } else {
+                &both[..]
+            };
+            for &(direction, outbound) in dirs {
                 let key = sa.secret.derive_direction(sa.info, direction);
                 let mut keymat = zeroize::Zeroizing::new(Vec::with_capacity(36));
                 keymat.extend_from_slice(key.key());
@@ -881,7 +931,7 @@ impl Engine {
         let seq_limit = self.seq_limit;
         let esn = self.config.esn;
         let backend = self.config.backend;
-        let direction = self.config.role.tx_direction();
+        let direction = peer.dirs.0;
         // Pass 1: validate, assign sequence numbers, write header and trailer.
         let Some(sa) = self.sa_mut(r) else { return };
         let spi = sa.info.spi.get();
@@ -1035,7 +1085,9 @@ impl Engine {
         let esn = self.config.esn;
         let window = self.config.replay_window;
         let backend = self.config.backend;
-        let direction = self.config.role.tx_direction().reverse();
+        let direction = self
+            .peer(PeerId(r.peer))
+            .map_or(Direction::GroupSender, |p| p.dirs.1);
         let sa = self.sa_mut(r).ok_or(DropReason::UnknownSpi)?;
         // From here on drops are also counted against this SA.
         p.sa = Some(r);

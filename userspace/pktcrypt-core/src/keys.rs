@@ -127,6 +127,9 @@ pub enum Direction {
     ServerToClient,
     /// Client (key receiving device) to key server.
     ClientToServer,
+    /// Group traffic from one sender: each member sends under its own SPI (`spi_base + index`),
+    /// which enters the derivation, so senders never share a (key, nonce).
+    GroupSender,
 }
 
 impl Direction {
@@ -134,14 +137,16 @@ impl Direction {
         match self {
             Direction::ServerToClient => b"esp server->client",
             Direction::ClientToServer => b"esp client->server",
+            Direction::GroupSender => b"esp group sender",
         }
     }
 
-    /// The opposite direction.
+    /// The opposite direction (a group sender's traffic has one direction only).
     pub const fn reverse(self) -> Direction {
         match self {
             Direction::ServerToClient => Direction::ClientToServer,
             Direction::ClientToServer => Direction::ServerToClient,
+            Direction::GroupSender => Direction::GroupSender,
         }
     }
 }

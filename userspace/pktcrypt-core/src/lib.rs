@@ -25,7 +25,7 @@ pub mod wire;
 
 pub use engine::{
     Engine, EngineConfig, Installed, OpenInfo, OpenOutcome, Opened, Packet, PeerId, PeerStatus,
-    Role, SaExport, SaStatus, Slot, Spi, boot_seq_base,
+    Role, SaExport, SaStatus, Slot, Spi, TxRule, boot_seq_base,
 };
 pub use error::{DropCounters, DropReason, Error, SealError};
 pub use keys::{Direction, Generation, GenerationInfo, Secret};

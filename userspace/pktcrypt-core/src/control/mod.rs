@@ -12,6 +12,7 @@
 //! receiver which generation the sender holds.
 
 pub mod client;
+pub mod group;
 pub mod message;
 pub mod server;
 
@@ -21,6 +22,9 @@ use core::time::Duration;
 use sha2::{Digest, Sha256};
 
 pub use client::{ClientConfig, ClientEvent, KeyClient};
+pub use group::{
+    GroupConfig, GroupController, GroupEvent, GroupMember, MemberEvent, MemberState, TableEntry,
+};
 pub use message::{DecodeError, Message};
 pub use server::{KeyServer, ServerConfig, ServerEvent};
 

@@ -1,0 +1,314 @@
+//! A deterministic simulation of a group: one controller, many members, lossy control links,
+//! and data multicast by every member to every other member throughout.
+
+use crate::sim::{Dice, Link};
+use pktcrypt_core::control::{
+    GroupConfig, GroupController, GroupEvent, GroupMember, Incoming, SeededRandom,
+};
+use pktcrypt_core::wire::esp::{ESP_HEADER_LEN, MAX_OVERHEAD, NextHeader};
+use pktcrypt_core::{DropReason, Generation, GenerationInfo, Secret, Spi, Suite, Time};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+/// Base of the group init key's SPIs.
+pub const GROUP_INIT_SPI: u32 = 0x0100_0000;
+
+fn key(spi: u32, fill: u8) -> Generation {
+    Generation {
+        info: GenerationInfo {
+            number: 0,
+            spi: Spi::new(spi).expect("spi"),
+            suite: Suite::Aes128Gcm,
+        },
+        secret: Secret::from_bytes([fill; 32]),
+    }
+}
+
+/// The address member `i` sends from.
+pub fn member_addr(i: usize) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::new(127, 0, 1, i as u8 + 1), 4500))
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Dest {
+    Controller {
+        from: usize,
+    },
+    Member {
+        to: usize,
+        from_member: Option<usize>,
+    },
+}
+
+/// A packet in flight: arrival time, tie-breaker, destination, bytes.
+type InFlight = (Time, u64, Dest, Vec<u8>);
+
+/// Counters.
+#[derive(Clone, Debug, Default)]
+pub struct GroupStats {
+    /// Data packets sealed by members.
+    pub data_sealed: u64,
+    /// Data deliveries attempted (one per receiving member).
+    pub data_deliveries: u64,
+    /// Data deliveries opened.
+    pub data_opened: u64,
+    /// Data dropped for a key mismatch.
+    pub key_mismatch: u64,
+    /// Data drops by reason.
+    pub data_dropped: HashMap<DropReason, u64>,
+    /// Control messages sent and lost.
+    pub control_sent: u64,
+    /// Control messages lost.
+    pub control_lost: u64,
+}
+
+/// The group simulation.
+pub struct GroupSim {
+    /// Virtual time.
+    pub now: Time,
+    /// The controller.
+    pub controller: GroupController,
+    /// Members.
+    pub members: Vec<GroupMember>,
+    /// Whether member `i` is connected (offline members neither send nor receive).
+    pub online: Vec<bool>,
+    /// Controller events.
+    pub events: Vec<(Time, GroupEvent)>,
+    /// Control link.
+    pub link: Link,
+    /// Data interval per member.
+    pub data_interval: Duration,
+    /// Counters.
+    pub stats: GroupStats,
+    queue: BinaryHeap<Reverse<InFlight>>,
+    seq: u64,
+    dice: Dice,
+    next_data: Time,
+}
+
+impl GroupSim {
+    /// A group of `n` members, all active from the start.
+    pub fn new(n: usize, config: GroupConfig, seed: u64) -> Self {
+        let now = Time::ZERO;
+        let mut controller = GroupController::new(
+            config.clone(),
+            GROUP_INIT_SPI,
+            Box::new(SeededRandom::new(seed)),
+        )
+        .expect("controller");
+        let group_init = key(GROUP_INIT_SPI, 0x55);
+        let mut members = Vec::new();
+        for i in 0..n {
+            let control = key(0x200 + i as u32, i as u8 + 1);
+            controller
+                .add_member(&control, Some(member_addr(i)), false, now)
+                .expect("member");
+            members.push(
+                GroupMember::new(
+                    config.clone(),
+                    i as u16,
+                    &control,
+                    &group_init,
+                    n as u16,
+                    Box::new(SeededRandom::new(seed ^ ((i as u64 + 1) << 24))),
+                    now,
+                )
+                .expect("member"),
+            );
+        }
+        Self {
+            now,
+            controller,
+            members,
+            online: vec![true; n],
+            events: Vec::new(),
+            link: Link::default(),
+            data_interval: Duration::from_millis(100),
+            stats: GroupStats::default(),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            dice: Dice::new(seed),
+            next_data: Time::ZERO,
+        }
+    }
+
+    fn push(&mut self, dest: Dest, bytes: Vec<u8>, control: bool) {
+        if control {
+            self.stats.control_sent += 1;
+            if self.dice.chance(self.link.control_loss) {
+                self.stats.control_lost += 1;
+                return;
+            }
+        }
+        let copies = if self.dice.chance(self.link.duplicate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let at = self.now + self.link.delay + self.dice.duration(self.link.jitter);
+            self.seq += 1;
+            self.queue
+                .push(Reverse((at, self.seq, dest.clone(), bytes.clone())));
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(t) = self.controller.poll_transmit() {
+            let Some(to) = (0..self.members.len()).find(|i| {
+                self.members[*i].index() as usize == *i && t.destination == Some(member_addr(*i))
+            }) else {
+                continue;
+            };
+            if self.online[to] {
+                self.push(
+                    Dest::Member {
+                        to,
+                        from_member: None,
+                    },
+                    t.contents,
+                    true,
+                );
+            }
+        }
+        while let Some(e) = self.controller.poll_event() {
+            self.events.push((self.now, e));
+        }
+        for i in 0..self.members.len() {
+            while let Some(t) = self.members[i].poll_transmit() {
+                if self.online[i] {
+                    self.push(Dest::Controller { from: i }, t.contents, true);
+                }
+            }
+            while self.members[i].poll_event().is_some() {}
+        }
+    }
+
+    fn send_data(&mut self) {
+        let active = self.controller.active_members();
+        for i in 0..self.members.len() {
+            if !self.online[i] || !active.contains(&(i as u16)) {
+                continue;
+            }
+            let mut buf = vec![0u8; ESP_HEADER_LEN + 40 + MAX_OVERHEAD];
+            buf[ESP_HEADER_LEN] = 0x45;
+            let Ok(n) = self.members[i].seal(&mut buf, 40, NextHeader::Ipv4) else {
+                continue;
+            };
+            buf.truncate(n);
+            self.stats.data_sealed += 1;
+            for to in 0..self.members.len() {
+                if to != i && self.online[to] && active.contains(&(to as u16)) {
+                    self.push(
+                        Dest::Member {
+                            to,
+                            from_member: Some(i),
+                        },
+                        buf.clone(),
+                        false,
+                    );
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, dest: Dest, mut bytes: Vec<u8>) {
+        let now = self.now;
+        match dest {
+            Dest::Controller { from } => {
+                let _ = self
+                    .controller
+                    .handle_datagram(now, Some(member_addr(from)), &mut bytes);
+            }
+            Dest::Member { to, from_member } => {
+                if !self.online[to] {
+                    return;
+                }
+                let r = self.members[to].handle_datagram(now, &mut bytes);
+                if from_member.is_some() {
+                    self.stats.data_deliveries += 1;
+                    match r {
+                        Incoming::Data { .. } => self.stats.data_opened += 1,
+                        Incoming::Dropped(reason) => {
+                            *self.stats.data_dropped.entry(reason).or_default() += 1;
+                            if matches!(reason, DropReason::UnknownSpi | DropReason::AuthFailed) {
+                                self.stats.key_mismatch += 1;
+                            }
+                        }
+                        Incoming::Control { .. } => {}
+                    }
+                }
+            }
+        }
+        self.drain();
+    }
+
+    /// Runs for `d`.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        self.drain();
+        loop {
+            let mut next = end.min(self.next_data);
+            if let Some(Reverse((t, ..))) = self.queue.peek() {
+                next = next.min(*t);
+            }
+            if let Some(t) = self.controller.poll_timeout() {
+                next = next.min(t);
+            }
+            for m in &self.members {
+                if let Some(t) = m.poll_timeout() {
+                    next = next.min(t);
+                }
+            }
+            if next >= end {
+                self.now = end;
+                return;
+            }
+            self.now = self.now.max(next);
+            let now = self.now;
+            while self.queue.peek().is_some_and(|Reverse((t, ..))| *t <= now) {
+                if let Some(Reverse((_, _, dest, bytes))) = self.queue.pop() {
+                    self.deliver(dest, bytes);
+                }
+            }
+            if self.controller.poll_timeout().is_some_and(|t| t <= now) {
+                self.controller.handle_timeout(now);
+            }
+            for i in 0..self.members.len() {
+                if self.online[i] && self.members[i].poll_timeout().is_some_and(|t| t <= now) {
+                    self.members[i].handle_timeout(now);
+                }
+            }
+            self.drain();
+            if self.next_data <= now {
+                self.send_data();
+                self.next_data = now + self.data_interval;
+            }
+        }
+    }
+
+    /// Rollouts started, in order, with their reasons.
+    pub fn rollouts(&self) -> Vec<(u64, &'static str)> {
+        self.events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                GroupEvent::RolloutStarted { generation, reason } => Some((*generation, *reason)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Asserts every member holds at most two group generations.
+    pub fn assert_at_most_two(&self) {
+        for m in &self.members {
+            assert!(
+                m.held().len() <= 2,
+                "member {} holds {:?}",
+                m.index(),
+                m.held()
+            );
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! Group mode (spec §6) on the simulator.
+
+use pktcrypt_core::control::message::GroupPhase;
+use pktcrypt_core::control::{GroupConfig, GroupEvent, MemberState};
+use pktcrypt_tests::group_sim::{GroupSim, member_addr};
+use pktcrypt_tests::sim::Link;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn config() -> GroupConfig {
+    let mut c = GroupConfig::new();
+    c.rekey_interval = None;
+    c
+}
+
+#[test]
+fn join_rollout_goes_through_the_three_phases() {
+    let mut sim = GroupSim::new(5, config(), 1);
+    sim.run_for(secs(3));
+    // Every join triggers a rekey of the known members; the group settles on one generation.
+    let g = sim.controller.generation();
+    assert!(g >= 1);
+    assert!(sim.controller.idle());
+    for m in &sim.members {
+        assert_eq!(
+            (m.generation(), m.state()),
+            (g, MemberState::UpdateCompleted)
+        );
+        assert_eq!(
+            m.held(),
+            vec![g],
+            "old key dropped after the second transition"
+        );
+    }
+    // Phases completed in order for the last generation.
+    let phases: Vec<GroupPhase> = sim
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            GroupEvent::PhaseCompleted { generation, phase } if *generation == g => Some(*phase),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        phases,
+        vec![
+            GroupPhase::DistributionCompleted,
+            GroupPhase::InTransit,
+            GroupPhase::UpdateCompleted
+        ]
+    );
+    assert!(sim.rollouts().iter().all(|(_, r)| *r == "join"));
+    // The management table records the key sent to every member, with its address and ack.
+    let rows: Vec<_> = sim
+        .controller
+        .table()
+        .iter()
+        .filter(|e| e.generation == g)
+        .collect();
+    assert_eq!(rows.len(), 5);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row.member as usize, i);
+        assert_eq!(row.addr, Some(member_addr(i)));
+        assert_eq!(row.acked, Some(GroupPhase::UpdateCompleted));
+    }
+    assert_eq!(sim.stats.key_mismatch, 0);
+}
+
+#[test]
+fn member_states_during_a_rollout() {
+    let mut sim = GroupSim::new(3, config(), 2);
+    sim.run_for(secs(3));
+    let g = sim.controller.generation();
+    // Member 2 stops answering for a while: the others stay in DISTRIBUTION_COMPLETED,
+    // transmitting with the old key while holding both.
+    sim.online[2] = false;
+    sim.controller.rekey(sim.now, "test");
+    sim.run_for(Duration::from_millis(300));
+    for m in &sim.members[..2] {
+        assert_eq!(m.state(), MemberState::DistributionCompleted);
+        assert_eq!(m.held(), vec![g + 1, g]);
+        assert_eq!(m.tx_generation(), g, "transmits with old");
+    }
+    sim.online[2] = true;
+    sim.run_for(secs(5));
+    for m in &sim.members {
+        assert_eq!(
+            (m.generation(), m.state()),
+            (g + 1, MemberState::UpdateCompleted)
+        );
+        assert_eq!(m.tx_generation(), g + 1);
+    }
+    assert_eq!(sim.stats.key_mismatch, 0);
+}
+
+#[test]
+fn hitless_group_rekeys_with_30_percent_control_loss() {
+    let mut c = config();
+    c.rekey_interval = Some(secs(3));
+    c.max_retries = 12;
+    // Every phase waits for the slowest of 8 members at 30 % loss each way: keep retries quick.
+    c.max_backoff = secs(1);
+    let mut sim = GroupSim::new(8, c, 3);
+    sim.link = Link {
+        delay: Duration::from_millis(5),
+        jitter: Duration::from_millis(20),
+        control_loss: 0.30,
+        data_loss: 0.0,
+        duplicate: 0.05,
+    };
+    for _ in 0..30 {
+        sim.run_for(secs(10));
+        sim.assert_at_most_two();
+    }
+    let s = &sim.stats;
+    eprintln!(
+        "{} rollouts; control sent {} lost {}; data deliveries {} opened {}; drops {:?}",
+        sim.controller.generation(),
+        s.control_sent,
+        s.control_lost,
+        s.data_deliveries,
+        s.data_opened,
+        s.data_dropped
+    );
+    assert!(
+        sim.controller.generation() >= 25,
+        "rollouts: {}",
+        sim.controller.generation()
+    );
+    assert_eq!(s.key_mismatch, 0, "{:?}", s.data_dropped);
+    // The only data drops are the link's duplicates.
+    assert!(
+        s.data_dropped
+            .keys()
+            .all(|r| *r == pktcrypt_core::DropReason::Replay),
+        "{:?}",
+        s.data_dropped
+    );
+    assert!(
+        sim.events
+            .iter()
+            .all(|(_, e)| !matches!(e, GroupEvent::Evicted { .. }))
+    );
+}
+
+#[test]
+fn unresponsive_member_is_reported_and_evicted() {
+    let mut c = config();
+    c.max_retries = 3;
+    let mut sim = GroupSim::new(4, c, 4);
+    sim.run_for(secs(3));
+    sim.online[3] = false;
+    sim.controller.rekey(sim.now, "test");
+    sim.run_for(secs(30));
+    assert!(
+        sim.events
+            .iter()
+            .any(|(_, e)| *e == GroupEvent::Unresponsive { member: 3 })
+    );
+    assert!(
+        sim.events
+            .iter()
+            .any(|(_, e)| *e == GroupEvent::Evicted { member: 3 })
+    );
+    assert_eq!(sim.controller.active_members(), vec![0, 1, 2]);
+    // After the eviction the group rekeyed without it: the others moved on.
+    let g = sim.controller.generation();
+    assert!(sim.rollouts().iter().any(|(_, r)| *r == "eviction"));
+    for m in &sim.members[..3] {
+        assert_eq!(m.generation(), g);
+    }
+    assert!(sim.members[3].generation() < g);
+    assert_eq!(sim.stats.key_mismatch, 0);
+}
+
+#[test]
+fn join_leave_and_unknown_sender_trigger_rekeys() {
+    let mut sim = GroupSim::new(3, config(), 5);
+    sim.run_for(secs(3));
+    let g = sim.controller.generation();
+    sim.members[1].leave();
+    sim.run_for(secs(2));
+    assert_eq!(sim.controller.generation(), g + 1);
+    assert_eq!(sim.rollouts().last().map(|r| r.1), Some("leave"));
+    assert_eq!(sim.controller.active_members(), vec![0, 2]);
+    sim.members[1].join(sim.now);
+    sim.run_for(secs(2));
+    assert_eq!(sim.rollouts().last().map(|r| r.1), Some("join"));
+    assert_eq!(sim.members[1].generation(), sim.controller.generation());
+    // A packet from an address that is not in the management table.
+    let stranger = SocketAddr::from((Ipv4Addr::new(127, 0, 9, 9), 4500));
+    let mut junk = vec![0xabu8; 64];
+    let now = sim.now;
+    let _ = sim
+        .controller
+        .handle_datagram(now, Some(stranger), &mut junk);
+    sim.run_for(secs(2));
+    assert_eq!(sim.rollouts().last().map(|r| r.1), Some("unknown sender"));
+    assert_eq!(sim.stats.key_mismatch, 0);
+}
+
+#[test]
+fn member_that_regains_connectivity_gets_the_current_key() {
+    // Without eviction a silent member holds the rollout in DISTRIBUTION (every member must
+    // ack); when it comes back it asks for the current key and the rollout completes.
+    let mut c = config();
+    c.evict_unresponsive = false;
+    c.max_retries = 2;
+    let mut sim = GroupSim::new(4, c, 6);
+    sim.run_for(secs(3));
+    let g = sim.controller.generation();
+    sim.online[2] = false;
+    sim.controller.rekey(sim.now, "test");
+    sim.run_for(secs(30));
+    assert!(!sim.controller.idle(), "the rollout waits for member 2");
+    assert!(
+        sim.events
+            .iter()
+            .any(|(_, e)| *e == GroupEvent::Unresponsive { member: 2 })
+    );
+    assert_eq!(sim.members[2].generation(), g);
+    sim.online[2] = true;
+    sim.members[2].reconnect(sim.now);
+    sim.run_for(secs(5));
+    assert!(sim.controller.idle());
+    for m in &sim.members {
+        assert_eq!(
+            (m.generation(), m.state()),
+            (g + 1, MemberState::UpdateCompleted)
+        );
+    }
+    assert_eq!(sim.stats.key_mismatch, 0);
+}
+
+#[test]
+fn evicted_member_can_rejoin_and_catches_up() {
+    let mut c = config();
+    c.max_retries = 2;
+    let mut sim = GroupSim::new(4, c, 7);
+    sim.run_for(secs(3));
+    sim.online[1] = false;
+    sim.controller.rekey(sim.now, "test");
+    sim.run_for(secs(30));
+    assert_eq!(sim.controller.active_members(), vec![0, 2, 3]);
+    sim.online[1] = true;
+    sim.members[1].join(sim.now);
+    sim.run_for(secs(5));
+    assert_eq!(sim.controller.active_members(), vec![0, 1, 2, 3]);
+    let g = sim.controller.generation();
+    for m in &sim.members {
+        assert_eq!(m.generation(), g);
+    }
+    sim.assert_at_most_two();
+    assert_eq!(sim.stats.key_mismatch, 0, "{:?}", sim.stats.data_dropped);
+}
