@@ -1,9 +1,10 @@
 //! `pktcrypt`: the command-line tool.
 //!
-//! Today it has one subcommand, `demo`, which runs the packet engine between a key server and a
-//! client over real UDP sockets on loopback (ESP-in-UDP, RFC 3948) through several key rotations
-//! and prints what happens. The XDP daemon (`pktcrypt up`) and the control-plane roles arrive with
-//! their issues.
+//! - `pktcrypt demo`: the packet engine between a key server and a client over real UDP sockets
+//!   on loopback through key rotations, printing what happens.
+//! - `pktcrypt keygen`: init keys as text codes (and QR codes).
+//! - `pktcrypt server|client|group-controller|group-member --config FILE`: the control-plane
+//!   roles over plain UDP (no XDP needed).
 
 // A command-line tool prints its results on stdout by design.
 #![allow(clippy::print_stdout)]
@@ -13,14 +14,25 @@ use pktcrypt_core::{
     DropReason, Engine, EngineConfig, Generation, GenerationInfo, Opened, PeerId, Role, Secret,
     Slot, Spi, Suite, Time,
 };
+mod config;
+mod driver;
+mod keycode;
+
 use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: pktcrypt demo [--rounds N] [--packets N]
-
-  demo   run a key server and a client over ESP-in-UDP on 127.0.0.1 through N key rotations,
-         sending N packets each way per round, and print generations, counters and drops";
+const USAGE: &str = "usage:
+  pktcrypt demo [--rounds N] [--packets N]
+      a key server and a client over ESP-in-UDP on 127.0.0.1 through N key rotations
+  pktcrypt keygen [--count N] [--suite NAME] [--spi BASE] [--qr] [--out FILE]
+      new init keys as text codes (one per line; --out writes them to a 0600 file)
+  pktcrypt server --config FILE
+  pktcrypt client --config FILE
+  pktcrypt group-controller --config FILE
+  pktcrypt group-member --config FILE
+      run a control-plane role over UDP (see docs/cli.md for the configuration)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -32,6 +44,22 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("keygen") => match keygen(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pktcrypt keygen: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(role @ ("server" | "client" | "group-controller" | "group-member")) => {
+            match run_role(role, &args[1..]) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("pktcrypt {role}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some("-h" | "--help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -350,4 +378,101 @@ fn merge(into: &mut PerGeneration, more: PerGeneration) {
             None => into.push((g, c)),
         }
     }
+}
+
+fn config_path(args: &[String]) -> Result<PathBuf, String> {
+    match args {
+        [flag, path] if flag == "--config" => Ok(PathBuf::from(path)),
+        _ => Err("expected --config FILE".into()),
+    }
+}
+
+fn run_role(role: &str, args: &[String]) -> Result<(), String> {
+    let path = config_path(args)?;
+    let base = path
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let term = driver::termination_flag()?;
+    match role {
+        "server" => driver::run_server(&config::load(&path)?, &base, &term),
+        "client" => driver::run_client(&config::load(&path)?, &base, &term),
+        "group-controller" => driver::run_group_controller(&config::load(&path)?, &base, &term),
+        _ => driver::run_group_member(&config::load(&path)?, &base, &term),
+    }
+}
+
+fn keygen(args: &[String]) -> Result<(), String> {
+    let mut count = 1usize;
+    let mut suite = Suite::Aes256Gcm;
+    let mut spi_base: Option<u32> = None;
+    let mut qr = false;
+    let mut out: Option<PathBuf> = None;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--count" => {
+                count = value()?
+                    .parse()
+                    .map_err(|_| "--count: expected a whole number")?;
+            }
+            "--suite" => suite = value()?.parse().map_err(|e| format!("--suite: {e}"))?,
+            "--spi" => {
+                let v = value()?;
+                let n = match v.strip_prefix("0x") {
+                    Some(h) => u32::from_str_radix(h, 16),
+                    None => v.parse(),
+                }
+                .map_err(|_| format!("--spi: {v:?} is not a number"))?;
+                Spi::new(n).map_err(|e| format!("--spi: {e}"))?;
+                spi_base = Some(n);
+            }
+            "--qr" => qr = true,
+            "--out" => out = Some(PathBuf::from(value()?)),
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    let mut lines = zeroize::Zeroizing::new(String::new());
+    for i in 0..count {
+        let spi = match spi_base {
+            Some(b) => Spi::new(b.checked_add(i as u32).ok_or("--spi: range overflows")?)
+                .map_err(|e| e.to_string())?,
+            None => random_spi()?,
+        };
+        let key = Generation {
+            info: GenerationInfo {
+                number: 0,
+                spi,
+                suite,
+            },
+            secret: random_secret()?,
+        };
+        let code = keycode::encode(&key);
+        lines.push_str(&code);
+        lines.push('\n');
+        if out.is_none() {
+            println!("{}", code.as_str());
+        }
+        if qr {
+            eprintln!("{}", keycode::qr(&code)?);
+        }
+    }
+    if let Some(path) = out {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("--out {}: {e}", path.display()))?;
+        f.write_all(lines.as_bytes())
+            .map_err(|e| format!("--out {}: {e}", path.display()))?;
+        eprintln!(
+            "{count} init key(s) written to {} (mode 0600)",
+            path.display()
+        );
+    }
+    Ok(())
 }
