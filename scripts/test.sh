@@ -20,7 +20,7 @@ step "benchmarks compile"
 cargo bench -p pktcrypt-benches --locked --no-run
 
 step "fuzz smoke run (${FUZZ_SECONDS:=20}s per target)"
-for target in packet_parser open; do
+for target in packet_parser open control; do
   (cd userspace/pktcrypt-core && cargo +nightly fuzz run "$target" -- \
       -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 >/dev/null 2>"../../target/fuzz-$target.log") \
     || { tail -40 "target/fuzz-$target.log"; echo "fuzz target $target failed"; exit 1; }

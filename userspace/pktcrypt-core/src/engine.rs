@@ -789,7 +789,7 @@ impl Engine {
                     counters: sa.counters(),
                     installed_at: sa.installed_at(),
                     next_seq: sa.next_seq,
-                    highest_received: sa.replay().map_or(0, |w| w.top()),
+                    highest_received: sa.highest_received(),
                 });
             }
         }

@@ -47,6 +47,20 @@ impl ReplayWindow {
         })
     }
 
+    /// A window in which every sequence number up to `floor` counts as already seen: what an
+    /// evicted window is restored to. It can only refuse more than the original did.
+    ///
+    /// # Errors
+    /// As [`Self::new`].
+    pub fn with_floor(size: u32, floor: u64) -> Result<Self, Error> {
+        let mut w = Self::new(size)?;
+        w.top = floor;
+        if floor > 0 {
+            w.bits.fill(u64::MAX);
+        }
+        Ok(w)
+    }
+
     /// Window size in packets.
     pub fn size(&self) -> u32 {
         self.size

@@ -44,8 +44,10 @@ pub(crate) struct Sa {
     installed_at: u64,
     tx: Option<Box<Keyed>>,
     rx: Option<Box<Keyed>>,
-    /// Allocated at the first received packet. Survives key eviction.
+    /// Allocated at the first received packet. Eviction compacts it to `replay_floor`.
     replay: Option<Box<ReplayWindow>>,
+    /// Every sequence number up to this counts as seen (the top of an evicted window).
+    replay_floor: u64,
     counters: Option<Box<SaCounters>>,
 }
 
@@ -59,6 +61,7 @@ impl Sa {
             tx: None,
             rx: None,
             replay: None,
+            replay_floor: 0,
             counters: None,
         }
     }
@@ -99,14 +102,12 @@ impl Sa {
     /// The replay window, allocated on first use.
     pub(crate) fn replay_mut(&mut self, window: u32) -> Result<&mut ReplayWindow, Error> {
         if self.replay.is_none() {
-            self.replay = Some(Box::new(ReplayWindow::new(window)?));
+            self.replay = Some(Box::new(ReplayWindow::with_floor(
+                window,
+                self.replay_floor,
+            )?));
         }
         self.replay.as_deref_mut().ok_or(Error::ReplayWindow)
-    }
-
-    /// The replay window if any packet was received.
-    pub(crate) fn replay(&self) -> Option<&ReplayWindow> {
-        self.replay.as_deref()
     }
 
     pub(crate) fn counters(&self) -> SaCounters {
@@ -117,10 +118,21 @@ impl Sa {
         self.counters.get_or_insert_with(Box::default)
     }
 
-    /// Drops the expanded keys (they are re-derived from the secret when needed again).
+    /// Drops the expanded keys (they are re-derived from the secret when needed again) and
+    /// compacts the replay window to its top: anything at or below it is refused afterwards.
     pub(crate) fn evict_keys(&mut self) {
         self.tx = None;
         self.rx = None;
+        if let Some(w) = self.replay.take() {
+            self.replay_floor = w.top();
+        }
+    }
+
+    /// Highest sequence number received, also after eviction.
+    pub(crate) fn highest_received(&self) -> u64 {
+        self.replay
+            .as_deref()
+            .map_or(self.replay_floor, ReplayWindow::top)
     }
 
     pub(crate) fn same_generation(&self, generation: &Generation) -> bool {

@@ -241,6 +241,12 @@ impl KeyServer {
         &self.engine
     }
 
+    /// Drops a client's expanded AEAD keys now (the idle timer does this after `idle_evict`);
+    /// they are derived again from the secrets on its next packet.
+    pub fn evict_keys(&mut self, peer: PeerId) {
+        self.engine.evict_keys(peer);
+    }
+
     /// The configuration.
     pub fn config(&self) -> &ServerConfig {
         &self.config

@@ -1,0 +1,181 @@
+//! One `KeyServer` holding 1,000,000 clients (set `PKTCRYPT_CLIENTS` for another count):
+//! bytes of state per client, measured with a counting allocator, and rekeys per second on one
+//! core. A rekey here is the server's whole path for a `KEY_UPDATE_REQUEST` under generation N:
+//! open and decode it, mint N+1 (secret, SPI, install), encode and seal the distribution.
+#![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
+
+use pktcrypt_core::control::message::{KeyMaterial, Message};
+use pktcrypt_core::control::{Incoming, KeyServer, SeededRandom, ServerConfig};
+use pktcrypt_core::{
+    Engine, EngineConfig, Generation, GenerationInfo, Opened, Role, Secret, Spi, Suite, Time,
+};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+struct Counting;
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged and only counts sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn init(i: u32) -> Generation {
+    let mut s = [0u8; 32];
+    s[..4].copy_from_slice(&i.to_be_bytes());
+    Generation {
+        info: GenerationInfo {
+            number: 0,
+            spi: Spi::new(0x1000_0000 + i).unwrap(),
+            suite: Suite::Aes256Gcm,
+        },
+        secret: Secret::from_bytes(s),
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return; // `cargo test --benches` probes benches; nothing to list.
+    }
+    let n: u32 = std::env::var("PKTCRYPT_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let mut config = ServerConfig::new();
+    config.rekey_interval = None;
+    config.reorder_grace = Duration::ZERO;
+    config.max_rekeys_per_second = u32::MAX;
+    config.idle_evict = None;
+    let base = LIVE.load(Ordering::Relaxed);
+    let mut server = KeyServer::new(config, Box::new(SeededRandom::new(7))).unwrap();
+    let t0 = Instant::now();
+    for i in 0..n {
+        server.add_client(&init(i), None, Time::ZERO).unwrap();
+    }
+    let after_add = LIVE.load(Ordering::Relaxed) - base;
+    println!(
+        "{n} clients added in {:?}: {} bytes per client (init key only)",
+        t0.elapsed(),
+        after_add / n as usize
+    );
+
+    // The clients' side, to produce genuine requests (not timed, not counted per server client).
+    let mut cc = EngineConfig::new(Role::Client);
+    cc.init_seq_base = 1 << 40;
+    let mut clients = Engine::new(cc).unwrap();
+    for i in 0..n {
+        clients.add_peer(&init(i), Time::ZERO).unwrap();
+    }
+    let mut out = vec![0u8; 256];
+    let mut server_time = Duration::ZERO;
+    for round in 0..2u64 {
+        let round_start = server_time;
+        for i in 0..n {
+            let peer = pktcrypt_core::PeerId(i);
+            let msg = if round == 0 {
+                Message::KeyInitRequest
+            } else {
+                Message::KeyUpdateRequest { have: round }
+            };
+            let len = clients
+                .seal_control(peer, msg.encode(i).as_bytes(), &mut out)
+                .unwrap();
+            let mut pkt = out[..len].to_vec();
+            let t = Instant::now();
+            let now = Time::from_secs(1 + round);
+            let r = server.handle_datagram(now, None, &mut pkt);
+            // A rotation's distribution leaves from the reorder-grace timer (zero here).
+            server.handle_timeout(now);
+            let tx = server.poll_transmit();
+            server_time += t.elapsed();
+            assert!(matches!(r, Incoming::Control { .. }));
+            // The client installs what it got and proves it (untimed).
+            let mut d = tx.unwrap().contents;
+            let Opened::Control { message, .. } = clients.open(&mut d) else {
+                panic!("distribution")
+            };
+            let Ok((Message::KeyDistribution(dist), _)) = Message::decode(message) else {
+                panic!("decode")
+            };
+            let KeyMaterial::Secret(secret) = dist.material else {
+                panic!("secret mode")
+            };
+            let g = Generation {
+                info: GenerationInfo {
+                    number: dist.generation,
+                    spi: Spi::new(dist.spi).unwrap(),
+                    suite: dist.suite,
+                },
+                secret: Secret::from_bytes(secret),
+            };
+            clients.install(peer, &g, Time::ZERO).unwrap();
+            let len = clients
+                .seal_control(
+                    peer,
+                    Message::KeyAck {
+                        generation: dist.generation,
+                    }
+                    .encode(0)
+                    .as_bytes(),
+                    &mut out,
+                )
+                .unwrap();
+            let mut ack = out[..len].to_vec();
+            let t = Instant::now();
+            let _ = server.handle_datagram(Time::from_secs(1 + round), None, &mut ack);
+            while server.poll_event().is_some() {}
+            server_time += t.elapsed();
+        }
+        while server.poll_event().is_some() {}
+        let spent = server_time - round_start;
+        println!(
+            "round {}: {n} {} in {:?} of server time: {:.0} rekeys/s (incl. the proof packet)",
+            round + 1,
+            if round == 0 {
+                "inits (generation 1)"
+            } else {
+                "rotations (N -> N+1)"
+            },
+            spent,
+            n as f64 / spent.as_secs_f64()
+        );
+    }
+    let live = LIVE.load(Ordering::Relaxed) - base;
+    // The client-side engine is counted too: subtract it by measuring it alone.
+    let client_side = {
+        let before = LIVE.load(Ordering::Relaxed);
+        drop(clients);
+        before - LIVE.load(Ordering::Relaxed)
+    };
+    let server_bytes = live - client_side;
+    println!(
+        "server state, keys expanded (init, N, N-1 held): {} bytes per client",
+        server_bytes / n as usize
+    );
+    let before_evict = LIVE.load(Ordering::Relaxed);
+    evict_all(&mut server, n);
+    let freed = before_evict - LIVE.load(Ordering::Relaxed);
+    println!(
+        "server state, idle (expanded keys evicted, re-derived on the next packet): {} bytes per client",
+        (server_bytes - freed) / n as usize
+    );
+}
+
+fn evict_all(server: &mut KeyServer, n: u32) {
+    for i in 0..n {
+        server.evict_keys(pktcrypt_core::PeerId(i));
+    }
+}
