@@ -9,7 +9,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # Debian packages: OpenSSL headers for the benchmark baseline, pkg-config, Python.
-APT_PACKAGES=(pkg-config libssl-dev python3 python3-venv ca-certificates)
+APT_PACKAGES=(pkg-config libssl-dev python3 python3-venv ca-certificates gcc make valgrind)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -39,6 +39,12 @@ rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^ru
 if ! cargo fuzz --version >/dev/null 2>&1; then
   log "cargo install cargo-fuzz"
   cargo install cargo-fuzz --locked --quiet
+fi
+
+# cbindgen regenerates the C header (CI fails if it differs from the checked-in one).
+if ! cbindgen --version 2>/dev/null | grep -q '0.29'; then
+  log "cargo install cbindgen"
+  cargo install cbindgen --version '^0.29' --locked --quiet
 fi
 
 # Python: a virtual environment with the independent ESP decryptor's dependency.

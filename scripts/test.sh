@@ -16,6 +16,13 @@ step "cargo test (unit, known-answer, property, independence, demo)"
 export PKTCRYPT_PYTHON="$PWD/.venv/bin/python"
 cargo test --workspace --locked
 
+step "C ABI: header up to date, C tests and examples (native, then valgrind)"
+cbindgen --config ffi/cbindgen.toml --crate pktcrypt-ffi --output target/pktcrypt.h.fresh
+diff -u ffi/include/pktcrypt.h target/pktcrypt.h.fresh \
+  || { echo "ffi/include/pktcrypt.h is stale: regenerate it with cbindgen (see ffi/cbindgen.toml)"; exit 1; }
+make -C ffi test
+make -C ffi test VALGRIND=1
+
 step "benchmarks compile"
 cargo bench -p pktcrypt-benches --locked --no-run
 

@@ -17,6 +17,7 @@ pub mod aead;
 pub mod control;
 mod engine;
 mod error;
+pub mod keycode;
 pub mod keys;
 pub mod replay;
 mod sa;

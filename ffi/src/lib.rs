@@ -1,0 +1,1061 @@
+//! The C ABI of pktcrypt (`libpktcrypt`), a thin layer over `pktcrypt-core`.
+//!
+//! Conventions (after rustls-ffi):
+//! - Opaque handles: `pktcrypt_endpoint_new` / `pktcrypt_endpoint_free` (free accepts NULL).
+//! - Every function returns a `pktcrypt_result` (or a plain value that cannot fail);
+//!   `pktcrypt_result_message` names a result, `pktcrypt_endpoint_last_error` gives the detail of
+//!   the last failure on a handle. There is no global state.
+//! - Panics never cross the boundary: each entry point runs inside `catch_unwind` and reports
+//!   `PKTCRYPT_ERR_PANIC`.
+//! - Thread safety: a handle may move between threads but must not be used by two threads at
+//!   once (it is `Send`, not `Sync`). Different handles are independent.
+//! - Time is a `uint64_t` of nanoseconds on a monotonic clock; `pktcrypt_now_ns()` reads
+//!   `CLOCK_BOOTTIME`, which keeps counting across suspend.
+#![allow(non_camel_case_types)]
+
+use pktcrypt_core::control::{
+    ClientConfig, Incoming, KeyClient, KeyServer, Random, ServerConfig, Transmit,
+};
+use pktcrypt_core::wire::esp::{ESP_HEADER_LEN, MAX_OVERHEAD, NextHeader};
+use pktcrypt_core::{DropReason, Generation, PeerId, Role, SealError, Slot, Suite, Time, keycode};
+use std::collections::VecDeque;
+use std::ffi::{CStr, CString, c_char};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Duration;
+
+/// Result of a call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum pktcrypt_result {
+    /// Success.
+    Ok = 0,
+    /// Nothing to return (e.g. no datagram waiting).
+    Empty = 1,
+    /// A required pointer was NULL.
+    ErrNull = 2,
+    /// An argument is out of range or malformed (e.g. not UTF-8).
+    ErrInvalidArgument = 3,
+    /// The output buffer is too small; nothing was consumed.
+    ErrBufferTooSmall = 4,
+    /// An init key code is invalid (bad format, checksum, reserved SPI).
+    ErrKey = 5,
+    /// Invalid configuration.
+    ErrConfig = 6,
+    /// The call does not fit this handle's role (e.g. adding a peer to a client).
+    ErrWrongRole = 7,
+    /// No such peer.
+    ErrUnknownPeer = 8,
+    /// Sealing failed (e.g. sequence numbers exhausted: rekey first).
+    ErrSeal = 9,
+    /// A panic was caught inside the library; the handle should be freed.
+    ErrPanic = 10,
+}
+
+/// Role of an endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum pktcrypt_role {
+    /// Key server (key transmitting device).
+    Server = 0,
+    /// Client (key receiving device).
+    Client = 1,
+}
+
+/// AEAD suite.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum pktcrypt_suite {
+    /// AES-128-GCM.
+    Aes128Gcm = 1,
+    /// AES-256-GCM.
+    Aes256Gcm = 2,
+    /// ChaCha20-Poly1305.
+    Chacha20Poly1305 = 3,
+}
+
+impl From<pktcrypt_suite> for Suite {
+    fn from(s: pktcrypt_suite) -> Suite {
+        match s {
+            pktcrypt_suite::Aes128Gcm => Suite::Aes128Gcm,
+            pktcrypt_suite::Aes256Gcm => Suite::Aes256Gcm,
+            pktcrypt_suite::Chacha20Poly1305 => Suite::ChaCha20Poly1305,
+        }
+    }
+}
+
+fn suite_out(s: Suite) -> pktcrypt_suite {
+    match s {
+        Suite::Aes128Gcm => pktcrypt_suite::Aes128Gcm,
+        Suite::Aes256Gcm => pktcrypt_suite::Aes256Gcm,
+        Suite::ChaCha20Poly1305 => pktcrypt_suite::Chacha20Poly1305,
+    }
+}
+
+/// AEAD implementation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum pktcrypt_backend {
+    /// The measured default (ring).
+    Default = 0,
+    /// ring's assembly.
+    Ring = 1,
+    /// RustCrypto (AES-GCM built on `aes`, `ctr`, `ghash`; `chacha20poly1305`). Memory checkers
+    /// such as valgrind follow it fully, unlike hand-written assembly.
+    Rustcrypto = 2,
+}
+
+/// What a received datagram was.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum pktcrypt_packet_kind {
+    /// Decrypted data: the inner packet is in the caller's buffer.
+    Data = 0,
+    /// A control message, consumed by the endpoint.
+    Control = 1,
+    /// Dropped and counted; see `reason`.
+    Dropped = 2,
+}
+
+/// Why a datagram was dropped (mirrors the engine's drop reasons).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum pktcrypt_drop_reason {
+    /// Not dropped.
+    None = 0,
+    /// Shorter than a valid packet.
+    Truncated,
+    /// Inconsistent outer headers.
+    Malformed,
+    /// An IP fragment.
+    Fragment,
+    /// Not ESP.
+    NotEsp,
+    /// A NAT keepalive.
+    Keepalive,
+    /// Over the configured maximum.
+    Oversized,
+    /// SPI 0..255.
+    ReservedSpi,
+    /// No key with this SPI.
+    UnknownSpi,
+    /// Sequence number seen before.
+    Replay,
+    /// Left of the replay window.
+    TooOld,
+    /// Forged or corrupted.
+    AuthFailed,
+    /// Bad ESP padding.
+    BadPadding,
+    /// Unsupported next header.
+    BadNextHeader,
+    /// A dummy packet.
+    Dummy,
+    /// The inner packet does not match its next header.
+    BadInnerPacket,
+    /// A control message that does not decode.
+    ControlMalformed,
+    /// A control message this role does not accept.
+    ControlUnexpected,
+}
+
+impl From<DropReason> for pktcrypt_drop_reason {
+    fn from(r: DropReason) -> Self {
+        use pktcrypt_drop_reason as P;
+        match r {
+            DropReason::Truncated => P::Truncated,
+            DropReason::Malformed => P::Malformed,
+            DropReason::Fragment => P::Fragment,
+            DropReason::NotEsp => P::NotEsp,
+            DropReason::Keepalive => P::Keepalive,
+            DropReason::Oversized => P::Oversized,
+            DropReason::ReservedSpi => P::ReservedSpi,
+            DropReason::UnknownSpi => P::UnknownSpi,
+            DropReason::Replay => P::Replay,
+            DropReason::TooOld => P::TooOld,
+            DropReason::AuthFailed => P::AuthFailed,
+            DropReason::BadPadding => P::BadPadding,
+            DropReason::BadNextHeader => P::BadNextHeader,
+            DropReason::Dummy => P::Dummy,
+            DropReason::BadInnerPacket => P::BadInnerPacket,
+            DropReason::ControlMalformed => P::ControlMalformed,
+            DropReason::ControlUnexpected => P::ControlUnexpected,
+        }
+    }
+}
+
+/// Endpoint configuration. Fill it with `pktcrypt_config_init`, then change fields.
+/// Durations are in milliseconds; 0 means the default unless stated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct pktcrypt_config {
+    /// Server or client.
+    pub role: pktcrypt_role,
+    /// Suite of new generations (server).
+    pub suite: pktcrypt_suite,
+    /// Derived-key mode (server).
+    pub derived: bool,
+    /// 64-bit extended sequence numbers.
+    pub esn: bool,
+    /// Anti-replay window, packets (multiple of 64 in 64..8192).
+    pub replay_window: u32,
+    /// Server-timed rekey per client; 0: none.
+    pub rekey_interval_ms: u64,
+    /// Client-timed update; 0: none.
+    pub update_interval_ms: u64,
+    /// Client hello interval.
+    pub hello_interval_ms: u64,
+    /// Client: first retransmission of a request.
+    pub request_timeout_ms: u64,
+    /// Client: largest retransmission interval.
+    pub max_backoff_ms: u64,
+    /// Client: unanswered requests before falling back to the init key.
+    pub max_retries: u32,
+    /// Server: reorder grace between data and control.
+    pub reorder_grace_ms: u64,
+    /// Rekey after this many packets sealed under one generation; 0: the AEAD-limit default.
+    pub trigger_packets_sealed: u64,
+    /// First init-key sequence number of this boot; 0: derived from the wall clock.
+    pub init_seq_base: u64,
+    /// AEAD implementation.
+    pub backend: pktcrypt_backend,
+}
+
+/// Status of one peer of an endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct pktcrypt_peer_status {
+    /// Generation this side transmits with.
+    pub tx_generation: u64,
+    /// Newest generation held (0: init key only).
+    pub newest_generation: u64,
+    /// Its SPI (0 if none).
+    pub newest_spi: u32,
+    /// Previous generation held (0 if none).
+    pub previous_generation: u64,
+    /// Packets sealed under the transmit generation.
+    pub packets_sealed: u64,
+    /// Packets opened under all held generations.
+    pub packets_opened: u64,
+    /// Failed authentications under all held generations.
+    pub auth_failures: u64,
+    /// Replays refused under all held generations.
+    pub replays: u64,
+}
+
+/// Metadata of a received datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct pktcrypt_packet_info {
+    /// Data, control or dropped.
+    pub kind: pktcrypt_packet_kind,
+    /// Why it was dropped (`PKTCRYPT_DROP_REASON_NONE` otherwise).
+    pub reason: pktcrypt_drop_reason,
+    /// Sender (data and control).
+    pub peer: u32,
+    /// Generation it came under (data).
+    pub generation: u64,
+    /// Offset of the inner packet in the caller's buffer (data).
+    pub offset: size_t,
+    /// Length of the inner packet (data).
+    pub len: size_t,
+}
+
+type size_t = usize;
+
+/// One direction of one generation, for an independent decryptor (Wireshark, xfrm, OpenSSL).
+/// Holds key material: wipe it after use.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct pktcrypt_sa {
+    /// SPI.
+    pub spi: u32,
+    /// Suite.
+    pub suite: pktcrypt_suite,
+    /// Generation number.
+    pub generation: u64,
+    /// True if this endpoint sends under it.
+    pub outbound: bool,
+    /// True if 64-bit ESNs enter the AAD.
+    pub esn: bool,
+    /// AEAD key followed by the 4-byte salt.
+    pub keymat: [u8; 36],
+    /// Bytes of `keymat` used (20 or 36).
+    pub keymat_len: size_t,
+}
+
+struct OsRandom;
+
+impl Random for OsRandom {
+    fn fill(&mut self, dest: &mut [u8]) {
+        if getrandom::fill(dest).is_err() {
+            // No key may be made without randomness; this is not recoverable.
+            std::process::abort();
+        }
+    }
+}
+
+enum Machine {
+    Server(KeyServer),
+    Client(KeyClient),
+}
+
+/// An endpoint: a key server (many peers) or a client (one server). Opaque.
+pub struct pktcrypt_endpoint {
+    machine: Machine,
+    config: pktcrypt_config,
+    last_error: CString,
+    pending: VecDeque<Transmit>,
+}
+
+fn time(ns: u64) -> Time {
+    Duration::from_nanos(ns)
+}
+
+fn wall_base() -> u64 {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    pktcrypt_core::boot_seq_base(micros)
+}
+
+fn guard(f: impl FnOnce() -> pktcrypt_result) -> pktcrypt_result {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(pktcrypt_result::ErrPanic)
+}
+
+impl pktcrypt_endpoint {
+    fn fail(&mut self, r: pktcrypt_result, msg: impl Into<String>) -> pktcrypt_result {
+        self.last_error = CString::new(msg.into().replace('\0', " ")).unwrap_or_default();
+        r
+    }
+}
+
+/// Reads a C string argument as a key code.
+///
+/// # Safety
+/// `p` is NULL or a valid NUL-terminated string.
+unsafe fn key_arg(p: *const c_char) -> Result<Generation, (pktcrypt_result, String)> {
+    if p.is_null() {
+        return Err((pktcrypt_result::ErrNull, "init_key is NULL".into()));
+    }
+    // SAFETY: non-null and NUL-terminated per this function's contract.
+    let s = unsafe { CStr::from_ptr(p) };
+    let s = s.to_str().map_err(|_| {
+        (
+            pktcrypt_result::ErrInvalidArgument,
+            "init_key is not UTF-8".into(),
+        )
+    })?;
+    keycode::decode(s).map_err(|e| (pktcrypt_result::ErrKey, e))
+}
+
+/// Fills `cfg` with the defaults of `role`.
+///
+/// # Safety
+/// `cfg` is NULL or points to writable memory for a `pktcrypt_config`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pktcrypt_config_init(
+    cfg: *mut pktcrypt_config,
+    role: pktcrypt_role,
+) -> pktcrypt_result {
+    guard(|| {
+        if cfg.is_null() {
+            return pktcrypt_result::ErrNull;
+        }
+        let c = ClientConfig::new();
+        let s = ServerConfig::new();
+        let value = pktcrypt_config {
+            role,
+            suite: suite_out(s.suite),
+            derived: false,
+            esn: true,
+            replay_window: 1024,
+            rekey_interval_ms: s.rekey_interval.map_or(0, |d| d.as_millis() as u64),
+            update_interval_ms: 0,
+            hello_interval_ms: c.hello_interval.as_millis() as u64,
+            request_timeout_ms: c.request_timeout.as_millis() as u64,
+            max_backoff_ms: c.max_backoff.as_millis() as u64,
+            max_retries: c.max_retries,
+            reorder_grace_ms: s.reorder_grace.as_millis() as u64,
+            trigger_packets_sealed: 0,
+            init_seq_base: 0,
+            backend: pktcrypt_backend::Default,
+        };
+        // SAFETY: checked non-null; the caller provides writable memory for one config.
+        unsafe { cfg.write(value) };
+        pktcrypt_result::Ok
+    })
+}
+
+fn engine_config(cfg: &pktcrypt_config, role: Role) -> Result<pktcrypt_core::EngineConfig, String> {
+    let mut e = pktcrypt_core::EngineConfig::new(role);
+    e.esn = cfg.esn;
+    e.backend = match cfg.backend {
+        pktcrypt_backend::Default => pktcrypt_core::aead::Backend::default(),
+        pktcrypt_backend::Ring => pktcrypt_core::aead::Backend::Ring,
+        pktcrypt_backend::Rustcrypto => pktcrypt_core::aead::Backend::RustCrypto,
+    };
+    if !(64..=8192).contains(&cfg.replay_window) || !cfg.replay_window.is_multiple_of(64) {
+        return Err("replay_window: must be a multiple of 64 in 64..8192".into());
+    }
+    e.replay_window = cfg.replay_window;
+    e.init_seq_base = if cfg.init_seq_base == 0 {
+        wall_base()
+    } else {
+        cfg.init_seq_base
+    };
+    if !cfg.esn && e.init_seq_base > u64::from(u32::MAX) {
+        e.init_seq_base = 1;
+    }
+    Ok(e)
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+/// Creates an endpoint. A client needs its init key code (`pkc1-...`); a server takes NULL and
+/// gets its clients with `pktcrypt_endpoint_add_peer`. A client starts asking for its first key
+/// at once (`pktcrypt_poll_transmit`).
+///
+/// # Safety
+/// `cfg` points to a valid config; `init_key` is NULL or a NUL-terminated string; `out` points to
+/// writable memory for a pointer. On success `*out` must later be passed to
+/// `pktcrypt_endpoint_free`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pktcrypt_endpoint_new(
+    cfg: *const pktcrypt_config,
+    init_key: *const c_char,
+    now_ns: u64,
+    out: *mut *mut pktcrypt_endpoint,
+) -> pktcrypt_result {
+    guard(|| {
+        if cfg.is_null() || out.is_null() {
+            return pktcrypt_result::ErrNull;
+        }
+        // SAFETY: non-null; the caller passes a valid, initialised config.
+        let cfg = unsafe { *cfg };
+        let machine = match cfg.role {
+            pktcrypt_role::Server => {
+                if !init_key.is_null() {
+                    return pktcrypt_result::ErrWrongRole;
+                }
+                let mut c = ServerConfig::new();
+                c.engine = match engine_config(&cfg, Role::KeyServer) {
+                    Ok(e) => e,
+                    Err(_) => return pktcrypt_result::ErrConfig,
+                };
+                c.suite = cfg.suite.into();
+                c.derived = cfg.derived;
+                c.rekey_interval = (cfg.rekey_interval_ms > 0).then(|| ms(cfg.rekey_interval_ms));
+                c.reorder_grace = ms(cfg.reorder_grace_ms);
+                if cfg.trigger_packets_sealed > 0 {
+                    c.triggers.packets_sealed = cfg.trigger_packets_sealed;
+                }
+                match KeyServer::new(c, Box::new(OsRandom)) {
+                    Ok(s) => Machine::Server(s),
+                    Err(_) => return pktcrypt_result::ErrConfig,
+                }
+            }
+            pktcrypt_role::Client => {
+                // SAFETY: init_key is NULL or NUL-terminated per this function's contract.
+                let key = match unsafe { key_arg(init_key) } {
+                    Ok(k) => k,
+                    Err((r, _)) => return r,
+                };
+                let mut c = ClientConfig::new();
+                c.engine = match engine_config(&cfg, Role::Client) {
+                    Ok(e) => e,
+                    Err(_) => return pktcrypt_result::ErrConfig,
+                };
+                c.update_interval =
+                    (cfg.update_interval_ms > 0).then(|| ms(cfg.update_interval_ms));
+                if cfg.hello_interval_ms == 0 || cfg.request_timeout_ms == 0 {
+                    return pktcrypt_result::ErrConfig;
+                }
+                c.hello_interval = ms(cfg.hello_interval_ms);
+                c.request_timeout = ms(cfg.request_timeout_ms);
+                c.max_backoff = ms(cfg.max_backoff_ms.max(cfg.request_timeout_ms));
+                c.max_retries = cfg.max_retries;
+                if cfg.trigger_packets_sealed > 0 {
+                    c.triggers.packets_sealed = cfg.trigger_packets_sealed;
+                }
+                match KeyClient::new(c, &key, Box::new(OsRandom), time(now_ns)) {
+                    Ok(c) => Machine::Client(c),
+                    Err(_) => return pktcrypt_result::ErrConfig,
+                }
+            }
+        };
+        let ep = Box::new(pktcrypt_endpoint {
+            machine,
+            config: cfg,
+            last_error: CString::default(),
+            pending: VecDeque::new(),
+        });
+        // SAFETY: checked non-null; the caller provides writable memory for one pointer.
+        unsafe { out.write(Box::into_raw(ep)) };
+        pktcrypt_result::Ok
+    })
+}
+
+/// Frees an endpoint and wipes its keys. NULL is accepted and ignored.
+///
+/// # Safety
+/// `ep` is NULL or a handle from `pktcrypt_endpoint_new` not freed before.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pktcrypt_endpoint_free(ep: *mut pktcrypt_endpoint) {
+    if ep.is_null() {
+        return;
+    }
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: a live handle from pktcrypt_endpoint_new, freed exactly once (caller contract).
+        drop(unsafe { Box::from_raw(ep) });
+    }));
+}
+
+/// Borrows a handle.
+///
+/// # Safety
+/// `ep` is NULL or a live handle not used concurrently.
+unsafe fn endpoint<'a>(ep: *mut pktcrypt_endpoint) -> Option<&'a mut pktcrypt_endpoint> {
+    // SAFETY: per this function's contract the pointer is NULL or a live, exclusively used handle.
+    unsafe { ep.as_mut() }
+}
+
+/// Adds a client (server endpoints only); `*peer_out` receives its id.
+///
+/// # Safety
+/// `ep` is a live handle; `init_key` a NUL-terminated string; `peer_out` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pktcrypt_endpoint_add_peer(
+    ep: *mut pktcrypt_endpoint,
+    init_key: *const c_char,
+    now_ns: u64,
+    peer_out: *mut u32,
+) -> pktcrypt_result {
+    guard(|| {
+        // SAFETY: ep is NULL or a live handle (caller contract).
+        let Some(ep) = (unsafe { endpoint(ep) }) else {
+            return pktcrypt_result::ErrNull;
+        };
+        if peer_out.is_null() {
+            return ep.fail(pktcrypt_result::ErrNull, "peer_out is NULL");
+        }
+        // SAFETY: init_key is NULL or NUL-terminated (caller contract).
+        let key = match unsafe { key_arg(init_key) } {
+            Ok(k) => k,
+            Err((r, m)) => return ep.fail(r, m),
+        };
+        let Machine::Server(server) = &mut ep.machine else {
+            return ep.fail(
+                pktcrypt_result::ErrWrongRole,
+                "only a server has several peers",
+            );
+        };
+        match server.add_client(&key, None, time(now_ns)) {
+            Ok(peer) => {
+                // SAFETY: checked non-null and writable (caller contract).
+                unsafe { peer_out.write(peer.0) };
+                pktcrypt_result::Ok
+            }
+            Err(e) => ep.fail(pktcrypt_result::ErrKey, e.to_string()),
+        }
+    })
+}
+
+/// Builds a slice from a pointer and length (empty for length 0 even if NULL).
+///
+/// # Safety
+/// If `len > 0`, `p` points to `len` readable bytes.
+unsafe fn slice<'a>(p: *const u8, len: usize) -> Option<&'a [u8]> {
+    if len == 0 {
+        return Some(&[]);
+    }
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: non-null and `len` readable bytes per this function's contract.
+    Some(unsafe { std::slice::from_raw_parts(p, len) })
+}
+
+/// Seals an inner IP packet (IPv4 or IPv6) for `peer` (ignored by a client: its server) into
+/// `out`, which needs `inner_len + 37` bytes. `*out_len` receives the ESP packet length.
+///
+/// # Safety
+/// `ep` live; `inner` has `inner_len` readable bytes; `out` has `out_cap` writable bytes;
+/// `out_len` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pktcrypt_seal(
+    ep: *mut pktcrypt_endpoint,
+    peer: u32,
+    inner: *const u8,
+    inner_len: size_t,
+    out: *mut u8,
+    out_cap: size_t,
+    out_len: *mut size_t,
+    now_ns: u64,
+) -> pktcrypt_result {
+    guard(|| {
+        // SAFETY: ep is NULL or a live handle (caller contract).
+        let Some(ep) = (unsafe { endpoint(ep) }) else {
+            return pktcrypt_result::ErrNull;
+        };
+        if out.is_null() || out_len.is_null() {
+            return ep.fail(pktcrypt_result::ErrNull, "out or out_len is NULL");
+        }
+        // SAFETY: inner has inner_len readable bytes (caller contract).
+        let Some(inner) = (unsafe { slice(inner, inner_len) }) else {
+            return ep.fail(pktcrypt_result::ErrNull, "inner is NULL");
+        };
+        let Some(next) = NextHeader::for_ip_packet(inner) else {
+            return ep.fail(
+                pktcrypt_result::ErrInvalidArgument,
+                "inner packet is not IPv4 or IPv6",
+            );
+        };
+        let need = ESP_HEADER_LEN + inner_len + MAX_OVERHEAD;
+        if out_cap < pktcrypt_core::wire::esp::esp_len(inner_len) {
+            return ep.fail(
+                pktcrypt_result::ErrBufferTooSmall,
+                format!(
+                    "out needs {} bytes",
+                    pktcrypt_core::wire::esp::esp_len(inner_len)
+                ),
+            );
+        }
+        // SAFETY: out has out_cap writable bytes (caller contract), checked non-null.
+        let out = unsafe { std::slice::from_raw_parts_mut(out, out_cap) };
+        let seal = |machine: &mut Machine, buf: &mut [u8]| {
+            buf[ESP_HEADER_LEN..ESP_HEADER_LEN + inner_len].copy_from_slice(inner);
+            match machine {
+                Machine::Server(s) => s.seal(PeerId(peer), buf, inner_len, next),
+                Machine::Client(c) => c.seal(time(now_ns), buf, inner_len, next),
+            }
+        };
+        // Seal in place when `out` has room for the largest padding; otherwise via a scratch
+        // buffer (the result still fits: checked above).
+        let r = if out_cap >= need {
+            seal(&mut ep.machine, &mut out[..need])
+        } else {
+            let mut scratch = vec![0u8; need];
+            seal(&mut ep.machine, &mut scratch).inspect(|&n| {
+                out[..n].copy_from_slice(&scratch[..n]);
+            })
+        };
+        match r {
+            Ok(n) => {
+                // SAFETY: checked non-null and writable (caller contract).
+                unsafe { out_len.write(n) };
+                pktcrypt_result::Ok
+            }
+            Err(SealError::UnknownPeer) => ep.fail(pktcrypt_result::ErrUnknownPeer, "no such peer"),
+            Err(e) => ep.fail(pktcrypt_result::ErrSeal, e.to_string()),
+        }
+    })
+}
+
+/// Handles a received datagram (the UDP payload), decrypting it in place. Control messages are
+/// consumed (answers appear in `pktcrypt_poll_transmit`). `*info` says what it was; for data the
+/// inner packet is at `buf + info->offset`, `info->len` bytes.
+///
+/// # Safety
+/// `ep` live; `buf` has `len` writable bytes; `info` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pktcrypt_open(
+    ep: *mut pktcrypt_endpoint,
+    now_ns: u64,
+    buf: *mut u8,
+    len: size_t,
+    info: *mut pktcrypt_packet_info,
+) -> pktcrypt_result {
+    guard(|| {
+        // SAFETY: ep is NULL or a live handle (caller contract).
+        let Some(ep) = (unsafe { endpoint(ep) }) else {
+            return pktcrypt_result::ErrNull;
+        };
+        if info.is_null() || (buf.is_null() && len > 0) {
+            return ep.fail(pktcrypt_result::ErrNull, "buf or info is NULL");
+        }
+        let mut empty = [0u8; 0];
+        let data: &mut [u8] = if len == 0 {
+            &mut empty
+        } else {
+            // SAFETY: buf has len writable bytes (caller contract), checked non-null.
+            unsafe { std::slice::from_raw_parts_mut(buf, len) }
+        };
+        let now = time(now_ns);
+        let r = match &mut ep.machine {
+            Machine::Server(s) => s.handle_datagram(now, None, data),
+            Machine::Client(c) => c.handle_datagram(now, data),
+        };
+        let value = match r {
+            Incoming::Data {
+                peer,
+                packet,
+                generation,
+                ..
+            } => pktcrypt_packet_info {
+                kind: pktcrypt_packet_kind::Data,
+                reason: pktcrypt_drop_reason::None,
+                peer: peer.0,
+                generation,
+                offset: ESP_HEADER_LEN,
+                len: packet.len(),
+            },
+            Incoming::Control { peer } => pktcrypt_packet_info {
+                kind: pktcrypt_packet_kind::Control,
+                reason: pktcrypt_drop_reason::None,
+                peer: peer.0,
+                generation: 0,
+                offset: 0,
+                len: 0,
+            },
+            Incoming::Dropped(reason) => pktcrypt_packet_info {
+                kind: pktcrypt_packet_kind::Dropped,
+                reason: reason.into(),
+                peer: 0,
+                generation: 0,
+                offset: 0,
+                len: 0,
+            },
+        };
+        // SAFETY: checked non-null and writable (caller contract).
+        unsafe { info.write(value) };
+        pktcrypt_result::Ok
+    })
+}
+
+/// Takes the next datagram to send. `PKTCRYPT_RESULT_EMPTY` when there is none;
+/// `PKTCRYPT_RESULT_ERR_BUFFER_TOO_SMALL` leaves it queued. `*peer` receives its peer id.
+///
+/// # Safety
+/// `ep` live; `out` has `cap` writable bytes; `len` and `peer` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pktcrypt_poll_transmit(
+    ep: *mut pktcrypt_endpoint,
+    out: *mut u8,
+    cap: size_t,
+    len: *mut size_t,
+    peer: *mut u32,
+) -> pktcrypt_result {
+    guard(|| {
+        // SAFETY: ep is NULL or a live handle (caller contract).
+        let Some(ep) = (unsafe { endpoint(ep) }) else {
+            return pktcrypt_result::ErrNull;
+        };
+        if out.is_null() || len.is_null() || peer.is_null() {
+            return ep.fail(pktcrypt_result::ErrNull, "out, len or peer is NULL");
+        }
+        let next = ep.pending.pop_front().or_else(|| match &mut ep.machine {
+            Machine::Server(s) => s.poll_transmit(),
+            Machine::Client(c) => c.poll_transmit(),
+        });
+        let Some(t) = next else {
+            return pktcrypt_result::Empty;
+        };
+        if t.contents.len() > cap {
+            let n = t.contents.len();
+            ep.pending.push_front(t);
+            return ep.fail(
+                pktcrypt_result::ErrBufferTooSmall,
+                format!("datagram needs {n} bytes"),
+            );
+        }
+        // SAFETY: out has cap >= contents.len() writable bytes (caller contract, checked above);
+        // len and peer are non-null and writable.
+        unsafe {
+            std::ptr::copy_nonoverlapping(t.contents.as_ptr(), out, t.contents.len());
+            len.write(t.contents.len());
+            peer.write(t.peer.0);
+        }
+        pktcrypt_result::Ok
+    })
+}
+
+/// The next deadline (ns) at which `pktcrypt_handle_timeout` must run. Returns false if none.
+///
+/// # Safety
+/// `ep` live; `deadline_ns` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pktcrypt_poll_timeout(
+    ep: *mut pktcrypt_endpoint,
+    deadline_ns: *mut u64,
+) -> bool {
+    catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: ep is NULL or a live handle (caller contract).
+        let Some(ep) = (unsafe { endpoint(ep) }) else {
+            return false;
+        };
+        if deadline_ns.is_null() {
+            return false;
+        }
+        let t = match &ep.machine {
+            Machine::Server(s) => s.poll_timeout(),
+            Machine::Client(c) => c.poll_timeout(),
+        };
+        match t {
+            Some(t) => {
+                // SAFETY: checked non-null and writable (caller contract).
+                unsafe { deadline_ns.write(u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)) };
+                true
+            }
+            None => false,
+        }
+    }))
+    .unwrap_or(false)
+}
+
+/// Runs the timers due at `now_ns` (retransmissions, rekeys, hellos).
+///
+/// # Safety
+/// `ep` live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pktcrypt_handle_timeout(
+    ep: *mut pktcrypt_endpoint,
+    now_ns: u64,
+) -> pktcrypt_result {
+    guard(|| {
+        // SAFETY: ep is NULL or a live handle (caller contract).
+        let Some(ep) = (unsafe { endpoint(ep) }) else {
+            return pktcrypt_result::ErrNull;
+        };
+        match &mut ep.machine {
+            Machine::Server(s) => s.handle_timeout(time(now_ns)),
+            Machine::Client(c) => c.handle_timeout(time(now_ns)),
+        }
+        pktcrypt_result::Ok
+    })
+}
+
+/// Fills `*status` for `peer` (a client's only peer is 0).
+///
+/// # Safety
+/// `ep` live; `status` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pktcrypt_status(
+    ep: *mut pktcrypt_endpoint,
+    peer: u32,
+    status: *mut pktcrypt_peer_status,
+) -> pktcrypt_result {
+    guard(|| {
+        // SAFETY: ep is NULL or a live handle (caller contract).
+        let Some(ep) = (unsafe { endpoint(ep) }) else {
+            return pktcrypt_result::ErrNull;
+        };
+        if status.is_null() {
+            return ep.fail(pktcrypt_result::ErrNull, "status is NULL");
+        }
+        let (engine, id) = match &ep.machine {
+            Machine::Server(s) => (s.engine(), PeerId(peer)),
+            Machine::Client(c) => (c.engine(), c.server()),
+        };
+        let Some(st) = engine.peer_status(id) else {
+            return ep.fail(pktcrypt_result::ErrUnknownPeer, "no such peer");
+        };
+        let mut out = pktcrypt_peer_status::default();
+        for sa in &st.sas {
+            if sa.transmitting {
+                out.tx_generation = sa.info.number;
+                out.packets_sealed = sa.counters.packets_sealed;
+            }
+            match sa.slot {
+                Slot::Newest => {
+                    out.newest_generation = sa.info.number;
+                    out.newest_spi = sa.info.spi.get();
+                }
+                Slot::Previous => out.previous_generation = sa.info.number,
+                Slot::Init => {}
+            }
+            out.packets_opened += sa.counters.packets_opened;
+            out.auth_failures += sa.counters.auth_failures;
+            out.replays += sa.counters.replays;
+        }
+        // SAFETY: checked non-null and writable (caller contract).
+        unsafe { status.write(out) };
+        pktcrypt_result::Ok
+    })
+}
+
+/// Packets dropped for `reason` since the endpoint was created (0 for an invalid handle).
+///
+/// # Safety
+/// `ep` NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pktcrypt_drop_count(
+    ep: *mut pktcrypt_endpoint,
+    reason: pktcrypt_drop_reason,
+) -> u64 {
+    catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: ep is NULL or a live handle (caller contract).
+        let Some(ep) = (unsafe { endpoint(ep) }) else {
+            return 0;
+        };
+        let engine = match &ep.machine {
+            Machine::Server(s) => s.engine(),
+            Machine::Client(c) => c.engine(),
+        };
+        engine
+            .drops()
+            .iter()
+            .filter(|(r, _)| pktcrypt_drop_reason::from(*r) == reason)
+            .map(|(_, n)| n)
+            .sum()
+    }))
+    .unwrap_or(0)
+}
+
+/// Writes up to `cap` SAs of `peer` into `sas` and their number into `*n`.
+///
+/// # Safety
+/// `ep` live; `sas` has room for `cap` entries; `n` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pktcrypt_export_sas(
+    ep: *mut pktcrypt_endpoint,
+    peer: u32,
+    sas: *mut pktcrypt_sa,
+    cap: size_t,
+    n: *mut size_t,
+) -> pktcrypt_result {
+    guard(|| {
+        // SAFETY: ep is NULL or a live handle (caller contract).
+        let Some(ep) = (unsafe { endpoint(ep) }) else {
+            return pktcrypt_result::ErrNull;
+        };
+        if n.is_null() || (sas.is_null() && cap > 0) {
+            return ep.fail(pktcrypt_result::ErrNull, "sas or n is NULL");
+        }
+        let (engine, id) = match &ep.machine {
+            Machine::Server(s) => (s.engine(), PeerId(peer)),
+            Machine::Client(c) => (c.engine(), c.server()),
+        };
+        let exports = engine.export_sas(id);
+        if exports.len() > cap {
+            let need = exports.len();
+            return ep.fail(pktcrypt_result::ErrBufferTooSmall, format!("{need} SAs"));
+        }
+        for (i, e) in exports.iter().enumerate() {
+            let mut keymat = [0u8; 36];
+            keymat[..e.keymat.len()].copy_from_slice(&e.keymat);
+            let value = pktcrypt_sa {
+                spi: e.spi.get(),
+                suite: suite_out(e.suite),
+                generation: e.generation,
+                outbound: e.outbound,
+                esn: e.esn,
+                keymat,
+                keymat_len: e.keymat.len(),
+            };
+            // SAFETY: i < exports.len() <= cap entries of writable memory (caller contract).
+            unsafe { sas.add(i).write(value) };
+        }
+        // SAFETY: checked non-null and writable (caller contract).
+        unsafe { n.write(exports.len()) };
+        pktcrypt_result::Ok
+    })
+}
+
+/// Makes a new init key as a text code (`pkc1-...`, NUL-terminated) in `out` (128 bytes suffice).
+/// `spi` 0 picks a random SPI above 255.
+///
+/// # Safety
+/// `out` has `cap` writable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pktcrypt_keygen(
+    suite: pktcrypt_suite,
+    spi: u32,
+    out: *mut c_char,
+    cap: size_t,
+) -> pktcrypt_result {
+    guard(|| {
+        if out.is_null() {
+            return pktcrypt_result::ErrNull;
+        }
+        let mut rng = OsRandom;
+        let spi = if spi == 0 {
+            loop {
+                let v = u32::try_from(rng.next_u64() >> 32).unwrap_or(0);
+                if let Ok(s) = pktcrypt_core::Spi::new(v) {
+                    break s;
+                }
+            }
+        } else {
+            match pktcrypt_core::Spi::new(spi) {
+                Ok(s) => s,
+                Err(_) => return pktcrypt_result::ErrInvalidArgument,
+            }
+        };
+        let mut bytes = [0u8; 32];
+        rng.fill(&mut bytes);
+        let key = Generation {
+            info: pktcrypt_core::GenerationInfo {
+                number: 0,
+                spi,
+                suite: suite.into(),
+            },
+            secret: pktcrypt_core::Secret::from_bytes(bytes),
+        };
+        let code = keycode::encode(&key);
+        if code.len() + 1 > cap {
+            return pktcrypt_result::ErrBufferTooSmall;
+        }
+        // SAFETY: out has cap > code.len() writable bytes (caller contract, checked above).
+        unsafe {
+            std::ptr::copy_nonoverlapping(code.as_ptr(), out.cast::<u8>(), code.len());
+            out.add(code.len()).write(0);
+        }
+        pktcrypt_result::Ok
+    })
+}
+
+/// `CLOCK_BOOTTIME` in nanoseconds: a monotonic clock that counts across suspend.
+#[unsafe(no_mangle)]
+pub extern "C" fn pktcrypt_now_ns() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// A static description of a result (never NULL, never freed).
+#[unsafe(no_mangle)]
+pub extern "C" fn pktcrypt_result_message(r: pktcrypt_result) -> *const c_char {
+    let s: &'static CStr = match r {
+        pktcrypt_result::Ok => c"ok",
+        pktcrypt_result::Empty => c"nothing to return",
+        pktcrypt_result::ErrNull => c"a required pointer was NULL",
+        pktcrypt_result::ErrInvalidArgument => c"invalid argument",
+        pktcrypt_result::ErrBufferTooSmall => c"output buffer too small",
+        pktcrypt_result::ErrKey => c"invalid init key",
+        pktcrypt_result::ErrConfig => c"invalid configuration",
+        pktcrypt_result::ErrWrongRole => c"not possible for this endpoint's role",
+        pktcrypt_result::ErrUnknownPeer => c"no such peer",
+        pktcrypt_result::ErrSeal => c"sealing failed",
+        pktcrypt_result::ErrPanic => c"internal error (panic caught)",
+    };
+    s.as_ptr()
+}
+
+/// The detail of the last failure on `ep` ("" if none). Valid until the next call on `ep`.
+///
+/// # Safety
+/// `ep` NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pktcrypt_endpoint_last_error(
+    ep: *const pktcrypt_endpoint,
+) -> *const c_char {
+    // SAFETY: ep is NULL or a live handle (caller contract).
+    match unsafe { ep.as_ref() } {
+        Some(ep) => ep.last_error.as_ptr(),
+        None => c"".as_ptr(),
+    }
+}
+
+/// The role an endpoint was created with.
+///
+/// # Safety
+/// `ep` live (not NULL).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pktcrypt_endpoint_role(ep: *const pktcrypt_endpoint) -> pktcrypt_role {
+    // SAFETY: ep is a live handle (caller contract).
+    match unsafe { ep.as_ref() } {
+        Some(ep) => ep.config.role,
+        None => pktcrypt_role::Client,
+    }
+}

@@ -1,0 +1,47 @@
+/* Shared helpers of the C tests. */
+#ifndef PKTCRYPT_TEST_COMMON_H
+#define PKTCRYPT_TEST_COMMON_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "pktcrypt.h"
+
+#define CHECK(cond)                                                                    \
+  do {                                                                                 \
+    if (!(cond)) {                                                                     \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);        \
+      exit(1);                                                                         \
+    }                                                                                  \
+  } while (0)
+
+#define CHECK_OK(expr)                                                                 \
+  do {                                                                                 \
+    pktcrypt_result r_ = (expr);                                                       \
+    if (r_ != PKTCRYPT_RESULT_OK) {                                                    \
+      fprintf(stderr, "%s:%d: %s -> %s\n", __FILE__, __LINE__, #expr,                 \
+              pktcrypt_result_message(r_));                                           \
+      exit(1);                                                                         \
+    }                                                                                  \
+  } while (0)
+
+/* PKTCRYPT_BACKEND=rustcrypto|ring picks the AEAD implementation (the valgrind run uses
+ * rustcrypto: memcheck cannot follow definedness through ring's assembly). */
+static inline void apply_test_backend(pktcrypt_config *cfg) {
+  const char *b = getenv("PKTCRYPT_BACKEND");
+  if (b && strcmp(b, "rustcrypto") == 0) cfg->backend = PKTCRYPT_BACKEND_RUSTCRYPTO;
+  if (b && strcmp(b, "ring") == 0) cfg->backend = PKTCRYPT_BACKEND_RING;
+}
+
+/* A minimal IPv4 packet of len bytes whose payload starts with a counter. */
+static inline void make_ipv4(uint8_t *p, size_t len, uint32_t counter) {
+  memset(p, 0, len);
+  p[0] = 0x45;
+  p[2] = (uint8_t)(len >> 8);
+  p[3] = (uint8_t)len;
+  p[8] = 64;
+  p[9] = 17;
+  memcpy(p + 20, &counter, sizeof counter);
+}
+
+#endif

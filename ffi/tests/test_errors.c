@@ -1,0 +1,96 @@
+/* Bad arguments return the right error, never crash, and leave a message on the handle. */
+#include "common.h"
+
+int main(void) {
+  pktcrypt_config cfg;
+  CHECK(pktcrypt_config_init(NULL, PKTCRYPT_ROLE_CLIENT) == PKTCRYPT_RESULT_ERR_NULL);
+  CHECK_OK(pktcrypt_config_init(&cfg, PKTCRYPT_ROLE_CLIENT));
+    apply_test_backend(&cfg);
+  pktcrypt_endpoint *ep = NULL;
+  CHECK(pktcrypt_endpoint_new(NULL, NULL, 0, &ep) == PKTCRYPT_RESULT_ERR_NULL);
+  CHECK(pktcrypt_endpoint_new(&cfg, NULL, 0, &ep) == PKTCRYPT_RESULT_ERR_NULL); /* client needs a key */
+  CHECK(pktcrypt_endpoint_new(&cfg, "pkc1-AAAA-BBBB", 0, &ep) == PKTCRYPT_RESULT_ERR_KEY);
+  CHECK(pktcrypt_endpoint_new(&cfg, "not a key", 0, &ep) == PKTCRYPT_RESULT_ERR_KEY);
+  CHECK(ep == NULL);
+
+  char key[128];
+  CHECK(pktcrypt_keygen(PKTCRYPT_SUITE_AES128_GCM, 0, key, 10) == PKTCRYPT_RESULT_ERR_BUFFER_TOO_SMALL);
+  CHECK(pktcrypt_keygen(PKTCRYPT_SUITE_AES128_GCM, 7, key, sizeof key) == PKTCRYPT_RESULT_ERR_INVALID_ARGUMENT);
+  CHECK(pktcrypt_keygen(PKTCRYPT_SUITE_AES128_GCM, 0, NULL, 128) == PKTCRYPT_RESULT_ERR_NULL);
+  CHECK_OK(pktcrypt_keygen(PKTCRYPT_SUITE_AES128_GCM, 0, key, sizeof key));
+
+  /* A typo in the key code is caught by its checksum. */
+  char typo[128];
+  strcpy(typo, key);
+  typo[strlen(typo) - 2] = typo[strlen(typo) - 2] == 'A' ? 'B' : 'A';
+  CHECK(pktcrypt_endpoint_new(&cfg, typo, 0, &ep) == PKTCRYPT_RESULT_ERR_KEY);
+
+  cfg.replay_window = 100;
+  CHECK(pktcrypt_endpoint_new(&cfg, key, 0, &ep) == PKTCRYPT_RESULT_ERR_CONFIG);
+  cfg.replay_window = 1024;
+  CHECK_OK(pktcrypt_endpoint_new(&cfg, key, 0, &ep));
+
+  /* Wrong role. */
+  uint32_t peer;
+  CHECK(pktcrypt_endpoint_add_peer(ep, key, 0, &peer) == PKTCRYPT_RESULT_ERR_WRONG_ROLE);
+  CHECK(strlen(pktcrypt_endpoint_last_error(ep)) > 0);
+  pktcrypt_config scfg;
+  CHECK_OK(pktcrypt_config_init(&scfg, PKTCRYPT_ROLE_SERVER));
+  apply_test_backend(&scfg);
+  pktcrypt_endpoint *srv = NULL;
+  CHECK(pktcrypt_endpoint_new(&scfg, key, 0, &srv) == PKTCRYPT_RESULT_ERR_WRONG_ROLE);
+  CHECK_OK(pktcrypt_endpoint_new(&scfg, NULL, 0, &srv));
+  CHECK(pktcrypt_endpoint_add_peer(srv, NULL, 0, &peer) == PKTCRYPT_RESULT_ERR_NULL);
+  CHECK(pktcrypt_endpoint_add_peer(srv, key, 0, NULL) == PKTCRYPT_RESULT_ERR_NULL);
+  CHECK_OK(pktcrypt_endpoint_add_peer(srv, key, 0, &peer));
+  CHECK(pktcrypt_endpoint_add_peer(srv, key, 0, &peer) == PKTCRYPT_RESULT_ERR_KEY); /* same SPI twice */
+
+  /* Short buffers and bad packets. */
+  uint8_t inner[200], out[300];
+  size_t len;
+  make_ipv4(inner, 200, 0);
+  CHECK(pktcrypt_seal(ep, 0, inner, 200, out, 100, &len, 0) == PKTCRYPT_RESULT_ERR_BUFFER_TOO_SMALL);
+  CHECK(pktcrypt_seal(ep, 0, NULL, 200, out, sizeof out, &len, 0) == PKTCRYPT_RESULT_ERR_NULL);
+  CHECK(pktcrypt_seal(ep, 0, inner, 200, out, sizeof out, NULL, 0) == PKTCRYPT_RESULT_ERR_NULL);
+  inner[0] = 0x12;
+  CHECK(pktcrypt_seal(ep, 0, inner, 200, out, sizeof out, &len, 0) == PKTCRYPT_RESULT_ERR_INVALID_ARGUMENT);
+  make_ipv4(inner, 200, 0);
+  CHECK(pktcrypt_seal(srv, 99, inner, 200, out, sizeof out, &len, 0) == PKTCRYPT_RESULT_ERR_UNKNOWN_PEER);
+  /* An output buffer exactly the ESP size works (sealed through scratch space). */
+  CHECK_OK(pktcrypt_seal(ep, 0, inner, 200, out, 16 + 200 + 2 + 2 + 16, &len, 0));
+  CHECK(len == 236);
+
+  uint8_t dgram[64];
+  size_t dlen;
+  CHECK(pktcrypt_poll_transmit(ep, dgram, 4, &dlen, &peer) == PKTCRYPT_RESULT_ERR_BUFFER_TOO_SMALL);
+  uint8_t big[256];
+  CHECK_OK(pktcrypt_poll_transmit(ep, big, sizeof big, &dlen, &peer)); /* still queued: not lost */
+  CHECK(pktcrypt_poll_transmit(ep, big, sizeof big, &dlen, &peer) == PKTCRYPT_RESULT_EMPTY);
+
+  pktcrypt_packet_info info;
+  CHECK(pktcrypt_open(ep, 0, NULL, 10, &info) == PKTCRYPT_RESULT_ERR_NULL);
+  CHECK(pktcrypt_open(ep, 0, dgram, 0, NULL) == PKTCRYPT_RESULT_ERR_NULL);
+  CHECK_OK(pktcrypt_open(ep, 0, dgram, 0, &info));
+  CHECK(info.kind == PKTCRYPT_PACKET_KIND_DROPPED && info.reason == PKTCRYPT_DROP_REASON_TRUNCATED);
+  for (size_t i = 0; i < sizeof big; i++) big[i] = (uint8_t)(i * 13 + 5);
+  CHECK_OK(pktcrypt_open(ep, 0, big, sizeof big, &info));
+  CHECK(info.kind == PKTCRYPT_PACKET_KIND_DROPPED);
+
+  pktcrypt_peer_status st;
+  CHECK(pktcrypt_status(srv, 42, &st) == PKTCRYPT_RESULT_ERR_UNKNOWN_PEER);
+  CHECK(pktcrypt_status(NULL, 0, &st) == PKTCRYPT_RESULT_ERR_NULL);
+  pktcrypt_sa sas[1];
+  size_t n;
+  CHECK(pktcrypt_export_sas(ep, 0, sas, 1, &n) == PKTCRYPT_RESULT_ERR_BUFFER_TOO_SMALL);
+  CHECK(pktcrypt_handle_timeout(NULL, 0) == PKTCRYPT_RESULT_ERR_NULL);
+  uint64_t deadline;
+  CHECK(!pktcrypt_poll_timeout(NULL, &deadline));
+  CHECK(pktcrypt_drop_count(NULL, PKTCRYPT_DROP_REASON_REPLAY) == 0);
+  CHECK(strcmp(pktcrypt_result_message(PKTCRYPT_RESULT_ERR_NULL), "a required pointer was NULL") == 0);
+  CHECK(pktcrypt_now_ns() > 0);
+
+  pktcrypt_endpoint_free(ep);
+  pktcrypt_endpoint_free(srv);
+  printf("errors: all bad arguments rejected with the right result\n");
+  return 0;
+}
