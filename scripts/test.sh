@@ -23,6 +23,16 @@ diff -u ffi/include/pktcrypt.h target/pktcrypt.h.fresh \
 make -C ffi test
 make -C ffi test VALGRIND=1
 
+step "Python: wheel built in a fresh virtual environment, installed, pytest, mypy"
+cargo fmt --manifest-path python/Cargo.toml -- --check
+cargo clippy --manifest-path python/Cargo.toml --locked -- -D warnings
+rm -rf target/pyvenv target/wheels
+python3 -m venv target/pyvenv
+target/pyvenv/bin/pip install --quiet --disable-pip-version-check maturin pytest mypy cryptography
+(cd python && ../target/pyvenv/bin/maturin build --release --quiet --out ../target/wheels)
+target/pyvenv/bin/pip install --quiet --disable-pip-version-check target/wheels/pktcrypt-*.whl
+(cd python && ../target/pyvenv/bin/python -m pytest -q tests && ../target/pyvenv/bin/mypy)
+
 step "benchmarks compile"
 cargo bench -p pktcrypt-benches --locked --no-run
 

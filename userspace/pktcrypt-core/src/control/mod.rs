@@ -30,7 +30,7 @@ pub use server::{KeyServer, ServerConfig, ServerEvent};
 
 /// Source of randomness for secrets, SPIs, nonces and jitter. Drivers pass the operating
 /// system's CSPRNG; tests and simulations pass a seeded [`SeededRandom`].
-pub trait Random: Send {
+pub trait Random: Send + Sync {
     /// Fills `dest` with random bytes.
     fn fill(&mut self, dest: &mut [u8]);
 

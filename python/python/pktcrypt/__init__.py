@@ -1,0 +1,316 @@
+"""pktcrypt: packet encryption with two key generations.
+
+An :class:`Endpoint` is a key server (many peers) or a client (one server). It seals inner IP
+packets into ESP packets (RFC 4303) for UDP, opens received ones, and runs the key distribution:
+feed every received datagram to :meth:`Endpoint.open`, send what :meth:`Endpoint.transmits`
+yields, and call :meth:`Endpoint.handle_timeout` when :meth:`Endpoint.poll_timeout` has passed.
+
+Bulk operations (:meth:`Endpoint.seal_many`, :meth:`Endpoint.open_many`) release the GIL.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Iterator, List, Literal, Optional, Sequence, Tuple, Type, Union
+
+from . import _native
+from ._native import (
+    AuthenticationError,
+    ConfigError,
+    DroppedError,
+    InitKeyError,
+    MalformedError,
+    PktcryptError,
+    ReplayError,
+    RoleError,
+    SealError,
+    UnknownSpiError,
+)
+
+__all__ = [
+    "AuthenticationError",
+    "Backend",
+    "ConfigError",
+    "DroppedError",
+    "Endpoint",
+    "InitKeyError",
+    "MalformedError",
+    "Packet",
+    "PktcryptError",
+    "ReplayError",
+    "Role",
+    "RoleError",
+    "SA",
+    "SealError",
+    "Status",
+    "Suite",
+    "UnknownSpiError",
+    "keygen",
+    "now",
+]
+
+Buffer = Union[bytes, bytearray, memoryview]
+
+
+class Role(str, enum.Enum):
+    """Which side of the key distribution an endpoint is."""
+
+    SERVER = "server"
+    """Key server: transmits with N-1, receives with N and N-1."""
+    CLIENT = "client"
+    """Client: transmits with N, receives with N and N-1."""
+
+
+class Suite(str, enum.Enum):
+    """AEAD suite of a generation."""
+
+    AES_128_GCM = "aes-128-gcm"
+    AES_256_GCM = "aes-256-gcm"
+    CHACHA20_POLY1305 = "chacha20-poly1305"
+
+
+class Backend(str, enum.Enum):
+    """AEAD implementation."""
+
+    DEFAULT = "default"
+    RING = "ring"
+    RUSTCRYPTO = "rustcrypto"
+
+
+@dataclass(frozen=True)
+class Packet:
+    """A received datagram that was not dropped."""
+
+    kind: Literal["data", "control"]
+    peer: int
+    generation: int
+    data: bytes
+    """The decrypted inner IP packet (empty for control messages, which the endpoint consumed)."""
+
+
+@dataclass(frozen=True)
+class Status:
+    """Generations held for a peer and their counters."""
+
+    tx_generation: int
+    """The generation this side transmits with."""
+    newest_generation: int
+    """Newest generation held (0: the init key only)."""
+    previous_generation: Optional[int]
+    newest_spi: Optional[int]
+    newest_suite: Optional[Suite]
+    packets_sealed: int
+    """Under the transmit generation."""
+    packets_opened: int
+    auth_failures: int
+    replays: int
+
+
+@dataclass(frozen=True)
+class SA:
+    """One direction of one generation, for an independent decryptor. Holds key material."""
+
+    spi: int
+    suite: Suite
+    generation: int
+    outbound: bool
+    esn: bool
+    key: bytes
+    salt: bytes
+
+    def __repr__(self) -> str:  # never print keys
+        return (
+            f"SA(spi={self.spi:#010x}, suite={self.suite.value}, generation={self.generation}, "
+            f"outbound={self.outbound}, esn={self.esn}, key=<redacted>)"
+        )
+
+
+def _ns(seconds: Optional[float]) -> Optional[int]:
+    return None if seconds is None else int(seconds * 1e9)
+
+
+def _ms(seconds: Optional[float], field: str) -> int:
+    if seconds is None:
+        return 0
+    if seconds < 0:
+        raise ConfigError(f"{field}: must not be negative")
+    return int(round(seconds * 1000))
+
+
+def now() -> float:
+    """The endpoints' default clock (CLOCK_BOOTTIME), in seconds."""
+    return _native.now_ns() / 1e9
+
+
+def keygen(suite: Suite = Suite.AES_256_GCM, spi: Optional[int] = None) -> str:
+    """A new init key as a ``pkc1-`` text code (give it to both sides out of band)."""
+    return _native.keygen(Suite(suite).value, spi)
+
+
+def _packet(t: Tuple[str, int, int, bytes]) -> Packet:
+    kind, peer, generation, data = t
+    if kind == "data":
+        return Packet("data", peer, generation, data)
+    return Packet("control", peer, generation, data)
+
+
+class Endpoint:
+    """A key server or a client.
+
+    Times (``now``) are seconds on :func:`now`'s clock; leave them out to use it.
+    """
+
+    def __init__(
+        self,
+        role: Role,
+        init_key: Optional[str] = None,
+        *,
+        suite: Suite = Suite.AES_256_GCM,
+        derived: bool = False,
+        rekey_interval: Optional[float] = 3600.0,
+        update_interval: Optional[float] = None,
+        hello_interval: float = 10.0,
+        request_timeout: float = 0.5,
+        max_backoff: float = 4.0,
+        max_retries: int = 5,
+        reorder_grace: float = 0.25,
+        replay_window: int = 1024,
+        backend: Backend = Backend.DEFAULT,
+        now: Optional[float] = None,
+    ) -> None:
+        self._role = Role(role)
+        self._native = _native.Endpoint(
+            self._role.value,
+            init_key,
+            suite_name=Suite(suite).value,
+            derived=derived,
+            rekey_interval_ms=_ms(rekey_interval, "rekey_interval"),
+            update_interval_ms=_ms(update_interval, "update_interval"),
+            hello_interval_ms=_ms(hello_interval, "hello_interval"),
+            request_timeout_ms=_ms(request_timeout, "request_timeout"),
+            max_backoff_ms=_ms(max_backoff, "max_backoff"),
+            max_retries=max_retries,
+            reorder_grace_ms=_ms(reorder_grace, "reorder_grace"),
+            replay_window=replay_window,
+            backend=Backend(backend).value,
+            now_ns=_ns(now),
+        )
+
+    @property
+    def role(self) -> Role:
+        return self._role
+
+    def add_peer(self, init_key: str, now: Optional[float] = None) -> int:
+        """Adds a client (servers only); returns its peer id."""
+        return self._native.add_peer(init_key, _ns(now))
+
+    def seal(self, inner: Buffer, peer: int = 0, now: Optional[float] = None) -> bytes:
+        """Seals an inner IPv4/IPv6 packet for ``peer`` (a client's peer is its server)."""
+        return self._native.seal(peer, inner, _ns(now))
+
+    def seal_into(self, inner: Buffer, out: Union[bytearray, memoryview], peer: int = 0) -> int:
+        """Seals into a caller buffer; returns the ESP packet length."""
+        sealed = self._native.seal(peer, inner, None)
+        if len(sealed) > len(out):
+            raise SealError(f"out needs {len(sealed)} bytes")
+        out[: len(sealed)] = sealed
+        return len(sealed)
+
+    def seal_many(self, packets: Sequence[Buffer], peer: int = 0, now: Optional[float] = None) -> List[bytes]:
+        """Seals many packets with the GIL released."""
+        return self._native.seal_many(peer, list(packets), _ns(now))
+
+    def open(self, datagram: Buffer, now: Optional[float] = None) -> Packet:
+        """Opens a received datagram. Raises a :class:`DroppedError` subclass for a dropped one."""
+        return _packet(self._native.open(datagram, _ns(now)))
+
+    def open_many(
+        self, datagrams: Sequence[Buffer], now: Optional[float] = None
+    ) -> List[Union[Packet, DroppedError]]:
+        """Opens many datagrams with the GIL released; drops are returned, not raised."""
+        out: List[Union[Packet, DroppedError]] = []
+        for r in self._native.open_many(list(datagrams), _ns(now)):
+            out.append(r if isinstance(r, DroppedError) else _packet(r))
+        return out
+
+    def poll_transmit(self) -> Optional[Tuple[int, bytes]]:
+        """The next (peer, datagram) to send, or None."""
+        return self._native.poll_transmit()
+
+    def transmits(self) -> Iterator[Tuple[int, bytes]]:
+        """Every datagram waiting to be sent."""
+        while (t := self._native.poll_transmit()) is not None:
+            yield t
+
+    def poll_timeout(self) -> Optional[float]:
+        """When :meth:`handle_timeout` must run next (seconds on :func:`now`'s clock)."""
+        t = self._native.poll_timeout()
+        return None if t is None else t / 1e9
+
+    def handle_timeout(self, now: Optional[float] = None) -> None:
+        """Runs the timers due (retransmissions, rekeys, hellos)."""
+        self._native.handle_timeout(_ns(now))
+
+    def status(self, peer: int = 0) -> Status:
+        """Generations held and counters."""
+        d = self._native.status(peer)
+
+        def num(key: str) -> Optional[int]:
+            v = d.get(key)
+            return v if isinstance(v, int) else None
+
+        suite = d.get("newest_suite")
+        return Status(
+            tx_generation=num("tx_generation") or 0,
+            newest_generation=num("newest_generation") or 0,
+            previous_generation=num("previous_generation"),
+            newest_spi=num("newest_spi"),
+            newest_suite=Suite(suite) if isinstance(suite, str) else None,
+            packets_sealed=num("packets_sealed") or 0,
+            packets_opened=num("packets_opened") or 0,
+            auth_failures=num("auth_failures") or 0,
+            replays=num("replays") or 0,
+        )
+
+    def drops(self) -> dict[str, int]:
+        """Dropped packets by reason."""
+        return self._native.drops()
+
+    def export_sas(self, peer: int = 0) -> List[SA]:
+        """Both directions of every generation held for ``peer``."""
+        return [
+            SA(
+                spi=d["spi"],
+                suite=Suite(d["suite"]),
+                generation=d["generation"],
+                outbound=d["outbound"],
+                esn=d["esn"],
+                key=d["key"],
+                salt=d["salt"],
+            )
+            for d in self._native.export_sas(peer)
+        ]
+
+    def close(self) -> None:
+        """Forgets every key (zeroized). Further calls raise :class:`PktcryptError`."""
+        self._native.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._native.closed
+
+    def __enter__(self) -> Endpoint:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Endpoint(role={self._role.value}, closed={self.closed})"

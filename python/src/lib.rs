@@ -1,0 +1,561 @@
+//! `pktcrypt._native`: the PyO3 layer over `pktcrypt-core`. The typed, pythonic API is in
+//! `python/pktcrypt/__init__.py`; this module stays thin.
+//!
+//! Bulk operations (`seal_many`, `open_many`) release the GIL while they run.
+
+use pktcrypt_core::aead::Backend;
+use pktcrypt_core::control::{ClientConfig, Incoming, KeyClient, KeyServer, Random, ServerConfig};
+use pktcrypt_core::wire::esp::{ESP_HEADER_LEN, MAX_OVERHEAD, NextHeader};
+use pktcrypt_core::{
+    DropReason, Generation, GenerationInfo, PeerId, Role, SealError, Secret, Slot, Spi, Suite,
+    Time, keycode,
+};
+use pyo3::buffer::PyBuffer;
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+use std::time::Duration;
+
+create_exception!(
+    _native,
+    PktcryptError,
+    PyException,
+    "Base class of every pktcrypt error."
+);
+create_exception!(
+    _native,
+    ConfigError,
+    PktcryptError,
+    "Invalid configuration (names the field)."
+);
+create_exception!(
+    _native,
+    InitKeyError,
+    PktcryptError,
+    "An init key code is invalid."
+);
+create_exception!(
+    _native,
+    RoleError,
+    PktcryptError,
+    "Not possible for this endpoint's role."
+);
+create_exception!(
+    _native,
+    SealError_,
+    PktcryptError,
+    "Sealing failed (e.g. sequence numbers exhausted)."
+);
+create_exception!(
+    _native,
+    DroppedError,
+    PktcryptError,
+    "A received packet was dropped; `.reason` says why."
+);
+create_exception!(
+    _native,
+    AuthenticationError,
+    DroppedError,
+    "The packet did not authenticate: forged or corrupted."
+);
+create_exception!(
+    _native,
+    ReplayError,
+    DroppedError,
+    "The packet was a replay or too old for the window."
+);
+create_exception!(
+    _native,
+    UnknownSpiError,
+    DroppedError,
+    "No key with this SPI is held."
+);
+create_exception!(
+    _native,
+    MalformedError,
+    DroppedError,
+    "The packet or control message is malformed."
+);
+
+struct OsRandom;
+
+impl Random for OsRandom {
+    fn fill(&mut self, dest: &mut [u8]) {
+        if getrandom::fill(dest).is_err() {
+            std::process::abort();
+        }
+    }
+}
+
+fn boottime_ns() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+fn time(ns: Option<u64>) -> Time {
+    Duration::from_nanos(ns.unwrap_or_else(boottime_ns))
+}
+
+fn dropped_err(reason: DropReason) -> PyErr {
+    let msg = reason.label();
+    match reason {
+        DropReason::AuthFailed => AuthenticationError::new_err(msg),
+        DropReason::Replay | DropReason::TooOld => ReplayError::new_err(msg),
+        DropReason::UnknownSpi => UnknownSpiError::new_err(msg),
+        _ => MalformedError::new_err(msg),
+    }
+}
+
+fn suite(name: &str) -> PyResult<Suite> {
+    name.parse()
+        .map_err(|e| ConfigError::new_err(format!("suite: {e}")))
+}
+
+fn bytes_of(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    let buf: PyBuffer<u8> = PyBuffer::get(obj)?;
+    buf.to_vec(py)
+}
+
+enum Machine {
+    Server(KeyServer),
+    Client(KeyClient),
+}
+
+/// Seals one inner packet; shared by `seal` and `seal_many`.
+fn seal_one(m: &mut Machine, peer: u32, inner: &[u8], now: Time) -> Result<Vec<u8>, String> {
+    let next = NextHeader::for_ip_packet(inner).ok_or("inner packet is not IPv4 or IPv6")?;
+    let mut buf = vec![0u8; ESP_HEADER_LEN + inner.len() + MAX_OVERHEAD];
+    buf[ESP_HEADER_LEN..ESP_HEADER_LEN + inner.len()].copy_from_slice(inner);
+    let r = match m {
+        Machine::Server(s) => s.seal(PeerId(peer), &mut buf, inner.len(), next),
+        Machine::Client(c) => c.seal(now, &mut buf, inner.len(), next),
+    };
+    match r {
+        Ok(n) => {
+            buf.truncate(n);
+            Ok(buf)
+        }
+        Err(SealError::UnknownPeer) => Err(format!("no peer {peer}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Outcome of opening one datagram, without Python objects (so it can run without the GIL).
+enum Opened {
+    Data {
+        peer: u32,
+        generation: u64,
+        inner: Vec<u8>,
+    },
+    Control {
+        peer: u32,
+    },
+    Dropped(DropReason),
+}
+
+fn open_one(m: &mut Machine, mut buf: Vec<u8>, now: Time) -> Opened {
+    let r = match m {
+        Machine::Server(s) => s.handle_datagram(now, None, &mut buf),
+        Machine::Client(c) => c.handle_datagram(now, &mut buf),
+    };
+    match r {
+        Incoming::Data {
+            peer,
+            packet,
+            generation,
+            ..
+        } => Opened::Data {
+            peer: peer.0,
+            generation,
+            inner: packet.to_vec(),
+        },
+        Incoming::Control { peer } => Opened::Control { peer: peer.0 },
+        Incoming::Dropped(r) => Opened::Dropped(r),
+    }
+}
+
+fn opened_to_py(py: Python<'_>, o: Opened) -> PyResult<Py<PyAny>> {
+    match o {
+        Opened::Data {
+            peer,
+            generation,
+            inner,
+        } => Ok(("data", peer, generation, PyBytes::new(py, &inner))
+            .into_pyobject(py)?
+            .into_any()
+            .unbind()),
+        Opened::Control { peer } => Ok(("control", peer, 0u64, PyBytes::new(py, b""))
+            .into_pyobject(py)?
+            .into_any()
+            .unbind()),
+        Opened::Dropped(r) => Err(dropped_err(r)),
+    }
+}
+
+/// A key server (many peers) or a client (one server). See `pktcrypt.Endpoint`.
+#[pyclass(module = "pktcrypt._native")]
+struct Endpoint {
+    machine: Option<Machine>,
+}
+
+impl Endpoint {
+    fn machine(&mut self) -> PyResult<&mut Machine> {
+        self.machine
+            .as_mut()
+            .ok_or_else(|| PktcryptError::new_err("the endpoint is closed"))
+    }
+}
+
+#[pymethods]
+impl Endpoint {
+    #[new]
+    #[pyo3(signature = (role, init_key, *, suite_name, derived, rekey_interval_ms, update_interval_ms,
+        hello_interval_ms, request_timeout_ms, max_backoff_ms, max_retries, reorder_grace_ms,
+        replay_window, backend, now_ns=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        role: &str,
+        init_key: Option<&str>,
+        suite_name: &str,
+        derived: bool,
+        rekey_interval_ms: u64,
+        update_interval_ms: u64,
+        hello_interval_ms: u64,
+        request_timeout_ms: u64,
+        max_backoff_ms: u64,
+        max_retries: u32,
+        reorder_grace_ms: u64,
+        replay_window: u32,
+        backend: &str,
+        now_ns: Option<u64>,
+    ) -> PyResult<Self> {
+        let backend = match backend {
+            "default" => Backend::default(),
+            "ring" => Backend::Ring,
+            "rustcrypto" => Backend::RustCrypto,
+            other => return Err(ConfigError::new_err(format!("backend: unknown {other:?}"))),
+        };
+        if !(64..=8192).contains(&replay_window) || !replay_window.is_multiple_of(64) {
+            return Err(ConfigError::new_err(
+                "replay_window: must be a multiple of 64 in 64..8192",
+            ));
+        }
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let engine = |r: Role| {
+            let mut e = pktcrypt_core::EngineConfig::new(r);
+            e.backend = backend;
+            e.replay_window = replay_window;
+            e.init_seq_base = pktcrypt_core::boot_seq_base(micros);
+            e
+        };
+        let now = time(now_ns);
+        let machine = match role {
+            "server" => {
+                if init_key.is_some() {
+                    return Err(RoleError::new_err(
+                        "a server takes its clients' keys with add_peer(), not init_key",
+                    ));
+                }
+                let mut c = ServerConfig::new();
+                c.engine = engine(Role::KeyServer);
+                c.suite = suite(suite_name)?;
+                c.derived = derived;
+                c.rekey_interval =
+                    (rekey_interval_ms > 0).then(|| Duration::from_millis(rekey_interval_ms));
+                c.reorder_grace = Duration::from_millis(reorder_grace_ms);
+                Machine::Server(
+                    KeyServer::new(c, Box::new(OsRandom))
+                        .map_err(|e| ConfigError::new_err(e.to_string()))?,
+                )
+            }
+            "client" => {
+                let key = init_key.ok_or_else(|| {
+                    InitKeyError::new_err("init_key: a client needs its init key")
+                })?;
+                let key = keycode::decode(key)
+                    .map_err(|e| InitKeyError::new_err(format!("init_key: {e}")))?;
+                if hello_interval_ms == 0 {
+                    return Err(ConfigError::new_err("hello_interval: must be positive"));
+                }
+                if request_timeout_ms == 0 {
+                    return Err(ConfigError::new_err("request_timeout: must be positive"));
+                }
+                let mut c = ClientConfig::new();
+                c.engine = engine(Role::Client);
+                c.update_interval =
+                    (update_interval_ms > 0).then(|| Duration::from_millis(update_interval_ms));
+                c.hello_interval = Duration::from_millis(hello_interval_ms);
+                c.request_timeout = Duration::from_millis(request_timeout_ms);
+                c.max_backoff = Duration::from_millis(max_backoff_ms.max(request_timeout_ms));
+                c.max_retries = max_retries;
+                Machine::Client(
+                    KeyClient::new(c, &key, Box::new(OsRandom), now)
+                        .map_err(|e| InitKeyError::new_err(format!("init_key: {e}")))?,
+                )
+            }
+            other => return Err(ConfigError::new_err(format!("role: unknown {other:?}"))),
+        };
+        Ok(Self {
+            machine: Some(machine),
+        })
+    }
+
+    #[pyo3(signature = (init_key, now_ns=None))]
+    fn add_peer(&mut self, init_key: &str, now_ns: Option<u64>) -> PyResult<u32> {
+        let key = keycode::decode(init_key)
+            .map_err(|e| InitKeyError::new_err(format!("init_key: {e}")))?;
+        match self.machine()? {
+            Machine::Server(s) => s
+                .add_client(&key, None, time(now_ns))
+                .map(|p| p.0)
+                .map_err(|e| InitKeyError::new_err(format!("init_key: {e}"))),
+            Machine::Client(_) => Err(RoleError::new_err("only a server has several peers")),
+        }
+    }
+
+    #[pyo3(signature = (peer, inner, now_ns=None))]
+    fn seal<'py>(
+        &mut self,
+        py: Python<'py>,
+        peer: u32,
+        inner: &Bound<'py, PyAny>,
+        now_ns: Option<u64>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let inner = bytes_of(py, inner)?;
+        let out =
+            seal_one(self.machine()?, peer, &inner, time(now_ns)).map_err(SealError_::new_err)?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// Seals many packets with the GIL released.
+    #[pyo3(signature = (peer, packets, now_ns=None))]
+    fn seal_many<'py>(
+        &mut self,
+        py: Python<'py>,
+        peer: u32,
+        packets: &Bound<'py, PyList>,
+        now_ns: Option<u64>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let inputs: Vec<Vec<u8>> = packets
+            .iter()
+            .map(|p| bytes_of(py, &p))
+            .collect::<PyResult<_>>()?;
+        let now = time(now_ns);
+        let machine = self.machine()?;
+        let sealed: Result<Vec<Vec<u8>>, String> = py.detach(|| {
+            inputs
+                .iter()
+                .map(|inner| seal_one(machine, peer, inner, now))
+                .collect()
+        });
+        let sealed = sealed.map_err(SealError_::new_err)?;
+        PyList::new(py, sealed.iter().map(|b| PyBytes::new(py, b)))
+    }
+
+    #[pyo3(signature = (datagram, now_ns=None))]
+    fn open(
+        &mut self,
+        py: Python<'_>,
+        datagram: &Bound<'_, PyAny>,
+        now_ns: Option<u64>,
+    ) -> PyResult<Py<PyAny>> {
+        let buf = bytes_of(py, datagram)?;
+        let o = open_one(self.machine()?, buf, time(now_ns));
+        opened_to_py(py, o)
+    }
+
+    /// Opens many datagrams with the GIL released. Drops come back as exception objects in the
+    /// list instead of being raised.
+    #[pyo3(signature = (datagrams, now_ns=None))]
+    fn open_many<'py>(
+        &mut self,
+        py: Python<'py>,
+        datagrams: &Bound<'py, PyList>,
+        now_ns: Option<u64>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let inputs: Vec<Vec<u8>> = datagrams
+            .iter()
+            .map(|p| bytes_of(py, &p))
+            .collect::<PyResult<_>>()?;
+        let now = time(now_ns);
+        let machine = self.machine()?;
+        let results: Vec<Opened> = py.detach(|| {
+            inputs
+                .into_iter()
+                .map(|b| open_one(machine, b, now))
+                .collect()
+        });
+        let out = PyList::empty(py);
+        for r in results {
+            match opened_to_py(py, r) {
+                Ok(v) => out.append(v)?,
+                Err(e) => out.append(e.value(py))?,
+            }
+        }
+        Ok(out)
+    }
+
+    fn poll_transmit<'py>(
+        &mut self,
+        py: Python<'py>,
+    ) -> PyResult<Option<(u32, Bound<'py, PyBytes>)>> {
+        let t = match self.machine()? {
+            Machine::Server(s) => s.poll_transmit(),
+            Machine::Client(c) => c.poll_transmit(),
+        };
+        Ok(t.map(|t| (t.peer.0, PyBytes::new(py, &t.contents))))
+    }
+
+    fn poll_timeout(&mut self) -> PyResult<Option<u64>> {
+        let t = match self.machine()? {
+            Machine::Server(s) => s.poll_timeout(),
+            Machine::Client(c) => c.poll_timeout(),
+        };
+        Ok(t.map(|t| u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)))
+    }
+
+    #[pyo3(signature = (now_ns=None))]
+    fn handle_timeout(&mut self, now_ns: Option<u64>) -> PyResult<()> {
+        let now = time(now_ns);
+        match self.machine()? {
+            Machine::Server(s) => s.handle_timeout(now),
+            Machine::Client(c) => c.handle_timeout(now),
+        }
+        Ok(())
+    }
+
+    #[pyo3(signature = (peer=0))]
+    fn status<'py>(&mut self, py: Python<'py>, peer: u32) -> PyResult<Bound<'py, PyDict>> {
+        let (engine, id) = match self.machine()? {
+            Machine::Server(s) => (s.engine(), PeerId(peer)),
+            Machine::Client(c) => (c.engine(), c.server()),
+        };
+        let st = engine
+            .peer_status(id)
+            .ok_or_else(|| PktcryptError::new_err(format!("no peer {peer}")))?;
+        let d = PyDict::new(py);
+        let mut opened = 0u64;
+        let mut failures = 0u64;
+        let mut replays = 0u64;
+        for sa in &st.sas {
+            let key = match sa.slot {
+                Slot::Init => "init",
+                Slot::Newest => "newest",
+                Slot::Previous => "previous",
+            };
+            d.set_item(format!("{key}_generation"), sa.info.number)?;
+            d.set_item(format!("{key}_spi"), sa.info.spi.get())?;
+            d.set_item(format!("{key}_suite"), sa.info.suite.name())?;
+            if sa.transmitting {
+                d.set_item("tx_generation", sa.info.number)?;
+                d.set_item("packets_sealed", sa.counters.packets_sealed)?;
+            }
+            opened += sa.counters.packets_opened;
+            failures += sa.counters.auth_failures;
+            replays += sa.counters.replays;
+        }
+        d.set_item("packets_opened", opened)?;
+        d.set_item("auth_failures", failures)?;
+        d.set_item("replays", replays)?;
+        Ok(d)
+    }
+
+    fn drops<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let engine = match self.machine()? {
+            Machine::Server(s) => s.engine(),
+            Machine::Client(c) => c.engine(),
+        };
+        let d = PyDict::new(py);
+        for (r, n) in engine.drops().iter() {
+            d.set_item(r.label(), n)?;
+        }
+        Ok(d)
+    }
+
+    #[pyo3(signature = (peer=0))]
+    fn export_sas<'py>(&mut self, py: Python<'py>, peer: u32) -> PyResult<Bound<'py, PyList>> {
+        let (engine, id) = match self.machine()? {
+            Machine::Server(s) => (s.engine(), PeerId(peer)),
+            Machine::Client(c) => (c.engine(), c.server()),
+        };
+        let out = PyList::empty(py);
+        for e in engine.export_sas(id) {
+            let d = PyDict::new(py);
+            d.set_item("spi", e.spi.get())?;
+            d.set_item("suite", e.suite.name())?;
+            d.set_item("generation", e.generation)?;
+            d.set_item("outbound", e.outbound)?;
+            d.set_item("esn", e.esn)?;
+            let k = e.suite.key_len();
+            d.set_item("key", PyBytes::new(py, &e.keymat[..k]))?;
+            d.set_item("salt", PyBytes::new(py, &e.keymat[k..]))?;
+            out.append(d)?;
+        }
+        Ok(out)
+    }
+
+    /// Forgets every key now (they are zeroized); the endpoint cannot be used afterwards.
+    fn close(&mut self) {
+        self.machine = None;
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.machine.is_none()
+    }
+}
+
+/// A new init key as a `pkc1-` text code. `spi` None picks a random SPI above 255.
+#[pyfunction]
+#[pyo3(signature = (suite_name, spi=None))]
+fn keygen(suite_name: &str, spi: Option<u32>) -> PyResult<String> {
+    let suite = suite(suite_name)?;
+    let mut rng = OsRandom;
+    let spi = match spi {
+        Some(v) => Spi::new(v).map_err(|e| ConfigError::new_err(format!("spi: {e}")))?,
+        None => loop {
+            if let Ok(s) = Spi::new(u32::try_from(rng.next_u64() >> 32).unwrap_or(0)) {
+                break s;
+            }
+        },
+    };
+    let mut bytes = [0u8; 32];
+    rng.fill(&mut bytes);
+    let g = Generation {
+        info: GenerationInfo {
+            number: 0,
+            spi,
+            suite,
+        },
+        secret: Secret::from_bytes(bytes),
+    };
+    Ok(keycode::encode(&g).to_string())
+}
+
+/// `CLOCK_BOOTTIME` in nanoseconds: the endpoints' default clock.
+#[pyfunction]
+fn now_ns() -> u64 {
+    boottime_ns()
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<Endpoint>()?;
+    m.add_function(wrap_pyfunction!(keygen, m)?)?;
+    m.add_function(wrap_pyfunction!(now_ns, m)?)?;
+    m.add("PktcryptError", py.get_type::<PktcryptError>())?;
+    m.add("ConfigError", py.get_type::<ConfigError>())?;
+    m.add("InitKeyError", py.get_type::<InitKeyError>())?;
+    m.add("RoleError", py.get_type::<RoleError>())?;
+    m.add("SealError", py.get_type::<SealError_>())?;
+    m.add("DroppedError", py.get_type::<DroppedError>())?;
+    m.add("AuthenticationError", py.get_type::<AuthenticationError>())?;
+    m.add("ReplayError", py.get_type::<ReplayError>())?;
+    m.add("UnknownSpiError", py.get_type::<UnknownSpiError>())?;
+    m.add("MalformedError", py.get_type::<MalformedError>())?;
+    Ok(())
+}

@@ -1,0 +1,31 @@
+"""An independent implementation (the `cryptography` package, i.e. OpenSSL) decrypts pktcrypt's
+packets from the exported SAs."""
+from __future__ import annotations
+
+import struct
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+import pktcrypt
+from conftest import ipv4
+
+
+@pytest.mark.parametrize("suite", list(pktcrypt.Suite))
+def test_cryptography_decrypts_our_packets(suite: pktcrypt.Suite) -> None:
+    key = pktcrypt.keygen(suite)
+    client = pktcrypt.Endpoint(pktcrypt.Role.CLIENT, key)
+    sa = next(s for s in client.export_sas() if s.outbound and s.generation == 0)
+    aead = ChaCha20Poly1305(sa.key) if suite is pktcrypt.Suite.CHACHA20_POLY1305 else AESGCM(sa.key)
+    for length in (20, 21, 22, 23, 200, 1400):
+        inner = ipv4(length, length)
+        packet = client.seal(inner)
+        spi, seq_low = struct.unpack(">II", packet[:8])
+        iv = packet[8:16]
+        seq = int.from_bytes(iv, "big")  # init-key traffic: the IV carries the 64-bit sequence
+        assert spi == sa.spi and seq & 0xFFFFFFFF == seq_low
+        plain = aead.decrypt(sa.salt + iv, packet[16:], struct.pack(">IQ", spi, seq))
+        pad, next_header = plain[-2], plain[-1]
+        assert next_header == 4
+        assert plain[: len(plain) - 2 - pad] == inner
+        assert plain[len(plain) - 2 - pad : -2] == bytes(range(1, pad + 1))

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import pytest
+
+import pktcrypt
+from conftest import Pair, ipv4
+
+
+def test_round_trip_through_rotations(pair: Pair) -> None:
+    opened = 0
+    for i in range(500):  # 5 s of simulated time, keys rotate every second
+        pair.step(0.01)
+        for src, dst, peer in ((pair.client, pair.server, 0), (pair.server, pair.client, pair.peer)):
+            inner = ipv4(20 + i % 1400, i)
+            packet = dst.open(src.seal(inner, peer=peer, now=pair.t), now=pair.t)
+            assert packet.kind == "data"
+            assert packet.data == inner
+            opened += 1
+    status = pair.server.status(pair.peer)
+    assert status.newest_generation >= 4
+    assert status.tx_generation == status.newest_generation - 1
+    assert pair.client.status().tx_generation == status.newest_generation
+    assert opened == 1000
+
+
+def test_control_loss_is_survived() -> None:
+    p = Pair(loss=0.3, seed=7, rekey_interval=0.5, reorder_grace=0.01)
+    for _ in range(1000):
+        p.step(0.01)
+        inner = ipv4(64)
+        assert p.server.open(p.client.seal(inner, now=p.t), now=p.t).data == inner
+        assert p.client.open(p.server.seal(inner, peer=p.peer, now=p.t), now=p.t).data == inner
+    assert p.lost > 0
+    assert p.server.status(p.peer).newest_generation >= 5
+
+
+def test_buffers_of_every_kind(pair: Pair) -> None:
+    inner = ipv4(100, 3)
+    for arg in (inner, bytearray(inner), memoryview(inner)):
+        sealed = pair.client.seal(arg)
+        assert pair.server.open(memoryview(bytearray(sealed))).data == inner
+    out = bytearray(300)
+    n = pair.client.seal_into(inner, out)
+    assert pair.server.open(out[:n]).data == inner
+
+
+def test_batches(pair: Pair) -> None:
+    packets = [ipv4(20 + i, i) for i in range(100)]
+    sealed = pair.client.seal_many(packets)
+    sealed.insert(10, sealed[3])  # a replay
+    results = pair.server.open_many(sealed)
+    assert isinstance(results[10], pktcrypt.ReplayError)
+    assert [r.data for r in results if isinstance(r, pktcrypt.Packet)] == packets
+
+
+def test_context_manager_closes() -> None:
+    with pktcrypt.Endpoint(pktcrypt.Role.CLIENT, pktcrypt.keygen()) as c:
+        assert not c.closed
+    assert c.closed
+    with pytest.raises(pktcrypt.PktcryptError):
+        c.seal(ipv4(40))
