@@ -121,10 +121,10 @@ fn engine(role: Role, replay_window: Option<u32>) -> Result<EngineConfig, String
     Ok(e)
 }
 
-/// `[[clients]]` of a server.
+/// `[[clients]]` of a server, `[[members]]` of a group controller.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ClientEntry {
+pub(crate) struct PeerEntry {
     /// A name for logs and status.
     pub(crate) name: String,
     /// Known address (learned from its packets otherwise).
@@ -163,7 +163,7 @@ pub(crate) struct ServerFile {
     /// Status line interval.
     pub(crate) status_interval_ms: Option<u64>,
     /// The clients.
-    pub(crate) clients: Vec<ClientEntry>,
+    pub(crate) clients: Vec<PeerEntry>,
 }
 
 impl ServerFile {
@@ -261,19 +261,6 @@ impl ClientFile {
     }
 }
 
-/// `[[members]]` of a group controller.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct MemberEntry {
-    /// A name.
-    pub(crate) name: String,
-    /// Known address.
-    pub(crate) address: Option<SocketAddr>,
-    /// Its pairwise control init key.
-    #[serde(flatten)]
-    pub(crate) key: KeySource,
-}
-
 /// The group init key, in its own table.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -304,7 +291,7 @@ pub(crate) struct GroupControllerFile {
     /// The group init key.
     pub(crate) group: GroupKeyTable,
     /// Members, in index order.
-    pub(crate) members: Vec<MemberEntry>,
+    pub(crate) members: Vec<PeerEntry>,
 }
 
 /// `pktcrypt group-member` configuration.

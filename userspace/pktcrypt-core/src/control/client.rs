@@ -14,7 +14,7 @@
 //!   which generation the client uses) keeps the server informed and detects faults.
 
 use super::message::{KeyMaterial, Message};
-use super::{Incoming, Random, RekeyTriggers, Transmit, backoff, jittered};
+use super::{Incoming, Random, RekeyTriggers, Transmit, backoff, jittered, seal_message};
 use crate::engine::Installed;
 use crate::{
     DropReason, Engine, EngineConfig, Error, Generation, GenerationInfo, Opened, PeerId, Role,
@@ -281,10 +281,15 @@ impl KeyClient {
     fn request(&mut self, now: Time, kind: Kind, msg: Message) {
         self.next_id = self.next_id.wrapping_add(1);
         let id = self.next_id;
+        self.send_request(now, kind, &msg, id, 0);
+    }
+
+    /// Sends (or re-sends, keeping `id`) a request and arms its retransmission timer.
+    fn send_request(&mut self, now: Time, kind: Kind, msg: &Message, id: u32, attempt: u32) {
         let delay = backoff(
             self.config.request_timeout,
             self.config.max_backoff,
-            0,
+            attempt,
             self.rng.as_mut(),
         );
         self.request = Some(Request {
@@ -292,22 +297,13 @@ impl KeyClient {
             id,
             next_at: now + delay,
         });
-        self.send(&msg, id);
+        self.send(msg, id);
     }
 
     fn send(&mut self, msg: &Message, id: u32) {
-        let encoded = msg.encode(id);
-        if let Ok(n) = self
-            .engine
-            .seal_control(self.server, encoded.as_bytes(), &mut self.out)
-        {
-            self.transmits.push_back(Transmit {
-                peer: self.server,
-                destination: None,
-                contents: self.out[..n].to_vec(),
-            });
+        if let Some(t) = seal_message(&mut self.engine, self.server, None, msg, id, &mut self.out) {
+            self.transmits.push_back(t);
         }
-        zeroize::Zeroize::zeroize(&mut self.out[..]);
     }
 
     /// Handles one received ESP packet from the server.
@@ -460,18 +456,7 @@ impl KeyClient {
                         )
                     }
                 };
-                let delay = backoff(
-                    self.config.request_timeout,
-                    self.config.max_backoff,
-                    self.unanswered.min(16),
-                    self.rng.as_mut(),
-                );
-                self.request = Some(Request {
-                    kind,
-                    id,
-                    next_at: now + delay,
-                });
-                self.send(&msg, id);
+                self.send_request(now, kind, &msg, id, self.unanswered.min(16));
             }
         }
         if let Some(u) = self.update_at

@@ -19,7 +19,7 @@
 //! management table triggers a rekey; a member that regains connectivity asks for the current key.
 
 use super::message::{GroupKey, GroupPhase, Message};
-use super::{Incoming, Random, Transmit, backoff, jittered};
+use super::{Incoming, Random, Transmit, backoff, jittered, seal_message};
 use crate::wire::NextHeader;
 use crate::wire::esp::EspHeader;
 use crate::{
@@ -442,18 +442,11 @@ impl GroupController {
         };
         let (peer, destination) = (m.peer, m.addr);
         self.next_id = self.next_id.wrapping_add(1);
-        let encoded = msg.encode(self.next_id);
-        if let Ok(n) = self
-            .control
-            .seal_control(peer, encoded.as_bytes(), &mut self.out)
+        let id = self.next_id;
+        if let Some(t) = seal_message(&mut self.control, peer, destination, msg, id, &mut self.out)
         {
-            self.transmits.push_back(Transmit {
-                peer,
-                destination,
-                contents: self.out[..n].to_vec(),
-            });
+            self.transmits.push_back(t);
         }
-        zeroize::Zeroize::zeroize(&mut self.out[..]);
     }
 
     fn member_of(&self, peer: PeerId) -> Option<u16> {
@@ -880,18 +873,18 @@ impl GroupMember {
 
     fn send_control(&mut self, msg: &Message) {
         self.next_id = self.next_id.wrapping_add(1);
-        let encoded = msg.encode(self.next_id);
-        if let Ok(n) = self
-            .control
-            .seal_control(self.controller, encoded.as_bytes(), &mut self.out)
-        {
-            self.transmits.push_back(Transmit {
-                peer: self.controller,
-                destination: None,
-                contents: self.out[..n].to_vec(),
-            });
+        let id = self.next_id;
+        let t = seal_message(
+            &mut self.control,
+            self.controller,
+            None,
+            msg,
+            id,
+            &mut self.out,
+        );
+        if let Some(t) = t {
+            self.transmits.push_back(t);
         }
-        zeroize::Zeroize::zeroize(&mut self.out[..]);
     }
 
     /// Seals a data packet for the group (one packet for every member) with this member's

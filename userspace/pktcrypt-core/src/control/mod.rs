@@ -199,6 +199,30 @@ pub enum Incoming<'a> {
     Dropped(crate::DropReason),
 }
 
+/// Encodes `msg`, seals it as a control message under the engine's transmit key for `peer`, and
+/// returns it as a [`Transmit`]. The scratch buffer is wiped afterwards (distributions carry
+/// secrets). `None` if sealing failed (no such peer, or the sequence space is exhausted).
+pub(crate) fn seal_message(
+    engine: &mut crate::Engine,
+    peer: crate::PeerId,
+    destination: Option<SocketAddr>,
+    msg: &message::Message,
+    id: u32,
+    scratch: &mut [u8],
+) -> Option<Transmit> {
+    let encoded = msg.encode(id);
+    let sealed = engine
+        .seal_control(peer, encoded.as_bytes(), scratch)
+        .ok()
+        .map(|n| Transmit {
+            peer,
+            destination,
+            contents: scratch[..n].to_vec(),
+        });
+    zeroize::Zeroize::zeroize(scratch);
+    sealed
+}
+
 /// Nanoseconds of a [`Time`], saturating.
 pub(crate) fn nanos(t: Time) -> u64 {
     u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)

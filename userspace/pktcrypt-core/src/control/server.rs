@@ -17,7 +17,7 @@
 //!   timers are jittered, so thousands of clients do not rotate in the same second.
 
 use super::message::{Distribution, KeyMaterial, Message};
-use super::{Incoming, Random, RekeyTriggers, Transmit, backoff, jittered, nanos};
+use super::{Incoming, Random, RekeyTriggers, Transmit, backoff, jittered, nanos, seal_message};
 use crate::engine::Installed;
 use crate::{
     DropReason, Engine, EngineConfig, Error, Generation, GenerationInfo, Opened, PeerId, Role,
@@ -709,23 +709,13 @@ impl KeyServer {
     }
 
     fn send(&mut self, peer: PeerId, msg: &Message, id: u32) {
-        let encoded = msg.encode(id);
-        let Ok(n) = self
-            .engine
-            .seal_control(peer, encoded.as_bytes(), &mut self.out)
-        else {
-            return;
-        };
         let destination = self
             .clients
             .get(peer.0 as usize)
             .and_then(|c| c.as_ref()?.addr);
-        self.transmits.push_back(Transmit {
-            peer,
-            destination,
-            contents: self.out[..n].to_vec(),
-        });
-        zeroize::Zeroize::zeroize(&mut self.out[..]);
+        if let Some(t) = seal_message(&mut self.engine, peer, destination, msg, id, &mut self.out) {
+            self.transmits.push_back(t);
+        }
     }
 
     fn check_triggers(&mut self, now: Time, peer: PeerId) {
