@@ -8,8 +8,9 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-# Debian packages: OpenSSL headers for the benchmark baseline, pkg-config, Python.
-APT_PACKAGES=(pkg-config libssl-dev python3 python3-venv ca-certificates gcc make valgrind)
+# Debian packages: OpenSSL headers (benchmark baseline), pkg-config, Python, a C and C++ compiler
+# (C tests; libFuzzer for cargo-fuzz), make and valgrind (C tests).
+APT_PACKAGES=(pkg-config libssl-dev python3 python3-venv ca-certificates gcc g++ make valgrind)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
