@@ -144,6 +144,14 @@ typedef struct {
   uint64_t reorder_grace_ms;
   // Rekey after this many packets sealed under one generation; 0: the AEAD-limit default.
   uint64_t trigger_packets_sealed;
+  // Rekey after this many packets opened under one generation; 0: the default.
+  uint64_t trigger_packets_opened;
+  // Rekey after this many payload bytes (sealed + opened); 0: the default.
+  uint64_t trigger_bytes;
+  // Rekey after this many failed authentications; 0: the default.
+  uint64_t trigger_auth_failures;
+  // Rekey a generation this old (ms); 0: the default (one hour).
+  uint64_t trigger_age_ms;
   // First init-key sequence number of this boot; 0: derived from the wall clock.
   uint64_t init_seq_base;
   // AEAD implementation.

@@ -214,6 +214,14 @@ pub struct pktcrypt_config {
     pub reorder_grace_ms: u64,
     /// Rekey after this many packets sealed under one generation; 0: the AEAD-limit default.
     pub trigger_packets_sealed: u64,
+    /// Rekey after this many packets opened under one generation; 0: the default.
+    pub trigger_packets_opened: u64,
+    /// Rekey after this many payload bytes (sealed + opened); 0: the default.
+    pub trigger_bytes: u64,
+    /// Rekey after this many failed authentications; 0: the default.
+    pub trigger_auth_failures: u64,
+    /// Rekey a generation this old (ms); 0: the default (one hour).
+    pub trigger_age_ms: u64,
     /// First init-key sequence number of this boot; 0: derived from the wall clock.
     pub init_seq_base: u64,
     /// AEAD implementation.
@@ -377,6 +385,10 @@ pub unsafe extern "C" fn pktcrypt_config_init(
             max_retries: c.max_retries,
             reorder_grace_ms: s.reorder_grace.as_millis() as u64,
             trigger_packets_sealed: 0,
+            trigger_packets_opened: 0,
+            trigger_bytes: 0,
+            trigger_auth_failures: 0,
+            trigger_age_ms: 0,
             init_seq_base: 0,
             backend: pktcrypt_backend::Default,
         };
@@ -411,6 +423,22 @@ fn engine_config(cfg: &pktcrypt_config, role: Role) -> Result<pktcrypt_core::Eng
 
 fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
+}
+
+/// Applies the non-zero trigger fields over the defaults.
+fn triggers(cfg: &pktcrypt_config, t: &mut pktcrypt_core::control::RekeyTriggers) {
+    let set = |v: u64, field: &mut u64| {
+        if v > 0 {
+            *field = v;
+        }
+    };
+    set(cfg.trigger_packets_sealed, &mut t.packets_sealed);
+    set(cfg.trigger_packets_opened, &mut t.packets_opened);
+    set(cfg.trigger_bytes, &mut t.bytes);
+    set(cfg.trigger_auth_failures, &mut t.auth_failures);
+    if cfg.trigger_age_ms > 0 {
+        t.max_age = Some(ms(cfg.trigger_age_ms));
+    }
 }
 
 /// Creates an endpoint. A client needs its init key code (`pkc1-...`); a server takes NULL and
@@ -448,9 +476,7 @@ pub unsafe extern "C" fn pktcrypt_endpoint_new(
                 c.derived = cfg.derived;
                 c.rekey_interval = (cfg.rekey_interval_ms > 0).then(|| ms(cfg.rekey_interval_ms));
                 c.reorder_grace = ms(cfg.reorder_grace_ms);
-                if cfg.trigger_packets_sealed > 0 {
-                    c.triggers.packets_sealed = cfg.trigger_packets_sealed;
-                }
+                triggers(&cfg, &mut c.triggers);
                 match KeyServer::new(c, Box::new(OsRandom)) {
                     Ok(s) => Machine::Server(s),
                     Err(_) => return pktcrypt_result::ErrConfig,
@@ -476,9 +502,7 @@ pub unsafe extern "C" fn pktcrypt_endpoint_new(
                 c.request_timeout = ms(cfg.request_timeout_ms);
                 c.max_backoff = ms(cfg.max_backoff_ms.max(cfg.request_timeout_ms));
                 c.max_retries = cfg.max_retries;
-                if cfg.trigger_packets_sealed > 0 {
-                    c.triggers.packets_sealed = cfg.trigger_packets_sealed;
-                }
+                triggers(&cfg, &mut c.triggers);
                 match KeyClient::new(c, &key, Box::new(OsRandom), time(now_ns)) {
                     Ok(c) => Machine::Client(c),
                     Err(_) => return pktcrypt_result::ErrConfig,

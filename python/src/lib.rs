@@ -212,7 +212,7 @@ impl Endpoint {
     #[new]
     #[pyo3(signature = (role, init_key, *, suite_name, derived, rekey_interval_ms, update_interval_ms,
         hello_interval_ms, request_timeout_ms, max_backoff_ms, max_retries, reorder_grace_ms,
-        replay_window, backend, now_ns=None))]
+        replay_window, backend, triggers=None, now_ns=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         role: &str,
@@ -228,8 +228,36 @@ impl Endpoint {
         reorder_grace_ms: u64,
         replay_window: u32,
         backend: &str,
+        triggers: Option<&Bound<'_, PyDict>>,
         now_ns: Option<u64>,
     ) -> PyResult<Self> {
+        let mut trig = pktcrypt_core::control::RekeyTriggers::for_suite(suite(suite_name)?, 65535);
+        if let Some(t) = triggers {
+            for (k, v) in t.iter() {
+                let key: String = k.extract()?;
+                let v: f64 = v.extract().map_err(|_| {
+                    ConfigError::new_err(format!("triggers.{key}: expected a number"))
+                })?;
+                if v <= 0.0 {
+                    return Err(ConfigError::new_err(format!(
+                        "triggers.{key}: must be positive"
+                    )));
+                }
+                match key.as_str() {
+                    "packets_sealed" => trig.packets_sealed = v as u64,
+                    "packets_opened" => trig.packets_opened = v as u64,
+                    "packets_total" => trig.packets_total = v as u64,
+                    "bytes" => trig.bytes = v as u64,
+                    "auth_failures" => trig.auth_failures = v as u64,
+                    "max_age" => trig.max_age = Some(Duration::from_secs_f64(v)),
+                    other => {
+                        return Err(ConfigError::new_err(format!(
+                            "triggers: unknown trigger {other:?}"
+                        )));
+                    }
+                }
+            }
+        }
         let backend = match backend {
             "default" => Backend::default(),
             "ring" => Backend::Ring,
@@ -266,6 +294,7 @@ impl Endpoint {
                 c.rekey_interval =
                     (rekey_interval_ms > 0).then(|| Duration::from_millis(rekey_interval_ms));
                 c.reorder_grace = Duration::from_millis(reorder_grace_ms);
+                c.triggers = trig;
                 Machine::Server(
                     KeyServer::new(c, Box::new(OsRandom))
                         .map_err(|e| ConfigError::new_err(e.to_string()))?,
@@ -291,6 +320,7 @@ impl Endpoint {
                 c.request_timeout = Duration::from_millis(request_timeout_ms);
                 c.max_backoff = Duration::from_millis(max_backoff_ms.max(request_timeout_ms));
                 c.max_retries = max_retries;
+                c.triggers = trig;
                 Machine::Client(
                     KeyClient::new(c, &key, Box::new(OsRandom), now)
                         .map_err(|e| InitKeyError::new_err(format!("init_key: {e}")))?,

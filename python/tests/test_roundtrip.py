@@ -59,3 +59,25 @@ def test_context_manager_closes() -> None:
     assert c.closed
     with pytest.raises(pktcrypt.PktcryptError):
         c.seal(ipv4(40))
+
+
+def test_packet_trigger_rotates() -> None:
+    key = pktcrypt.keygen()
+    t = 100.0
+    server = pktcrypt.Endpoint(pktcrypt.Role.SERVER, rekey_interval=None, reorder_grace=0.005, now=t)
+    peer = server.add_peer(key, now=t)
+    client = pktcrypt.Endpoint(pktcrypt.Role.CLIENT, key, triggers={"packets_sealed": 20}, now=t)
+
+    def pump() -> None:
+        for src, dst in ((client, server), (server, client)):
+            for _p, d in src.transmits():
+                dst.open(d, now=t)
+
+    pump()
+    for _ in range(100):
+        t += 0.01
+        pump()
+        server.open(client.seal(ipv4(60), now=t), now=t)
+    assert server.status(peer).newest_generation >= 4  # 100 packets / 20 per generation
+    with pytest.raises(pktcrypt.ConfigError, match="triggers"):
+        pktcrypt.Endpoint(pktcrypt.Role.CLIENT, key, triggers={"packets": 5})

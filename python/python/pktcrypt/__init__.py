@@ -159,7 +159,10 @@ def _packet(t: Tuple[str, int, int, bytes]) -> Packet:
 class Endpoint:
     """A key server or a client.
 
-    Times (``now``) are seconds on :func:`now`'s clock; leave them out to use it.
+    Times (``now``) are seconds on :func:`now`'s clock; leave them out to use it. ``triggers``
+    overrides rekey triggers (defaults: half the AEAD limits of RFC 9001 §6.6, and one hour):
+    ``packets_sealed``, ``packets_opened``, ``packets_total``, ``bytes``, ``auth_failures``,
+    ``max_age`` (seconds).
     """
 
     def __init__(
@@ -178,6 +181,7 @@ class Endpoint:
         reorder_grace: float = 0.25,
         replay_window: int = 1024,
         backend: Backend = Backend.DEFAULT,
+        triggers: Optional[dict[str, float]] = None,
         now: Optional[float] = None,
     ) -> None:
         self._role = Role(role)
@@ -195,6 +199,7 @@ class Endpoint:
             reorder_grace_ms=_ms(reorder_grace, "reorder_grace"),
             replay_window=replay_window,
             backend=Backend(backend).value,
+            triggers=triggers,
             now_ns=_ns(now),
         )
 

@@ -31,6 +31,7 @@ class Endpoint:
         reorder_grace_ms: int,
         replay_window: int,
         backend: str,
+        triggers: Optional[dict[str, float]] = None,
         now_ns: Optional[int] = None,
     ) -> None: ...
     def add_peer(self, init_key: str, now_ns: Optional[int] = None) -> int: ...
