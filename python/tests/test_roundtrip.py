@@ -69,6 +69,10 @@ def test_packet_trigger_rotates() -> None:
     client = pktcrypt.Endpoint(pktcrypt.Role.CLIENT, key, triggers={"packets_sealed": 20}, now=t)
 
     def pump() -> None:
+        for ep in (server, client):
+            deadline = ep.poll_timeout()
+            if deadline is not None and deadline <= t:
+                ep.handle_timeout(now=t)
         for src, dst in ((client, server), (server, client)):
             for _p, d in src.transmits():
                 dst.open(d, now=t)
