@@ -40,3 +40,34 @@ pub enum XdpCounter {
 
 /// Number of [`XdpCounter`] slots.
 pub const XDP_COUNTER_SLOTS: u32 = 4;
+
+/// Names of the maps of the XDP program (the loader looks them up by name).
+pub mod maps {
+    /// `XSKMAP`: RX queue index → AF_XDP socket.
+    pub const XSKS: &str = "XSKS";
+    /// `ARRAY<u32>` of [`super::config`] values.
+    pub const CONFIG: &str = "CONFIG";
+    /// `LPM_TRIE` of protected IPv4 prefixes (key: prefix length, 4 address bytes).
+    pub const PREFIXES_V4: &str = "PREFIXES_V4";
+    /// `LPM_TRIE` of protected IPv6 prefixes (key: prefix length, 16 address bytes).
+    pub const PREFIXES_V6: &str = "PREFIXES_V6";
+    /// `PERCPU_ARRAY<u64>` indexed by [`super::XdpCounter`].
+    pub const COUNTERS: &str = "COUNTERS";
+}
+
+/// Indices into the `CONFIG` array map.
+pub mod config {
+    /// UDP destination port of ESP-in-UDP to steer (0: none).
+    pub const ESP_PORT: u32 = 0;
+    /// Bit set of [`MODE_STEER_ESP`] and [`MODE_STEER_PREFIXES`].
+    pub const MODE: u32 = 1;
+    /// Number of entries.
+    pub const LEN: u32 = 2;
+    /// Steer UDP packets to the ESP port (the outer, encrypted side).
+    pub const MODE_STEER_ESP: u32 = 1;
+    /// Steer packets whose destination is in a protected prefix (the inner, plaintext side).
+    pub const MODE_STEER_PREFIXES: u32 = 2;
+}
+
+/// Name of the XDP program in the object file.
+pub const XDP_PROGRAM: &str = "pktcrypt_xdp";

@@ -32,7 +32,9 @@ const USAGE: &str = "usage:
   pktcrypt client --config FILE
   pktcrypt group-controller --config FILE
   pktcrypt group-member --config FILE
-      run a control-plane role over UDP (see docs/cli.md for the configuration)";
+      run a control-plane role over UDP (see docs/cli.md for the configuration)
+  pktcrypt xdp-attach --iface IF [--object PATH] [--esp-port PORT] [--prefix ADDR/LEN]... [--seconds N]
+      attach the XDP steering program to IF, print its counters every second, detach on exit";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -48,6 +50,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("pktcrypt keygen: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("xdp-attach") => match xdp_attach(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pktcrypt xdp-attach: {e}");
                 ExitCode::FAILURE
             }
         },
@@ -474,5 +483,82 @@ fn keygen(args: &[String]) -> Result<(), String> {
             path.display()
         );
     }
+    Ok(())
+}
+
+fn xdp_attach(args: &[String]) -> Result<(), String> {
+    let mut iface = None;
+    let mut object = std::env::var_os("PKTCRYPT_XDP_OBJECT").map(PathBuf::from);
+    let mut cfg = pktcrypt_io::SteeringConfig::default();
+    let mut seconds: Option<u64> = None;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--iface" => iface = Some(value.clone()),
+            "--object" => object = Some(PathBuf::from(value)),
+            "--esp-port" => {
+                cfg.esp_port = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("--esp-port: {value:?}"))?,
+                );
+            }
+            "--prefix" => {
+                let (addr, len) = value
+                    .split_once('/')
+                    .ok_or_else(|| format!("--prefix: {value:?} is not ADDR/LEN"))?;
+                let addr = addr
+                    .parse()
+                    .map_err(|_| format!("--prefix: bad address in {value:?}"))?;
+                let len = len
+                    .parse()
+                    .map_err(|_| format!("--prefix: bad length in {value:?}"))?;
+                cfg.prefixes.push((addr, len));
+            }
+            "--seconds" => {
+                seconds = Some(value.parse().map_err(|_| format!("--seconds: {value:?}"))?);
+            }
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    let iface = iface.ok_or("--iface is required")?;
+    let object = object.ok_or(
+        "--object (or PKTCRYPT_XDP_OBJECT) is required: build it with scripts/build-ebpf.sh",
+    )?;
+    let bytes =
+        std::fs::read(&object).map_err(|e| format!("--object {}: {e}", object.display()))?;
+    let term = driver::termination_flag()?;
+    let mut steering = pktcrypt_io::XdpSteering::attach(&bytes, &iface, &cfg)?;
+    if steering.mode() == pktcrypt_io::AttachMode::Generic {
+        eprintln!(
+            "pktcrypt xdp-attach: warning: {iface} has no native XDP; attached in generic (SKB) mode"
+        );
+    }
+    let start = std::time::Instant::now();
+    let line = |s: &pktcrypt_io::XdpSteering, last: bool| -> Result<String, String> {
+        let c = s.counters()?;
+        Ok(format!(
+            "{{\"iface\":\"{}\",\"mode\":\"{:?}\",\"final\":{last},\"steered\":{},\"passed\":{},\"malformed\":{},\"no_socket\":{}}}",
+            s.iface(),
+            s.mode(),
+            c.steered,
+            c.passed,
+            c.malformed,
+            c.no_socket
+        ))
+    };
+    println!("{}", line(&steering, false)?);
+    while !term.load(std::sync::atomic::Ordering::Relaxed)
+        && seconds.is_none_or(|s| start.elapsed().as_secs() < s)
+    {
+        std::thread::sleep(Duration::from_millis(250));
+        if start.elapsed().as_millis() % 1000 < 250 {
+            println!("{}", line(&steering, false)?);
+        }
+    }
+    let last = line(&steering, true)?;
+    steering.detach();
+    println!("{last}");
     Ok(())
 }

@@ -1,0 +1,197 @@
+//! pktcrypt's XDP program.
+//!
+//! Steers into the AF_XDP socket of the receiving queue (`XSKS`, redirect by RX queue index):
+//! - on the outer interface (mode `MODE_STEER_ESP`): IPv4/IPv6 UDP packets to the configured
+//!   ESP-in-UDP port;
+//! - on the inner interface (mode `MODE_STEER_PREFIXES`): packets whose destination address lies in
+//!   a protected prefix (`PREFIXES_V4`, `PREFIXES_V6`, longest-prefix match).
+//!
+//! Everything else (ARP, ND, other traffic) gets `XDP_PASS` untouched. Up to two VLAN tags
+//! (802.1Q / 802.1ad) are skipped and the packet is classified by what follows; steered VLAN
+//! packets keep their tags (the userspace side strips them). IPv6 extension headers are not walked:
+//! a UDP packet behind one is passed to the kernel. Per-CPU counters count steered, passed and
+//! malformed packets, and steering attempts that found no socket (those are passed).
+#![no_std]
+#![no_main]
+
+use aya_ebpf::bindings::xdp_action;
+use aya_ebpf::macros::{map, xdp};
+use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::maps::{Array, LpmTrie, PerCpuArray, XskMap};
+use aya_ebpf::programs::XdpContext;
+use pktcrypt_common::{XDP_COUNTER_SLOTS, XdpCounter, config};
+
+#[map(name = "XSKS")]
+static XSKS: XskMap = XskMap::with_max_entries(64, 0);
+
+#[map(name = "CONFIG")]
+static CONFIG: Array<u32> = Array::with_max_entries(config::LEN, 0);
+
+#[map(name = "PREFIXES_V4")]
+static PREFIXES_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(1024, 0);
+
+#[map(name = "PREFIXES_V6")]
+static PREFIXES_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(1024, 0);
+
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(XDP_COUNTER_SLOTS, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_UDP: u8 = 17;
+
+#[inline(always)]
+fn count(c: XdpCounter) {
+    if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
+        // SAFETY: a per-CPU slot of this map: no other CPU writes it, and the pointer is valid
+        // for the duration of the program.
+        unsafe { *p += 1 };
+    }
+}
+
+/// A bounds-checked pointer to `T` at `offset` in the packet, as the verifier requires.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+#[inline(always)]
+fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+    let p = ptr_at::<T>(ctx, offset)?;
+    // SAFETY: ptr_at checked that size_of::<T>() bytes at p lie inside the packet; the read is
+    // unaligned-safe.
+    Some(unsafe { core::ptr::read_unaligned(p) })
+}
+
+#[inline(always)]
+fn config(index: u32) -> u32 {
+    CONFIG.get(index).copied().unwrap_or(0)
+}
+
+enum Verdict {
+    Steer,
+    Pass,
+    Malformed,
+}
+
+#[inline(always)]
+fn classify(ctx: &XdpContext) -> Verdict {
+    let mode = config(config::MODE);
+    let port = config(config::ESP_PORT) as u16;
+    let Some(mut proto) = read::<[u8; 2]>(ctx, 12).map(u16::from_be_bytes) else {
+        return Verdict::Malformed;
+    };
+    let mut l3 = ETH_HLEN;
+    // Up to two VLAN tags.
+    for _ in 0..2 {
+        if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
+            break;
+        }
+        let Some(inner) = read::<[u8; 2]>(ctx, l3 + 2).map(u16::from_be_bytes) else {
+            return Verdict::Malformed;
+        };
+        proto = inner;
+        l3 += 4;
+    }
+    match proto {
+        ETH_P_IP => {
+            let Some(vihl) = read::<u8>(ctx, l3) else {
+                return Verdict::Malformed;
+            };
+            let ihl = ((vihl & 0x0f) as usize) * 4;
+            if vihl >> 4 != 4 || ihl < 20 {
+                return Verdict::Malformed;
+            }
+            let Some(ip_proto) = read::<u8>(ctx, l3 + 9) else {
+                return Verdict::Malformed;
+            };
+            let Some(dst) = read::<[u8; 4]>(ctx, l3 + 16) else {
+                return Verdict::Malformed;
+            };
+            if mode & config::MODE_STEER_ESP != 0 && ip_proto == IPPROTO_UDP && port != 0 {
+                // Bound the IHL so the verifier sees a fixed-range offset.
+                if ihl > 60 {
+                    return Verdict::Malformed;
+                }
+                let Some(dport) = read::<[u8; 2]>(ctx, l3 + ihl + 2).map(u16::from_be_bytes) else {
+                    return Verdict::Malformed;
+                };
+                if dport == port {
+                    return Verdict::Steer;
+                }
+            }
+            if mode & config::MODE_STEER_PREFIXES != 0
+                && PREFIXES_V4.get(Key::new(32, dst)).is_some()
+            {
+                return Verdict::Steer;
+            }
+            Verdict::Pass
+        }
+        ETH_P_IPV6 => {
+            let Some(next) = read::<u8>(ctx, l3 + 6) else {
+                return Verdict::Malformed;
+            };
+            let Some(dst) = read::<[u8; 16]>(ctx, l3 + 24) else {
+                return Verdict::Malformed;
+            };
+            if mode & config::MODE_STEER_ESP != 0 && next == IPPROTO_UDP && port != 0 {
+                let Some(dport) = read::<[u8; 2]>(ctx, l3 + 40 + 2).map(u16::from_be_bytes) else {
+                    return Verdict::Malformed;
+                };
+                if dport == port {
+                    return Verdict::Steer;
+                }
+            }
+            if mode & config::MODE_STEER_PREFIXES != 0
+                && PREFIXES_V6.get(Key::new(128, dst)).is_some()
+            {
+                return Verdict::Steer;
+            }
+            Verdict::Pass
+        }
+        _ => Verdict::Pass,
+    }
+}
+
+/// The program.
+#[xdp]
+pub fn pktcrypt_xdp(ctx: XdpContext) -> u32 {
+    match classify(&ctx) {
+        Verdict::Steer => {
+            let queue = ctx.rx_queue_index();
+            // With XDP_PASS in the flags, a queue without a socket passes the packet on.
+            match XSKS.redirect(queue, xdp_action::XDP_PASS as u64) {
+                Ok(action) => {
+                    count(XdpCounter::Steered);
+                    action
+                }
+                Err(_) => {
+                    count(XdpCounter::NoSocket);
+                    xdp_action::XDP_PASS
+                }
+            }
+        }
+        Verdict::Pass => {
+            count(XdpCounter::Passed);
+            xdp_action::XDP_PASS
+        }
+        Verdict::Malformed => {
+            count(XdpCounter::Malformed);
+            xdp_action::XDP_PASS
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+    loop {}
+}

@@ -1,0 +1,221 @@
+//! The I/O layer between the kernel and the sans-IO core: the XDP steering program.
+//!
+//! [`XdpSteering::attach`] loads pktcrypt's XDP object (built from `ebpf/pktcrypt-xdp` by
+//! `scripts/build-ebpf.sh`), attaches it to an interface in native (driver) mode, or in generic
+//! (SKB) mode with a warning when the driver has no XDP support, and configures what it steers.
+//! Dropping the handle detaches the program. aya attaches through a bpf_link where the kernel
+//! supports it, so a crashed run's program goes away with its process.
+//!
+//! AF_XDP sockets (UMEM, rings) and the worker pool are the next layer and are not here yet.
+
+use aya::Ebpf;
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, MapData, PerCpuArray};
+use aya::programs::{Xdp, XdpMode, xdp::XdpLinkId};
+use core::net::IpAddr;
+use pktcrypt_common::{XDP_COUNTER_SLOTS, XDP_PROGRAM, XdpCounter, config, maps};
+
+/// What to steer into the AF_XDP sockets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SteeringConfig {
+    /// Steer UDP to this port (ESP-in-UDP, outer interface).
+    pub esp_port: Option<u16>,
+    /// Steer packets to these destination prefixes (inner interface).
+    pub prefixes: Vec<(IpAddr, u8)>,
+}
+
+/// Counters kept by the XDP program, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpCounters {
+    /// Redirected into an AF_XDP socket.
+    pub steered: u64,
+    /// Passed to the kernel untouched.
+    pub passed: u64,
+    /// Headers could not be parsed within bounds (passed).
+    pub malformed: u64,
+    /// Matched, but no socket on the receiving queue (passed).
+    pub no_socket: u64,
+}
+
+/// The attach mode actually used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native (driver) XDP.
+    Native,
+    /// Generic (SKB) XDP: the driver has no native support; slower.
+    Generic,
+}
+
+/// The XDP program attached to one interface. Detached when dropped.
+pub struct XdpSteering {
+    ebpf: Ebpf,
+    link: Option<XdpLinkId>,
+    iface: String,
+    mode: AttachMode,
+}
+
+impl std::fmt::Debug for XdpSteering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdpSteering")
+            .field("iface", &self.iface)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+fn err(what: &str, e: impl std::fmt::Display) -> String {
+    format!("{what}: {e}")
+}
+
+impl XdpSteering {
+    /// Loads `object` (the compiled XDP program) and attaches it to `iface`.
+    ///
+    /// # Errors
+    /// A message naming the step that failed (load, verifier, attach, map update).
+    pub fn attach(object: &[u8], iface: &str, cfg: &SteeringConfig) -> Result<Self, String> {
+        let mut ebpf = Ebpf::load(object).map_err(|e| err("loading the XDP object", e))?;
+        {
+            let prog: &mut Xdp = ebpf
+                .program_mut(XDP_PROGRAM)
+                .ok_or_else(|| format!("the object has no program {XDP_PROGRAM}"))?
+                .try_into()
+                .map_err(|e| err("program type", e))?;
+            prog.load()
+                .map_err(|e| err("the kernel refused the program", e))?;
+        }
+        let mut steering = Self {
+            ebpf,
+            link: None,
+            iface: iface.to_owned(),
+            mode: AttachMode::Native,
+        };
+        steering.configure(cfg)?;
+        let prog: &mut Xdp = steering
+            .ebpf
+            .program_mut(XDP_PROGRAM)
+            .ok_or("program vanished")?
+            .try_into()
+            .map_err(|e| err("program type", e))?;
+        let link = match prog.attach(iface, XdpMode::Driver) {
+            Ok(link) => link,
+            Err(native) => {
+                let link = prog.attach(iface, XdpMode::Skb).map_err(|e| {
+                    format!("attaching to {iface}: native mode: {native}; generic mode: {e}")
+                })?;
+                steering.mode = AttachMode::Generic;
+                link
+            }
+        };
+        steering.link = Some(link);
+        Ok(steering)
+    }
+
+    /// The attach mode used.
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    /// The interface.
+    pub fn iface(&self) -> &str {
+        &self.iface
+    }
+
+    fn configure(&mut self, cfg: &SteeringConfig) -> Result<(), String> {
+        let mut mode = 0;
+        if cfg.esp_port.is_some() {
+            mode |= config::MODE_STEER_ESP;
+        }
+        if !cfg.prefixes.is_empty() {
+            mode |= config::MODE_STEER_PREFIXES;
+        }
+        let mut array: Array<&mut MapData, u32> = Array::try_from(
+            self.ebpf
+                .map_mut(maps::CONFIG)
+                .ok_or("the object has no CONFIG map")?,
+        )
+        .map_err(|e| err("CONFIG map", e))?;
+        array
+            .set(config::ESP_PORT, u32::from(cfg.esp_port.unwrap_or(0)), 0)
+            .map_err(|e| err("CONFIG map", e))?;
+        array
+            .set(config::MODE, mode, 0)
+            .map_err(|e| err("CONFIG map", e))?;
+        for (addr, len) in &cfg.prefixes {
+            self.add_prefix(*addr, *len)?;
+        }
+        Ok(())
+    }
+
+    /// Adds a protected prefix.
+    ///
+    /// # Errors
+    /// A prefix length beyond the address size, or a map error.
+    pub fn add_prefix(&mut self, addr: IpAddr, len: u8) -> Result<(), String> {
+        match addr {
+            IpAddr::V4(a) => {
+                if len > 32 {
+                    return Err(format!("prefix {addr}/{len}: length above 32"));
+                }
+                let mut trie: LpmTrie<&mut MapData, [u8; 4], u8> = LpmTrie::try_from(
+                    self.ebpf
+                        .map_mut(maps::PREFIXES_V4)
+                        .ok_or("no PREFIXES_V4 map")?,
+                )
+                .map_err(|e| err("PREFIXES_V4 map", e))?;
+                trie.insert(&Key::new(u32::from(len), a.octets()), 1, 0)
+                    .map_err(|e| err("PREFIXES_V4 map", e))
+            }
+            IpAddr::V6(a) => {
+                if len > 128 {
+                    return Err(format!("prefix {addr}/{len}: length above 128"));
+                }
+                let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> = LpmTrie::try_from(
+                    self.ebpf
+                        .map_mut(maps::PREFIXES_V6)
+                        .ok_or("no PREFIXES_V6 map")?,
+                )
+                .map_err(|e| err("PREFIXES_V6 map", e))?;
+                trie.insert(&Key::new(u32::from(len), a.octets()), 1, 0)
+                    .map_err(|e| err("PREFIXES_V6 map", e))
+            }
+        }
+    }
+
+    /// The program's counters, summed over CPUs.
+    ///
+    /// # Errors
+    /// A map error.
+    pub fn counters(&self) -> Result<XdpCounters, String> {
+        let array: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map(maps::COUNTERS).ok_or("no COUNTERS map")?)
+                .map_err(|e| err("COUNTERS map", e))?;
+        let mut sums = [0u64; XDP_COUNTER_SLOTS as usize];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            let values = array
+                .get(&(i as u32), 0)
+                .map_err(|e| err("COUNTERS map", e))?;
+            *sum = values.iter().sum();
+        }
+        Ok(XdpCounters {
+            steered: sums[XdpCounter::Steered as usize],
+            passed: sums[XdpCounter::Passed as usize],
+            malformed: sums[XdpCounter::Malformed as usize],
+            no_socket: sums[XdpCounter::NoSocket as usize],
+        })
+    }
+
+    /// Detaches the program (also done on drop).
+    pub fn detach(&mut self) {
+        if let Some(link) = self.link.take()
+            && let Some(Ok(prog)) = self.ebpf.program_mut(XDP_PROGRAM).map(<&mut Xdp>::try_from)
+        {
+            let _ = prog.detach(link);
+        }
+    }
+}
+
+impl Drop for XdpSteering {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
