@@ -187,6 +187,15 @@ impl Peer {
         self.slots[usize::from(other)].as_ref().map(|_| other)
     }
 
+    /// The physical index of the generation in `slot`, if held.
+    fn index_of(&self, slot: Slot) -> Option<u8> {
+        match slot {
+            Slot::Init => Some(INIT_SLOT),
+            Slot::Newest => self.newest,
+            Slot::Previous => self.previous_index(),
+        }
+    }
+
     fn logical(&self, physical: u8) -> Slot {
         if physical == INIT_SLOT {
             Slot::Init
@@ -750,11 +759,7 @@ impl Engine {
     /// The generation held in `slot` for a peer.
     pub fn generation(&self, id: PeerId, slot: Slot) -> Option<GenerationInfo> {
         let peer = self.peer(id)?;
-        let index = match slot {
-            Slot::Init => Some(INIT_SLOT),
-            Slot::Newest => peer.newest,
-            Slot::Previous => peer.previous_index(),
-        }?;
+        let index = peer.index_of(slot)?;
         peer.slots[usize::from(index)].as_ref().map(|sa| sa.info)
     }
 
@@ -852,11 +857,7 @@ impl Engine {
     /// Counters and install time of the generation in `slot`, without allocating.
     pub fn sa_counters(&self, id: PeerId, slot: Slot) -> Option<(crate::SaCounters, Time)> {
         let peer = self.peer(id)?;
-        let index = match slot {
-            Slot::Init => Some(INIT_SLOT),
-            Slot::Newest => peer.newest,
-            Slot::Previous => peer.previous_index(),
-        }?;
+        let index = peer.index_of(slot)?;
         let sa = peer.slots[usize::from(index)].as_ref()?;
         Some((sa.counters(), sa.installed_at()))
     }
@@ -864,11 +865,7 @@ impl Engine {
     /// The secret of the generation in `slot` (for derived-key mode and distribution).
     pub(crate) fn secret(&self, id: PeerId, slot: Slot) -> Option<&crate::Secret> {
         let peer = self.peer(id)?;
-        let index = match slot {
-            Slot::Init => Some(INIT_SLOT),
-            Slot::Newest => peer.newest,
-            Slot::Previous => peer.previous_index(),
-        }?;
+        let index = peer.index_of(slot)?;
         peer.slots[usize::from(index)].as_ref().map(|sa| &sa.secret)
     }
 
