@@ -16,7 +16,13 @@ const PPS: u64 = 20;
 
 type Lines = Arc<Mutex<Vec<Value>>>;
 
-fn spawn(args: &[&str], dir: &Path, lines: &Lines) -> Child {
+/// A child process and the thread that collects its JSON lines (joined at EOF).
+struct Proc {
+    child: Child,
+    reader: std::thread::JoinHandle<()>,
+}
+
+fn spawn(args: &[&str], dir: &Path, lines: &Lines) -> Proc {
     let mut child = Command::new(BIN)
         .args(args)
         .current_dir(dir)
@@ -26,29 +32,33 @@ fn spawn(args: &[&str], dir: &Path, lines: &Lines) -> Child {
         .expect("start pktcrypt");
     let out = child.stdout.take().expect("stdout");
     let lines = Arc::clone(lines);
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
             if let Ok(v) = serde_json::from_str::<Value>(&line) {
                 lines.lock().expect("lock").push(v);
             }
         }
     });
-    child
+    Proc { child, reader }
 }
 
-fn terminate(mut child: Child) {
+/// SIGTERM, wait for the exit, then for the reader to have every line (the final report).
+fn terminate(mut p: Proc) {
     let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &p.child.id().to_string()])
         .status();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
+        if let Ok(Some(_)) = p.child.try_wait() {
+            break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    if matches!(p.child.try_wait(), Ok(None)) {
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+    }
+    let _ = p.reader.join();
 }
 
 fn unix_ms() -> u64 {
@@ -136,8 +146,9 @@ fn fifty_clients_survive_server_and_client_restarts() {
     let before_kill = lines.lock().expect("lock").clone();
     let mut server1 = server1;
     let kill_ms = unix_ms();
-    server1.kill().expect("SIGKILL the server");
-    let _ = server1.wait();
+    server1.child.kill().expect("SIGKILL the server");
+    let _ = server1.child.wait();
+    let _ = server1.reader.join();
     std::thread::sleep(Duration::from_secs(2));
     let restart_ms = unix_ms();
     let server2 = spawn(&["server", "--config", "server.toml"], &dir, &lines);
