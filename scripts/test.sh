@@ -12,6 +12,9 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "cargo doc (public API docs, warnings denied)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+
 step "XDP program built from source"
 PKTCRYPT_XDP_OBJECT=$(./scripts/build-ebpf.sh)
 export PKTCRYPT_XDP_OBJECT
