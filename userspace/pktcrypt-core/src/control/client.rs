@@ -14,11 +14,13 @@
 //!   which generation the client uses) keeps the server informed and detects faults.
 
 use super::message::{KeyMaterial, Message};
-use super::{Incoming, Random, RekeyTriggers, Transmit, backoff, jittered, seal_message};
+use super::{
+    Incoming, Random, RekeyTriggers, Transmit, backoff, dispatch_control, jittered, seal_message,
+};
 use crate::engine::Installed;
 use crate::{
-    DropReason, Engine, EngineConfig, Error, Generation, GenerationInfo, Opened, PeerId, Role,
-    Secret, Slot, Spi, Suite, Time,
+    Engine, EngineConfig, Error, Generation, GenerationInfo, Opened, PeerId, Role, Secret, Slot,
+    Spi, Suite, Time,
 };
 use core::time::Duration;
 use std::collections::VecDeque;
@@ -327,16 +329,11 @@ impl KeyClient {
                     generation: info.generation,
                 }
             }
-            Opened::Control { message, info } => match Message::decode(message) {
-                Ok((msg, _id)) => {
-                    if self.on_control(now, info.slot, msg) {
-                        Incoming::Control { peer: info.peer }
-                    } else {
-                        Incoming::Dropped(DropReason::ControlUnexpected)
-                    }
-                }
-                Err(_) => Incoming::Dropped(DropReason::ControlMalformed),
-            },
+            Opened::Control { message, info } => {
+                dispatch_control(info.peer, Message::decode(message), |msg, _| {
+                    self.on_control(now, info.slot, msg)
+                })
+            }
             Opened::Drop(reason) => Incoming::Dropped(reason),
         }
     }

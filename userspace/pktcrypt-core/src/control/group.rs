@@ -19,7 +19,7 @@
 //! management table triggers a rekey; a member that regains connectivity asks for the current key.
 
 use super::message::{GroupKey, GroupPhase, Message};
-use super::{Incoming, Random, Transmit, backoff, jittered, seal_message};
+use super::{Incoming, Random, Transmit, backoff, dispatch_control, jittered, seal_message};
 use crate::wire::NextHeader;
 use crate::wire::esp::EspHeader;
 use crate::{
@@ -489,16 +489,9 @@ impl GroupController {
                 if let Some(addr) = from {
                     self.members[usize::from(member)].addr = Some(addr);
                 }
-                match Message::decode(message) {
-                    Ok((msg, _)) => {
-                        if self.on_control(now, member, msg) {
-                            Incoming::Control { peer: info.peer }
-                        } else {
-                            Incoming::Dropped(DropReason::ControlUnexpected)
-                        }
-                    }
-                    Err(_) => Incoming::Dropped(DropReason::ControlMalformed),
-                }
+                dispatch_control(info.peer, Message::decode(message), |msg, _| {
+                    self.on_control(now, member, msg)
+                })
             }
             Opened::Data { .. } => Incoming::Dropped(DropReason::ControlUnexpected),
             Opened::Drop(r) => Incoming::Dropped(r),
@@ -929,16 +922,11 @@ impl GroupMember {
             };
         }
         match self.control.open(buf) {
-            Opened::Control { message, info } => match Message::decode(message) {
-                Ok((msg, _)) => {
-                    if self.on_control(now, msg) {
-                        Incoming::Control { peer: info.peer }
-                    } else {
-                        Incoming::Dropped(DropReason::ControlUnexpected)
-                    }
-                }
-                Err(_) => Incoming::Dropped(DropReason::ControlMalformed),
-            },
+            Opened::Control { message, info } => {
+                dispatch_control(info.peer, Message::decode(message), |msg, _| {
+                    self.on_control(now, msg)
+                })
+            }
             Opened::Data { .. } => Incoming::Dropped(DropReason::ControlUnexpected),
             Opened::Drop(r) => Incoming::Dropped(r),
         }

@@ -223,6 +223,20 @@ pub(crate) fn seal_message(
     sealed
 }
 
+/// The [`Incoming`] for a control message: `accept` handles the decoded message and says whether
+/// this role takes it; anything it refuses counts as unexpected, anything undecodable as malformed.
+pub(crate) fn dispatch_control<'b>(
+    peer: crate::PeerId,
+    decoded: Result<(message::Message, u32), message::DecodeError>,
+    accept: impl FnOnce(message::Message, u32) -> bool,
+) -> Incoming<'b> {
+    match decoded {
+        Ok((msg, id)) if accept(msg, id) => Incoming::Control { peer },
+        Ok(_) => Incoming::Dropped(crate::DropReason::ControlUnexpected),
+        Err(_) => Incoming::Dropped(crate::DropReason::ControlMalformed),
+    }
+}
+
 /// Nanoseconds of a [`Time`], saturating.
 pub(crate) fn nanos(t: Time) -> u64 {
     u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)

@@ -17,11 +17,14 @@
 //!   timers are jittered, so thousands of clients do not rotate in the same second.
 
 use super::message::{Distribution, KeyMaterial, Message};
-use super::{Incoming, Random, RekeyTriggers, Transmit, backoff, jittered, nanos, seal_message};
+use super::{
+    Incoming, Random, RekeyTriggers, Transmit, backoff, dispatch_control, jittered, nanos,
+    seal_message,
+};
 use crate::engine::Installed;
 use crate::{
-    DropReason, Engine, EngineConfig, Error, Generation, GenerationInfo, Opened, PeerId, Role,
-    Secret, Slot, Spi, Suite, Time,
+    Engine, EngineConfig, Error, Generation, GenerationInfo, Opened, PeerId, Role, Secret, Slot,
+    Spi, Suite, Time,
 };
 use core::net::SocketAddr;
 use core::time::Duration;
@@ -368,16 +371,9 @@ impl KeyServer {
             Opened::Control { message, info } => {
                 let decoded = Message::decode(message);
                 self.on_authentic(now, from, info.peer, info.slot, info.generation);
-                match decoded {
-                    Ok((msg, id)) => {
-                        if self.on_control(now, info.peer, info.slot, msg, id) {
-                            Incoming::Control { peer: info.peer }
-                        } else {
-                            Incoming::Dropped(DropReason::ControlUnexpected)
-                        }
-                    }
-                    Err(_) => Incoming::Dropped(DropReason::ControlMalformed),
-                }
+                dispatch_control(info.peer, decoded, |msg, id| {
+                    self.on_control(now, info.peer, info.slot, msg, id)
+                })
             }
             Opened::Drop(reason) => Incoming::Dropped(reason),
         }
