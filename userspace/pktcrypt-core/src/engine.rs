@@ -151,12 +151,12 @@ pub enum Slot {
 
 /// Where an SPI points: a peer and one of its three physical slots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct SaRef {
-    peer: u32,
-    slot: u8,
+pub(crate) struct SaRef {
+    pub(crate) peer: u32,
+    pub(crate) slot: u8,
 }
 
-const INIT_SLOT: u8 = 0;
+pub(crate) const INIT_SLOT: u8 = 0;
 
 struct Peer {
     /// Physical slots: 0 = init, 1 and 2 alternate as newest/previous.
@@ -215,10 +215,13 @@ impl Peer {
     }
 }
 
+/// SPI → SA.
+pub(crate) type SpiMap = HashMap<u32, SaRef, BuildHasherDefault<SpiHasher>>;
+
 /// FxHash-style multiplicative hasher for SPI keys: SPIs are chosen by us (random or
 /// sequential), so a DoS-resistant hasher buys nothing and costs per-packet cycles.
 #[derive(Default)]
-struct SpiHasher(u64);
+pub(crate) struct SpiHasher(u64);
 
 impl Hasher for SpiHasher {
     fn finish(&self) -> u64 {
@@ -298,7 +301,7 @@ pub enum Opened<'a> {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
+pub(crate) enum State {
     Pending,
     Sealed(usize),
     SealFailed(SealError),
@@ -311,16 +314,17 @@ enum State {
 /// buffer has room for [`esp::MAX_OVERHEAD`] more bytes; for [`Engine::open_batch`] the ESP
 /// packet sits at `buf[..len]`. Both transform the buffer in place.
 pub struct Packet<'a> {
-    buf: &'a mut [u8],
-    len: usize,
-    state: State,
+    pub(crate) buf: &'a mut [u8],
+    pub(crate) len: usize,
+    pub(crate) state: State,
     // Per-packet crypto parameters, filled by the engine before the AEAD pass.
-    sa: Option<SaRef>,
-    seq: u64,
+    pub(crate) sa: Option<SaRef>,
+    pub(crate) seq: u64,
     nonce: [u8; NONCE_LEN],
     aad: [u8; 12],
     aad_len: usize,
     ct_len: usize,
+    next: NextHeader,
 }
 
 impl fmt::Debug for Packet<'_> {
@@ -345,6 +349,7 @@ impl<'a> Packet<'a> {
             aad: [0; 12],
             aad_len: 0,
             ct_len: 0,
+            next: NextHeader::Control,
         }
     }
 
@@ -512,7 +517,7 @@ pub struct Engine {
     seq_limit: u64,
     peers: Vec<Option<Peer>>,
     free: Vec<u32>,
-    spis: HashMap<u32, SaRef, BuildHasherDefault<SpiHasher>>,
+    spis: SpiMap,
     drops: DropCounters,
 }
 
@@ -582,7 +587,7 @@ impl Engine {
             return Err(Error::DuplicateSpi);
         }
         let mut sa = Sa::new(init, now);
-        sa.next_seq = self.config.init_seq_base.max(1);
+        sa.set_next_seq(self.config.init_seq_base.max(1));
         let tx = self.config.role.tx_direction();
         let peer = Peer {
             slots: Box::new([Some(sa), None, None]),
@@ -793,7 +798,7 @@ impl Engine {
                     transmitting: index == tx,
                     counters: sa.counters(),
                     installed_at: sa.installed_at(),
-                    next_seq: sa.next_seq,
+                    next_seq: sa.next_seq(),
                     highest_received: sa.highest_received(),
                 });
             }
@@ -841,6 +846,44 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// A view of every peer's keys for data-plane workers on other threads (see
+    /// [`crate::DataPlane`]). From now on the SAs involved keep their sequence counter, replay
+    /// window and counters in state shared with the returned view, so the engine and the
+    /// workers never hand out the same sequence number. Call it again after keys changed.
+    ///
+    /// # Errors
+    /// A key that cannot be expanded (never for keys the engine accepted).
+    pub fn data_plane(&mut self) -> Result<crate::DataPlane, Error> {
+        let mut plane =
+            crate::DataPlane::new(self.config.esn, self.config.max_esp_len, self.seq_limit);
+        let role = self.config.role;
+        let window = self.config.replay_window;
+        let backend = self.config.backend;
+        for (index, peer) in self.peers.iter_mut().enumerate() {
+            let Some(peer) = peer else { continue };
+            let tx_index = peer.tx_index(role);
+            let (tx_dir, rx_dir) = peer.dirs;
+            let mut keys = crate::datapath::PeerKeys {
+                tx: None,
+                rx: Vec::with_capacity(3),
+            };
+            let logical: Vec<Slot> = (0..3u8).map(|i| peer.logical(i)).collect();
+            for (i, sa) in peer.slots.iter_mut().enumerate() {
+                let Some(sa) = sa else { continue };
+                let physical = i as u8;
+                let shared = sa.share(window)?;
+                if physical == tx_index {
+                    let key = std::sync::Arc::clone(sa.tx(backend, tx_dir)?);
+                    keys.tx = Some((physical, sa.info, key, std::sync::Arc::clone(&shared)));
+                }
+                let key = std::sync::Arc::clone(sa.rx(backend, rx_dir)?);
+                keys.rx.push((physical, logical[i], sa.info, key, shared));
+            }
+            plane.add_peer(PeerId(index as u32), keys);
+        }
+        Ok(plane)
     }
 
     /// Drops the expanded AEAD keys of every generation of a peer; they are derived again from
@@ -941,68 +984,24 @@ impl Engine {
                 return;
             }
         };
-        let mut next_seq = sa.next_seq;
-        for p in packets.iter_mut() {
-            p.state = State::Pending;
-            p.sa = None;
-            let payload = p.len;
-            let next = match next {
-                Some(n) => n,
-                None => match p
-                    .buf
-                    .get(ESP_HEADER_LEN..ESP_HEADER_LEN + payload)
-                    .and_then(NextHeader::for_ip_packet)
-                {
-                    Some(n) => n,
-                    None => {
-                        p.state = State::SealFailed(SealError::BadInnerPacket);
-                        continue;
-                    }
-                },
-            };
-            let total = esp::esp_len(payload);
-            if total > max_esp {
-                p.state = State::SealFailed(SealError::PacketTooLarge);
-                continue;
-            }
-            if total > p.buf.len() {
-                p.state = State::SealFailed(SealError::BufferTooSmall);
-                continue;
-            }
-            if next_seq > seq_limit {
-                p.state = State::SealFailed(SealError::SequenceExhausted);
-                continue;
-            }
-            let seq = next_seq;
-            next_seq += 1;
-            let iv = seq.to_be_bytes();
-            let header = EspHeader {
-                spi,
-                seq_low: seq as u32,
-                iv,
-            };
-            let (head, rest) = p.buf.split_at_mut(ESP_HEADER_LEN);
-            header.write(head.try_into().expect("split at ESP_HEADER_LEN"));
-            p.ct_len = esp::write_trailer(rest, payload, next);
-            p.nonce = esp::nonce(salt, iv);
-            let mut aad = [0u8; 12];
-            p.aad_len = esp::aad(spi, seq, esn, &mut aad);
-            p.aad = aad;
-            p.seq = seq;
-            p.sa = Some(r);
-        }
+        let params = SealParams {
+            spi,
+            salt,
+            esn,
+            seq_limit,
+        };
+        let valid = seal_validate(packets, next, max_esp, r);
+        let first = sa.reserve_seq(valid);
+        seal_prepare(packets, &params, first);
         // Pass 2: encrypt all of them under one key.
-        sa.next_seq = next_seq;
         if let Ok(keyed) = sa.tx(backend, direction) {
             keyed.key.seal_batch(packets);
         }
         // Pass 3: results and counters.
+        let counts = seal_finish(packets);
         let counters = sa.counters_mut();
-        for p in packets.iter_mut().filter(|p| p.sa.is_some()) {
-            p.state = State::Sealed(ESP_HEADER_LEN + p.ct_len + ESP_ICV_LEN);
-            counters.packets_sealed += 1;
-            counters.bytes_sealed += p.len as u64;
-        }
+        counters.packets_sealed += counts.packets_sealed;
+        counters.bytes_sealed += counts.bytes_sealed;
     }
 
     /// Opens one ESP packet (`buf` starts at the SPI) in place.
@@ -1043,21 +1042,11 @@ impl Engine {
             }
         }
         // Pass 2: authenticate and decrypt, one AEAD call per run of the same SA.
-        let mut start = 0;
-        while start < packets.len() {
-            let Some(r) = packets[start].sa.filter(|_| packets[start].active()) else {
-                start += 1;
-                continue;
-            };
-            let mut end = start + 1;
-            while end < packets.len() && (packets[end].sa == Some(r) || !packets[end].active()) {
-                end += 1;
-            }
+        sa_runs(packets, |r, run| {
             if let Some(keyed) = self.sa(r).and_then(Sa::rx_expanded) {
-                keyed.key.open_batch(&mut packets[start..end]);
+                keyed.key.open_batch(run);
             }
-            start = end;
-        }
+        });
         // Pass 3: update the window (only now: after authentication), parse the trailer, count.
         for p in packets.iter_mut() {
             let outcome = self.finish_open(p);
@@ -1088,31 +1077,13 @@ impl Engine {
         let sa = self.sa_mut(r).ok_or(DropReason::UnknownSpi)?;
         // From here on drops are also counted against this SA.
         p.sa = Some(r);
-        let replay = sa.replay_mut(window).map_err(|_| DropReason::Malformed)?;
-        let seq = if r.slot == INIT_SLOT {
-            // Init-key traffic restarts at a boot-derived base: the IV carries the full 64-bit
-            // sequence number (authenticated through the nonce) and must agree with the header.
-            let seq = u64::from_be_bytes(header.iv);
-            if seq as u32 != header.seq_low || (!esn && seq > u64::from(u32::MAX)) {
-                return Err(DropReason::Malformed);
-            }
-            seq
-        } else if esn {
-            replay.infer_esn(header.seq_low).ok_or(DropReason::TooOld)?
-        } else {
-            u64::from(header.seq_low)
-        };
-        replay.check(seq).map_err(replay_reason)?;
+        let replay = sa.replay(window).map_err(|_| DropReason::Malformed)?;
+        let seq = open_sequence(&header, r.slot == INIT_SLOT, esn, replay)?;
         let salt = sa
             .rx(backend, direction)
             .map_err(|_| DropReason::Malformed)?
             .salt;
-        p.ct_len = ct_len;
-        p.nonce = esp::nonce(salt, header.iv);
-        let mut aad = [0u8; 12];
-        p.aad_len = esp::aad(header.spi, seq, esn, &mut aad);
-        p.aad = aad;
-        p.seq = seq;
+        open_prepare(p, &header, seq, salt, esn, ct_len);
         Ok(())
     }
 
@@ -1133,7 +1104,6 @@ impl Engine {
             _ => return OpenOutcome::Drop(DropReason::Truncated),
         };
         let seq = p.seq;
-        let ct_len = p.ct_len;
         let slot = self
             .peer(PeerId(r.peer))
             .map_or(Slot::Init, |peer| peer.logical(r.slot));
@@ -1142,7 +1112,7 @@ impl Engine {
             return OpenOutcome::Drop(DropReason::UnknownSpi);
         };
         if sa
-            .replay_mut(window)
+            .replay(window)
             .and_then(|w| w.update(seq).map_err(|_| Error::ReplayWindow))
             .is_err()
         {
@@ -1156,25 +1126,184 @@ impl Engine {
             slot,
             seq,
         };
-        let plaintext = &p.buf[ESP_HEADER_LEN..ESP_HEADER_LEN + ct_len];
-        let (len, next_header) = match esp::parse_trailer(plaintext) {
-            Ok(v) => v,
-            Err(reason) => return OpenOutcome::Drop(reason),
+        let outcome = open_outcome(p, info);
+        if let OpenOutcome::Data { len, .. } | OpenOutcome::Control { len, .. } = outcome {
+            let counters = sa.counters_mut();
+            counters.packets_opened += 1;
+            counters.bytes_opened += len as u64;
+        }
+        outcome
+    }
+}
+
+/// Calls `f` for each run of consecutive packets still pending under the same SA (packets
+/// already decided inside a run are skipped by the AEAD pass): one batched AEAD call each.
+pub(crate) fn sa_runs(packets: &mut [Packet<'_>], mut f: impl FnMut(SaRef, &mut [Packet<'_>])) {
+    let mut start = 0;
+    while start < packets.len() {
+        let Some(r) = packets[start].sa.filter(|_| packets[start].active()) else {
+            start += 1;
+            continue;
         };
-        let counters = sa.counters_mut();
-        counters.packets_opened += 1;
-        counters.bytes_opened += len as u64;
-        match next_header {
-            NextHeader::Control => OpenOutcome::Control { len, info },
-            ip => {
-                if NextHeader::for_ip_packet(&plaintext[..len]) != Some(ip) {
-                    return OpenOutcome::Drop(DropReason::BadInnerPacket);
+        let mut end = start + 1;
+        while end < packets.len() && (packets[end].sa == Some(r) || !packets[end].active()) {
+            end += 1;
+        }
+        f(r, &mut packets[start..end]);
+        start = end;
+    }
+}
+
+/// What sealing needs of the transmit SA.
+pub(crate) struct SealParams {
+    pub(crate) spi: u32,
+    pub(crate) salt: [u8; 4],
+    pub(crate) esn: bool,
+    pub(crate) seq_limit: u64,
+}
+
+/// Seal pass 1a: checks every packet (next header, sizes) and marks the valid ones with `r`.
+/// Returns how many are valid: the number of sequence numbers to reserve.
+pub(crate) fn seal_validate(
+    packets: &mut [Packet<'_>],
+    next: Option<NextHeader>,
+    max_esp: usize,
+    r: SaRef,
+) -> u64 {
+    let mut valid = 0;
+    for p in packets.iter_mut() {
+        p.state = State::Pending;
+        p.sa = None;
+        let payload = p.len;
+        let next = match next {
+            Some(n) => n,
+            None => match p
+                .buf
+                .get(ESP_HEADER_LEN..ESP_HEADER_LEN + payload)
+                .and_then(NextHeader::for_ip_packet)
+            {
+                Some(n) => n,
+                None => {
+                    p.state = State::SealFailed(SealError::BadInnerPacket);
+                    continue;
                 }
-                OpenOutcome::Data {
-                    len,
-                    next_header: ip,
-                    info,
-                }
+            },
+        };
+        let total = esp::esp_len(payload);
+        if total > max_esp {
+            p.state = State::SealFailed(SealError::PacketTooLarge);
+            continue;
+        }
+        if total > p.buf.len() {
+            p.state = State::SealFailed(SealError::BufferTooSmall);
+            continue;
+        }
+        p.next = next;
+        p.sa = Some(r);
+        valid += 1;
+    }
+    valid
+}
+
+/// Seal pass 1b: assigns sequence numbers from `first` on to the valid packets and writes
+/// header, trailer, nonce and AAD.
+pub(crate) fn seal_prepare(packets: &mut [Packet<'_>], params: &SealParams, first: u64) {
+    let mut seq = first;
+    for p in packets.iter_mut().filter(|p| p.sa.is_some()) {
+        if seq > params.seq_limit || seq == 0 {
+            p.state = State::SealFailed(SealError::SequenceExhausted);
+            p.sa = None;
+            continue;
+        }
+        let iv = seq.to_be_bytes();
+        let header = EspHeader {
+            spi: params.spi,
+            seq_low: seq as u32,
+            iv,
+        };
+        let (head, rest) = p.buf.split_at_mut(ESP_HEADER_LEN);
+        header.write(head.try_into().expect("split at ESP_HEADER_LEN"));
+        p.ct_len = esp::write_trailer(rest, p.len, p.next);
+        p.nonce = esp::nonce(params.salt, iv);
+        let mut aad = [0u8; 12];
+        p.aad_len = esp::aad(params.spi, seq, params.esn, &mut aad);
+        p.aad = aad;
+        p.seq = seq;
+        seq += 1;
+    }
+}
+
+/// Seal pass 3: results, and the counts to add to the SA.
+pub(crate) fn seal_finish(packets: &mut [Packet<'_>]) -> crate::SaCounters {
+    let mut counts = crate::SaCounters::default();
+    for p in packets.iter_mut().filter(|p| p.sa.is_some()) {
+        p.state = State::Sealed(ESP_HEADER_LEN + p.ct_len + ESP_ICV_LEN);
+        counts.packets_sealed += 1;
+        counts.bytes_sealed += p.len as u64;
+    }
+    counts
+}
+
+/// The full sequence number of a received packet: from the IV for init keys (which restart at a
+/// boot-derived base), inferred from the window with ESN, else the 32 bits on the wire. Checked
+/// against the window.
+pub(crate) fn open_sequence(
+    header: &EspHeader,
+    init: bool,
+    esn: bool,
+    replay: &crate::replay::ReplayWindow,
+) -> Result<u64, DropReason> {
+    let seq = if init {
+        // The IV carries the full 64-bit sequence number (authenticated through the nonce) and
+        // must agree with the header.
+        let seq = u64::from_be_bytes(header.iv);
+        if seq as u32 != header.seq_low || (!esn && seq > u64::from(u32::MAX)) {
+            return Err(DropReason::Malformed);
+        }
+        seq
+    } else if esn {
+        replay.infer_esn(header.seq_low).ok_or(DropReason::TooOld)?
+    } else {
+        u64::from(header.seq_low)
+    };
+    replay.check(seq).map_err(replay_reason)?;
+    Ok(seq)
+}
+
+/// Open pass 1 (after the SA lookup): nonce, AAD and ciphertext length.
+pub(crate) fn open_prepare(
+    p: &mut Packet<'_>,
+    header: &EspHeader,
+    seq: u64,
+    salt: [u8; 4],
+    esn: bool,
+    ct_len: usize,
+) {
+    p.ct_len = ct_len;
+    p.nonce = esp::nonce(salt, header.iv);
+    let mut aad = [0u8; 12];
+    p.aad_len = esp::aad(header.spi, seq, esn, &mut aad);
+    p.aad = aad;
+    p.seq = seq;
+}
+
+/// Open pass 3 (after authentication and the window update): parses the trailer.
+pub(crate) fn open_outcome(p: &Packet<'_>, info: OpenInfo) -> OpenOutcome {
+    let plaintext = &p.buf[ESP_HEADER_LEN..ESP_HEADER_LEN + p.ct_len];
+    let (len, next_header) = match esp::parse_trailer(plaintext) {
+        Ok(v) => v,
+        Err(reason) => return OpenOutcome::Drop(reason),
+    };
+    match next_header {
+        NextHeader::Control => OpenOutcome::Control { len, info },
+        ip => {
+            if NextHeader::for_ip_packet(&plaintext[..len]) != Some(ip) {
+                return OpenOutcome::Drop(DropReason::BadInnerPacket);
+            }
+            OpenOutcome::Data {
+                len,
+                next_header: ip,
+                info,
             }
         }
     }

@@ -10,11 +10,14 @@
 //! - [`replay`]: the 64-bit ESN anti-replay window.
 //! - [`Engine`]: peers, two key generations each, SPI lookup, seal/open (single and batched)
 //!   with a per-packet [`Opened`] result and counted [`DropReason`]s.
+//! - [`DataPlane`]: a `Sync` view of the engine's keys with which worker threads seal and open
+//!   concurrently (shared sequence counters, lock-free replay windows).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod aead;
 pub mod control;
+mod datapath;
 mod engine;
 mod error;
 pub mod keycode;
@@ -24,6 +27,7 @@ mod sa;
 mod suite;
 pub mod wire;
 
+pub use datapath::DataPlane;
 pub use engine::{
     Engine, EngineConfig, Installed, OpenInfo, OpenOutcome, Opened, Packet, PeerId, PeerStatus,
     Role, SaExport, SaStatus, Slot, Spi, TxRule, boot_seq_base,

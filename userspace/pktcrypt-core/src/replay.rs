@@ -5,6 +5,7 @@
 //! packets can never move the window.
 
 use crate::Error;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Smallest configurable window, in packets.
 pub const MIN_WINDOW: u32 = 64;
@@ -22,13 +23,26 @@ pub enum ReplayError {
     TooOld,
 }
 
-/// A sliding anti-replay window over 64-bit sequence numbers.
-#[derive(Clone, Debug)]
+/// Sequence numbers per window word: the low half of each word is a bitmap of one block of
+/// 32 sequence numbers, the high half the low 32 bits of that block's number (its tag).
+const BLOCK: u64 = 32;
+
+/// A sliding anti-replay window over 64-bit sequence numbers, safe to share between threads.
+///
+/// Every operation takes `&self` and is lock-free: the window is a ring of atomic words, each
+/// holding the bitmap of one block of 32 sequence numbers tagged with the block's number, so a
+/// compare-and-swap both checks that the block is the one expected and sets the bit. A word whose
+/// tag belongs to an older block is reclaimed by the first packet of the newer block; sliding
+/// the window therefore never clears memory. Two workers presenting the same authenticated
+/// sequence number concurrently: exactly one wins.
+#[derive(Debug)]
 pub struct ReplayWindow {
     size: u32,
     /// Highest authenticated sequence number (0 = none yet; valid numbers start at 1).
-    top: u64,
-    bits: Box<[u64]>,
+    top: AtomicU64,
+    /// Every sequence number up to this counts as seen (the top of an evicted window).
+    floor: u64,
+    words: Box<[AtomicU64]>,
 }
 
 impl ReplayWindow {
@@ -37,14 +51,7 @@ impl ReplayWindow {
     /// # Errors
     /// [`Error::ReplayWindow`] unless `size` is a multiple of 64 in `64..=8192`.
     pub fn new(size: u32) -> Result<Self, Error> {
-        if !(MIN_WINDOW..=MAX_WINDOW).contains(&size) || !size.is_multiple_of(64) {
-            return Err(Error::ReplayWindow);
-        }
-        Ok(Self {
-            size,
-            top: 0,
-            bits: vec![0u64; (size / 64) as usize].into_boxed_slice(),
-        })
+        Self::with_floor(size, 0)
     }
 
     /// A window in which every sequence number up to `floor` counts as already seen: what an
@@ -53,12 +60,18 @@ impl ReplayWindow {
     /// # Errors
     /// As [`Self::new`].
     pub fn with_floor(size: u32, floor: u64) -> Result<Self, Error> {
-        let mut w = Self::new(size)?;
-        w.top = floor;
-        if floor > 0 {
-            w.bits.fill(u64::MAX);
+        if !(MIN_WINDOW..=MAX_WINDOW).contains(&size) || !size.is_multiple_of(64) {
+            return Err(Error::ReplayWindow);
         }
-        Ok(w)
+        // One word more than the window spans, so the blocks of every sequence number inside
+        // the window map to distinct words.
+        let words = (u64::from(size) / BLOCK + 1) as usize;
+        Ok(Self {
+            size,
+            top: AtomicU64::new(floor),
+            floor,
+            words: (0..words).map(|_| AtomicU64::new(0)).collect(),
+        })
     }
 
     /// Window size in packets.
@@ -68,7 +81,7 @@ impl ReplayWindow {
 
     /// Highest authenticated sequence number, 0 if none.
     pub fn top(&self) -> u64 {
-        self.top
+        self.top.load(Ordering::Acquire)
     }
 
     /// Reconstructs the 64-bit sequence number from the 32 low bits carried on the wire
@@ -79,8 +92,9 @@ impl ReplayWindow {
     /// stale packets apart.
     pub fn infer_esn(&self, seq_low: u32) -> Option<u64> {
         let w = self.size;
-        let tl = self.top as u32;
-        let th = (self.top >> 32) as u32;
+        let top = self.top();
+        let tl = top as u32;
+        let th = (top >> 32) as u32;
         let bottom = tl.wrapping_sub(w - 1);
         let high = if tl >= w - 1 {
             // The window lies within one 2^32 subspace.
@@ -88,7 +102,7 @@ impl ReplayWindow {
                 th
             } else {
                 let next = (u64::from(th.checked_add(1)?) << 32) | u64::from(seq_low);
-                if next - self.top > 1 << 31 {
+                if next - top > 1 << 31 {
                     return None;
                 }
                 th + 1
@@ -110,14 +124,19 @@ impl ReplayWindow {
         if seq == 0 {
             return Err(ReplayError::TooOld);
         }
-        if seq > self.top {
+        let top = self.top();
+        if seq > top {
             return Ok(());
         }
-        if self.top - seq >= u64::from(self.size) {
+        if top - seq >= u64::from(self.size) {
             return Err(ReplayError::TooOld);
         }
-        let (word, bit) = self.position(seq);
-        if self.bits[word] & bit != 0 {
+        if seq <= self.floor {
+            return Err(ReplayError::Replayed);
+        }
+        let (word, tag, bit) = self.position(seq);
+        let w = self.words[word].load(Ordering::Acquire);
+        if (w >> 32) as u32 == tag && w & bit != 0 {
             Err(ReplayError::Replayed)
         } else {
             Ok(())
@@ -126,29 +145,66 @@ impl ReplayWindow {
 
     /// Records an authenticated `seq`, sliding the window forward if needed.
     ///
+    /// The top moves first, then the block's word is claimed, so every word being written holds
+    /// a block inside the window as it stands; two blocks inside one window never share a word,
+    /// so a word whose tag differs from ours holds a block that has left the window and is
+    /// reclaimed. Every retry re-checks that `seq` is still inside the window.
+    ///
     /// # Errors
-    /// As [`Self::check`]: a concurrent duplicate that authenticated too is still refused once.
-    pub fn update(&mut self, seq: u64) -> Result<(), ReplayError> {
+    /// As [`Self::check`]: of concurrent duplicates that all authenticated, exactly one is
+    /// recorded and the others are refused.
+    pub fn update(&self, seq: u64) -> Result<(), ReplayError> {
         self.check(seq)?;
-        if seq > self.top {
-            let advance = seq - self.top;
-            if advance >= u64::from(self.size) {
-                self.bits.fill(0);
-            } else {
-                for s in self.top + 1..seq {
-                    let (word, bit) = self.position(s);
-                    self.bits[word] &= !bit;
-                }
+        self.top.fetch_max(seq, Ordering::AcqRel);
+        let (word, tag, bit) = self.position(seq);
+        let slot = &self.words[word];
+        let mut current = slot.load(Ordering::Acquire);
+        loop {
+            let top = self.top();
+            if top - seq >= u64::from(self.size) {
+                return Err(ReplayError::TooOld);
             }
-            self.top = seq;
+            let next = if (current >> 32) as u32 == tag && current as u32 != 0 {
+                if current & bit != 0 {
+                    return Err(ReplayError::Replayed);
+                }
+                current | bit
+            } else {
+                // Empty, or a block that has left the window.
+                (u64::from(tag) << 32) | bit
+            };
+            match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(()),
+                Err(actual) => current = actual,
+            }
         }
-        let (word, bit) = self.position(seq);
-        self.bits[word] |= bit;
-        Ok(())
     }
 
-    fn position(&self, seq: u64) -> (usize, u64) {
-        let index = seq % u64::from(self.size);
-        ((index / 64) as usize, 1u64 << (index % 64))
+    /// A copy of this window (resized to `size`), for handing a window over to shared use.
+    /// A different size keeps only the top: everything at or below it counts as seen.
+    ///
+    /// # Errors
+    /// As [`Self::new`].
+    pub fn snapshot(&self, size: u32) -> Result<Self, Error> {
+        if size != self.size {
+            return Self::with_floor(size, self.top().max(self.floor));
+        }
+        Ok(Self {
+            size,
+            top: AtomicU64::new(self.top()),
+            floor: self.floor,
+            words: self
+                .words
+                .iter()
+                .map(|w| AtomicU64::new(w.load(Ordering::Acquire)))
+                .collect(),
+        })
+    }
+
+    /// Word index, block tag and bit of `seq`.
+    fn position(&self, seq: u64) -> (usize, u32, u64) {
+        let block = seq / BLOCK;
+        let word = (block % self.words.len() as u64) as usize;
+        (word, block as u32, 1u64 << (seq % BLOCK))
     }
 }

@@ -11,6 +11,8 @@ use crate::aead::{AeadKey, Backend};
 use crate::keys::{Direction, Generation, GenerationInfo, Secret};
 use crate::replay::ReplayWindow;
 use crate::{Error, Time};
+use core::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Traffic counters of one generation; they drive the control plane's rekey triggers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -29,6 +31,69 @@ pub struct SaCounters {
     pub replays: u64,
 }
 
+impl SaCounters {
+    fn add(&mut self, o: &SaCounters) {
+        self.packets_sealed += o.packets_sealed;
+        self.bytes_sealed += o.bytes_sealed;
+        self.packets_opened += o.packets_opened;
+        self.bytes_opened += o.bytes_opened;
+        self.auth_failures += o.auth_failures;
+        self.replays += o.replays;
+    }
+}
+
+/// [`SaCounters`] that several threads add to (relaxed: they are statistics and trigger input).
+#[derive(Debug, Default)]
+pub(crate) struct AtomicCounters {
+    pub(crate) packets_sealed: AtomicU64,
+    pub(crate) bytes_sealed: AtomicU64,
+    pub(crate) packets_opened: AtomicU64,
+    pub(crate) bytes_opened: AtomicU64,
+    pub(crate) auth_failures: AtomicU64,
+    pub(crate) replays: AtomicU64,
+}
+
+impl AtomicCounters {
+    /// Adds a batch's local counts.
+    pub(crate) fn add(&self, c: &SaCounters) {
+        let pairs = [
+            (&self.packets_sealed, c.packets_sealed),
+            (&self.bytes_sealed, c.bytes_sealed),
+            (&self.packets_opened, c.packets_opened),
+            (&self.bytes_opened, c.bytes_opened),
+            (&self.auth_failures, c.auth_failures),
+            (&self.replays, c.replays),
+        ];
+        for (a, v) in pairs {
+            if v != 0 {
+                a.fetch_add(v, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn load(&self) -> SaCounters {
+        SaCounters {
+            packets_sealed: self.packets_sealed.load(Ordering::Relaxed),
+            bytes_sealed: self.bytes_sealed.load(Ordering::Relaxed),
+            packets_opened: self.packets_opened.load(Ordering::Relaxed),
+            bytes_opened: self.bytes_opened.load(Ordering::Relaxed),
+            auth_failures: self.auth_failures.load(Ordering::Relaxed),
+            replays: self.replays.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The per-packet state of an SA that the engine shares with data-plane workers once
+/// [`crate::Engine::data_plane`] was asked for it: the transmit sequence counter (reserved
+/// with `fetch_add`, so the engine's control messages and every worker draw distinct numbers),
+/// the replay window (lock-free) and the traffic counters.
+#[derive(Debug)]
+pub(crate) struct SaShared {
+    pub(crate) next_seq: AtomicU64,
+    pub(crate) replay: ReplayWindow,
+    pub(crate) counters: AtomicCounters,
+}
+
 /// An expanded AEAD key and its salt: derived on demand, evictable.
 pub(crate) struct Keyed {
     pub(crate) key: AeadKey,
@@ -42,13 +107,16 @@ pub(crate) struct Sa {
     pub(crate) next_seq: u64,
     /// When it was installed, in nanoseconds of [`Time`].
     installed_at: u64,
-    tx: Option<Box<Keyed>>,
-    rx: Option<Box<Keyed>>,
+    tx: Option<Arc<Keyed>>,
+    rx: Option<Arc<Keyed>>,
     /// Allocated at the first received packet. Eviction compacts it to `replay_floor`.
     replay: Option<Box<ReplayWindow>>,
     /// Every sequence number up to this counts as seen (the top of an evicted window).
     replay_floor: u64,
     counters: Option<Box<SaCounters>>,
+    /// Set once the SA is shared with data-plane workers; then it holds the sequence counter and
+    /// the replay window instead of `next_seq` and `replay`.
+    shared: Option<Arc<SaShared>>,
 }
 
 impl Sa {
@@ -63,6 +131,52 @@ impl Sa {
             replay: None,
             replay_floor: 0,
             counters: None,
+            shared: None,
+        }
+    }
+
+    /// Shares the per-packet state (see [`SaShared`]); idempotent.
+    pub(crate) fn share(&mut self, window: u32) -> Result<Arc<SaShared>, Error> {
+        if let Some(s) = &self.shared {
+            return Ok(Arc::clone(s));
+        }
+        let replay = match self.replay.take() {
+            Some(w) => w.snapshot(window)?,
+            None => ReplayWindow::with_floor(window, self.replay_floor)?,
+        };
+        let shared = Arc::new(SaShared {
+            next_seq: AtomicU64::new(self.next_seq),
+            replay,
+            counters: AtomicCounters::default(),
+        });
+        self.shared = Some(Arc::clone(&shared));
+        Ok(shared)
+    }
+
+    /// Reserves `n` consecutive sequence numbers and returns the first.
+    pub(crate) fn reserve_seq(&mut self, n: u64) -> u64 {
+        match &self.shared {
+            Some(s) => s.next_seq.fetch_add(n, Ordering::Relaxed),
+            None => {
+                let first = self.next_seq;
+                self.next_seq += n;
+                first
+            }
+        }
+    }
+
+    /// The next sequence number to send.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.shared
+            .as_ref()
+            .map_or(self.next_seq, |s| s.next_seq.load(Ordering::Relaxed))
+    }
+
+    /// Sets the next sequence number (init keys start at a boot-derived base).
+    pub(crate) fn set_next_seq(&mut self, seq: u64) {
+        self.next_seq = seq;
+        if let Some(s) = &self.shared {
+            s.next_seq.store(seq, Ordering::Relaxed);
         }
     }
 
@@ -70,28 +184,36 @@ impl Sa {
         Time::from_nanos(self.installed_at)
     }
 
-    fn expand(&self, backend: Backend, direction: Direction) -> Result<Box<Keyed>, Error> {
+    fn expand(&self, backend: Backend, direction: Direction) -> Result<Arc<Keyed>, Error> {
         let dk = self.secret.derive_direction(self.info, direction);
-        Ok(Box::new(Keyed {
+        Ok(Arc::new(Keyed {
             key: backend.key(self.info.suite, dk.key())?,
             salt: dk.salt(),
         }))
     }
 
     /// The transmit key, expanded on first use.
-    pub(crate) fn tx(&mut self, backend: Backend, direction: Direction) -> Result<&Keyed, Error> {
+    pub(crate) fn tx(
+        &mut self,
+        backend: Backend,
+        direction: Direction,
+    ) -> Result<&Arc<Keyed>, Error> {
         if self.tx.is_none() {
             self.tx = Some(self.expand(backend, direction)?);
         }
-        self.tx.as_deref().ok_or(Error::KeyLength)
+        self.tx.as_ref().ok_or(Error::KeyLength)
     }
 
     /// The receive key, expanded on first use.
-    pub(crate) fn rx(&mut self, backend: Backend, direction: Direction) -> Result<&Keyed, Error> {
+    pub(crate) fn rx(
+        &mut self,
+        backend: Backend,
+        direction: Direction,
+    ) -> Result<&Arc<Keyed>, Error> {
         if self.rx.is_none() {
             self.rx = Some(self.expand(backend, direction)?);
         }
-        self.rx.as_deref().ok_or(Error::KeyLength)
+        self.rx.as_ref().ok_or(Error::KeyLength)
     }
 
     /// The receive key if already expanded.
@@ -100,18 +222,26 @@ impl Sa {
     }
 
     /// The replay window, allocated on first use.
-    pub(crate) fn replay_mut(&mut self, window: u32) -> Result<&mut ReplayWindow, Error> {
+    pub(crate) fn replay(&mut self, window: u32) -> Result<&ReplayWindow, Error> {
+        if let Some(s) = &self.shared {
+            return Ok(&s.replay);
+        }
         if self.replay.is_none() {
             self.replay = Some(Box::new(ReplayWindow::with_floor(
                 window,
                 self.replay_floor,
             )?));
         }
-        self.replay.as_deref_mut().ok_or(Error::ReplayWindow)
+        self.replay.as_deref().ok_or(Error::ReplayWindow)
     }
 
+    /// Counters of the engine plus those of the data-plane workers.
     pub(crate) fn counters(&self) -> SaCounters {
-        self.counters.as_deref().copied().unwrap_or_default()
+        let mut c = self.counters.as_deref().copied().unwrap_or_default();
+        if let Some(s) = &self.shared {
+            c.add(&s.counters.load());
+        }
+        c
     }
 
     pub(crate) fn counters_mut(&mut self) -> &mut SaCounters {
@@ -123,6 +253,10 @@ impl Sa {
     pub(crate) fn evict_keys(&mut self) {
         self.tx = None;
         self.rx = None;
+        if self.shared.is_some() {
+            // Workers hold the window; keep it.
+            return;
+        }
         if let Some(w) = self.replay.take() {
             self.replay_floor = w.top();
         }
@@ -130,6 +264,9 @@ impl Sa {
 
     /// Highest sequence number received, also after eviction.
     pub(crate) fn highest_received(&self) -> u64 {
+        if let Some(s) = &self.shared {
+            return s.replay.top();
+        }
         self.replay
             .as_deref()
             .map_or(self.replay_floor, ReplayWindow::top)

@@ -1,0 +1,234 @@
+//! A read-only view of an [`Engine`]'s keys for data-plane workers on other threads.
+//!
+//! [`Engine::data_plane`] builds a [`DataPlane`]: for every peer the generation it transmits
+//! with and every generation it receives with, each with its expanded key and the SA's shared
+//! per-packet state (sequence counter, lock-free replay window, counters). All methods take
+//! `&self`, so any number of workers seal and open with one `DataPlane` at once, and the engine
+//! (owned by the control plane) keeps sealing its control messages under the same counters: a
+//! sequence number is never handed out twice.
+//!
+//! The control plane publishes a new `DataPlane` whenever keys change (an atomic pointer swap
+//! in the daemon); workers finish their batch with the old one. Nothing here allocates per
+//! packet.
+
+use crate::engine::{
+    INIT_SLOT, OpenInfo, OpenOutcome, Packet, PeerId, SaRef, SealParams, Slot, SpiMap, State,
+    open_outcome, open_prepare, open_sequence, sa_runs, seal_finish, seal_prepare, seal_validate,
+};
+use crate::keys::GenerationInfo;
+use crate::sa::{Keyed, SaShared};
+use crate::wire::esp::{EspHeader, MIN_ESP_LEN};
+use crate::{DropCounters, DropReason, SaCounters, SealError};
+use std::sync::Arc;
+
+/// The transmit side of one peer.
+struct TxSa {
+    r: SaRef,
+    info: GenerationInfo,
+    key: Arc<Keyed>,
+    shared: Arc<SaShared>,
+}
+
+/// One generation a peer receives with.
+struct RxSa {
+    slot: Slot,
+    info: GenerationInfo,
+    key: Arc<Keyed>,
+    shared: Arc<SaShared>,
+}
+
+#[derive(Default)]
+struct DataPeer {
+    tx: Option<TxSa>,
+    /// By physical slot index.
+    rx: [Option<RxSa>; 3],
+}
+
+/// Keys and per-SA state for data-plane workers. See the module documentation.
+pub struct DataPlane {
+    esn: bool,
+    max_esp: usize,
+    seq_limit: u64,
+    peers: Vec<DataPeer>,
+    spis: SpiMap,
+}
+
+impl std::fmt::Debug for DataPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataPlane")
+            .field("peers", &self.peers.len())
+            .field("spis", &self.spis.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one peer holds, for [`Engine::data_plane`] to fill in.
+pub(crate) struct PeerKeys {
+    pub(crate) tx: Option<(u8, GenerationInfo, Arc<Keyed>, Arc<SaShared>)>,
+    pub(crate) rx: Vec<(u8, Slot, GenerationInfo, Arc<Keyed>, Arc<SaShared>)>,
+}
+
+impl DataPlane {
+    pub(crate) fn new(esn: bool, max_esp: usize, seq_limit: u64) -> Self {
+        Self {
+            esn,
+            max_esp,
+            seq_limit,
+            peers: Vec::new(),
+            spis: SpiMap::default(),
+        }
+    }
+
+    pub(crate) fn add_peer(&mut self, id: PeerId, keys: PeerKeys) {
+        let index = id.0 as usize;
+        if self.peers.len() <= index {
+            self.peers.resize_with(index + 1, DataPeer::default);
+        }
+        let peer = &mut self.peers[index];
+        peer.tx = keys.tx.map(|(slot, info, key, shared)| TxSa {
+            r: SaRef { peer: id.0, slot },
+            info,
+            key,
+            shared,
+        });
+        for (index, slot, info, key, shared) in keys.rx {
+            self.spis.insert(
+                info.spi.get(),
+                SaRef {
+                    peer: id.0,
+                    slot: index,
+                },
+            );
+            peer.rx[usize::from(index)] = Some(RxSa {
+                slot,
+                info,
+                key,
+                shared,
+            });
+        }
+    }
+
+    /// The generation `peer` is sealed under, if the peer is known.
+    pub fn tx_generation(&self, peer: PeerId) -> Option<GenerationInfo> {
+        Some(self.peers.get(peer.0 as usize)?.tx.as_ref()?.info)
+    }
+
+    /// Number of peers with keys.
+    pub fn peer_count(&self) -> usize {
+        self.peers.iter().filter(|p| p.tx.is_some()).count()
+    }
+
+    /// Seals a batch of inner IP packets for `peer`, exactly like [`Engine::seal_batch`].
+    pub fn seal_batch(&self, peer: PeerId, packets: &mut [Packet<'_>]) {
+        let Some(tx) = self.peers.get(peer.0 as usize).and_then(|p| p.tx.as_ref()) else {
+            for p in packets.iter_mut() {
+                p.state = State::SealFailed(SealError::UnknownPeer);
+            }
+            return;
+        };
+        let params = SealParams {
+            spi: tx.info.spi.get(),
+            salt: tx.key.salt,
+            esn: self.esn,
+            seq_limit: self.seq_limit,
+        };
+        let valid = seal_validate(packets, None, self.max_esp, tx.r);
+        let first = tx
+            .shared
+            .next_seq
+            .fetch_add(valid, core::sync::atomic::Ordering::Relaxed);
+        seal_prepare(packets, &params, first);
+        tx.key.key.seal_batch(packets);
+        tx.shared.counters.add(&seal_finish(packets));
+    }
+
+    fn rx(&self, r: SaRef) -> Option<&RxSa> {
+        self.peers.get(r.peer as usize)?.rx[usize::from(r.slot)].as_ref()
+    }
+
+    /// Opens a batch of ESP packets in place, exactly like [`Engine::open_batch`]; drops are
+    /// added to `drops` (each worker keeps its own).
+    pub fn open_batch(&self, packets: &mut [Packet<'_>], drops: &mut DropCounters) {
+        for p in packets.iter_mut() {
+            p.state = State::Pending;
+            p.sa = None;
+            if let Err(reason) = self.prepare_open(p) {
+                p.state = State::Opened(OpenOutcome::Drop(reason));
+            }
+        }
+        sa_runs(packets, |r, run| {
+            if let Some(rx) = self.rx(r) {
+                rx.key.key.open_batch(run);
+            }
+        });
+        for p in packets.iter_mut() {
+            let outcome = self.finish_open(p);
+            if let OpenOutcome::Drop(reason) = outcome {
+                drops.add(reason);
+            }
+            p.state = State::Opened(outcome);
+        }
+    }
+
+    fn prepare_open(&self, p: &mut Packet<'_>) -> Result<(), DropReason> {
+        let packet = p.buf.get(..p.len).ok_or(DropReason::Truncated)?;
+        if packet.len() > self.max_esp {
+            return Err(DropReason::Oversized);
+        }
+        let header = EspHeader::parse(packet)?;
+        if header.spi <= pktcrypt_common::MAX_RESERVED_SPI {
+            return Err(DropReason::ReservedSpi);
+        }
+        let ct_len = packet.len() - MIN_ESP_LEN + 2;
+        let r = *self.spis.get(&header.spi).ok_or(DropReason::UnknownSpi)?;
+        let rx = self.rx(r).ok_or(DropReason::UnknownSpi)?;
+        p.sa = Some(r);
+        let seq = open_sequence(&header, r.slot == INIT_SLOT, self.esn, &rx.shared.replay)?;
+        open_prepare(p, &header, seq, rx.key.salt, self.esn, ct_len);
+        Ok(())
+    }
+
+    fn finish_open(&self, p: &mut Packet<'_>) -> OpenOutcome {
+        let (r, drop) = match (p.state, p.sa) {
+            (State::Pending, Some(r)) => (r, None),
+            (State::Opened(OpenOutcome::Drop(reason)), Some(r)) => (r, Some(reason)),
+            (State::Opened(o), None) => return o,
+            _ => return OpenOutcome::Drop(DropReason::Truncated),
+        };
+        let Some(rx) = self.rx(r) else {
+            return OpenOutcome::Drop(DropReason::UnknownSpi);
+        };
+        let mut counts = SaCounters::default();
+        let outcome = match drop {
+            Some(reason) => {
+                match reason {
+                    DropReason::AuthFailed => counts.auth_failures = 1,
+                    DropReason::Replay | DropReason::TooOld => counts.replays = 1,
+                    _ => {}
+                }
+                OpenOutcome::Drop(reason)
+            }
+            None if rx.shared.replay.update(p.seq).is_err() => {
+                counts.replays = 1;
+                OpenOutcome::Drop(DropReason::Replay)
+            }
+            None => {
+                let info = OpenInfo {
+                    peer: PeerId(r.peer),
+                    spi: rx.info.spi,
+                    generation: rx.info.number,
+                    slot: rx.slot,
+                    seq: p.seq,
+                };
+                let outcome = open_outcome(p, info);
+                if let OpenOutcome::Data { len, .. } | OpenOutcome::Control { len, .. } = outcome {
+                    counts.packets_opened = 1;
+                    counts.bytes_opened = len as u64;
+                }
+                outcome
+            }
+        };
+        rx.shared.counters.add(&counts);
+        outcome
+    }
+}

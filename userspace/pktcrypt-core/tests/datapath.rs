@@ -1,0 +1,242 @@
+//! The data plane shared between threads: workers and the engine draw distinct sequence numbers,
+//! the lock-free replay window accepts each authenticated sequence number exactly once, and the
+//! counters workers add reach the engine's (rekey triggers).
+
+use pktcrypt_core::replay::{ReplayError, ReplayWindow};
+use pktcrypt_core::wire::esp::{self, ESP_HEADER_LEN, NextHeader};
+use pktcrypt_core::{
+    DropCounters, DropReason, Engine, EngineConfig, Generation, GenerationInfo, OpenOutcome,
+    Packet, PeerId, Role, Secret, Slot, Spi, Suite, Time,
+};
+use std::collections::HashSet;
+use std::sync::Barrier;
+
+fn generation(number: u64, spi: u32) -> Generation {
+    let mut bytes = [7u8; 32];
+    bytes[..8].copy_from_slice(&number.to_be_bytes());
+    Generation {
+        info: GenerationInfo {
+            number,
+            spi: Spi::new(spi).expect("test SPI"),
+            suite: Suite::Aes256Gcm,
+        },
+        secret: Secret::from_bytes(bytes),
+    }
+}
+
+fn engines() -> (Engine, PeerId, Engine, PeerId) {
+    let mut server = Engine::new(EngineConfig::new(Role::KeyServer)).expect("config");
+    let mut client = Engine::new(EngineConfig::new(Role::Client)).expect("config");
+    let init = generation(0, 0x1000);
+    let s = server.add_peer(&init, Time::ZERO).expect("peer");
+    let c = client.add_peer(&init, Time::ZERO).expect("peer");
+    for (n, spi) in [(1, 0x2001), (2, 0x2002)] {
+        server
+            .install(s, &generation(n, spi), Time::ZERO)
+            .expect("install");
+        client
+            .install(c, &generation(n, spi), Time::ZERO)
+            .expect("install");
+    }
+    (server, s, client, c)
+}
+
+fn ipv4(len: usize, fill: u8) -> Vec<u8> {
+    let mut p = vec![fill; len];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    p
+}
+
+/// Seals `count` packets on each of two threads through one DataPlane while the engine seals
+/// control messages in between; returns every ESP packet.
+fn seal_concurrently(client: &mut Engine, c: PeerId, count: usize) -> Vec<Vec<u8>> {
+    let plane = client.data_plane().expect("data plane");
+    let barrier = Barrier::new(2);
+    let mut all: Vec<Vec<u8>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..2u8)
+            .map(|w| {
+                let plane = &plane;
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    let mut out = Vec::new();
+                    for chunk in 0..count / 8 {
+                        let mut bufs: Vec<Vec<u8>> = (0..8)
+                            .map(|i| {
+                                let inner = ipv4(64 + i, w ^ chunk as u8);
+                                let mut b = vec![0u8; ESP_HEADER_LEN + 64 + i + 64];
+                                b[ESP_HEADER_LEN..ESP_HEADER_LEN + inner.len()]
+                                    .copy_from_slice(&inner);
+                                b
+                            })
+                            .collect();
+                        let mut packets: Vec<Packet<'_>> = bufs
+                            .iter_mut()
+                            .enumerate()
+                            .map(|(i, b)| Packet::new(b, 64 + i))
+                            .collect();
+                        plane.seal_batch(c, &mut packets);
+                        for p in &packets {
+                            let n = p.sealed().expect("sealed");
+                            out.push(p.buf()[..n].to_vec());
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|h| h.join().expect("worker"))
+            .collect()
+    });
+    for _ in 0..10 {
+        let mut buf = vec![0u8; 128];
+        let n = client
+            .seal_control(c, b"control", &mut buf)
+            .expect("control");
+        all.push(buf[..n].to_vec());
+    }
+    all
+}
+
+#[test]
+fn workers_and_engine_never_share_a_sequence_number() {
+    let (mut server, _s, mut client, c) = engines();
+    let mut packets = seal_concurrently(&mut client, c, 2000);
+    // Workers run unevenly; deliver in sequence order so the window does not age any out.
+    packets.sort_by_key(|p| esp::EspHeader::parse(p).expect("header").iv);
+    let mut seqs = HashSet::new();
+    for p in &packets {
+        let header = esp::EspHeader::parse(p).expect("header");
+        assert!(seqs.insert(header.iv), "sequence number reused");
+    }
+    // The server's engine opens them all (order across workers is within the window).
+    let mut opened = 0;
+    for p in &packets {
+        let mut b = p.clone();
+        if !matches!(server.open(&mut b), pktcrypt_core::Opened::Drop(_)) {
+            opened += 1;
+        }
+    }
+    assert_eq!(opened, packets.len());
+    // Worker counts reach the engine's counters.
+    let sealed = client
+        .sa_counters(c, Slot::Newest)
+        .expect("counters")
+        .0
+        .packets_sealed;
+    assert_eq!(sealed, 2000 * 2 / 8 * 8 + 10);
+}
+
+#[test]
+fn duplicates_across_workers_open_exactly_once() {
+    let (mut server, s, mut client, c) = engines();
+    let mut packets = seal_concurrently(&mut client, c, 800);
+    packets.sort_by_key(|p| esp::EspHeader::parse(p).expect("header").iv);
+    let plane = server.data_plane().expect("data plane");
+    let barrier = Barrier::new(2);
+    // Both workers get every packet: each must be opened by exactly one of them.
+    let results: Vec<(usize, DropCounters)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let plane = &plane;
+                let packets = &packets;
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    let mut drops = DropCounters::default();
+                    let mut ok = 0;
+                    for chunk in packets.chunks(16) {
+                        let mut bufs: Vec<Vec<u8>> = chunk.to_vec();
+                        let mut batch: Vec<Packet<'_>> = bufs
+                            .iter_mut()
+                            .map(|b| {
+                                let n = b.len();
+                                Packet::new(b, n)
+                            })
+                            .collect();
+                        plane.open_batch(&mut batch, &mut drops);
+                        ok += batch
+                            .iter()
+                            .filter(|p| !matches!(p.opened(), OpenOutcome::Drop(_)))
+                            .count();
+                    }
+                    (ok, drops)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("worker"))
+            .collect()
+    });
+    let opened: usize = results.iter().map(|r| r.0).sum();
+    assert_eq!(opened, packets.len(), "each packet opened exactly once");
+    // The other copy is refused as a replay (or as too old if one worker ran far ahead).
+    let refused: u64 = results
+        .iter()
+        .map(|r| r.1.get(DropReason::Replay) + r.1.get(DropReason::TooOld))
+        .sum();
+    assert_eq!(refused as usize, packets.len());
+    // And the engine (sharing the window) refuses them all now.
+    let mut again = packets[packets.len() - 1].clone();
+    assert!(matches!(
+        server.open(&mut again),
+        pktcrypt_core::Opened::Drop(pktcrypt_core::DropReason::Replay)
+    ));
+    let _ = s;
+}
+
+#[test]
+fn replay_window_is_exactly_once_under_contention() {
+    for round in 0..20u64 {
+        let w = ReplayWindow::new(1024).expect("window");
+        let base = 1 + round * 100_000;
+        let accepted: Vec<Vec<u64>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..2)
+                .map(|t| {
+                    let w = &w;
+                    scope.spawn(move || {
+                        let mut mine = Vec::new();
+                        for i in 0..4000u64 {
+                            // Both threads walk the same numbers, slightly out of order.
+                            let seq = base + (i ^ (t * 3));
+                            if w.update(seq).is_ok() {
+                                mine.push(seq);
+                            }
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("t")).collect()
+        });
+        let mut all: Vec<u64> = accepted.concat();
+        let n = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), n, "a sequence number was accepted twice");
+        assert_eq!(w.update(base + 3999), Err(ReplayError::Replayed));
+        assert_eq!(w.update(base), Err(ReplayError::TooOld));
+    }
+}
+
+#[test]
+fn replay_window_reclaims_words_of_old_blocks() {
+    let w = ReplayWindow::new(64).expect("window");
+    for s in 1..=1000u64 {
+        assert_eq!(w.update(s), Ok(()));
+    }
+    assert_eq!(w.update(1000), Err(ReplayError::Replayed));
+    assert_eq!(w.update(937), Err(ReplayError::Replayed));
+    assert_eq!(w.update(936), Err(ReplayError::TooOld));
+    // Large jumps (init keys start at a boot-derived base near 2^50).
+    let big = 1u64 << 50;
+    assert_eq!(w.update(big), Ok(()));
+    assert_eq!(w.update(big - 10), Ok(()));
+    assert_eq!(w.update(big - 10), Err(ReplayError::Replayed));
+    assert_eq!(w.update(big - 64), Err(ReplayError::TooOld));
+    let _ = NextHeader::Control;
+}
