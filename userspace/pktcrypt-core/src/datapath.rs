@@ -65,8 +65,11 @@ impl std::fmt::Debug for DataPlane {
 /// What one peer holds, for [`Engine::data_plane`] to fill in.
 pub(crate) struct PeerKeys {
     pub(crate) tx: Option<(u8, GenerationInfo, Arc<Keyed>, Arc<SaShared>)>,
-    pub(crate) rx: Vec<(u8, Slot, GenerationInfo, Arc<Keyed>, Arc<SaShared>)>,
+    pub(crate) rx: Vec<RxKeys>,
 }
+
+/// One receive generation: physical slot, logical slot, description, key, shared state.
+pub(crate) type RxKeys = (u8, Slot, GenerationInfo, Arc<Keyed>, Arc<SaShared>);
 
 impl DataPlane {
     pub(crate) fn new(esn: bool, max_esp: usize, seq_limit: u64) -> Self {
