@@ -553,7 +553,7 @@ proptest! {
     /// ESN inference across the 2^32 boundary: a window straddling it accepts both sides.
     #[test]
     fn esn_window_straddles_wrap(back in 1u64..1000, fwd in 1u64..1000) {
-        let mut w = pktcrypt_core::replay::ReplayWindow::new(1024).expect("window");
+        let w = pktcrypt_core::replay::ReplayWindow::new(1024).expect("window");
         let top = (1u64 << 32) + 500;
         w.update(top).expect("update");
         let low = top - back.min(1023);
