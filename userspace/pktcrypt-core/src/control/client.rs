@@ -254,7 +254,18 @@ impl KeyClient {
         r
     }
 
-    fn check_triggers(&mut self, now: Time) {
+    /// The keys for data-plane workers (see [`crate::DataPlane`]); ask again after
+    /// [`ClientEvent`]s that change keys.
+    ///
+    /// # Errors
+    /// As [`Engine::data_plane`].
+    pub fn data_plane(&mut self) -> Result<crate::DataPlane, Error> {
+        self.engine.data_plane()
+    }
+
+    /// Evaluates the rekey triggers against the counters (which data-plane workers add to); a
+    /// driver whose workers seal calls this now and then.
+    pub fn check_triggers(&mut self, now: Time) {
         if self.awaiting_answer() {
             return;
         }
@@ -310,7 +321,15 @@ impl KeyClient {
 
     /// Handles one received ESP packet from the server.
     pub fn handle_datagram<'b>(&mut self, now: Time, buf: &'b mut [u8]) -> Incoming<'b> {
-        match self.engine.open(buf) {
+        let opened = self.engine.open(buf);
+        self.handle_opened(now, opened)
+    }
+
+    /// Handles a packet already opened by a data-plane worker holding [`Self::data_plane`]:
+    /// every control message, and for data a sample with an empty `packet` (see
+    /// [`super::KeyServer::handle_opened`]).
+    pub fn handle_opened<'b>(&mut self, now: Time, opened: Opened<'b>) -> Incoming<'b> {
+        match opened {
             Opened::Data {
                 packet,
                 next_header,

@@ -353,7 +353,21 @@ impl KeyServer {
         from: Option<SocketAddr>,
         buf: &'b mut [u8],
     ) -> Incoming<'b> {
-        match self.engine.open(buf) {
+        let opened = self.engine.open(buf);
+        self.handle_opened(now, from, opened)
+    }
+
+    /// Handles a packet already opened elsewhere: by a data-plane worker holding this server's
+    /// [`Self::data_plane`]. Workers pass every control message, and for data a sample (at
+    /// least the first packet of each generation from each peer, and one now and then) with an
+    /// empty `packet`: that tells the server which generation the peer transmits with.
+    pub fn handle_opened<'b>(
+        &mut self,
+        now: Time,
+        from: Option<SocketAddr>,
+        opened: Opened<'b>,
+    ) -> Incoming<'b> {
+        match opened {
             Opened::Data {
                 packet,
                 next_header,
@@ -714,7 +728,18 @@ impl KeyServer {
         }
     }
 
-    fn check_triggers(&mut self, now: Time, peer: PeerId) {
+    /// The keys for data-plane workers (see [`crate::DataPlane`]); ask again after
+    /// [`ServerEvent`]s that change keys.
+    ///
+    /// # Errors
+    /// As [`Engine::data_plane`].
+    pub fn data_plane(&mut self) -> Result<crate::DataPlane, Error> {
+        self.engine.data_plane()
+    }
+
+    /// Evaluates the rekey triggers of `peer` against the counters (which data-plane workers
+    /// add to); a driver whose workers seal and open calls this now and then.
+    pub fn check_triggers(&mut self, now: Time, peer: PeerId) {
         let Some((counters, installed)) = self.engine.sa_counters(peer, Slot::Newest) else {
             return;
         };

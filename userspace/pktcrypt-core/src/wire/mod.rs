@@ -4,6 +4,7 @@
 //! index out of bounds. Builders write into caller buffers.
 
 pub mod esp;
+pub mod icmp;
 pub mod ip;
 
 pub use esp::{EspHeader, NextHeader};
