@@ -6,7 +6,13 @@
 //! Dropping the handle detaches the program. aya attaches through a bpf_link where the kernel
 //! supports it, so a crashed run's program goes away with its process.
 //!
-//! AF_XDP sockets (UMEM, rings) and the worker pool are the next layer and are not here yet.
+//! [`xsk`] binds AF_XDP sockets (inner and outer interface on one UMEM per queue),
+//! [`gateway`] runs the workers that forward between them, and [`net`] reads what the kernel
+//! knows about interfaces and neighbours.
+
+pub mod gateway;
+pub mod net;
+pub mod xsk;
 
 use aya::Ebpf;
 use aya::maps::lpm_trie::{Key, LpmTrie};
@@ -202,6 +208,20 @@ impl XdpSteering {
             malformed: sums[XdpCounter::Malformed as usize],
             no_socket: sums[XdpCounter::NoSocket as usize],
         })
+    }
+
+    /// Registers an AF_XDP socket for RX queue `queue` in the `XSKS` map.
+    ///
+    /// # Errors
+    /// A map error.
+    pub fn register_socket(&mut self, queue: u32, fd: std::os::fd::RawFd) -> Result<(), String> {
+        let mut xsks: aya::maps::XskMap<&mut MapData> = aya::maps::XskMap::try_from(
+            self.ebpf
+                .map_mut(maps::XSKS)
+                .ok_or("the object has no XSKS map")?,
+        )
+        .map_err(|e| err("XSKS map", e))?;
+        xsks.set(queue, fd, 0).map_err(|e| err("XSKS map", e))
     }
 
     /// Detaches the program (also done on drop).

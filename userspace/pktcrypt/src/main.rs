@@ -17,6 +17,7 @@ use pktcrypt_core::{
 mod config;
 mod driver;
 mod keycode;
+mod up;
 
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
@@ -50,6 +51,29 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("pktcrypt keygen: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("up") => match config_path(&args[1..])
+            .and_then(|p| driver::termination_flag().map(|t| (p, t)))
+            .and_then(|(p, t)| up::run(&p, &t))
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pktcrypt up: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(cmd @ ("status" | "export-keys")) => match up::query(cmd, &args[1..]) {
+            Ok(text) => {
+                #[allow(clippy::print_stdout)]
+                {
+                    println!("{text}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pktcrypt {cmd}: {e}");
                 ExitCode::FAILURE
             }
         },

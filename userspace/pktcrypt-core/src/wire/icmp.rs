@@ -36,7 +36,11 @@ fn too_big_v4(original: &[u8], from: Ipv4Addr, mtu: u16, out: &mut [u8]) -> Opti
         return None;
     }
     // Never answer an ICMP error with an ICMP error (RFC 1812 §4.3.2.7).
-    if original[9] == 1 && original.get(ihl).is_some_and(|t| matches!(t, 3 | 4 | 5 | 11 | 12)) {
+    if original[9] == 1
+        && original
+            .get(ihl)
+            .is_some_and(|t| matches!(t, 3 | 4 | 5 | 11 | 12))
+    {
         return None;
     }
     let src: [u8; 4] = original[12..16].try_into().ok()?;
@@ -134,8 +138,13 @@ mod tests {
         let original = ipv4_packet(1500, true);
         assert!(ipv4_dont_fragment(&original));
         let mut out = [0u8; 128];
-        let n = too_big(&original, IpAddr::V4(Ipv4Addr::new(10, 1, 0, 1)), 1400, &mut out)
-            .expect("answer");
+        let n = too_big(
+            &original,
+            IpAddr::V4(Ipv4Addr::new(10, 1, 0, 1)),
+            1400,
+            &mut out,
+        )
+        .expect("answer");
         assert_eq!(n, 20 + 8 + 28);
         assert_eq!(checksum(&out[..20], 0), 0, "IP header checksum");
         assert_eq!(checksum(&out[20..n], 0), 0, "ICMP checksum");

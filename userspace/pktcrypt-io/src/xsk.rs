@@ -1,0 +1,266 @@
+//! AF_XDP sockets on a shared UMEM (through `xdpilone`, EUPL-1.2).
+//!
+//! A [`QueuePair`] owns one UMEM (an anonymous mapping cut into 4 KiB frames) and two AF_XDP
+//! sockets bound to the same queue index of two interfaces (the inner and the outer one) sharing
+//! that UMEM: a frame received on one interface is transmitted on the other without a copy in
+//! userspace. Every frame is in exactly one place at a time: the free list, a fill ring, the
+//! kernel, an RX descriptor being processed, a TX ring, or a completion ring; the worker that owns
+//! the pair moves frames between them and is the only thread that touches the pair.
+
+use core::num::NonZeroU32;
+use core::ptr::NonNull;
+use std::ffi::CString;
+use std::os::fd::RawFd;
+use xdpilone::xdp::XdpDesc;
+use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User};
+
+/// Size of a UMEM frame.
+pub const FRAME_SIZE: u32 = 4096;
+/// Headroom the kernel leaves in front of received data (room for the outer headers).
+pub const HEADROOM: u32 = 256;
+/// Entries of every ring.
+pub const RING_SIZE: u32 = 2048;
+
+/// An anonymous, page-aligned, populated mapping; unmapped on drop.
+struct Area {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Area {
+    fn new(len: usize) -> Result<Self, String> {
+        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(format!(
+                "mapping {len} bytes of UMEM: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or("mmap returned NULL")?;
+        Ok(Self { ptr, len })
+    }
+}
+
+impl Drop for Area {
+    fn drop(&mut self) {
+        // SAFETY: the mapping created in `new`, unmapped once; the sockets using it are
+        // dropped before (field order of QueuePair).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// One interface's side of a [`QueuePair`].
+pub struct Port {
+    device: DeviceQueue,
+    user: User,
+    rx: RingRx,
+    tx: RingTx,
+    ifindex: u32,
+}
+
+impl Port {
+    fn new(umem: &Umem, iface: &str, queue: u32, first: bool) -> Result<Self, String> {
+        let name = CString::new(iface).map_err(|_| format!("interface name {iface:?}"))?;
+        let mut info = IfInfo::invalid();
+        info.from_name(&name)
+            .map_err(|e| format!("interface {iface}: {e}"))?;
+        info.set_queue(queue);
+        let ctx = |what: &str, e: xdpilone::Errno| {
+            format!("AF_XDP on {iface} queue {queue}: {what}: {e}")
+        };
+        let sock = if first {
+            Socket::with_shared(&info, umem).map_err(|e| ctx("socket", e))?
+        } else {
+            Socket::new(&info).map_err(|e| ctx("socket", e))?
+        };
+        let device = umem
+            .fq_cq(&sock)
+            .map_err(|e| ctx("fill/completion rings", e))?;
+        let user = umem
+            .rx_tx(
+                &sock,
+                &SocketConfig {
+                    rx_size: NonZeroU32::new(RING_SIZE),
+                    tx_size: NonZeroU32::new(RING_SIZE),
+                    // A socket sharing another's UMEM may not pass flags: it inherits the
+                    // first socket's (need-wakeup, copy or zero-copy).
+                    bind_flags: if first {
+                        SocketConfig::XDP_BIND_NEED_WAKEUP
+                    } else {
+                        0
+                    },
+                },
+            )
+            .map_err(|e| ctx("rx/tx rings", e))?;
+        let rx = user.map_rx().map_err(|e| ctx("mapping the rx ring", e))?;
+        let tx = user.map_tx().map_err(|e| ctx("mapping the tx ring", e))?;
+        umem.bind(&user).map_err(|e| ctx("bind", e))?;
+        Ok(Self {
+            device,
+            user,
+            rx,
+            tx,
+            ifindex: info.ifindex(),
+        })
+    }
+
+    /// The socket's file descriptor (for the XSKMAP and poll).
+    pub fn fd(&self) -> RawFd {
+        self.user.as_raw_fd()
+    }
+
+    /// The interface index.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// Moves frames from `free` into the fill ring.
+    pub fn fill(&mut self, free: &mut Vec<u64>) {
+        let want = (free.len() as u32).min(RING_SIZE);
+        if want == 0 {
+            return;
+        }
+        {
+            let mut writer = self.device.fill(want);
+            let n = writer.capacity() as usize;
+            let start = free.len() - n.min(free.len());
+            let inserted = writer.insert(free[start..].iter().copied());
+            writer.commit();
+            free.truncate(free.len() - inserted as usize);
+        }
+        if self.device.needs_wakeup() {
+            self.device.wake();
+        }
+    }
+
+    /// Moves completed transmissions back to `free` (as frame base addresses).
+    pub fn reap(&mut self, free: &mut Vec<u64>) {
+        let mut reader = self.device.complete(RING_SIZE);
+        while let Some(addr) = reader.read() {
+            free.push(addr - addr % u64::from(FRAME_SIZE));
+        }
+        reader.release();
+    }
+
+    /// Takes up to `out.len()` received descriptors; returns how many.
+    pub fn receive(&mut self, out: &mut [XdpDesc]) -> usize {
+        let mut reader = self.rx.receive(out.len() as u32);
+        let mut n = 0;
+        while n < out.len() {
+            let Some(desc) = reader.read() else { break };
+            out[n] = desc;
+            n += 1;
+        }
+        reader.release();
+        n
+    }
+
+    /// Queues descriptors for transmission; returns how many fit (the rest stay the caller's).
+    pub fn transmit(&mut self, descs: &[XdpDesc]) -> usize {
+        if descs.is_empty() {
+            return 0;
+        }
+        let mut writer = self.tx.transmit(descs.len() as u32);
+        let n = writer.insert(descs.iter().copied());
+        writer.commit();
+        n as usize
+    }
+
+    /// Kicks the kernel to send what is queued, if it asked for that.
+    pub fn flush(&mut self) {
+        if self.tx.needs_wakeup() {
+            self.tx.wake();
+        }
+    }
+}
+
+/// Two AF_XDP sockets (inner and outer interface, same queue index) on one UMEM.
+pub struct QueuePair {
+    // Field order: the sockets go before the UMEM, the UMEM before its memory.
+    /// The inner (plaintext) side.
+    pub inner: Port,
+    /// The outer (ESP) side.
+    pub outer: Port,
+    umem: Umem,
+    area: Area,
+    frames: u32,
+}
+
+impl QueuePair {
+    /// Creates the UMEM with `frames` frames and binds both sockets to `queue`.
+    ///
+    /// # Errors
+    /// A message naming the interface and the step (interface unknown, queue missing, AF_XDP
+    /// unsupported, memory).
+    pub fn new(inner: &str, outer: &str, queue: u32, frames: u32) -> Result<Self, String> {
+        let area = Area::new(frames as usize * FRAME_SIZE as usize)?;
+        let config = UmemConfig {
+            fill_size: RING_SIZE,
+            complete_size: RING_SIZE,
+            frame_size: FRAME_SIZE,
+            headroom: HEADROOM,
+            flags: 0,
+        };
+        let slice = NonNull::slice_from_raw_parts(area.ptr, area.len);
+        // SAFETY: `area` is a page-aligned mapping of `area.len` bytes that outlives the UMEM
+        // (it is dropped after it, field order above).
+        let umem = unsafe { Umem::new(config, slice) }
+            .map_err(|e| format!("registering the UMEM: {e}"))?;
+        let inner = Port::new(&umem, inner, queue, true)?;
+        let outer = Port::new(&umem, outer, queue, false)?;
+        Ok(Self {
+            inner,
+            outer,
+            umem,
+            area,
+            frames,
+        })
+    }
+
+    /// Every frame's base address, for the initial free list.
+    pub fn all_frames(&self) -> Vec<u64> {
+        let _ = &self.umem;
+        (0..u64::from(self.frames))
+            .map(|i| i * u64::from(FRAME_SIZE))
+            .collect()
+    }
+
+    /// The whole frame holding UMEM address `addr`.
+    ///
+    /// # Panics
+    /// If `addr` lies outside the UMEM (the kernel only hands out addresses inside it).
+    pub fn frame(&mut self, addr: u64) -> (u64, &mut [u8]) {
+        let (base, slice) = self.frame_raw(addr);
+        // SAFETY: `frame_raw` returns an in-bounds frame; `&mut self` makes this the only live
+        // reference into the UMEM from this pair.
+        (base, unsafe { &mut *slice })
+    }
+
+    /// Like [`Self::frame`] but unborrowed, so a batch can hold several distinct frames.
+    ///
+    /// The caller must not create two references to the same frame at once, and must only touch
+    /// frames it owns (received and not yet handed back to a ring).
+    pub fn frame_raw(&self, addr: u64) -> (u64, *mut [u8]) {
+        let base = addr - addr % u64::from(FRAME_SIZE);
+        assert!(
+            base + u64::from(FRAME_SIZE) <= self.area.len as u64,
+            "UMEM address {addr:#x} out of bounds"
+        );
+        // SAFETY: base + FRAME_SIZE is within the mapping (checked above).
+        let start = unsafe { self.area.ptr.as_ptr().add(base as usize) };
+        (
+            base,
+            core::ptr::slice_from_raw_parts_mut(start, FRAME_SIZE as usize),
+        )
+    }
+}

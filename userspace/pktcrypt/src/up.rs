@@ -1,0 +1,922 @@
+//! `pktcrypt up`: the gateway daemon on real interfaces.
+//!
+//! Threads: one control thread (this module: the key server or client state machine, timers,
+//! control messages to and from the workers, key and path publication, status), one worker per
+//! queue (`pktcrypt_io::gateway`), and a status thread serving `pktcrypt status`,
+//! `pktcrypt export-keys` (Unix socket) and Prometheus (`metrics`, HTTP). Control messages
+//! leave through a kernel UDP socket bound to the ESP port (XDP steers everything arriving on
+//! that port to the workers, so that socket never receives).
+
+use crate::config::{self, ClientFile, KeySource, PeerEntry, ServerFile};
+use crate::driver::{OsRandom, now};
+use arc_swap::ArcSwap;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use pktcrypt_core::control::{Incoming, KeyClient, KeyServer, Transmit};
+use pktcrypt_core::wire::OuterHeader;
+use pktcrypt_core::wire::esp::NextHeader;
+use pktcrypt_core::{DropReason, Engine, Opened, PeerId, Slot, Time};
+use pktcrypt_io::gateway::{Paths, PeerPath, Route, Shared, ToControl, Worker, WorkerStats};
+use pktcrypt_io::{AttachMode, SteeringConfig, XdpSteering, net};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A peer of a gateway: where it is and what lies behind it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GatewayPeer {
+    /// A name for logs and status.
+    pub(crate) name: String,
+    /// Its outer address.
+    pub(crate) address: IpAddr,
+    /// Networks behind it (`ADDR/LEN`).
+    pub(crate) prefixes: Vec<String>,
+    /// Its init key.
+    #[serde(flatten)]
+    pub(crate) key: KeySource,
+}
+
+/// `pktcrypt up` configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GatewayFile {
+    /// `server` or `client`.
+    pub(crate) role: String,
+    /// Name in status output.
+    pub(crate) name: Option<String>,
+    /// Plaintext side.
+    pub(crate) inner: String,
+    /// ESP side.
+    pub(crate) outer: String,
+    /// Our outer address (default: the outer interface's first address of the peers' family).
+    pub(crate) local: Option<IpAddr>,
+    /// ESP-in-UDP port (default 4500).
+    pub(crate) port: Option<u16>,
+    /// Worker threads, one per RX queue of each interface (default: the number of queues).
+    pub(crate) workers: Option<u32>,
+    /// Compiled XDP program (default: `$PKTCRYPT_XDP_OBJECT`).
+    pub(crate) xdp_object: Option<PathBuf>,
+    /// Unix socket for `pktcrypt status` / `export-keys` (default `/run/pktcrypt/NAME.sock`).
+    pub(crate) status_socket: Option<PathBuf>,
+    /// Prometheus text endpoint, e.g. `127.0.0.1:9477`.
+    pub(crate) metrics: Option<SocketAddr>,
+    /// UMEM frames per worker (default 8192).
+    pub(crate) frames: Option<u32>,
+    // Key server settings (see `pktcrypt server`).
+    /// Suite of new generations.
+    pub(crate) suite: Option<String>,
+    /// Derived-key mode.
+    pub(crate) derived: Option<bool>,
+    /// Rotation interval.
+    pub(crate) rekey_interval_ms: Option<u64>,
+    /// Rotation jitter.
+    pub(crate) rekey_jitter_permille: Option<u32>,
+    /// Rekey rate limit.
+    pub(crate) max_rekeys_per_second: Option<u32>,
+    /// Distribution retransmission.
+    pub(crate) distribution_retry_ms: Option<u64>,
+    /// Implicit resend spacing.
+    pub(crate) implicit_resend_ms: Option<u64>,
+    /// Reorder grace.
+    pub(crate) reorder_grace_ms: Option<u64>,
+    /// Anti-replay window.
+    pub(crate) replay_window: Option<u32>,
+    // Client settings (see `pktcrypt client`).
+    /// Client-timed updates.
+    pub(crate) update_interval_ms: Option<u64>,
+    /// Hello interval.
+    pub(crate) hello_interval_ms: Option<u64>,
+    /// First request retransmission.
+    pub(crate) request_timeout_ms: Option<u64>,
+    /// Largest retransmission interval.
+    pub(crate) max_backoff_ms: Option<u64>,
+    /// Unanswered requests before falling back to the init key.
+    pub(crate) max_retries: Option<u32>,
+    /// Status line interval on stdout (0: none; default 1000).
+    pub(crate) status_interval_ms: Option<u64>,
+    /// A client's key server.
+    pub(crate) server: Option<GatewayPeer>,
+    /// A server's clients.
+    #[serde(default)]
+    pub(crate) clients: Vec<GatewayPeer>,
+}
+
+fn parse_prefix(field: &str, s: &str) -> Result<(IpAddr, u8), String> {
+    let (a, l) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{field}: {s:?} is not ADDR/LEN"))?;
+    let addr: IpAddr = a
+        .parse()
+        .map_err(|_| format!("{field}: bad address in {s:?}"))?;
+    let len: u8 = l
+        .parse()
+        .map_err(|_| format!("{field}: bad length in {s:?}"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if len > max {
+        return Err(format!("{field}: length {len} above {max} in {s:?}"));
+    }
+    Ok((addr, len))
+}
+
+/// The state machine of either role.
+enum Machine {
+    Server(Box<KeyServer>),
+    Client(Box<KeyClient>),
+}
+
+impl Machine {
+    fn engine(&self) -> &Engine {
+        match self {
+            Machine::Server(s) => s.engine(),
+            Machine::Client(c) => c.engine(),
+        }
+    }
+    fn poll_timeout(&self) -> Option<Time> {
+        match self {
+            Machine::Server(s) => s.poll_timeout(),
+            Machine::Client(c) => c.poll_timeout(),
+        }
+    }
+    fn handle_timeout(&mut self, t: Time) {
+        match self {
+            Machine::Server(s) => s.handle_timeout(t),
+            Machine::Client(c) => c.handle_timeout(t),
+        }
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        match self {
+            Machine::Server(s) => s.poll_transmit(),
+            Machine::Client(c) => c.poll_transmit(),
+        }
+    }
+    fn drain_events(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        match self {
+            Machine::Server(s) => {
+                while let Some(e) = s.poll_event() {
+                    out.push(format!("{e:?}"));
+                }
+            }
+            Machine::Client(c) => {
+                while let Some(e) = c.poll_event() {
+                    out.push(format!("{e:?}"));
+                }
+            }
+        }
+        out
+    }
+    fn handle_opened(
+        &mut self,
+        t: Time,
+        from: SocketAddr,
+        opened: Opened<'_>,
+    ) -> Option<DropReason> {
+        let incoming = match self {
+            Machine::Server(s) => s.handle_opened(t, Some(from), opened),
+            Machine::Client(c) => c.handle_opened(t, opened),
+        };
+        match incoming {
+            Incoming::Dropped(r) => Some(r),
+            _ => None,
+        }
+    }
+    fn check_triggers(&mut self, t: Time) {
+        match self {
+            Machine::Server(s) => {
+                let peers: Vec<PeerId> = s.engine().peers().collect();
+                for p in peers {
+                    s.check_triggers(t, p);
+                }
+            }
+            Machine::Client(c) => c.check_triggers(t),
+        }
+    }
+    fn data_plane(&mut self) -> Result<pktcrypt_core::DataPlane, String> {
+        match self {
+            Machine::Server(s) => s.data_plane(),
+            Machine::Client(c) => c.data_plane(),
+        }
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// Which generation sits in which slot for every peer: when it changes, keys are republished.
+fn key_fingerprint(engine: &Engine) -> Vec<(u32, [u64; 3], u64)> {
+    engine
+        .peers()
+        .map(|p| {
+            let g = |s| engine.generation(p, s).map_or(u64::MAX, |g| g.number);
+            (
+                p.0,
+                [g(Slot::Init), g(Slot::Newest), g(Slot::Previous)],
+                engine.tx_generation(p).map_or(u64::MAX, |g| g.number),
+            )
+        })
+        .collect()
+}
+
+struct PeerInfo {
+    name: String,
+    address: IpAddr,
+    prefixes: Vec<(IpAddr, u8)>,
+}
+
+/// What the status thread serves, refreshed by the control thread.
+#[derive(Default)]
+struct Published {
+    status: String,
+    metrics: String,
+    export: String,
+}
+
+/// `pktcrypt up --config FILE`.
+pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
+    let file: GatewayFile = config::load(path)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let name = file.name.clone().unwrap_or_else(|| "pktcrypt".into());
+    let port = file.port.unwrap_or(pktcrypt_common::DEFAULT_ESP_UDP_PORT);
+    // One worker per RX queue: a queue without an AF_XDP socket would pass its packets to the
+    // kernel instead of the tunnel.
+    let inner_queues = net::rx_queues(&file.inner).map_err(|e| format!("inner: {e}"))?;
+    let outer_queues = net::rx_queues(&file.outer).map_err(|e| format!("outer: {e}"))?;
+    let workers = file.workers.unwrap_or(inner_queues.max(outer_queues));
+    if workers == 0 {
+        return Err("workers: must be at least 1".into());
+    }
+    for (field, iface, queues) in [
+        ("inner", &file.inner, inner_queues),
+        ("outer", &file.outer, outer_queues),
+    ] {
+        if queues != workers {
+            return Err(format!(
+                "workers: {workers} workers, but the {field} interface {iface} has {queues} RX queues; \
+                 every queue needs a worker (set workers = {queues}, or `ethtool -L {iface} combined {workers}`)"
+            ));
+        }
+    }
+    let frames = file.frames.unwrap_or(8192);
+    if !(256..=262_144).contains(&frames) {
+        return Err("frames: must be in 256..=262144".into());
+    }
+    let object_path = file
+        .xdp_object
+        .clone()
+        .map(|p| if p.is_relative() { base.join(p) } else { p })
+        .or_else(|| std::env::var_os("PKTCRYPT_XDP_OBJECT").map(PathBuf::from))
+        .ok_or(
+            "xdp_object: not set (nor PKTCRYPT_XDP_OBJECT); build it with scripts/build-ebpf.sh",
+        )?;
+    let object = std::fs::read(&object_path)
+        .map_err(|e| format!("xdp_object: {}: {e}", object_path.display()))?;
+
+    // The state machine and its peers.
+    let t0 = now();
+    let mut peers: HashMap<PeerId, PeerInfo> = HashMap::new();
+    let entries: Vec<(String, GatewayPeer)> = match file.role.as_str() {
+        "server" => {
+            if file.clients.is_empty() {
+                return Err("clients: a server needs at least one [[clients]] entry".into());
+            }
+            if file.server.is_some() {
+                return Err("server: only a client has a [server] table".into());
+            }
+            file.clients
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (format!("clients[{i}] ({})", c.name), c.clone()))
+                .collect()
+        }
+        "client" => {
+            let s = file
+                .server
+                .clone()
+                .ok_or("server: a client needs a [server] table")?;
+            if !file.clients.is_empty() {
+                return Err("clients: only a server has [[clients]]".into());
+            }
+            vec![("server".to_string(), s)]
+        }
+        other => {
+            return Err(format!(
+                "role: {other:?} is neither \"server\" nor \"client\""
+            ));
+        }
+    };
+    let mut machine = if file.role == "server" {
+        let sf = ServerFile {
+            listen: SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port),
+            suite: file.suite.clone(),
+            derived: file.derived,
+            rekey_interval_ms: file.rekey_interval_ms,
+            rekey_jitter_permille: file.rekey_jitter_permille,
+            max_rekeys_per_second: file.max_rekeys_per_second,
+            distribution_retry_ms: file.distribution_retry_ms,
+            implicit_resend_ms: file.implicit_resend_ms,
+            reorder_grace_ms: file.reorder_grace_ms,
+            replay_window: file.replay_window,
+            traffic_pps: None,
+            status_interval_ms: None,
+            clients: file
+                .clients
+                .iter()
+                .map(|c| PeerEntry {
+                    name: c.name.clone(),
+                    address: Some(SocketAddr::new(c.address, port)),
+                    key: c.key.clone(),
+                })
+                .collect(),
+        };
+        let mut server =
+            KeyServer::new(sf.server_config()?, Box::new(OsRandom)).map_err(|e| e.to_string())?;
+        for (field, c) in &entries {
+            let key = c.key.load(field, 0, base)?;
+            let id = server
+                .add_client(&key, Some(SocketAddr::new(c.address, port)), t0)
+                .map_err(|e| format!("{field}: {e}"))?;
+            peers.insert(id, peer_info(field, c)?);
+        }
+        Machine::Server(Box::new(server))
+    } else {
+        let (field, s) = &entries[0];
+        let cf = ClientFile {
+            server: SocketAddr::new(s.address, port),
+            bind: None,
+            count: None,
+            name: None,
+            key: s.key.clone(),
+            update_interval_ms: file.update_interval_ms,
+            hello_interval_ms: file.hello_interval_ms,
+            request_timeout_ms: file.request_timeout_ms,
+            max_backoff_ms: file.max_backoff_ms,
+            max_retries: file.max_retries,
+            replay_window: file.replay_window,
+            traffic_pps: None,
+            status_interval_ms: None,
+        };
+        let key = s.key.load(field, 0, base)?;
+        let client = KeyClient::new(cf.client_config()?, &key, Box::new(OsRandom), t0)
+            .map_err(|e| format!("{field}: {e}"))?;
+        peers.insert(client.server(), peer_info(field, s)?);
+        Machine::Client(Box::new(client))
+    };
+
+    // Paths.
+    let family_v4 = peers.values().all(|p| p.address.is_ipv4());
+    let local = match file.local {
+        Some(a) => a,
+        None => {
+            let (v4, v6) = net::addresses(&file.outer).map_err(|e| format!("outer: {e}"))?;
+            if family_v4 { v4 } else { v6 }.ok_or_else(|| {
+                format!(
+                    "local: interface {} has no address of the peers' family",
+                    file.outer
+                )
+            })?
+        }
+    };
+    let mut paths = Paths {
+        inner_mac: net::mac(&file.inner).map_err(|e| format!("inner: {e}"))?,
+        outer_mac: net::mac(&file.outer).map_err(|e| format!("outer: {e}"))?,
+        outer_mtu: net::mtu(&file.outer).map_err(|e| format!("outer: {e}"))?,
+        esp_port: port,
+        ..Paths::default()
+    };
+    let (in4, in6) = net::addresses(&file.inner).map_err(|e| format!("inner: {e}"))?;
+    paths.inner_v4 = in4.and_then(|a| match a {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(_) => None,
+    });
+    paths.inner_v6 = in6.and_then(|a| match a {
+        IpAddr::V6(a) => Some(a),
+        IpAddr::V4(_) => None,
+    });
+    let mut prefixes = Vec::new();
+    for (id, p) in &peers {
+        for &(net, len) in &p.prefixes {
+            paths.routes.push(Route {
+                net,
+                len,
+                peer: *id,
+            });
+            prefixes.push((net, len));
+        }
+        let header = OuterHeader::new(
+            SocketAddr::new(local, port),
+            SocketAddr::new(p.address, port),
+            64,
+        )
+        .ok_or_else(|| {
+            format!(
+                "local: {local} and peer {} ({}) differ in family",
+                p.name, p.address
+            )
+        })?;
+        paths.peers.insert(id.0, PeerPath { header, mac: None });
+    }
+    paths.sort_routes();
+
+    // Control socket (sending only; see the module docs).
+    let socket = UdpSocket::bind(SocketAddr::new(local, port))
+        .map_err(|e| format!("local: binding UDP {local}:{port}: {e}"))?;
+
+    // Workers and XDP.
+    let (to_control, from_workers): (Sender<ToControl>, Receiver<ToControl>) =
+        crossbeam_channel::bounded(4096);
+    let keys = machine.data_plane()?;
+    let shared = Arc::new(Shared {
+        keys: ArcSwap::from_pointee(keys),
+        paths: ArcSwap::from_pointee(paths.clone()),
+        stop: AtomicBool::new(false),
+        stats: (0..workers).map(|_| WorkerStats::new()).collect(),
+    });
+    let mut inner_xdp = XdpSteering::attach(
+        &object,
+        &file.inner,
+        &SteeringConfig {
+            esp_port: None,
+            prefixes,
+        },
+    )
+    .map_err(|e| format!("inner: {e}"))?;
+    let mut outer_xdp = XdpSteering::attach(
+        &object,
+        &file.outer,
+        &SteeringConfig {
+            esp_port: Some(port),
+            prefixes: Vec::new(),
+        },
+    )
+    .map_err(|e| format!("outer: {e}"))?;
+    for s in [&inner_xdp, &outer_xdp] {
+        if s.mode() == AttachMode::Generic {
+            eprintln!(
+                "pktcrypt up: warning: {} has no native XDP; attached in generic (SKB) mode",
+                s.iface()
+            );
+        }
+    }
+    let mut handles = Vec::new();
+    for q in 0..workers {
+        // The UMEM is not Send: each worker creates its queue pair on its own thread and
+        // reports the socket descriptors back for the XSKMAPs.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (inner_if, outer_if) = (file.inner.clone(), file.outer.clone());
+        let (sh, tc) = (Arc::clone(&shared), to_control.clone());
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("pktcrypt-worker-{q}"))
+                .spawn(move || {
+                    match pktcrypt_io::xsk::QueuePair::new(&inner_if, &outer_if, q, frames) {
+                        Ok(qp) => {
+                            let _ = ready_tx.send(Ok((qp.inner.fd(), qp.outer.fd())));
+                            Worker::new(qp, sh, q as usize, tc).run();
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                })
+                .map_err(|e| format!("starting worker {q}: {e}"))?,
+        );
+        let (inner_fd, outer_fd) = ready_rx
+            .recv()
+            .map_err(|_| format!("worker {q} exited during setup"))??;
+        inner_xdp.register_socket(q, inner_fd)?;
+        outer_xdp.register_socket(q, outer_fd)?;
+    }
+    eprintln!(
+        "pktcrypt up: {name} ({}) inner {} outer {} ({local}:{port}), {workers} worker(s), XDP {:?}/{:?}",
+        file.role,
+        file.inner,
+        file.outer,
+        inner_xdp.mode(),
+        outer_xdp.mode()
+    );
+
+    // Status thread.
+    let published = Arc::new(Mutex::new(Published::default()));
+    let socket_path = file
+        .status_socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("/run/pktcrypt/{name}.sock")));
+    serve_status(&socket_path, file.metrics, Arc::clone(&published))?;
+
+    // The control loop.
+    let status_every = Duration::from_millis(file.status_interval_ms.unwrap_or(1000));
+    let mut next_status = now() + status_every;
+    let mut next_paths = now();
+    let mut fingerprint = key_fingerprint(machine.engine());
+    let mut control_drops = pktcrypt_core::DropCounters::default();
+    let mut events_total = 0u64;
+    let mut rekeys = 0u64;
+    while !term.load(Ordering::Relaxed) {
+        let t = now();
+        let mut wake = next_paths.min(next_status);
+        if let Some(p) = machine.poll_timeout() {
+            wake = wake.min(p);
+        }
+        let wait = wake.saturating_sub(t).min(Duration::from_millis(200));
+        let first = match from_workers.recv_timeout(wait) {
+            Ok(m) => Some(m),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        for msg in first.into_iter().chain(from_workers.try_iter()) {
+            let t = now();
+            let dropped = match msg {
+                ToControl::Control {
+                    info,
+                    from,
+                    message,
+                } => machine.handle_opened(
+                    t,
+                    from,
+                    Opened::Control {
+                        message: &message,
+                        info,
+                    },
+                ),
+                ToControl::Observed { info, from } => machine.handle_opened(
+                    t,
+                    from,
+                    Opened::Data {
+                        packet: &mut [],
+                        next_header: NextHeader::Ipv4,
+                        info,
+                    },
+                ),
+            };
+            if let Some(r) = dropped {
+                control_drops.add(r);
+            }
+        }
+        let t = now();
+        if machine.poll_timeout().is_some_and(|p| p <= t) {
+            machine.handle_timeout(t);
+        }
+        // Keys first (a distribution's keys must be in the workers before the proof goes out).
+        let fp = key_fingerprint(machine.engine());
+        if fp != fingerprint {
+            fingerprint = fp;
+            rekeys += 1;
+            shared.keys.store(Arc::new(machine.data_plane()?));
+        }
+        while let Some(tr) = machine.poll_transmit() {
+            let dest = tr.destination.or_else(|| {
+                peers
+                    .get(&tr.peer)
+                    .map(|p| SocketAddr::new(p.address, port))
+            });
+            if let Some(d) = dest {
+                let _ = socket.send_to(&tr.contents, d);
+            }
+        }
+        for e in machine.drain_events() {
+            events_total += 1;
+            eprintln!("pktcrypt up: {name}: {e}");
+        }
+        if next_paths <= t {
+            next_paths = t + Duration::from_millis(250);
+            machine.check_triggers(t);
+            refresh_paths(&mut paths, &peers, &file.inner);
+            shared.paths.store(Arc::new(paths.clone()));
+        }
+        if next_status <= t {
+            next_status = t + status_every;
+            let doc = render(
+                &name,
+                &machine,
+                &peers,
+                &shared,
+                &control_drops,
+                rekeys,
+                events_total,
+                &inner_xdp,
+                &outer_xdp,
+            );
+            if file.status_interval_ms != Some(0) {
+                println!("{}", doc.0);
+            }
+            let mut p = published.lock().map_err(|_| "status lock poisoned")?;
+            p.status = doc.0;
+            p.metrics = doc.1;
+            p.export = export(&machine, &peers, local);
+        }
+    }
+    shared.stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+    inner_xdp.detach();
+    outer_xdp.detach();
+    let _ = std::fs::remove_file(&socket_path);
+    eprintln!("pktcrypt up: {name}: stopped, XDP detached");
+    Ok(())
+}
+
+fn peer_info(field: &str, p: &GatewayPeer) -> Result<PeerInfo, String> {
+    if p.prefixes.is_empty() {
+        return Err(format!("{field}.prefixes: at least one prefix"));
+    }
+    Ok(PeerInfo {
+        name: p.name.clone(),
+        address: p.address,
+        prefixes: p
+            .prefixes
+            .iter()
+            .map(|s| parse_prefix(&format!("{field}.prefixes"), s))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn refresh_paths(paths: &mut Paths, peers: &HashMap<PeerId, PeerInfo>, inner: &str) {
+    if let Ok(n) = net::neighbours(inner) {
+        paths.inner_neighbours = n;
+    }
+    for (id, p) in peers {
+        let mac = net::route_to(p.address)
+            .ok()
+            .and_then(|(hop, dev, _)| net::neighbours(&dev).ok()?.get(&hop).copied());
+        if let Some(path) = paths.peers.get_mut(&id.0) {
+            path.mac = mac;
+        }
+    }
+}
+
+fn sum(stats: &[WorkerStats], f: impl Fn(&WorkerStats) -> &std::sync::atomic::AtomicU64) -> u64 {
+    stats.iter().map(|s| f(s).load(Ordering::Relaxed)).sum()
+}
+
+/// (JSON status, Prometheus text).
+#[allow(clippy::too_many_arguments)]
+fn render(
+    name: &str,
+    machine: &Machine,
+    peers: &HashMap<PeerId, PeerInfo>,
+    shared: &Shared,
+    control_drops: &pktcrypt_core::DropCounters,
+    rekeys: u64,
+    events: u64,
+    inner: &XdpSteering,
+    outer: &XdpSteering,
+) -> (String, String) {
+    let engine = machine.engine();
+    let mut json =
+        format!("{{\"name\":\"{name}\",\"key_changes\":{rekeys},\"events\":{events},\"peers\":[");
+    let mut prom = String::new();
+    let mut ids: Vec<&PeerId> = peers.keys().collect();
+    ids.sort_by_key(|p| p.0);
+    for (i, id) in ids.iter().enumerate() {
+        let info = &peers[id];
+        if i > 0 {
+            json.push(',');
+        }
+        let _ = write!(
+            json,
+            "{{\"peer\":\"{}\",\"address\":\"{}\",\"sas\":[",
+            info.name, info.address
+        );
+        if let Some(st) = engine.peer_status(**id) {
+            for (k, sa) in st.sas.iter().enumerate() {
+                if k > 0 {
+                    json.push(',');
+                }
+                let c = sa.counters;
+                let _ = write!(
+                    json,
+                    "{{\"slot\":\"{:?}\",\"generation\":{},\"spi\":\"{}\",\"suite\":\"{}\",\"transmitting\":{},\"sealed\":{},\"opened\":{},\"bytes_sealed\":{},\"bytes_opened\":{},\"auth_failures\":{},\"replays\":{}}}",
+                    sa.slot,
+                    sa.info.number,
+                    sa.info.spi,
+                    sa.info.suite,
+                    sa.transmitting,
+                    c.packets_sealed,
+                    c.packets_opened,
+                    c.bytes_sealed,
+                    c.bytes_opened,
+                    c.auth_failures,
+                    c.replays
+                );
+                let labels = format!("peer=\"{}\",slot=\"{:?}\"", info.name, sa.slot);
+                let _ = writeln!(
+                    prom,
+                    "pktcrypt_sa_generation{{{labels}}} {}",
+                    sa.info.number
+                );
+                let _ = writeln!(
+                    prom,
+                    "pktcrypt_sa_packets_sealed_total{{{labels}}} {}",
+                    c.packets_sealed
+                );
+                let _ = writeln!(
+                    prom,
+                    "pktcrypt_sa_packets_opened_total{{{labels}}} {}",
+                    c.packets_opened
+                );
+            }
+        }
+        json.push_str("]}");
+    }
+    json.push_str("],\"workers\":{");
+    let s = &shared.stats;
+    let fields: [(&str, u64); 16] = [
+        ("rx_inner", sum(s, |w| &w.rx_inner)),
+        ("rx_outer", sum(s, |w| &w.rx_outer)),
+        ("tx_outer", sum(s, |w| &w.tx_outer)),
+        ("tx_inner", sum(s, |w| &w.tx_inner)),
+        ("bytes_sealed", sum(s, |w| &w.bytes_sealed)),
+        ("bytes_opened", sum(s, |w| &w.bytes_opened)),
+        ("to_kernel", sum(s, |w| &w.to_kernel)),
+        ("hairpinned", sum(s, |w| &w.hairpinned)),
+        ("control", sum(s, |w| &w.control)),
+        ("icmp_too_big", sum(s, |w| &w.icmp_too_big)),
+        ("too_big", sum(s, |w| &w.too_big)),
+        ("no_route", sum(s, |w| &w.no_route)),
+        ("no_neighbour", sum(s, |w| &w.no_neighbour)),
+        ("malformed", sum(s, |w| &w.malformed)),
+        ("tx_full", sum(s, |w| &w.tx_full)),
+        ("seal_failed", sum(s, |w| &w.seal_failed)),
+    ];
+    for (i, (k, v)) in fields.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        let _ = write!(json, "\"{k}\":{v}");
+        let _ = writeln!(prom, "pktcrypt_worker_{k}_total {v}");
+    }
+    json.push_str("},\"drops\":{");
+    let mut first = true;
+    for (i, reason) in DropReason::ALL.iter().enumerate() {
+        let n: u64 = s
+            .iter()
+            .map(|w| w.drops[i].load(Ordering::Relaxed))
+            .sum::<u64>()
+            + control_drops.get(*reason);
+        if n == 0 {
+            continue;
+        }
+        if !first {
+            json.push(',');
+        }
+        first = false;
+        let _ = write!(json, "\"{}\":{n}", reason.label());
+        let _ = writeln!(
+            prom,
+            "pktcrypt_drops_total{{reason=\"{}\"}} {n}",
+            reason.label()
+        );
+    }
+    json.push_str("},\"xdp\":{");
+    for (i, (side, x)) in [("inner", inner), ("outer", outer)].iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        let c = x.counters().unwrap_or_default();
+        let _ = write!(
+            json,
+            "\"{side}\":{{\"mode\":\"{:?}\",\"steered\":{},\"passed\":{},\"malformed\":{},\"no_socket\":{}}}",
+            x.mode(),
+            c.steered,
+            c.passed,
+            c.malformed,
+            c.no_socket
+        );
+        let _ = writeln!(
+            prom,
+            "pktcrypt_xdp_steered_total{{side=\"{side}\"}} {}",
+            c.steered
+        );
+        let _ = writeln!(
+            prom,
+            "pktcrypt_xdp_passed_total{{side=\"{side}\"}} {}",
+            c.passed
+        );
+    }
+    json.push_str("}}");
+    (json, prom)
+}
+
+/// Current SAs in Wireshark's `esp_sa` UAT format (one line per SA and direction).
+fn export(machine: &Machine, peers: &HashMap<PeerId, PeerInfo>, local: IpAddr) -> String {
+    let engine = machine.engine();
+    let mut out = String::new();
+    for (id, info) in peers {
+        for sa in engine.export_sas(*id) {
+            let (src, dst) = if sa.outbound {
+                (local, info.address)
+            } else {
+                (info.address, local)
+            };
+            let proto = if local.is_ipv4() { "IPv4" } else { "IPv6" };
+            let alg = match sa.suite {
+                pktcrypt_core::Suite::ChaCha20Poly1305 => "ChaCha20 with Poly1305 [RFC7634]",
+                _ => "AES-GCM with 16 octet ICV [RFC4106]",
+            };
+            let key: String = sa.keymat.iter().map(|b| format!("{b:02x}")).collect();
+            let _ = writeln!(
+                out,
+                "\"{proto}\",\"{src}\",\"{dst}\",\"{:#010x}\",\"{alg}\",\"0x{key}\",\"NULL\",\"\"",
+                sa.spi.get()
+            );
+        }
+    }
+    out
+}
+
+fn serve_status(
+    path: &Path,
+    metrics: Option<SocketAddr>,
+    published: Arc<Mutex<Published>>,
+) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("status_socket: creating {}: {e}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener =
+        UnixListener::bind(path).map_err(|e| format!("status_socket: {}: {e}", path.display()))?;
+    // Only root (the daemon's user) may ask for keys.
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    let p = Arc::clone(&published);
+    std::thread::Builder::new()
+        .name("pktcrypt-status".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = answer(stream, &p);
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    if let Some(addr) = metrics {
+        let listener =
+            TcpListener::bind(addr).map_err(|e| format!("metrics: binding {addr}: {e}"))?;
+        std::thread::Builder::new()
+            .name("pktcrypt-metrics".into())
+            .spawn(move || {
+                for mut stream in listener.incoming().flatten() {
+                    let mut line = String::new();
+                    let _ = BufReader::new(&stream).read_line(&mut line);
+                    let body = published.lock().map(|p| p.metrics.clone()).unwrap_or_default();
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+            })
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn answer(mut stream: UnixStream, published: &Mutex<Published>) -> std::io::Result<()> {
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    let reply = {
+        let p = published
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?;
+        match line.trim() {
+            "status" => p.status.clone(),
+            "metrics" => p.metrics.clone(),
+            "export-keys" => p.export.clone(),
+            other => format!("unknown command {other:?}"),
+        }
+    };
+    stream.write_all(reply.as_bytes())
+}
+
+/// `pktcrypt status|export-keys --config FILE` (or `--socket PATH`): asks a running daemon.
+pub(crate) fn query(command: &str, args: &[String]) -> Result<String, String> {
+    let mut socket = None;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--socket" => socket = Some(PathBuf::from(value)),
+            "--config" => {
+                let file: GatewayFile = config::load(Path::new(value))?;
+                let name = file.name.unwrap_or_else(|| "pktcrypt".into());
+                socket = Some(
+                    file.status_socket
+                        .unwrap_or_else(|| PathBuf::from(format!("/run/pktcrypt/{name}.sock"))),
+                );
+            }
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    let path = socket.ok_or("--config FILE or --socket PATH is required")?;
+    let mut stream = UnixStream::connect(&path)
+        .map_err(|e| format!("{}: {e} (is `pktcrypt up` running?)", path.display()))?;
+    writeln!(stream, "{command}").map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
