@@ -20,7 +20,7 @@ PKTCRYPT_XDP_OBJECT=$(./scripts/build-ebpf.sh)
 export PKTCRYPT_XDP_OBJECT
 cargo fmt --manifest-path ebpf/pktcrypt-xdp/Cargo.toml -- --check
 
-step "cargo test (unit, known-answer, property, independence, demo, loopback, XDP on veth)"
+step "cargo test (unit, known-answer, property, independence, demo, loopback, XDP on veth, gateways end to end)"
 export PKTCRYPT_PYTHON="$PWD/.venv/bin/python"
 cargo test --workspace --locked 2>&1 | tee target/cargo-test.log
 rust_passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' target/cargo-test.log | awk '{s+=$4} END {print s+0}')
