@@ -1,6 +1,6 @@
-//! A read-only view of an [`Engine`]'s keys for data-plane workers on other threads.
+//! A read-only view of an [`crate::Engine`]'s keys for data-plane workers on other threads.
 //!
-//! [`Engine::data_plane`] builds a [`DataPlane`]: for every peer the generation it transmits
+//! [`crate::Engine::data_plane`] builds a [`DataPlane`]: for every peer the generation it transmits
 //! with and every generation it receives with, each with its expanded key and the SA's shared
 //! per-packet state (sequence counter, lock-free replay window, counters). All methods take
 //! `&self`, so any number of workers seal and open with one `DataPlane` at once, and the engine
@@ -121,7 +121,7 @@ impl DataPlane {
         self.peers.iter().filter(|p| p.tx.is_some()).count()
     }
 
-    /// Seals a batch of inner IP packets for `peer`, exactly like [`Engine::seal_batch`].
+    /// Seals a batch of inner IP packets for `peer`, exactly like [`crate::Engine::seal_batch`].
     pub fn seal_batch(&self, peer: PeerId, packets: &mut [Packet<'_>]) {
         let Some(tx) = self.peers.get(peer.0 as usize).and_then(|p| p.tx.as_ref()) else {
             for p in packets.iter_mut() {
@@ -149,7 +149,7 @@ impl DataPlane {
         self.peers.get(r.peer as usize)?.rx[usize::from(r.slot)].as_ref()
     }
 
-    /// Opens a batch of ESP packets in place, exactly like [`Engine::open_batch`]; drops are
+    /// Opens a batch of ESP packets in place, exactly like [`crate::Engine::open_batch`]; drops are
     /// added to `drops` (each worker keeps its own).
     pub fn open_batch(&self, packets: &mut [Packet<'_>], drops: &mut DropCounters) {
         for p in packets.iter_mut() {
