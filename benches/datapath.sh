@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Data-path benchmark in the gateway topology (scripts/topology.sh): iperf3 UDP from hostA to
+# hostB through gwA and gwB, measured in one run for
+#   kernel  - the gateways forward in the kernel, no encryption (baseline)
+#   aes     - pktcrypt, AES-256-GCM
+#   chacha  - pktcrypt, ChaCha20-Poly1305
+# at 64 B and 1420 B IP packets, with 1 and 2 workers (= veth queues). For each run: packets
+# received per second at hostB and CPU time of the gateways' worker threads per packet (from
+# /proc/PID/task/*/stat). Writes target/bench-datapath/results.json and BENCH_DATAPATH.md (table
+# and an SVG plot). Needs root. Usage: benches/datapath.sh [SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-5}
+OUT=target/bench-datapath
+mkdir -p "$OUT"
+cargo build --release --locked -p pktcrypt >/dev/null
+OBJ=$(./scripts/build-ebpf.sh)
+BIN=$PWD/target/release/pktcrypt
+P=pb-
+DIR=$(mktemp -d /tmp/pktcrypt-bench.XXXXXX)
+trap 'pkill -f "pktcrypt up --config $DIR" || true; ./scripts/topology.sh down $P; rm -rf $DIR' EXIT
+"$BIN" keygen --count 2 --out "$DIR/keys.txt" >/dev/null
+K0=$(sed -n 1p "$DIR/keys.txt")
+TICK=$(getconf CLK_TCK)
+
+worker_ticks() { # sum of utime+stime of pktcrypt worker threads in all gateway processes
+  local t=0
+  for pid in $(pgrep -f "pktcrypt up --config $DIR" || true); do
+    for task in /proc/"$pid"/task/*; do
+      if grep -q pktcrypt-worker "$task/comm" 2>/dev/null; then
+        read -r -a f < "$task/stat"
+        # comm may not contain spaces here; fields 14 and 15 are utime and stime
+        t=$((t + f[13] + f[14]))
+      fi
+    done
+  done
+  echo $t
+}
+
+run_one() { # MODE WORKERS SIZE -> JSON line
+  local mode=$1 w=$2 size=$3 payload=$(( $3 - 28 ))
+  ip netns exec ${P}hostB iperf3 -s -D -1 -p 5201 >/dev/null 2>&1
+  sleep 0.3
+  local t0; t0=$(worker_ticks)
+  local json; json=$(ip netns exec ${P}hostA iperf3 -c 10.2.0.2 -u -b 0 -l $payload -t "$SECS" -J 2>/dev/null || true)
+  local t1; t1=$(worker_ticks)
+  python3 - "$mode" "$w" "$size" "$((t1 - t0))" "$TICK" <<PY
+import json, sys
+mode, w, size, ticks, tick = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+try:
+    d = json.loads('''$json''')
+    s = d["end"]["sum"]
+    secs = s["seconds"]
+    got = s["packets"] - s["lost_packets"]
+except Exception as e:
+    secs, got = 1, 0
+pps = got / secs if secs else 0
+cpu_ns = (ticks / tick) * 1e9 / got if got and mode != "kernel" else None
+print(json.dumps({"mode": mode, "workers": w, "size": size, "pps": pps, "received": got,
+                  "worker_cpu_ns_per_packet": cpu_ns}))
+PY
+}
+
+start_gateways() { # SUITE
+  cat > "$DIR/gwB.toml" <<CFG
+role = "server"
+name = "gwB"
+inner = "in"
+outer = "out"
+xdp_object = "$OBJ"
+status_socket = "$DIR/gwB.sock"
+suite = "$1"
+rekey_interval_ms = 0
+status_interval_ms = 0
+[[clients]]
+name = "gwA"
+address = "192.0.2.1"
+prefixes = ["10.1.0.0/24"]
+init_key = "$K0"
+CFG
+  cat > "$DIR/gwA.toml" <<CFG
+role = "client"
+name = "gwA"
+inner = "in"
+outer = "out"
+xdp_object = "$OBJ"
+status_socket = "$DIR/gwA.sock"
+status_interval_ms = 0
+[server]
+name = "gwB"
+address = "192.0.2.2"
+prefixes = ["10.2.0.0/24"]
+init_key = "$K0"
+CFG
+  for g in B A; do
+    ip netns exec ${P}gw$g "$BIN" up --config "$DIR/gw$g.toml" >"$DIR/gw$g.log" 2>&1 &
+  done
+  for _ in $(seq 50); do ip netns exec ${P}hostA ping -c1 -W1 10.2.0.2 >/dev/null 2>&1 && break; done
+}
+
+: > "$OUT/results.jsonl"
+for w in 1 2; do
+  QUEUES=$w ./scripts/topology.sh up $P >/dev/null
+  # kernel forwarding baseline
+  for g in A B; do ip netns exec ${P}gw$g sysctl -qw net.ipv4.ip_forward=1; done
+  ip -n ${P}gwA route add 10.2.0.0/24 via 192.0.2.2
+  ip -n ${P}gwB route add 10.1.0.0/24 via 192.0.2.1
+  ip netns exec ${P}hostA ping -c2 -W1 10.2.0.2 >/dev/null
+  for size in 64 1420; do run_one kernel $w $size | tee -a "$OUT/results.jsonl"; done
+  ip -n ${P}gwA route del 10.2.0.0/24; ip -n ${P}gwB route del 10.1.0.0/24
+  for g in A B; do ip netns exec ${P}gw$g sysctl -qw net.ipv4.ip_forward=0; done
+  for mode in aes chacha; do
+    suite=aes-256-gcm; [ $mode = chacha ] && suite=chacha20-poly1305
+    start_gateways $suite
+    for size in 64 1420; do run_one $mode $w $size | tee -a "$OUT/results.jsonl"; done
+    pkill -TERM -f "pktcrypt up --config $DIR" || true; sleep 1.5
+  done
+  ./scripts/topology.sh down $P
+done
+python3 scripts/bench_datapath_report.py "$OUT/results.jsonl" BENCH_DATAPATH.md
