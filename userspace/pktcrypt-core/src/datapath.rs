@@ -13,11 +13,11 @@
 
 use crate::engine::{
     INIT_SLOT, OpenInfo, OpenOutcome, Packet, PeerId, SaRef, SealParams, Slot, SpiMap, State,
-    open_outcome, open_prepare, open_sequence, sa_runs, seal_finish, seal_prepare, seal_validate,
+    open_outcome, open_prepare, open_sequence, parse_esp, sa_runs, seal_finish, seal_prepare,
+    seal_validate,
 };
 use crate::keys::GenerationInfo;
 use crate::sa::{Keyed, SaShared};
-use crate::wire::esp::{EspHeader, MIN_ESP_LEN};
 use crate::{DropCounters, DropReason, SaCounters, SealError};
 use std::sync::Arc;
 
@@ -174,15 +174,7 @@ impl DataPlane {
     }
 
     fn prepare_open(&self, p: &mut Packet<'_>) -> Result<(), DropReason> {
-        let packet = p.buf.get(..p.len).ok_or(DropReason::Truncated)?;
-        if packet.len() > self.max_esp {
-            return Err(DropReason::Oversized);
-        }
-        let header = EspHeader::parse(packet)?;
-        if header.spi <= pktcrypt_common::MAX_RESERVED_SPI {
-            return Err(DropReason::ReservedSpi);
-        }
-        let ct_len = packet.len() - MIN_ESP_LEN + 2;
+        let (header, ct_len) = parse_esp(p, self.max_esp)?;
         let r = *self.spis.get(&header.spi).ok_or(DropReason::UnknownSpi)?;
         let rx = self.rx(r).ok_or(DropReason::UnknownSpi)?;
         p.sa = Some(r);
@@ -204,11 +196,7 @@ impl DataPlane {
         let mut counts = SaCounters::default();
         let outcome = match drop {
             Some(reason) => {
-                match reason {
-                    DropReason::AuthFailed => counts.auth_failures = 1,
-                    DropReason::Replay | DropReason::TooOld => counts.replays = 1,
-                    _ => {}
-                }
+                counts.count_drop(reason);
                 OpenOutcome::Drop(reason)
             }
             None if rx.shared.replay.update(p.seq).is_err() => {

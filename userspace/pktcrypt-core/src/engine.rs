@@ -1058,15 +1058,7 @@ impl Engine {
     }
 
     fn prepare_open(&mut self, p: &mut Packet<'_>) -> Result<(), DropReason> {
-        let packet = p.buf.get(..p.len).ok_or(DropReason::Truncated)?;
-        if packet.len() > self.config.max_esp_len {
-            return Err(DropReason::Oversized);
-        }
-        let header = EspHeader::parse(packet)?;
-        if header.spi <= pktcrypt_common::MAX_RESERVED_SPI {
-            return Err(DropReason::ReservedSpi);
-        }
-        let ct_len = packet.len() - MIN_ESP_LEN + 2;
+        let (header, ct_len) = parse_esp(p, self.config.max_esp_len)?;
         let r = *self.spis.get(&header.spi).ok_or(DropReason::UnknownSpi)?;
         let esn = self.config.esn;
         let window = self.config.replay_window;
@@ -1092,11 +1084,7 @@ impl Engine {
             (State::Pending, Some(r)) => r,
             (State::Opened(OpenOutcome::Drop(reason)), Some(r)) => {
                 if let Some(sa) = self.sa_mut(r) {
-                    match reason {
-                        DropReason::AuthFailed => sa.counters_mut().auth_failures += 1,
-                        DropReason::Replay | DropReason::TooOld => sa.counters_mut().replays += 1,
-                        _ => {}
-                    }
+                    sa.counters_mut().count_drop(reason);
                 }
                 return OpenOutcome::Drop(reason);
             }
@@ -1242,6 +1230,20 @@ pub(crate) fn seal_finish(packets: &mut [Packet<'_>]) -> crate::SaCounters {
         counts.bytes_sealed += p.len as u64;
     }
     counts
+}
+
+/// Open pass 1, before the SA lookup: the ESP header and the ciphertext length of a packet that
+/// is within size limits and not under a reserved SPI.
+pub(crate) fn parse_esp(p: &Packet<'_>, max_esp: usize) -> Result<(EspHeader, usize), DropReason> {
+    let packet = p.buf.get(..p.len).ok_or(DropReason::Truncated)?;
+    if packet.len() > max_esp {
+        return Err(DropReason::Oversized);
+    }
+    let header = EspHeader::parse(packet)?;
+    if header.spi <= pktcrypt_common::MAX_RESERVED_SPI {
+        return Err(DropReason::ReservedSpi);
+    }
+    Ok((header, packet.len() - MIN_ESP_LEN + 2))
 }
 
 /// The full sequence number of a received packet: from the IV for init keys (which restart at a

@@ -32,6 +32,15 @@ pub struct SaCounters {
 }
 
 impl SaCounters {
+    /// Counts a packet dropped under this SA where a counter exists for its reason.
+    pub(crate) fn count_drop(&mut self, reason: crate::DropReason) {
+        match reason {
+            crate::DropReason::AuthFailed => self.auth_failures += 1,
+            crate::DropReason::Replay | crate::DropReason::TooOld => self.replays += 1,
+            _ => {}
+        }
+    }
+
     fn add(&mut self, o: &SaCounters) {
         self.packets_sealed += o.packets_sealed;
         self.bytes_sealed += o.bytes_sealed;
