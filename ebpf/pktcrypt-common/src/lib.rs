@@ -34,7 +34,8 @@ pub enum XdpCounter {
     Passed = 1,
     /// Packets whose headers could not be parsed within bounds.
     Malformed = 2,
-    /// Packets that matched but found no AF_XDP socket on their queue.
+    /// Packets that matched but found no AF_XDP socket on their queue (ESP-in-UDP ones are
+    /// passed, protected-prefix ones dropped).
     NoSocket = 3,
 }
 

@@ -10,7 +10,12 @@
 //! (802.1Q / 802.1ad) are skipped and the packet is classified by what follows; steered VLAN
 //! packets keep their tags (the userspace side strips them). IPv6 extension headers are not walked:
 //! a UDP packet behind one is passed to the kernel. Per-CPU counters count steered, passed and
-//! malformed packets, and steering attempts that found no socket (those are passed).
+//! malformed packets, and steering attempts that found no socket on their queue.
+//!
+//! **Fail closed.** A packet to a protected prefix that finds no socket on its queue (the daemon
+//! is starting, or a queue has no worker) is *dropped*: plaintext meant for the tunnel never
+//! reaches the kernel's forwarding path. ESP-in-UDP without a socket is passed (it is ciphertext;
+//! the kernel treats it as it treats any UDP datagram).
 #![no_std]
 #![no_main]
 
@@ -77,7 +82,10 @@ fn config(index: u32) -> u32 {
 }
 
 enum Verdict {
-    Steer,
+    /// ESP-in-UDP to the configured port: passed to the kernel if no socket takes it.
+    SteerEsp,
+    /// Plaintext to a protected prefix: dropped if no socket takes it (fail closed).
+    SteerProtected,
     Pass,
     Malformed,
 }
@@ -125,13 +133,13 @@ fn classify(ctx: &XdpContext) -> Verdict {
                     return Verdict::Malformed;
                 };
                 if dport == port {
-                    return Verdict::Steer;
+                    return Verdict::SteerEsp;
                 }
             }
             if mode & config::MODE_STEER_PREFIXES != 0
                 && PREFIXES_V4.get(Key::new(32, dst)).is_some()
             {
-                return Verdict::Steer;
+                return Verdict::SteerProtected;
             }
             Verdict::Pass
         }
@@ -147,13 +155,13 @@ fn classify(ctx: &XdpContext) -> Verdict {
                     return Verdict::Malformed;
                 };
                 if dport == port {
-                    return Verdict::Steer;
+                    return Verdict::SteerEsp;
                 }
             }
             if mode & config::MODE_STEER_PREFIXES != 0
                 && PREFIXES_V6.get(Key::new(128, dst)).is_some()
             {
-                return Verdict::Steer;
+                return Verdict::SteerProtected;
             }
             Verdict::Pass
         }
@@ -164,28 +172,27 @@ fn classify(ctx: &XdpContext) -> Verdict {
 /// The program.
 #[xdp]
 pub fn pktcrypt_xdp(ctx: XdpContext) -> u32 {
-    match classify(&ctx) {
-        Verdict::Steer => {
-            let queue = ctx.rx_queue_index();
-            // With XDP_PASS in the flags, a queue without a socket passes the packet on.
-            match XSKS.redirect(queue, xdp_action::XDP_PASS as u64) {
-                Ok(action) => {
-                    count(XdpCounter::Steered);
-                    action
-                }
-                Err(_) => {
-                    count(XdpCounter::NoSocket);
-                    xdp_action::XDP_PASS
-                }
-            }
-        }
+    let fallback = match classify(&ctx) {
+        Verdict::SteerEsp => xdp_action::XDP_PASS,
+        Verdict::SteerProtected => xdp_action::XDP_DROP,
         Verdict::Pass => {
             count(XdpCounter::Passed);
-            xdp_action::XDP_PASS
+            return xdp_action::XDP_PASS;
         }
         Verdict::Malformed => {
             count(XdpCounter::Malformed);
-            xdp_action::XDP_PASS
+            return xdp_action::XDP_PASS;
+        }
+    };
+    // The low bits of the flags are the action when the queue has no socket.
+    match XSKS.redirect(ctx.rx_queue_index(), fallback as u64) {
+        Ok(action) => {
+            count(XdpCounter::Steered);
+            action
+        }
+        Err(_) => {
+            count(XdpCounter::NoSocket);
+            fallback
         }
     }
 }

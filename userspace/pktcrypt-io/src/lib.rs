@@ -39,7 +39,8 @@ pub struct XdpCounters {
     pub passed: u64,
     /// Headers could not be parsed within bounds (passed).
     pub malformed: u64,
-    /// Matched, but no socket on the receiving queue (passed).
+    /// Matched, but no socket on the receiving queue (ESP-in-UDP passed, protected-prefix
+    /// packets dropped: fail closed).
     pub no_socket: u64,
 }
 

@@ -41,6 +41,25 @@ impl Drop for Netns {
     }
 }
 
+/// Counts UDP datagrams to 10.201.0.2:4500 (esp), 10.201.0.2:5000 (other) and 10.201.7.5:5000
+/// (inner) for three seconds.
+const LISTENER: &str = r#"
+import json, select, socket, time
+socks = {}
+for name, addr in (("esp", ("10.201.0.2", 4500)), ("other", ("10.201.0.2", 5000)), ("inner", ("10.201.7.5", 5000))):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(addr)
+    socks[s] = name
+counts = {n: 0 for n in socks.values()}
+print("ready", flush=True)
+end = time.monotonic() + 3
+while (left := end - time.monotonic()) > 0:
+    for s in select.select(list(socks), [], [], left)[0]:
+        s.recv(2048)
+        counts[socks[s]] += 1
+print(json.dumps(counts), flush=True)
+"#;
+
 #[test]
 fn xdp_program_steers_on_a_real_veth_and_detaches_cleanly() {
     let Some(object) = std::env::var_os("PKTCRYPT_XDP_OBJECT") else {
@@ -97,6 +116,21 @@ fn xdp_program_steers_on_a_real_veth_and_detaches_cleanly() {
         "program attached"
     );
 
+    // Listeners behind the program: ESP-in-UDP without a socket is passed to the kernel, a
+    // protected-prefix packet without a socket is dropped (fail closed), other UDP is passed.
+    ip(&["-n", &b, "addr", "add", "10.201.7.5/32", "dev", "lo"]);
+    let mut listener = Command::new("ip")
+        .args(["netns", "exec", &b, "python3", "-c", LISTENER])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("listener");
+    let mut heard = BufReader::new(listener.stdout.take().expect("stdout")).lines();
+    assert_eq!(
+        heard.next().expect("ready").expect("read"),
+        "ready",
+        "listener bound"
+    );
+
     // Unrelated traffic is untouched: ARP and ICMP work through the program.
     assert!(
         in_ns(&a, "ping -c 3 -i 0.2 -W 1 10.201.0.2 >/dev/null"),
@@ -109,6 +143,16 @@ fn xdp_program_steers_on_a_real_veth_and_detaches_cleanly() {
         assert!(in_ns(&a, "printf inner > /dev/udp/10.201.7.5/5000"));
     }
     std::thread::sleep(Duration::from_millis(1200));
+    let received: Value =
+        serde_json::from_str(&heard.next().expect("counts").expect("read")).expect("json");
+    let _ = listener.wait();
+    eprintln!("received behind the program: {received}");
+    assert_eq!(received["esp"], 5, "ESP-in-UDP without a socket passed");
+    assert_eq!(received["other"], 5, "unrelated UDP passed");
+    assert_eq!(
+        received["inner"], 0,
+        "protected-prefix packets without a socket must be dropped, not passed"
+    );
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
