@@ -7,6 +7,10 @@
 //!   full even for 64-byte packets.
 //! - [`Backend::Ring`] (feature `ring`): `ring`'s assembly implementations.
 //!
+//! Feature `insecure-null-backend` adds `Backend::NullInsecure`, which does not encrypt: it exists
+//! only so the data-path benchmark can measure pktcrypt's forwarding cost without the cipher.
+//! It is never the default, never in [`Backend::all`], and not compiled into normal builds.
+//!
 //! The engine picks [`Backend::default()`]; `benches/` measures both side by side.
 
 mod chacha;
@@ -29,6 +33,11 @@ pub enum Backend {
     /// `ring` (BoringSSL-derived assembly).
     #[cfg(feature = "ring")]
     Ring,
+    /// **Insecure, benchmarks only** (feature `insecure-null-backend`): leaves the data as it is
+    /// and writes an all-zero tag; open accepts exactly that tag. Every other step of sealing
+    /// and opening (headers, padding, sequence numbers, replay window) is unchanged.
+    #[cfg(feature = "insecure-null-backend")]
+    NullInsecure,
 }
 
 impl Default for Backend {
@@ -68,7 +77,22 @@ impl Backend {
             Backend::RustCrypto => "rustcrypto",
             #[cfg(feature = "ring")]
             Backend::Ring => "ring",
+            #[cfg(feature = "insecure-null-backend")]
+            Backend::NullInsecure => "null-insecure",
         }
+    }
+
+    /// The backend called `name` ([`Backend::name`]) in this build, `"default"` for
+    /// [`Backend::default`].
+    pub fn from_name(name: &str) -> Option<Backend> {
+        if name == "default" {
+            return Some(Backend::default());
+        }
+        #[cfg(feature = "insecure-null-backend")]
+        if name == Backend::NullInsecure.name() {
+            return Some(Backend::NullInsecure);
+        }
+        Backend::all().iter().copied().find(|b| b.name() == name)
     }
 
     /// Builds a keyed AEAD for `suite` from raw key bytes.
@@ -87,6 +111,8 @@ impl Backend {
             }
             #[cfg(feature = "ring")]
             (Backend::Ring, _) => Inner::Ring(ring_backend::RingAead::new(suite, key)?),
+            #[cfg(feature = "insecure-null-backend")]
+            (Backend::NullInsecure, _) => Inner::Null,
         };
         Ok(AeadKey { suite, inner })
     }
@@ -128,6 +154,8 @@ enum Inner {
     ChaCha(chacha::ChaChaPoly),
     #[cfg(feature = "ring")]
     Ring(ring_backend::RingAead),
+    #[cfg(feature = "insecure-null-backend")]
+    Null,
 }
 
 impl core::fmt::Debug for AeadKey {
@@ -152,6 +180,11 @@ impl AeadKey {
             Inner::ChaCha(k) => k.seal(nonce, aad, data),
             #[cfg(feature = "ring")]
             Inner::Ring(k) => k.seal(nonce, aad, data),
+            #[cfg(feature = "insecure-null-backend")]
+            Inner::Null => {
+                let _ = (nonce, aad, data);
+                [0; TAG_LEN]
+            }
         }
     }
 
@@ -173,6 +206,15 @@ impl AeadKey {
             Inner::ChaCha(k) => k.open(nonce, aad, data, tag),
             #[cfg(feature = "ring")]
             Inner::Ring(k) => k.open(nonce, aad, data, tag),
+            #[cfg(feature = "insecure-null-backend")]
+            Inner::Null => {
+                let _ = (nonce, aad, data);
+                if *tag == [0; TAG_LEN] {
+                    Ok(())
+                } else {
+                    Err(AuthError)
+                }
+            }
         }
     }
 
@@ -206,5 +248,35 @@ impl AeadKey {
                 }
             }
         }
+    }
+}
+
+#[cfg(all(test, feature = "insecure-null-backend"))]
+mod null_tests {
+    use super::*;
+
+    #[test]
+    fn null_backend_only_by_name_and_never_default() {
+        assert_eq!(
+            Backend::from_name("null-insecure"),
+            Some(Backend::NullInsecure)
+        );
+        assert_ne!(Backend::default(), Backend::NullInsecure);
+        assert!(!Backend::all().contains(&Backend::NullInsecure));
+    }
+
+    #[test]
+    fn null_backend_passes_data_and_checks_the_zero_tag() {
+        let key = Backend::NullInsecure
+            .key(Suite::Aes256Gcm, &[7; 32])
+            .expect("key");
+        let mut data = *b"plain";
+        let tag = key.seal(&[0; NONCE_LEN], b"aad", &mut data);
+        assert_eq!((&data, tag), (b"plain", [0; TAG_LEN]));
+        assert!(key.open(&[0; NONCE_LEN], b"aad", &mut data, &tag).is_ok());
+        assert!(
+            key.open(&[0; NONCE_LEN], b"aad", &mut data, &[1; TAG_LEN])
+                .is_err()
+        );
     }
 }
