@@ -4,7 +4,10 @@
 #   hostA(10.1.0.2) ─ gwA ═╗                 ╔═ gwB ─ hostB(10.2.0.2)     (gwB: key server)
 #                          ╠══ wire (bridge) ╣
 #   hostC(10.3.0.2) ─ gwC ═╝  192.0.2.0/24   (gwA 192.0.2.1, gwB .2, gwC .3)
+#                             2001:db8::/64  (gwA 2001:db8::1, gwB ::2, gwC ::3)
 #
+# The wire namespace itself has 192.0.2.100 and 2001:db8::100 on its bridge (where a group
+# controller without a data path can run).
 # Each gateway has an inner veth (`in`, 10.X.0.1) and an outer veth (`out`); all veths have
 # $QUEUES queues (default 2) so that up to that many workers can run. Gateways do not forward
 # (ip_forward=0): only pktcrypt carries traffic between the sites.
@@ -29,6 +32,8 @@ for ns in "${NS[@]}"; do
 done
 ip -n "${P}wire" link add br0 type bridge
 ip -n "${P}wire" link set br0 up
+ip -n "${P}wire" addr add 192.0.2.100/24 dev br0
+ip -n "${P}wire" addr add 2001:db8::100/64 dev br0 nodad
 
 site() { # site LETTER NUMBER
   local h="${P}host$1" g="${P}gw$1" n=$2
@@ -46,6 +51,7 @@ site() { # site LETTER NUMBER
     peer "port$1" netns "${P}wire" numtxqueues "$QUEUES" numrxqueues "$QUEUES"
   ip -n "${P}wire" link set "port$1" master br0 up
   ip -n "$g" addr add "192.0.2.$3/24" dev out
+  ip -n "$g" addr add "2001:db8::$3/64" dev out nodad
   ip -n "$g" link set out up
   ip netns exec "$g" sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0
   # Native XDP on a veth needs GRO on the receiving side; offloads off keeps frames whole.

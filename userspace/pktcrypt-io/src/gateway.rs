@@ -51,8 +51,12 @@ pub struct Route {
     pub net: IpAddr,
     /// Prefix length.
     pub len: u8,
-    /// The peer behind it.
+    /// The SA peer packets to this prefix are sealed for: the peer behind it (pairwise), or
+    /// this member's own sender (group mode: one key for every destination).
     pub peer: PeerId,
+    /// Key into [`Paths::peers`]: where the sealed packet goes (the `PeerId.0` of the peer
+    /// behind the prefix; packets that arrived from it are never sent back to it).
+    pub path: u32,
 }
 
 impl Route {
@@ -106,9 +110,9 @@ pub struct Paths {
 }
 
 impl Paths {
-    /// The peer behind `dst`, longest prefix first.
-    pub fn lookup(&self, dst: IpAddr) -> Option<PeerId> {
-        self.routes.iter().find(|r| r.contains(dst)).map(|r| r.peer)
+    /// The route to `dst`, longest prefix first.
+    pub fn lookup(&self, dst: IpAddr) -> Option<&Route> {
+        self.routes.iter().find(|r| r.contains(dst))
     }
 
     /// Sorts the routes longest prefix first.
@@ -136,6 +140,14 @@ pub enum ToControl {
         info: OpenInfo,
         /// Outer source address.
         from: SocketAddr,
+    },
+    /// A datagram received by the daemon's own kernel UDP socket (group mode: the
+    /// controller ↔ member channel, which XDP does not steer). Workers never send this.
+    Datagram {
+        /// Source address.
+        from: SocketAddr,
+        /// The datagram.
+        bytes: Vec<u8>,
     },
 }
 
@@ -177,6 +189,9 @@ pub struct WorkerStats {
     pub tx_full: AtomicU64,
     /// Inner packets the engine refused to seal (e.g. sequence numbers exhausted).
     pub seal_failed: AtomicU64,
+    /// Nanoseconds spent in loop iterations that had packets to handle (receive, seal/open,
+    /// transmit, ring kicks): the worker's cost of the packets, without idle polling.
+    pub busy_ns: AtomicU64,
     /// Per [`DropReason`] (index in [`DropReason::ALL`]): ESP packets dropped while opening.
     pub drops: Vec<AtomicU64>,
 }
@@ -328,6 +343,7 @@ struct SealJob {
     esp_at: usize,
     len: usize,
     peer: PeerId,
+    path: u32,
 }
 
 /// Reuses a vector's allocation for packets of another lifetime (it is empty).
@@ -397,6 +413,7 @@ impl Worker {
         let mut packets: Vec<Packet<'static>> = Vec::with_capacity(BATCH);
         let mut last_publish = Instant::now();
         while !self.shared.stop.load(Ordering::Relaxed) {
+            let started = Instant::now();
             self.qp.inner.reap(&mut self.free);
             self.qp.outer.reap(&mut self.free);
             self.refill();
@@ -416,6 +433,9 @@ impl Worker {
             self.qp.outer.flush();
             if n_in == 0 && n_out == 0 {
                 self.idle();
+            } else {
+                let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                bump(&self.stats().busy_ns, busy);
             }
             if last_publish.elapsed() >= Duration::from_millis(100) {
                 last_publish = Instant::now();
@@ -482,16 +502,16 @@ impl Worker {
                 self.free.push(base);
                 continue;
             };
-            let Some(peer) = paths
+            let Some(route) = paths
                 .lookup(dst)
-                .filter(|p| keys.tx_generation(*p).is_some())
+                .filter(|r| keys.tx_generation(r.peer).is_some())
             else {
                 bump(&self.stats().no_route, 1);
                 self.free.push(base);
                 continue;
             };
             let ip_at = off + l3;
-            let Some(path) = paths.peers.get(&peer.0) else {
+            let Some(path) = paths.peers.get(&route.path) else {
                 bump(&self.stats().no_route, 1);
                 self.free.push(base);
                 continue;
@@ -505,7 +525,8 @@ impl Worker {
                 addr: d.addr,
                 esp_at: ip_at - ESP_HEADER_LEN,
                 len,
-                peer,
+                peer: route.peer,
+                path: route.path,
             });
         }
         self.seal_and_send(keys, paths, packets)
@@ -593,7 +614,7 @@ impl Worker {
         for (k, job) in self.jobs.iter().enumerate() {
             let (base, frame) = self.qp.frame_raw(job.addr);
             let n = results[k];
-            let path = paths.peers.get(&job.peer.0);
+            let path = paths.peers.get(&job.path);
             let (Some(path), true) = (path, n > 0) else {
                 bump(&stats.seal_failed, 1);
                 self.free.push(base);
@@ -699,13 +720,14 @@ impl Worker {
                         self.free.push(base);
                         continue;
                     };
-                    if let Some(peer) = paths.lookup(dst).filter(|p| *p != info.peer) {
+                    if let Some(route) = paths.lookup(dst).filter(|r| r.path != info.peer.0) {
                         bump(&self.stats().hairpinned, 1);
                         self.jobs.push(SealJob {
                             addr,
                             esp_at,
                             len,
-                            peer,
+                            peer: route.peer,
+                            path: route.path,
                         });
                         continue;
                     }

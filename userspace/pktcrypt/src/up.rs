@@ -7,11 +7,14 @@
 //! leave through a kernel UDP socket bound to the ESP port (XDP steers everything arriving on
 //! that port to the workers, so that socket never receives).
 
-use crate::config::{self, ClientFile, KeySource, PeerEntry, ServerFile};
+use crate::config::{self, ClientFile, GroupKeyTable, KeySource, PeerEntry, ServerFile};
 use crate::driver::{OsRandom, now};
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use pktcrypt_core::control::{Incoming, KeyClient, KeyServer, Transmit};
+use pktcrypt_core::aead::Backend;
+use pktcrypt_core::control::{
+    GroupController, GroupEvent, GroupMember, Incoming, KeyClient, KeyServer, Transmit,
+};
 use pktcrypt_core::wire::OuterHeader;
 use pktcrypt_core::wire::esp::NextHeader;
 use pktcrypt_core::{DropReason, Engine, Opened, PeerId, Slot, Time};
@@ -36,7 +39,8 @@ pub(crate) struct GatewayPeer {
     pub(crate) name: String,
     /// Its outer address.
     pub(crate) address: IpAddr,
-    /// Networks behind it (`ADDR/LEN`).
+    /// Networks behind it (`ADDR/LEN`; a group controller ignores them).
+    #[serde(default)]
     pub(crate) prefixes: Vec<String>,
     /// Its init key.
     #[serde(flatten)]
@@ -47,14 +51,14 @@ pub(crate) struct GatewayPeer {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct GatewayFile {
-    /// `server` or `client`.
+    /// `server`, `client`, `group-member` or `group-controller`.
     pub(crate) role: String,
     /// Name in status output.
     pub(crate) name: Option<String>,
-    /// Plaintext side.
-    pub(crate) inner: String,
-    /// ESP side.
-    pub(crate) outer: String,
+    /// Plaintext side (every role but `group-controller`).
+    pub(crate) inner: Option<String>,
+    /// ESP side (every role but `group-controller`).
+    pub(crate) outer: Option<String>,
     /// Our outer address (default: the outer interface's first address of the peers' family).
     pub(crate) local: Option<IpAddr>,
     /// ESP-in-UDP port (default 4500).
@@ -69,6 +73,9 @@ pub(crate) struct GatewayFile {
     pub(crate) metrics: Option<SocketAddr>,
     /// UMEM frames per worker (default 8192).
     pub(crate) frames: Option<u32>,
+    /// AEAD implementation: `default`, `ring`, `rustcrypto` (and `null-insecure` in builds with
+    /// the benchmark-only feature `insecure-null-backend`).
+    pub(crate) backend: Option<String>,
     // Key server settings (see `pktcrypt server`).
     /// Suite of new generations.
     pub(crate) suite: Option<String>,
@@ -106,6 +113,23 @@ pub(crate) struct GatewayFile {
     /// A server's clients.
     #[serde(default)]
     pub(crate) clients: Vec<GatewayPeer>,
+    // Group mode (see `pktcrypt group-controller` / `group-member`).
+    /// A member's index in `members`.
+    pub(crate) index: Option<u16>,
+    /// A member's controller (outer address; the port is `control_port`).
+    pub(crate) controller: Option<IpAddr>,
+    /// UDP port of the controller ↔ member channel (default: the ESP port + 1).
+    pub(crate) control_port: Option<u16>,
+    /// The group init key.
+    pub(crate) group: Option<GroupKeyTable>,
+    /// First retransmission of an unanswered group control message.
+    pub(crate) retry_ms: Option<u64>,
+    /// Controller: evict members that never answer (and rekey without them).
+    pub(crate) evict_unresponsive: Option<bool>,
+    /// Every member, in index order: name, outer address, prefixes, and the pairwise control
+    /// init key (the controller needs every member's; a member only its own).
+    #[serde(default)]
+    pub(crate) members: Vec<GatewayPeer>,
 }
 
 fn parse_prefix(field: &str, s: &str) -> Result<(IpAddr, u8), String> {
@@ -125,10 +149,13 @@ fn parse_prefix(field: &str, s: &str) -> Result<(IpAddr, u8), String> {
     Ok((addr, len))
 }
 
-/// The state machine of either role.
+/// The state machine of a data-path role.
 enum Machine {
     Server(Box<KeyServer>),
     Client(Box<KeyClient>),
+    /// A group member: data under the group keys, control with the controller over the
+    /// daemon's own UDP socket (`controller` is the controller's control address).
+    Member(Box<GroupMember>, SocketAddr),
 }
 
 impl Machine {
@@ -136,24 +163,52 @@ impl Machine {
         match self {
             Machine::Server(s) => s.engine(),
             Machine::Client(c) => c.engine(),
+            Machine::Member(m, _) => m.engine(),
         }
     }
     fn poll_timeout(&self) -> Option<Time> {
         match self {
             Machine::Server(s) => s.poll_timeout(),
             Machine::Client(c) => c.poll_timeout(),
+            Machine::Member(m, _) => m.poll_timeout(),
         }
     }
     fn handle_timeout(&mut self, t: Time) {
         match self {
             Machine::Server(s) => s.handle_timeout(t),
             Machine::Client(c) => c.handle_timeout(t),
+            Machine::Member(m, _) => m.handle_timeout(t),
         }
     }
-    fn poll_transmit(&mut self) -> Option<Transmit> {
+    /// The next control message and where it goes (`peers`: addresses of pairwise peers).
+    fn poll_transmit(
+        &mut self,
+        peers: &HashMap<PeerId, PeerInfo>,
+        port: u16,
+    ) -> Option<(Transmit, Option<SocketAddr>)> {
+        let pairwise = |tr: Transmit| {
+            let to = tr.destination.or_else(|| {
+                peers
+                    .get(&tr.peer)
+                    .map(|p| SocketAddr::new(p.address, port))
+            });
+            (tr, to)
+        };
         match self {
-            Machine::Server(s) => s.poll_transmit(),
-            Machine::Client(c) => c.poll_transmit(),
+            Machine::Server(s) => s.poll_transmit().map(pairwise),
+            Machine::Client(c) => c.poll_transmit().map(pairwise),
+            // The member's control peer is the controller, whatever its id.
+            Machine::Member(m, controller) => m.poll_transmit().map(|tr| (tr, Some(*controller))),
+        }
+    }
+    /// A datagram from the daemon's own control socket (group mode).
+    fn handle_datagram(&mut self, t: Time, bytes: &mut [u8]) -> Option<DropReason> {
+        match self {
+            Machine::Member(m, _) => match m.handle_datagram(t, bytes) {
+                Incoming::Dropped(r) => Some(r),
+                _ => None,
+            },
+            _ => Some(DropReason::ControlUnexpected),
         }
     }
     fn drain_events(&mut self) -> Vec<String> {
@@ -169,6 +224,11 @@ impl Machine {
                     out.push(format!("{e:?}"));
                 }
             }
+            Machine::Member(m, _) => {
+                while let Some(e) = m.poll_event() {
+                    out.push(format!("{e:?}"));
+                }
+            }
         }
         out
     }
@@ -181,6 +241,11 @@ impl Machine {
         let incoming = match self {
             Machine::Server(s) => s.handle_opened(t, Some(from), opened),
             Machine::Client(c) => c.handle_opened(t, opened),
+            // Group data needs no control reaction; group control never travels in group SAs.
+            Machine::Member(..) => match opened {
+                Opened::Control { .. } => Incoming::Dropped(DropReason::ControlUnexpected),
+                _ => return None,
+            },
         };
         match incoming {
             Incoming::Dropped(r) => Some(r),
@@ -196,12 +261,15 @@ impl Machine {
                 }
             }
             Machine::Client(c) => c.check_triggers(t),
+            // The controller rekeys the group.
+            Machine::Member(..) => {}
         }
     }
     fn data_plane(&mut self) -> Result<pktcrypt_core::DataPlane, String> {
         match self {
             Machine::Server(s) => s.data_plane(),
             Machine::Client(c) => c.data_plane(),
+            Machine::Member(m, _) => m.data_plane(),
         }
         .map_err(|e| e.to_string())
     }
@@ -242,17 +310,28 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     let base = path.parent().unwrap_or(Path::new("."));
     let name = file.name.clone().unwrap_or_else(|| "pktcrypt".into());
     let port = file.port.unwrap_or(pktcrypt_common::DEFAULT_ESP_UDP_PORT);
+    if file.role == "group-controller" {
+        return run_controller(&file, base, &name, port, term);
+    }
+    let inner = file
+        .inner
+        .clone()
+        .ok_or_else(|| format!("inner: role {:?} needs the inner interface", file.role))?;
+    let outer = file
+        .outer
+        .clone()
+        .ok_or_else(|| format!("outer: role {:?} needs the outer interface", file.role))?;
     // One worker per RX queue: a queue without an AF_XDP socket would pass its packets to the
     // kernel instead of the tunnel.
-    let inner_queues = net::rx_queues(&file.inner).map_err(|e| format!("inner: {e}"))?;
-    let outer_queues = net::rx_queues(&file.outer).map_err(|e| format!("outer: {e}"))?;
+    let inner_queues = net::rx_queues(&inner).map_err(|e| format!("inner: {e}"))?;
+    let outer_queues = net::rx_queues(&outer).map_err(|e| format!("outer: {e}"))?;
     let workers = file.workers.unwrap_or(inner_queues.max(outer_queues));
     if workers == 0 {
         return Err("workers: must be at least 1".into());
     }
     for (field, iface, queues) in [
-        ("inner", &file.inner, inner_queues),
-        ("outer", &file.outer, outer_queues),
+        ("inner", &inner, inner_queues),
+        ("outer", &outer, outer_queues),
     ] {
         if queues != workers {
             return Err(format!(
@@ -276,95 +355,100 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     let object = std::fs::read(&object_path)
         .map_err(|e| format!("xdp_object: {}: {e}", object_path.display()))?;
 
+    let backend = backend(file.backend.as_deref())?;
+
     // The state machine and its peers.
     let t0 = now();
     let mut peers: HashMap<PeerId, PeerInfo> = HashMap::new();
-    let entries: Vec<(String, GatewayPeer)> = match file.role.as_str() {
+    let role = file.role.as_str();
+    if role != "client" && file.server.is_some() {
+        return Err("server: only a client has a [server] table".into());
+    }
+    if role != "server" && !file.clients.is_empty() {
+        return Err("clients: only a server has [[clients]]".into());
+    }
+    if !role.starts_with("group") && (!file.members.is_empty() || file.group.is_some()) {
+        return Err("members: [[members]] and [group] belong to the group roles".into());
+    }
+    let mut machine = match role {
         "server" => {
             if file.clients.is_empty() {
                 return Err("clients: a server needs at least one [[clients]] entry".into());
             }
-            if file.server.is_some() {
-                return Err("server: only a client has a [server] table".into());
+            let sf = ServerFile {
+                listen: SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port),
+                suite: file.suite.clone(),
+                derived: file.derived,
+                rekey_interval_ms: file.rekey_interval_ms,
+                rekey_jitter_permille: file.rekey_jitter_permille,
+                max_rekeys_per_second: file.max_rekeys_per_second,
+                distribution_retry_ms: file.distribution_retry_ms,
+                implicit_resend_ms: file.implicit_resend_ms,
+                reorder_grace_ms: file.reorder_grace_ms,
+                replay_window: file.replay_window,
+                traffic_pps: None,
+                status_interval_ms: None,
+                clients: file
+                    .clients
+                    .iter()
+                    .map(|c| PeerEntry {
+                        name: c.name.clone(),
+                        address: Some(SocketAddr::new(c.address, port)),
+                        key: c.key.clone(),
+                    })
+                    .collect(),
+            };
+            let mut sc = sf.server_config()?;
+            sc.engine.backend = backend;
+            let mut server = KeyServer::new(sc, Box::new(OsRandom)).map_err(|e| e.to_string())?;
+            for (i, c) in file.clients.iter().enumerate() {
+                let field = format!("clients[{i}] ({})", c.name);
+                let key = c.key.load(&field, 0, base)?;
+                let id = server
+                    .add_client(&key, Some(SocketAddr::new(c.address, port)), t0)
+                    .map_err(|e| format!("{field}: {e}"))?;
+                peers.insert(id, peer_info(&field, c)?);
             }
-            file.clients
-                .iter()
-                .enumerate()
-                .map(|(i, c)| (format!("clients[{i}] ({})", c.name), c.clone()))
-                .collect()
+            Machine::Server(Box::new(server))
         }
         "client" => {
             let s = file
                 .server
                 .clone()
                 .ok_or("server: a client needs a [server] table")?;
-            if !file.clients.is_empty() {
-                return Err("clients: only a server has [[clients]]".into());
-            }
-            vec![("server".to_string(), s)]
+            let cf = ClientFile {
+                server: SocketAddr::new(s.address, port),
+                bind: None,
+                count: None,
+                name: None,
+                key: s.key.clone(),
+                update_interval_ms: file.update_interval_ms,
+                hello_interval_ms: file.hello_interval_ms,
+                request_timeout_ms: file.request_timeout_ms,
+                max_backoff_ms: file.max_backoff_ms,
+                max_retries: file.max_retries,
+                replay_window: file.replay_window,
+                traffic_pps: None,
+                status_interval_ms: None,
+            };
+            let key = s.key.load("server", 0, base)?;
+            let mut cc = cf.client_config()?;
+            cc.engine.backend = backend;
+            let client = KeyClient::new(cc, &key, Box::new(OsRandom), t0)
+                .map_err(|e| format!("server: {e}"))?;
+            peers.insert(client.server(), peer_info("server", &s)?);
+            Machine::Client(Box::new(client))
+        }
+        "group-member" => {
+            let (member, controller, member_peers) = group_member(&file, base, port, backend, t0)?;
+            peers = member_peers;
+            Machine::Member(Box::new(member), controller)
         }
         other => {
             return Err(format!(
-                "role: {other:?} is neither \"server\" nor \"client\""
+                "role: {other:?} is none of \"server\", \"client\", \"group-controller\", \"group-member\""
             ));
         }
-    };
-    let mut machine = if file.role == "server" {
-        let sf = ServerFile {
-            listen: SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port),
-            suite: file.suite.clone(),
-            derived: file.derived,
-            rekey_interval_ms: file.rekey_interval_ms,
-            rekey_jitter_permille: file.rekey_jitter_permille,
-            max_rekeys_per_second: file.max_rekeys_per_second,
-            distribution_retry_ms: file.distribution_retry_ms,
-            implicit_resend_ms: file.implicit_resend_ms,
-            reorder_grace_ms: file.reorder_grace_ms,
-            replay_window: file.replay_window,
-            traffic_pps: None,
-            status_interval_ms: None,
-            clients: file
-                .clients
-                .iter()
-                .map(|c| PeerEntry {
-                    name: c.name.clone(),
-                    address: Some(SocketAddr::new(c.address, port)),
-                    key: c.key.clone(),
-                })
-                .collect(),
-        };
-        let mut server =
-            KeyServer::new(sf.server_config()?, Box::new(OsRandom)).map_err(|e| e.to_string())?;
-        for (field, c) in &entries {
-            let key = c.key.load(field, 0, base)?;
-            let id = server
-                .add_client(&key, Some(SocketAddr::new(c.address, port)), t0)
-                .map_err(|e| format!("{field}: {e}"))?;
-            peers.insert(id, peer_info(field, c)?);
-        }
-        Machine::Server(Box::new(server))
-    } else {
-        let (field, s) = &entries[0];
-        let cf = ClientFile {
-            server: SocketAddr::new(s.address, port),
-            bind: None,
-            count: None,
-            name: None,
-            key: s.key.clone(),
-            update_interval_ms: file.update_interval_ms,
-            hello_interval_ms: file.hello_interval_ms,
-            request_timeout_ms: file.request_timeout_ms,
-            max_backoff_ms: file.max_backoff_ms,
-            max_retries: file.max_retries,
-            replay_window: file.replay_window,
-            traffic_pps: None,
-            status_interval_ms: None,
-        };
-        let key = s.key.load(field, 0, base)?;
-        let client = KeyClient::new(cf.client_config()?, &key, Box::new(OsRandom), t0)
-            .map_err(|e| format!("{field}: {e}"))?;
-        peers.insert(client.server(), peer_info(field, s)?);
-        Machine::Client(Box::new(client))
     };
 
     // Paths.
@@ -372,23 +456,23 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     let local = match file.local {
         Some(a) => a,
         None => {
-            let (v4, v6) = net::addresses(&file.outer).map_err(|e| format!("outer: {e}"))?;
+            let (v4, v6) = net::addresses(&outer).map_err(|e| format!("outer: {e}"))?;
             if family_v4 { v4 } else { v6 }.ok_or_else(|| {
                 format!(
                     "local: interface {} has no address of the peers' family",
-                    file.outer
+                    outer
                 )
             })?
         }
     };
     let mut paths = Paths {
-        inner_mac: net::mac(&file.inner).map_err(|e| format!("inner: {e}"))?,
-        outer_mac: net::mac(&file.outer).map_err(|e| format!("outer: {e}"))?,
-        outer_mtu: net::mtu(&file.outer).map_err(|e| format!("outer: {e}"))?,
+        inner_mac: net::mac(&inner).map_err(|e| format!("inner: {e}"))?,
+        outer_mac: net::mac(&outer).map_err(|e| format!("outer: {e}"))?,
+        outer_mtu: net::mtu(&outer).map_err(|e| format!("outer: {e}"))?,
         esp_port: port,
         ..Paths::default()
     };
-    let (in4, in6) = net::addresses(&file.inner).map_err(|e| format!("inner: {e}"))?;
+    let (in4, in6) = net::addresses(&inner).map_err(|e| format!("inner: {e}"))?;
     paths.inner_v4 = in4.and_then(|a| match a {
         IpAddr::V4(a) => Some(a),
         IpAddr::V6(_) => None,
@@ -398,12 +482,18 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         IpAddr::V4(_) => None,
     });
     let mut prefixes = Vec::new();
+    // Pairwise: seal for the peer behind the prefix. Group: always under our own sender keys.
+    let seal_as = match &machine {
+        Machine::Member(m, _) => m.sender(m.index()),
+        _ => None,
+    };
     for (id, p) in &peers {
         for &(net, len) in &p.prefixes {
             paths.routes.push(Route {
                 net,
                 len,
-                peer: *id,
+                peer: seal_as.unwrap_or(*id),
+                path: id.0,
             });
             prefixes.push((net, len));
         }
@@ -429,6 +519,19 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     // Workers and XDP.
     let (to_control, from_workers): (Sender<ToControl>, Receiver<ToControl>) =
         crossbeam_channel::bounded(4096);
+    // Group mode: the controller channel is a kernel UDP socket on the control port (XDP does
+    // not steer it); a reader thread feeds its datagrams into the control loop.
+    let reader_stop = Arc::new(AtomicBool::new(false));
+    let control_socket = match &machine {
+        Machine::Member(..) => {
+            let cport = control_port(&file, port)?;
+            let s = UdpSocket::bind(SocketAddr::new(local, cport))
+                .map_err(|e| format!("control_port: binding UDP {local}:{cport}: {e}"))?;
+            spawn_reader(&s, to_control.clone(), Arc::clone(&reader_stop))?;
+            Some(s)
+        }
+        _ => None,
+    };
     let keys = machine.data_plane()?;
     let shared = Arc::new(Shared {
         keys: ArcSwap::from_pointee(keys),
@@ -438,7 +541,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     });
     let mut inner_xdp = XdpSteering::attach(
         &object,
-        &file.inner,
+        &inner,
         &SteeringConfig {
             esp_port: None,
             prefixes,
@@ -447,7 +550,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     .map_err(|e| format!("inner: {e}"))?;
     let mut outer_xdp = XdpSteering::attach(
         &object,
-        &file.outer,
+        &outer,
         &SteeringConfig {
             esp_port: Some(port),
             prefixes: Vec::new(),
@@ -467,7 +570,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         // The UMEM is not Send: each worker creates its queue pair on its own thread and
         // reports the socket descriptors back for the XSKMAPs.
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (inner_if, outer_if) = (file.inner.clone(), file.outer.clone());
+        let (inner_if, outer_if) = (inner.clone(), outer.clone());
         let (sh, tc) = (Arc::clone(&shared), to_control.clone());
         handles.push(
             std::thread::Builder::new()
@@ -494,8 +597,8 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     eprintln!(
         "pktcrypt up: {name} ({}) inner {} outer {} ({local}:{port}), {workers} worker(s), XDP {:?}/{:?}",
         file.role,
-        file.inner,
-        file.outer,
+        inner,
+        outer,
         inner_xdp.mode(),
         outer_xdp.mode()
     );
@@ -552,6 +655,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
                         info,
                     },
                 ),
+                ToControl::Datagram { mut bytes, .. } => machine.handle_datagram(t, &mut bytes),
             };
             if let Some(r) = dropped {
                 control_drops.add(r);
@@ -568,14 +672,12 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
             rekeys += 1;
             shared.keys.store(Arc::new(machine.data_plane()?));
         }
-        while let Some(tr) = machine.poll_transmit() {
-            let dest = tr.destination.or_else(|| {
-                peers
-                    .get(&tr.peer)
-                    .map(|p| SocketAddr::new(p.address, port))
-            });
+        while let Some((tr, dest)) = machine.poll_transmit(&peers, port) {
             if let Some(d) = dest {
-                let _ = socket.send_to(&tr.contents, d);
+                let _ = control_socket
+                    .as_ref()
+                    .unwrap_or(&socket)
+                    .send_to(&tr.contents, d);
             }
         }
         for e in machine.drain_events() {
@@ -585,7 +687,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         if next_paths <= t {
             next_paths = t + Duration::from_millis(250);
             machine.check_triggers(t);
-            refresh_paths(&mut paths, &peers, &file.inner);
+            refresh_paths(&mut paths, &peers, &inner, &socket, port);
             shared.paths.store(Arc::new(paths.clone()));
         }
         if next_status <= t {
@@ -611,6 +713,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         }
     }
     shared.stop.store(true, Ordering::Relaxed);
+    reader_stop.store(true, Ordering::Relaxed);
     for h in handles {
         let _ = h.join();
     }
@@ -619,6 +722,309 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     let _ = std::fs::remove_file(&socket_path);
     eprintln!("pktcrypt up: {name}: stopped, XDP detached");
     Ok(())
+}
+
+/// `role = "group-controller"`: the group's key controller. It has no data path (no
+/// interfaces, no XDP): it talks to the members over a kernel UDP socket on the control port,
+/// and serves `pktcrypt status` and Prometheus like the gateways.
+fn run_controller(
+    file: &GatewayFile,
+    base: &Path,
+    name: &str,
+    port: u16,
+    term: &AtomicBool,
+) -> Result<(), String> {
+    for (field, set) in [
+        ("inner", file.inner.is_some()),
+        ("outer", file.outer.is_some()),
+        ("index", file.index.is_some()),
+        ("controller", file.controller.is_some()),
+        ("server", file.server.is_some()),
+        ("clients", !file.clients.is_empty()),
+    ] {
+        if set {
+            return Err(format!("{field}: not used by a group controller"));
+        }
+    }
+    if file.members.is_empty() {
+        return Err("members: a group controller needs at least one [[members]] entry".into());
+    }
+    let mut config = config::group_config(
+        &file.suite,
+        file.rekey_interval_ms,
+        file.retry_ms,
+        file.max_retries,
+        file.evict_unresponsive,
+        pktcrypt_core::Role::KeyServer,
+    )?;
+    config.engine.backend = backend(file.backend.as_deref())?;
+    let group = file
+        .group
+        .as_ref()
+        .ok_or("group: a group controller needs a [group] table with the group init key")?;
+    let group_init = group.key.load("group", 0, base)?;
+    let cport = control_port(file, port)?;
+    let mut controller =
+        GroupController::new(config, group_init.info.spi.get(), Box::new(OsRandom))
+            .map_err(|e| e.to_string())?;
+    let t0 = now();
+    for (i, m) in file.members.iter().enumerate() {
+        let field = format!("members[{i}] ({})", m.name);
+        let key = m.key.load(&field, 0, base)?;
+        controller
+            .add_member(&key, Some(SocketAddr::new(m.address, cport)), false, t0)
+            .map_err(|e| format!("{field}: {e}"))?;
+    }
+    let local = file.local.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let socket = UdpSocket::bind(SocketAddr::new(local, cport))
+        .map_err(|e| format!("control_port: binding UDP {local}:{cport}: {e}"))?;
+    let published = Arc::new(Mutex::new(Published::default()));
+    let socket_path = file
+        .status_socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("/run/pktcrypt/{name}.sock")));
+    serve_status(&socket_path, file.metrics, Arc::clone(&published))?;
+    eprintln!(
+        "pktcrypt up: {name} (group-controller) on {local}:{cport}, {} members",
+        file.members.len()
+    );
+    let status_every = Duration::from_millis(file.status_interval_ms.unwrap_or(1000));
+    let mut next_status = now();
+    let mut drops = pktcrypt_core::DropCounters::default();
+    let (mut rollouts, mut events) = (0u64, 0u64);
+    let mut buf = vec![0u8; 65536];
+    while !term.load(Ordering::Relaxed) {
+        let t = now();
+        let mut wake = next_status;
+        if let Some(p) = controller.poll_timeout() {
+            wake = wake.min(p);
+        }
+        let wait = wake
+            .saturating_sub(t)
+            .clamp(Duration::from_millis(1), Duration::from_millis(200));
+        let _ = socket.set_read_timeout(Some(wait));
+        if let Ok((n, from)) = socket.recv_from(&mut buf)
+            && let Incoming::Dropped(r) =
+                controller.handle_datagram(now(), Some(from), &mut buf[..n])
+        {
+            drops.add(r);
+        }
+        let t = now();
+        if controller.poll_timeout().is_some_and(|p| p <= t) {
+            controller.handle_timeout(t);
+        }
+        while let Some(tr) = controller.poll_transmit() {
+            if let Some(d) = tr.destination {
+                let _ = socket.send_to(&tr.contents, d);
+            }
+        }
+        while let Some(e) = controller.poll_event() {
+            events += 1;
+            if matches!(e, GroupEvent::RolloutStarted { .. }) {
+                rollouts += 1;
+            }
+            eprintln!("pktcrypt up: {name}: {e:?}");
+        }
+        if next_status <= t {
+            next_status = t + status_every;
+            let (status, metrics) =
+                render_controller(name, file, &controller, &drops, rollouts, events);
+            if file.status_interval_ms != Some(0) {
+                println!("{status}");
+            }
+            let mut p = published.lock().map_err(|_| "status lock poisoned")?;
+            p.status = status;
+            p.metrics = metrics;
+        }
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    eprintln!("pktcrypt up: {name}: stopped");
+    Ok(())
+}
+
+/// (JSON status, Prometheus text) of a group controller: per member, whether it is active and
+/// the newest generation sent to it with the highest phase it acknowledged.
+fn render_controller(
+    name: &str,
+    file: &GatewayFile,
+    controller: &GroupController,
+    drops: &pktcrypt_core::DropCounters,
+    rollouts: u64,
+    events: u64,
+) -> (String, String) {
+    let generation = controller.generation();
+    let active = controller.active_members();
+    let mut json = format!(
+        "{{\"name\":\"{name}\",\"role\":\"group-controller\",\"generation\":{generation},\"idle\":{},\"rollouts\":{rollouts},\"events\":{events},\"members\":[",
+        controller.idle()
+    );
+    let mut prom = format!(
+        "pktcrypt_group_generation {generation}\npktcrypt_group_rollouts_total {rollouts}\npktcrypt_group_active_members {}\n",
+        active.len()
+    );
+    for (i, m) in file.members.iter().enumerate() {
+        let index = u16::try_from(i).unwrap_or(u16::MAX);
+        let newest = controller.table().iter().rev().find(|e| e.member == index);
+        if i > 0 {
+            json.push(',');
+        }
+        let _ = write!(
+            json,
+            "{{\"index\":{i},\"name\":\"{}\",\"address\":\"{}\",\"active\":{},\"generation\":{},\"acked\":\"{}\"}}",
+            m.name,
+            m.address,
+            active.contains(&index),
+            newest.map_or(0, |e| e.generation),
+            newest
+                .and_then(|e| e.acked)
+                .map_or("none".to_string(), |p| format!("{p:?}")),
+        );
+    }
+    json.push_str("],\"drops\":{");
+    let mut first = true;
+    for (reason, n) in drops.iter() {
+        if n == 0 {
+            continue;
+        }
+        if !first {
+            json.push(',');
+        }
+        first = false;
+        let _ = write!(json, "\"{}\":{n}", reason.label());
+        let _ = writeln!(
+            prom,
+            "pktcrypt_drops_total{{reason=\"{}\"}} {n}",
+            reason.label()
+        );
+    }
+    json.push_str("}}");
+    (json, prom)
+}
+
+/// The UDP port of the group controller ↔ member channel.
+fn control_port(file: &GatewayFile, port: u16) -> Result<u16, String> {
+    let cport = file.control_port.unwrap_or(port.wrapping_add(1));
+    if cport == port || cport == 0 {
+        return Err(format!(
+            "control_port: {cport} must be non-zero and differ from the ESP port {port}"
+        ));
+    }
+    Ok(cport)
+}
+
+/// Reads `socket` until `stop`, passing each datagram to the control loop.
+fn spawn_reader(
+    socket: &UdpSocket,
+    to_control: Sender<ToControl>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let socket = socket
+        .try_clone()
+        .map_err(|e| format!("control socket: {e}"))?;
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .map_err(|e| format!("control socket: {e}"))?;
+    std::thread::Builder::new()
+        .name("pktcrypt-control-rx".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    let bytes = buf[..n].to_vec();
+                    if to_control
+                        .send(ToControl::Datagram { from, bytes })
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        })
+        .map_err(|e| format!("starting the control reader: {e}"))?;
+    Ok(())
+}
+
+/// A group member from the configuration: the member, the controller's control address and
+/// the other members (keyed by their sender peers in the group engine).
+fn group_member(
+    file: &GatewayFile,
+    base: &Path,
+    port: u16,
+    backend: Backend,
+    t0: Time,
+) -> Result<(GroupMember, SocketAddr, HashMap<PeerId, PeerInfo>), String> {
+    let index = file
+        .index
+        .ok_or("index: a group member needs its index in [[members]]")?;
+    let count = u16::try_from(file.members.len()).map_err(|_| "members: too many".to_string())?;
+    if index >= count {
+        return Err(format!(
+            "index: {index} is not below the number of [[members]] ({count})"
+        ));
+    }
+    let controller = file
+        .controller
+        .ok_or("controller: a group member needs the controller's address")?;
+    let group = file
+        .group
+        .as_ref()
+        .ok_or("group: a group member needs a [group] table with the group init key")?;
+    let group_init = group.key.load("group", 0, base)?;
+    let me = &file.members[usize::from(index)];
+    let field = format!("members[{index}] ({})", me.name);
+    let control = me.key.load(&field, 0, base)?;
+    let mut config = config::group_config(
+        &file.suite,
+        None,
+        file.retry_ms,
+        file.max_retries,
+        None,
+        pktcrypt_core::Role::Client,
+    )?;
+    config.engine.backend = backend;
+    let member = GroupMember::new(
+        config,
+        index,
+        &control,
+        &group_init,
+        count,
+        Box::new(OsRandom),
+        t0,
+    )
+    .map_err(|e| format!("{field}: {e}"))?;
+    let mut peers = HashMap::new();
+    for (j, m) in file.members.iter().enumerate() {
+        if j == usize::from(index) {
+            continue;
+        }
+        let sender = u16::try_from(j)
+            .ok()
+            .and_then(|j| member.sender(j))
+            .ok_or_else(|| format!("members[{j}]: no sender slot"))?;
+        peers.insert(sender, peer_info(&format!("members[{j}] ({})", m.name), m)?);
+    }
+    let controller = SocketAddr::new(controller, control_port(file, port)?);
+    Ok((member, controller, peers))
+}
+
+/// The AEAD backend named in the configuration.
+fn backend(name: Option<&str>) -> Result<Backend, String> {
+    let Some(name) = name else {
+        return Ok(Backend::default());
+    };
+    let backend = Backend::from_name(name).ok_or_else(|| {
+        let known: Vec<&str> = Backend::all().iter().map(|b| b.name()).collect();
+        format!(
+            "backend: {name:?} is not a backend of this build (default, {})",
+            known.join(", ")
+        )
+    })?;
+    if backend.name().starts_with("null") {
+        eprintln!(
+            "pktcrypt up: WARNING: backend {name:?} DOES NOT ENCRYPT; it exists for benchmarks only"
+        );
+    }
+    Ok(backend)
 }
 
 fn peer_info(field: &str, p: &GatewayPeer) -> Result<PeerInfo, String> {
@@ -636,7 +1042,16 @@ fn peer_info(field: &str, p: &GatewayPeer) -> Result<PeerInfo, String> {
     })
 }
 
-fn refresh_paths(paths: &mut Paths, peers: &HashMap<PeerId, PeerInfo>, inner: &str) {
+/// Re-reads the inner neighbours and each peer's next-hop MAC. A peer whose next hop is not
+/// resolved gets a NAT-keepalive (RFC 3948: one byte 0xFF to its ESP port, which receivers
+/// discard) through the kernel, so the kernel resolves it (ARP / ND) for the workers.
+fn refresh_paths(
+    paths: &mut Paths,
+    peers: &HashMap<PeerId, PeerInfo>,
+    inner: &str,
+    socket: &UdpSocket,
+    port: u16,
+) {
     if let Ok(n) = net::neighbours(inner) {
         paths.inner_neighbours = n;
     }
@@ -644,6 +1059,9 @@ fn refresh_paths(paths: &mut Paths, peers: &HashMap<PeerId, PeerInfo>, inner: &s
         let mac = net::route_to(p.address)
             .ok()
             .and_then(|(hop, dev, _)| net::neighbours(&dev).ok()?.get(&hop).copied());
+        if mac.is_none() {
+            let _ = socket.send_to(&[0xff], SocketAddr::new(p.address, port));
+        }
         if let Some(path) = paths.peers.get_mut(&id.0) {
             path.mac = mac;
         }
@@ -668,8 +1086,10 @@ fn render(
     outer: &XdpSteering,
 ) -> (String, String) {
     let engine = machine.engine();
-    let mut json =
-        format!("{{\"name\":\"{name}\",\"key_changes\":{rekeys},\"events\":{events},\"peers\":[");
+    let mut json = format!(
+        "{{\"name\":\"{name}\",\"backend\":\"{}\",\"key_changes\":{rekeys},\"events\":{events},\"peers\":[",
+        engine.config().backend.name()
+    );
     let mut prom = String::new();
     let mut ids: Vec<&PeerId> = peers.keys().collect();
     ids.sort_by_key(|p| p.0);
@@ -724,9 +1144,27 @@ fn render(
         }
         json.push_str("]}");
     }
-    json.push_str("],\"workers\":{");
+    json.push(']');
+    if let Machine::Member(m, controller) = machine {
+        let _ = write!(
+            json,
+            ",\"group\":{{\"index\":{},\"controller\":\"{controller}\",\"state\":\"{:?}\",\"generation\":{},\"tx_generation\":{},\"held\":{:?}}}",
+            m.index(),
+            m.state(),
+            m.generation(),
+            m.tx_generation(),
+            m.held()
+        );
+        let _ = writeln!(
+            prom,
+            "pktcrypt_group_generation {}\npktcrypt_group_tx_generation {}",
+            m.generation(),
+            m.tx_generation()
+        );
+    }
+    json.push_str(",\"workers\":{");
     let s = &shared.stats;
-    let fields: [(&str, u64); 16] = [
+    let fields: [(&str, u64); 17] = [
         ("rx_inner", sum(s, |w| &w.rx_inner)),
         ("rx_outer", sum(s, |w| &w.rx_outer)),
         ("tx_outer", sum(s, |w| &w.tx_outer)),
@@ -743,6 +1181,7 @@ fn render(
         ("malformed", sum(s, |w| &w.malformed)),
         ("tx_full", sum(s, |w| &w.tx_full)),
         ("seal_failed", sum(s, |w| &w.seal_failed)),
+        ("busy_ns", sum(s, |w| &w.busy_ns)),
     ];
     for (i, (k, v)) in fields.iter().enumerate() {
         if i > 0 {
@@ -807,24 +1246,47 @@ fn render(
 fn export(machine: &Machine, peers: &HashMap<PeerId, PeerInfo>, local: IpAddr) -> String {
     let engine = machine.engine();
     let mut out = String::new();
+    let mut line = |sa: &pktcrypt_core::SaExport, src: IpAddr, dst: IpAddr| {
+        let proto = if local.is_ipv4() { "IPv4" } else { "IPv6" };
+        let key: String = sa.keymat.iter().map(|b| format!("{b:02x}")).collect();
+        let _ = writeln!(
+            out,
+            "\"{proto}\",\"{src}\",\"{dst}\",\"{:#010x}\",\"{}\",\"0x{key}\",\"NULL\",\"\"",
+            sa.spi.get(),
+            sa.suite.wireshark_name()
+        );
+    };
+    // Group mode: our own sender SAs (one key for every destination member).
+    let me = match machine {
+        Machine::Member(m, _) => m.sender(m.index()),
+        _ => None,
+    };
     for (id, info) in peers {
+        if let Some(me) = me {
+            // A group sender's key serves both directions in the engine: another member's
+            // SAs are only ever inbound, ours only outbound (to every member).
+            let mut seen = Vec::new();
+            for sa in engine.export_sas(*id) {
+                if !seen.contains(&sa.spi) {
+                    seen.push(sa.spi);
+                    line(&sa, info.address, local);
+                }
+            }
+            seen.clear();
+            for sa in engine.export_sas(me) {
+                if !seen.contains(&sa.spi) {
+                    seen.push(sa.spi);
+                    line(&sa, local, info.address);
+                }
+            }
+            continue;
+        }
         for sa in engine.export_sas(*id) {
-            let (src, dst) = if sa.outbound {
-                (local, info.address)
+            if sa.outbound {
+                line(&sa, local, info.address);
             } else {
-                (info.address, local)
-            };
-            let proto = if local.is_ipv4() { "IPv4" } else { "IPv6" };
-            let alg = match sa.suite {
-                pktcrypt_core::Suite::ChaCha20Poly1305 => "ChaCha20 with Poly1305 [RFC7634]",
-                _ => "AES-GCM with 16 octet ICV [RFC4106]",
-            };
-            let key: String = sa.keymat.iter().map(|b| format!("{b:02x}")).collect();
-            let _ = writeln!(
-                out,
-                "\"{proto}\",\"{src}\",\"{dst}\",\"{:#010x}\",\"{alg}\",\"0x{key}\",\"NULL\",\"\"",
-                sa.spi.get()
-            );
+                line(&sa, info.address, local);
+            }
         }
     }
     out

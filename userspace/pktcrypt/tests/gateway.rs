@@ -10,153 +10,26 @@
 //! after the key server and a client gateway are killed and restarted, and a clean detach.
 //! `PKTCRYPT_E2E_SECONDS` sets the length of the rekey run (default 60).
 
+mod common;
+
+use common::{BIN, Gateway, Topology, sh};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pktcrypt");
 const P: &str = "pt-";
 
-fn sh(cmd: &str) -> (bool, String) {
-    let out = Command::new("bash")
-        .args(["-c", cmd])
-        .output()
-        .expect("bash");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 fn ns(name: &str, cmd: &str) -> (bool, String) {
-    sh(&format!("ip netns exec {P}{name} {cmd}"))
+    common::ns(P, name, cmd)
 }
 
-fn topology() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/topology.sh")
-}
-
-struct Topology;
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(topology())
-            .args(["down", P])
-            .status();
-    }
-}
-
-struct Gateway {
-    name: &'static str,
-    config: PathBuf,
-    child: Option<Child>,
-}
-
-impl Gateway {
-    fn start(name: &'static str, config: PathBuf, log: &Path) -> Self {
-        let mut g = Self {
-            name,
-            config,
-            child: None,
-        };
-        g.spawn(log);
-        g
-    }
-
-    fn spawn(&mut self, log: &Path) {
-        let out = std::fs::File::create(log.join(format!("{}.log", self.name))).expect("log");
-        let err = out.try_clone().expect("log");
-        self.child = Some(
-            Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &format!("{P}{}", self.name),
-                    BIN,
-                    "up",
-                    "--config",
-                ])
-                .arg(&self.config)
-                .stdout(Stdio::from(out))
-                .stderr(Stdio::from(err))
-                .spawn()
-                .expect("pktcrypt up"),
-        );
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM and wait: the daemon detaches its XDP programs.
-    fn stop(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else {
-            return true;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(s)) = c.try_wait() {
-                return s.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = c.kill();
-        false
-    }
-
-    fn status(&self, dir: &Path) -> Value {
-        let (ok, out) = sh(&format!(
-            "{BIN} status --socket {}/{}.sock",
-            dir.display(),
-            self.name
-        ));
-        assert!(ok, "status of {}: {out}", self.name);
-        serde_json::from_str(&out).expect("status JSON")
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Pings until one answer arrives or `limit` passes; returns the time it took.
 fn wait_ping(from: &str, to: &str, limit: Duration) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if ns(from, &format!("ping -c1 -W1 {to}")).0 {
-            return Some(start.elapsed());
-        }
-    }
-    None
+    common::wait_ping(P, from, to, limit)
 }
 
-/// Sends `count` pings at `interval`; returns (sent, received).
 fn ping_run(from: &str, to: &str, count: u32, interval: &str) -> (u64, u64) {
-    let (_, out) = ns(from, &format!("ping -q -c {count} -i {interval} -W 1 {to}"));
-    let line = out
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("ping output: {out}"));
-    let nums: Vec<u64> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().expect("number"))
-        .collect();
-    (nums[0], nums[1])
+    common::ping_run(P, from, to, count, interval)
 }
 
 fn tx_generation(status: &Value, peer: &str) -> u64 {
@@ -224,13 +97,11 @@ fn gateways_carry_traffic_through_rekeys_and_restarts() {
         dir.display()
     ));
     assert!(ok, "keygen: {out}");
-    let _topology = Topology;
-    let (ok, out) = sh(&format!("QUEUES=2 bash {} up {P}", topology().display()));
-    assert!(ok, "topology: {out}");
+    let _topology = Topology::up(P, 2);
     let [b_cfg, a_cfg, c_cfg] = write_configs(&dir, &object, 1000);
-    let mut gw_b = Gateway::start("gwB", b_cfg.clone(), &dir);
-    let mut gw_a = Gateway::start("gwA", a_cfg, &dir);
-    let mut gw_c = Gateway::start("gwC", c_cfg, &dir);
+    let mut gw_b = Gateway::start(P, "gwB", b_cfg.clone(), &dir);
+    let mut gw_a = Gateway::start(P, "gwA", a_cfg, &dir);
+    let mut gw_c = Gateway::start(P, "gwC", c_cfg, &dir);
 
     // 1. The tunnel comes up; IPv4, IPv6, and site to site through the hub.
     let up = wait_ping("hostA", "10.2.0.2", Duration::from_secs(15));

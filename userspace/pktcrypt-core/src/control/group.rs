@@ -818,6 +818,22 @@ impl GroupMember {
         &self.group
     }
 
+    /// The group engine's peer for member `index`'s sender keys (its packets are opened
+    /// under it; this member's own packets are sealed under `sender(self.index())`).
+    pub fn sender(&self, index: u16) -> Option<PeerId> {
+        self.senders.get(usize::from(index)).copied()
+    }
+
+    /// A [`crate::DataPlane`] over the group engine's current SAs, for data-plane workers:
+    /// they seal under [`Self::sender`]`(self.index())` and open any member's packets. Take a
+    /// new one whenever the generations change (after a key or transition message).
+    ///
+    /// # Errors
+    /// As [`Engine::data_plane`].
+    pub fn data_plane(&mut self) -> Result<crate::DataPlane, Error> {
+        self.group.data_plane()
+    }
+
     /// The next packet to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()

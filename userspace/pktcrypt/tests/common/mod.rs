@@ -1,0 +1,192 @@
+//! Helpers shared by the end-to-end tests in network namespaces (`scripts/topology.sh`).
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `pktcrypt` binary under test.
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_pktcrypt");
+
+/// Runs a shell command: (success, stdout + stderr).
+pub(crate) fn sh(cmd: &str) -> (bool, String) {
+    let out = Command::new("bash")
+        .args(["-c", cmd])
+        .output()
+        .expect("bash");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Runs `cmd` in namespace `{prefix}{name}`.
+pub(crate) fn ns(prefix: &str, name: &str, cmd: &str) -> (bool, String) {
+    sh(&format!("ip netns exec {prefix}{name} {cmd}"))
+}
+
+/// `scripts/topology.sh`.
+pub(crate) fn topology() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/topology.sh")
+}
+
+/// The namespaces of `scripts/topology.sh` under a prefix; removed on drop.
+pub(crate) struct Topology(pub(crate) &'static str);
+
+impl Topology {
+    /// Creates them, with `queues` queues per veth.
+    pub(crate) fn up(prefix: &'static str, queues: u32) -> Self {
+        let t = Topology(prefix);
+        let (ok, out) = sh(&format!(
+            "QUEUES={queues} bash {} up {prefix}",
+            topology().display()
+        ));
+        assert!(ok, "topology: {out}");
+        t
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(topology())
+            .args(["down", self.0])
+            .status();
+    }
+}
+
+/// A `pktcrypt up` process in namespace `{prefix}{name}`; killed on drop.
+pub(crate) struct Gateway {
+    prefix: &'static str,
+    /// Namespace suffix, also the log and socket name.
+    pub(crate) name: &'static str,
+    /// Its configuration file (change it before [`Gateway::spawn`] to restart differently).
+    pub(crate) config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Gateway {
+    /// Starts it; stdout and stderr go to `log/{name}.log`.
+    pub(crate) fn start(
+        prefix: &'static str,
+        name: &'static str,
+        config: PathBuf,
+        log: &Path,
+    ) -> Self {
+        let mut g = Self {
+            prefix,
+            name,
+            config,
+            child: None,
+        };
+        g.spawn(log);
+        g
+    }
+
+    /// Starts it again.
+    pub(crate) fn spawn(&mut self, log: &Path) {
+        let out = std::fs::File::create(log.join(format!("{}.log", self.name))).expect("log");
+        let err = out.try_clone().expect("log");
+        self.child = Some(
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &format!("{}{}", self.prefix, self.name),
+                    BIN,
+                    "up",
+                    "--config",
+                ])
+                .arg(&self.config)
+                .stdout(Stdio::from(out))
+                .stderr(Stdio::from(err))
+                .spawn()
+                .expect("pktcrypt up"),
+        );
+    }
+
+    /// SIGKILL.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait: the daemon detaches its XDP programs.
+    pub(crate) fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(s)) = c.try_wait() {
+                return s.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        false
+    }
+
+    /// `pktcrypt status` through its socket `dir/{name}.sock`.
+    pub(crate) fn status(&self, dir: &Path) -> Value {
+        let (ok, out) = sh(&format!(
+            "{BIN} status --socket {}/{}.sock",
+            dir.display(),
+            self.name
+        ));
+        assert!(ok, "status of {}: {out}", self.name);
+        serde_json::from_str(&out).expect("status JSON")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Pings until one answer arrives or `limit` passes; returns the time it took.
+pub(crate) fn wait_ping(prefix: &str, from: &str, to: &str, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if ns(prefix, from, &format!("ping -c1 -W1 {to}")).0 {
+            return Some(start.elapsed());
+        }
+    }
+    None
+}
+
+/// Sends `count` pings at `interval`; returns (sent, received).
+pub(crate) fn ping_run(
+    prefix: &str,
+    from: &str,
+    to: &str,
+    count: u32,
+    interval: &str,
+) -> (u64, u64) {
+    let (_, out) = ns(
+        prefix,
+        from,
+        &format!("ping -q -c {count} -i {interval} -W 1 {to}"),
+    );
+    let line = out
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("ping output: {out}"));
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().expect("number"))
+        .collect();
+    (nums[0], nums[1])
+}

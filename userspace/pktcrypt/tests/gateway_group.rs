@@ -1,0 +1,229 @@
+//! Group mode end to end through real interfaces, over an IPv6 outer network: the three sites of
+//! `scripts/topology.sh` are group members (`pktcrypt up`, role `group-member`: XDP, AF_XDP
+//! workers, data sealed under each member's own group sender key), and a group controller without
+//! a data path (role `group-controller`) runs in the wire namespace at 2001:db8::100. Every outer
+//! packet is IPv6: ESP-in-UDP between members on port 4500, the controller channel on 4501.
+//!
+//! Phases: the group comes up and carries IPv4 and IPv6 between every pair of sites; the group is
+//! rekeyed every second (three-phase rollouts) under continuous pings, which all arrive; a capture
+//! on the wire holds only IPv6 and no inner address; status and export-keys show the group; the
+//! members detach cleanly. Needs root and `PKTCRYPT_XDP_OBJECT` (as `tests/gateway.rs`).
+
+mod common;
+
+use common::{BIN, Gateway, Topology, sh};
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const P: &str = "pg-";
+
+const SITES: [(&str, &str, &str); 3] = [
+    ("gwA", "2001:db8::1", "\"10.1.0.0/24\", \"fd01::/64\""),
+    ("gwB", "2001:db8::2", "\"10.2.0.0/24\", \"fd02::/64\""),
+    ("gwC", "2001:db8::3", "\"10.3.0.0/24\", \"fd03::/64\""),
+];
+
+/// The `[[members]]` list; `keys` gives each member's control init key (or none).
+fn members(keys: &[Option<&str>]) -> String {
+    let mut out = String::new();
+    for ((name, addr, prefixes), key) in SITES.iter().zip(keys) {
+        out.push_str(&format!(
+            "\n[[members]]\nname = \"{name}\"\naddress = \"{addr}\"\nprefixes = [{prefixes}]\n"
+        ));
+        if let Some(k) = key {
+            out.push_str(&format!("init_key = \"{k}\"\n"));
+        }
+    }
+    out
+}
+
+fn write_configs(dir: &Path, object: &str) -> Vec<std::path::PathBuf> {
+    let keys = std::fs::read_to_string(dir.join("keys.txt")).expect("keys");
+    let keys: Vec<&str> = keys.lines().filter(|l| l.starts_with("pkc1-")).collect();
+    let d = dir.display();
+    let group_key = keys[3];
+    let controller = format!(
+        "role = \"group-controller\"\nname = \"ctl\"\nlocal = \"2001:db8::100\"\n\
+         status_socket = \"{d}/wire.sock\"\nstatus_interval_ms = 0\nrekey_interval_ms = 1000\n\
+         retry_ms = 200\n\n[group]\ninit_key = \"{group_key}\"\n{}",
+        members(&[Some(keys[0]), Some(keys[1]), Some(keys[2])])
+    );
+    let mut paths = vec![dir.join("ctl.toml")];
+    std::fs::write(&paths[0], controller).expect("write");
+    for (i, (name, _, _)) in SITES.iter().enumerate() {
+        let mut own = [None, None, None];
+        own[i] = Some(keys[i]);
+        let member = format!(
+            "role = \"group-member\"\nname = \"{name}\"\ninner = \"in\"\nouter = \"out\"\n\
+             xdp_object = \"{object}\"\nstatus_socket = \"{d}/{name}.sock\"\nstatus_interval_ms = 0\n\
+             index = {i}\ncontroller = \"2001:db8::100\"\nretry_ms = 200\n\n\
+             [group]\ninit_key = \"{group_key}\"\n{}",
+            members(&own)
+        );
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, member).expect("write");
+        paths.push(path);
+    }
+    paths
+}
+
+fn group_generation(status: &Value) -> u64 {
+    status["group"]["generation"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn group_members_carry_traffic_over_ipv6_through_group_rekeys() {
+    let Some(object) = std::env::var("PKTCRYPT_XDP_OBJECT").ok() else {
+        eprintln!(
+            "SKIPPED: set PKTCRYPT_XDP_OBJECT to the compiled XDP object (scripts/test.sh does)"
+        );
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("pktcrypt-group-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (ok, out) = sh(&format!(
+        "{BIN} keygen --count 4 --out {}/keys.txt",
+        dir.display()
+    ));
+    assert!(ok, "keygen: {out}");
+    let _topology = Topology::up(P, 1);
+    let configs = write_configs(&dir, &object);
+    let mut ctl = Gateway::start(P, "wire", configs[0].clone(), &dir);
+    let mut gws: Vec<Gateway> = SITES
+        .iter()
+        .zip(&configs[1..])
+        .map(|((name, _, _), cfg)| Gateway::start(P, name, cfg.clone(), &dir))
+        .collect();
+    let ping_run = |from: &str, to: &str, count: u32| common::ping_run(P, from, to, count, "0.05");
+
+    // 1. Every pair of sites, IPv4 and IPv6 inside, IPv6 outside.
+    let up = common::wait_ping(P, "hostA", "10.2.0.2", Duration::from_secs(20));
+    assert!(
+        up.is_some(),
+        "no ping through the group; logs in {}",
+        dir.display()
+    );
+    eprintln!("group up after {up:?}");
+    for (from, to) in [
+        ("hostA", "10.2.0.2"),
+        ("hostA", "10.3.0.2"),
+        ("hostC", "10.2.0.2"),
+        ("hostB", "fd01::2"),
+        ("hostC", "fd01::2"),
+    ] {
+        assert!(
+            common::wait_ping(P, from, to, Duration::from_secs(5)).is_some(),
+            "{from} → {to}"
+        );
+        assert_eq!(ping_run(from, to, 10), (10, 10), "{from} → {to}");
+    }
+
+    // 2. Group rekeys every second under continuous traffic, captured on the wire.
+    let pcap = dir.join("wire.pcap");
+    let mut capture = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("{P}wire"),
+            "tcpdump",
+            "-ni",
+            "br0",
+        ])
+        .args(["-s", "128", "-w"])
+        .arg(&pcap)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    std::thread::sleep(Duration::from_millis(500));
+    let before = gws[0].status(&dir);
+    let other = std::thread::spawn(|| common::ping_run(P, "hostC", "fd02::2", 240, "0.05"));
+    let (sent, received) = ping_run("hostA", "10.3.0.2", 240);
+    let (sent6, received6) = other.join().expect("pinger");
+    let after = gws[0].status(&dir);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = Command::new("kill")
+        .args(["-INT", &capture.id().to_string()])
+        .status();
+    let _ = capture.wait();
+    let generations = group_generation(&after) - group_generation(&before);
+    eprintln!(
+        "group rekeys: generation {} → {}; pings {received}/{sent} (IPv4), {received6}/{sent6} (IPv6)",
+        group_generation(&before),
+        group_generation(&after)
+    );
+    assert!(
+        generations >= 5,
+        "the group rekeyed {generations} times in 12 s"
+    );
+    assert_eq!((sent, received), (240, 240), "loss across group rekeys");
+    assert_eq!((sent6, received6), (240, 240), "loss across group rekeys");
+    let count = |filter: &str| -> u64 {
+        let (_, out) = sh(&format!(
+            "tcpdump -nr {} '{filter}' 2>/dev/null | wc -l",
+            pcap.display()
+        ));
+        out.trim().parse().unwrap_or(0)
+    };
+    let esp = count("ip6 and udp port 4500");
+    let control = count("ip6 and udp port 4501");
+    let ipv4 = count("ip");
+    let clear = count("net 10.0.0.0/8 or net fd00::/8");
+    eprintln!(
+        "wire: {esp} ESP-in-UDP/IPv6, {control} controller messages, {ipv4} IPv4, {clear} clear"
+    );
+    // 480 echo requests and 480 replies cross the wire (a few may miss the capture's edges).
+    assert!(esp >= 800, "ESP packets on the wire: {esp}");
+    assert!(control > 10, "controller messages on the wire: {control}");
+    assert_eq!(ipv4, 0, "the outer network is IPv6 only");
+    assert_eq!(clear, 0, "plaintext inner traffic on the wire");
+
+    // 3. Status and export-keys.
+    let ctl_status = ctl.status(&dir);
+    eprintln!("controller: {ctl_status}");
+    assert_eq!(ctl_status["role"], "group-controller");
+    assert!(ctl_status["generation"].as_u64().unwrap_or(0) >= group_generation(&after));
+    let active: Vec<bool> = ctl_status["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| m["active"] == true)
+        .collect();
+    assert_eq!(active, [true, true, true]);
+    assert_eq!(after["group"]["index"], 0);
+    assert!(
+        after["workers"]["tx_outer"].as_u64().unwrap_or(0) >= 240,
+        "{after}"
+    );
+    assert_eq!(after["xdp"]["inner"]["no_socket"], 0);
+    let (ok, keys) = sh(&format!(
+        "{BIN} export-keys --socket {}/gwA.sock",
+        dir.display()
+    ));
+    assert!(ok, "export-keys: {keys}");
+    assert!(
+        keys.lines()
+            .any(|l| l.starts_with("\"IPv6\",\"2001:db8::1\",\"2001:db8::3\"")),
+        "our sender SA towards gwC: {keys}"
+    );
+    assert!(
+        keys.lines()
+            .any(|l| l.starts_with("\"IPv6\",\"2001:db8::3\",\"2001:db8::1\"")),
+        "gwC's sender SA: {keys}"
+    );
+
+    // 4. Clean stop: nothing left attached.
+    for g in gws.iter_mut() {
+        assert!(g.stop(), "{} did not stop cleanly", g.name);
+        let (_, links) = common::ns(P, g.name, "ip link show");
+        assert!(
+            !links.contains("xdp"),
+            "{} left XDP attached: {links}",
+            g.name
+        );
+    }
+    assert!(ctl.stop(), "the controller did not stop cleanly");
+    let _ = std::fs::remove_dir_all(&dir);
+}
