@@ -48,6 +48,7 @@ impl KeySource {
                 "{field}: set exactly one of init_key, init_key_file, init_key_env"
             ));
         }
+        let mut source = format!("{field}.init_key");
         let code = if let Some(k) = &self.init_key {
             if k == "prompt" {
                 eprint!("{field}: enter the init key code: ");
@@ -80,15 +81,21 @@ impl KeySource {
                         index + 1
                     )
                 })?;
+            source = format!(
+                "{field}.init_key_file ({}, key {})",
+                path.display(),
+                index + 1
+            );
             zeroize::Zeroizing::new(line.to_string())
         } else if let Some(var) = &self.init_key_env {
+            source = format!("{field}.init_key_env ({var})");
             zeroize::Zeroizing::new(std::env::var(var).map_err(|_| {
                 format!("{field}.init_key_env: environment variable {var} is not set")
             })?)
         } else {
             return Err(format!("{field}: no init key"));
         };
-        keycode::decode(&code).map_err(|e| format!("{field}: {e}"))
+        keycode::decode(&code).map_err(|e| format!("{source}: {e}"))
     }
 }
 

@@ -1,0 +1,147 @@
+//! Bad configuration fails fast, before touching any interface or socket, with a message that
+//! names the offending field. Runs the real binary on small TOML files.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pktcrypt");
+
+/// Runs `pktcrypt <command> --config FILE` on `toml`; returns (success, stderr).
+fn run(command: &str, toml: &str) -> (bool, String) {
+    let dir = std::env::temp_dir().join(format!(
+        "pktcrypt-config-{}-{}",
+        std::process::id(),
+        toml.len()
+    ));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("config.toml");
+    std::fs::write(&path, toml).expect("write");
+    let out = Command::new(BIN)
+        .args([command, "--config"])
+        .arg(&path)
+        .env_remove("PKTCRYPT_XDP_OBJECT")
+        .output()
+        .expect("run pktcrypt");
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn key() -> String {
+    let out = Command::new(BIN)
+        .args(["keygen", "--count", "1"])
+        .output()
+        .expect("keygen");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("pkc1-"))
+        .expect("a key code")
+        .to_string()
+}
+
+fn fails_naming(command: &str, toml: &str, field: &str) {
+    let (ok, err) = run(command, toml);
+    assert!(!ok, "{command} accepted a bad configuration:\n{toml}");
+    assert!(
+        err.contains(field),
+        "{command}: the error does not name {field:?}: {err}"
+    );
+    assert!(!err.contains("panicked"), "{command} panicked: {err}");
+}
+
+#[test]
+fn control_roles_name_the_bad_field() {
+    let k = key();
+    fails_naming("server", "listen = \"nonsense\"\n", "listen");
+    fails_naming(
+        "server",
+        &format!(
+            "listen = \"127.0.0.1:0\"\nrekey_intervl_ms = 5\n[[clients]]\nname = \"a\"\ninit_key = \"{k}\"\n"
+        ),
+        "rekey_intervl_ms",
+    );
+    fails_naming(
+        "client",
+        &format!("server = \"127.0.0.1:4500\"\nreplay_window = 100\ninit_key = \"{k}\"\n"),
+        "replay_window",
+    );
+    fails_naming(
+        "client",
+        "server = \"127.0.0.1:4500\"\ninit_key = \"pkc1-not-a-key\"\n",
+        "init_key",
+    );
+    fails_naming(
+        "client",
+        "server = \"127.0.0.1:4500\"\ninit_key_env = \"PKTCRYPT_TEST_NO_SUCH_VARIABLE\"\n",
+        "init_key_env",
+    );
+}
+
+#[test]
+fn gateway_roles_name_the_bad_field() {
+    let k = key();
+    // Interfaces that exist everywhere, and an "object" that is never loaded: every error
+    // below is found before anything is attached.
+    let base = "inner = \"lo\"\nouter = \"lo\"\nxdp_object = \"/dev/null\"\n";
+    fails_naming("up", &format!("role = \"gateway\"\n{base}"), "role");
+    fails_naming(
+        "up",
+        "role = \"client\"\nouter = \"lo\"\nxdp_object = \"/dev/null\"\n",
+        "inner",
+    );
+    fails_naming(
+        "up",
+        &format!("role = \"client\"\n{base}workers = 0\n"),
+        "workers",
+    );
+    fails_naming("up", &format!("role = \"client\"\n{base}"), "server");
+    fails_naming(
+        "up",
+        &format!("role = \"server\"\n{base}backend = \"null-insecure\"\n"),
+        "backend",
+    );
+    fails_naming(
+        "up",
+        &format!(
+            "role = \"client\"\n{base}[server]\nname = \"s\"\naddress = \"192.0.2.2\"\nprefixes = [\"10.2.0.0/33\"]\ninit_key = \"{k}\"\n"
+        ),
+        "server.prefixes",
+    );
+    let member = format!(
+        "name = \"m\"\naddress = \"2001:db8::1\"\nprefixes = [\"10.1.0.0/24\"]\ninit_key = \"{k}\"\n"
+    );
+    fails_naming(
+        "up",
+        &format!(
+            "role = \"group-member\"\n{base}controller = \"2001:db8::100\"\n[group]\ninit_key = \"{k}\"\n[[members]]\n{member}"
+        ),
+        "index",
+    );
+    fails_naming(
+        "up",
+        &format!(
+            "role = \"group-member\"\n{base}index = 1\ncontroller = \"2001:db8::100\"\n[group]\ninit_key = \"{k}\"\n[[members]]\n{member}"
+        ),
+        "index",
+    );
+    fails_naming(
+        "up",
+        &format!(
+            "role = \"group-controller\"\n{base}[group]\ninit_key = \"{k}\"\n[[members]]\n{member}"
+        ),
+        "inner",
+    );
+    fails_naming(
+        "up",
+        &format!("role = \"group-controller\"\n[[members]]\n{member}"),
+        "group",
+    );
+    fails_naming(
+        "up",
+        &format!(
+            "role = \"group-controller\"\ncontrol_port = 4500\n[group]\ninit_key = \"{k}\"\n[[members]]\n{member}"
+        ),
+        "control_port",
+    );
+}
