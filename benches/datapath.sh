@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
 # Data-path benchmark in the gateway topology (scripts/topology.sh): iperf3 UDP from hostA to
 # hostB through gwA and gwB, measured in one run for
-#   kernel  - the gateways forward in the kernel, no encryption (baseline)
-#   aes     - pktcrypt, AES-256-GCM
-#   chacha  - pktcrypt, ChaCha20-Poly1305
-# at 64 B and 1420 B IP packets, with 1 and 2 workers (= veth queues). For each run: packets
-# received per second at hostB and CPU time of the gateways' worker threads per packet (from
-# /proc/PID/task/*/stat). Writes target/bench-datapath/results.json and BENCH_DATAPATH.md (table
+#   kernel  - (a) the gateways forward in the kernel, no encryption (baseline)
+#   null    - (b) pktcrypt with the no-op cipher (backend "null-insecure", a benchmark-only build
+#             feature): everything pktcrypt does except the AEAD
+#   aes     - (c) pktcrypt, AES-256-GCM
+#   chacha  - (d) pktcrypt, ChaCha20-Poly1305
+# at 64 B and 1420 B IP packets, with 1 and 2 workers (= veth queues). For each case two iperf3
+# runs: one as fast as possible (packets received per second at hostB), one at a fixed offered
+# rate ($RATE pps) for the cost per packet: CPU time of the gateways' worker threads (from
+# /proc/PID/task/*/stat; includes idle polling) and the workers' busy time (the `busy_ns`
+# counter of `pktcrypt status`: thread CPU time in loop iterations that had packets). Writes target/bench-datapath/results.jsonl and BENCH_DATAPATH.md (table
 # and an SVG plot). Needs root. Usage: benches/datapath.sh [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-5}
+RATE=${RATE:-30000}   # packets/s of the fixed-rate (cost) runs
 OUT=target/bench-datapath
 mkdir -p "$OUT"
-cargo build --release --locked -p pktcrypt >/dev/null
+# This binary has the benchmark-only null backend; the installed one does not.
+cargo build --release --locked -p pktcrypt --features insecure-null-backend \
+  --target-dir target/bench-datapath/build >/dev/null
 OBJ=$(./scripts/build-ebpf.sh)
-BIN=$PWD/target/release/pktcrypt
+BIN=$PWD/target/bench-datapath/build/release/pktcrypt
 P=pb-
 DIR=$(mktemp -d /tmp/pktcrypt-bench.XXXXXX)
 trap 'pkill -f "pktcrypt up --config $DIR" || true; ./scripts/topology.sh down $P; rm -rf $DIR' EXIT
@@ -37,31 +44,55 @@ worker_ticks() { # sum of utime+stime of pktcrypt worker threads in all gateway 
   echo $t
 }
 
-run_one() { # MODE WORKERS SIZE -> JSON line
-  local mode=$1 w=$2 size=$3 payload=$(( $3 - 28 ))
+busy_ns() { # sum of the workers' busy_ns of both gateways (0 without gateways)
+  local t=0 g v
+  for g in A B; do
+    [ -S "$DIR/gw$g.sock" ] || continue
+    v=$("$BIN" status --socket "$DIR/gw$g.sock" 2>/dev/null \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["workers"]["busy_ns"])' || echo 0)
+    t=$((t + v))
+  done
+  echo $t
+}
+
+iperf() { # PAYLOAD BITRATE-PER-STREAM -> iperf3 JSON (UDP, hostA -> hostB, $SECS seconds)
   ip netns exec ${P}hostB iperf3 -s -D -1 -p 5201 >/dev/null 2>&1
   sleep 0.3
-  local t0; t0=$(worker_ticks)
-  local json; json=$(ip netns exec ${P}hostA iperf3 -c 10.2.0.2 -u -b 0 -l $payload -t "$SECS" -J 2>/dev/null || true)
-  local t1; t1=$(worker_ticks)
-  python3 - "$mode" "$w" "$size" "$((t1 - t0))" "$TICK" <<PY
+  # Two streams, so that with two queues both workers get packets (a veth picks the queue per flow).
+  ip netns exec ${P}hostA iperf3 -c 10.2.0.2 -u -P 2 -b "$2" -l "$1" -t "$SECS" -J 2>/dev/null || true
+}
+
+run_one() { # MODE WORKERS SIZE -> JSON line
+  # Throughput: as fast as the generator can send. Cost per packet: at a fixed offered rate that
+  # every mode sustains ($RATE packets/s), so batch sizes (and the kicks they amortise) are alike
+  # across modes and the difference per packet is the work, not the load.
+  local mode=$1 w=$2 size=$3 payload=$(( $3 - 28 ))
+  local max; max=$(iperf $payload 0)
+  local t0 b0; t0=$(worker_ticks); b0=$(busy_ns)
+  local fixed; fixed=$(iperf $payload $(( RATE * payload * 8 / 2 )))   # per stream
+  local t1 b1; t1=$(worker_ticks); b1=$(busy_ns)
+  python3 - "$mode" "$w" "$size" "$((t1 - t0))" "$TICK" "$((b1 - b0))" <<PY
 import json, sys
 mode, w, size, ticks, tick = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-try:
-    d = json.loads('''$json''')
-    s = d["end"]["sum"]
-    secs = s["seconds"]
-    got = s["packets"] - s["lost_packets"]
-except Exception as e:
-    secs, got = 1, 0
+busy = int(sys.argv[6])
+def received(text):
+    try:
+        s = json.loads(text)["end"]["sum"]
+        return s["seconds"], s["packets"] - s["lost_packets"]
+    except Exception:
+        return 1, 0
+secs, got = received('''$max''')
 pps = got / secs if secs else 0
-cpu_ns = (ticks / tick) * 1e9 / got if got and mode != "kernel" else None
+_, fixed = received('''$fixed''')
+cpu_ns = (ticks / tick) * 1e9 / fixed if fixed and mode != "kernel" else None
+busy_ns = busy / fixed if fixed and mode != "kernel" else None
 print(json.dumps({"mode": mode, "workers": w, "size": size, "pps": pps, "received": got,
-                  "worker_cpu_ns_per_packet": cpu_ns}))
+                  "fixed_rate_received": fixed,
+                  "worker_cpu_ns_per_packet": cpu_ns, "worker_busy_ns_per_packet": busy_ns}))
 PY
 }
 
-start_gateways() { # SUITE
+start_gateways() { # SUITE BACKEND
   cat > "$DIR/gwB.toml" <<CFG
 role = "server"
 name = "gwB"
@@ -70,6 +101,7 @@ outer = "out"
 xdp_object = "$OBJ"
 status_socket = "$DIR/gwB.sock"
 suite = "$1"
+backend = "$2"
 rekey_interval_ms = 0
 status_interval_ms = 0
 [[clients]]
@@ -85,6 +117,7 @@ inner = "in"
 outer = "out"
 xdp_object = "$OBJ"
 status_socket = "$DIR/gwA.sock"
+backend = "$2"
 status_interval_ms = 0
 [server]
 name = "gwB"
@@ -109,9 +142,10 @@ for w in 1 2; do
   for size in 64 1420; do run_one kernel $w $size | tee -a "$OUT/results.jsonl"; done
   ip -n ${P}gwA route del 10.2.0.0/24; ip -n ${P}gwB route del 10.1.0.0/24
   for g in A B; do ip netns exec ${P}gw$g sysctl -qw net.ipv4.ip_forward=0; done
-  for mode in aes chacha; do
+  for mode in null aes chacha; do
     suite=aes-256-gcm; [ $mode = chacha ] && suite=chacha20-poly1305
-    start_gateways $suite
+    backend=default; [ $mode = null ] && backend=null-insecure
+    start_gateways $suite $backend
     for size in 64 1420; do run_one $mode $w $size | tee -a "$OUT/results.jsonl"; done
     pkill -TERM -f "pktcrypt up --config $DIR" || true; sleep 1.5
   done

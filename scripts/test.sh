@@ -12,6 +12,10 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "benchmark-only build (feature insecure-null-backend): clippy and its unit tests"
+cargo clippy -p pktcrypt --features insecure-null-backend --all-targets --locked -- -D warnings
+cargo test -p pktcrypt-core --features insecure-null-backend --lib --locked null_tests
+
 step "cargo doc (public API docs, warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 

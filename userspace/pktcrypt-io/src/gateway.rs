@@ -189,8 +189,10 @@ pub struct WorkerStats {
     pub tx_full: AtomicU64,
     /// Inner packets the engine refused to seal (e.g. sequence numbers exhausted).
     pub seal_failed: AtomicU64,
-    /// Nanoseconds spent in loop iterations that had packets to handle (receive, seal/open,
-    /// transmit, ring kicks): the worker's cost of the packets, without idle polling.
+    /// Thread CPU time (ns) spent in loop iterations that had packets to handle (receive,
+    /// seal/open, transmit, ring kicks — in AF_XDP copy mode the kick is the kernel's copy and
+    /// transmit): the worker's cost of the packets, without idle polling and without time the
+    /// thread was not running.
     pub busy_ns: AtomicU64,
     /// Per [`DropReason`] (index in [`DropReason::ALL`]): ESP packets dropped while opening.
     pub drops: Vec<AtomicU64>,
@@ -217,6 +219,20 @@ pub struct Shared {
     pub stop: AtomicBool,
     /// One per worker.
     pub stats: Vec<WorkerStats>,
+}
+
+/// CPU time of the calling thread, in nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    u64::try_from(ts.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -413,7 +429,7 @@ impl Worker {
         let mut packets: Vec<Packet<'static>> = Vec::with_capacity(BATCH);
         let mut last_publish = Instant::now();
         while !self.shared.stop.load(Ordering::Relaxed) {
-            let started = Instant::now();
+            let started = thread_cpu_ns();
             self.qp.inner.reap(&mut self.free);
             self.qp.outer.reap(&mut self.free);
             self.refill();
@@ -434,8 +450,10 @@ impl Worker {
             if n_in == 0 && n_out == 0 {
                 self.idle();
             } else {
-                let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                bump(&self.stats().busy_ns, busy);
+                bump(
+                    &self.stats().busy_ns,
+                    thread_cpu_ns().saturating_sub(started),
+                );
             }
             if last_publish.elapsed() >= Duration::from_millis(100) {
                 last_publish = Instant::now();
