@@ -176,10 +176,19 @@ impl Port {
         n as usize
     }
 
-    /// Kicks the kernel to send what is queued, if it asked for that.
+    /// Kicks the kernel to send what is queued, if it asked for that. In copy mode one kick
+    /// sends at most 32 frames (the kernel's TX batch), so this kicks again while each kick
+    /// makes progress: otherwise a worker that queues a batch of 64 per loop would fill the TX
+    /// ring and drop. In zero-copy mode the driver sends asynchronously: one kick.
     pub fn flush(&mut self) {
-        if self.tx.needs_wakeup() {
+        let mut pending = self.tx.pending();
+        while pending > 0 && self.tx.needs_wakeup() {
             self.tx.wake();
+            let now = self.tx.pending();
+            if now >= pending {
+                break;
+            }
+            pending = now;
         }
     }
 }
