@@ -98,7 +98,23 @@ G1=$(gen)
 echo "key generations for gwA: $G0 → $G1 ($((G1 - G0)) rotations)"
 
 step "pktcrypt status (gwA)"
-"$BIN" status --socket "$DIR/gwA.sock" | python3 -m json.tool | head -60
+# The whole JSON is `pktcrypt status --socket ...`; here a summary: each SA on one line, the
+# workers' non-zero counters, drop reasons and the XDP counters.
+"$BIN" status --socket "$DIR/gwA.sock" > "$DIR/status.json"
+python3 - "$DIR/status.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+print("%s: backend %s, %d key changes" % (d["name"], d["backend"], d["key_changes"]))
+for p in d["peers"]:
+    for s in p["sas"]:
+        print("  peer %s (%s) %-8s generation %3d SPI %s %s%s: sealed %d, opened %d" % (
+            p["peer"], p["address"], s["slot"], s["generation"], s["spi"], s["suite"],
+            " (transmitting)" if s["transmitting"] else "", s["sealed"], s["opened"]))
+print("  workers:", {k: v for k, v in d["workers"].items() if v})
+print("  drops:", d["drops"] or "none")
+print("  xdp:", d["xdp"])
+PY
+
 
 step "stopping the gateways (they detach their XDP programs)"
 pkill -TERM -f "pktcrypt up --config $DIR" || true

@@ -59,6 +59,10 @@ for target in packet_parser open control; do
   echo "fuzz $target: $(grep -Eo 'Done [0-9]+ runs' "target/fuzz-$target.log" | tail -1)"
 done
 
+step "the README's main job: scripts/demo.sh (gateways in namespaces, must exit 0)"
+./scripts/demo.sh > target/demo.log 2>&1 || { tail -40 target/demo.log; echo "demo failed"; exit 1; }
+grep -E "on the wire:|packet loss|key generations|no XDP program left" target/demo.log
+
 echo
 echo "all checks passed: Rust $rust_passed, C $c_passed (native and valgrind), Python $py_passed"
 echo "summary: $((rust_passed + c_passed + py_passed)) passed, 0 failed"
