@@ -1,11 +1,12 @@
 //! A security association: one generation of keys with one peer, both directions.
 //!
-//! Only the generation's description, its secret and the transmit sequence number are always
-//! resident. The expanded AEAD keys of each direction are derived on first use (HKDF, then the
-//! cipher's key schedule) and may be evicted again for idle peers; counters and the replay window
-//! are allocated on first traffic. A key server holding a million mostly idle clients therefore
-//! keeps about a hundred bytes per generation instead of the ~600 bytes an expanded AES-256-GCM
-//! key takes.
+//! Only the generation's description, its secret, the transmit sequence number and the replay
+//! floor are always resident (88 bytes). The expanded AEAD keys of each direction are derived on
+//! first use (HKDF, then the cipher's key schedule) and, with the replay window and the state
+//! shared with data-plane workers, live in one `Hot` allocation that idle eviction frees;
+//! counters are allocated on first traffic. A key server holding a million mostly idle clients
+//! therefore keeps about a hundred bytes per generation instead of the ~600 bytes an expanded
+//! AES-256-GCM key takes.
 
 use crate::aead::{AeadKey, Backend};
 use crate::keys::{Direction, Generation, GenerationInfo, Secret};
@@ -109,6 +110,19 @@ pub(crate) struct Keyed {
     pub(crate) salt: [u8; 4],
 }
 
+/// The part of an SA that exists only while it carries traffic, in one allocation that idle
+/// eviction frees: a key server with a million idle clients keeps one pointer per SA for it.
+#[derive(Default)]
+struct Hot {
+    tx: Option<Arc<Keyed>>,
+    rx: Option<Arc<Keyed>>,
+    /// Allocated at the first received packet. Eviction compacts it to `Sa::replay_floor`.
+    replay: Option<ReplayWindow>,
+    /// Set once the SA is shared with data-plane workers; then it holds the sequence counter and
+    /// the replay window instead of `Sa::next_seq` and `replay` (and eviction keeps it).
+    shared: Option<Arc<SaShared>>,
+}
+
 pub(crate) struct Sa {
     pub(crate) info: GenerationInfo,
     pub(crate) secret: Secret,
@@ -116,16 +130,10 @@ pub(crate) struct Sa {
     pub(crate) next_seq: u64,
     /// When it was installed, in nanoseconds of [`Time`].
     installed_at: u64,
-    tx: Option<Arc<Keyed>>,
-    rx: Option<Arc<Keyed>>,
-    /// Allocated at the first received packet. Eviction compacts it to `replay_floor`.
-    replay: Option<Box<ReplayWindow>>,
     /// Every sequence number up to this counts as seen (the top of an evicted window).
     replay_floor: u64,
     counters: Option<Box<SaCounters>>,
-    /// Set once the SA is shared with data-plane workers; then it holds the sequence counter and
-    /// the replay window instead of `next_seq` and `replay`.
-    shared: Option<Arc<SaShared>>,
+    hot: Option<Box<Hot>>,
 }
 
 impl Sa {
@@ -135,36 +143,43 @@ impl Sa {
             secret: generation.secret.clone(),
             next_seq: 1,
             installed_at: u64::try_from(now.as_nanos()).unwrap_or(u64::MAX),
-            tx: None,
-            rx: None,
-            replay: None,
             replay_floor: 0,
             counters: None,
-            shared: None,
+            hot: None,
         }
+    }
+
+    fn hot(&mut self) -> &mut Hot {
+        self.hot.get_or_insert_with(Box::default)
+    }
+
+    fn shared(&self) -> Option<&Arc<SaShared>> {
+        self.hot.as_ref()?.shared.as_ref()
     }
 
     /// Shares the per-packet state (see [`SaShared`]); idempotent.
     pub(crate) fn share(&mut self, window: u32) -> Result<Arc<SaShared>, Error> {
-        if let Some(s) = &self.shared {
+        if let Some(s) = self.shared() {
             return Ok(Arc::clone(s));
         }
-        let replay = match self.replay.take() {
+        let (floor, next_seq) = (self.replay_floor, self.next_seq);
+        let hot = self.hot();
+        let replay = match hot.replay.take() {
             Some(w) => w.snapshot(window)?,
-            None => ReplayWindow::with_floor(window, self.replay_floor)?,
+            None => ReplayWindow::with_floor(window, floor)?,
         };
         let shared = Arc::new(SaShared {
-            next_seq: AtomicU64::new(self.next_seq),
+            next_seq: AtomicU64::new(next_seq),
             replay,
             counters: AtomicCounters::default(),
         });
-        self.shared = Some(Arc::clone(&shared));
+        hot.shared = Some(Arc::clone(&shared));
         Ok(shared)
     }
 
     /// Reserves `n` consecutive sequence numbers and returns the first.
     pub(crate) fn reserve_seq(&mut self, n: u64) -> u64 {
-        match &self.shared {
+        match self.shared() {
             Some(s) => s.next_seq.fetch_add(n, Ordering::Relaxed),
             None => {
                 let first = self.next_seq;
@@ -176,15 +191,14 @@ impl Sa {
 
     /// The next sequence number to send.
     pub(crate) fn next_seq(&self) -> u64 {
-        self.shared
-            .as_ref()
+        self.shared()
             .map_or(self.next_seq, |s| s.next_seq.load(Ordering::Relaxed))
     }
 
     /// Sets the next sequence number (init keys start at a boot-derived base).
     pub(crate) fn set_next_seq(&mut self, seq: u64) {
         self.next_seq = seq;
-        if let Some(s) = &self.shared {
+        if let Some(s) = self.shared() {
             s.next_seq.store(seq, Ordering::Relaxed);
         }
     }
@@ -207,10 +221,11 @@ impl Sa {
         backend: Backend,
         direction: Direction,
     ) -> Result<&Arc<Keyed>, Error> {
-        if self.tx.is_none() {
-            self.tx = Some(self.expand(backend, direction)?);
+        if self.hot.as_ref().is_none_or(|h| h.tx.is_none()) {
+            let key = self.expand(backend, direction)?;
+            self.hot().tx = Some(key);
         }
-        self.tx.as_ref().ok_or(Error::KeyLength)
+        self.hot().tx.as_ref().ok_or(Error::KeyLength)
     }
 
     /// The receive key, expanded on first use.
@@ -219,35 +234,35 @@ impl Sa {
         backend: Backend,
         direction: Direction,
     ) -> Result<&Arc<Keyed>, Error> {
-        if self.rx.is_none() {
-            self.rx = Some(self.expand(backend, direction)?);
+        if self.hot.as_ref().is_none_or(|h| h.rx.is_none()) {
+            let key = self.expand(backend, direction)?;
+            self.hot().rx = Some(key);
         }
-        self.rx.as_ref().ok_or(Error::KeyLength)
+        self.hot().rx.as_ref().ok_or(Error::KeyLength)
     }
 
     /// The receive key if already expanded.
     pub(crate) fn rx_expanded(&self) -> Option<&Keyed> {
-        self.rx.as_deref()
+        self.hot.as_ref()?.rx.as_deref()
     }
 
     /// The replay window, allocated on first use.
     pub(crate) fn replay(&mut self, window: u32) -> Result<&ReplayWindow, Error> {
-        if let Some(s) = &self.shared {
+        let floor = self.replay_floor;
+        let hot = self.hot();
+        if let Some(s) = &hot.shared {
             return Ok(&s.replay);
         }
-        if self.replay.is_none() {
-            self.replay = Some(Box::new(ReplayWindow::with_floor(
-                window,
-                self.replay_floor,
-            )?));
+        if hot.replay.is_none() {
+            hot.replay = Some(ReplayWindow::with_floor(window, floor)?);
         }
-        self.replay.as_deref().ok_or(Error::ReplayWindow)
+        hot.replay.as_ref().ok_or(Error::ReplayWindow)
     }
 
     /// Counters of the engine plus those of the data-plane workers.
     pub(crate) fn counters(&self) -> SaCounters {
         let mut c = self.counters.as_deref().copied().unwrap_or_default();
-        if let Some(s) = &self.shared {
+        if let Some(s) = self.shared() {
             c.add(&s.counters.load());
         }
         c
@@ -260,28 +275,44 @@ impl Sa {
     /// Drops the expanded keys (they are re-derived from the secret when needed again) and
     /// compacts the replay window to its top: anything at or below it is refused afterwards.
     pub(crate) fn evict_keys(&mut self) {
-        self.tx = None;
-        self.rx = None;
-        if self.shared.is_some() {
-            // Workers hold the window; keep it.
+        let Some(hot) = self.hot.as_mut() else {
+            return;
+        };
+        hot.tx = None;
+        hot.rx = None;
+        if hot.shared.is_some() {
+            // Workers hold the window and the sequence counter; keep them.
             return;
         }
-        if let Some(w) = self.replay.take() {
+        if let Some(w) = hot.replay.take() {
             self.replay_floor = w.top();
         }
+        self.hot = None;
     }
 
     /// Highest sequence number received, also after eviction.
     pub(crate) fn highest_received(&self) -> u64 {
-        if let Some(s) = &self.shared {
-            return s.replay.top();
+        match self.hot.as_deref() {
+            Some(Hot {
+                shared: Some(s), ..
+            }) => s.replay.top(),
+            Some(Hot {
+                replay: Some(w), ..
+            }) => w.top(),
+            _ => self.replay_floor,
         }
-        self.replay
-            .as_deref()
-            .map_or(self.replay_floor, ReplayWindow::top)
     }
 
     pub(crate) fn same_generation(&self, generation: &Generation) -> bool {
         self.info == generation.info && self.secret == generation.secret
+    }
+}
+
+#[cfg(all(test, target_pointer_width = "64"))]
+mod tests {
+    #[test]
+    fn an_idle_sa_stays_small() {
+        // A key server keeps three per client: growth here multiplies by millions.
+        assert_eq!(core::mem::size_of::<Option<super::Sa>>(), 88);
     }
 }
