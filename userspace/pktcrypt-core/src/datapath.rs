@@ -89,19 +89,13 @@ impl DataPlane {
         }
         let peer = &mut self.peers[index];
         peer.tx = keys.tx.map(|(slot, info, key, shared)| TxSa {
-            r: SaRef { peer: id.0, slot },
+            r: SaRef::new(id.0, slot),
             info,
             key,
             shared,
         });
         for (index, slot, info, key, shared) in keys.rx {
-            self.spis.insert(
-                info.spi.get(),
-                SaRef {
-                    peer: id.0,
-                    slot: index,
-                },
-            );
+            self.spis.insert(info.spi.get(), SaRef::new(id.0, index));
             peer.rx[usize::from(index)] = Some(RxSa {
                 slot,
                 info,
@@ -146,7 +140,7 @@ impl DataPlane {
     }
 
     fn rx(&self, r: SaRef) -> Option<&RxSa> {
-        self.peers.get(r.peer as usize)?.rx[usize::from(r.slot)].as_ref()
+        self.peers.get(r.peer() as usize)?.rx[usize::from(r.slot())].as_ref()
     }
 
     /// Opens a batch of ESP packets in place, exactly like [`crate::Engine::open_batch`]; drops are
@@ -178,7 +172,7 @@ impl DataPlane {
         let r = *self.spis.get(&header.spi).ok_or(DropReason::UnknownSpi)?;
         let rx = self.rx(r).ok_or(DropReason::UnknownSpi)?;
         p.sa = Some(r);
-        let seq = open_sequence(&header, r.slot == INIT_SLOT, self.esn, &rx.shared.replay)?;
+        let seq = open_sequence(&header, r.slot() == INIT_SLOT, self.esn, &rx.shared.replay)?;
         open_prepare(p, &header, seq, rx.key.salt, self.esn, ct_len);
         Ok(())
     }
@@ -205,7 +199,7 @@ impl DataPlane {
             }
             None => {
                 let info = OpenInfo {
-                    peer: PeerId(r.peer),
+                    peer: PeerId(r.peer()),
                     spi: rx.info.spi,
                     generation: rx.info.number,
                     slot: rx.slot,

@@ -149,11 +149,28 @@ pub enum Slot {
     Previous,
 }
 
-/// Where an SPI points: a peer and one of its three physical slots.
+/// Where an SPI points: a peer and one of its three physical slots, packed into one `u32`
+/// (peer index in the high 30 bits, slot in the low 2) so an SPI-table entry is 8 bytes: a key
+/// server with a million clients holds three million of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct SaRef {
-    pub(crate) peer: u32,
-    pub(crate) slot: u8,
+pub(crate) struct SaRef(u32);
+
+/// Peers an engine can hold (the peer index must fit [`SaRef`]).
+pub(crate) const MAX_PEERS: usize = 1 << 30;
+
+impl SaRef {
+    pub(crate) fn new(peer: u32, slot: u8) -> Self {
+        debug_assert!((peer as usize) < MAX_PEERS && slot < 4);
+        SaRef(peer << 2 | u32::from(slot & 3))
+    }
+
+    pub(crate) fn peer(self) -> u32 {
+        self.0 >> 2
+    }
+
+    pub(crate) fn slot(self) -> u8 {
+        (self.0 & 3) as u8
+    }
 }
 
 pub(crate) const INIT_SLOT: u8 = 0;
@@ -567,17 +584,18 @@ impl Engine {
     }
 
     fn sa(&self, r: SaRef) -> Option<&Sa> {
-        self.peers.get(r.peer as usize)?.as_ref()?.slots[usize::from(r.slot)].as_ref()
+        self.peers.get(r.peer() as usize)?.as_ref()?.slots[usize::from(r.slot())].as_ref()
     }
 
     fn sa_mut(&mut self, r: SaRef) -> Option<&mut Sa> {
-        self.peers.get_mut(r.peer as usize)?.as_mut()?.slots[usize::from(r.slot)].as_mut()
+        self.peers.get_mut(r.peer() as usize)?.as_mut()?.slots[usize::from(r.slot())].as_mut()
     }
 
     /// Adds a peer holding only its initialization key (generation 0).
     ///
     /// # Errors
-    /// [`Error::GenerationNumber`] unless `init` is generation 0; [`Error::DuplicateSpi`].
+    /// [`Error::GenerationNumber`] unless `init` is generation 0; [`Error::DuplicateSpi`];
+    /// [`Error::UnknownPeer`] when the engine already holds 2^30 peers.
     pub fn add_peer(&mut self, init: &Generation, now: Time) -> Result<PeerId, Error> {
         if init.info.number != 0 {
             return Err(Error::GenerationNumber);
@@ -601,17 +619,16 @@ impl Engine {
                 i
             }
             None => {
+                // Peer indices must fit an SPI-table entry (`SaRef`).
+                if self.peers.len() >= MAX_PEERS {
+                    return Err(Error::UnknownPeer);
+                }
                 self.peers.push(Some(peer));
                 u32::try_from(self.peers.len() - 1).map_err(|_| Error::UnknownPeer)?
             }
         };
-        self.spis.insert(
-            init.info.spi.get(),
-            SaRef {
-                peer: index,
-                slot: INIT_SLOT,
-            },
-        );
+        self.spis
+            .insert(init.info.spi.get(), SaRef::new(index, INIT_SLOT));
         Ok(PeerId(index))
     }
 
@@ -716,13 +733,7 @@ impl Engine {
             self.spis.remove(&old.info.spi.get());
             old.info
         });
-        self.spis.insert(
-            info.spi.get(),
-            SaRef {
-                peer: id.0,
-                slot: target,
-            },
-        );
+        self.spis.insert(info.spi.get(), SaRef::new(id.0, target));
         Ok(Installed::Rotated { retired })
     }
 
@@ -779,9 +790,9 @@ impl Engine {
     /// Looks up which peer and generation an SPI belongs to (O(1)).
     pub fn lookup_spi(&self, spi: u32) -> Option<(PeerId, GenerationInfo, Slot)> {
         let r = *self.spis.get(&spi)?;
-        let peer = self.peer(PeerId(r.peer))?;
-        let sa = peer.slots[usize::from(r.slot)].as_ref()?;
-        Some((PeerId(r.peer), sa.info, peer.logical(r.slot)))
+        let peer = self.peer(PeerId(r.peer()))?;
+        let sa = peer.slots[usize::from(r.slot())].as_ref()?;
+        Some((PeerId(r.peer()), sa.info, peer.logical(r.slot())))
     }
 
     /// Status and counters of every generation held for a peer.
@@ -963,10 +974,7 @@ impl Engine {
             }
             return;
         };
-        let r = SaRef {
-            peer: id.0,
-            slot: peer.tx_index(self.config.role),
-        };
+        let r = SaRef::new(id.0, peer.tx_index(self.config.role));
         let max_esp = self.config.max_esp_len;
         let seq_limit = self.seq_limit;
         let esn = self.config.esn;
@@ -1064,13 +1072,13 @@ impl Engine {
         let window = self.config.replay_window;
         let backend = self.config.backend;
         let direction = self
-            .peer(PeerId(r.peer))
+            .peer(PeerId(r.peer()))
             .map_or(Direction::GroupSender, |p| p.dirs.1);
         let sa = self.sa_mut(r).ok_or(DropReason::UnknownSpi)?;
         // From here on drops are also counted against this SA.
         p.sa = Some(r);
         let replay = sa.replay(window).map_err(|_| DropReason::Malformed)?;
-        let seq = open_sequence(&header, r.slot == INIT_SLOT, esn, replay)?;
+        let seq = open_sequence(&header, r.slot() == INIT_SLOT, esn, replay)?;
         let salt = sa
             .rx(backend, direction)
             .map_err(|_| DropReason::Malformed)?
@@ -1093,8 +1101,8 @@ impl Engine {
         };
         let seq = p.seq;
         let slot = self
-            .peer(PeerId(r.peer))
-            .map_or(Slot::Init, |peer| peer.logical(r.slot));
+            .peer(PeerId(r.peer()))
+            .map_or(Slot::Init, |peer| peer.logical(r.slot()));
         let window = self.config.replay_window;
         let Some(sa) = self.sa_mut(r) else {
             return OpenOutcome::Drop(DropReason::UnknownSpi);
@@ -1108,7 +1116,7 @@ impl Engine {
             return OpenOutcome::Drop(DropReason::Replay);
         }
         let info = OpenInfo {
-            peer: PeerId(r.peer),
+            peer: PeerId(r.peer()),
             spi: sa.info.spi,
             generation: sa.info.number,
             slot,
@@ -1315,5 +1323,19 @@ fn replay_reason(e: ReplayError) -> DropReason {
     match e {
         ReplayError::Replayed => DropReason::Replay,
         ReplayError::TooOld => DropReason::TooOld,
+    }
+}
+
+#[cfg(test)]
+mod sa_ref_tests {
+    use super::*;
+
+    #[test]
+    fn sa_ref_packs_peer_and_slot_into_one_word() {
+        for (peer, slot) in [(0, 0), (1, 2), (12_345, 1), (MAX_PEERS as u32 - 1, 2)] {
+            let r = SaRef::new(peer, slot);
+            assert_eq!((r.peer(), r.slot()), (peer, slot));
+        }
+        assert_eq!(core::mem::size_of::<(u32, SaRef)>(), 8);
     }
 }
