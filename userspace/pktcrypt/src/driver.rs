@@ -225,10 +225,10 @@ pub(crate) fn run_server(file: &ServerFile, base: &Path, term: &AtomicBool) -> R
         names.insert(peer, c.name.clone());
     }
     let socket = bind(file.listen)?;
-    eprintln!(
-        "pktcrypt server: listening on {}, {} clients",
-        file.listen,
-        names.len()
+    tracing::info!(
+        listen = %file.listen,
+        clients = names.len(),
+        "key server listening"
     );
     let traffic = interval(file.traffic_pps);
     let status = Duration::from_millis(file.status_interval_ms.unwrap_or(1000));
@@ -461,10 +461,10 @@ pub(crate) fn run_group_controller(
             .map_err(|e| format!("members[{i}] ({}): {e}", m.name))?;
     }
     let socket = bind(file.listen)?;
-    eprintln!(
-        "pktcrypt group-controller: listening on {}, {} members",
-        file.listen,
-        file.members.len()
+    tracing::info!(
+        listen = %file.listen,
+        members = file.members.len(),
+        "group controller listening"
     );
     let status = Duration::from_millis(file.status_interval_ms.unwrap_or(1000));
     let mut stats = Stats::default();
@@ -494,7 +494,7 @@ pub(crate) fn run_group_controller(
             if matches!(e, pktcrypt_core::control::GroupEvent::RolloutStarted { .. }) {
                 rollouts += 1;
             }
-            eprintln!("pktcrypt group-controller: {e:?}");
+            tracing::info!(event = ?e, "group controller");
         }
         if next_status <= t {
             next_status = t + status;

@@ -35,9 +35,27 @@ const USAGE: &str = "usage:
   pktcrypt group-member --config FILE
       run a control-plane role over UDP (see docs/cli.md for the configuration)
   pktcrypt xdp-attach --iface IF [--object PATH] [--esp-port PORT] [--prefix ADDR/LEN]... [--seconds N]
-      attach the XDP steering program to IF, print its counters every second, detach on exit";
+      attach the XDP steering program to IF, print its counters every second, detach on exit
+
+Logs go to standard error through `tracing`; PKTCRYPT_LOG (or RUST_LOG) filters them, e.g.
+PKTCRYPT_LOG=debug or PKTCRYPT_LOG=warn (default: info). Key material is never logged.";
+
+/// Logs to standard error, filtered by `PKTCRYPT_LOG` (else `RUST_LOG`, else `info`).
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("PKTCRYPT_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
 
 fn main() -> ExitCode {
+    init_logging();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("demo") => match DemoArgs::parse(&args[1..]).and_then(|a| demo(&a)) {

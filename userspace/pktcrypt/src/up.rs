@@ -559,9 +559,9 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     .map_err(|e| format!("outer: {e}"))?;
     for s in [&inner_xdp, &outer_xdp] {
         if s.mode() == AttachMode::Generic {
-            eprintln!(
-                "pktcrypt up: warning: {} has no native XDP; attached in generic (SKB) mode",
-                s.iface()
+            tracing::warn!(
+                iface = s.iface(),
+                "no native XDP on this interface; attached in generic (SKB) mode"
             );
         }
     }
@@ -594,13 +594,17 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         inner_xdp.register_socket(q, inner_fd)?;
         outer_xdp.register_socket(q, outer_fd)?;
     }
-    eprintln!(
-        "pktcrypt up: {name} ({}) inner {} outer {} ({local}:{port}), {workers} worker(s), XDP {:?}/{:?}",
-        file.role,
+    tracing::info!(
+        gateway = name,
+        role = file.role,
         inner,
         outer,
-        inner_xdp.mode(),
-        outer_xdp.mode()
+        local = %local,
+        port,
+        workers,
+        xdp_inner = ?inner_xdp.mode(),
+        xdp_outer = ?outer_xdp.mode(),
+        "up"
     );
 
     // Status thread.
@@ -619,6 +623,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     let mut control_drops = pktcrypt_core::DropCounters::default();
     let mut events_total = 0u64;
     let mut rekeys = 0u64;
+    let mut unresolved = HashMap::new();
     while !term.load(Ordering::Relaxed) {
         let t = now();
         let mut wake = next_paths.min(next_status);
@@ -682,12 +687,12 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         }
         for e in machine.drain_events() {
             events_total += 1;
-            eprintln!("pktcrypt up: {name}: {e}");
+            tracing::info!(gateway = name, event = e);
         }
         if next_paths <= t {
             next_paths = t + Duration::from_millis(250);
             machine.check_triggers(t);
-            refresh_paths(&mut paths, &peers, &inner, &socket, port);
+            refresh_paths(&mut paths, &peers, &inner, &socket, port, &mut unresolved);
             shared.paths.store(Arc::new(paths.clone()));
         }
         if next_status <= t {
@@ -720,7 +725,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     inner_xdp.detach();
     outer_xdp.detach();
     let _ = std::fs::remove_file(&socket_path);
-    eprintln!("pktcrypt up: {name}: stopped, XDP detached");
+    tracing::info!(gateway = name, "stopped, XDP detached");
     Ok(())
 }
 
@@ -784,9 +789,12 @@ fn run_controller(
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("/run/pktcrypt/{name}.sock")));
     serve_status(&socket_path, file.metrics, Arc::clone(&published))?;
-    eprintln!(
-        "pktcrypt up: {name} (group-controller) on {local}:{cport}, {} members",
-        file.members.len()
+    tracing::info!(
+        controller = name,
+        local = %local,
+        control_port = cport,
+        members = file.members.len(),
+        "group controller up"
     );
     let status_every = Duration::from_millis(file.status_interval_ms.unwrap_or(1000));
     let mut next_status = now();
@@ -823,7 +831,7 @@ fn run_controller(
             if matches!(e, GroupEvent::RolloutStarted { .. }) {
                 rollouts += 1;
             }
-            eprintln!("pktcrypt up: {name}: {e:?}");
+            tracing::info!(controller = name, event = ?e);
         }
         if next_status <= t {
             next_status = t + status_every;
@@ -838,7 +846,7 @@ fn run_controller(
         }
     }
     let _ = std::fs::remove_file(&socket_path);
-    eprintln!("pktcrypt up: {name}: stopped");
+    tracing::info!(controller = name, "stopped");
     Ok(())
 }
 
@@ -900,6 +908,9 @@ fn render_controller(
     json.push_str("}}");
     (json, prom)
 }
+
+/// How long a peer's next hop may stay unresolved before it is logged.
+const UNRESOLVED_WARNING: Duration = Duration::from_secs(2);
 
 /// The UDP port of the group controller ↔ member channel.
 fn control_port(file: &GatewayFile, port: u16) -> Result<u16, String> {
@@ -1020,8 +1031,9 @@ fn backend(name: Option<&str>) -> Result<Backend, String> {
         )
     })?;
     if backend.name().starts_with("null") {
-        eprintln!(
-            "pktcrypt up: WARNING: backend {name:?} DOES NOT ENCRYPT; it exists for benchmarks only"
+        tracing::warn!(
+            backend = name,
+            "THIS BACKEND DOES NOT ENCRYPT; it exists for benchmarks only"
         );
     }
     Ok(backend)
@@ -1044,14 +1056,17 @@ fn peer_info(field: &str, p: &GatewayPeer) -> Result<PeerInfo, String> {
 
 /// Re-reads the inner neighbours and each peer's next-hop MAC. A peer whose next hop is not
 /// resolved gets a NAT-keepalive (RFC 3948: one byte 0xFF to its ESP port, which receivers
-/// discard) through the kernel, so the kernel resolves it (ARP / ND) for the workers.
+/// discard) through the kernel, so the kernel resolves it (ARP / ND) for the workers. A next hop
+/// still unresolved after [`UNRESOLVED_WARNING`] is logged (and its resolution later).
 fn refresh_paths(
     paths: &mut Paths,
     peers: &HashMap<PeerId, PeerInfo>,
     inner: &str,
     socket: &UdpSocket,
     port: u16,
+    unresolved: &mut HashMap<u32, (Time, bool)>,
 ) {
+    let t = now();
     if let Ok(n) = net::neighbours(inner) {
         paths.inner_neighbours = n;
     }
@@ -1061,6 +1076,20 @@ fn refresh_paths(
             .and_then(|(hop, dev, _)| net::neighbours(&dev).ok()?.get(&hop).copied());
         if mac.is_none() {
             let _ = socket.send_to(&[0xff], SocketAddr::new(p.address, port));
+            let (since, warned) = unresolved.entry(id.0).or_insert((t, false));
+            if !*warned && t.saturating_sub(*since) >= UNRESOLVED_WARNING {
+                *warned = true;
+                tracing::warn!(
+                    peer = p.name,
+                    address = %p.address,
+                    "next hop not in the neighbour table: packets to this peer are dropped \
+                     (no_neighbour) until ARP/ND resolves it"
+                );
+            }
+        } else if let Some((_, warned)) = unresolved.remove(&id.0)
+            && warned
+        {
+            tracing::info!(peer = p.name, address = %p.address, "next hop resolved");
         }
         if let Some(path) = paths.peers.get_mut(&id.0) {
             path.mac = mac;

@@ -56,8 +56,9 @@ fn write_configs(dir: &Path, object: &str, rekey_ms: u64) -> [PathBuf; 3] {
         "role = \"server\"\nname = \"gwB\"\ninner = \"in\"\nouter = \"out\"\nxdp_object = \"{object}\"\n\
          status_socket = \"{d}/gwB.sock\"\nrekey_interval_ms = {rekey_ms}\nstatus_interval_ms = 0\n\n\
          [[clients]]\nname = \"gwA\"\naddress = \"192.0.2.1\"\nprefixes = [\"10.1.0.0/24\", \"fd01::/64\"]\ninit_key = \"{}\"\n\n\
-         [[clients]]\nname = \"gwC\"\naddress = \"192.0.2.3\"\nprefixes = [\"10.3.0.0/24\", \"fd03::/64\"]\ninit_key = \"{}\"\n",
-        keys[0], keys[1]
+         [[clients]]\nname = \"gwC\"\naddress = \"192.0.2.3\"\nprefixes = [\"10.3.0.0/24\", \"fd03::/64\"]\ninit_key = \"{}\"\n\n\
+         [[clients]]\nname = \"ghost\"\naddress = \"192.0.2.9\"\nprefixes = [\"10.9.0.0/24\"]\ninit_key = \"{}\"\n",
+        keys[0], keys[1], keys[2]
     );
     let client = |name: &str, key: &str, other: &str| {
         format!(
@@ -93,7 +94,7 @@ fn gateways_carry_traffic_through_rekeys_and_restarts() {
     let dir = std::env::temp_dir().join(format!("pktcrypt-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let (ok, out) = sh(&format!(
-        "{BIN} keygen --count 2 --out {}/keys.txt",
+        "{BIN} keygen --count 3 --out {}/keys.txt",
         dir.display()
     ));
     assert!(ok, "keygen: {out}");
@@ -122,6 +123,16 @@ fn gateways_carry_traffic_through_rekeys_and_restarts() {
         ping_run("hostC", "10.1.0.2", 10, "0.05"),
         (10, 10),
         "C → B → A"
+    );
+
+    // A configured client that does not exist (192.0.2.9): its next hop never resolves, and
+    // the key server says so in its log.
+    std::thread::sleep(Duration::from_secs(2));
+    let log = std::fs::read_to_string(dir.join("gwB.log")).expect("gwB log");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("next hop not in the neighbour table") && l.contains("ghost")),
+        "no warning about the unresolvable client: {log}"
     );
 
     // 2. TCP bulk transfer, with a capture on the wire.
