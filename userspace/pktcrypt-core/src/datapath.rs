@@ -13,8 +13,8 @@
 
 use crate::engine::{
     INIT_SLOT, OpenInfo, OpenOutcome, Packet, PeerId, SaRef, SealParams, Slot, SpiMap, State,
-    open_outcome, open_prepare, open_sequence, parse_esp, sa_runs, seal_finish, seal_prepare,
-    seal_validate,
+    open_outcome, open_prepare, open_sequence, parse_esp, replay_reason, sa_runs, seal_finish,
+    seal_prepare, seal_validate,
 };
 use crate::keys::GenerationInfo;
 use crate::sa::{Keyed, SaShared};
@@ -158,12 +158,34 @@ impl DataPlane {
                 rx.key.key.open_batch(run);
             }
         });
+        // Counters are added once per run of packets under one SA, not per packet: they are
+        // shared with every other worker.
+        let mut pending: Option<(SaRef, SaCounters)> = None;
         for p in packets.iter_mut() {
-            let outcome = self.finish_open(p);
+            let (outcome, counted) = self.finish_open(p);
             if let OpenOutcome::Drop(reason) = outcome {
                 drops.add(reason);
             }
             p.state = State::Opened(outcome);
+            if let Some((r, counts)) = counted {
+                match &mut pending {
+                    Some((current, sum)) if *current == r => sum.add(&counts),
+                    _ => {
+                        if let Some((previous, sum)) = pending.replace((r, counts)) {
+                            self.add_counters(previous, &sum);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some((r, sum)) = pending {
+            self.add_counters(r, &sum);
+        }
+    }
+
+    fn add_counters(&self, r: SaRef, counts: &SaCounters) {
+        if let Some(rx) = self.rx(r) {
+            rx.shared.counters.add(counts);
         }
     }
 
@@ -177,15 +199,16 @@ impl DataPlane {
         Ok(())
     }
 
-    fn finish_open(&self, p: &mut Packet<'_>) -> OpenOutcome {
+    /// The packet's outcome and what it adds to its SA's counters.
+    fn finish_open(&self, p: &mut Packet<'_>) -> (OpenOutcome, Option<(SaRef, SaCounters)>) {
         let (r, drop) = match (p.state, p.sa) {
             (State::Pending, Some(r)) => (r, None),
             (State::Opened(OpenOutcome::Drop(reason)), Some(r)) => (r, Some(reason)),
-            (State::Opened(o), None) => return o,
-            _ => return OpenOutcome::Drop(DropReason::Truncated),
+            (State::Opened(o), None) => return (o, None),
+            _ => return (OpenOutcome::Drop(DropReason::Truncated), None),
         };
         let Some(rx) = self.rx(r) else {
-            return OpenOutcome::Drop(DropReason::UnknownSpi);
+            return (OpenOutcome::Drop(DropReason::UnknownSpi), None);
         };
         let mut counts = SaCounters::default();
         let outcome = match drop {
@@ -193,27 +216,30 @@ impl DataPlane {
                 counts.count_drop(reason);
                 OpenOutcome::Drop(reason)
             }
-            None if rx.shared.replay.update(p.seq).is_err() => {
-                counts.replays = 1;
-                OpenOutcome::Drop(DropReason::Replay)
-            }
-            None => {
-                let info = OpenInfo {
-                    peer: PeerId(r.peer()),
-                    spi: rx.info.spi,
-                    generation: rx.info.number,
-                    slot: rx.slot,
-                    seq: p.seq,
-                };
-                let outcome = open_outcome(p, info);
-                if let OpenOutcome::Data { len, .. } | OpenOutcome::Control { len, .. } = outcome {
-                    counts.packets_opened = 1;
-                    counts.bytes_opened = len as u64;
+            None => match rx.shared.replay.update(p.seq) {
+                Err(e) => {
+                    counts.replays = 1;
+                    OpenOutcome::Drop(replay_reason(e))
                 }
-                outcome
-            }
+                Ok(()) => {
+                    let info = OpenInfo {
+                        peer: PeerId(r.peer()),
+                        spi: rx.info.spi,
+                        generation: rx.info.number,
+                        slot: rx.slot,
+                        seq: p.seq,
+                    };
+                    let outcome = open_outcome(p, info);
+                    if let OpenOutcome::Data { len, .. } | OpenOutcome::Control { len, .. } =
+                        outcome
+                    {
+                        counts.packets_opened = 1;
+                        counts.bytes_opened = len as u64;
+                    }
+                    outcome
+                }
+            },
         };
-        rx.shared.counters.add(&counts);
-        outcome
+        (outcome, Some((r, counts)))
     }
 }

@@ -1107,13 +1107,15 @@ impl Engine {
         let Some(sa) = self.sa_mut(r) else {
             return OpenOutcome::Drop(DropReason::UnknownSpi);
         };
-        if sa
-            .replay(window)
-            .and_then(|w| w.update(seq).map_err(|_| Error::ReplayWindow))
-            .is_err()
-        {
+        // The window may have moved since the check before decryption (a later packet of this
+        // batch): then the packet is too old, not a replay.
+        let recorded = match sa.replay(window) {
+            Ok(w) => w.update(seq).map_err(replay_reason),
+            Err(_) => Err(DropReason::Replay),
+        };
+        if let Err(reason) = recorded {
             sa.counters_mut().replays += 1;
-            return OpenOutcome::Drop(DropReason::Replay);
+            return OpenOutcome::Drop(reason);
         }
         let info = OpenInfo {
             peer: PeerId(r.peer()),
@@ -1319,7 +1321,7 @@ pub(crate) fn open_outcome(p: &Packet<'_>, info: OpenInfo) -> OpenOutcome {
     }
 }
 
-fn replay_reason(e: ReplayError) -> DropReason {
+pub(crate) fn replay_reason(e: ReplayError) -> DropReason {
     match e {
         ReplayError::Replayed => DropReason::Replay,
         ReplayError::TooOld => DropReason::TooOld,

@@ -155,7 +155,11 @@ impl ReplayWindow {
     /// recorded and the others are refused.
     pub fn update(&self, seq: u64) -> Result<(), ReplayError> {
         self.check(seq)?;
-        self.top.fetch_max(seq, Ordering::AcqRel);
+        // Only a packet beyond the top writes it (a read-modify-write on a line that other
+        // workers read for every packet costs a cache-line transfer each time).
+        if seq > self.top() {
+            self.top.fetch_max(seq, Ordering::AcqRel);
+        }
         let (word, tag, bit) = self.position(seq);
         let slot = &self.words[word];
         let mut current = slot.load(Ordering::Acquire);

@@ -42,7 +42,7 @@ impl SaCounters {
         }
     }
 
-    fn add(&mut self, o: &SaCounters) {
+    pub(crate) fn add(&mut self, o: &SaCounters) {
         self.packets_sealed += o.packets_sealed;
         self.bytes_sealed += o.bytes_sealed;
         self.packets_opened += o.packets_opened;

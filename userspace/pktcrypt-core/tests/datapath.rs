@@ -240,3 +240,50 @@ fn replay_window_reclaims_words_of_old_blocks() {
     assert_eq!(w.update(big - 64), Err(ReplayError::TooOld));
     let _ = NextHeader::Control;
 }
+
+/// A packet that passed the window check before decryption but fell out of the window while
+/// its batch was decrypted (a later packet of the batch moved it) is dropped as too old, not as
+/// a replay — in the engine and in the data plane alike.
+#[test]
+fn window_moving_during_a_batch_means_too_old_not_replay() {
+    let (mut server, s, mut client, c) = engines();
+    let mut sealed = Vec::new();
+    for i in 0..1500usize {
+        let inner = ipv4(64, i as u8);
+        let mut b = vec![0u8; ESP_HEADER_LEN + 64 + 64];
+        b[ESP_HEADER_LEN..ESP_HEADER_LEN + 64].copy_from_slice(&inner);
+        let n = client.seal(c, &mut b, 64, NextHeader::Ipv4).expect("seal");
+        b.truncate(n);
+        sealed.push(b);
+    }
+    let (first, last) = (sealed[0].clone(), sealed[1499].clone());
+    // Engine: newest first, then the oldest (1,499 behind with a 1,024-packet window).
+    let mut bufs = [last.clone(), first.clone()];
+    let mut batch: Vec<Packet<'_>> = bufs
+        .iter_mut()
+        .map(|b| {
+            let n = b.len();
+            Packet::new(b, n)
+        })
+        .collect();
+    server.open_batch(&mut batch);
+    assert!(matches!(batch[0].opened(), OpenOutcome::Data { .. }));
+    assert_eq!(batch[1].opened(), OpenOutcome::Drop(DropReason::TooOld));
+    // Data plane, on a fresh pair: the same.
+    let (mut server, _, _, _) = engines();
+    let plane = server.data_plane().expect("data plane");
+    let mut bufs = [last, first];
+    let mut batch: Vec<Packet<'_>> = bufs
+        .iter_mut()
+        .map(|b| {
+            let n = b.len();
+            Packet::new(b, n)
+        })
+        .collect();
+    let mut drops = DropCounters::default();
+    plane.open_batch(&mut batch, &mut drops);
+    assert!(matches!(batch[0].opened(), OpenOutcome::Data { .. }));
+    assert_eq!(batch[1].opened(), OpenOutcome::Drop(DropReason::TooOld));
+    assert_eq!(drops.get(DropReason::TooOld), 1);
+    let _ = s;
+}
