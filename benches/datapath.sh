@@ -131,6 +131,10 @@ CFG
   for _ in $(seq 50); do ip netns exec ${P}hostA ping -c1 -W1 10.2.0.2 >/dev/null 2>&1 && break; done
 }
 
+# Worker scaling of the packet path alone (no kernel, no generator), on the idle machine first.
+cargo bench -q --locked -p pktcrypt-benches --bench workers 2>/dev/null | grep '^{' > "$OUT/workers.jsonl"
+cat "$OUT/workers.jsonl"
+
 : > "$OUT/results.jsonl"
 for w in 1 2; do
   QUEUES=$w ./scripts/topology.sh up $P >/dev/null
@@ -151,4 +155,4 @@ for w in 1 2; do
   done
   ./scripts/topology.sh down $P
 done
-python3 scripts/bench_datapath_report.py "$OUT/results.jsonl" BENCH_DATAPATH.md
+python3 scripts/bench_datapath_report.py "$OUT/results.jsonl" BENCH_DATAPATH.md "$OUT/workers.jsonl"
