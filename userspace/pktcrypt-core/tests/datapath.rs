@@ -41,6 +41,16 @@ fn engines() -> (Engine, PeerId, Engine, PeerId) {
     (server, s, client, c)
 }
 
+/// A batch of whole ESP packets to open.
+fn esp_batch(bufs: &mut [Vec<u8>]) -> Vec<Packet<'_>> {
+    bufs.iter_mut()
+        .map(|b| {
+            let n = b.len();
+            Packet::new(b, n)
+        })
+        .collect()
+}
+
 fn ipv4(len: usize, fill: u8) -> Vec<u8> {
     let mut p = vec![fill; len];
     p[0] = 0x45;
@@ -150,13 +160,7 @@ fn duplicates_across_workers_open_exactly_once() {
                     let mut ok = 0;
                     for chunk in packets.chunks(16) {
                         let mut bufs: Vec<Vec<u8>> = chunk.to_vec();
-                        let mut batch: Vec<Packet<'_>> = bufs
-                            .iter_mut()
-                            .map(|b| {
-                                let n = b.len();
-                                Packet::new(b, n)
-                            })
-                            .collect();
+                        let mut batch = esp_batch(&mut bufs);
                         plane.open_batch(&mut batch, &mut drops);
                         ok += batch
                             .iter()
@@ -259,13 +263,7 @@ fn window_moving_during_a_batch_means_too_old_not_replay() {
     let (first, last) = (sealed[0].clone(), sealed[1499].clone());
     // Engine: newest first, then the oldest (1,499 behind with a 1,024-packet window).
     let mut bufs = [last.clone(), first.clone()];
-    let mut batch: Vec<Packet<'_>> = bufs
-        .iter_mut()
-        .map(|b| {
-            let n = b.len();
-            Packet::new(b, n)
-        })
-        .collect();
+    let mut batch = esp_batch(&mut bufs);
     server.open_batch(&mut batch);
     assert!(matches!(batch[0].opened(), OpenOutcome::Data { .. }));
     assert_eq!(batch[1].opened(), OpenOutcome::Drop(DropReason::TooOld));
@@ -273,13 +271,7 @@ fn window_moving_during_a_batch_means_too_old_not_replay() {
     let (mut server, _, _, _) = engines();
     let plane = server.data_plane().expect("data plane");
     let mut bufs = [last, first];
-    let mut batch: Vec<Packet<'_>> = bufs
-        .iter_mut()
-        .map(|b| {
-            let n = b.len();
-            Packet::new(b, n)
-        })
-        .collect();
+    let mut batch = esp_batch(&mut bufs);
     let mut drops = DropCounters::default();
     plane.open_batch(&mut batch, &mut drops);
     assert!(matches!(batch[0].opened(), OpenOutcome::Data { .. }));

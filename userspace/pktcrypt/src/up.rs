@@ -888,12 +888,21 @@ fn render_controller(
                 .map_or("none".to_string(), |p| format!("{p:?}")),
         );
     }
-    json.push_str("],\"drops\":{");
+    json.push_str("],\"drops\":");
+    write_drops(&mut json, &mut prom, drops.iter());
+    json.push('}');
+    (json, prom)
+}
+
+/// The non-zero drop counts as a JSON object and as Prometheus lines.
+fn write_drops(
+    json: &mut String,
+    prom: &mut String,
+    counts: impl Iterator<Item = (DropReason, u64)>,
+) {
+    json.push('{');
     let mut first = true;
-    for (reason, n) in drops.iter() {
-        if n == 0 {
-            continue;
-        }
+    for (reason, n) in counts.filter(|(_, n)| *n != 0) {
         if !first {
             json.push(',');
         }
@@ -905,8 +914,7 @@ fn render_controller(
             reason.label()
         );
     }
-    json.push_str("}}");
-    (json, prom)
+    json.push('}');
 }
 
 /// How long a peer's next hop may stay unresolved before it is logged.
@@ -1219,29 +1227,13 @@ fn render(
         let _ = write!(json, "\"{k}\":{v}");
         let _ = writeln!(prom, "pktcrypt_worker_{k}_total {v}");
     }
-    json.push_str("},\"drops\":{");
-    let mut first = true;
-    for (i, reason) in DropReason::ALL.iter().enumerate() {
-        let n: u64 = s
-            .iter()
-            .map(|w| w.drops[i].load(Ordering::Relaxed))
-            .sum::<u64>()
-            + control_drops.get(*reason);
-        if n == 0 {
-            continue;
-        }
-        if !first {
-            json.push(',');
-        }
-        first = false;
-        let _ = write!(json, "\"{}\":{n}", reason.label());
-        let _ = writeln!(
-            prom,
-            "pktcrypt_drops_total{{reason=\"{}\"}} {n}",
-            reason.label()
-        );
-    }
-    json.push_str("},\"xdp\":{");
+    json.push_str("},\"drops\":");
+    let counts = DropReason::ALL.iter().enumerate().map(|(i, reason)| {
+        let workers: u64 = s.iter().map(|w| w.drops[i].load(Ordering::Relaxed)).sum();
+        (*reason, workers + control_drops.get(*reason))
+    });
+    write_drops(&mut json, &mut prom, counts);
+    json.push_str(",\"xdp\":{");
     for (i, (side, x)) in [("inner", inner), ("outer", outer)].iter().enumerate() {
         if i > 0 {
             json.push(',');

@@ -12,10 +12,9 @@
 
 mod common;
 
-use common::{BIN, Gateway, Topology, sh};
+use common::{BIN, Capture, Gateway, Topology, sh};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const P: &str = "pt-";
@@ -136,25 +135,7 @@ fn gateways_carry_traffic_through_rekeys_and_restarts() {
     );
 
     // 2. TCP bulk transfer, with a capture on the wire.
-    let pcap = dir.join("wire.pcap");
-    let mut capture = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &format!("{P}wire"),
-            "tcpdump",
-            "-ni",
-            "br0",
-            "-s",
-            "128",
-            "-w",
-        ])
-        .arg(&pcap)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tcpdump");
-    std::thread::sleep(Duration::from_millis(500));
+    let mut capture = Capture::start(P, dir.join("wire.pcap"));
     assert!(ns("hostB", "iperf3 -s -D -1").0, "iperf3 server");
     std::thread::sleep(Duration::from_millis(300));
     let (ok, out) = ns("hostA", "timeout 30 iperf3 -c 10.2.0.2 -t 3 -J");
@@ -173,19 +154,9 @@ fn gateways_carry_traffic_through_rekeys_and_restarts() {
         "TCP transfer carried {received} bytes"
     );
     let _ = ping_run("hostA", "fd02::2", 3, "0.05");
-    let _ = Command::new("kill")
-        .args(["-INT", &capture.id().to_string()])
-        .status();
-    let _ = capture.wait();
-    let count = |filter: &str| -> u64 {
-        let (_, out) = sh(&format!(
-            "tcpdump -nr {} '{filter}' 2>/dev/null | wc -l",
-            pcap.display()
-        ));
-        out.trim().parse().unwrap_or(0)
-    };
-    let esp = count("udp port 4500");
-    let clear = count("net 10.0.0.0/8 or net fd00::/8");
+    capture.stop();
+    let esp = capture.count("udp port 4500");
+    let clear = capture.count("net 10.0.0.0/8 or net fd00::/8");
     eprintln!("wire capture: {esp} ESP-in-UDP packets, {clear} with inner addresses in the clear");
     assert!(esp > 1000, "ESP packets on the wire: {esp}");
     assert_eq!(clear, 0, "plaintext inner traffic on the wire");

@@ -11,10 +11,9 @@
 
 mod common;
 
-use common::{BIN, Gateway, Topology, sh};
+use common::{BIN, Capture, Gateway, Topology, sh};
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const P: &str = "pg-";
@@ -121,33 +120,14 @@ fn group_members_carry_traffic_over_ipv6_through_group_rekeys() {
     }
 
     // 2. Group rekeys every second under continuous traffic, captured on the wire.
-    let pcap = dir.join("wire.pcap");
-    let mut capture = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &format!("{P}wire"),
-            "tcpdump",
-            "-ni",
-            "br0",
-        ])
-        .args(["-s", "128", "-w"])
-        .arg(&pcap)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tcpdump");
-    std::thread::sleep(Duration::from_millis(500));
+    let mut capture = Capture::start(P, dir.join("wire.pcap"));
     let before = gws[0].status(&dir);
     let other = std::thread::spawn(|| common::ping_run(P, "hostC", "fd02::2", 240, "0.05"));
     let (sent, received) = ping_run("hostA", "10.3.0.2", 240);
     let (sent6, received6) = other.join().expect("pinger");
     let after = gws[0].status(&dir);
     std::thread::sleep(Duration::from_millis(300));
-    let _ = Command::new("kill")
-        .args(["-INT", &capture.id().to_string()])
-        .status();
-    let _ = capture.wait();
+    capture.stop();
     let generations = group_generation(&after) - group_generation(&before);
     eprintln!(
         "group rekeys: generation {} → {}; pings {received}/{sent} (IPv4), {received6}/{sent6} (IPv6)",
@@ -160,17 +140,10 @@ fn group_members_carry_traffic_over_ipv6_through_group_rekeys() {
     );
     assert_eq!((sent, received), (240, 240), "loss across group rekeys");
     assert_eq!((sent6, received6), (240, 240), "loss across group rekeys");
-    let count = |filter: &str| -> u64 {
-        let (_, out) = sh(&format!(
-            "tcpdump -nr {} '{filter}' 2>/dev/null | wc -l",
-            pcap.display()
-        ));
-        out.trim().parse().unwrap_or(0)
-    };
-    let esp = count("ip6 and udp port 4500");
-    let control = count("ip6 and udp port 4501");
-    let ipv4 = count("ip");
-    let clear = count("net 10.0.0.0/8 or net fd00::/8");
+    let esp = capture.count("ip6 and udp port 4500");
+    let control = capture.count("ip6 and udp port 4501");
+    let ipv4 = capture.count("ip");
+    let clear = capture.count("net 10.0.0.0/8 or net fd00::/8");
     eprintln!(
         "wire: {esp} ESP-in-UDP/IPv6, {control} controller messages, {ipv4} IPv4, {clear} clear"
     );

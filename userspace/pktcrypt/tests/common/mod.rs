@@ -190,3 +190,49 @@ pub(crate) fn ping_run(
         .collect();
     (nums[0], nums[1])
 }
+
+/// tcpdump on the wire bridge (`{prefix}wire`, br0), writing `path`.
+pub(crate) struct Capture {
+    child: Child,
+    path: PathBuf,
+}
+
+impl Capture {
+    /// Starts the capture and gives tcpdump time to open the interface.
+    pub(crate) fn start(prefix: &str, path: PathBuf) -> Self {
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &format!("{prefix}wire"),
+                "tcpdump",
+                "-ni",
+                "br0",
+            ])
+            .args(["-s", "128", "-w"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tcpdump");
+        std::thread::sleep(Duration::from_millis(500));
+        Self { child, path }
+    }
+
+    /// Stops the capture (SIGINT: tcpdump writes out what it holds).
+    pub(crate) fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
+    /// Packets in the capture that match a tcpdump filter.
+    pub(crate) fn count(&self, filter: &str) -> u64 {
+        let (_, out) = sh(&format!(
+            "tcpdump -nr {} '{filter}' 2>/dev/null | wc -l",
+            self.path.display()
+        ));
+        out.trim().parse().unwrap_or(0)
+    }
+}
