@@ -110,7 +110,7 @@ fn suite(field: &str, name: &Option<String>, default: Suite) -> Result<Suite, St
     }
 }
 
-fn engine(role: Role, replay_window: Option<u32>) -> Result<EngineConfig, String> {
+pub(crate) fn engine(role: Role, replay_window: Option<u32>) -> Result<EngineConfig, String> {
     let mut e = EngineConfig::new(role);
     if let Some(w) = replay_window {
         if !(64..=8192).contains(&w) || !w.is_multiple_of(64) {

@@ -1000,6 +1000,7 @@ fn group_member(
         None,
         pktcrypt_core::Role::Client,
     )?;
+    config.engine = config::engine(pktcrypt_core::Role::Client, file.replay_window)?;
     config.engine.backend = backend;
     let member = GroupMember::new(
         config,

@@ -121,6 +121,13 @@ fn gateway_roles_name_the_bad_field() {
     fails_naming(
         "up",
         &format!(
+            "role = \"group-member\"\n{base}index = 0\nreplay_window = 100\ncontroller = \"2001:db8::100\"\n[group]\ninit_key = \"{k}\"\n[[members]]\n{member}"
+        ),
+        "replay_window",
+    );
+    fails_naming(
+        "up",
+        &format!(
             "role = \"group-member\"\n{base}index = 1\ncontroller = \"2001:db8::100\"\n[group]\ninit_key = \"{k}\"\n[[members]]\n{member}"
         ),
         "index",
