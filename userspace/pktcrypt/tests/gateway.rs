@@ -5,7 +5,9 @@
 //!
 //! One test, in phases (they share the topology): ping and IPv6 ping through the tunnel, a site
 //! to site path through the hub (A → B → C), a TCP bulk transfer, a capture on the wire showing
-//! only ESP-in-UDP, unrelated traffic untouched, the ICMP "fragmentation needed" answer, key
+//! only ESP-in-UDP, bad input sent to the key server's outer interface (replayed, forged,
+//! unknown-SPI, truncated, non-ESP, keepalive: each dropped and counted under its reason while
+//! traffic goes on), unrelated traffic untouched, the ICMP "fragmentation needed" answer, key
 //! rotation every second under continuous traffic with no loss beyond a no-rekey run, recovery
 //! after the key server and a client gateway are killed and restarted, and a clean detach.
 //! `PKTCRYPT_E2E_SECONDS` sets the length of the rekey run (default 60).
@@ -18,6 +20,40 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const P: &str = "pt-";
+
+/// Run in the wire namespace: sniffs one live ESP-in-UDP packet from gwA to gwB on the bridge,
+/// then sends gwB two exact copies (replays), a copy with a fresh sequence number (fails
+/// authentication), an unknown SPI, a truncated packet, a non-ESP marker and a NAT-keepalive.
+const ATTACKER: &str = r#"
+import socket, struct, subprocess
+subprocess.run(["ip", "link", "set", "br0", "promisc", "on"], check=True)
+sniff = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+sniff.bind(("br0", 0))
+sniff.settimeout(10)
+while True:
+    f = sniff.recv(2048)
+    if f[12:14] != b"\x08\x00" or f[23] != 17:
+        continue
+    ihl = (f[14] & 15) * 4
+    udp = 14 + ihl
+    src, dst = socket.inet_ntoa(f[26:30]), socket.inet_ntoa(f[30:34])
+    dport = struct.unpack("!H", f[udp + 2:udp + 4])[0]
+    payload = f[udp + 8:udp + struct.unpack("!H", f[udp + 4:udp + 6])[0]]
+    if (src, dst, dport) == ("192.0.2.1", "192.0.2.2", 4500) and len(payload) > 40:
+        break
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("192.0.2.100", 0))
+to = ("192.0.2.2", 4500)
+s.sendto(payload, to)
+s.sendto(payload, to)
+spi, seq = struct.unpack("!II", payload[:8])
+s.sendto(struct.pack("!II", spi, seq + 1000) + payload[8:], to)
+s.sendto(struct.pack("!II", 0x7777_7777, 1) + bytes(40), to)
+s.sendto(b"\x01\x02\x03", to)
+s.sendto(b"\x00\x00\x00\x00ike", to)
+s.sendto(b"\xff", to)
+print("sent 7 bad packets built from spi %#x seq %d" % (spi, seq))
+"#;
 
 fn ns(name: &str, cmd: &str) -> (bool, String) {
     common::ns(P, name, cmd)
@@ -160,6 +196,42 @@ fn gateways_carry_traffic_through_rekeys_and_restarts() {
     eprintln!("wire capture: {esp} ESP-in-UDP packets, {clear} with inner addresses in the clear");
     assert!(esp > 1000, "ESP packets on the wire: {esp}");
     assert_eq!(clear, 0, "plaintext inner traffic on the wire");
+
+    // 2b. Bad input on the real outer interface: dropped, counted by reason, traffic goes on.
+    let before = gw_b.status(&dir)["drops"].clone();
+    let mut pinger = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("{P}hostA"),
+            "ping",
+            "-q",
+            "-c",
+            "60",
+            "-i",
+            "0.05",
+        ])
+        .arg("10.2.0.2")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ping");
+    let (ok, out) = ns("wire", &format!("python3 -c '{ATTACKER}'"));
+    let _ = pinger.wait();
+    assert!(ok, "attacker: {out}");
+    let after = gw_b.status(&dir)["drops"].clone();
+    let grew = |k: &str| after[k].as_u64().unwrap_or(0) - before[k].as_u64().unwrap_or(0);
+    eprintln!("bad input: {out}; gwB drops before {before}, after {after}");
+    assert!(grew("replay") + grew("too_old") >= 2, "replayed copies");
+    for reason in [
+        "auth_failed",
+        "unknown_spi",
+        "truncated",
+        "not_esp",
+        "keepalive",
+    ] {
+        assert!(grew(reason) >= 1, "{reason} not counted: {after}");
+    }
+    assert_eq!(ping_run("hostA", "10.2.0.2", 10, "0.05"), (10, 10));
 
     // 3. Unrelated traffic on the same interfaces is untouched (ARP, the gateways' own IP).
     assert!(
