@@ -17,9 +17,13 @@ use crate::engine::{
     seal_prepare, seal_validate,
 };
 use crate::keys::GenerationInfo;
+use crate::replay::ReplayError;
 use crate::sa::{Keyed, SaShared};
 use crate::{DropCounters, DropReason, SaCounters, SealError};
 use std::sync::Arc;
+
+/// Packets whose window updates are gathered at a time (a worker's batch).
+const RUN: usize = 64;
 
 /// The transmit side of one peer.
 struct TxSa {
@@ -158,21 +162,25 @@ impl DataPlane {
                 rx.key.key.open_batch(run);
             }
         });
-        // Counters are added once per run of packets under one SA, not per packet: they are
-        // shared with every other worker.
+        // The window and the counters are shared with every other worker: the window records
+        // each run of authenticated packets under one SA with one compare-and-swap per block,
+        // and counters are added once per run, not per packet.
         let mut pending: Option<(SaRef, SaCounters)> = None;
-        for p in packets.iter_mut() {
-            let (outcome, counted) = self.finish_open(p);
-            if let OpenOutcome::Drop(reason) = outcome {
-                drops.add(reason);
-            }
-            p.state = State::Opened(outcome);
-            if let Some((r, counts)) = counted {
-                match &mut pending {
-                    Some((current, sum)) if *current == r => sum.add(&counts),
-                    _ => {
-                        if let Some((previous, sum)) = pending.replace((r, counts)) {
-                            self.add_counters(previous, &sum);
+        for chunk in packets.chunks_mut(RUN) {
+            let recorded = self.record(chunk);
+            for (p, recorded) in chunk.iter_mut().zip(recorded) {
+                let (outcome, counted) = self.finish_open(p, recorded);
+                if let OpenOutcome::Drop(reason) = outcome {
+                    drops.add(reason);
+                }
+                p.state = State::Opened(outcome);
+                if let Some((r, counts)) = counted {
+                    match &mut pending {
+                        Some((current, sum)) if *current == r => sum.add(&counts),
+                        _ => {
+                            if let Some((previous, sum)) = pending.replace((r, counts)) {
+                                self.add_counters(previous, &sum);
+                            }
                         }
                     }
                 }
@@ -181,6 +189,38 @@ impl DataPlane {
         if let Some((r, sum)) = pending {
             self.add_counters(r, &sum);
         }
+    }
+
+    /// Records the authenticated packets of `chunk` (at most [`RUN`]) in their SAs' windows,
+    /// one call per run of consecutive packets under one SA; returns each packet's result (`Ok`
+    /// for packets that are not to be recorded).
+    fn record(&self, chunk: &[Packet<'_>]) -> [Result<(), ReplayError>; RUN] {
+        let mut recorded = [Ok(()); RUN];
+        let mut k = 0;
+        while k < chunk.len() {
+            let Some(r) = chunk[k].sa else {
+                k += 1;
+                continue;
+            };
+            let (mut seqs, mut index, mut n) = ([0u64; RUN], [0usize; RUN], 0);
+            let mut end = k;
+            while end < chunk.len() && chunk[end].sa == Some(r) {
+                if chunk[end].state == State::Pending {
+                    (seqs[n], index[n]) = (chunk[end].seq, end);
+                    n += 1;
+                }
+                end += 1;
+            }
+            if let Some(rx) = self.rx(r).filter(|_| n > 0) {
+                let mut results = [Ok(()); RUN];
+                rx.shared.replay.update_run(&seqs[..n], &mut results[..n]);
+                for m in 0..n {
+                    recorded[index[m]] = results[m];
+                }
+            }
+            k = end;
+        }
+        recorded
     }
 
     fn add_counters(&self, r: SaRef, counts: &SaCounters) {
@@ -199,8 +239,13 @@ impl DataPlane {
         Ok(())
     }
 
-    /// The packet's outcome and what it adds to its SA's counters.
-    fn finish_open(&self, p: &mut Packet<'_>) -> (OpenOutcome, Option<(SaRef, SaCounters)>) {
+    /// The packet's outcome (`recorded`: what its SA's window said) and what it adds to its
+    /// SA's counters.
+    fn finish_open(
+        &self,
+        p: &mut Packet<'_>,
+        recorded: Result<(), ReplayError>,
+    ) -> (OpenOutcome, Option<(SaRef, SaCounters)>) {
         let (r, drop) = match (p.state, p.sa) {
             (State::Pending, Some(r)) => (r, None),
             (State::Opened(OpenOutcome::Drop(reason)), Some(r)) => (r, Some(reason)),
@@ -216,7 +261,7 @@ impl DataPlane {
                 counts.count_drop(reason);
                 OpenOutcome::Drop(reason)
             }
-            None => match rx.shared.replay.update(p.seq) {
+            None => match recorded {
                 Err(e) => {
                     counts.replays = 1;
                     OpenOutcome::Drop(replay_reason(e))

@@ -279,3 +279,34 @@ fn window_moving_during_a_batch_means_too_old_not_replay() {
     assert_eq!(drops.get(DropReason::TooOld), 1);
     let _ = s;
 }
+
+proptest::proptest! {
+    /// Recording a run at once gives exactly what recording its numbers one by one gives
+    /// (duplicates, numbers left of the window, runs that cross blocks, jumps ahead).
+    #[test]
+    fn recording_a_run_equals_recording_one_by_one(
+        start in 1u64..5_000,
+        steps in proptest::collection::vec(-40i64..80, 1..64),
+        window in proptest::sample::select(vec![64u32, 128, 1024]),
+    ) {
+        let mut seqs = Vec::new();
+        let mut s = start as i64;
+        for d in steps {
+            s = (s + d).max(0);
+            seqs.push(s as u64);
+        }
+        let one = ReplayWindow::new(window).expect("window");
+        let many = ReplayWindow::new(window).expect("window");
+        // Some history first, identical in both.
+        for w in [&one, &many] {
+            for h in [start / 2, start.saturating_sub(3), start] {
+                let _ = w.update(h);
+            }
+        }
+        let expected: Vec<_> = seqs.iter().map(|&s| one.update(s)).collect();
+        let mut got = vec![Ok(()); seqs.len()];
+        many.update_run(&seqs, &mut got);
+        proptest::prop_assert_eq!(got, expected);
+        proptest::prop_assert_eq!(one.top(), many.top());
+    }
+}
