@@ -11,6 +11,7 @@
 //! in the daemon); workers finish their batch with the old one. Nothing here allocates per
 //! packet.
 
+use crate::aead::AeadItem;
 use crate::engine::{
     INIT_SLOT, OpenInfo, OpenOutcome, Packet, PeerId, SaRef, SealParams, Slot, SpiMap, State,
     open_outcome, open_prepare, open_sequence, parse_esp, replay_reason, sa_runs, seal_finish,
@@ -205,7 +206,7 @@ impl DataPlane {
             let (mut seqs, mut index, mut n) = ([0u64; RUN], [0usize; RUN], 0);
             let mut end = k;
             while end < chunk.len() && chunk[end].sa == Some(r) {
-                if chunk[end].state == State::Pending {
+                if chunk[end].active() {
                     (seqs[n], index[n]) = (chunk[end].seq, end);
                     n += 1;
                 }
