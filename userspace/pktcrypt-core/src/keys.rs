@@ -14,8 +14,6 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 /// Length of a generation secret.
 pub const SECRET_LEN: usize = 32;
 
-/// Label mixed into every derivation of this protocol version.
-const KDF_SALT: &[u8] = b"pktcrypt v1";
 
 /// A 256-bit generation secret. Zeroized on drop; `Debug` never shows it.
 #[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
@@ -45,7 +43,7 @@ impl Secret {
     /// a fresh public nonce. Key material never crosses the network.
     pub fn derive_next(&self, nonce: &[u8], next: GenerationInfo) -> Secret {
         let hk = Hkdf::<Sha256>::new(Some(nonce), &self.0);
-        let mut info = [0u8; 32];
+        let mut info = [0u8; INFO_MAX];
         let n = next.write_info(b"next secret", &mut info);
         let mut out = [0u8; SECRET_LEN];
         hk.expand(&info[..n], &mut out)
@@ -55,8 +53,8 @@ impl Secret {
 
     /// Derives the AEAD key and salt of one direction of the generation described by `info`.
     pub fn derive_direction(&self, info: GenerationInfo, direction: Direction) -> DirectionKey {
-        let hk = Hkdf::<Sha256>::new(Some(KDF_SALT), &self.0);
-        let mut buf = [0u8; 32];
+        let hk = Hkdf::<Sha256>::from_prk(&self.0).expect("32 bytes is a valid HKDF-SHA256 PRK");
+        let mut buf = [0u8; INFO_MAX];
         let n = info.write_info(direction.label(), &mut buf);
         let mut okm = Zeroizing::new([0u8; SECRET_LEN + 4]);
         let len = info.suite.key_len() + info.suite.salt_len();
@@ -89,9 +87,13 @@ pub struct GenerationInfo {
     pub suite: Suite,
 }
 
+/// Longest HKDF info string: the longest label, 0x00, number, SPI and suite. At most 54 bytes
+/// keeps HKDF-Expand's one HMAC block to one SHA-256 compression inside.
+const INFO_MAX: usize = 48;
+
 impl GenerationInfo {
     /// Writes `label ‖ 0x00 ‖ number(8) ‖ spi(4) ‖ suite(1)` and returns its length.
-    fn write_info(&self, label: &[u8], out: &mut [u8; 32]) -> usize {
+    fn write_info(&self, label: &[u8], out: &mut [u8; INFO_MAX]) -> usize {
         let n = label.len();
         out[..n].copy_from_slice(label);
         out[n] = 0;
@@ -135,9 +137,9 @@ pub enum Direction {
 impl Direction {
     const fn label(self) -> &'static [u8] {
         match self {
-            Direction::ServerToClient => b"esp server->client",
-            Direction::ClientToServer => b"esp client->server",
-            Direction::GroupSender => b"esp group sender",
+            Direction::ServerToClient => b"pktcrypt v2 esp server->client",
+            Direction::ClientToServer => b"pktcrypt v2 esp client->server",
+            Direction::GroupSender => b"pktcrypt v2 esp group sender",
         }
     }
 
@@ -186,5 +188,49 @@ impl fmt::Debug for DirectionKey {
         f.debug_struct("DirectionKey")
             .field("suite", &self.suite)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(all(test, feature = "ring"))]
+mod tests {
+    use super::*;
+
+    /// The key schedule checked against an independent HKDF (ring's): Expand only, keyed with
+    /// the secret, info as documented in docs/protocol.md.
+    #[test]
+    fn direction_keys_match_an_independent_hkdf_expand() {
+        struct Len(usize);
+        impl ring::hkdf::KeyType for Len {
+            fn len(&self) -> usize {
+                self.0
+            }
+        }
+        let secret = Secret::from_bytes(core::array::from_fn(|i| i as u8 * 7 + 1));
+        for (suite, direction) in [
+            (Suite::Aes128Gcm, Direction::ServerToClient),
+            (Suite::Aes256Gcm, Direction::ClientToServer),
+            (Suite::ChaCha20Poly1305, Direction::GroupSender),
+        ] {
+            let info = GenerationInfo {
+                number: 0x0102_0304_0506_0708,
+                spi: Spi::new(0xdead_beef).unwrap_or_else(|_| unreachable!()),
+                suite,
+            };
+            let mut label = direction.label().to_vec();
+            label.push(0);
+            label.extend_from_slice(&info.number.to_be_bytes());
+            label.extend_from_slice(&0xdead_beef_u32.to_be_bytes());
+            label.push(suite.id());
+            let len = suite.key_len() + 4;
+            let prk = ring::hkdf::Prk::new_less_safe(ring::hkdf::HKDF_SHA256, secret.expose());
+            let mut want = vec![0u8; len];
+            let infos = [label.as_slice()];
+            prk.expand(&infos, Len(len))
+                .and_then(|okm| okm.fill(&mut want))
+                .unwrap_or_else(|_| unreachable!());
+            let got = secret.derive_direction(info, direction);
+            assert_eq!(got.key(), &want[..suite.key_len()], "{suite:?} {direction:?}");
+            assert_eq!(got.salt(), want[suite.key_len()..], "{suite:?} {direction:?}");
+        }
     }
 }
