@@ -14,7 +14,6 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 /// Length of a generation secret.
 pub const SECRET_LEN: usize = 32;
 
-
 /// A 256-bit generation secret. Zeroized on drop; `Debug` never shows it.
 #[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
 pub struct Secret([u8; SECRET_LEN]);
@@ -229,8 +228,16 @@ mod tests {
                 .and_then(|okm| okm.fill(&mut want))
                 .unwrap_or_else(|_| unreachable!());
             let got = secret.derive_direction(info, direction);
-            assert_eq!(got.key(), &want[..suite.key_len()], "{suite:?} {direction:?}");
-            assert_eq!(got.salt(), want[suite.key_len()..], "{suite:?} {direction:?}");
+            assert_eq!(
+                got.key(),
+                &want[..suite.key_len()],
+                "{suite:?} {direction:?}"
+            );
+            assert_eq!(
+                got.salt(),
+                want[suite.key_len()..],
+                "{suite:?} {direction:?}"
+            );
         }
     }
 }

@@ -7,7 +7,8 @@
 
 use crate::config::{self, ClientFile, GroupControllerFile, GroupMemberFile, ServerFile};
 use pktcrypt_core::control::{
-    GroupController, GroupMember, Incoming, KeyClient, KeyServer, Random, Transmit,
+    GroupController, GroupMember, Incoming, KeyClient, KeyErasureRandom, KeyServer, Random,
+    Transmit,
 };
 use pktcrypt_core::wire::esp::{ESP_HEADER_LEN, MAX_OVERHEAD, NextHeader};
 use pktcrypt_core::{DropReason, PeerId, Role, Time};
@@ -30,6 +31,40 @@ impl Random for OsRandom {
             eprintln!("pktcrypt: the operating system's random generator failed: {e}");
             std::process::abort();
         }
+    }
+}
+
+/// For the key server, which mints many secrets per second: a fast-key-erasure generator
+/// ([`KeyErasureRandom`]) seeded from the operating system and reseeded from it after every
+/// mebibyte of output, instead of a system call per secret.
+pub(crate) struct ServerRandom {
+    rng: KeyErasureRandom,
+    given: usize,
+}
+
+impl ServerRandom {
+    const RESEED_AFTER: usize = 1 << 20;
+
+    pub(crate) fn new() -> Self {
+        let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+        OsRandom.fill(&mut *seed);
+        Self {
+            rng: KeyErasureRandom::from_seed(*seed),
+            given: 0,
+        }
+    }
+}
+
+impl Random for ServerRandom {
+    fn fill(&mut self, dest: &mut [u8]) {
+        if self.given >= Self::RESEED_AFTER {
+            let mut fresh = zeroize::Zeroizing::new([0u8; 32]);
+            OsRandom.fill(&mut *fresh);
+            self.rng.reseed(&fresh);
+            self.given = 0;
+        }
+        self.rng.fill(dest);
+        self.given += dest.len();
     }
 }
 
@@ -215,7 +250,8 @@ fn interval(pps: Option<u32>) -> Option<Duration> {
 /// `pktcrypt server`.
 pub(crate) fn run_server(file: &ServerFile, base: &Path, term: &AtomicBool) -> Result<(), String> {
     let config = file.server_config()?;
-    let mut server = KeyServer::new(config, Box::new(OsRandom)).map_err(|e| e.to_string())?;
+    let mut server =
+        KeyServer::new(config, Box::new(ServerRandom::new())).map_err(|e| e.to_string())?;
     let mut names = HashMap::new();
     for (i, c) in file.clients.iter().enumerate() {
         let key = c.key.load(&format!("clients[{i}] ({})", c.name), 0, base)?;

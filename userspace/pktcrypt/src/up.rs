@@ -8,7 +8,7 @@
 //! that port to the workers, so that socket never receives).
 
 use crate::config::{self, ClientFile, GroupKeyTable, KeySource, PeerEntry, ServerFile};
-use crate::driver::{OsRandom, now};
+use crate::driver::{OsRandom, ServerRandom, now};
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use pktcrypt_core::aead::Backend;
@@ -400,7 +400,8 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
             };
             let mut sc = sf.server_config()?;
             sc.engine.backend = backend;
-            let mut server = KeyServer::new(sc, Box::new(OsRandom)).map_err(|e| e.to_string())?;
+            let mut server =
+                KeyServer::new(sc, Box::new(ServerRandom::new())).map_err(|e| e.to_string())?;
             for (i, c) in file.clients.iter().enumerate() {
                 let field = format!("clients[{i}] ({})", c.name);
                 let key = c.key.load(&field, 0, base)?;
