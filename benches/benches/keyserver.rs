@@ -2,31 +2,41 @@
 //! bytes of state per client, measured with a counting allocator, and rekeys per second on one
 //! core. A rekey here is the server's whole path for a `KEY_UPDATE_REQUEST` under generation N:
 //! open and decode it, mint N+1 (secret, SPI, install), encode and seal the distribution.
+//!
+//! The heap is mimalloc, as in the `pktcrypt` daemon; `--features system-alloc` measures the
+//! system allocator instead. The random generator is the daemon's key server's
+//! ([`KeyErasureRandom`]), seeded here.
 #![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
 
 use pktcrypt_core::control::message::{KeyMaterial, Message};
-use pktcrypt_core::control::{Incoming, KeyServer, SeededRandom, ServerConfig};
+use pktcrypt_core::control::{Incoming, KeyErasureRandom, KeyServer, ServerConfig};
 use pktcrypt_core::{
     Engine, EngineConfig, Generation, GenerationInfo, Opened, Role, Secret, Spi, Suite, Time,
 };
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+#[cfg(not(feature = "system-alloc"))]
+use mimalloc::MiMalloc as Inner;
+#[cfg(feature = "system-alloc")]
+use std::alloc::System as Inner;
 
 struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
-// SAFETY: forwards every call to the system allocator unchanged and only counts sizes.
+// SAFETY: forwards every call to the inner allocator (mimalloc or the system's) unchanged and
+// only counts sizes.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size(), Ordering::Relaxed);
         // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
+        unsafe { Inner.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
         // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { Inner.dealloc(ptr, layout) }
     }
 }
 
@@ -60,7 +70,8 @@ fn main() {
     config.max_rekeys_per_second = u32::MAX;
     config.idle_evict = None;
     let base = LIVE.load(Ordering::Relaxed);
-    let mut server = KeyServer::new(config, Box::new(SeededRandom::new(7))).unwrap();
+    let mut server =
+        KeyServer::new(config, Box::new(KeyErasureRandom::from_seed([7; 32]))).unwrap();
     let t0 = Instant::now();
     for i in 0..n {
         server.add_client(&init(i), None, Time::ZERO).unwrap();
@@ -80,10 +91,14 @@ fn main() {
         clients.add_peer(&init(i), Time::ZERO).unwrap();
     }
     let mut out = vec![0u8; 256];
+    let steady: u64 = std::env::var("PKTCRYPT_STEADY_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let mut server_time = Duration::ZERO;
     let mut proof_time = Duration::ZERO;
-    for round in 0..3u64 {
-        if round == 2 {
+    for round in 0..2 + steady {
+        if round >= 2 {
             // Steady state: the idle timer has dropped expanded keys; rotations reuse that memory
             // instead of first-touching fresh pages.
             evict_all(&mut server, n);
