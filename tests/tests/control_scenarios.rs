@@ -314,3 +314,62 @@ fn rekeys_are_rate_limited_and_spread() {
     assert_eq!(sim.stats.key_mismatch, 0);
     let _ = Time::ZERO;
 }
+
+fn keys_expanded(sim: &Sim, i: usize) -> bool {
+    let peer = sim.clients[i].peer;
+    let st = sim.server.engine().peer_status(peer).expect("status");
+    st.sas.iter().any(|s| s.keys_expanded)
+}
+
+#[test]
+fn idle_clients_lose_their_expanded_keys_and_come_back() {
+    let mut sc = server_config();
+    sc.idle_evict = Some(secs(8));
+    let mut cc = client_config();
+    cc.hello_interval = secs(3600);
+    let mut sim = Sim::new(600, sc, cc, 21);
+    sim.data_interval = None;
+    sim.run_for(secs(2));
+    // Every client initialised: the server expanded keys for each of them.
+    assert!((0..600).all(|i| sim.generations(i) == (1, 1, 1)));
+    assert!((0..600).all(|i| keys_expanded(&sim, i)));
+    // The server's only timer is the sweep tick: nothing per client once the inits settled.
+    sim.run_for(secs(5));
+    assert!((0..600).all(|i| keys_expanded(&sim, i)), "evicted early");
+    // Idle for the eviction time plus one sweep period (idle/4): all gone, in every chunk.
+    sim.run_for(secs(4));
+    assert!(
+        (0..600).all(|i| !keys_expanded(&sim, i)),
+        "keys of idle clients still expanded"
+    );
+    // Traffic resumes: keys are derived again and nothing is lost to a key mismatch.
+    sim.data_interval = Some(Duration::from_millis(100));
+    sim.run_for(secs(2));
+    assert!((0..600).all(|i| keys_expanded(&sim, i)));
+    assert!(sim.stats.data_opened > 0);
+    assert_eq!(sim.stats.key_mismatch, 0);
+}
+
+#[test]
+fn s7_timed_rekeys_reach_every_chunk_of_a_large_table() {
+    // 1,000 clients span four sweep chunks: each one is rotated on time.
+    let mut sc = server_config();
+    sc.rekey_interval = Some(secs(10));
+    sc.rekey_jitter_permille = 100;
+    sc.max_rekeys_per_second = 100_000;
+    let mut cc = client_config();
+    cc.hello_interval = secs(3600);
+    let mut sim = Sim::new(1000, sc, cc, 22);
+    sim.data_interval = Some(secs(1));
+    sim.run_for(secs(8));
+    assert!(
+        (0..1000).all(|i| sim.generations(i).0 == 1),
+        "rotated early"
+    );
+    // Deadlines at 10 s ± 10 % ± 1/32: all rotated by 12 s, none twice.
+    sim.run_for(secs(5));
+    for i in 0..1000 {
+        assert_eq!(sim.generations(i), (2, 2, 2), "client {i}");
+    }
+    assert_eq!(sim.stats.key_mismatch, 0);
+}

@@ -459,6 +459,9 @@ pub struct SaStatus {
     pub next_seq: u64,
     /// Highest sequence number received and authenticated.
     pub highest_received: u64,
+    /// Whether an expanded key of either direction is held (idle eviction drops them; they
+    /// are derived again from the secret on the next packet).
+    pub keys_expanded: bool,
 }
 
 /// Status of a peer: every generation held.
@@ -811,6 +814,7 @@ impl Engine {
                     installed_at: sa.installed_at(),
                     next_seq: sa.next_seq(),
                     highest_received: sa.highest_received(),
+                    keys_expanded: sa.keys_expanded(),
                 });
             }
         }
@@ -914,6 +918,14 @@ impl Engine {
         let index = peer.index_of(slot)?;
         let sa = peer.slots[usize::from(index)].as_ref()?;
         Some((sa.counters(), sa.installed_at()))
+    }
+
+    /// The generation in `slot` and when it was installed.
+    pub fn installed(&self, id: PeerId, slot: Slot) -> Option<(GenerationInfo, Time)> {
+        let peer = self.peer(id)?;
+        let index = peer.index_of(slot)?;
+        let sa = peer.slots[usize::from(index)].as_ref()?;
+        Some((sa.info, sa.installed_at()))
     }
 
     /// The secret of the generation in `slot` (for derived-key mode and distribution).

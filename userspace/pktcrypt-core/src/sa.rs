@@ -241,6 +241,13 @@ impl Sa {
         self.hot().rx.as_ref().ok_or(Error::KeyLength)
     }
 
+    /// Whether either direction's key is expanded.
+    pub(crate) fn keys_expanded(&self) -> bool {
+        self.hot
+            .as_ref()
+            .is_some_and(|h| h.tx.is_some() || h.rx.is_some())
+    }
+
     /// The receive key if already expanded.
     pub(crate) fn rx_expanded(&self) -> Option<&Keyed> {
         self.hot.as_ref()?.rx.as_deref()

@@ -159,10 +159,25 @@ pub fn jittered(base: Duration, permille: u32, rng: &mut dyn Random) -> Duration
     if permille == 0 || base.is_zero() {
         return base;
     }
-    let span = u64::from(permille.min(1000)) * 2;
-    let r = rng.next_u64() % (span + 1);
-    let factor = 1000 + r - u64::from(permille.min(1000));
+    scaled(base, permille, rng.next_u64())
+}
+
+/// `base` scaled by `1 + (r mod (2p+1) - p)/1000`, with `p = min(permille, 1000)`.
+fn scaled(base: Duration, permille: u32, r: u64) -> Duration {
+    let p = u64::from(permille.min(1000));
+    let factor = 1000 + r % (2 * p + 1) - p;
     base.mul_f64(factor as f64 / 1000.0)
+}
+
+/// `base` scaled by a factor in `1 ± permille/1000` drawn from `seed` (a stable jitter: the same
+/// seed, e.g. an SPI, always gives the same deadline, so it need not be stored).
+pub fn jittered_by(base: Duration, permille: u32, seed: u64) -> Duration {
+    // splitmix64's finalizer: spreads sequential or random seeds alike.
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    scaled(base, permille, z)
 }
 
 /// Exponential back-off: `initial · 2^attempt`, capped at `max`, with ±20 % jitter.

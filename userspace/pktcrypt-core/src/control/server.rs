@@ -15,11 +15,19 @@
 //! - The server's own rekey timer (S7) and the rekey triggers mark a client as due; it rotates at
 //!   the next proof that the client holds N. Rekeys are rate-limited by a token bucket and the
 //!   timers are jittered, so thousands of clients do not rotate in the same second.
+//!
+//! Memory per client is the scaling limit (a key server may hold millions), so the per-client
+//! record is one 64-byte cache line, and only clients with something in flight (a
+//! distribution awaiting its proof, a deferred rotation) have entries in the timer heap. The
+//! two timers every client has, the server-timed rekey and the idle key eviction, have no entry
+//! and no deadline field: an incremental sweep visits a chunk of clients per tick and every
+//! client within one sweep period, computing the rekey deadline from the newest generation's
+//! install time and a jitter drawn from its SPI.
 
 use super::message::{Distribution, KeyMaterial, Message};
 use super::{
-    Incoming, Random, RekeyTriggers, Transmit, backoff, dispatch_control, jittered, nanos,
-    seal_message,
+    Incoming, Random, RekeyTriggers, Transmit, backoff, dispatch_control, jittered, jittered_by,
+    nanos, seal_message,
 };
 use crate::engine::Installed;
 use crate::{
@@ -158,45 +166,117 @@ struct Pending {
     next_at: u64,
     /// Not sent before this time (the reorder grace after a mint).
     not_before: u64,
+    /// Last implicit resend (S4), to rate-limit them.
+    last_resend: u64,
 }
 
-/// Per-client control state (kept small: a key server may hold millions).
+/// A client's address, compact (the standard `SocketAddr` is 32 bytes; IPv6 flow labels are
+/// not kept).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PeerAddr {
+    ip: [u8; 16],
+    scope_id: u32,
+    port: u16,
+    v6: bool,
+}
+
+impl PeerAddr {
+    fn new(a: SocketAddr) -> Self {
+        match a {
+            SocketAddr::V4(a) => Self {
+                ip: a.ip().to_ipv6_mapped().octets(),
+                scope_id: 0,
+                port: a.port(),
+                v6: false,
+            },
+            SocketAddr::V6(a) => Self {
+                ip: a.ip().octets(),
+                scope_id: a.scope_id(),
+                port: a.port(),
+                v6: true,
+            },
+        }
+    }
+
+    fn get(self) -> SocketAddr {
+        let ip = core::net::Ipv6Addr::from(self.ip);
+        match (self.v6, ip.to_ipv4_mapped()) {
+            (false, Some(v4)) => SocketAddr::new(v4.into(), self.port),
+            _ => core::net::SocketAddrV6::new(ip, self.port, 0, self.scope_id).into(),
+        }
+    }
+}
+
+/// [`ClientState::flags`].
+mod flag {
+    /// The newest generation (`proven + 1`) is not proven yet; a distribution is pending.
+    pub(super) const UNPROVEN: u8 = 1;
+    /// Rotate at the next proof of the newest generation.
+    pub(super) const REKEY_WANTED: u8 = 2;
+    /// The newest generation answers an init request whose id is `init_id`.
+    pub(super) const FROM_INIT: u8 = 4;
+    /// A `Deferred` timer is in the heap.
+    pub(super) const DEFERRED: u8 = 8;
+    /// Keys may be expanded (traffic since the last idle eviction).
+    pub(super) const EXPANDED: u8 = 16;
+}
+
+/// Per-client control state: one cache line (a key server may hold millions; a test pins the
+/// size).
 #[derive(Debug)]
 struct ClientState {
-    addr: Option<SocketAddr>,
-    /// Highest generation proven (0: none beyond the init key).
+    addr: Option<PeerAddr>,
+    /// Highest generation proven (0: none beyond the init key). The newest generation held is
+    /// this, plus one while [`flag::UNPROVEN`].
     proven: u64,
     /// When it was first proven.
     proven_at: u64,
-    /// Newest generation held (0: init key only).
-    newest: u64,
-    /// Rotate at the next proof of the newest generation.
-    rekey_wanted: bool,
-    /// The newest generation answers an init request whose id is `init_id`.
-    from_init: bool,
-    init_id: u32,
-    pending: Option<Box<Pending>>,
-    rekey_at: u64,
-    deferred_at: u64,
-    last_resend: u64,
+    /// Last authentic packet from the client.
     last_rx: u64,
-    evict_at: u64,
+    pending: Option<Box<Pending>>,
+    init_id: u32,
+    flags: u8,
+}
+
+impl ClientState {
+    fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+
+    fn set(&mut self, f: u8, on: bool) {
+        if on {
+            self.flags |= f;
+        } else {
+            self.flags &= !f;
+        }
+    }
+
+    /// Newest generation held (0: init key only).
+    fn newest(&self) -> u64 {
+        self.proven + u64::from(self.has(flag::UNPROVEN))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKind {
     Retry,
-    Rekey,
     Deferred,
-    Evict,
 }
+
+/// Clients the sweep visits per tick.
+const SWEEP_CHUNK: usize = 256;
 
 /// The key server.
 pub struct KeyServer {
     config: ServerConfig,
     engine: Engine,
     clients: Vec<Option<ClientState>>,
+    /// Deadlines of in-flight work only (lazily deleted: an entry is checked against the
+    /// client's state when it fires).
     timers: BinaryHeap<Reverse<(u64, u32, TimerKind)>>,
+    /// The idle-eviction and rekey sweep: next client index and next tick (0: not running).
+    sweep_cursor: usize,
+    sweep_at: u64,
     transmits: VecDeque<Transmit>,
     events: VecDeque<ServerEvent>,
     rng: Box<dyn Random>,
@@ -230,6 +310,8 @@ impl KeyServer {
             engine,
             clients: Vec::new(),
             timers: BinaryHeap::new(),
+            sweep_cursor: 0,
+            sweep_at: 0,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             rng,
@@ -272,20 +354,17 @@ impl KeyServer {
     ) -> Result<PeerId, Error> {
         let peer = self.engine.add_peer(init, now)?;
         let state = ClientState {
-            addr,
+            addr: addr.map(PeerAddr::new),
             proven: 0,
             proven_at: 0,
-            newest: 0,
-            rekey_wanted: false,
-            from_init: false,
-            init_id: 0,
-            pending: None,
-            rekey_at: 0,
-            deferred_at: 0,
-            last_resend: 0,
             last_rx: nanos(now),
-            evict_at: 0,
+            pending: None,
+            init_id: 0,
+            flags: 0,
         };
+        if self.sweep_at == 0 {
+            self.sweep_at = nanos(now).saturating_add(self.sweep_tick(1)).max(1);
+        }
         let i = peer.0 as usize;
         if self.clients.len() <= i {
             self.clients.resize_with(i + 1, || None);
@@ -317,9 +396,26 @@ impl KeyServer {
 
     /// The next timer deadline.
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.timers
-            .peek()
-            .map(|Reverse((t, _, _))| Time::from_nanos(*t))
+        let heap = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        let sweep = (self.sweep_at != 0 && self.sweep_period().is_some()).then_some(self.sweep_at);
+        heap.into_iter().chain(sweep).min().map(Time::from_nanos)
+    }
+
+    /// How often the sweep visits every client: often enough that an idle client's keys go
+    /// within 1.25 × `idle_evict` and a timed rekey is marked within 1/32 of its interval of
+    /// the deadline (well inside the default ±10 % jitter). `None`: nothing to sweep for.
+    fn sweep_period(&self) -> Option<u64> {
+        let idle = self.config.idle_evict.map(|d| nanos(d) / 4);
+        let rekey = self.config.rekey_interval.map(|d| nanos(d) / 16);
+        let p = idle.into_iter().chain(rekey).min()?;
+        Some(p.max(1_000_000))
+    }
+
+    /// Time between two sweep ticks for `clients` clients (one chunk per tick).
+    fn sweep_tick(&self, clients: usize) -> u64 {
+        let period = self.sweep_period().unwrap_or(1_000_000_000);
+        let chunks = clients.div_ceil(SWEEP_CHUNK).max(1) as u64;
+        (period / chunks).max(100_000)
     }
 
     /// The next packet to send.
@@ -343,6 +439,9 @@ impl KeyServer {
         len: usize,
         next: crate::wire::NextHeader,
     ) -> Result<usize, crate::SealError> {
+        if let Some(c) = self.client(peer) {
+            c.set(flag::EXPANDED, true);
+        }
         self.engine.seal(peer, buf, len, next)
     }
 
@@ -402,20 +501,13 @@ impl KeyServer {
         generation: u64,
     ) {
         let interval = nanos(self.config.implicit_resend_interval);
-        let idle = self.config.idle_evict.map(nanos);
         let t = nanos(now);
         let Some(c) = self.client(peer) else { return };
-        if from.is_some() {
-            c.addr = from;
+        if let Some(from) = from {
+            c.addr = Some(PeerAddr::new(from));
         }
         c.last_rx = t;
-        let mut schedule_evict = None;
-        if let Some(idle) = idle
-            && c.evict_at <= t
-        {
-            c.evict_at = t.saturating_add(idle);
-            schedule_evict = Some(c.evict_at);
-        }
+        c.set(flag::EXPANDED, true);
         let mut resend = false;
         let mut proven = None;
         let mut rotate = false;
@@ -424,22 +516,21 @@ impl KeyServer {
                 c.proven = generation;
                 c.proven_at = t;
                 c.pending = None;
+                c.set(flag::UNPROVEN, false);
                 proven = Some(generation);
-                rotate = c.rekey_wanted;
+                rotate = c.has(flag::REKEY_WANTED);
             }
-            Slot::Newest => rotate = c.rekey_wanted,
-            Slot::Previous
-                if c.proven < c.newest
+            Slot::Newest => rotate = c.has(flag::REKEY_WANTED),
+            Slot::Previous => {
                 // S4: the client still transmits under N while N+1 exists: it lacks N+1.
-                && t.saturating_sub(c.last_resend) >= interval =>
-            {
-                c.last_resend = t;
-                resend = true;
+                if let Some(p) = c.pending.as_deref_mut()
+                    && t.saturating_sub(p.last_resend) >= interval
+                {
+                    p.last_resend = t;
+                    resend = true;
+                }
             }
-            _ => {}
-        }
-        if let Some(at) = schedule_evict {
-            self.timers.push(Reverse((at, peer.0, TimerKind::Evict)));
+            Slot::Init => {}
         }
         if let Some(generation) = proven {
             self.events
@@ -458,8 +549,8 @@ impl KeyServer {
         let Some(c) = self.client(peer) else {
             return false;
         };
-        let has_dynamic = c.newest > 0;
-        let pending_init = c.from_init && c.pending.is_some();
+        let has_dynamic = c.newest() > 0;
+        let pending_init = c.has(flag::FROM_INIT) && c.pending.is_some();
         match msg {
             Message::KeyInitRequest => self.handle_init(now, peer, id),
             Message::KeyUpdateRequest { .. }
@@ -473,7 +564,7 @@ impl KeyServer {
             Message::KeyUpdateRequest { .. } => match slot {
                 Slot::Newest => {
                     if let Some(c) = self.client(peer) {
-                        c.rekey_wanted = true;
+                        c.set(flag::REKEY_WANTED, true);
                     }
                     self.try_rotate(now, peer);
                 }
@@ -493,7 +584,7 @@ impl KeyServer {
                 } else if slot == Slot::Init && pending_init {
                     self.resend(now, peer, false);
                 } else {
-                    let newest = self.client(peer).map_or(0, |c| c.newest);
+                    let newest = self.client(peer).map_or(0, |c| c.newest());
                     self.send(peer, &Message::HelloReply { newest }, id);
                 }
             }
@@ -505,7 +596,7 @@ impl KeyServer {
 
     fn handle_init(&mut self, now: Time, peer: PeerId, id: u32) {
         let Some(c) = self.client(peer) else { return };
-        if c.from_init && c.init_id == id && c.newest > 0 {
+        if c.has(flag::FROM_INIT) && c.init_id == id && c.newest() > 0 {
             // A retransmission of the request we already answered: same answer again.
             if c.pending.is_some() {
                 self.resend(now, peer, false);
@@ -516,9 +607,8 @@ impl KeyServer {
         let retired = self.engine.reset_to_init(peer).unwrap_or_default();
         if let Some(c) = self.client(peer) {
             c.proven = 0;
-            c.newest = 0;
             c.pending = None;
-            c.rekey_wanted = false;
+            c.set(flag::UNPROVEN | flag::REKEY_WANTED, false);
         }
         for generation in retired {
             self.events
@@ -551,28 +641,31 @@ impl KeyServer {
         let grace = nanos(self.config.reorder_grace);
         let t = nanos(now);
         let Some(c) = self.client(peer) else { return };
-        if c.proven < c.newest {
+        c.set(flag::REKEY_WANTED, true);
+        if c.has(flag::UNPROVEN) {
             // Never two ahead: wait for the proof of N first.
-            c.rekey_wanted = true;
             return;
         }
-        if c.newest > 0 && t < c.proven_at.saturating_add(grace) {
+        if c.proven > 0 && t < c.proven_at.saturating_add(grace) {
             // Minting forgets N-1: let the client's last packets under it arrive first.
-            c.rekey_wanted = true;
-            c.deferred_at = c.proven_at.saturating_add(grace);
-            let at = c.deferred_at;
-            self.timers.push(Reverse((at, peer.0, TimerKind::Deferred)));
+            let at = c.proven_at.saturating_add(grace);
+            self.defer(peer, at);
             return;
         }
         if self.take_token(now) {
             self.mint(now, peer, false);
         } else {
             let delay = jittered(Duration::from_millis(500), 900, self.rng.as_mut());
-            let at = nanos(now + delay);
-            if let Some(c) = self.client(peer) {
-                c.rekey_wanted = true;
-                c.deferred_at = at;
-            }
+            self.defer(peer, nanos(now + delay));
+        }
+    }
+
+    /// Tries the rotation again at `at`, unless a retry is already armed (which then decides:
+    /// it re-checks everything, so a later try is only ever later, never unsafe).
+    fn defer(&mut self, peer: PeerId, at: u64) {
+        let Some(c) = self.client(peer) else { return };
+        if !c.has(flag::DEFERRED) {
+            c.set(flag::DEFERRED, true);
             self.timers.push(Reverse((at, peer.0, TimerKind::Deferred)));
         }
     }
@@ -589,7 +682,7 @@ impl KeyServer {
     }
 
     fn mint(&mut self, now: Time, peer: PeerId, from_init: bool) {
-        let Some(newest) = self.client(peer).map(|c| c.newest) else {
+        let Some(newest) = self.client(peer).map(|c| c.newest()) else {
             return;
         };
         let number = newest + 1;
@@ -644,28 +737,21 @@ impl KeyServer {
         } else {
             not_before
         };
-        let rekey_at = self.config.rekey_interval.map(|i| {
-            nanos(now + jittered(i, self.config.rekey_jitter_permille, self.rng.as_mut()))
-        });
         if let Some(c) = self.client(peer) {
-            c.newest = number;
-            c.from_init = from_init;
-            c.rekey_wanted = false;
+            debug_assert_eq!(number, c.proven + 1, "never two generations ahead");
+            c.set(flag::UNPROVEN | flag::EXPANDED, true);
+            c.set(flag::FROM_INIT, from_init);
+            c.set(flag::REKEY_WANTED, false);
             c.pending = Some(Box::new(Pending {
                 dist,
                 msg_id,
                 retries: 0,
                 next_at: retry,
                 not_before,
+                last_resend: 0,
             }));
-            if let Some(at) = rekey_at {
-                c.rekey_at = at;
-            }
         }
         self.timers.push(Reverse((retry, peer.0, TimerKind::Retry)));
-        if let Some(at) = rekey_at {
-            self.timers.push(Reverse((at, peer.0, TimerKind::Rekey)));
-        }
         self.events.push_back(ServerEvent::KeyMinted {
             peer,
             generation: info,
@@ -722,7 +808,10 @@ impl KeyServer {
         let destination = self
             .clients
             .get(peer.0 as usize)
-            .and_then(|c| c.as_ref()?.addr);
+            .and_then(|c| Some(c.as_ref()?.addr?.get()));
+        if let Some(c) = self.client(peer) {
+            c.set(flag::EXPANDED, true);
+        }
         if let Some(t) = seal_message(&mut self.engine, peer, destination, msg, id, &mut self.out) {
             self.transmits.push_back(t);
         }
@@ -745,11 +834,11 @@ impl KeyServer {
         };
         let triggers = self.config.triggers;
         let Some(c) = self.client(peer) else { return };
-        if c.rekey_wanted || c.proven < c.newest {
+        if c.has(flag::REKEY_WANTED | flag::UNPROVEN) {
             return;
         }
         if let Some(reason) = triggers.exceeded(&counters, now.saturating_sub(installed)) {
-            c.rekey_wanted = true;
+            c.set(flag::REKEY_WANTED, true);
             self.events
                 .push_back(ServerEvent::Triggered { peer, reason });
         }
@@ -804,26 +893,92 @@ impl KeyServer {
                     self.timers.push(Reverse((next, index, TimerKind::Retry)));
                     self.resend(now, peer, false);
                 }
-                TimerKind::Rekey => {
-                    if c.rekey_at != at {
-                        continue;
-                    }
-                    // S7: rotate at the next proof that the client holds N.
-                    c.rekey_wanted = true;
-                }
                 TimerKind::Deferred => {
-                    if c.deferred_at != at || !c.rekey_wanted {
-                        continue;
+                    c.set(flag::DEFERRED, false);
+                    if c.has(flag::REKEY_WANTED) {
+                        self.try_rotate(now, peer);
                     }
-                    self.try_rotate(now, peer);
-                }
-                TimerKind::Evict => {
-                    if c.evict_at != at {
-                        continue;
-                    }
-                    self.engine.evict_keys(peer);
                 }
             }
+        }
+        if self.sweep_at != 0 && self.sweep_at <= t {
+            self.sweep(now);
+        }
+    }
+
+    /// One sweep tick: visits the next chunk of clients, evicting the expanded keys of those
+    /// idle for `idle_evict` and marking those whose newest generation is older than its
+    /// jittered `rekey_interval` (S7: they rotate at their next proof of it).
+    fn sweep(&mut self, now: Time) {
+        let t = nanos(now);
+        let n = self.clients.len();
+        self.sweep_at = t.saturating_add(self.sweep_tick(n)).max(1);
+        if self.sweep_period().is_none() {
+            return;
+        }
+        let idle = self.config.idle_evict.map(nanos);
+        let half_period = self.sweep_period().unwrap_or(0) / 2;
+        let interval = self.config.rekey_interval;
+        let permille = self.config.rekey_jitter_permille;
+        let start = if self.sweep_cursor < n {
+            self.sweep_cursor
+        } else {
+            0
+        };
+        let end = (start + SWEEP_CHUNK).min(n);
+        self.sweep_cursor = end;
+        for i in start..end {
+            let peer = PeerId(u32::try_from(i).unwrap_or(u32::MAX));
+            let Some(c) = self.clients[i].as_mut() else {
+                continue;
+            };
+            if let Some(idle) = idle
+                && c.has(flag::EXPANDED)
+                && t >= c.last_rx.saturating_add(idle)
+            {
+                c.set(flag::EXPANDED, false);
+                self.engine.evict_keys(peer);
+            }
+            let Some(c) = self.clients[i].as_mut() else {
+                continue;
+            };
+            if let Some(interval) = interval
+                && c.proven > 0
+                && !c.has(flag::REKEY_WANTED | flag::UNPROVEN)
+                && let Some((info, installed)) = self.engine.installed(peer, Slot::Newest)
+            {
+                // Marked within half a sweep period of the deadline, early or late: on
+                // average the interval is exact.
+                let due = installed + jittered_by(interval, permille, u64::from(info.spi.get()));
+                if t.saturating_add(half_period) >= nanos(due) {
+                    c.set(flag::REKEY_WANTED, true);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(all(test, target_pointer_width = "64"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_record_is_one_cache_line() {
+        // A key server keeps one per client: growth here multiplies by millions.
+        assert_eq!(core::mem::size_of::<Option<ClientState>>(), 64);
+    }
+
+    #[test]
+    fn compact_addresses_round_trip() {
+        for a in [
+            "192.0.2.7:4500",
+            "[2001:db8::1]:4500",
+            "[fe80::1%3]:9",
+            "[::ffff:192.0.2.7]:4500",
+            "0.0.0.0:0",
+        ] {
+            let a: SocketAddr = a.parse().unwrap_or_else(|_| unreachable!());
+            assert_eq!(PeerAddr::new(a).get(), a, "{a}");
         }
     }
 }
