@@ -193,6 +193,12 @@ fn main() {
     );
     let before_evict = LIVE.load(Ordering::Relaxed);
     evict_all(&mut server, n);
+    // Idle: time passes, the retransmission timers of the (proven) distributions expire.
+    server.handle_timeout(Time::from_secs(3600));
+    assert!(
+        server.poll_timeout().is_none(),
+        "an idle server has no timers"
+    );
     let freed = before_evict - LIVE.load(Ordering::Relaxed);
     println!(
         "server state, idle (expanded keys evicted, re-derived on the next packet): {} bytes per client",

@@ -578,6 +578,15 @@ impl Engine {
         &self.drops
     }
 
+    /// Where the sequence numbers of the SA in physical slot `index` started.
+    fn seq_base(&self, index: u8) -> u64 {
+        if index == INIT_SLOT {
+            self.config.init_seq_base.max(1)
+        } else {
+            1
+        }
+    }
+
     fn peer(&self, id: PeerId) -> Option<&Peer> {
         self.peers.get(id.0 as usize)?.as_ref()
     }
@@ -810,7 +819,7 @@ impl Engine {
                     info: sa.info,
                     slot: peer.logical(index),
                     transmitting: index == tx,
-                    counters: sa.counters(),
+                    counters: sa.counters(self.seq_base(index)),
                     installed_at: sa.installed_at(),
                     next_seq: sa.next_seq(),
                     highest_received: sa.highest_received(),
@@ -917,7 +926,7 @@ impl Engine {
         let peer = self.peer(id)?;
         let index = peer.index_of(slot)?;
         let sa = peer.slots[usize::from(index)].as_ref()?;
-        Some((sa.counters(), sa.installed_at()))
+        Some((sa.counters(self.seq_base(index)), sa.installed_at()))
     }
 
     /// The generation in `slot` and when it was installed.
@@ -1020,7 +1029,6 @@ impl Engine {
         // Pass 3: results and counters.
         let counts = seal_finish(packets);
         let counters = sa.counters_mut();
-        counters.packets_sealed += counts.packets_sealed;
         counters.bytes_sealed += counts.bytes_sealed;
     }
 
@@ -1126,7 +1134,7 @@ impl Engine {
             Err(_) => Err(DropReason::Replay),
         };
         if let Err(reason) = recorded {
-            sa.counters_mut().replays += 1;
+            sa.counters_mut().count_replay();
             return OpenOutcome::Drop(reason);
         }
         let info = OpenInfo {

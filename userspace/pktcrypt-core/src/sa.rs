@@ -1,12 +1,12 @@
 //! A security association: one generation of keys with one peer, both directions.
 //!
-//! Only the generation's description, its secret, the transmit sequence number and the replay
-//! floor are always resident (88 bytes). The expanded AEAD keys of each direction are derived on
-//! first use (HKDF, then the cipher's key schedule) and, with the replay window and the state
-//! shared with data-plane workers, live in one `Hot` allocation that idle eviction frees;
-//! counters are allocated on first traffic. A key server holding a million mostly idle clients
-//! therefore keeps about a hundred bytes per generation instead of the ~600 bytes an expanded
-//! AES-256-GCM key takes.
+//! Only the generation's description, its secret, the transmit sequence number and the install
+//! time are always resident (72 bytes). Traffic adds an `Ext` block (48 bytes): the counters,
+//! the replay floor, and a pointer to the `Hot` state: the expanded AEAD keys of each direction
+//! (derived on first use: HKDF, then the cipher's key schedule), the replay window and the state
+//! shared with data-plane workers, which idle eviction frees. A key server holding a million
+//! mostly idle clients therefore keeps about 120 bytes per generation instead of the ~700 bytes
+//! an expanded AES-256-GCM key takes.
 
 use crate::aead::{AeadKey, Backend};
 use crate::keys::{Direction, Generation, GenerationInfo, Secret};
@@ -49,6 +49,36 @@ impl SaCounters {
         self.bytes_opened += o.bytes_opened;
         self.auth_failures += o.auth_failures;
         self.replays += o.replays;
+    }
+}
+
+/// The counters an SA stores (in its `Ext` block). The packets sealed are not among them: they
+/// are the sequence numbers used, `next_seq` minus where it started, which also counts what
+/// data-plane workers sealed.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct StoredCounters {
+    pub(crate) bytes_sealed: u64,
+    pub(crate) packets_opened: u64,
+    pub(crate) bytes_opened: u64,
+    /// Saturating (statistics; the failed-authentication trigger fires long before 2^32).
+    auth_failures: u32,
+    replays: u32,
+}
+
+impl StoredCounters {
+    /// Counts a packet dropped under this SA where a counter exists for its reason.
+    pub(crate) fn count_drop(&mut self, reason: crate::DropReason) {
+        match reason {
+            crate::DropReason::AuthFailed => {
+                self.auth_failures = self.auth_failures.saturating_add(1);
+            }
+            crate::DropReason::Replay | crate::DropReason::TooOld => self.count_replay(),
+            _ => {}
+        }
+    }
+
+    pub(crate) fn count_replay(&mut self) {
+        self.replays = self.replays.saturating_add(1);
     }
 }
 
@@ -110,6 +140,16 @@ pub(crate) struct Keyed {
     pub(crate) salt: [u8; 4],
 }
 
+/// What an SA gains at its first packet and keeps: counters, the replay floor, and the hot
+/// state while there is one.
+#[derive(Default)]
+struct Ext {
+    counters: StoredCounters,
+    /// Every sequence number up to this counts as seen (the top of an evicted window).
+    replay_floor: u64,
+    hot: Option<Box<Hot>>,
+}
+
 /// The part of an SA that exists only while it carries traffic, in one allocation that idle
 /// eviction frees: a key server with a million idle clients keeps one pointer per SA for it.
 #[derive(Default)]
@@ -130,10 +170,7 @@ pub(crate) struct Sa {
     pub(crate) next_seq: u64,
     /// When it was installed, in nanoseconds of [`Time`].
     installed_at: u64,
-    /// Every sequence number up to this counts as seen (the top of an evicted window).
-    replay_floor: u64,
-    counters: Option<Box<SaCounters>>,
-    hot: Option<Box<Hot>>,
+    ext: Option<Box<Ext>>,
 }
 
 impl Sa {
@@ -143,18 +180,28 @@ impl Sa {
             secret: generation.secret.clone(),
             next_seq: 1,
             installed_at: u64::try_from(now.as_nanos()).unwrap_or(u64::MAX),
-            replay_floor: 0,
-            counters: None,
-            hot: None,
+            ext: None,
         }
     }
 
+    fn ext(&mut self) -> &mut Ext {
+        self.ext.get_or_insert_with(Box::default)
+    }
+
     fn hot(&mut self) -> &mut Hot {
-        self.hot.get_or_insert_with(Box::default)
+        self.ext().hot.get_or_insert_with(Box::default)
+    }
+
+    fn hot_ref(&self) -> Option<&Hot> {
+        self.ext.as_ref()?.hot.as_deref()
+    }
+
+    fn replay_floor(&self) -> u64 {
+        self.ext.as_ref().map_or(0, |e| e.replay_floor)
     }
 
     fn shared(&self) -> Option<&Arc<SaShared>> {
-        self.hot.as_ref()?.shared.as_ref()
+        self.hot_ref()?.shared.as_ref()
     }
 
     /// Shares the per-packet state (see [`SaShared`]); idempotent.
@@ -162,7 +209,7 @@ impl Sa {
         if let Some(s) = self.shared() {
             return Ok(Arc::clone(s));
         }
-        let (floor, next_seq) = (self.replay_floor, self.next_seq);
+        let (floor, next_seq) = (self.replay_floor(), self.next_seq);
         let hot = self.hot();
         let replay = match hot.replay.take() {
             Some(w) => w.snapshot(window)?,
@@ -221,7 +268,7 @@ impl Sa {
         backend: Backend,
         direction: Direction,
     ) -> Result<&Arc<Keyed>, Error> {
-        if self.hot.as_ref().is_none_or(|h| h.tx.is_none()) {
+        if self.hot_ref().is_none_or(|h| h.tx.is_none()) {
             let key = self.expand(backend, direction)?;
             self.hot().tx = Some(key);
         }
@@ -234,7 +281,7 @@ impl Sa {
         backend: Backend,
         direction: Direction,
     ) -> Result<&Arc<Keyed>, Error> {
-        if self.hot.as_ref().is_none_or(|h| h.rx.is_none()) {
+        if self.hot_ref().is_none_or(|h| h.rx.is_none()) {
             let key = self.expand(backend, direction)?;
             self.hot().rx = Some(key);
         }
@@ -243,19 +290,18 @@ impl Sa {
 
     /// Whether either direction's key is expanded.
     pub(crate) fn keys_expanded(&self) -> bool {
-        self.hot
-            .as_ref()
+        self.hot_ref()
             .is_some_and(|h| h.tx.is_some() || h.rx.is_some())
     }
 
     /// The receive key if already expanded.
     pub(crate) fn rx_expanded(&self) -> Option<&Keyed> {
-        self.hot.as_ref()?.rx.as_deref()
+        self.hot_ref()?.rx.as_deref()
     }
 
     /// The replay window, allocated on first use.
     pub(crate) fn replay(&mut self, window: u32) -> Result<&ReplayWindow, Error> {
-        let floor = self.replay_floor;
+        let floor = self.replay_floor();
         let hot = self.hot();
         if let Some(s) = &hot.shared {
             return Ok(&s.replay);
@@ -266,23 +312,36 @@ impl Sa {
         hot.replay.as_ref().ok_or(Error::ReplayWindow)
     }
 
-    /// Counters of the engine plus those of the data-plane workers.
-    pub(crate) fn counters(&self) -> SaCounters {
-        let mut c = self.counters.as_deref().copied().unwrap_or_default();
+    /// Counters of the engine plus those of the data-plane workers. `seq_base` is where this
+    /// SA's sequence numbers started (1, or the engine's boot base for an init key).
+    pub(crate) fn counters(&self, seq_base: u64) -> SaCounters {
+        let stored = self.ext.as_ref().map(|e| e.counters).unwrap_or_default();
+        let mut c = SaCounters {
+            packets_sealed: 0,
+            bytes_sealed: stored.bytes_sealed,
+            packets_opened: stored.packets_opened,
+            bytes_opened: stored.bytes_opened,
+            auth_failures: u64::from(stored.auth_failures),
+            replays: u64::from(stored.replays),
+        };
         if let Some(s) = self.shared() {
             c.add(&s.counters.load());
         }
+        c.packets_sealed = self.next_seq().saturating_sub(seq_base);
         c
     }
 
-    pub(crate) fn counters_mut(&mut self) -> &mut SaCounters {
-        self.counters.get_or_insert_with(Box::default)
+    pub(crate) fn counters_mut(&mut self) -> &mut StoredCounters {
+        &mut self.ext().counters
     }
 
     /// Drops the expanded keys (they are re-derived from the secret when needed again) and
     /// compacts the replay window to its top: anything at or below it is refused afterwards.
     pub(crate) fn evict_keys(&mut self) {
-        let Some(hot) = self.hot.as_mut() else {
+        let Some(ext) = self.ext.as_mut() else {
+            return;
+        };
+        let Some(hot) = ext.hot.as_mut() else {
             return;
         };
         hot.tx = None;
@@ -292,21 +351,21 @@ impl Sa {
             return;
         }
         if let Some(w) = hot.replay.take() {
-            self.replay_floor = w.top();
+            ext.replay_floor = w.top();
         }
-        self.hot = None;
+        ext.hot = None;
     }
 
     /// Highest sequence number received, also after eviction.
     pub(crate) fn highest_received(&self) -> u64 {
-        match self.hot.as_deref() {
+        match self.hot_ref() {
             Some(Hot {
                 shared: Some(s), ..
             }) => s.replay.top(),
             Some(Hot {
                 replay: Some(w), ..
             }) => w.top(),
-            _ => self.replay_floor,
+            _ => self.replay_floor(),
         }
     }
 
@@ -320,6 +379,8 @@ mod tests {
     #[test]
     fn an_idle_sa_stays_small() {
         // A key server keeps three per client: growth here multiplies by millions.
-        assert_eq!(core::mem::size_of::<Option<super::Sa>>(), 88);
+        assert_eq!(core::mem::size_of::<Option<super::Sa>>(), 72);
+        // And one block per SA that carried traffic.
+        assert_eq!(core::mem::size_of::<super::Ext>(), 48);
     }
 }

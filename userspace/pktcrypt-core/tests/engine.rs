@@ -596,3 +596,50 @@ fn eviction_keeps_sequence_and_replay_state() {
     let st = p.server.peer_status(p.s_peer).expect("status");
     assert_eq!(st.slot(Slot::Init).map(|s| s.highest_received), Some(6));
 }
+
+#[test]
+fn counters_survive_eviction_and_count_sequence_numbers_used() {
+    let mut p = pair(Suite::Aes128Gcm);
+    // A client whose init key starts at a boot-derived base: sealed counts from there.
+    let mut cc = EngineConfig::new(Role::Client);
+    cc.init_seq_base = 1 << 40;
+    p.client = Engine::new(cc).expect("client config");
+    p.c_peer = p
+        .client
+        .add_peer(&generation(0, 0x1000, Suite::Aes128Gcm), Time::ZERO)
+        .expect("peer");
+    let pkt = ipv4(100, 1);
+    let sealed: Vec<Vec<u8>> = (0..7)
+        .map(|_| seal(&mut p.client, p.c_peer, &pkt).expect("seal"))
+        .collect();
+    for s in &sealed[..5] {
+        assert!(open(&mut p.server, s).is_ok());
+    }
+    let _ = open(&mut p.server, &sealed[0]); // a replay
+    let mut forged = sealed[5].clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let _ = open(&mut p.server, &forged);
+    let counters = |e: &Engine, peer| {
+        let st = e.peer_status(peer).expect("status");
+        st.slot(Slot::Init).expect("init").counters
+    };
+    for evict in [false, true] {
+        if evict {
+            p.server.evict_keys(p.s_peer);
+            p.client.evict_keys(p.c_peer);
+        }
+        let c = counters(&p.client, p.c_peer);
+        assert_eq!(
+            (c.packets_sealed, c.bytes_sealed),
+            (7, 700),
+            "evicted: {evict}"
+        );
+        let s = counters(&p.server, p.s_peer);
+        assert_eq!(
+            (s.packets_opened, s.bytes_opened, s.replays, s.auth_failures),
+            (5, 500, 1, 1),
+            "evicted: {evict}"
+        );
+    }
+}

@@ -901,6 +901,10 @@ impl KeyServer {
                 }
             }
         }
+        // After a burst (a million clients rotating at once) give the memory back.
+        if self.timers.capacity() > 4096 && self.timers.len() < self.timers.capacity() / 4 {
+            self.timers.shrink_to(self.timers.len() * 2);
+        }
         if self.sweep_at != 0 && self.sweep_at <= t {
             self.sweep(now);
         }
