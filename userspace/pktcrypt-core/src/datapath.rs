@@ -232,7 +232,7 @@ impl DataPlane {
 
     fn prepare_open(&self, p: &mut Packet<'_>) -> Result<(), DropReason> {
         let (header, ct_len) = parse_esp(p, self.max_esp)?;
-        let r = *self.spis.get(&header.spi).ok_or(DropReason::UnknownSpi)?;
+        let r = self.spis.get(header.spi).ok_or(DropReason::UnknownSpi)?;
         let rx = self.rx(r).ok_or(DropReason::UnknownSpi)?;
         p.sa = Some(r);
         let seq = open_sequence(&header, r.slot() == INIT_SLOT, self.esn, &rx.shared.replay)?;

@@ -20,9 +20,7 @@ use crate::replay::{DEFAULT_WINDOW, ReplayError};
 use crate::sa::{Sa, SaCounters};
 use crate::wire::esp::{self, ESP_HEADER_LEN, ESP_ICV_LEN, EspHeader, MIN_ESP_LEN, NextHeader};
 use crate::{DropCounters, DropReason, Error, SealError, Suite, Time};
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 
 /// A Security Parameters Index outside the reserved range 0..=255.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -171,6 +169,14 @@ impl SaRef {
     pub(crate) fn slot(self) -> u8 {
         (self.0 & 3) as u8
     }
+
+    pub(crate) fn raw(self) -> u32 {
+        self.0
+    }
+
+    pub(crate) fn from_raw(raw: u32) -> Self {
+        SaRef(raw)
+    }
 }
 
 pub(crate) const INIT_SLOT: u8 = 0;
@@ -233,27 +239,7 @@ impl Peer {
 }
 
 /// SPI → SA.
-pub(crate) type SpiMap = HashMap<u32, SaRef, BuildHasherDefault<SpiHasher>>;
-
-/// FxHash-style multiplicative hasher for SPI keys: SPIs are chosen by us (random or
-/// sequential), so a DoS-resistant hasher buys nothing and costs per-packet cycles.
-#[derive(Default)]
-pub(crate) struct SpiHasher(u64);
-
-impl Hasher for SpiHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 =
-                (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.0 = (u64::from(n)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
+pub(crate) type SpiMap = crate::spi_table::SpiTable;
 
 /// Metadata of an opened packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -563,7 +549,7 @@ impl Engine {
             config,
             peers: Vec::new(),
             free: Vec::new(),
-            spis: HashMap::default(),
+            spis: SpiMap::default(),
             drops: DropCounters::default(),
         })
     }
@@ -613,7 +599,7 @@ impl Engine {
             return Err(Error::GenerationNumber);
         }
         Spi::new(init.info.spi.get())?;
-        if self.spis.contains_key(&init.info.spi.get()) {
+        if self.spis.contains(init.info.spi.get()) {
             return Err(Error::DuplicateSpi);
         }
         let mut sa = Sa::new(init, now);
@@ -680,7 +666,7 @@ impl Engine {
             .and_then(Option::take)
             .ok_or(Error::UnknownPeer)?;
         for sa in peer.slots.iter().flatten() {
-            self.spis.remove(&sa.info.spi.get());
+            self.spis.remove(sa.info.spi.get());
         }
         self.free.push(id.0);
         Ok(())
@@ -730,7 +716,7 @@ impl Engine {
                 return Err(Error::GenerationGap);
             }
         }
-        if self.spis.contains_key(&info.spi.get()) {
+        if self.spis.contains(info.spi.get()) {
             return Err(Error::DuplicateSpi);
         }
         let sa = Sa::new(generation, now);
@@ -742,7 +728,7 @@ impl Engine {
         let retired = peer.slots[usize::from(target)].replace(sa);
         peer.newest = Some(target);
         let retired = retired.map(|old| {
-            self.spis.remove(&old.info.spi.get());
+            self.spis.remove(old.info.spi.get());
             old.info
         });
         self.spis.insert(info.spi.get(), SaRef::new(id.0, target));
@@ -763,7 +749,7 @@ impl Engine {
             .map(|sa| sa.info)
             .collect();
         for info in &dropped {
-            self.spis.remove(&info.spi.get());
+            self.spis.remove(info.spi.get());
         }
         Ok(dropped)
     }
@@ -779,7 +765,7 @@ impl Engine {
         };
         let old = peer.slots[usize::from(prev)].take().map(|sa| sa.info);
         if let Some(info) = &old {
-            self.spis.remove(&info.spi.get());
+            self.spis.remove(info.spi.get());
         }
         Ok(old)
     }
@@ -801,7 +787,7 @@ impl Engine {
 
     /// Looks up which peer and generation an SPI belongs to (O(1)).
     pub fn lookup_spi(&self, spi: u32) -> Option<(PeerId, GenerationInfo, Slot)> {
-        let r = *self.spis.get(&spi)?;
+        let r = self.spis.get(spi)?;
         let peer = self.peer(PeerId(r.peer()))?;
         let sa = peer.slots[usize::from(r.slot())].as_ref()?;
         Some((PeerId(r.peer()), sa.info, peer.logical(r.slot())))
@@ -1087,7 +1073,7 @@ impl Engine {
 
     fn prepare_open(&mut self, p: &mut Packet<'_>) -> Result<(), DropReason> {
         let (header, ct_len) = parse_esp(p, self.config.max_esp_len)?;
-        let r = *self.spis.get(&header.spi).ok_or(DropReason::UnknownSpi)?;
+        let r = self.spis.get(header.spi).ok_or(DropReason::UnknownSpi)?;
         let esn = self.config.esn;
         let window = self.config.replay_window;
         let backend = self.config.backend;

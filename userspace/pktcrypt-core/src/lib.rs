@@ -24,6 +24,7 @@ pub mod keycode;
 pub mod keys;
 pub mod replay;
 mod sa;
+mod spi_table;
 mod suite;
 pub mod wire;
 

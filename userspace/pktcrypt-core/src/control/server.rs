@@ -670,12 +670,11 @@ impl KeyServer {
         }
     }
 
-    fn fresh_spi(&mut self) -> Spi {
+    /// A random valid SPI; whether it is free is checked by the install (one table probe).
+    fn random_spi(&mut self) -> Spi {
         loop {
             let v = u32::try_from(self.rng.next_u64() >> 32).unwrap_or(0);
-            if let Ok(spi) = Spi::new(v)
-                && self.engine.lookup_spi(v).is_none()
-            {
+            if let Ok(spi) = Spi::new(v) {
                 return spi;
             }
         }
@@ -686,38 +685,50 @@ impl KeyServer {
             return;
         };
         let number = newest + 1;
-        let info = GenerationInfo {
-            number,
-            spi: self.fresh_spi(),
-            suite: self.config.suite,
-        };
-        let mut bytes = [0u8; 32];
-        self.rng.fill(&mut bytes);
-        let (secret, material) = if self.config.derived {
-            let parent_slot = if newest == 0 {
-                Slot::Init
+        let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+        self.rng.fill(&mut *bytes);
+        // An SPI already in use (one in a few thousand with a million clients) draws another.
+        let mut installed = None;
+        for _ in 0..64 {
+            let info = GenerationInfo {
+                number,
+                spi: self.random_spi(),
+                suite: self.config.suite,
+            };
+            let (secret, material) = if self.config.derived {
+                let parent_slot = if newest == 0 {
+                    Slot::Init
+                } else {
+                    Slot::Newest
+                };
+                let Some(parent) = self.engine.secret(peer, parent_slot) else {
+                    return;
+                };
+                (
+                    parent.derive_next(&*bytes, info),
+                    KeyMaterial::Nonce(*bytes),
+                )
             } else {
-                Slot::Newest
+                (Secret::from_bytes(*bytes), KeyMaterial::Secret(*bytes))
             };
-            let Some(parent) = self.engine.secret(peer, parent_slot) else {
-                return;
-            };
-            (parent.derive_next(&bytes, info), KeyMaterial::Nonce(bytes))
-        } else {
-            (Secret::from_bytes(bytes), KeyMaterial::Secret(bytes))
-        };
-        zeroize::Zeroize::zeroize(&mut bytes);
-        let generation = Generation { info, secret };
-        match self.engine.install(peer, &generation, now) {
-            Ok(Installed::Rotated { retired }) => {
-                if let Some(generation) = retired {
-                    self.events
-                        .push_back(ServerEvent::Retired { peer, generation });
+            let generation = Generation { info, secret };
+            match self.engine.install(peer, &generation, now) {
+                Ok(Installed::Rotated { retired }) => {
+                    if let Some(generation) = retired {
+                        self.events
+                            .push_back(ServerEvent::Retired { peer, generation });
+                    }
                 }
+                Ok(Installed::AlreadyHeld) => {}
+                Err(crate::Error::DuplicateSpi) => continue,
+                Err(_) => return,
             }
-            Ok(Installed::AlreadyHeld) => {}
-            Err(_) => return,
+            installed = Some((info, material));
+            break;
         }
+        let Some((info, material)) = installed else {
+            return;
+        };
         let dist = Distribution {
             generation: number,
             spi: info.spi.get(),
