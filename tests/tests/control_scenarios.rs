@@ -315,6 +315,30 @@ fn rekeys_are_rate_limited_and_spread() {
     let _ = Time::ZERO;
 }
 
+#[test]
+fn control_messages_alone_cache_no_keys() {
+    // The keys of a generation that carried only control messages are derived for each
+    // message and dropped: a key server's idle clients cost no expanded keys.
+    let mut cc = client_config();
+    cc.hello_interval = secs(1);
+    let mut sim = Sim::new(20, server_config(), cc, 23);
+    sim.data_interval = None;
+    sim.run_for(secs(5));
+    for i in 0..20 {
+        assert_eq!(sim.generations(i), (1, 1, 1));
+        assert!(!keys_expanded(&sim, i), "client {i}");
+    }
+    sim.clients[3].machine.request_update(sim.now);
+    sim.run_for(secs(2));
+    assert_eq!(sim.generations(3), (2, 2, 2));
+    assert!(!keys_expanded(&sim, 3));
+    // Data: cached from the first data packet on.
+    sim.data_interval = Some(Duration::from_millis(100));
+    sim.run_for(secs(1));
+    assert!((0..20).all(|i| keys_expanded(&sim, i)));
+    assert_eq!(sim.stats.key_mismatch, 0);
+}
+
 fn keys_expanded(sim: &Sim, i: usize) -> bool {
     let peer = sim.clients[i].peer;
     let st = sim.server.engine().peer_status(peer).expect("status");
@@ -328,16 +352,16 @@ fn idle_clients_lose_their_expanded_keys_and_come_back() {
     let mut cc = client_config();
     cc.hello_interval = secs(3600);
     let mut sim = Sim::new(600, sc, cc, 21);
-    sim.data_interval = None;
     sim.run_for(secs(2));
-    // Every client initialised: the server expanded keys for each of them.
+    // Every client initialised and sent data: the server keeps expanded keys for each of them.
     assert!((0..600).all(|i| sim.generations(i) == (1, 1, 1)));
     assert!((0..600).all(|i| keys_expanded(&sim, i)));
-    // The server's only timer is the sweep tick: nothing per client once the inits settled.
+    // Then silence.
+    sim.data_interval = None;
     sim.run_for(secs(5));
     assert!((0..600).all(|i| keys_expanded(&sim, i)), "evicted early");
     // Idle for the eviction time plus one sweep period (idle/4): all gone, in every chunk.
-    sim.run_for(secs(4));
+    sim.run_for(secs(6));
     assert!(
         (0..600).all(|i| !keys_expanded(&sim, i)),
         "keys of idle clients still expanded"

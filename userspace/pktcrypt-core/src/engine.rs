@@ -17,10 +17,11 @@
 use crate::aead::{AeadItem, Backend, NONCE_LEN, TAG_LEN};
 use crate::keys::{Direction, Generation, GenerationInfo};
 use crate::replay::{DEFAULT_WINDOW, ReplayError};
-use crate::sa::{Sa, SaCounters};
+use crate::sa::{Keyed, Sa, SaCounters};
 use crate::wire::esp::{self, ESP_HEADER_LEN, ESP_ICV_LEN, EspHeader, MIN_ESP_LEN, NextHeader};
 use crate::{DropCounters, DropReason, Error, SealError, Suite, Time};
 use std::fmt;
+use std::sync::Arc;
 
 /// A Security Parameters Index outside the reserved range 0..=255.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -990,18 +991,23 @@ impl Engine {
         // Pass 1: validate, assign sequence numbers, write header and trailer.
         let Some(sa) = self.sa_mut(r) else { return };
         let spi = sa.info.spi.get();
-        let salt = match sa.tx(backend, direction) {
-            Ok(keyed) => keyed.salt,
-            Err(_) => {
-                for p in packets.iter_mut() {
-                    p.state = State::SealFailed(SealError::UnknownPeer);
-                }
-                return;
+        // A control message under a key not in use for data: derive it for this message only.
+        let key = match (sa.tx_expanded(), next) {
+            (Some(k), _) => Ok(TxKey::Cached(Arc::clone(k))),
+            (None, Some(NextHeader::Control)) => sa.derive(backend, direction).map(TxKey::Once),
+            (None, _) => sa
+                .tx(backend, direction)
+                .map(|k| TxKey::Cached(Arc::clone(k))),
+        };
+        let Ok(key) = key else {
+            for p in packets.iter_mut() {
+                p.state = State::SealFailed(SealError::UnknownPeer);
             }
+            return;
         };
         let params = SealParams {
             spi,
-            salt,
+            salt: key.salt,
             esn,
             seq_limit,
         };
@@ -1009,9 +1015,7 @@ impl Engine {
         let first = sa.reserve_seq(valid);
         seal_prepare(packets, &params, first);
         // Pass 2: encrypt all of them under one key.
-        if let Ok(keyed) = sa.tx(backend, direction) {
-            keyed.key.seal_batch(packets);
-        }
+        key.key.seal_batch(packets);
         // Pass 3: results and counters.
         let counts = seal_finish(packets);
         let counters = sa.counters_mut();
@@ -1046,32 +1050,54 @@ impl Engine {
     /// Opens a batch of ESP packets in place; each result is in [`Packet::opened`]. Runs of
     /// packets under the same SPI are authenticated with one batched AEAD call.
     pub fn open_batch(&mut self, packets: &mut [Packet<'_>]) {
+        // A key not yet expanded is derived for this batch only, and cached once a data packet
+        // opens under it (control messages alone never cache one).
+        let mut once: Option<(SaRef, Keyed)> = None;
         // Pass 1: parse, look up the SPI, infer the ESN, check the replay window.
         for p in packets.iter_mut() {
             p.state = State::Pending;
             p.sa = None;
-            match self.prepare_open(p) {
+            match self.prepare_open(p, &mut once) {
                 Ok(()) => {}
                 Err(reason) => p.state = State::Opened(OpenOutcome::Drop(reason)),
             }
         }
         // Pass 2: authenticate and decrypt, one AEAD call per run of the same SA.
         sa_runs(packets, |r, run| {
-            if let Some(keyed) = self.sa(r).and_then(Sa::rx_expanded) {
+            let key = match &once {
+                Some((o, k)) if *o == r => Some(k),
+                _ => self.sa(r).and_then(Sa::rx_expanded),
+            };
+            if let Some(keyed) = key {
                 keyed.key.open_batch(run);
             }
         });
         // Pass 3: update the window (only now: after authentication), parse the trailer, count.
+        let mut carried_data = false;
         for p in packets.iter_mut() {
             let outcome = self.finish_open(p);
-            if let OpenOutcome::Drop(reason) = outcome {
-                self.drops.add(reason);
+            match outcome {
+                OpenOutcome::Drop(reason) => self.drops.add(reason),
+                OpenOutcome::Data { .. } => {
+                    carried_data |= once.as_ref().is_some_and(|(o, _)| p.sa == Some(*o));
+                }
+                OpenOutcome::Control { .. } => {}
             }
             p.state = State::Opened(outcome);
         }
+        if carried_data
+            && let Some((r, key)) = once
+            && let Some(sa) = self.sa_mut(r)
+        {
+            sa.cache_rx(key);
+        }
     }
 
-    fn prepare_open(&mut self, p: &mut Packet<'_>) -> Result<(), DropReason> {
+    fn prepare_open(
+        &mut self,
+        p: &mut Packet<'_>,
+        once: &mut Option<(SaRef, Keyed)>,
+    ) -> Result<(), DropReason> {
         let (header, ct_len) = parse_esp(p, self.config.max_esp_len)?;
         let r = self.spis.get(header.spi).ok_or(DropReason::UnknownSpi)?;
         let esn = self.config.esn;
@@ -1085,10 +1111,24 @@ impl Engine {
         p.sa = Some(r);
         let replay = sa.replay(window).map_err(|_| DropReason::Malformed)?;
         let seq = open_sequence(&header, r.slot() == INIT_SLOT, esn, replay)?;
-        let salt = sa
-            .rx(backend, direction)
-            .map_err(|_| DropReason::Malformed)?
-            .salt;
+        let salt = match (sa.rx_expanded(), &*once) {
+            (Some(k), _) => k.salt,
+            (None, Some((o, k))) if *o == r => k.salt,
+            (None, None) => {
+                let k = sa
+                    .derive(backend, direction)
+                    .map_err(|_| DropReason::Malformed)?;
+                let salt = k.salt;
+                *once = Some((r, k));
+                salt
+            }
+            // A second new SA in one batch: cache it at once.
+            (None, Some(_)) => {
+                sa.rx(backend, direction)
+                    .map_err(|_| DropReason::Malformed)?
+                    .salt
+            }
+        };
         open_prepare(p, &header, seq, salt, esn, ct_len);
         Ok(())
     }
@@ -1155,6 +1195,25 @@ pub(crate) fn sa_runs(packets: &mut [Packet<'_>], mut f: impl FnMut(SaRef, &mut 
         }
         f(r, &mut packets[start..end]);
         start = end;
+    }
+}
+
+/// The transmit key of one seal call: the SA's cached one, or one derived for a control message.
+// It lives on the stack for one call; boxing the large variant would bring back the allocation
+// it exists to avoid.
+#[allow(clippy::large_enum_variant)]
+enum TxKey {
+    Cached(Arc<Keyed>),
+    Once(Keyed),
+}
+
+impl core::ops::Deref for TxKey {
+    type Target = Keyed;
+    fn deref(&self) -> &Keyed {
+        match self {
+            TxKey::Cached(k) => k,
+            TxKey::Once(k) => k,
+        }
     }
 }
 

@@ -254,12 +254,32 @@ impl Sa {
         Time::from_nanos(self.installed_at)
     }
 
-    fn expand(&self, backend: Backend, direction: Direction) -> Result<Arc<Keyed>, Error> {
+    /// Derives and expands one direction's key without caching it: for a control message,
+    /// which a key server's mostly idle clients send a few of per generation. Caching those
+    /// would allocate and fill ~700 bytes per key to be evicted unused.
+    pub(crate) fn derive(&self, backend: Backend, direction: Direction) -> Result<Keyed, Error> {
         let dk = self.secret.derive_direction(self.info, direction);
-        Ok(Arc::new(Keyed {
+        Ok(Keyed {
             key: backend.key(self.info.suite, dk.key())?,
             salt: dk.salt(),
-        }))
+        })
+    }
+
+    fn expand(&self, backend: Backend, direction: Direction) -> Result<Arc<Keyed>, Error> {
+        Ok(Arc::new(self.derive(backend, direction)?))
+    }
+
+    /// Caches a receive key from [`Self::derive`] (the SA turned out to carry data).
+    pub(crate) fn cache_rx(&mut self, key: Keyed) {
+        let hot = self.hot();
+        if hot.rx.is_none() {
+            hot.rx = Some(Arc::new(key));
+        }
+    }
+
+    /// The transmit key if already expanded.
+    pub(crate) fn tx_expanded(&self) -> Option<&Arc<Keyed>> {
+        self.hot_ref()?.tx.as_ref()
     }
 
     /// The transmit key, expanded on first use.
