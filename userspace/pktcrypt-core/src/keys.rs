@@ -52,13 +52,10 @@ impl Secret {
 
     /// Derives the AEAD key and salt of one direction of the generation described by `info`.
     pub fn derive_direction(&self, info: GenerationInfo, direction: Direction) -> DirectionKey {
-        let hk = Hkdf::<Sha256>::from_prk(&self.0).expect("32 bytes is a valid HKDF-SHA256 PRK");
-        let mut buf = [0u8; INFO_MAX];
-        let n = info.write_info(direction.label(), &mut buf);
         let mut okm = Zeroizing::new([0u8; SECRET_LEN + 4]);
         let len = info.suite.key_len() + info.suite.salt_len();
-        hk.expand(&buf[..n], &mut okm[..len])
-            .expect("at most 36 bytes is a valid HKDF-SHA256 output length");
+        let label = info.direction_info(direction);
+        expand_short(&self.0, &label, &mut okm[..len]);
         let mut salt = [0u8; 4];
         salt.copy_from_slice(&okm[info.suite.key_len()..len]);
         DirectionKey {
@@ -86,11 +83,107 @@ pub struct GenerationInfo {
     pub suite: Suite,
 }
 
-/// Longest HKDF info string: the longest label, 0x00, number, SPI and suite. At most 54 bytes
-/// keeps HKDF-Expand's one HMAC block to one SHA-256 compression inside.
-const INFO_MAX: usize = 48;
+/// Longest HKDF info string of [`GenerationInfo::write_info`].
+const INFO_MAX: usize = 32;
+
+/// Length of a direction key's HKDF info: an 8-byte label, number, SPI and suite. At most 22
+/// bytes keeps every HMAC input of a 36-byte expansion (`T(1) ‖ info ‖ 0x02`) in one SHA-256
+/// block.
+const DIRECTION_INFO_LEN: usize = 21;
+
+/// SHA-256 initial hash value (FIPS 180-4 §5.3.3).
+const SHA256_IV: [u32; 8] = [
+    0x6a09_e667,
+    0xbb67_ae85,
+    0x3c6e_f372,
+    0xa54f_f53a,
+    0x510e_527f,
+    0x9b05_688c,
+    0x1f83_d9ab,
+    0x5be0_cd19,
+];
+
+/// HMAC-SHA256 (RFC 2104) under a 32-byte key, for messages of at most 55 bytes: the keyed
+/// inner and outer states are computed once, then each MAC is two SHA-256 compressions. Key
+/// expansion is on a key server's per-rekey path, where the general-purpose HMAC's buffering
+/// cost as much as the hashing.
+struct ShortHmac {
+    inner: Zeroizing<[u32; 8]>,
+    outer: Zeroizing<[u32; 8]>,
+}
+
+impl ShortHmac {
+    fn new(key: &[u8; SECRET_LEN]) -> Self {
+        let keyed = |pad: u8| {
+            let mut block = Zeroizing::new([pad; 64]);
+            for (b, k) in block.iter_mut().zip(key) {
+                *b ^= k;
+            }
+            let mut state = Zeroizing::new(SHA256_IV);
+            sha2::block_api::compress256(&mut state, core::slice::from_ref(&*block));
+            state
+        };
+        Self {
+            inner: keyed(0x36),
+            outer: keyed(0x5c),
+        }
+    }
+
+    /// The MAC of the concatenation of `parts` (at most 55 bytes in all).
+    fn mac(&self, parts: &[&[u8]]) -> Zeroizing<[u8; 32]> {
+        let mut block = Zeroizing::new([0u8; 64]);
+        let mut n = 0;
+        for p in parts {
+            block[n..n + p.len()].copy_from_slice(p);
+            n += p.len();
+        }
+        debug_assert!(n <= 55);
+        // Padding (FIPS 180-4 §5.1.1); the key block came first, so 64 + n bytes in all.
+        block[n] = 0x80;
+        block[56..].copy_from_slice(&((64 + n as u64) * 8).to_be_bytes());
+        let mut state = self.inner.clone();
+        sha2::block_api::compress256(&mut state, core::slice::from_ref(&*block));
+        block.fill(0);
+        for (i, w) in state.iter().enumerate() {
+            block[4 * i..4 * i + 4].copy_from_slice(&w.to_be_bytes());
+        }
+        block[32] = 0x80;
+        block[56..].copy_from_slice(&((64 + 32u64) * 8).to_be_bytes());
+        let mut state = self.outer.clone();
+        sha2::block_api::compress256(&mut state, core::slice::from_ref(&*block));
+        let mut out = Zeroizing::new([0u8; 32]);
+        for (i, w) in state.iter().enumerate() {
+            out[4 * i..4 * i + 4].copy_from_slice(&w.to_be_bytes());
+        }
+        out
+    }
+}
+
+/// HKDF-SHA256-Expand (RFC 5869 §2.3) of at most 64 bytes with a short info.
+fn expand_short(prk: &[u8; SECRET_LEN], info: &[u8; DIRECTION_INFO_LEN], okm: &mut [u8]) {
+    debug_assert!(okm.len() <= 64);
+    let hmac = ShortHmac::new(prk);
+    let t1 = hmac.mac(&[info, &[1]]);
+    let n = okm.len().min(32);
+    okm[..n].copy_from_slice(&t1[..n]);
+    let len = okm.len();
+    if len > 32 {
+        let t2 = hmac.mac(&[&t1[..], info, &[2]]);
+        okm[32..].copy_from_slice(&t2[..len - 32]);
+    }
+}
 
 impl GenerationInfo {
+    /// A direction key's HKDF info: `label(8) ‖ number(8) ‖ spi(4) ‖ suite(1)`.
+    fn direction_info(&self, direction: Direction) -> [u8; DIRECTION_INFO_LEN] {
+        let mut out = [0u8; DIRECTION_INFO_LEN];
+        out[..8].copy_from_slice(direction.label());
+        out[8..16].copy_from_slice(&self.number.to_be_bytes());
+        out[16..20].copy_from_slice(&self.spi.get().to_be_bytes());
+        out[20] = self.suite.id();
+        out
+    }
+
     /// Writes `label ‖ 0x00 ‖ number(8) ‖ spi(4) ‖ suite(1)` and returns its length.
     fn write_info(&self, label: &[u8], out: &mut [u8; INFO_MAX]) -> usize {
         let n = label.len();
@@ -134,11 +227,12 @@ pub enum Direction {
 }
 
 impl Direction {
-    const fn label(self) -> &'static [u8] {
+    /// The 8-byte HKDF label of this direction's keys (key schedule version 2).
+    const fn label(self) -> &'static [u8; 8] {
         match self {
-            Direction::ServerToClient => b"pktcrypt v2 esp server->client",
-            Direction::ClientToServer => b"pktcrypt v2 esp client->server",
-            Direction::GroupSender => b"pktcrypt v2 esp group sender",
+            Direction::ServerToClient => b"pktc2s2c",
+            Direction::ClientToServer => b"pktc2c2s",
+            Direction::GroupSender => b"pktc2grp",
         }
     }
 
@@ -204,21 +298,30 @@ mod tests {
                 self.0
             }
         }
-        let secret = Secret::from_bytes(core::array::from_fn(|i| i as u8 * 7 + 1));
-        for (suite, direction) in [
+        let cases = [
             (Suite::Aes128Gcm, Direction::ServerToClient),
             (Suite::Aes256Gcm, Direction::ClientToServer),
             (Suite::ChaCha20Poly1305, Direction::GroupSender),
-        ] {
+        ];
+        for round in 0..300u64 {
+            let (suite, direction) = cases[(round % 3) as usize];
+            let direction = if round % 2 == 0 {
+                direction
+            } else {
+                direction.reverse()
+            };
+            let secret = Secret::from_bytes(core::array::from_fn(|i| {
+                (i as u64 * 7 + round * 131 + 1).wrapping_mul(0x9d) as u8
+            }));
+            let spi = 0x100 + (round.wrapping_mul(0x9e37_79b9) as u32 & 0x7fff_ffff);
             let info = GenerationInfo {
-                number: 0x0102_0304_0506_0708,
-                spi: Spi::new(0xdead_beef).unwrap_or_else(|_| unreachable!()),
+                number: round.wrapping_mul(0x0102_0304_0506_0708),
+                spi: Spi::new(spi).unwrap_or_else(|_| unreachable!()),
                 suite,
             };
             let mut label = direction.label().to_vec();
-            label.push(0);
             label.extend_from_slice(&info.number.to_be_bytes());
-            label.extend_from_slice(&0xdead_beef_u32.to_be_bytes());
+            label.extend_from_slice(&spi.to_be_bytes());
             label.push(suite.id());
             let len = suite.key_len() + 4;
             let prk = ring::hkdf::Prk::new_less_safe(ring::hkdf::HKDF_SHA256, secret.expose());
