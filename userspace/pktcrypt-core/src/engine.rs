@@ -1101,7 +1101,6 @@ impl Engine {
         let (header, ct_len) = parse_esp(p, self.config.max_esp_len)?;
         let r = self.spis.get(header.spi).ok_or(DropReason::UnknownSpi)?;
         let esn = self.config.esn;
-        let window = self.config.replay_window;
         let backend = self.config.backend;
         let direction = self
             .peer(PeerId(r.peer()))
@@ -1109,8 +1108,11 @@ impl Engine {
         let sa = self.sa_mut(r).ok_or(DropReason::UnknownSpi)?;
         // From here on drops are also counted against this SA.
         p.sa = Some(r);
-        let replay = sa.replay(window).map_err(|_| DropReason::Malformed)?;
-        let seq = open_sequence(&header, r.slot() == INIT_SLOT, esn, replay)?;
+        let init = r.slot() == INIT_SLOT;
+        let seq = match sa.full_window() {
+            Some(w) => open_sequence(&header, init, esn, w)?,
+            None => open_sequence(&header, init, esn, &sa.compact_window())?,
+        };
         let salt = match (sa.rx_expanded(), &*once) {
             (Some(k), _) => k.salt,
             (None, Some((o, k))) if *o == r => k.salt,
@@ -1153,16 +1155,6 @@ impl Engine {
         let Some(sa) = self.sa_mut(r) else {
             return OpenOutcome::Drop(DropReason::UnknownSpi);
         };
-        // The window may have moved since the check before decryption (a later packet of this
-        // batch): then the packet is too old, not a replay.
-        let recorded = match sa.replay(window) {
-            Ok(w) => w.update(seq).map_err(replay_reason),
-            Err(_) => Err(DropReason::Replay),
-        };
-        if let Err(reason) = recorded {
-            sa.counters_mut().count_replay();
-            return OpenOutcome::Drop(reason);
-        }
         let info = OpenInfo {
             peer: PeerId(r.peer()),
             spi: sa.info.spi,
@@ -1171,6 +1163,13 @@ impl Engine {
             seq,
         };
         let outcome = open_outcome(p, info);
+        // The window may have moved since the check before decryption (a later packet of this
+        // batch): then the packet is too old, not a replay.
+        let data = matches!(outcome, OpenOutcome::Data { .. });
+        if let Err(e) = sa.record(seq, data, window) {
+            sa.counters_mut().count_replay();
+            return OpenOutcome::Drop(replay_reason(e));
+        }
         if let OpenOutcome::Data { len, .. } | OpenOutcome::Control { len, .. } = outcome {
             let counters = sa.counters_mut();
             counters.packets_opened += 1;
@@ -1328,7 +1327,7 @@ pub(crate) fn open_sequence(
     header: &EspHeader,
     init: bool,
     esn: bool,
-    replay: &crate::replay::ReplayWindow,
+    replay: &impl crate::replay::Window,
 ) -> Result<u64, DropReason> {
     let seq = if init {
         // The IV carries the full 64-bit sequence number (authenticated through the nonce) and

@@ -91,29 +91,7 @@ impl ReplayWindow {
     /// too old (instead of failing authentication under the wrong ESN) keeps forgeries and
     /// stale packets apart.
     pub fn infer_esn(&self, seq_low: u32) -> Option<u64> {
-        let w = self.size;
-        let top = self.top();
-        let tl = top as u32;
-        let th = (top >> 32) as u32;
-        let bottom = tl.wrapping_sub(w - 1);
-        let high = if tl >= w - 1 {
-            // The window lies within one 2^32 subspace.
-            if seq_low >= bottom {
-                th
-            } else {
-                let next = (u64::from(th.checked_add(1)?) << 32) | u64::from(seq_low);
-                if next - top > 1 << 31 {
-                    return None;
-                }
-                th + 1
-            }
-        } else if seq_low >= bottom {
-            // The window spans two subspaces; the packet falls in the lower one.
-            th.checked_sub(1)?
-        } else {
-            th
-        };
-        Some((u64::from(high) << 32) | u64::from(seq_low))
+        infer_esn(self.top(), self.size, seq_low)
     }
 
     /// Checks `seq` against the window without changing it.
@@ -303,5 +281,161 @@ impl ReplayWindow {
         let block = seq / BLOCK;
         let word = (block % self.words.len() as u64) as usize;
         (word, block as u32, 1u64 << (seq % BLOCK))
+    }
+}
+
+/// RFC 4303 Appendix A.2.2 for a window of `w` packets whose highest number is `top` (see
+/// [`ReplayWindow::infer_esn`]).
+fn infer_esn(top: u64, w: u32, seq_low: u32) -> Option<u64> {
+    let tl = top as u32;
+    let th = (top >> 32) as u32;
+    let bottom = tl.wrapping_sub(w - 1);
+    let high = if tl >= w - 1 {
+        // The window lies within one 2^32 subspace.
+        if seq_low >= bottom {
+            th
+        } else {
+            let next = (u64::from(th.checked_add(1)?) << 32) | u64::from(seq_low);
+            if next - top > 1 << 31 {
+                return None;
+            }
+            th + 1
+        }
+    } else if seq_low >= bottom {
+        // The window spans two subspaces; the packet falls in the lower one.
+        th.checked_sub(1)?
+    } else {
+        th
+    };
+    Some((u64::from(high) << 32) | u64::from(seq_low))
+}
+
+/// What opening needs of a window before decryption.
+pub(crate) trait Window {
+    fn infer_esn(&self, seq_low: u32) -> Option<u64>;
+    fn check(&self, seq: u64) -> Result<(), ReplayError>;
+}
+
+impl Window for ReplayWindow {
+    fn infer_esn(&self, seq_low: u32) -> Option<u64> {
+        ReplayWindow::infer_esn(self, seq_low)
+    }
+    fn check(&self, seq: u64) -> Result<(), ReplayError> {
+        ReplayWindow::check(self, seq)
+    }
+}
+
+/// A 64-packet anti-replay window in 16 bytes, for an SA that has carried only control
+/// messages: a key server's idle clients send one now and then (a hello, a rekey request, a
+/// proof), and a [`ReplayWindow`] of the configured size for each of them would cost a few
+/// hundred bytes per client. Not shared between threads (`&mut self` to record). The first data
+/// packet moves the SA to a full window ([`Self::expand`]); before that, a packet more than 64
+/// behind the highest one is too old.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompactWindow {
+    /// Highest authenticated sequence number (0 = none yet).
+    top: u64,
+    /// Bit `i`: `top - i` was seen.
+    seen: u64,
+}
+
+impl CompactWindow {
+    /// Packets it covers.
+    pub const SIZE: u32 = 64;
+
+    /// Everything at or below `floor` counts as seen.
+    pub fn with_floor(floor: u64) -> Self {
+        Self {
+            top: floor,
+            seen: if floor == 0 { 0 } else { u64::MAX },
+        }
+    }
+
+    /// Highest authenticated sequence number, 0 if none.
+    pub fn top(&self) -> u64 {
+        self.top
+    }
+
+    /// As [`ReplayWindow::infer_esn`].
+    pub fn infer_esn(&self, seq_low: u32) -> Option<u64> {
+        infer_esn(self.top, Self::SIZE, seq_low)
+    }
+
+    /// As [`ReplayWindow::check`].
+    ///
+    /// # Errors
+    /// [`ReplayError::TooOld`] left of the window (or 0), [`ReplayError::Replayed`] if seen.
+    pub fn check(&self, seq: u64) -> Result<(), ReplayError> {
+        if seq == 0 {
+            return Err(ReplayError::TooOld);
+        }
+        if seq > self.top {
+            return Ok(());
+        }
+        let back = self.top - seq;
+        if back >= u64::from(Self::SIZE) {
+            Err(ReplayError::TooOld)
+        } else if self.seen >> back & 1 == 1 {
+            Err(ReplayError::Replayed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Records an authenticated `seq`.
+    ///
+    /// # Errors
+    /// As [`Self::check`].
+    pub fn update(&mut self, seq: u64) -> Result<(), ReplayError> {
+        self.check(seq)?;
+        if seq > self.top {
+            let shift = seq - self.top;
+            self.seen = if shift >= 64 { 0 } else { self.seen << shift };
+            self.top = seq;
+            self.seen |= 1;
+        } else {
+            self.seen |= 1 << (self.top - seq);
+        }
+        Ok(())
+    }
+
+    /// A full window of `size` packets holding the same state: the 64 numbers below the top as
+    /// recorded, everything older as seen.
+    ///
+    /// # Errors
+    /// As [`ReplayWindow::new`].
+    pub fn expand(&self, size: u32) -> Result<ReplayWindow, Error> {
+        let floor = self.top.saturating_sub(u64::from(Self::SIZE));
+        let w = ReplayWindow::with_floor(size, floor)?;
+        for back in (0..u64::from(Self::SIZE)).rev() {
+            if self.seen >> back & 1 == 1 && self.top - back > floor {
+                let _ = w.update(self.top - back);
+            }
+        }
+        Ok(w)
+    }
+}
+
+impl Window for CompactWindow {
+    fn infer_esn(&self, seq_low: u32) -> Option<u64> {
+        CompactWindow::infer_esn(self, seq_low)
+    }
+    fn check(&self, seq: u64) -> Result<(), ReplayError> {
+        CompactWindow::check(self, seq)
+    }
+}
+
+impl ReplayWindow {
+    /// The last 64 numbers of this window as a [`CompactWindow`] (older ones count as seen).
+    pub fn compact(&self) -> CompactWindow {
+        let top = self.top().max(self.floor);
+        let mut seen = 0u64;
+        for back in 0..u64::from(CompactWindow::SIZE).min(top) {
+            let seq = top - back;
+            if seq <= self.floor || self.check(seq) == Err(ReplayError::Replayed) {
+                seen |= 1 << back;
+            }
+        }
+        CompactWindow { top, seen }
     }
 }

@@ -10,7 +10,7 @@
 
 use crate::aead::{AeadKey, Backend};
 use crate::keys::{Direction, Generation, GenerationInfo, Secret};
-use crate::replay::ReplayWindow;
+use crate::replay::{CompactWindow, ReplayError, ReplayWindow};
 use crate::{Error, Time};
 use core::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -140,13 +140,15 @@ pub(crate) struct Keyed {
     pub(crate) salt: [u8; 4],
 }
 
-/// What an SA gains at its first packet and keeps: counters, the replay floor, and the hot
-/// state while there is one.
+/// What an SA gains at its first packet and keeps: counters, a compact replay window, and the
+/// hot state while there is one.
 #[derive(Default)]
 struct Ext {
     counters: StoredCounters,
-    /// Every sequence number up to this counts as seen (the top of an evicted window).
-    replay_floor: u64,
+    /// The replay state while there is no full window: before the first data packet (an SA
+    /// that only carried control messages needs no more), and after idle eviction compacted the
+    /// full one.
+    cold: CompactWindow,
     hot: Option<Box<Hot>>,
 }
 
@@ -156,7 +158,7 @@ struct Ext {
 struct Hot {
     tx: Option<Arc<Keyed>>,
     rx: Option<Arc<Keyed>>,
-    /// Allocated at the first received packet. Eviction compacts it to `Sa::replay_floor`.
+    /// Allocated at the first received data packet. Eviction compacts it to `Ext::cold`.
     replay: Option<ReplayWindow>,
     /// Set once the SA is shared with data-plane workers; then it holds the sequence counter and
     /// the replay window instead of `Sa::next_seq` and `replay` (and eviction keeps it).
@@ -196,8 +198,8 @@ impl Sa {
         self.ext.as_ref()?.hot.as_deref()
     }
 
-    fn replay_floor(&self) -> u64 {
-        self.ext.as_ref().map_or(0, |e| e.replay_floor)
+    fn cold(&self) -> CompactWindow {
+        self.ext.as_ref().map(|e| e.cold).unwrap_or_default()
     }
 
     fn shared(&self) -> Option<&Arc<SaShared>> {
@@ -209,11 +211,11 @@ impl Sa {
         if let Some(s) = self.shared() {
             return Ok(Arc::clone(s));
         }
-        let (floor, next_seq) = (self.replay_floor(), self.next_seq);
+        let (cold, next_seq) = (self.cold(), self.next_seq);
         let hot = self.hot();
         let replay = match hot.replay.take() {
             Some(w) => w.snapshot(window)?,
-            None => ReplayWindow::with_floor(window, floor)?,
+            None => cold.expand(window)?,
         };
         let shared = Arc::new(SaShared {
             next_seq: AtomicU64::new(next_seq),
@@ -319,17 +321,39 @@ impl Sa {
         self.hot_ref()?.rx.as_deref()
     }
 
-    /// The replay window, allocated on first use.
-    pub(crate) fn replay(&mut self, window: u32) -> Result<&ReplayWindow, Error> {
-        let floor = self.replay_floor();
-        let hot = self.hot();
-        if let Some(s) = &hot.shared {
-            return Ok(&s.replay);
+    /// The full replay window, if the SA has one (it carried data, or is shared).
+    pub(crate) fn full_window(&self) -> Option<&ReplayWindow> {
+        let hot = self.hot_ref()?;
+        match &hot.shared {
+            Some(s) => Some(&s.replay),
+            None => hot.replay.as_ref(),
         }
-        if hot.replay.is_none() {
-            hot.replay = Some(ReplayWindow::with_floor(window, floor)?);
+    }
+
+    /// The compact window (meaningful when there is no full one).
+    pub(crate) fn compact_window(&self) -> CompactWindow {
+        self.cold()
+    }
+
+    /// Records an authenticated sequence number. A data packet moves an SA from the compact
+    /// window to a full one of `window` packets; control messages stay in the compact one.
+    pub(crate) fn record(&mut self, seq: u64, data: bool, window: u32) -> Result<(), ReplayError> {
+        if let Some(w) = self.full_window() {
+            return w.update(seq);
         }
-        hot.replay.as_ref().ok_or(Error::ReplayWindow)
+        let ext = self.ext();
+        if !data {
+            return ext.cold.update(seq);
+        }
+        // A configured size was validated when the engine was made: fall back to the smallest.
+        let full = ext
+            .cold
+            .expand(window)
+            .or_else(|_| ext.cold.expand(crate::replay::MIN_WINDOW))
+            .map_err(|_| ReplayError::TooOld)?;
+        let recorded = full.update(seq);
+        self.hot().replay = Some(full);
+        recorded
     }
 
     /// Counters of the engine plus those of the data-plane workers. `seq_base` is where this
@@ -371,7 +395,7 @@ impl Sa {
             return;
         }
         if let Some(w) = hot.replay.take() {
-            ext.replay_floor = w.top();
+            ext.cold = w.compact();
         }
         ext.hot = None;
     }
@@ -385,7 +409,7 @@ impl Sa {
             Some(Hot {
                 replay: Some(w), ..
             }) => w.top(),
-            _ => self.replay_floor(),
+            _ => self.cold().top(),
         }
     }
 
@@ -401,6 +425,6 @@ mod tests {
         // A key server keeps three per client: growth here multiplies by millions.
         assert_eq!(core::mem::size_of::<Option<super::Sa>>(), 72);
         // And one block per SA that carried traffic.
-        assert_eq!(core::mem::size_of::<super::Ext>(), 48);
+        assert_eq!(core::mem::size_of::<super::Ext>(), 56);
     }
 }

@@ -643,3 +643,54 @@ fn counters_survive_eviction_and_count_sequence_numbers_used() {
         );
     }
 }
+
+#[test]
+fn control_only_sas_use_a_64_packet_window_until_data_flows() {
+    let mut p = pair(Suite::Aes256Gcm);
+    let mut out = vec![0u8; 128];
+    let control: Vec<Vec<u8>> = (0..100)
+        .map(|i| {
+            let n = p
+                .client
+                .seal_control(p.c_peer, &[i as u8; 16], &mut out)
+                .expect("seal control");
+            out[..n].to_vec()
+        })
+        .collect();
+    assert!(open(&mut p.server, &control[99]).is_ok());
+    // Control messages only: 64 packets of history.
+    assert_eq!(
+        open(&mut p.server, &control[0]).map(|_| ()),
+        Err(DropReason::TooOld)
+    );
+    assert!(open(&mut p.server, &control[50]).is_ok());
+    assert_eq!(
+        open(&mut p.server, &control[50]).map(|_| ()),
+        Err(DropReason::Replay)
+    );
+    // Data moves the SA to the configured window (1024), keeping what was recorded.
+    let data: Vec<Vec<u8>> = (0..300)
+        .map(|_| seal(&mut p.client, p.c_peer, &ipv4(60, 9)).expect("seal"))
+        .collect();
+    assert!(open(&mut p.server, &data[299]).is_ok());
+    assert!(
+        open(&mut p.server, &data[10]).is_ok(),
+        "289 behind, in the window"
+    );
+    assert_eq!(
+        open(&mut p.server, &data[10]).map(|_| ()),
+        Err(DropReason::Replay)
+    );
+    assert_eq!(
+        open(&mut p.server, &control[50]).map(|_| ()),
+        Err(DropReason::Replay)
+    );
+    assert_eq!(
+        open(&mut p.server, &control[99]).map(|_| ()),
+        Err(DropReason::Replay)
+    );
+    assert!(
+        open(&mut p.server, &control[98]).is_ok(),
+        "never seen, in the window"
+    );
+}
