@@ -180,7 +180,7 @@ fn main() {
     };
     let server_bytes = live - client_side;
     println!(
-        "server state, keys expanded (init, N, N-1 held): {} bytes per client",
+        "server state after the rounds (init, N, N-1 held, replay windows allocated): {} bytes per client",
         server_bytes / n as usize
     );
     let before_evict = LIVE.load(Ordering::Relaxed);
@@ -193,7 +193,7 @@ fn main() {
     );
     let freed = before_evict - LIVE.load(Ordering::Relaxed);
     println!(
-        "server state, idle (expanded keys evicted, re-derived on the next packet): {} bytes per client",
+        "server state, idle (windows compacted, keys evicted, timers expired): {} bytes per client",
         (server_bytes - freed) / n as usize
     );
 }

@@ -4,9 +4,11 @@
 //! one at every rekey. A general-purpose hash map (SwissTable) marks removed entries with
 //! tombstones, and under that steady churn rehashes into a table twice the size; this one
 //! deletes by shifting the following entries back, so it never holds tombstones and its size
-//! depends only on how many SPIs are live. Each slot is 8 bytes (SPI and [`SaRef`]) and the load
-//! stays at most 4/5: 8–20 bytes per SPI. Lookups hash the SPI once (Fibonacci hashing:
-//! provisioned SPIs are often sequential) and compare whole slots of one or two cache lines.
+//! depends only on how many SPIs are live. Each slot is 8 bytes (SPI and [`SaRef`]); the table
+//! grows by half when the load would pass 4/5 (any size, not only powers of two), so a key
+//! server spends 10–15 bytes per SPI at any client count. Lookups hash the SPI once (Fibonacci
+//! hashing, the product's high bits mapped onto the table: provisioned SPIs are often
+//! sequential) and compare whole slots of one or two cache lines.
 //!
 //! Only SPIs we hold are inserted (random or configured), so an attacker chooses lookups, never
 //! the layout: a lookup of an unknown SPI stops at the first empty slot.
@@ -53,14 +55,14 @@ fn spi_of(slot: u64) -> u32 {
 }
 
 impl SpiTable {
-    fn mask(&self) -> usize {
-        self.slots.len() - 1
+    fn home(&self, spi: u32) -> usize {
+        let h = u64::from(spi).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        // Lemire's range reduction: the high bits of h, scaled onto the table.
+        ((u128::from(h) * self.slots.len() as u128) >> 64) as usize
     }
 
-    fn home(&self, spi: u32) -> usize {
-        let bits = self.slots.len().trailing_zeros();
-        let h = u64::from(spi).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits);
-        h as usize
+    fn next(&self, i: usize) -> usize {
+        if i + 1 == self.slots.len() { 0 } else { i + 1 }
     }
 
     /// The slot holding `spi`, if present.
@@ -68,7 +70,6 @@ impl SpiTable {
         if spi == 0 {
             return None;
         }
-        let mask = self.mask();
         let mut i = self.home(spi);
         loop {
             let s = self.slots[i];
@@ -78,7 +79,7 @@ impl SpiTable {
             if spi_of(s) == spi {
                 return Some(i);
             }
-            i = (i + 1) & mask;
+            i = self.next(i);
         }
     }
 
@@ -107,7 +108,7 @@ impl SpiTable {
         }
         // Keep the load at most 4/5.
         if (self.len + 1) * 5 > self.slots.len() * 4 {
-            self.resize(self.slots.len() * 2);
+            self.resize(self.slots.len() + self.slots.len() / 2);
         }
         self.place(pack(spi, r));
         self.len += 1;
@@ -115,10 +116,9 @@ impl SpiTable {
     }
 
     fn place(&mut self, entry: u64) {
-        let mask = self.mask();
         let mut i = self.home(spi_of(entry));
         while self.slots[i] != EMPTY {
-            i = (i + 1) & mask;
+            i = self.next(i);
         }
         self.slots[i] = entry;
     }
@@ -137,10 +137,9 @@ impl SpiTable {
     pub(crate) fn remove(&mut self, spi: u32) -> Option<SaRef> {
         let mut hole = self.find(spi)?;
         let removed = SaRef::from_raw(self.slots[hole] as u32);
-        let mask = self.mask();
         let mut j = hole;
         loop {
-            j = (j + 1) & mask;
+            j = self.next(j);
             let s = self.slots[j];
             if s == EMPTY {
                 break;
