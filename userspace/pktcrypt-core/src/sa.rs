@@ -1,12 +1,13 @@
 //! A security association: one generation of keys with one peer, both directions.
 //!
 //! Only the generation's description, its secret, the transmit sequence number and the install
-//! time are always resident (72 bytes). Traffic adds an `Ext` block (48 bytes): the counters,
-//! the replay floor, and a pointer to the `Hot` state: the expanded AEAD keys of each direction
-//! (derived on first use: HKDF, then the cipher's key schedule), the replay window and the state
-//! shared with data-plane workers, which idle eviction frees. A key server holding a million
-//! mostly idle clients therefore keeps about 120 bytes per generation instead of the ~700 bytes
-//! an expanded AES-256-GCM key takes.
+//! time are always resident (72 bytes). The first packet adds an `Ext` block (56 bytes): the
+//! counters, a compact 64-packet replay window, and a pointer to the `Hot` state, which exists
+//! only while the SA carries data: the expanded AEAD keys of each direction (derived on first
+//! use: HKDF, then the cipher's key schedule), the full replay window and the state shared with
+//! data-plane workers. Idle eviction frees it. A key server holding a million mostly idle
+//! clients therefore keeps 128 bytes per generation instead of the ~1,700 bytes of expanded keys
+//! and a full window.
 
 use crate::aead::{AeadKey, Backend};
 use crate::keys::{Direction, Generation, GenerationInfo, Secret};
