@@ -7,11 +7,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_pktcrypt");
 
 /// Runs `pktcrypt <command> --config FILE` on `toml`; returns (success, stderr).
 fn run(command: &str, toml: &str) -> (bool, String) {
-    let dir = std::env::temp_dir().join(format!(
-        "pktcrypt-config-{}-{}",
-        std::process::id(),
-        toml.len()
-    ));
+    // One directory per call: the tests run in parallel threads of one process, and a name
+    // shared by two calls let one remove the other's file.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("pktcrypt-config-{}-{call}", std::process::id(),));
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("config.toml");
     std::fs::write(&path, toml).expect("write");
