@@ -773,9 +773,14 @@ impl Engine {
 
     /// The generation held in `slot` for a peer.
     pub fn generation(&self, id: PeerId, slot: Slot) -> Option<GenerationInfo> {
+        self.sa_in(id, slot).map(|(_, sa)| sa.info)
+    }
+
+    /// The SA in a peer's logical `slot`, with its physical index.
+    fn sa_in(&self, id: PeerId, slot: Slot) -> Option<(u8, &Sa)> {
         let peer = self.peer(id)?;
         let index = peer.index_of(slot)?;
-        peer.slots[usize::from(index)].as_ref().map(|sa| sa.info)
+        Some((index, peer.slots[usize::from(index)].as_ref()?))
     }
 
     /// The generation this side transmits with to a peer, by the role rule.
@@ -910,25 +915,19 @@ impl Engine {
 
     /// Counters and install time of the generation in `slot`, without allocating.
     pub fn sa_counters(&self, id: PeerId, slot: Slot) -> Option<(crate::SaCounters, Time)> {
-        let peer = self.peer(id)?;
-        let index = peer.index_of(slot)?;
-        let sa = peer.slots[usize::from(index)].as_ref()?;
+        let (index, sa) = self.sa_in(id, slot)?;
         Some((sa.counters(self.seq_base(index)), sa.installed_at()))
     }
 
     /// The generation in `slot` and when it was installed.
     pub fn installed(&self, id: PeerId, slot: Slot) -> Option<(GenerationInfo, Time)> {
-        let peer = self.peer(id)?;
-        let index = peer.index_of(slot)?;
-        let sa = peer.slots[usize::from(index)].as_ref()?;
+        let (_, sa) = self.sa_in(id, slot)?;
         Some((sa.info, sa.installed_at()))
     }
 
     /// The secret of the generation in `slot` (for derived-key mode and distribution).
     pub(crate) fn secret(&self, id: PeerId, slot: Slot) -> Option<&crate::Secret> {
-        let peer = self.peer(id)?;
-        let index = peer.index_of(slot)?;
-        peer.slots[usize::from(index)].as_ref().map(|sa| &sa.secret)
+        self.sa_in(id, slot).map(|(_, sa)| &sa.secret)
     }
 
     /// Seals one packet for a peer under the generation the role rule picks.
@@ -1295,12 +1294,12 @@ pub(crate) fn seal_prepare(packets: &mut [Packet<'_>], params: &SealParams, firs
     }
 }
 
-/// Seal pass 3: results, and the counts to add to the SA.
+/// Seal pass 3: results, and the counts to add to the SA (bytes: the packets sealed are the
+/// sequence numbers reserved).
 pub(crate) fn seal_finish(packets: &mut [Packet<'_>]) -> crate::SaCounters {
     let mut counts = crate::SaCounters::default();
     for p in packets.iter_mut().filter(|p| p.sa.is_some()) {
         p.state = State::Sealed(ESP_HEADER_LEN + p.ct_len + ESP_ICV_LEN);
-        counts.packets_sealed += 1;
         counts.bytes_sealed += p.len as u64;
     }
     counts

@@ -54,8 +54,8 @@ impl Secret {
     pub fn derive_direction(&self, info: GenerationInfo, direction: Direction) -> DirectionKey {
         let mut okm = Zeroizing::new([0u8; SECRET_LEN + 4]);
         let len = info.suite.key_len() + info.suite.salt_len();
-        let label = info.direction_info(direction);
-        expand_short(&self.0, &label, &mut okm[..len]);
+        let hkdf_info = info.direction_info(direction);
+        expand_short(&self.0, &hkdf_info, &mut okm[..len]);
         let mut salt = [0u8; 4];
         salt.copy_from_slice(&okm[info.suite.key_len()..len]);
         DirectionKey {

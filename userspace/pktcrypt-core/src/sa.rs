@@ -85,8 +85,9 @@ impl StoredCounters {
 
 /// [`SaCounters`] that several threads add to (relaxed: they are statistics and trigger input).
 #[derive(Debug, Default)]
+///
+/// Packets sealed are not among them: [`Sa::counters`] derives them from the sequence counter.
 pub(crate) struct AtomicCounters {
-    pub(crate) packets_sealed: AtomicU64,
     pub(crate) bytes_sealed: AtomicU64,
     pub(crate) packets_opened: AtomicU64,
     pub(crate) bytes_opened: AtomicU64,
@@ -98,7 +99,6 @@ impl AtomicCounters {
     /// Adds a batch's local counts.
     pub(crate) fn add(&self, c: &SaCounters) {
         let pairs = [
-            (&self.packets_sealed, c.packets_sealed),
             (&self.bytes_sealed, c.bytes_sealed),
             (&self.packets_opened, c.packets_opened),
             (&self.bytes_opened, c.bytes_opened),
@@ -114,7 +114,7 @@ impl AtomicCounters {
 
     fn load(&self) -> SaCounters {
         SaCounters {
-            packets_sealed: self.packets_sealed.load(Ordering::Relaxed),
+            packets_sealed: 0,
             bytes_sealed: self.bytes_sealed.load(Ordering::Relaxed),
             packets_opened: self.packets_opened.load(Ordering::Relaxed),
             bytes_opened: self.bytes_opened.load(Ordering::Relaxed),
@@ -199,7 +199,8 @@ impl Sa {
         self.ext.as_ref()?.hot.as_deref()
     }
 
-    fn cold(&self) -> CompactWindow {
+    /// The compact window (the replay state while there is no full one).
+    pub(crate) fn compact_window(&self) -> CompactWindow {
         self.ext.as_ref().map(|e| e.cold).unwrap_or_default()
     }
 
@@ -212,7 +213,7 @@ impl Sa {
         if let Some(s) = self.shared() {
             return Ok(Arc::clone(s));
         }
-        let (cold, next_seq) = (self.cold(), self.next_seq);
+        let (cold, next_seq) = (self.compact_window(), self.next_seq);
         let hot = self.hot();
         let replay = match hot.replay.take() {
             Some(w) => w.snapshot(window)?,
@@ -331,11 +332,6 @@ impl Sa {
         }
     }
 
-    /// The compact window (meaningful when there is no full one).
-    pub(crate) fn compact_window(&self) -> CompactWindow {
-        self.cold()
-    }
-
     /// Records an authenticated sequence number. A data packet moves an SA from the compact
     /// window to a full one of `window` packets; control messages stay in the compact one.
     pub(crate) fn record(&mut self, seq: u64, data: bool, window: u32) -> Result<(), ReplayError> {
@@ -346,12 +342,8 @@ impl Sa {
         if !data {
             return ext.cold.update(seq);
         }
-        // A configured size was validated when the engine was made: fall back to the smallest.
-        let full = ext
-            .cold
-            .expand(window)
-            .or_else(|_| ext.cold.expand(crate::replay::MIN_WINDOW))
-            .map_err(|_| ReplayError::TooOld)?;
+        // The size was validated when the engine was made.
+        let full = ext.cold.expand(window).map_err(|_| ReplayError::TooOld)?;
         let recorded = full.update(seq);
         self.hot().replay = Some(full);
         recorded
@@ -381,7 +373,7 @@ impl Sa {
     }
 
     /// Drops the expanded keys (they are re-derived from the secret when needed again) and
-    /// compacts the replay window to its top: anything at or below it is refused afterwards.
+    /// compacts the replay window to its last 64 numbers: anything older is refused afterwards.
     pub(crate) fn evict_keys(&mut self) {
         let Some(ext) = self.ext.as_mut() else {
             return;
@@ -403,15 +395,8 @@ impl Sa {
 
     /// Highest sequence number received, also after eviction.
     pub(crate) fn highest_received(&self) -> u64 {
-        match self.hot_ref() {
-            Some(Hot {
-                shared: Some(s), ..
-            }) => s.replay.top(),
-            Some(Hot {
-                replay: Some(w), ..
-            }) => w.top(),
-            _ => self.cold().top(),
-        }
+        self.full_window()
+            .map_or_else(|| self.compact_window().top(), ReplayWindow::top)
     }
 
     pub(crate) fn same_generation(&self, generation: &Generation) -> bool {

@@ -217,7 +217,8 @@ mod flag {
     pub(super) const FROM_INIT: u8 = 4;
     /// A `Deferred` timer is in the heap.
     pub(super) const DEFERRED: u8 = 8;
-    /// Keys may be expanded (traffic since the last idle eviction).
+    /// Keys may be expanded: data since the last idle eviction (a control message alone expands
+    /// none, but it is not told apart here; evicting an SA with nothing to free is cheap).
     pub(super) const EXPANDED: u8 = 16;
 }
 
@@ -750,7 +751,7 @@ impl KeyServer {
         };
         if let Some(c) = self.client(peer) {
             debug_assert_eq!(number, c.proven + 1, "never two generations ahead");
-            c.set(flag::UNPROVEN | flag::EXPANDED, true);
+            c.set(flag::UNPROVEN, true);
             c.set(flag::FROM_INIT, from_init);
             c.set(flag::REKEY_WANTED, false);
             c.pending = Some(Box::new(Pending {
@@ -820,9 +821,6 @@ impl KeyServer {
             .clients
             .get(peer.0 as usize)
             .and_then(|c| Some(c.as_ref()?.addr?.get()));
-        if let Some(c) = self.client(peer) {
-            c.set(flag::EXPANDED, true);
-        }
         if let Some(t) = seal_message(&mut self.engine, peer, destination, msg, id, &mut self.out) {
             self.transmits.push_back(t);
         }
@@ -928,11 +926,11 @@ impl KeyServer {
         let t = nanos(now);
         let n = self.clients.len();
         self.sweep_at = t.saturating_add(self.sweep_tick(n)).max(1);
-        if self.sweep_period().is_none() {
+        let Some(period) = self.sweep_period() else {
             return;
-        }
+        };
         let idle = self.config.idle_evict.map(nanos);
-        let half_period = self.sweep_period().unwrap_or(0) / 2;
+        let half_period = period / 2;
         let interval = self.config.rekey_interval;
         let permille = self.config.rekey_jitter_permille;
         let start = if self.sweep_cursor < n {
