@@ -16,7 +16,48 @@ use pktcrypt_core::{
 };
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::time::Duration;
+
+/// Which way a captured datagram travelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Way {
+    /// Client → server.
+    ToServer,
+    /// Server → client.
+    ToClient,
+}
+
+/// One datagram as an on-path observer sees it (recorded while [`Sim::capturing`]): every
+/// datagram an endpoint put on a link (before loss and duplication), and every datagram a test
+/// injected.
+#[derive(Clone, Debug)]
+pub struct Captured {
+    /// When it was sent or injected.
+    pub at: Time,
+    /// Direction.
+    pub way: Way,
+    /// The client it was from or for.
+    pub client: usize,
+    /// A control message (as the sender's driver knows it), not data.
+    pub control: bool,
+    /// Injected by the test rather than sent by an endpoint.
+    pub injected: bool,
+    /// The destination the server's `Transmit` named (server control messages only).
+    pub destination: Option<SocketAddr>,
+    /// The ESP packet (UDP payload).
+    pub bytes: Vec<u8>,
+}
+
+/// What the server did with a datagram injected by [`Sim::inject_to_server`].
+#[derive(Clone, Debug)]
+pub struct Injected {
+    /// Opened (data or control) or dropped, and why.
+    pub outcome: Result<(), DropReason>,
+    /// What the server transmitted in direct response. Not put on any link: it went to the
+    /// `destination` it names (which the simulation does not model).
+    pub responses: Vec<Transmit>,
+}
 
 /// Link behaviour, per direction.
 #[derive(Clone, Copy, Debug)]
@@ -154,6 +195,10 @@ pub struct Sim {
     pub stats: Stats,
     /// Drop the next `n` server → client control messages (targeted loss for scenarios).
     pub drop_next_down_control: u32,
+    /// Record every datagram into [`Self::capture`] (off by default: long runs would grow it).
+    pub capturing: bool,
+    /// The datagrams recorded while [`Self::capturing`].
+    pub capture: Vec<Captured>,
     queue: BinaryHeap<Reverse<(Time, u64, Flight)>>,
     seq: u64,
     dice: Dice,
@@ -217,6 +262,8 @@ impl Sim {
             data_interval: Some(Duration::from_millis(100)),
             stats: Stats::default(),
             drop_next_down_control: 0,
+            capturing: false,
+            capture: Vec::new(),
             queue: BinaryHeap::new(),
             seq: 0,
             dice: Dice::new(seed),
@@ -240,9 +287,46 @@ impl Sim {
         );
     }
 
+    fn record_capture(
+        &mut self,
+        dest: &Dest,
+        control: bool,
+        injected: bool,
+        destination: Option<SocketAddr>,
+        bytes: &[u8],
+    ) {
+        if !self.capturing {
+            return;
+        }
+        let (way, client) = match *dest {
+            Dest::Server { client } => (Way::ToServer, client),
+            Dest::Client { client } => (Way::ToClient, client),
+        };
+        self.capture.push(Captured {
+            at: self.now,
+            way,
+            client,
+            control,
+            injected,
+            destination,
+            bytes: bytes.to_vec(),
+        });
+    }
+
     fn send(&mut self, dest: Dest, control: bool, bytes: Vec<u8>) {
+        self.send_to(dest, control, None, bytes);
+    }
+
+    fn send_to(
+        &mut self,
+        dest: Dest,
+        control: bool,
+        destination: Option<SocketAddr>,
+        bytes: Vec<u8>,
+    ) {
         let to_server = matches!(dest, Dest::Server { .. });
         self.record_nonce(!to_server, &bytes);
+        self.record_capture(&dest, control, false, destination, &bytes);
         let link = if to_server { self.up } else { self.down };
         if control {
             self.stats.control_sent += 1;
@@ -289,9 +373,14 @@ impl Sim {
     }
 
     fn drain(&mut self) {
-        while let Some(Transmit { peer, contents, .. }) = self.server.poll_transmit() {
+        while let Some(Transmit {
+            peer,
+            destination,
+            contents,
+        }) = self.server.poll_transmit()
+        {
             if let Some(i) = self.clients.iter().position(|c| c.peer == peer) {
-                self.send(Dest::Client { client: i }, true, contents);
+                self.send_to(Dest::Client { client: i }, true, destination, contents);
             }
         }
         while let Some(e) = self.server.poll_event() {
@@ -378,6 +467,55 @@ impl Sim {
             }
         }
         self.drain();
+    }
+
+    /// Delivers `bytes` to client `i` now, as if they had just arrived from the link (a replay
+    /// or forgery by an on-path attacker). Whatever the client sends in response goes on the
+    /// link as usual.
+    pub fn inject_to_client(&mut self, i: usize, bytes: &[u8]) -> Result<(), DropReason> {
+        let dest = Dest::Client { client: i };
+        self.record_capture(&dest, false, true, None, bytes);
+        let now = self.now;
+        let mut buf = bytes.to_vec();
+        let r = match self.clients[i].machine.handle_datagram(now, &mut buf) {
+            Incoming::Data { .. } | Incoming::Control { .. } => Ok(()),
+            Incoming::Dropped(r) => Err(r),
+        };
+        self.drain();
+        r
+    }
+
+    /// Delivers `bytes` to the server now, from `from` (`None`: as the simulation's own
+    /// deliveries, which carry no address), labelled as client `i`'s in the capture. What the
+    /// server transmits in direct response is returned, not put on a link (it goes to the
+    /// destination it names; it is captured and its nonce checked); events and client traffic are
+    /// handled as usual.
+    pub fn inject_to_server(
+        &mut self,
+        i: usize,
+        from: Option<SocketAddr>,
+        bytes: &[u8],
+    ) -> Injected {
+        let dest = Dest::Server { client: i };
+        self.record_capture(&dest, false, true, None, bytes);
+        let now = self.now;
+        let mut buf = bytes.to_vec();
+        let outcome = match self.server.handle_datagram(now, from, &mut buf) {
+            Incoming::Data { .. } | Incoming::Control { .. } => Ok(()),
+            Incoming::Dropped(r) => Err(r),
+        };
+        let mut responses = Vec::new();
+        while let Some(t) = self.server.poll_transmit() {
+            // Sealed all the same: its nonce counts, and an observer sees it.
+            self.record_nonce(true, &t.contents);
+            if let Some(c) = self.clients.iter().position(|c| c.peer == t.peer) {
+                let dest = Dest::Client { client: c };
+                self.record_capture(&dest, true, false, t.destination, &t.contents);
+            }
+            responses.push(t);
+        }
+        self.drain();
+        Injected { outcome, responses }
     }
 
     /// Runs until `end`.

@@ -1,0 +1,553 @@
+//! Attacks on the key-establishment protocol, on the deterministic simulator.
+//!
+//! Each test states a security property and tries to break it with what an attacker has:
+//! replays of captured datagrams (tests 1 and 2), the init key plus a capture of every datagram
+//! both ways (forward secrecy, test 3), or a peer whose wall clock went backwards between boots
+//! (init-key nonces, test 4). The tests deal only in datagram bytes and public APIs, so they
+//! keep working when the protocol's messages change.
+//!
+//! On the protocol of version 1 (no replay protection across restarts, no forward secrecy,
+//! init-key nonces from the wall clock) tests 1-4 fail; `attacker_succeeds_without_pfs` passes
+//! and is meant to keep passing with forward secrecy turned off.
+
+use pktcrypt_core::control::message::KeyMaterial;
+use pktcrypt_core::control::{ClientConfig, ClientEvent, Message, ServerConfig, ServerEvent};
+use pktcrypt_core::{
+    DropReason, Engine, EngineConfig, Generation, GenerationInfo, Opened, PeerId, Role, Secret,
+    Slot, Spi, Time, boot_seq_base,
+};
+use pktcrypt_tests::sim::{Captured, Sim, Way};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+fn secs(v: u64) -> Duration {
+    Duration::from_secs(v)
+}
+
+/// SPI of an ESP packet.
+fn spi_of(bytes: &[u8]) -> u32 {
+    u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+}
+
+/// IV of an ESP packet (the 8 bytes after SPI and sequence number).
+fn iv_of(bytes: &[u8]) -> [u8; 8] {
+    let mut iv = [0u8; 8];
+    iv.copy_from_slice(&bytes[8..16]);
+    iv
+}
+
+/// SPIs of every generation client `i` installed and the server minted so far.
+fn spis_so_far(sim: &Sim, i: usize) -> HashSet<u32> {
+    let mut spis: HashSet<u32> = sim.clients[i]
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            ClientEvent::KeyInstalled { generation } => Some(generation.spi.get()),
+            _ => None,
+        })
+        .collect();
+    spis.extend(sim.server_events.iter().filter_map(|(_, e)| match e {
+        ServerEvent::KeyMinted { generation, .. } => Some(generation.spi.get()),
+        _ => None,
+    }));
+    spis
+}
+
+fn minted(sim: &Sim) -> usize {
+    sim.server_events
+        .iter()
+        .filter(|(_, e)| matches!(e, ServerEvent::KeyMinted { .. }))
+        .count()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. A replayed distribution after a client restart.
+// ---------------------------------------------------------------------------------------------
+
+/// A restarted client holds only its init key, and so does everything the server ever sent it
+/// under that key: an attacker replaying the first distribution of the previous boot must not
+/// make it install that old generation (whose SPI, secret and sequence numbers it used before:
+/// it would seal under the same (key, nonce) again), and it must still reach the server's fresh
+/// generation within 5 s.
+#[test]
+fn replayed_distribution_after_client_restart_installs_nothing_old() {
+    let mut sim = Sim::new(1, ServerConfig::new(), ClientConfig::new(), 7);
+    sim.capturing = true;
+    assert!(
+        sim.run_until_converged(ms(10), secs(5)).is_some(),
+        "did not converge at first: {:?}",
+        sim.generations(0)
+    );
+    // Data flows under generation 1 for a while.
+    sim.run_for(secs(3));
+    assert!(sim.generations(0).0 >= 1);
+    let old_spis = spis_so_far(&sim, 0);
+    // The very first server → client control datagram: generation 1's distribution, sealed
+    // under the init key.
+    let first = sim
+        .capture
+        .iter()
+        .find(|c| c.way == Way::ToClient && c.control && !c.injected)
+        .map(|c| c.bytes.clone())
+        .expect("the server sent a control message");
+    let events_before = sim.clients[0].events.len();
+
+    sim.restart_client(0);
+    // The restarted client's request is on the link; the server's answer is at least one
+    // round trip away. The attacker is faster.
+    let outcome = sim.inject_to_client(0, &first);
+    let converged = sim.run_until_converged(ms(10), secs(5));
+
+    let reinstalled: Vec<String> = sim.clients[0].events[events_before..]
+        .iter()
+        .filter_map(|(t, e)| match e {
+            ClientEvent::KeyInstalled { generation }
+                if old_spis.contains(&generation.spi.get()) =>
+            {
+                Some(format!("{generation:?} at {t:?}"))
+            }
+            _ => None,
+        })
+        .collect();
+    let held_old: Vec<u32> = sim.clients[0]
+        .machine
+        .engine()
+        .peer_status(sim.clients[0].machine.server())
+        .map(|st| {
+            st.sas
+                .iter()
+                .filter(|sa| sa.slot != Slot::Init && old_spis.contains(&sa.info.spi.get()))
+                .map(|sa| sa.info.spi.get())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        reinstalled.is_empty() && held_old.is_empty(),
+        "the restarted client installed a generation of its previous boot from a replay \
+         (replay outcome {outcome:?}): installed {reinstalled:?}, still holds SPIs {held_old:x?}"
+    );
+    assert!(
+        converged.is_some(),
+        "the restarted client did not converge within 5 s: {:?}",
+        sim.generations(0)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Replays at a restarted server.
+// ---------------------------------------------------------------------------------------------
+
+/// What the server relies on for one client: proven generation and the generations it holds.
+fn server_view(sim: &Sim, peer: PeerId) -> (Option<u64>, Vec<(Slot, u64, u32)>) {
+    let mut sas: Vec<(Slot, u64, u32)> = sim
+        .server
+        .engine()
+        .peer_status(peer)
+        .map(|st| {
+            st.sas
+                .iter()
+                .map(|sa| (sa.slot, sa.info.number, sa.info.spi.get()))
+                .collect()
+        })
+        .unwrap_or_default();
+    sas.sort_by_key(|&(_, n, spi)| (n, spi));
+    (sim.server.proven(peer), sas)
+}
+
+/// A server that lost its state (restart) has no memory of what it accepted before; replaying
+/// every control datagram the client ever sent, from a spoofed address, must still change
+/// nothing it relies on, and must not make it send more than one reply per replayed datagram,
+/// no larger than that datagram, nor anything later to the spoofed address.
+#[test]
+fn replays_at_a_restarted_server_change_nothing() {
+    let spoofed: SocketAddr = "203.0.113.9:4500".parse().expect("address");
+    let mut sc = ServerConfig::new();
+    sc.rekey_interval = Some(secs(2));
+    let mut cc = ClientConfig::new();
+    cc.update_interval = Some(secs(3));
+    cc.hello_interval = secs(1);
+    let mut sim = Sim::new(1, sc, cc, 11);
+    sim.capturing = true;
+    sim.run_for(secs(10));
+    assert!(
+        minted(&sim) >= 3,
+        "a few rekeys first: {:?}",
+        sim.generations(0)
+    );
+
+    sim.restart_server();
+    let took = sim.run_until_converged(ms(10), secs(40));
+    assert!(
+        took.is_some(),
+        "no re-convergence after the server restart: {:?}",
+        sim.generations(0)
+    );
+    let peer = sim.clients[0].peer;
+    let before = server_view(&sim, peer);
+    let recorded: Vec<Vec<u8>> = sim
+        .capture
+        .iter()
+        .filter(|c| c.way == Way::ToServer && c.control && !c.injected)
+        .map(|c| c.bytes.clone())
+        .collect();
+    let replay_at = sim.now;
+
+    let mut violations = Vec::new();
+    let mut accepted = 0;
+    let mut direct = 0;
+    for (k, bytes) in recorded.iter().enumerate() {
+        let r = sim.inject_to_server(0, Some(spoofed), bytes);
+        if r.outcome.is_ok() {
+            accepted += 1;
+        }
+        direct += r.responses.len();
+        let sizes: Vec<usize> = r.responses.iter().map(|t| t.contents.len()).collect();
+        if r.responses.len() > 1 || sizes.iter().any(|&s| s > bytes.len()) {
+            violations.push(format!(
+                "replay #{k} ({} bytes, SPI {:#x}, {:?}) drew {} responses of {sizes:?} bytes to {:?}",
+                bytes.len(),
+                spi_of(bytes),
+                r.outcome,
+                r.responses.len(),
+                r.responses.iter().map(|t| t.destination).collect::<Vec<_>>()
+            ));
+        }
+    }
+    let after = server_view(&sim, peer);
+    if before != after {
+        violations.push(format!(
+            "the server's state for the client changed: before {before:x?}, after {after:x?}"
+        ));
+    }
+    // Whatever the server does later (retransmissions) must not go to the spoofed address.
+    sim.run_for(secs(3));
+    let to_spoofed = sim
+        .capture
+        .iter()
+        .filter(|c| c.at >= replay_at && c.destination == Some(spoofed))
+        .count();
+    if to_spoofed > direct {
+        violations.push(format!(
+            "{} later datagrams went to the spoofed address",
+            to_spoofed - direct
+        ));
+    }
+    assert!(
+        violations.is_empty(),
+        "{} recorded client → server control datagrams replayed from {spoofed}, {accepted} \
+         accepted:\n{}",
+        recorded.len(),
+        violations.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Forward secrecy: the init key plus a capture.
+// ---------------------------------------------------------------------------------------------
+
+/// What a passive attacker holding the init key got out of a capture.
+#[derive(Debug, Default)]
+struct AttackReport {
+    /// Data packets sent at or after the cutoff.
+    data_after: usize,
+    /// Of those, opened.
+    opened_after: usize,
+    /// Opened under the init key.
+    opened_after_init: usize,
+    /// Opened under a learned generation.
+    opened_after_learned: usize,
+    /// Control messages opened.
+    control_opened: usize,
+    /// Generations learned from distributions.
+    learned: usize,
+}
+
+/// A passive attacker: the init key, and an engine per direction (role client opens
+/// server → client, role key server opens client → server). It opens every datagram of the
+/// capture in order; from every key distribution it can open it learns the generation (the
+/// secret, or in derived mode the secret derived from the parent it knows) and installs it in
+/// both engines. Generations its engines already forgot are kept aside and tried on packets
+/// under their SPIs.
+struct Attacker {
+    init: Generation,
+    down: (Engine, PeerId),
+    up: (Engine, PeerId),
+    /// Secret of each generation number in the newest lineage learned (derived-mode parents).
+    secrets: HashMap<u64, Secret>,
+    /// Every generation learned, by SPI.
+    learned: HashMap<u32, Generation>,
+}
+
+enum Got {
+    Data { init: bool },
+    Control,
+    Nothing,
+}
+
+impl Attacker {
+    fn new(init: &Generation) -> Self {
+        let engine = |role| {
+            let mut e = Engine::new(EngineConfig::new(role)).expect("engine");
+            let p = e.add_peer(init, Time::ZERO).expect("init key");
+            (e, p)
+        };
+        Self {
+            init: init.clone(),
+            down: engine(Role::Client),
+            up: engine(Role::KeyServer),
+            secrets: HashMap::new(),
+            learned: HashMap::new(),
+        }
+    }
+
+    fn open(&mut self, c: &Captured) -> Got {
+        let role = match c.way {
+            Way::ToClient => Role::Client,
+            Way::ToServer => Role::KeyServer,
+        };
+        let mut buf = c.bytes.clone();
+        let (engine, _) = match c.way {
+            Way::ToClient => &mut self.down,
+            Way::ToServer => &mut self.up,
+        };
+        let got = match engine.open(&mut buf) {
+            Opened::Data { info, .. } => Got::Data {
+                init: info.slot == Slot::Init,
+            },
+            Opened::Control { message, .. } => {
+                let m = Message::decode(message).ok();
+                self.learn(m, c.at);
+                Got::Control
+            }
+            Opened::Drop(DropReason::UnknownSpi) => Got::Nothing,
+            Opened::Drop(_) => return Got::Nothing,
+        };
+        if !matches!(got, Got::Nothing) {
+            return got;
+        }
+        // A generation the engines forgot: a one-off engine holding it.
+        let Some(g) = self.learned.get(&spi_of(&c.bytes)).cloned() else {
+            return Got::Nothing;
+        };
+        let mut e = Engine::new(EngineConfig::new(role)).expect("engine");
+        let Ok(p) = e.add_peer(&self.init, Time::ZERO) else {
+            return Got::Nothing;
+        };
+        if e.install(p, &g, Time::ZERO).is_err() {
+            return Got::Nothing;
+        }
+        let mut buf = c.bytes.clone();
+        match e.open(&mut buf) {
+            Opened::Data { .. } => Got::Data { init: false },
+            Opened::Control { message, .. } => {
+                let m = Message::decode(message).ok();
+                self.learn(m, c.at);
+                Got::Control
+            }
+            Opened::Drop(_) => Got::Nothing,
+        }
+    }
+
+    fn learn(&mut self, msg: Option<(Message, u32)>, now: Time) {
+        let Some((Message::KeyDistribution(d), _)) = msg else {
+            return;
+        };
+        let Ok(spi) = Spi::new(d.spi) else { return };
+        let info = GenerationInfo {
+            number: d.generation,
+            spi,
+            suite: d.suite,
+        };
+        let secret = match d.material {
+            KeyMaterial::Secret(bytes) => Secret::from_bytes(bytes),
+            KeyMaterial::Nonce(nonce) => {
+                let parent = if d.generation == 1 {
+                    Some(&self.init.secret)
+                } else {
+                    self.secrets.get(&(d.generation - 1))
+                };
+                match parent {
+                    Some(p) => p.derive_next(&nonce, info),
+                    None => return,
+                }
+            }
+        };
+        if d.generation == 1 {
+            // A new lineage (restart): forget the old one's parents.
+            self.secrets.clear();
+        }
+        self.secrets.insert(d.generation, secret.clone());
+        let g = Generation { info, secret };
+        self.learned.insert(d.spi, g.clone());
+        for (e, p) in [&mut self.down, &mut self.up] {
+            if e.install(*p, &g, now).is_err() {
+                let _ = e.reset_to_init(*p);
+                let _ = e.install(*p, &g, now);
+            }
+        }
+    }
+}
+
+/// Runs the attacker over `capture` and counts the data packets sent at or after `cutoff`
+/// that it opens.
+fn attack(init: &Generation, capture: &[Captured], cutoff: Time) -> AttackReport {
+    let mut a = Attacker::new(init);
+    let mut r = AttackReport::default();
+    for c in capture {
+        let after = c.at >= cutoff && !c.control && !c.injected;
+        if after {
+            r.data_after += 1;
+        }
+        match a.open(c) {
+            Got::Data { init } if after => {
+                r.opened_after += 1;
+                if init {
+                    r.opened_after_init += 1;
+                } else {
+                    r.opened_after_learned += 1;
+                }
+            }
+            Got::Data { .. } | Got::Nothing => {}
+            Got::Control => r.control_opened += 1,
+        }
+    }
+    r.learned = a.learned.len();
+    r
+}
+
+/// The scenario of the forward-secrecy tests: one client, data both ways every 100 ms, a
+/// server-timed rekey every 2 s, 8 s in all, every datagram captured. Returns the simulation
+/// and when the client installed generation 1 (the end of the first key exchange).
+///
+/// Set forward secrecy off here (when the protocol has the switch) for
+/// `attacker_succeeds_without_pfs`.
+fn fs_scenario(derived: bool, seed: u64) -> (Sim, Time) {
+    let mut sc = ServerConfig::new();
+    sc.rekey_interval = Some(secs(2));
+    sc.derived = derived;
+    let mut cc = ClientConfig::new();
+    cc.hello_interval = secs(2);
+    let mut sim = Sim::new(1, sc, cc, seed);
+    sim.capturing = true;
+    sim.run_for(secs(8));
+    assert!(minted(&sim) >= 3, "a few rekeys: {:?}", sim.generations(0));
+    let first_exchange = sim.clients[0]
+        .events
+        .iter()
+        .find(|(_, e)| matches!(e, ClientEvent::KeyInstalled { .. }))
+        .map(|(t, _)| *t)
+        .expect("generation 1 installed");
+    (sim, first_exchange)
+}
+
+/// Forward secrecy against the init key: whoever later obtains a client's init key (stolen
+/// device, leaked provisioning file) and holds a capture of all traffic must not read any data
+/// sent after the first key exchange.
+#[test]
+fn forward_secrecy_attacker_with_init_key_and_capture() {
+    let (sim, cutoff) = fs_scenario(false, 21);
+    let r = attack(&sim.clients[0].init, &sim.capture, cutoff);
+    assert!(r.data_after > 0);
+    assert_eq!(
+        r.opened_after, 0,
+        "with the init key and a capture the attacker read {} of {} data packets sent after \
+         generation 1 was installed at {cutoff:?} ({} under the init key itself, {} under {} \
+         generations learned from distributions): {r:?}",
+        r.opened_after, r.data_after, r.opened_after_init, r.opened_after_learned, r.learned
+    );
+}
+
+/// The attacker is sound: without forward secrecy (secret and derived mode alike) it reads
+/// every data packet. Keeps the forward-secrecy test honest (0 opened must mean "cannot", not
+/// "the attacker is broken").
+#[test]
+fn attacker_succeeds_without_pfs() {
+    for derived in [false, true] {
+        let (sim, cutoff) = fs_scenario(derived, 22);
+        let r = attack(&sim.clients[0].init, &sim.capture, cutoff);
+        assert!(r.data_after > 0);
+        assert!(r.learned >= 3, "derived={derived}: {r:?}");
+        assert_eq!(r.opened_after, r.data_after, "derived={derived}: {r:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Init-key nonces across boots.
+// ---------------------------------------------------------------------------------------------
+
+/// One boot of a client and its server, both starting init-key traffic at `base` (the
+/// engine's `init_seq_base`), with `esn`. For the first 0.5 s the client's control messages are
+/// lost (the server is unreachable), so both sides keep sending data under the init key (every
+/// 100 µs); then the link heals and they converge. Returns (direction, SPI, IV) of every
+/// datagram sealed under the init key's SPI: under one init key and direction, an equal
+/// (SPI, IV) is an equal (key, nonce).
+fn init_key_nonces(esn: bool, base: u64, seed: u64) -> HashSet<(Way, u32, [u8; 8])> {
+    let mut sc = ServerConfig::new();
+    sc.engine.esn = esn;
+    sc.engine.init_seq_base = base;
+    let mut cc = ClientConfig::new();
+    cc.engine.esn = esn;
+    cc.engine.init_seq_base = base;
+    cc.max_backoff = secs(1);
+    let mut sim = Sim::new(1, sc, cc, seed);
+    sim.capturing = true;
+    sim.data_interval = Some(Duration::from_micros(100));
+    sim.up.control_loss = 1.0;
+    sim.run_for(ms(500));
+    sim.up.control_loss = 0.0;
+    assert!(
+        sim.run_until_converged(ms(10), secs(10)).is_some(),
+        "boot did not converge: {:?}",
+        sim.generations(0)
+    );
+    let init_spi = sim.clients[0].init.info.spi.get();
+    sim.capture
+        .iter()
+        .filter(|c| !c.injected && spi_of(&c.bytes) == init_spi)
+        .map(|c| (c.way, init_spi, iv_of(&c.bytes)))
+        .collect()
+}
+
+/// The init key outlives every restart; its nonces must never repeat across boots, whatever
+/// the wall clock did in between: here it stepped back 1 µs between two boots (the second boot
+/// starts 4096 sequence numbers below the first), and with ESN off (the C ABI then forces the
+/// base to 1 in every boot).
+#[test]
+fn init_nonces_never_repeat_across_boots_clock_back_and_esn_off() {
+    // 2023-11-14T22:13:20Z in microseconds since the UNIX epoch.
+    let t1: u64 = 1_700_000_000_000_000;
+    let t0 = t1 - 1;
+    let variants = [
+        (
+            "esn on, clock stepped back 1 µs",
+            true,
+            boot_seq_base(t1),
+            boot_seq_base(t0),
+        ),
+        ("esn off (base forced to 1)", false, 1, 1),
+    ];
+    let mut failures = Vec::new();
+    for (name, esn, first, second) in variants {
+        let a = init_key_nonces(esn, first, 41);
+        let b = init_key_nonces(esn, second, 42);
+        for (way, label) in [
+            (Way::ToServer, "client → server"),
+            (Way::ToClient, "server → client"),
+        ] {
+            let repeated = b.iter().filter(|n| n.0 == way && a.contains(n)).count();
+            let total = b.iter().filter(|n| n.0 == way).count();
+            if repeated > 0 {
+                failures.push(format!(
+                    "{name}: {repeated} of {total} init-key (key, nonce) pairs of boot 2 ({label}) \
+                     were already used in boot 1"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
