@@ -156,6 +156,10 @@ pub enum pktcrypt_drop_reason {
     ControlMalformed,
     /// A control message this role does not accept.
     ControlUnexpected,
+    /// Data under an init key (protocol version 3 carries only handshakes under it).
+    InitData,
+    /// A handshake message answering no request in flight (a replay, or late).
+    StaleHandshake,
 }
 
 impl From<DropReason> for pktcrypt_drop_reason {
@@ -179,6 +183,8 @@ impl From<DropReason> for pktcrypt_drop_reason {
             DropReason::BadInnerPacket => P::BadInnerPacket,
             DropReason::ControlMalformed => P::ControlMalformed,
             DropReason::ControlUnexpected => P::ControlUnexpected,
+            DropReason::InitData => P::InitData,
+            DropReason::StaleHandshake => P::StaleHandshake,
         }
     }
 }

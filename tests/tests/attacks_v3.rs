@@ -8,10 +8,11 @@
 //!
 //! On the protocol of version 1 (no replay protection across restarts, no forward secrecy,
 //! init-key nonces from the wall clock) tests 1-4 fail; `attacker_succeeds_without_pfs` passes
-//! and is meant to keep passing with forward secrecy turned off.
+//! and keeps passing with forward secrecy turned off (`pfs = "off"`). On version 3 tests 1-4
+//! pass.
 
 use pktcrypt_core::control::message::KeyMaterial;
-use pktcrypt_core::control::{ClientConfig, ClientEvent, Message, ServerConfig, ServerEvent};
+use pktcrypt_core::control::{ClientConfig, ClientEvent, Message, Pfs, ServerConfig, ServerEvent};
 use pktcrypt_core::{
     DropReason, Engine, EngineConfig, Generation, GenerationInfo, Opened, PeerId, Role, Secret,
     Slot, Spi, Time, boot_seq_base,
@@ -200,14 +201,23 @@ fn replays_at_a_restarted_server_change_nothing() {
     let mut violations = Vec::new();
     let mut accepted = 0;
     let mut direct = 0;
+    // A request may span several datagrams (fragments): a reply is measured against every
+    // datagram replayed since the previous reply.
+    let mut request_bytes = 0;
     for (k, bytes) in recorded.iter().enumerate() {
         let r = sim.inject_to_server(0, Some(spoofed), bytes);
         if r.outcome.is_ok() {
             accepted += 1;
         }
+        request_bytes += bytes.len();
         direct += r.responses.len();
         let sizes: Vec<usize> = r.responses.iter().map(|t| t.contents.len()).collect();
-        if r.responses.len() > 1 || sizes.iter().any(|&s| s > bytes.len()) {
+        let reply_bytes: usize = sizes.iter().sum();
+        let budget = request_bytes;
+        if !r.responses.is_empty() {
+            request_bytes = 0;
+        }
+        if r.responses.len() > 1 || reply_bytes > budget {
             violations.push(format!(
                 "replay #{k} ({} bytes, SPI {:#x}, {:?}) drew {} responses of {sizes:?} bytes to {:?}",
                 bytes.len(),
@@ -292,7 +302,10 @@ enum Got {
 impl Attacker {
     fn new(init: &Generation) -> Self {
         let engine = |role| {
-            let mut e = Engine::new(EngineConfig::new(role)).expect("engine");
+            // Version 3 seals handshake messages under the init key with per-message keys.
+            let mut config = EngineConfig::new(role);
+            config.handshake_init = true;
+            let mut e = Engine::new(config).expect("engine");
             let p = e.add_peer(init, Time::ZERO).expect("init key");
             (e, p)
         };
@@ -334,7 +347,9 @@ impl Attacker {
         let Some(g) = self.learned.get(&spi_of(&c.bytes)).cloned() else {
             return Got::Nothing;
         };
-        let mut e = Engine::new(EngineConfig::new(role)).expect("engine");
+        let mut config = EngineConfig::new(role);
+        config.handshake_init = true;
+        let mut e = Engine::new(config).expect("engine");
         let Ok(p) = e.add_peer(&self.init, Time::ZERO) else {
             return Got::Nothing;
         };
@@ -354,8 +369,9 @@ impl Attacker {
     }
 
     fn learn(&mut self, msg: Option<(Message, u32)>, now: Time) {
-        let Some((Message::KeyDistribution(d), _)) = msg else {
-            return;
+        let d = match msg {
+            Some((Message::KeyDistribution(d) | Message::KeyInitReply(d), _)) => d,
+            _ => return,
         };
         let Ok(spi) = Spi::new(d.spi) else { return };
         let info = GenerationInfo {
@@ -364,6 +380,9 @@ impl Attacker {
             suite: d.suite,
         };
         let secret = match d.material {
+            // The server's half of a hybrid exchange: useless without the client's ephemeral
+            // secrets, which never left it.
+            KeyMaterial::Exchange(_) => return,
             KeyMaterial::Secret(bytes) => Secret::from_bytes(bytes),
             KeyMaterial::Nonce(nonce) => {
                 let parent = if d.generation == 1 {
@@ -424,12 +443,13 @@ fn attack(init: &Generation, capture: &[Captured], cutoff: Time) -> AttackReport
 /// server-timed rekey every 2 s, 8 s in all, every datagram captured. Returns the simulation
 /// and when the client installed generation 1 (the end of the first key exchange).
 ///
-/// Set forward secrecy off here (when the protocol has the switch) for
-/// `attacker_succeeds_without_pfs`.
-fn fs_scenario(derived: bool, seed: u64) -> (Sim, Time) {
+/// `pfs` is the server's forward-secrecy policy (`Pfs::Off` for
+/// `attacker_succeeds_without_pfs`).
+fn fs_scenario(derived: bool, pfs: Pfs, seed: u64) -> (Sim, Time) {
     let mut sc = ServerConfig::new();
     sc.rekey_interval = Some(secs(2));
     sc.derived = derived;
+    sc.pfs = pfs;
     let mut cc = ClientConfig::new();
     cc.hello_interval = secs(2);
     let mut sim = Sim::new(1, sc, cc, seed);
@@ -450,16 +470,30 @@ fn fs_scenario(derived: bool, seed: u64) -> (Sim, Time) {
 /// sent after the first key exchange.
 #[test]
 fn forward_secrecy_attacker_with_init_key_and_capture() {
-    let (sim, cutoff) = fs_scenario(false, 21);
-    let r = attack(&sim.clients[0].init, &sim.capture, cutoff);
-    assert!(r.data_after > 0);
-    assert_eq!(
-        r.opened_after, 0,
-        "with the init key and a capture the attacker read {} of {} data packets sent after \
-         generation 1 was installed at {cutoff:?} ({} under the init key itself, {} under {} \
-         generations learned from distributions): {r:?}",
-        r.opened_after, r.data_after, r.opened_after_init, r.opened_after_learned, r.learned
-    );
+    // Every policy with an exchange at init: rotations in between ratchet from an exchanged
+    // secret the attacker never learns, in secret and derived mode alike.
+    for (derived, pfs) in [
+        (false, Pfs::EveryRekey),
+        (true, Pfs::EveryRekey),
+        (false, Pfs::InitOnly),
+        (true, Pfs::Every(2)),
+    ] {
+        let (sim, cutoff) = fs_scenario(derived, pfs, 21);
+        let r = attack(&sim.clients[0].init, &sim.capture, cutoff);
+        assert!(r.data_after > 0);
+        assert!(
+            r.control_opened > 0,
+            "the attacker opens the handshake itself: {r:?}"
+        );
+        assert_eq!(
+            r.opened_after, 0,
+            "pfs {pfs}, derived {derived}: with the init key and a capture the attacker read \
+             {} of {} data packets sent after generation 1 was installed at {cutoff:?} ({} \
+             under the init key itself, {} under {} generations learned from distributions): \
+             {r:?}",
+            r.opened_after, r.data_after, r.opened_after_init, r.opened_after_learned, r.learned
+        );
+    }
 }
 
 /// The attacker is sound: without forward secrecy (secret and derived mode alike) it reads
@@ -468,7 +502,7 @@ fn forward_secrecy_attacker_with_init_key_and_capture() {
 #[test]
 fn attacker_succeeds_without_pfs() {
     for derived in [false, true] {
-        let (sim, cutoff) = fs_scenario(derived, 22);
+        let (sim, cutoff) = fs_scenario(derived, Pfs::Off, 22);
         let r = attack(&sim.clients[0].init, &sim.capture, cutoff);
         assert!(r.data_after > 0);
         assert!(r.learned >= 3, "derived={derived}: {r:?}");
@@ -486,7 +520,7 @@ fn attacker_succeeds_without_pfs() {
 /// 100 µs); then the link heals and they converge. Returns (direction, SPI, IV) of every
 /// datagram sealed under the init key's SPI: under one init key and direction, an equal
 /// (SPI, IV) is an equal (key, nonce).
-fn init_key_nonces(esn: bool, base: u64, seed: u64) -> HashSet<(Way, u32, [u8; 8])> {
+fn init_key_nonces(esn: bool, base: u64, seed: u64) -> HashSet<(Way, u32, [u8; 12])> {
     let mut sc = ServerConfig::new();
     sc.engine.esn = esn;
     sc.engine.init_seq_base = base;
@@ -506,10 +540,25 @@ fn init_key_nonces(esn: bool, base: u64, seed: u64) -> HashSet<(Way, u32, [u8; 8
         sim.generations(0)
     );
     let init_spi = sim.clients[0].init.info.spi.get();
+    // Version 3: nothing but handshake messages under the init key.
+    let data_under_init = sim
+        .capture
+        .iter()
+        .filter(|c| !c.control && spi_of(&c.bytes) == init_spi)
+        .count();
+    assert_eq!(data_under_init, 0, "data sealed under the init key");
+    // The sequence-number and IV fields (12 bytes): under version 3 each handshake message's key
+    // derives from them, so equal fields are the only way to equal (key, nonce) pairs; under
+    // version 1 the nonce was the IV under one key, and the sequence number its low half.
     sim.capture
         .iter()
         .filter(|c| !c.injected && spi_of(&c.bytes) == init_spi)
-        .map(|c| (c.way, init_spi, iv_of(&c.bytes)))
+        .map(|c| {
+            let mut fresh = [0u8; 12];
+            fresh[..4].copy_from_slice(&c.bytes[4..8]);
+            fresh[4..].copy_from_slice(&iv_of(&c.bytes));
+            (c.way, init_spi, fresh)
+        })
         .collect()
 }
 

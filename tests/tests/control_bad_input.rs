@@ -1,10 +1,14 @@
 //! Malformed, replayed and forged control messages are dropped and counted; the state machines
 //! carry on.
 
-use pktcrypt_core::control::message::{Message, VERSION};
+use pktcrypt_core::control::message::{
+    Assembled, Distribution, KeyMaterial, MAX_UNFRAGMENTED, Message, Reassembler, VERSION,
+    fragments,
+};
 use pktcrypt_core::control::{
     ClientConfig, Incoming, KeyClient, KeyServer, SeededRandom, ServerConfig,
 };
+use pktcrypt_core::kex::Ephemeral;
 use pktcrypt_core::wire::esp::ESP_HEADER_LEN;
 use pktcrypt_core::{
     DropReason, Engine, EngineConfig, Generation, GenerationInfo, Role, Secret, Spi, Suite, Time,
@@ -25,7 +29,7 @@ fn init() -> Generation {
 /// (buggy or hostile but keyed) client would.
 fn keyed_sender() -> (Engine, pktcrypt_core::PeerId) {
     let mut cfg = EngineConfig::new(Role::Client);
-    cfg.init_seq_base = 1 << 40;
+    cfg.handshake_init = true;
     let mut e = Engine::new(cfg).expect("config");
     let p = e.add_peer(&init(), Time::ZERO).expect("peer");
     (e, p)
@@ -46,7 +50,7 @@ fn server_drops_bad_control_messages_and_keeps_working() {
         .add_client(&init(), None, Time::ZERO)
         .expect("client");
     let (mut sender, peer) = keyed_sender();
-    let mut out = vec![0u8; 512];
+    let mut out = vec![0u8; 1536];
     let t = Time::from_secs(1);
 
     let cases: Vec<(Vec<u8>, DropReason)> = vec![
@@ -70,8 +74,16 @@ fn server_drops_bad_control_messages_and_keeps_working() {
             DropReason::ControlUnexpected,
         ),
     ];
+    let mut fresh = 0u128;
+    let mut seal = |sender: &mut Engine, payload: &[u8], out: &mut Vec<u8>| {
+        fresh += 1;
+        let f: [u8; 12] = fresh.to_be_bytes()[4..].try_into().expect("12 bytes");
+        sender
+            .seal_handshake(peer, payload, out, f)
+            .unwrap_or_else(|e| panic!("{e:?} {}", payload.len()))
+    };
     for (payload, reason) in cases {
-        let n = sender.seal_control(peer, &payload, &mut out).expect("seal");
+        let n = seal(&mut sender, &payload, &mut out);
         let mut pkt = out[..n].to_vec();
         assert_eq!(
             dropped(server.handle_datagram(t, None, &mut pkt)),
@@ -79,36 +91,55 @@ fn server_drops_bad_control_messages_and_keeps_working() {
             "{payload:?}"
         );
     }
-    // A genuine init request works, once; its replay is refused by the window.
-    let n = sender
-        .seal_control(peer, Message::KeyInitRequest.encode(1).as_bytes(), &mut out)
-        .expect("seal");
-    let genuine = out[..n].to_vec();
-    assert!(matches!(
-        server.handle_datagram(t, None, &mut genuine.clone()),
-        Incoming::Control { .. }
-    ));
-    assert_eq!(
-        dropped(server.handle_datagram(t, None, &mut genuine.clone())),
-        Some(DropReason::Replay)
-    );
+    // A genuine init request is answered; its replay gets the same answer again (bound to the
+    // same request, useless without the client's ephemeral secrets) and changes nothing.
+    let mut rng = SeededRandom::new(3);
+    let request = Message::KeyInitRequest {
+        nonce: [5; 32],
+        share: Ephemeral::generate(&mut rng).share().clone(),
+    }
+    .encode(1);
+    let mut genuine = Vec::new();
+    for part in fragments(&request, 1) {
+        let n = seal(&mut sender, &part, &mut out);
+        genuine.push(out[..n].to_vec());
+    }
+    assert_eq!(genuine.len(), 2, "a key share is sent in two fragments");
+    let request_bytes: usize = genuine.iter().map(Vec::len).sum();
+    for _ in 0..2 {
+        for part in &genuine {
+            assert!(matches!(
+                server.handle_datagram(t, None, &mut part.clone()),
+                Incoming::Control { .. }
+            ));
+        }
+        let replies: Vec<_> = std::iter::from_fn(|| server.poll_transmit()).collect();
+        let reply_bytes: usize = replies.iter().map(|r| r.contents.len()).sum();
+        assert_eq!(replies.len(), 1);
+        assert!(
+            reply_bytes <= request_bytes,
+            "{reply_bytes} > {request_bytes}"
+        );
+    }
     // Forged: one bit flipped in the ciphertext.
-    let n = sender
-        .seal_control(peer, Message::KeyInitRequest.encode(2).as_bytes(), &mut out)
-        .expect("seal");
+    let n = seal(
+        &mut sender,
+        Message::KeyAck { generation: 1 }.encode(2).as_bytes(),
+        &mut out,
+    );
     let mut forged = out[..n].to_vec();
     forged[ESP_HEADER_LEN + 3] ^= 1;
     assert_eq!(
         dropped(server.handle_datagram(t, None, &mut forged)),
         Some(DropReason::AuthFailed)
     );
-    // The server answered the genuine request with generation 1 and nothing else changed.
+    // Nothing was minted or installed: only a confirmation of generation 1 would do that.
     let minted = std::iter::from_fn(|| server.poll_event())
         .filter(|e| matches!(e, pktcrypt_core::control::ServerEvent::KeyMinted { .. }))
         .count();
-    assert_eq!(minted, 1);
-    assert!(server.poll_transmit().is_some());
-    assert!(server.engine().drops().get(DropReason::Replay) == 1);
+    assert_eq!(minted, 0);
+    assert!(server.poll_transmit().is_none());
+    assert_eq!(server.proven(pktcrypt_core::PeerId(0)), Some(0));
     assert!(server.engine().drops().get(DropReason::AuthFailed) == 1);
 }
 
@@ -122,22 +153,39 @@ fn client_drops_bad_control_messages() {
     )
     .expect("client");
     let mut cfg = EngineConfig::new(Role::KeyServer);
-    cfg.init_seq_base = 1 << 40;
+    cfg.handshake_init = true;
     let mut fake_server = Engine::new(cfg).expect("config");
     let p = fake_server.add_peer(&init(), Time::ZERO).expect("peer");
-    let mut out = vec![0u8; 512];
+    let mut out = vec![0u8; 1536];
     for (payload, reason) in [
         (
-            vec![1u8, 4, 0, 3, 0, 0, 0, 0, 1, 2, 3],
+            vec![VERSION, 4, 0, 3, 0, 0, 0, 0, 1, 2, 3],
             DropReason::ControlMalformed,
         ),
         (
-            Message::KeyInitRequest.encode(5).as_bytes().to_vec(),
+            Message::HelloReply { newest: 1 }
+                .encode(5)
+                .as_bytes()
+                .to_vec(),
             DropReason::ControlUnexpected,
+        ),
+        // An answer to an init request the client never made (a recorded one).
+        (
+            Message::KeyInitReply(Distribution {
+                generation: 1,
+                spi: 0x777,
+                suite: Suite::Aes256Gcm,
+                echo: [1; 32],
+                material: KeyMaterial::Secret([2; 32]),
+            })
+            .encode(6)
+            .as_bytes()
+            .to_vec(),
+            DropReason::StaleHandshake,
         ),
     ] {
         let n = fake_server
-            .seal_control(p, &payload, &mut out)
+            .seal_handshake(p, &payload, &mut out, [payload.len() as u8; 12])
             .expect("seal");
         let mut pkt = out[..n].to_vec();
         assert_eq!(
@@ -155,17 +203,43 @@ fn client_drops_bad_control_messages() {
 
 #[test]
 fn message_codec_round_trips_and_rejects_trailing_bytes() {
-    use pktcrypt_core::control::message::{Distribution, GroupKey, GroupPhase, KeyMaterial};
+    use pktcrypt_core::control::message::{GroupKey, GroupPhase};
+    let mut rng = SeededRandom::new(4);
+    let share = Ephemeral::generate(&mut rng).share().clone();
+    let (reply, _) = pktcrypt_core::kex::respond(&share, &mut rng).expect("exchange");
     let msgs = [
-        Message::KeyInitRequest,
-        Message::KeyUpdateRequest { have: 7 },
+        Message::KeyInitRequest {
+            nonce: [4; 32],
+            share: share.clone(),
+        },
+        Message::KeyUpdateRequest {
+            have: 7,
+            share: None,
+        },
+        Message::KeyUpdateRequest {
+            have: 7,
+            share: Some(([6; 32], share)),
+        },
         Message::KeyResendRequest { have: u64::MAX },
         Message::KeyDistribution(Distribution {
             generation: 9,
             spi: 0x1234,
             suite: Suite::Aes128Gcm,
+            echo: [0; 32],
             material: KeyMaterial::Nonce([3; 32]),
         }),
+        Message::KeyInitReply(Distribution {
+            generation: 1,
+            spi: 0x1235,
+            suite: Suite::Aes256Gcm,
+            echo: [8; 32],
+            material: KeyMaterial::Exchange(reply),
+        }),
+        Message::KeyInitConfirm {
+            echo: [1; 32],
+            tag: [2; 32],
+        },
+        Message::KeyUpdateNeeded { newest: 3 },
         Message::KeyAck { generation: 2 },
         Message::Hello { have: 1 },
         Message::HelloReply { newest: 4 },
@@ -191,7 +265,7 @@ fn message_codec_round_trips_and_rejects_trailing_bytes() {
     ];
     for (i, m) in msgs.iter().enumerate() {
         let e = m.encode(i as u32);
-        assert_eq!(Message::decode(e.as_bytes()), Ok((*m, i as u32)));
+        assert_eq!(Message::decode(e.as_bytes()), Ok((m.clone(), i as u32)));
         let mut longer = e.as_bytes().to_vec();
         longer.push(0);
         assert!(Message::decode(&longer).is_err());
@@ -199,7 +273,25 @@ fn message_codec_round_trips_and_rejects_trailing_bytes() {
             assert!(Message::decode(&e.as_bytes()[..cut]).is_err());
         }
     }
+    // Fragments put together give the message back, in any order, and every one fits a
+    // 1280-byte IPv6 path once sealed.
+    for (i, m) in msgs.iter().enumerate() {
+        let e = m.encode(i as u32);
+        let mut parts = fragments(&e, i as u32);
+        parts.reverse();
+        let mut r = Reassembler::new(4);
+        let mut whole = None;
+        for p in &parts {
+            assert!(p.len() <= MAX_UNFRAGMENTED);
+            match r.push(Time::ZERO, 1, 0x100, p).expect("fragment") {
+                Assembled::Whole(b) => whole = Some(b.to_vec()),
+                Assembled::Complete(b) => whole = Some(b.to_vec()),
+                Assembled::Pending => {}
+            }
+        }
+        assert_eq!(whole.as_deref(), Some(e.as_bytes()));
+    }
     // Debug output never shows secrets.
-    let dbg = format!("{:?}", msgs[7]);
+    let dbg = format!("{:?}", msgs[11]);
     assert!(dbg.contains("redacted") && !dbg.contains("[1, 1"));
 }

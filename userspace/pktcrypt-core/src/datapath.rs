@@ -14,8 +14,8 @@
 use crate::aead::AeadItem;
 use crate::engine::{
     INIT_SLOT, OpenInfo, OpenOutcome, Packet, PeerId, SaRef, SealParams, Slot, SpiMap, State,
-    open_outcome, open_prepare, open_sequence, parse_esp, replay_reason, sa_runs, seal_finish,
-    seal_prepare, seal_validate,
+    handshake_outcome, keyed_handshake, open_inline, open_outcome, open_prepare, open_sequence,
+    parse_esp, replay_reason, sa_runs, seal_finish, seal_prepare, seal_validate,
 };
 use crate::keys::GenerationInfo;
 use crate::replay::ReplayError;
@@ -40,11 +40,23 @@ struct RxSa {
     info: GenerationInfo,
     key: Arc<Keyed>,
     shared: Arc<SaShared>,
+    /// An init key that carries only handshake messages (protocol version 3), each under a key
+    /// of its own derived from this secret.
+    handshake: Option<Box<Handshake>>,
+}
+
+/// What opening a handshake message under an init key needs.
+pub(crate) struct Handshake {
+    pub(crate) secret: crate::Secret,
+    pub(crate) direction: crate::keys::Direction,
+    pub(crate) backend: crate::aead::Backend,
 }
 
 #[derive(Default)]
 struct DataPeer {
     tx: Option<TxSa>,
+    /// No transmit key yet: only handshakes (on the control plane) reach the peer.
+    tx_handshake_only: bool,
     /// By physical slot index.
     rx: [Option<RxSa>; 3],
 }
@@ -70,11 +82,20 @@ impl std::fmt::Debug for DataPlane {
 /// What one peer holds, for [`Engine::data_plane`] to fill in.
 pub(crate) struct PeerKeys {
     pub(crate) tx: Option<(u8, GenerationInfo, Arc<Keyed>, Arc<SaShared>)>,
+    pub(crate) tx_handshake_only: bool,
     pub(crate) rx: Vec<RxKeys>,
 }
 
-/// One receive generation: physical slot, logical slot, description, key, shared state.
-pub(crate) type RxKeys = (u8, Slot, GenerationInfo, Arc<Keyed>, Arc<SaShared>);
+/// One receive generation: physical slot, logical slot, description, key, shared state, and
+/// for a handshake-only init key what its messages' keys derive from.
+pub(crate) type RxKeys = (
+    u8,
+    Slot,
+    GenerationInfo,
+    Arc<Keyed>,
+    Arc<SaShared>,
+    Option<Box<Handshake>>,
+);
 
 impl DataPlane {
     pub(crate) fn new(esn: bool, max_esp: usize, seq_limit: u64) -> Self {
@@ -99,13 +120,15 @@ impl DataPlane {
             key,
             shared,
         });
-        for (index, slot, info, key, shared) in keys.rx {
+        peer.tx_handshake_only = keys.tx_handshake_only;
+        for (index, slot, info, key, shared, handshake) in keys.rx {
             self.spis.insert(info.spi.get(), SaRef::new(id.0, index));
             peer.rx[usize::from(index)] = Some(RxSa {
                 slot,
                 info,
                 key,
                 shared,
+                handshake,
             });
         }
     }
@@ -122,9 +145,15 @@ impl DataPlane {
 
     /// Seals a batch of inner IP packets for `peer`, exactly like [`crate::Engine::seal_batch`].
     pub fn seal_batch(&self, peer: PeerId, packets: &mut [Packet<'_>]) {
-        let Some(tx) = self.peers.get(peer.0 as usize).and_then(|p| p.tx.as_ref()) else {
+        let data_peer = self.peers.get(peer.0 as usize);
+        let Some(tx) = data_peer.and_then(|p| p.tx.as_ref()) else {
+            let e = if data_peer.is_some_and(|p| p.tx_handshake_only) {
+                SealError::NoKey
+            } else {
+                SealError::UnknownPeer
+            };
             for p in packets.iter_mut() {
-                p.state = State::SealFailed(SealError::UnknownPeer);
+                p.state = State::SealFailed(e);
             }
             return;
         };
@@ -235,6 +264,13 @@ impl DataPlane {
         let r = self.spis.get(header.spi).ok_or(DropReason::UnknownSpi)?;
         let rx = self.rx(r).ok_or(DropReason::UnknownSpi)?;
         p.sa = Some(r);
+        if let Some(h) = &rx.handshake {
+            let keyed =
+                keyed_handshake(&h.secret, rx.info, h.backend, h.direction, &header.fresh())
+                    .map_err(|_| DropReason::Malformed)?;
+            open_inline(p, &header, ct_len, &keyed);
+            return Ok(());
+        }
         let seq = open_sequence(&header, r.slot() == INIT_SLOT, self.esn, &rx.shared.replay)?;
         open_prepare(p, &header, seq, rx.key.salt, self.esn, ct_len);
         Ok(())
@@ -275,7 +311,10 @@ impl DataPlane {
                         slot: rx.slot,
                         seq: p.seq,
                     };
-                    let outcome = open_outcome(p, info);
+                    let mut outcome = open_outcome(p, info);
+                    if p.inline {
+                        outcome = handshake_outcome(outcome);
+                    }
                     if let OpenOutcome::Data { len, .. } | OpenOutcome::Control { len, .. } =
                         outcome
                     {

@@ -99,7 +99,16 @@ pub struct EngineConfig {
     /// [`boot_seq_base`] of the wall clock keeps (key, nonce) pairs unique across restarts and
     /// lets the peer's replay window accept the restarted sender. Receivers take the full 64-bit
     /// sequence number of init-key packets from their (authenticated) IV. Default 1 (tests).
+    /// Unused with [`Self::handshake_init`].
     pub init_seq_base: u64,
+    /// Protocol version 3 (`docs/protocol.md`): the init key carries handshake messages only,
+    /// each sealed under its own key derived from the init secret and 96 fresh random bits
+    /// carried in the packet's sequence-number and IV fields ([`Engine::seal_handshake`]). No
+    /// counter restarts at boot, so no (key, nonce) pair repeats across restarts whatever the
+    /// clock does; data is never sealed or accepted under the init key (`init_data`).
+    /// Replays of handshake messages are the protocol's concern: each is bound to fresh
+    /// randomness. The key server and the client force it on; the group roles leave it off.
+    pub handshake_init: bool,
 }
 
 /// The init-key sequence base for a boot at `unix_micros` microseconds since the UNIX epoch:
@@ -120,6 +129,7 @@ impl EngineConfig {
             max_esp_len: 65535,
             seq_limit: None,
             init_seq_base: 1,
+            handshake_init: false,
         }
     }
 
@@ -329,6 +339,9 @@ pub struct Packet<'a> {
     aad_len: usize,
     ct_len: usize,
     next: NextHeader,
+    /// Authenticated already in the parse pass (a handshake message under a per-message key):
+    /// the batched AEAD pass and the replay window leave it alone.
+    pub(crate) inline: bool,
 }
 
 impl fmt::Debug for Packet<'_> {
@@ -354,6 +367,7 @@ impl<'a> Packet<'a> {
             aad_len: 0,
             ct_len: 0,
             next: NextHeader::Control,
+            inline: false,
         }
     }
 
@@ -402,12 +416,13 @@ impl<'a> Packet<'a> {
         self.len = len;
         self.state = State::Pending;
         self.sa = None;
+        self.inline = false;
     }
 }
 
 impl AeadItem for Packet<'_> {
     fn active(&self) -> bool {
-        self.state == State::Pending && self.sa.is_some()
+        self.state == State::Pending && self.sa.is_some() && !self.inline
     }
     fn nonce(&self) -> &[u8; NONCE_LEN] {
         &self.nonce
@@ -838,7 +853,9 @@ impl Engine {
         };
         let (tx_dir, rx_dir) = peer.dirs;
         let mut out = Vec::new();
-        for sa in peer.slots.iter().flatten() {
+        // A handshake-only init key has no key of its own to export: every message has one.
+        let skip = usize::from(self.config.handshake_init);
+        for sa in peer.slots.iter().skip(skip).flatten() {
             let both = [(tx_dir, true), (rx_dir, false)];
             let dirs = if tx_dir == rx_dir {
                 &both[..1]
@@ -881,8 +898,10 @@ impl Engine {
             let Some(peer) = peer else { continue };
             let tx_index = peer.tx_index(role);
             let (tx_dir, rx_dir) = peer.dirs;
+            let handshake_init = self.config.handshake_init;
             let mut keys = crate::datapath::PeerKeys {
                 tx: None,
+                tx_handshake_only: handshake_init && tx_index == INIT_SLOT,
                 rx: Vec::with_capacity(3),
             };
             let logical: Vec<Slot> = (0..3u8).map(|i| peer.logical(i)).collect();
@@ -890,12 +909,20 @@ impl Engine {
                 let Some(sa) = sa else { continue };
                 let physical = i as u8;
                 let shared = sa.share(window)?;
-                if physical == tx_index {
+                let handshake = (handshake_init && physical == INIT_SLOT).then(|| {
+                    Box::new(crate::datapath::Handshake {
+                        secret: sa.secret.clone(),
+                        direction: rx_dir,
+                        backend,
+                    })
+                });
+                if physical == tx_index && handshake.is_none() {
                     let key = std::sync::Arc::clone(sa.tx(backend, tx_dir)?);
                     keys.tx = Some((physical, sa.info, key, std::sync::Arc::clone(&shared)));
                 }
                 let key = std::sync::Arc::clone(sa.rx(backend, rx_dir)?);
-                keys.rx.push((physical, logical[i], sa.info, key, shared));
+                keys.rx
+                    .push((physical, logical[i], sa.info, key, shared, handshake));
             }
             plane.add_peer(PeerId(index as u32), keys);
         }
@@ -968,6 +995,74 @@ impl Engine {
         self.seal(id, out, message.len(), NextHeader::Control)
     }
 
+    /// Whether the SA `r` is an init key that carries handshake messages only (version 3).
+    fn handshake_only(&self, r: SaRef) -> bool {
+        self.config.handshake_init && r.slot() == INIT_SLOT
+    }
+
+    /// Whether this side would transmit to `id` under the init key: then only
+    /// [`Self::seal_handshake`] can send to it.
+    pub fn transmits_under_init(&self, id: PeerId) -> bool {
+        self.peer(id)
+            .is_some_and(|p| p.tx_index(self.config.role) == INIT_SLOT)
+    }
+
+    /// Seals a handshake message for a peer under its init key (protocol version 3): under a key
+    /// of its own, `HKDF-Expand(init secret, label ‖ fresh ‖ spi ‖ suite)`, with the 12 `fresh`
+    /// bytes (from a CSPRNG, new for every message) carried in the clear as the ESP sequence
+    /// number (4) and IV (8). Returns the ESP packet length.
+    ///
+    /// # Errors
+    /// [`SealError::UnknownPeer`]; [`SealError::NoKey`] unless the engine runs
+    /// [`EngineConfig::handshake_init`]; size errors as [`Self::seal`].
+    pub fn seal_handshake(
+        &mut self,
+        id: PeerId,
+        message: &[u8],
+        out: &mut [u8],
+        fresh: [u8; 12],
+    ) -> Result<usize, SealError> {
+        if !self.config.handshake_init {
+            return Err(SealError::NoKey);
+        }
+        let peer = self.peer(id).ok_or(SealError::UnknownPeer)?;
+        let direction = peer.dirs.0;
+        let r = SaRef::new(id.0, INIT_SLOT);
+        let sa = self.sa(r).ok_or(SealError::UnknownPeer)?;
+        let area = out
+            .get_mut(ESP_HEADER_LEN..ESP_HEADER_LEN + message.len())
+            .ok_or(SealError::BufferTooSmall)?;
+        area.copy_from_slice(message);
+        let keyed = handshake_key(sa, self.config.backend, direction, &fresh)
+            .map_err(|_| SealError::UnknownPeer)?;
+        let mut packet = Packet::new(out, message.len());
+        seal_validate(
+            core::slice::from_mut(&mut packet),
+            Some(NextHeader::Control),
+            self.config.max_esp_len,
+            r,
+        );
+        if packet.sa.is_none() {
+            return packet.sealed();
+        }
+        let spi = sa.info.spi.get();
+        let seq_low = u32::from_be_bytes([fresh[0], fresh[1], fresh[2], fresh[3]]);
+        let mut iv = [0u8; 8];
+        iv.copy_from_slice(&fresh[4..]);
+        let header = EspHeader { spi, seq_low, iv };
+        let (head, rest) = packet.buf.split_at_mut(ESP_HEADER_LEN);
+        header.write(head.try_into().expect("split at ESP_HEADER_LEN"));
+        packet.ct_len = esp::write_trailer(rest, packet.len, NextHeader::Control);
+        packet.nonce = esp::nonce(keyed.salt, iv);
+        let mut aad = [0u8; 12];
+        packet.aad_len = esp::aad(spi, u64::from(seq_low), false, &mut aad);
+        packet.aad = aad;
+        packet.seq = u64::from(seq_low);
+        keyed.key.seal_batch(core::slice::from_mut(&mut packet));
+        seal_finish(core::slice::from_mut(&mut packet));
+        packet.sealed()
+    }
+
     /// Seals a batch of inner IP packets for one peer (next header from each packet's IP
     /// version). Each packet's result is in [`Packet::sealed`].
     pub fn seal_batch(&mut self, id: PeerId, packets: &mut [Packet<'_>]) {
@@ -982,6 +1077,13 @@ impl Engine {
             return;
         };
         let r = SaRef::new(id.0, peer.tx_index(self.config.role));
+        if self.handshake_only(r) {
+            // Version 3: nothing but handshake messages under the init key.
+            for p in packets.iter_mut() {
+                p.state = State::SealFailed(SealError::NoKey);
+            }
+            return;
+        }
         let max_esp = self.config.max_esp_len;
         let seq_limit = self.seq_limit;
         let esn = self.config.esn;
@@ -1104,9 +1206,16 @@ impl Engine {
         let direction = self
             .peer(PeerId(r.peer()))
             .map_or(Direction::GroupSender, |p| p.dirs.1);
+        let handshake = self.handshake_only(r);
         let sa = self.sa_mut(r).ok_or(DropReason::UnknownSpi)?;
         // From here on drops are also counted against this SA.
         p.sa = Some(r);
+        if handshake {
+            let keyed = handshake_key(sa, backend, direction, &header.fresh())
+                .map_err(|_| DropReason::Malformed)?;
+            open_inline(p, &header, ct_len, &keyed);
+            return Ok(());
+        }
         let init = r.slot() == INIT_SLOT;
         let seq = match sa.full_window() {
             Some(w) => open_sequence(&header, init, esn, w)?,
@@ -1165,6 +1274,16 @@ impl Engine {
         // The window may have moved since the check before decryption (a later packet of this
         // batch): then the packet is too old, not a replay.
         let data = matches!(outcome, OpenOutcome::Data { .. });
+        if p.inline {
+            // A handshake message: no window (its freshness is the protocol's), no data.
+            let outcome = handshake_outcome(outcome);
+            if let OpenOutcome::Control { len, .. } = outcome {
+                let counters = sa.counters_mut();
+                counters.packets_opened += 1;
+                counters.bytes_opened += len as u64;
+            }
+            return outcome;
+        }
         if let Err(e) = sa.record(seq, data, window) {
             sa.counters_mut().count_replay();
             return OpenOutcome::Drop(replay_reason(e));
@@ -1381,6 +1500,54 @@ pub(crate) fn open_outcome(p: &Packet<'_>, info: OpenInfo) -> OpenOutcome {
                 info,
             }
         }
+    }
+}
+
+/// The key of one handshake message under the init SA `sa` (protocol version 3): HKDF-Expand
+/// keyed with the init secret over `label ‖ fresh(12) ‖ spi(4) ‖ suite(1)`.
+pub(crate) fn handshake_key(
+    sa: &Sa,
+    backend: Backend,
+    direction: Direction,
+    fresh: &[u8; 12],
+) -> Result<Keyed, Error> {
+    keyed_handshake(&sa.secret, sa.info, backend, direction, fresh)
+}
+
+/// [`handshake_key`] from the init secret itself.
+pub(crate) fn keyed_handshake(
+    secret: &crate::Secret,
+    info: crate::GenerationInfo,
+    backend: Backend,
+    direction: Direction,
+    fresh: &[u8; 12],
+) -> Result<Keyed, Error> {
+    let dk = secret.derive_handshake(info, direction, fresh);
+    Ok(Keyed {
+        key: backend.key(info.suite, dk.key())?,
+        salt: dk.salt(),
+    })
+}
+
+/// Authenticates and decrypts one handshake message in the parse pass, under its own key.
+pub(crate) fn open_inline(p: &mut Packet<'_>, header: &EspHeader, ct_len: usize, keyed: &Keyed) {
+    open_prepare(
+        p,
+        header,
+        u64::from(header.seq_low),
+        keyed.salt,
+        false,
+        ct_len,
+    );
+    keyed.key.open_batch(core::slice::from_mut(p));
+    p.inline = true;
+}
+
+/// The outcome of an authentic handshake message: a control message, never data.
+pub(crate) fn handshake_outcome(outcome: OpenOutcome) -> OpenOutcome {
+    match outcome {
+        OpenOutcome::Data { .. } => OpenOutcome::Drop(DropReason::InitData),
+        other => other,
     }
 }
 

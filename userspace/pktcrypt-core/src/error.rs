@@ -69,6 +69,9 @@ pub enum SealError {
     SequenceExhausted,
     /// The inner packet is not IPv4 or IPv6 (for data) or empty.
     BadInnerPacket,
+    /// No key is established with the peer yet: protocol version 3 seals nothing but
+    /// handshake messages under the init key.
+    NoKey,
 }
 
 impl fmt::Display for SealError {
@@ -79,6 +82,7 @@ impl fmt::Display for SealError {
             SealError::PacketTooLarge => "inner packet exceeds the configured maximum",
             SealError::SequenceExhausted => "sequence numbers exhausted; a rekey is required",
             SealError::BadInnerPacket => "inner packet is not an IPv4 or IPv6 packet",
+            SealError::NoKey => "no key established with the peer yet (init key: handshakes only)",
         })
     }
 }
@@ -143,6 +147,11 @@ drop_reasons! {
     ControlMalformed = "control_malformed",
     /// A control message this role does not accept (e.g. a distribution sent to a server).
     ControlUnexpected = "control_unexpected",
+    /// Data under an init key: protocol version 3 carries only handshake messages under it.
+    InitData = "init_data",
+    /// An authentic handshake message that answers no request in flight (a replay, or late):
+    /// it changes nothing.
+    StaleHandshake = "stale_handshake",
 }
 
 impl fmt::Display for DropReason {

@@ -50,6 +50,40 @@ impl Secret {
         Secret(out)
     }
 
+    /// The AEAD key and salt of one handshake message under this init secret (protocol
+    /// version 3): `HKDF-Expand(secret, "pktc3hs" ‖ direction ‖ fresh(12) ‖ spi(4) ‖ suite(1))`,
+    /// where `fresh` is the message's 96 random bits sent in the clear. Every message has a key
+    /// of its own, so nothing depends on a counter that restarts at boot.
+    pub fn derive_handshake(
+        &self,
+        info: GenerationInfo,
+        direction: Direction,
+        fresh: &[u8; 12],
+    ) -> DirectionKey {
+        let mut hinfo = [0u8; 25];
+        hinfo[..7].copy_from_slice(b"pktc3hs");
+        hinfo[7] = match direction {
+            Direction::ServerToClient => b's',
+            Direction::ClientToServer => b'c',
+            Direction::GroupSender => b'g',
+        };
+        hinfo[8..20].copy_from_slice(fresh);
+        hinfo[20..24].copy_from_slice(&info.spi.get().to_be_bytes());
+        hinfo[24] = info.suite.id();
+        let hk = Hkdf::<Sha256>::from_prk(&self.0).expect("a 32-byte PRK is long enough");
+        let mut okm = Zeroizing::new([0u8; SECRET_LEN + 4]);
+        let len = info.suite.key_len() + info.suite.salt_len();
+        hk.expand(&hinfo, &mut okm[..len])
+            .expect("at most 36 bytes is a valid HKDF-SHA256 output length");
+        let mut salt = [0u8; 4];
+        salt.copy_from_slice(&okm[info.suite.key_len()..len]);
+        DirectionKey {
+            suite: info.suite,
+            key: okm,
+            salt,
+        }
+    }
+
     /// Derives the AEAD key and salt of one direction of the generation described by `info`.
     pub fn derive_direction(&self, info: GenerationInfo, direction: Direction) -> DirectionKey {
         let mut okm = Zeroizing::new([0u8; SECRET_LEN + 4]);

@@ -7,6 +7,7 @@
 //! - [`wire`]: ESP-in-UDP framing over IPv4 and IPv6.
 //! - [`aead`]: the AEAD suites behind a backend switch (RustCrypto-built GCM, `ring`).
 //! - [`keys`]: generation secrets and HKDF-derived per-direction keys.
+//! - [`kex`]: the hybrid X25519 + ML-KEM-768 key exchange and the version-3 key schedule.
 //! - [`replay`]: the 64-bit ESN anti-replay window.
 //! - [`Engine`]: peers, two key generations each, SPI lookup, seal/open (single and batched)
 //!   with a per-packet [`Opened`] result and counted [`DropReason`]s.
@@ -20,6 +21,7 @@ pub mod control;
 mod datapath;
 mod engine;
 mod error;
+pub mod kex;
 pub mod keycode;
 pub mod keys;
 pub mod replay;

@@ -1,26 +1,36 @@
 //! The client (key receiving device).
 //!
-//! It transmits with its newest generation and receives with both it holds. Behaviour (spec §4):
+//! It transmits with its newest generation and receives with both it holds. Behaviour (spec §4,
+//! protocol version 3 in `docs/protocol.md`):
 //!
-//! - S1: starting from the init key, it sends `KEY_INIT_REQUEST` and retransmits with
-//!   exponential back-off and jitter until a distribution arrives.
-//! - S2: when its update timer (or a rekey trigger) fires it sends `KEY_UPDATE_REQUEST` under N.
-//! - S3: if no distribution follows within the request timeout it sends `KEY_RESEND_REQUEST`,
-//!   backing off.
+//! - S1: starting from the init key, it sends `KEY_INIT_REQUEST` with fresh randomness and an
+//!   ephemeral hybrid key share, and retransmits the same request with exponential back-off and
+//!   jitter until an answer *bound to that request* arrives (`KEY_INIT_REPLY` whose echo is the
+//!   request's transcript hash: a recorded old answer yields nothing). It installs generation 1,
+//!   confirms it with `KEY_INIT_CONFIRM` under the init key, and repeats the confirmation until
+//!   the server sends anything under generation 1.
+//! - S2: when its update timer (or a rekey trigger) fires it sends `KEY_UPDATE_REQUEST` under N,
+//!   with a fresh key share (unless configured not to); `KEY_UPDATE_NEEDED` from the server asks
+//!   for one.
+//! - S3: if no distribution follows within the request timeout it repeats the request (with a key
+//!   share: the same one, so whatever the server minted from it still completes) or sends
+//!   `KEY_RESEND_REQUEST`, backing off.
 //! - S5: after `max_retries` unanswered requests (or hellos) it concludes the server lost its
-//!   keys, falls back to the init key and sends `KEY_INIT_REQUEST`.
-//! - Each installed generation is acknowledged with `KEY_ACK` sealed under it: proof for the
-//!   server that it may mint the next one. A periodic `HELLO` (whose SPI alone tells the server
-//!   which generation the client uses) keeps the server informed and detects faults.
+//!   keys, falls back to the init key and starts a new init handshake.
+//! - Each generation installed from a distribution is acknowledged with `KEY_ACK` sealed under
+//!   it: proof for the server that it may mint the next one. A periodic `HELLO` (whose SPI alone
+//!   tells the server which generation the client uses) keeps the server informed and detects
+//!   faults. Nothing but handshake messages is ever sent under the init key.
 
-use super::message::{KeyMaterial, Message};
+use super::message::{Assembled, Distribution, KeyMaterial, Message, Reassembler};
 use super::{
-    Incoming, Random, RekeyTriggers, Transmit, backoff, dispatch_control, jittered, seal_message,
+    Incoming, Random, RekeyTriggers, SCRATCH_LEN, Transmit, backoff, jittered, seal_messages,
 };
 use crate::engine::Installed;
+use crate::kex::{Ephemeral, Schedule, transcript};
 use crate::{
     Engine, EngineConfig, Error, Generation, GenerationInfo, Opened, PeerId, Role, Secret, Slot,
-    Spi, Suite, Time,
+    Spi, Suite, Time, TxRule,
 };
 use core::time::Duration;
 use std::collections::VecDeque;
@@ -44,6 +54,10 @@ pub struct ClientConfig {
     pub jitter_permille: u32,
     /// Rekey triggers on the generation the client transmits with.
     pub triggers: RekeyTriggers,
+    /// Offer a fresh key share with every update request, so the server can answer with a key
+    /// exchange at once (it asks with `KEY_UPDATE_NEEDED` otherwise). Costs one ML-KEM and one
+    /// X25519 key generation per request.
+    pub offer_key_share: bool,
 }
 
 impl ClientConfig {
@@ -59,6 +73,7 @@ impl ClientConfig {
             max_retries: 5,
             jitter_permille: 100,
             triggers: RekeyTriggers::for_suite(Suite::Aes256Gcm, engine.max_esp_len),
+            offer_key_share: true,
             engine,
         }
     }
@@ -106,16 +121,46 @@ pub enum ClientEvent {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Init,
+    Confirm,
     Update,
     Resend,
     Hello,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Request {
     kind: Kind,
     id: u32,
     next_at: Time,
+    /// The message, for retransmissions that repeat it (init, confirm, update with a share).
+    msg: Option<Box<Message>>,
+}
+
+/// A key exchange the client started and has not completed: its ephemeral secrets (erased
+/// when it completes or is abandoned) and the transcript hash of the request that carried the
+/// share.
+struct Exchange {
+    ephemeral: Ephemeral,
+    request_hash: [u8; 32],
+}
+
+/// Generation 1 installed from an init reply, confirmed to the server, not yet answered.
+struct Confirming {
+    request_hash: [u8; 32],
+    tag: [u8; 32],
+    generation: u64,
+}
+
+/// Transcript labels: the request's body under `REQUEST_*`, then the exchange over the request's
+/// hash and the answer's body.
+pub(crate) const INIT_LABEL: &[u8] = b"pktcrypt v3 init request";
+pub(crate) const UPDATE_LABEL: &[u8] = b"pktcrypt v3 update request";
+pub(crate) const EXCHANGE_LABEL: &[u8] = b"pktcrypt v3 exchange";
+
+/// The transcript hash over a request's hash and the body of the distribution answering it.
+pub(crate) fn exchange_hash(request_hash: &[u8; 32], answer: &Message) -> [u8; 32] {
+    let encoded = answer.encode(0);
+    transcript(EXCHANGE_LABEL, &[request_hash, encoded.body()])
 }
 
 /// The client.
@@ -133,20 +178,25 @@ pub struct KeyClient {
     events: VecDeque<ClientEvent>,
     next_id: u32,
     out: Vec<u8>,
+    exchange: Option<Exchange>,
+    confirming: Option<Confirming>,
+    /// Whether the newest generation came from a key exchange, and when it was installed.
+    newest_exchanged: Option<(bool, Time)>,
+    reassembly: Reassembler,
 }
 
 impl std::fmt::Debug for KeyClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyClient")
             .field("engine", &self.engine)
-            .field("request", &self.request)
+            .field("request", &self.request.as_ref().map(|r| r.kind))
             .field("unanswered", &self.unanswered)
             .finish_non_exhaustive()
     }
 }
 
 impl KeyClient {
-    /// A client holding only its init key; it immediately asks for generation 1 (S1).
+    /// A client holding only its init key; it immediately starts an init handshake (S1).
     ///
     /// # Errors
     /// Invalid configuration or init key.
@@ -157,6 +207,7 @@ impl KeyClient {
         now: Time,
     ) -> Result<Self, Error> {
         config.engine.role = Role::Client;
+        config.engine.handshake_init = true;
         let mut engine = Engine::new(config.engine.clone())?;
         let server = engine.add_peer(init, now)?;
         let next_id = u32::try_from(rng.next_u64() >> 33).unwrap_or(1);
@@ -173,7 +224,11 @@ impl KeyClient {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             next_id,
-            out: vec![0u8; 256],
+            out: vec![0u8; SCRATCH_LEN],
+            exchange: None,
+            confirming: None,
+            newest_exchanged: None,
+            reassembly: Reassembler::new(1),
         };
         client.start_init(now);
         Ok(client)
@@ -189,22 +244,30 @@ impl KeyClient {
         self.server
     }
 
-    /// The generation the client transmits with.
+    /// The newest generation the client holds (0: none yet; the init key carries nothing but
+    /// handshakes). It transmits with it, except while generation 1 awaits the server's
+    /// answer to its confirmation.
     pub fn newest(&self) -> u64 {
         self.engine
-            .tx_generation(self.server)
+            .generation(self.server, Slot::Newest)
             .map_or(0, |g| g.number)
+    }
+
+    /// Whether the newest generation came from a key exchange (forward secret), and when it
+    /// was installed. `None` before the first generation.
+    pub fn newest_exchanged(&self) -> Option<(bool, Time)> {
+        self.newest_exchanged
     }
 
     /// Whether a request is waiting for an answer.
     pub fn awaiting_answer(&self) -> bool {
-        self.request.is_some_and(|r| r.kind != Kind::Hello)
+        self.request.as_ref().is_some_and(|r| r.kind != Kind::Hello)
     }
 
     /// The next timer deadline.
     pub fn poll_timeout(&self) -> Option<Time> {
         let mut t = self.hello_at;
-        if let Some(r) = self.request {
+        if let Some(r) = &self.request {
             t = t.min(r.next_at);
         }
         if let Some(u) = self.update_at {
@@ -226,15 +289,41 @@ impl KeyClient {
     /// Asks for a new generation now (as the update timer would).
     pub fn request_update(&mut self, now: Time) {
         if !self.awaiting_answer() {
-            let have = self.newest();
-            self.request(now, Kind::Update, Message::KeyUpdateRequest { have });
+            let offer = self.config.offer_key_share;
+            self.send_update(now, offer);
         }
+    }
+
+    /// Sends a `KEY_UPDATE_REQUEST`, with a fresh key share if `share`.
+    fn send_update(&mut self, now: Time, share: bool) {
+        if self.newest() == 0 {
+            return;
+        }
+        let have = self.newest();
+        let msg = if share {
+            let ephemeral = Ephemeral::generate(self.rng.as_mut());
+            let mut nonce = [0u8; 32];
+            self.rng.fill(&mut nonce);
+            let msg = Message::KeyUpdateRequest {
+                have,
+                share: Some((nonce, ephemeral.share().clone())),
+            };
+            let request_hash = transcript(UPDATE_LABEL, &[msg.encode(0).body()]);
+            self.exchange = Some(Exchange {
+                ephemeral,
+                request_hash,
+            });
+            msg
+        } else {
+            Message::KeyUpdateRequest { have, share: None }
+        };
+        self.request(now, Kind::Update, msg);
     }
 
     /// Seals a data packet for the server (see [`Engine::seal`]) and checks the rekey triggers.
     ///
     /// # Errors
-    /// As [`Engine::seal`].
+    /// As [`Engine::seal`]; [`crate::SealError::NoKey`] before the first generation.
     pub fn seal(
         &mut self,
         now: Time,
@@ -266,7 +355,7 @@ impl KeyClient {
     /// Evaluates the rekey triggers against the counters (which data-plane workers add to); a
     /// driver whose workers seal calls this now and then.
     pub fn check_triggers(&mut self, now: Time) {
-        if self.awaiting_answer() {
+        if self.awaiting_answer() || self.newest() == 0 {
             return;
         }
         let Some((counters, installed)) = self.engine.sa_counters(self.server, Slot::Newest) else {
@@ -283,40 +372,65 @@ impl KeyClient {
     }
 
     fn start_init(&mut self, now: Time) {
+        let _ = self.engine.set_tx_rule(self.server, TxRule::Role);
         for generation in self.engine.reset_to_init(self.server).unwrap_or_default() {
             self.events.push_back(ClientEvent::Retired { generation });
         }
         self.update_at = None;
         self.unanswered = 0;
-        self.request(now, Kind::Init, Message::KeyInitRequest);
+        self.confirming = None;
+        self.newest_exchanged = None;
+        let ephemeral = Ephemeral::generate(self.rng.as_mut());
+        let mut nonce = [0u8; 32];
+        self.rng.fill(&mut nonce);
+        let msg = Message::KeyInitRequest {
+            nonce,
+            share: ephemeral.share().clone(),
+        };
+        let request_hash = transcript(INIT_LABEL, &[msg.encode(0).body()]);
+        self.exchange = Some(Exchange {
+            ephemeral,
+            request_hash,
+        });
+        self.request(now, Kind::Init, msg);
     }
 
     fn request(&mut self, now: Time, kind: Kind, msg: Message) {
         self.next_id = self.next_id.wrapping_add(1);
         let id = self.next_id;
-        self.send_request(now, kind, &msg, id, 0);
+        self.send_request(now, kind, msg, id, 0);
     }
 
     /// Sends (or re-sends, keeping `id`) a request and arms its retransmission timer.
-    fn send_request(&mut self, now: Time, kind: Kind, msg: &Message, id: u32, attempt: u32) {
+    fn send_request(&mut self, now: Time, kind: Kind, msg: Message, id: u32, attempt: u32) {
         let delay = backoff(
             self.config.request_timeout,
             self.config.max_backoff,
             attempt,
             self.rng.as_mut(),
         );
+        self.send(&msg, id);
+        let keep = matches!(kind, Kind::Init | Kind::Confirm)
+            || matches!(msg, Message::KeyUpdateRequest { share: Some(_), .. });
         self.request = Some(Request {
             kind,
             id,
             next_at: now + delay,
+            msg: keep.then(|| Box::new(msg)),
         });
-        self.send(msg, id);
     }
 
     fn send(&mut self, msg: &Message, id: u32) {
-        if let Some(t) = seal_message(&mut self.engine, self.server, None, msg, id, &mut self.out) {
-            self.transmits.push_back(t);
-        }
+        seal_messages(
+            &mut self.engine,
+            self.server,
+            None,
+            msg,
+            id,
+            &mut self.out,
+            self.rng.as_mut(),
+            &mut self.transmits,
+        );
     }
 
     /// Handles one received ESP packet from the server.
@@ -335,11 +449,7 @@ impl KeyClient {
                 next_header,
                 info,
             } => {
-                if info.slot != Slot::Init && self.request.is_some_and(|r| r.kind != Kind::Init) {
-                    // The server still seals under our dynamic keys: it has not lost them, so
-                    // unanswered requests are loss, not a server fault (no fallback to init).
-                    self.unanswered = 0;
-                }
+                self.on_authentic(info.slot);
                 self.check_triggers(now);
                 Incoming::Data {
                     peer: info.peer,
@@ -349,22 +459,63 @@ impl KeyClient {
                 }
             }
             Opened::Control { message, info } => {
-                dispatch_control(info.peer, Message::decode(message), |msg, _| {
-                    self.on_control(now, info.slot, msg)
-                })
+                let peer = info.peer;
+                let assembled = match self.reassembly.push(now, 0, info.spi.get(), message) {
+                    Ok(a) => a,
+                    Err(_) => return Incoming::Dropped(crate::DropReason::ControlMalformed),
+                };
+                let whole: &[u8] = match &assembled {
+                    Assembled::Whole(b) => b,
+                    Assembled::Complete(b) => b,
+                    Assembled::Pending => return Incoming::Control { peer },
+                };
+                let Ok((msg, _)) = Message::decode(whole) else {
+                    return Incoming::Dropped(crate::DropReason::ControlMalformed);
+                };
+                self.on_authentic(info.slot);
+                match self.on_control(now, info.slot, msg) {
+                    Ok(()) => Incoming::Control { peer },
+                    Err(r) => Incoming::Dropped(r),
+                }
             }
             Opened::Drop(reason) => Incoming::Dropped(reason),
         }
     }
 
-    fn on_control(&mut self, now: Time, slot: Slot, msg: Message) -> bool {
-        match msg {
-            Message::KeyDistribution(d) => {
-                self.on_distribution(now, slot, d);
-                true
+    /// Anything authentic under a dynamic generation from the server.
+    fn on_authentic(&mut self, slot: Slot) {
+        if slot == Slot::Init {
+            return;
+        }
+        if self
+            .request
+            .as_ref()
+            .is_some_and(|r| r.kind == Kind::Confirm)
+        {
+            // The server sends under generation 1: it has our confirmation, and transmitting
+            // under generation 1 is safe now.
+            let _ = self.engine.set_tx_rule(self.server, TxRule::Role);
+            self.confirming = None;
+            self.request = None;
+            self.unanswered = 0;
+        } else if self.request.as_ref().is_some_and(|r| r.kind != Kind::Init) {
+            // The server still seals under our dynamic keys: it has not lost them, so
+            // unanswered requests are loss, not a server fault (no fallback to init).
+            self.unanswered = 0;
+        }
+    }
+
+    fn on_control(&mut self, now: Time, slot: Slot, msg: Message) -> Result<(), crate::DropReason> {
+        use crate::DropReason::{ControlUnexpected, StaleHandshake};
+        match (slot, msg) {
+            (Slot::Init, Message::KeyInitReply(d)) => self.on_init_reply(now, d),
+            (Slot::Init, _) => Err(ControlUnexpected),
+            (_, Message::KeyDistribution(d)) => {
+                self.on_distribution(now, d);
+                Ok(())
             }
-            Message::HelloReply { newest } => {
-                if self.request.is_some_and(|r| r.kind == Kind::Hello) {
+            (_, Message::HelloReply { newest }) => {
+                if self.request.as_ref().is_some_and(|r| r.kind == Kind::Hello) {
                     self.request = None;
                 }
                 self.unanswered = 0;
@@ -373,17 +524,120 @@ impl KeyClient {
                     let have = self.newest();
                     self.request(now, Kind::Resend, Message::KeyResendRequest { have });
                 }
-                true
+                Ok(())
             }
-            _ => false,
+            (_, Message::KeyUpdateNeeded { .. }) => {
+                match self.request.as_ref().map(|r| (r.kind, r.msg.is_some())) {
+                    // Already asking with a share: repeat it now.
+                    Some((Kind::Update, true)) => {
+                        if let Some(r) = self.request.take() {
+                            let msg = r.msg.map(|m| *m).unwrap_or(Message::Hello { have: 0 });
+                            self.send_request(now, Kind::Update, msg, r.id, self.unanswered);
+                        }
+                    }
+                    Some((Kind::Init | Kind::Confirm, _)) => return Err(StaleHandshake),
+                    _ => self.send_update(now, true),
+                }
+                Ok(())
+            }
+            _ => Err(ControlUnexpected),
         }
     }
 
-    fn on_distribution(&mut self, now: Time, slot: Slot, d: super::message::Distribution) {
+    /// An answer to our init request: bound to it by the echo of its transcript hash, so a
+    /// recorded answer to an earlier request (from before a restart) is refused.
+    fn on_init_reply(&mut self, now: Time, d: Distribution) -> Result<(), crate::DropReason> {
+        use crate::DropReason::StaleHandshake;
+        if let Some(c) = &self.confirming {
+            // A second copy of the answer we installed: confirm again.
+            if c.request_hash == d.echo && c.generation == d.generation {
+                let msg = Message::KeyInitConfirm {
+                    echo: c.request_hash,
+                    tag: c.tag,
+                };
+                self.next_id = self.next_id.wrapping_add(1);
+                let id = self.next_id;
+                self.send(&msg, id);
+                return Ok(());
+            }
+            return Err(StaleHandshake);
+        }
+        let waiting = self.request.as_ref().is_some_and(|r| r.kind == Kind::Init);
+        let Some(x) = self
+            .exchange
+            .as_ref()
+            .filter(|x| waiting && x.request_hash == d.echo)
+        else {
+            return Err(StaleHandshake);
+        };
+        if d.generation != 1 {
+            return Err(crate::DropReason::ControlMalformed);
+        }
+        let request_hash = x.request_hash;
+        let th = exchange_hash(&request_hash, &Message::KeyInitReply(d.clone()));
+        let info = GenerationInfo {
+            number: 1,
+            spi: Spi::new(d.spi).map_err(|_| crate::DropReason::ControlMalformed)?,
+            suite: d.suite,
+        };
+        let init = self
+            .engine
+            .secret(self.server, Slot::Init)
+            .ok_or(crate::DropReason::UnknownSpi)?
+            .clone();
+        let (secret, exchanged) = match &d.material {
+            KeyMaterial::Exchange(share) => {
+                let shared = x
+                    .ephemeral
+                    .finish(share)
+                    .map_err(|_| crate::DropReason::ControlMalformed)?;
+                (Schedule::next_secret(&init, &shared, &th, info), true)
+            }
+            KeyMaterial::Secret(bytes) => (Secret::from_bytes(*bytes), false),
+            KeyMaterial::Nonce(nonce) => (init.derive_next(nonce, info), false),
+        };
+        let tag = Schedule::confirm(&secret, &th);
+        let generation = Generation { info, secret };
+        match self.engine.install(self.server, &generation, now) {
+            Ok(Installed::Rotated { retired }) => {
+                if let Some(generation) = retired {
+                    self.events.push_back(ClientEvent::Retired { generation });
+                }
+            }
+            Ok(Installed::AlreadyHeld) => {}
+            Err(_) => return Err(StaleHandshake),
+        }
+        // Receive under generation 1 at once, transmit under it only once the server has it
+        // (until then nothing is sent: the init key carries no data).
+        let _ = self.engine.set_tx_rule(self.server, TxRule::Previous);
+        self.exchange = None;
+        self.newest_exchanged = Some((exchanged, now));
+        self.events
+            .push_back(ClientEvent::KeyInstalled { generation: info });
+        self.confirming = Some(Confirming {
+            request_hash,
+            tag,
+            generation: 1,
+        });
+        self.unanswered = 0;
+        self.request(
+            now,
+            Kind::Confirm,
+            Message::KeyInitConfirm {
+                echo: request_hash,
+                tag,
+            },
+        );
+        self.update_at = self
+            .config
+            .update_interval
+            .map(|i| now + jittered(i, self.config.jitter_permille, self.rng.as_mut()));
+        Ok(())
+    }
+
+    fn on_distribution(&mut self, now: Time, d: Distribution) {
         let have = self.newest();
-        let waiting_init = self.request.is_some_and(|r| r.kind == Kind::Init);
-        if waiting_init && slot != Slot::Init {
-            // A late distribution from before our reset: stale.
+        if have == 0 {
             return;
         }
         let Ok(spi) = Spi::new(d.spi) else { return };
@@ -392,25 +646,45 @@ impl KeyClient {
             spi,
             suite: d.suite,
         };
-        let secret = match d.material {
-            KeyMaterial::Secret(bytes) => Secret::from_bytes(bytes),
-            KeyMaterial::Nonce(nonce) => {
-                // Derived mode: the parent is the generation just before this one.
-                let parent = if d.generation == 1 && (have == 0 || waiting_init) {
-                    self.engine.secret(self.server, Slot::Init)
-                } else if d.generation == have + 1 {
-                    self.engine.secret(self.server, Slot::Newest)
-                } else if d.generation == have {
-                    self.engine
-                        .secret(self.server, Slot::Previous)
-                        .or_else(|| self.engine.secret(self.server, Slot::Init))
-                } else {
-                    None
-                };
-                match parent {
-                    Some(p) => p.derive_next(&nonce, info),
-                    None => return,
+        if d.generation == have {
+            // A copy of what we hold (a retransmission): acknowledge it again.
+            if self
+                .engine
+                .generation(self.server, Slot::Newest)
+                .is_some_and(|g| g == info)
+            {
+                if self.awaiting_answer()
+                    && self
+                        .request
+                        .as_ref()
+                        .is_some_and(|r| r.kind != Kind::Confirm)
+                {
+                    self.request = None;
+                    self.unanswered = 0;
                 }
+                self.ack(d.generation);
+            }
+            return;
+        }
+        if d.generation != have + 1 {
+            return;
+        }
+        let Some(parent) = self.engine.secret(self.server, Slot::Newest).cloned() else {
+            return;
+        };
+        let (secret, exchanged) = match &d.material {
+            KeyMaterial::Secret(bytes) => (Secret::from_bytes(*bytes), false),
+            KeyMaterial::Nonce(nonce) => (parent.derive_next(nonce, info), false),
+            KeyMaterial::Exchange(share) => {
+                let Some(x) = self.exchange.as_ref().filter(|x| x.request_hash == d.echo) else {
+                    // Not an answer to the share we hold.
+                    return;
+                };
+                let th = exchange_hash(&x.request_hash, &Message::KeyDistribution(d.clone()));
+                let Ok(shared) = x.ephemeral.finish(share) else {
+                    return;
+                };
+                (Schedule::next_secret(&parent, &shared, &th, info), true)
             }
         };
         let generation = Generation { info, secret };
@@ -421,6 +695,8 @@ impl KeyClient {
                 }
                 self.events
                     .push_back(ClientEvent::KeyInstalled { generation: info });
+                self.newest_exchanged = Some((exchanged, now));
+                self.exchange = None;
                 self.request = None;
                 self.unanswered = 0;
                 self.update_at = self
@@ -429,13 +705,7 @@ impl KeyClient {
                     .map(|i| now + jittered(i, self.config.jitter_permille, self.rng.as_mut()));
                 self.ack(d.generation);
             }
-            Ok(Installed::AlreadyHeld) => {
-                if self.request.is_some_and(|r| r.kind != Kind::Hello) && d.generation == have {
-                    self.request = None;
-                    self.unanswered = 0;
-                }
-                self.ack(d.generation);
-            }
+            Ok(Installed::AlreadyHeld) => self.ack(d.generation),
             Err(_) => {}
         }
     }
@@ -448,31 +718,31 @@ impl KeyClient {
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Time) {
-        if let Some(r) = self.request
-            && r.next_at <= now
-        {
+        if let Some(r) = self.request.take_if(|r| r.next_at <= now) {
             self.unanswered += 1;
             let have = self.newest();
-            if r.kind != Kind::Init && self.unanswered > self.config.max_retries {
-                // S5: the server does not answer under our keys: start over from init.
+            if !matches!(r.kind, Kind::Init) && self.unanswered > self.config.max_retries {
+                // S5: the server does not answer under our keys (or never confirmed
+                // generation 1): start over with a new init handshake.
                 self.events.push_back(ClientEvent::FellBackToInit);
                 self.start_init(now);
             } else {
-                // Retransmit: an unanswered update becomes a resend request (S3); an init
-                // request keeps its id so the server recognises the retransmission.
-                let (kind, msg, id) = match r.kind {
-                    Kind::Init => (Kind::Init, Message::KeyInitRequest, r.id),
-                    Kind::Hello => (Kind::Hello, Message::Hello { have }, r.id),
-                    Kind::Update | Kind::Resend => {
-                        self.next_id = self.next_id.wrapping_add(1);
-                        (
-                            Kind::Resend,
-                            Message::KeyResendRequest { have },
-                            self.next_id,
-                        )
+                // Retransmit: init, confirmation and requests with a share repeat themselves
+                // (same id: the server recognises them); an unanswered plain update becomes a
+                // resend request (S3).
+                let attempt = self.unanswered.min(16);
+                match (r.kind, r.msg) {
+                    (kind, Some(msg)) => self.send_request(now, kind, *msg, r.id, attempt),
+                    (Kind::Hello, None) => {
+                        self.send_request(now, Kind::Hello, Message::Hello { have }, r.id, attempt)
                     }
-                };
-                self.send_request(now, kind, &msg, id, self.unanswered.min(16));
+                    (_, None) => {
+                        self.next_id = self.next_id.wrapping_add(1);
+                        let id = self.next_id;
+                        let msg = Message::KeyResendRequest { have };
+                        self.send_request(now, Kind::Resend, msg, id, attempt);
+                    }
+                }
             }
         }
         if let Some(u) = self.update_at
@@ -491,7 +761,7 @@ impl KeyClient {
                     self.config.jitter_permille,
                     self.rng.as_mut(),
                 );
-            if self.request.is_none() {
+            if self.request.is_none() && self.newest() > 0 {
                 let have = self.newest();
                 self.request(now, Kind::Hello, Message::Hello { have });
             }

@@ -3,35 +3,61 @@
 //! Every message starts with an 8-byte header (see `docs/protocol.md`):
 //!
 //! ```text
-//! version(1) = 1 | type(1) | body length(2, big-endian) | message id(4, big-endian) | body
+//! version(1) = 3 | type(1) | body length(2, big-endian) | message id(4, big-endian) | body
 //! ```
 //!
 //! The message id matches replies to requests (a reply echoes the id of what it answers) and lets
 //! a receiver recognise a retransmission. Decoding never panics: a wrong version, an unknown type
 //! or a body of the wrong length is a [`DecodeError`].
+//!
+//! Messages longer than [`MAX_UNFRAGMENTED`] (those carrying a key share) travel as
+//! [`fragments`], each a message of its own sealed in its own ESP packet, so that every
+//! datagram fits IPv6's minimum MTU of 1280 bytes; a [`Reassembler`] puts them together.
 
 use crate::Suite;
+use crate::kex::{KEY_SHARE_LEN, KeyShare, REPLY_SHARE_LEN, ReplyShare};
 use core::fmt;
+use zeroize::Zeroizing;
 
-/// Protocol version of this format.
-pub const VERSION: u8 = 1;
+/// Protocol version of this format (version 3: the hybrid key exchange).
+pub const VERSION: u8 = 3;
 /// Length of the message header.
 pub const HEADER_LEN: usize = 8;
 /// Largest encoded message.
-pub const MAX_MESSAGE_LEN: usize = HEADER_LEN + 64;
+pub const MAX_MESSAGE_LEN: usize = HEADER_LEN + 8 + 1 + 32 + KEY_SHARE_LEN;
+/// Largest message sent in one datagram. An ESP packet adds 16 bytes of header, at most 5 of
+/// trailer and 16 of ICV, UDP 8 and IPv6 40: 1192 + 85 = 1277 ≤ 1280, the IPv6 minimum MTU.
+pub const MAX_UNFRAGMENTED: usize = 1192;
+/// Bytes of a message carried per fragment (a fragment adds a header and two bytes).
+pub const FRAGMENT_CHUNK: usize = MAX_UNFRAGMENTED - HEADER_LEN - 2;
+/// Most fragments of one message.
+pub const MAX_FRAGMENTS: u8 = 4;
 
 /// How a distributed generation's secret is conveyed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum KeyMaterial {
-    /// The 256-bit secret itself (inside the sealed message).
+    /// The 256-bit secret itself (inside the sealed message): `pfs = "off"` between exchanges.
     Secret([u8; 32]),
     /// Derived mode (spec §5): a fresh public nonce; both sides compute
     /// `secret(N+1) = HKDF(secret(N), nonce, labels)`.
     Nonce([u8; 32]),
+    /// The server's half of a hybrid key exchange (protocol version 3): both sides compute
+    /// `secret(N+1)` with the key schedule of [`crate::kex`]. No key material on the wire.
+    Exchange(ReplyShare),
+}
+
+impl KeyMaterial {
+    fn mode(&self) -> u8 {
+        match self {
+            KeyMaterial::Secret(_) => 0,
+            KeyMaterial::Nonce(_) => 1,
+            KeyMaterial::Exchange(_) => 2,
+        }
+    }
 }
 
 /// A distributed generation.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Distribution {
     /// Generation number.
     pub generation: u64,
@@ -39,7 +65,10 @@ pub struct Distribution {
     pub spi: u32,
     /// Its suite.
     pub suite: Suite,
-    /// Secret or nonce.
+    /// The transcript hash of the request this answers ([`crate::kex::transcript`] of the
+    /// request's body); all zero for a rotation nobody asked a key share for.
+    pub echo: [u8; 32],
+    /// Secret, nonce or key-exchange share.
     pub material: KeyMaterial,
 }
 
@@ -54,6 +83,7 @@ impl fmt::Debug for Distribution {
                 &match self.material {
                     KeyMaterial::Secret(_) => "secret <redacted>",
                     KeyMaterial::Nonce(_) => "derived (nonce)",
+                    KeyMaterial::Exchange(_) => "key exchange",
                 },
             )
             .finish()
@@ -114,14 +144,23 @@ impl fmt::Debug for GroupKey {
 }
 
 /// A control message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
-    /// Client → server: start over from the init key.
-    KeyInitRequest,
-    /// Client → server: please rotate; `have` is the client's newest generation.
+    /// Client → server, under the init key: start over. Carries fresh randomness and the
+    /// client's key share; the answer is bound to it.
+    KeyInitRequest {
+        /// 32 fresh random bytes.
+        nonce: [u8; 32],
+        /// The client's ephemeral key share.
+        share: KeyShare,
+    },
+    /// Client → server: please rotate; `have` is the client's newest generation. With a key
+    /// share the server may answer with a key exchange.
     KeyUpdateRequest {
         /// Newest generation the client holds.
         have: u64,
+        /// Fresh randomness and the client's ephemeral key share, if offered.
+        share: Option<([u8; 32], KeyShare)>,
     },
     /// Client → server: a requested key never came; send the newest again.
     KeyResendRequest {
@@ -143,6 +182,22 @@ pub enum Message {
     /// Server → client: answer to a hello with the server's newest generation for this client.
     HelloReply {
         /// The server's newest generation for this client (0: init key only).
+        newest: u64,
+    },
+    /// Server → client, under the init key: generation 1 for the init request whose transcript
+    /// hash is `dist.echo`. Changes nothing at the server until confirmed.
+    KeyInitReply(Distribution),
+    /// Client → server, under the init key: the key confirmation of generation 1.
+    KeyInitConfirm {
+        /// Transcript hash of the init request.
+        echo: [u8; 32],
+        /// [`crate::kex::Schedule::confirm`] of generation 1's secret and the full transcript.
+        tag: [u8; 32],
+    },
+    /// Server → client: a rotation is due and wants a key exchange: send a
+    /// `KEY_UPDATE_REQUEST` with a key share.
+    KeyUpdateNeeded {
+        /// The server's newest generation for this client.
         newest: u64,
     },
     /// Controller → member: the group key.
@@ -206,25 +261,16 @@ mod ty {
     pub(super) const KEY_ACK: u8 = 5;
     pub(super) const HELLO: u8 = 6;
     pub(super) const HELLO_REPLY: u8 = 7;
+    pub(super) const KEY_INIT_REPLY: u8 = 8;
+    pub(super) const KEY_INIT_CONFIRM: u8 = 9;
+    pub(super) const KEY_UPDATE_NEEDED: u8 = 10;
     pub(super) const GROUP_KEY: u8 = 16;
     pub(super) const GROUP_ACK: u8 = 17;
     pub(super) const GROUP_TRANSITION: u8 = 18;
     pub(super) const GROUP_KEY_REQUEST: u8 = 19;
     pub(super) const GROUP_JOIN: u8 = 20;
     pub(super) const GROUP_LEAVE: u8 = 21;
-}
-
-/// A little writer over a fixed buffer.
-struct Writer {
-    buf: [u8; MAX_MESSAGE_LEN],
-    len: usize,
-}
-
-impl Writer {
-    fn put(&mut self, bytes: &[u8]) {
-        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
-        self.len += bytes.len();
-    }
+    pub(super) const FRAGMENT: u8 = 127;
 }
 
 /// A bounds-checked reader.
@@ -238,6 +284,14 @@ impl<'a> Reader<'a> {
             .ok_or(DecodeError::Malformed)?;
         self.0 = rest;
         Ok(*head)
+    }
+    fn boxed<const N: usize>(&mut self) -> Result<Box<[u8; N]>, DecodeError> {
+        let (head, rest) = self
+            .0
+            .split_first_chunk::<N>()
+            .ok_or(DecodeError::Malformed)?;
+        self.0 = rest;
+        Ok(Box::new(*head))
     }
     fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take::<1>()?[0])
@@ -260,159 +314,207 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// An encoded message: the bytes to seal.
+/// An encoded message: the bytes to seal. Wiped on drop (distributions carry secrets).
 #[derive(Clone)]
-pub struct Encoded {
-    buf: [u8; MAX_MESSAGE_LEN],
-    len: usize,
-}
+pub struct Encoded(Zeroizing<Vec<u8>>);
 
 impl Encoded {
     /// The encoded bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
+        &self.0
     }
-}
 
-impl Drop for Encoded {
-    fn drop(&mut self) {
-        // Distributions carry secrets.
-        zeroize::Zeroize::zeroize(&mut self.buf[..]);
+    /// The body (after the header): what a transcript hash covers.
+    pub fn body(&self) -> &[u8] {
+        &self.0[HEADER_LEN..]
     }
 }
 
 impl fmt::Debug for Encoded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Encoded({} bytes)", self.len)
+        write!(f, "Encoded({} bytes)", self.0.len())
     }
+}
+
+fn put_distribution(w: &mut Vec<u8>, d: &Distribution) {
+    w.extend_from_slice(&d.generation.to_be_bytes());
+    w.extend_from_slice(&d.spi.to_be_bytes());
+    w.push(d.suite.id());
+    w.push(d.material.mode());
+    w.extend_from_slice(&d.echo);
+    match &d.material {
+        KeyMaterial::Secret(b) | KeyMaterial::Nonce(b) => w.extend_from_slice(b),
+        KeyMaterial::Exchange(share) => w.extend_from_slice(&share.0[..]),
+    }
+}
+
+fn get_distribution(r: &mut Reader<'_>) -> Result<Distribution, DecodeError> {
+    let generation = r.u64()?;
+    let spi = r.u32()?;
+    let suite = Suite::from_id(r.u8()?).ok_or(DecodeError::Malformed)?;
+    let mode = r.u8()?;
+    let echo = r.take()?;
+    let material = match mode {
+        0 => KeyMaterial::Secret(r.take()?),
+        1 => KeyMaterial::Nonce(r.take()?),
+        2 => KeyMaterial::Exchange(ReplyShare(r.boxed::<REPLY_SHARE_LEN>()?)),
+        _ => return Err(DecodeError::Malformed),
+    };
+    Ok(Distribution {
+        generation,
+        spi,
+        suite,
+        echo,
+        material,
+    })
+}
+
+fn header(w: &mut [u8], ty: u8, body: usize, id: u32) {
+    w[0] = VERSION;
+    w[1] = ty;
+    w[2..4].copy_from_slice(&(body as u16).to_be_bytes());
+    w[4..8].copy_from_slice(&id.to_be_bytes());
 }
 
 impl Message {
     /// Encodes the message with message id `id`.
     pub fn encode(&self, id: u32) -> Encoded {
-        let mut w = Writer {
-            buf: [0; MAX_MESSAGE_LEN],
-            len: HEADER_LEN,
-        };
-        let ty = match *self {
-            Message::KeyInitRequest => ty::KEY_INIT_REQUEST,
-            Message::KeyUpdateRequest { have } => {
-                w.put(&have.to_be_bytes());
+        let mut w = Zeroizing::new(Vec::with_capacity(self.encoded_len_hint()));
+        w.extend_from_slice(&[0u8; HEADER_LEN]);
+        let ty = match self {
+            Message::KeyInitRequest { nonce, share } => {
+                w.extend_from_slice(nonce);
+                w.extend_from_slice(&share.0[..]);
+                ty::KEY_INIT_REQUEST
+            }
+            Message::KeyUpdateRequest { have, share } => {
+                w.extend_from_slice(&have.to_be_bytes());
+                match share {
+                    None => w.push(0),
+                    Some((nonce, share)) => {
+                        w.push(1);
+                        w.extend_from_slice(nonce);
+                        w.extend_from_slice(&share.0[..]);
+                    }
+                }
                 ty::KEY_UPDATE_REQUEST
             }
             Message::KeyResendRequest { have } => {
-                w.put(&have.to_be_bytes());
+                w.extend_from_slice(&have.to_be_bytes());
                 ty::KEY_RESEND_REQUEST
             }
             Message::KeyDistribution(d) => {
-                w.put(&d.generation.to_be_bytes());
-                w.put(&d.spi.to_be_bytes());
-                w.put(&[d.suite.id()]);
-                match d.material {
-                    KeyMaterial::Secret(s) => {
-                        w.put(&[0]);
-                        w.put(&s);
-                    }
-                    KeyMaterial::Nonce(n) => {
-                        w.put(&[1]);
-                        w.put(&n);
-                    }
-                }
+                put_distribution(&mut w, d);
                 ty::KEY_DISTRIBUTION
             }
+            Message::KeyInitReply(d) => {
+                put_distribution(&mut w, d);
+                ty::KEY_INIT_REPLY
+            }
+            Message::KeyInitConfirm { echo, tag } => {
+                w.extend_from_slice(echo);
+                w.extend_from_slice(tag);
+                ty::KEY_INIT_CONFIRM
+            }
+            Message::KeyUpdateNeeded { newest } => {
+                w.extend_from_slice(&newest.to_be_bytes());
+                ty::KEY_UPDATE_NEEDED
+            }
             Message::KeyAck { generation } => {
-                w.put(&generation.to_be_bytes());
+                w.extend_from_slice(&generation.to_be_bytes());
                 ty::KEY_ACK
             }
             Message::Hello { have } => {
-                w.put(&have.to_be_bytes());
+                w.extend_from_slice(&have.to_be_bytes());
                 ty::HELLO
             }
             Message::HelloReply { newest } => {
-                w.put(&newest.to_be_bytes());
+                w.extend_from_slice(&newest.to_be_bytes());
                 ty::HELLO_REPLY
             }
             Message::GroupKey(k) => {
-                w.put(&k.generation.to_be_bytes());
-                w.put(&k.spi_base.to_be_bytes());
-                w.put(&[k.suite.id()]);
-                w.put(&k.member_index.to_be_bytes());
-                w.put(&k.members.to_be_bytes());
-                w.put(&k.secret);
+                w.extend_from_slice(&k.generation.to_be_bytes());
+                w.extend_from_slice(&k.spi_base.to_be_bytes());
+                w.push(k.suite.id());
+                w.extend_from_slice(&k.member_index.to_be_bytes());
+                w.extend_from_slice(&k.members.to_be_bytes());
+                w.extend_from_slice(&k.secret);
                 ty::GROUP_KEY
             }
             Message::GroupAck { generation, phase } => {
-                w.put(&generation.to_be_bytes());
-                w.put(&[phase as u8]);
+                w.extend_from_slice(&generation.to_be_bytes());
+                w.push(*phase as u8);
                 ty::GROUP_ACK
             }
             Message::GroupTransition { generation, phase } => {
-                w.put(&generation.to_be_bytes());
-                w.put(&[phase as u8]);
+                w.extend_from_slice(&generation.to_be_bytes());
+                w.push(*phase as u8);
                 ty::GROUP_TRANSITION
             }
             Message::GroupKeyRequest { have } => {
-                w.put(&have.to_be_bytes());
+                w.extend_from_slice(&have.to_be_bytes());
                 ty::GROUP_KEY_REQUEST
             }
             Message::GroupJoin => ty::GROUP_JOIN,
             Message::GroupLeave => ty::GROUP_LEAVE,
         };
-        let body = (w.len - HEADER_LEN) as u16;
-        w.buf[0] = VERSION;
-        w.buf[1] = ty;
-        w.buf[2..4].copy_from_slice(&body.to_be_bytes());
-        w.buf[4..8].copy_from_slice(&id.to_be_bytes());
-        Encoded {
-            buf: w.buf,
-            len: w.len,
+        let body = w.len() - HEADER_LEN;
+        header(&mut w, ty, body, id);
+        Encoded(w)
+    }
+
+    /// Whether this message belongs to the init handshake: sealed under the init key, each
+    /// under a key of its own.
+    pub fn is_handshake(&self) -> bool {
+        matches!(
+            self,
+            Message::KeyInitRequest { .. }
+                | Message::KeyInitReply(_)
+                | Message::KeyInitConfirm { .. }
+        )
+    }
+
+    fn encoded_len_hint(&self) -> usize {
+        match self {
+            Message::KeyInitRequest { .. } | Message::KeyUpdateRequest { .. } => MAX_MESSAGE_LEN,
+            Message::KeyDistribution(_) | Message::KeyInitReply(_) => {
+                HEADER_LEN + 46 + REPLY_SHARE_LEN
+            }
+            _ => 64,
         }
     }
 
     /// Decodes a message, returning it with its message id.
     ///
     /// # Errors
-    /// [`DecodeError`] for anything but a well-formed message of this version.
+    /// [`DecodeError`] for anything but a well-formed message of this version (a fragment is
+    /// [`DecodeError::UnknownType`] here: see [`Reassembler`]).
     pub fn decode(bytes: &[u8]) -> Result<(Message, u32), DecodeError> {
-        let (header, body) = bytes
-            .split_first_chunk::<HEADER_LEN>()
-            .ok_or(DecodeError::Truncated)?;
-        if header[0] != VERSION {
-            return Err(DecodeError::Version);
-        }
-        let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
-        let id = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
-        if body.len() < len {
-            return Err(DecodeError::Truncated);
-        }
-        if body.len() > len {
-            return Err(DecodeError::Malformed);
-        }
+        let (ty, id, body) = split(bytes)?;
         let mut r = Reader(body);
-        let suite = |id: u8| Suite::from_id(id).ok_or(DecodeError::Malformed);
         let phase = |v: u8| GroupPhase::from_u8(v).ok_or(DecodeError::Malformed);
-        let msg = match header[1] {
-            ty::KEY_INIT_REQUEST => Message::KeyInitRequest,
-            ty::KEY_UPDATE_REQUEST => Message::KeyUpdateRequest { have: r.u64()? },
-            ty::KEY_RESEND_REQUEST => Message::KeyResendRequest { have: r.u64()? },
-            ty::KEY_DISTRIBUTION => {
-                let generation = r.u64()?;
-                let spi = r.u32()?;
-                let suite = suite(r.u8()?)?;
-                let mode = r.u8()?;
-                let bytes: [u8; 32] = r.take()?;
-                let material = match mode {
-                    0 => KeyMaterial::Secret(bytes),
-                    1 => KeyMaterial::Nonce(bytes),
+        let msg = match ty {
+            ty::KEY_INIT_REQUEST => Message::KeyInitRequest {
+                nonce: r.take()?,
+                share: KeyShare(r.boxed::<KEY_SHARE_LEN>()?),
+            },
+            ty::KEY_UPDATE_REQUEST => {
+                let have = r.u64()?;
+                let share = match r.u8()? {
+                    0 => None,
+                    1 => Some((r.take()?, KeyShare(r.boxed::<KEY_SHARE_LEN>()?))),
                     _ => return Err(DecodeError::Malformed),
                 };
-                Message::KeyDistribution(Distribution {
-                    generation,
-                    spi,
-                    suite,
-                    material,
-                })
+                Message::KeyUpdateRequest { have, share }
             }
+            ty::KEY_RESEND_REQUEST => Message::KeyResendRequest { have: r.u64()? },
+            ty::KEY_DISTRIBUTION => Message::KeyDistribution(get_distribution(&mut r)?),
+            ty::KEY_INIT_REPLY => Message::KeyInitReply(get_distribution(&mut r)?),
+            ty::KEY_INIT_CONFIRM => Message::KeyInitConfirm {
+                echo: r.take()?,
+                tag: r.take()?,
+            },
+            ty::KEY_UPDATE_NEEDED => Message::KeyUpdateNeeded { newest: r.u64()? },
             ty::KEY_ACK => Message::KeyAck {
                 generation: r.u64()?,
             },
@@ -421,7 +523,7 @@ impl Message {
             ty::GROUP_KEY => Message::GroupKey(GroupKey {
                 generation: r.u64()?,
                 spi_base: r.u32()?,
-                suite: suite(r.u8()?)?,
+                suite: Suite::from_id(r.u8()?).ok_or(DecodeError::Malformed)?,
                 member_index: r.u16()?,
                 members: r.u16()?,
                 secret: r.take()?,
@@ -441,5 +543,187 @@ impl Message {
         };
         r.end()?;
         Ok((msg, id))
+    }
+}
+
+/// Header checks shared by messages and fragments: (type, id, body).
+fn split(bytes: &[u8]) -> Result<(u8, u32, &[u8]), DecodeError> {
+    let (header, body) = bytes
+        .split_first_chunk::<HEADER_LEN>()
+        .ok_or(DecodeError::Truncated)?;
+    if header[0] != VERSION {
+        return Err(DecodeError::Version);
+    }
+    let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    let id = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    if body.len() < len {
+        return Err(DecodeError::Truncated);
+    }
+    if body.len() > len {
+        return Err(DecodeError::Malformed);
+    }
+    Ok((header[1], id, body))
+}
+
+/// The datagrams of one message: the message itself if it fits [`MAX_UNFRAGMENTED`], else
+/// fragments of [`FRAGMENT_CHUNK`] bytes, each `header(type 127, the message's id) ‖ index ‖
+/// count ‖ chunk`.
+pub fn fragments(encoded: &Encoded, id: u32) -> Vec<Zeroizing<Vec<u8>>> {
+    let bytes = encoded.as_bytes();
+    if bytes.len() <= MAX_UNFRAGMENTED {
+        return vec![Zeroizing::new(bytes.to_vec())];
+    }
+    let count = bytes.len().div_ceil(FRAGMENT_CHUNK);
+    bytes
+        .chunks(FRAGMENT_CHUNK)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut w = Zeroizing::new(Vec::with_capacity(HEADER_LEN + 2 + chunk.len()));
+            w.extend_from_slice(&[0u8; HEADER_LEN]);
+            w.push(i as u8);
+            w.push(count as u8);
+            w.extend_from_slice(chunk);
+            header(&mut w, ty::FRAGMENT, 2 + chunk.len(), id);
+            w
+        })
+        .collect()
+}
+
+/// A fragment's message id, index, count and chunk.
+type Fragment<'a> = (u32, u8, u8, &'a [u8]);
+
+/// A fragment's fields, if `bytes` is one.
+fn fragment(bytes: &[u8]) -> Option<Result<Fragment<'_>, DecodeError>> {
+    if bytes.get(1) != Some(&ty::FRAGMENT) {
+        return None;
+    }
+    Some(split(bytes).and_then(|(_, id, body)| {
+        let [index, count, ref chunk @ ..] = *body else {
+            return Err(DecodeError::Malformed);
+        };
+        if !(2..=MAX_FRAGMENTS).contains(&count)
+            || index >= count
+            || chunk.is_empty()
+            || chunk.len() > FRAGMENT_CHUNK
+            || (index + 1 < count && chunk.len() != FRAGMENT_CHUNK)
+        {
+            return Err(DecodeError::Malformed);
+        }
+        Ok((id, index, count, chunk))
+    }))
+}
+
+/// One message being put together from its fragments.
+struct Partial {
+    key: u64,
+    id: u32,
+    /// The SPI every fragment must have come under.
+    spi: u32,
+    count: u8,
+    have: u8,
+    started: crate::Time,
+    buf: Zeroizing<Vec<u8>>,
+}
+
+/// What [`Reassembler::push`] made of a datagram's message.
+#[derive(Debug)]
+pub enum Assembled<'a> {
+    /// A whole message: the input itself.
+    Whole(&'a [u8]),
+    /// The last fragment completed this message.
+    Complete(Zeroizing<Vec<u8>>),
+    /// A fragment was stored; more are needed.
+    Pending,
+}
+
+/// Puts fragmented messages together: at most `capacity` messages in progress (one per key:
+/// a peer), each for at most [`Reassembler::TIMEOUT`]; when full, the oldest is dropped. Memory
+/// is bounded by `capacity × 4 × 1.2 KB` whatever arrives.
+pub struct Reassembler {
+    capacity: usize,
+    partials: Vec<Partial>,
+}
+
+impl fmt::Debug for Reassembler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Reassembler({} in progress)", self.partials.len())
+    }
+}
+
+impl Reassembler {
+    /// How long a partial message waits for its other fragments.
+    pub const TIMEOUT: core::time::Duration = core::time::Duration::from_secs(5);
+
+    /// A reassembler holding at most `capacity` partial messages.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            partials: Vec::new(),
+        }
+    }
+
+    /// Partial messages held.
+    pub fn len(&self) -> usize {
+        self.partials.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.partials.is_empty()
+    }
+
+    /// Takes one authenticated message from the peer `key` that arrived under `spi`.
+    ///
+    /// # Errors
+    /// A malformed fragment.
+    pub fn push<'a>(
+        &mut self,
+        now: crate::Time,
+        key: u64,
+        spi: u32,
+        bytes: &'a [u8],
+    ) -> Result<Assembled<'a>, DecodeError> {
+        let Some(f) = fragment(bytes) else {
+            return Ok(Assembled::Whole(bytes));
+        };
+        let (id, index, count, chunk) = f?;
+        self.partials
+            .retain(|p| now.saturating_sub(p.started) < Self::TIMEOUT);
+        let pos = self
+            .partials
+            .iter()
+            .position(|p| p.key == key && p.id == id && p.spi == spi && p.count == count);
+        let pos = match pos {
+            Some(i) => i,
+            None => {
+                // A new message replaces whatever else this peer had in progress.
+                self.partials.retain(|p| p.key != key);
+                if self.partials.len() >= self.capacity {
+                    self.partials.remove(0);
+                }
+                self.partials.push(Partial {
+                    key,
+                    id,
+                    spi,
+                    count,
+                    have: 0,
+                    started: now,
+                    buf: Zeroizing::new(vec![0; usize::from(count) * FRAGMENT_CHUNK]),
+                });
+                self.partials.len() - 1
+            }
+        };
+        let p = &mut self.partials[pos];
+        let at = usize::from(index) * FRAGMENT_CHUNK;
+        p.buf[at..at + chunk.len()].copy_from_slice(chunk);
+        if index + 1 == count {
+            p.buf.truncate(at + chunk.len());
+        }
+        p.have |= 1 << index;
+        if p.have.count_ones() < u32::from(count) {
+            return Ok(Assembled::Pending);
+        }
+        let done = self.partials.swap_remove(pos);
+        Ok(Assembled::Complete(done.buf))
     }
 }

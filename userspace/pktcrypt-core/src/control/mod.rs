@@ -20,13 +20,14 @@ use crate::{SaCounters, Suite, Time};
 use core::net::SocketAddr;
 use core::time::Duration;
 use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
 
 pub use client::{ClientConfig, ClientEvent, KeyClient};
 pub use group::{
     GroupConfig, GroupController, GroupEvent, GroupMember, MemberEvent, MemberState, TableEntry,
 };
-pub use message::{DecodeError, Message};
-pub use server::{KeyServer, ServerConfig, ServerEvent};
+pub use message::{DecodeError, Message, Reassembler};
+pub use server::{KeyServer, Pfs, ServerConfig, ServerEvent};
 
 /// Source of randomness for secrets, SPIs, nonces and jitter. Drivers pass the operating
 /// system's CSPRNG; tests and simulations pass a seeded [`SeededRandom`].
@@ -317,11 +318,61 @@ pub(crate) fn dispatch_control<'b>(
     accept: impl FnOnce(message::Message, u32) -> bool,
 ) -> Incoming<'b> {
     match decoded {
-        Ok((msg, id)) if accept(msg, id) => Incoming::Control { peer },
-        Ok(_) => Incoming::Dropped(crate::DropReason::ControlUnexpected),
+        Ok((msg, id)) => {
+            if accept(msg, id) {
+                Incoming::Control { peer }
+            } else {
+                Incoming::Dropped(crate::DropReason::ControlUnexpected)
+            }
+        }
         Err(_) => Incoming::Dropped(crate::DropReason::ControlMalformed),
     }
 }
+
+/// Encodes `msg`, splits it into [`message::fragments`] if it does not fit one datagram, seals
+/// each under the engine's transmit key for `peer` (or, when that is the init key, as a
+/// handshake message under a key of its own with 96 fresh bits from `rng`), and queues them on
+/// `out`. The scratch buffer is wiped afterwards (distributions carry secrets). Returns whether
+/// everything was sealed.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn seal_messages(
+    engine: &mut crate::Engine,
+    peer: crate::PeerId,
+    destination: Option<SocketAddr>,
+    msg: &message::Message,
+    id: u32,
+    scratch: &mut [u8],
+    rng: &mut dyn Random,
+    out: &mut VecDeque<Transmit>,
+) -> bool {
+    let encoded = msg.encode(id);
+    // Handshake messages always travel under the init key (a restarted peer holds nothing
+    // else); nothing else ever does.
+    let handshake = msg.is_handshake();
+    let mut ok = true;
+    for part in message::fragments(&encoded, id) {
+        let sealed = if handshake {
+            let mut fresh = [0u8; 12];
+            rng.fill(&mut fresh);
+            engine.seal_handshake(peer, &part, scratch, fresh)
+        } else {
+            engine.seal_control(peer, &part, scratch)
+        };
+        match sealed {
+            Ok(n) => out.push_back(Transmit {
+                peer,
+                destination,
+                contents: scratch[..n].to_vec(),
+            }),
+            Err(_) => ok = false,
+        }
+        zeroize::Zeroize::zeroize(&mut scratch[..]);
+    }
+    ok
+}
+
+/// Scratch space for sealing one control datagram.
+pub(crate) const SCRATCH_LEN: usize = 1536;
 
 /// Nanoseconds of a [`Time`], saturating.
 pub(crate) fn nanos(t: Time) -> u64 {

@@ -6,9 +6,14 @@
 //!
 //! - A new generation N+1 is minted only when the client has proven N: the sides are never more
 //!   than one generation apart. The server then holds {N+1, N} and transmits with N.
-//! - `KEY_INIT_REQUEST` (or any request or `HELLO` under the init key while dynamic keys exist:
-//!   a restarted client, S6) resets the client to its init key and mints generation 1. A
-//!   retransmitted init request (same message id) gets the same distribution again.
+//! - `KEY_INIT_REQUEST` (protocol version 3) is answered with a candidate generation 1 bound to
+//!   the request (its transcript hash, and with a key exchange the client's ephemeral share),
+//!   sent back no larger than the request; nothing the server relies on changes until the client
+//!   proves generation 1 with `KEY_INIT_CONFIRM`: only then are its old generations dropped
+//!   (S6: a restarted client). A replayed request costs one exchange and a bounded entry; a
+//!   replayed confirmation matches no candidate (each has fresh server randomness).
+//! - Rotations exchange new ephemerals as the PFS policy ([`Pfs`]) says: from the key share of
+//!   the client's `KEY_UPDATE_REQUEST`, or after asking for one with `KEY_UPDATE_NEEDED`.
 //! - `KEY_UPDATE_REQUEST` under N rotates (S2); `KEY_RESEND_REQUEST` re-sends the same newest
 //!   generation, minting nothing (S3); a client seen transmitting under N while the server holds
 //!   an unproven N+1 gets N+1 re-sent without asking (S4).
@@ -24,20 +29,82 @@
 //! client within one sweep period, computing the rekey deadline from the newest generation's
 //! install time and a jitter drawn from its SPI.
 
-use super::message::{Distribution, KeyMaterial, Message};
+use super::client::{INIT_LABEL, UPDATE_LABEL, exchange_hash};
+use super::message::{Assembled, Distribution, KeyMaterial, Message, Reassembler};
 use super::{
-    Incoming, Random, RekeyTriggers, Transmit, backoff, dispatch_control, jittered, jittered_by,
-    nanos, seal_message,
+    Incoming, Random, RekeyTriggers, SCRATCH_LEN, Transmit, backoff, jittered, jittered_by, nanos,
+    seal_messages,
 };
 use crate::engine::Installed;
+use crate::kex::{KeyShare, Schedule, respond, transcript};
 use crate::{
     Engine, EngineConfig, Error, Generation, GenerationInfo, Opened, PeerId, Role, Secret, Slot,
-    Spi, Suite, Time,
+    Spi, Suite, Time, TxRule,
 };
 use core::net::SocketAddr;
 use core::time::Duration;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+
+/// When rotations exchange fresh ephemeral keys (forward secrecy; `docs/protocol.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pfs {
+    /// Never: the init handshake and every rotation distribute (or derive) the secret under the
+    /// previous one. Whoever holds the init key and a capture reads everything. For comparison
+    /// and benchmarks only.
+    Off,
+    /// The init handshake exchanges ephemerals; rotations ratchet from it (distribution or
+    /// derived mode).
+    InitOnly,
+    /// Every rotation exchanges ephemerals (the default).
+    EveryRekey,
+    /// The init handshake and every Nth rotation exchange ephemerals; in between rotations
+    /// ratchet from the last exchanged secret.
+    Every(u32),
+}
+
+impl Pfs {
+    /// Whether minting `generation` exchanges ephemerals.
+    pub fn exchanges(self, generation: u64) -> bool {
+        match self {
+            Pfs::Off => false,
+            Pfs::InitOnly => generation <= 1,
+            Pfs::EveryRekey => true,
+            Pfs::Every(n) => {
+                generation <= 1 || (generation - 1).is_multiple_of(u64::from(n.max(1)))
+            }
+        }
+    }
+}
+
+impl core::fmt::Display for Pfs {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Pfs::Off => f.write_str("off"),
+            Pfs::InitOnly => f.write_str("init-only"),
+            Pfs::EveryRekey => f.write_str("every-rekey"),
+            Pfs::Every(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl core::str::FromStr for Pfs {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(Pfs::Off),
+            "init-only" => Ok(Pfs::InitOnly),
+            "every-rekey" => Ok(Pfs::EveryRekey),
+            n => match n.parse::<u32>() {
+                Ok(0) | Err(_) => Err(format!(
+                    "pfs must be \"every-rekey\", \"init-only\", \"off\" or a positive number, not {n:?}"
+                )),
+                Ok(1) => Ok(Pfs::EveryRekey),
+                Ok(n) => Ok(Pfs::Every(n)),
+            },
+        }
+    }
+}
 
 /// Key server configuration. Every timeout is configurable.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +140,13 @@ pub struct ServerConfig {
     /// traffic under N has arrived before N is forgotten), and sends N+2 no sooner than this
     /// after minting it (so its own traffic under N arrives before the client forgets N).
     pub reorder_grace: Duration,
+    /// When rotations exchange fresh ephemeral keys.
+    pub pfs: Pfs,
+    /// Init handshakes answered and not yet confirmed, at most (each holds a candidate
+    /// generation for [`Self::handshake_timeout`]); beyond it the oldest is forgotten.
+    pub max_pending_handshakes: usize,
+    /// How long an answered init handshake waits for its confirmation.
+    pub handshake_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -92,6 +166,9 @@ impl ServerConfig {
             triggers: RekeyTriggers::for_suite(Suite::Aes256Gcm, engine.max_esp_len),
             idle_evict: Some(Duration::from_secs(300)),
             reorder_grace: Duration::from_millis(250),
+            pfs: Pfs::EveryRekey,
+            max_pending_handshakes: 4096,
+            handshake_timeout: Duration::from_secs(60),
             engine,
         }
     }
@@ -213,8 +290,8 @@ mod flag {
     pub(super) const UNPROVEN: u8 = 1;
     /// Rotate at the next proof of the newest generation.
     pub(super) const REKEY_WANTED: u8 = 2;
-    /// The newest generation answers an init request whose id is `init_id`.
-    pub(super) const FROM_INIT: u8 = 4;
+    /// The newest generation came from a key exchange (the server cannot send it again).
+    pub(super) const EXCHANGED: u8 = 4;
     /// A `Deferred` timer is in the heap.
     pub(super) const DEFERRED: u8 = 8;
     /// Keys may be expanded: data since the last idle eviction (a control message alone expands
@@ -235,7 +312,8 @@ struct ClientState {
     /// Last authentic packet from the client.
     last_rx: u64,
     pending: Option<Box<Pending>>,
-    init_id: u32,
+    /// When `KEY_UPDATE_NEEDED` was last sent (milliseconds, wrapping).
+    needed_at: u32,
     flags: u8,
 }
 
@@ -285,6 +363,21 @@ pub struct KeyServer {
     tokens: u32,
     tokens_at: u64,
     out: Vec<u8>,
+    /// Answered, unconfirmed init handshakes by client (bounded; in flight only).
+    candidates: HashMap<u32, Box<Candidate>>,
+    reassembly: Reassembler,
+}
+
+/// An answered init handshake: the candidate generation 1, installed only when confirmed.
+struct Candidate {
+    request_hash: [u8; 32],
+    /// The full transcript hash (request and answer), which the confirmation names.
+    transcript: [u8; 32],
+    generation: Generation,
+    exchanged: bool,
+    reply: Message,
+    created: u64,
+    confirmed: bool,
 }
 
 impl std::fmt::Debug for KeyServer {
@@ -303,6 +396,7 @@ impl KeyServer {
     /// Invalid engine configuration.
     pub fn new(mut config: ServerConfig, mut rng: Box<dyn Random>) -> Result<Self, Error> {
         config.engine.role = Role::KeyServer;
+        config.engine.handshake_init = true;
         let engine = Engine::new(config.engine.clone())?;
         let next_id = u32::try_from(rng.next_u64() >> 33).unwrap_or(1);
         Ok(Self {
@@ -318,7 +412,9 @@ impl KeyServer {
             rng,
             next_id,
             tokens_at: 0,
-            out: vec![0u8; 256],
+            out: vec![0u8; SCRATCH_LEN],
+            candidates: HashMap::new(),
+            reassembly: Reassembler::new(1024),
         })
     }
 
@@ -360,7 +456,7 @@ impl KeyServer {
             proven_at: 0,
             last_rx: nanos(now),
             pending: None,
-            init_id: 0,
+            needed_at: 0,
             flags: 0,
         };
         if self.sweep_at == 0 {
@@ -380,6 +476,7 @@ impl KeyServer {
     /// [`Error::UnknownPeer`].
     pub fn remove_client(&mut self, peer: PeerId) -> Result<(), Error> {
         self.engine.remove_peer(peer)?;
+        self.candidates.remove(&peer.0);
         if let Some(c) = self.clients.get_mut(peer.0 as usize) {
             *c = None;
         }
@@ -483,11 +580,31 @@ impl KeyServer {
                 }
             }
             Opened::Control { message, info } => {
-                let decoded = Message::decode(message);
-                self.on_authentic(now, from, info.peer, info.slot, info.generation);
-                dispatch_control(info.peer, decoded, |msg, id| {
-                    self.on_control(now, info.peer, info.slot, msg, id)
-                })
+                let peer = info.peer;
+                let assembled =
+                    match self
+                        .reassembly
+                        .push(now, u64::from(peer.0), info.spi.get(), message)
+                    {
+                        Ok(a) => a,
+                        Err(_) => return Incoming::Dropped(crate::DropReason::ControlMalformed),
+                    };
+                let whole: &[u8] = match &assembled {
+                    Assembled::Whole(b) => b,
+                    Assembled::Complete(b) => b,
+                    Assembled::Pending => return Incoming::Control { peer },
+                };
+                let Ok((msg, id)) = Message::decode(whole) else {
+                    return Incoming::Dropped(crate::DropReason::ControlMalformed);
+                };
+                if info.slot != Slot::Init {
+                    self.on_authentic(now, from, peer, info.slot, info.generation);
+                }
+                let body = &whole[super::message::HEADER_LEN..];
+                match self.on_control(now, from, peer, info.slot, msg, id, body) {
+                    Ok(()) => Incoming::Control { peer },
+                    Err(r) => Incoming::Dropped(r),
+                }
             }
             Opened::Drop(reason) => Incoming::Dropped(reason),
         }
@@ -541,83 +658,246 @@ impl KeyServer {
             self.resend(now, peer, true);
         }
         if rotate {
-            self.try_rotate(now, peer);
+            self.try_rotate(now, peer, None);
         }
     }
 
-    /// Returns false for messages a server does not accept.
-    fn on_control(&mut self, now: Time, peer: PeerId, slot: Slot, msg: Message, id: u32) -> bool {
+    /// Handles one authentic, decoded control message (`body`: its bytes after the header, for
+    /// transcript hashes).
+    #[allow(clippy::too_many_arguments)]
+    fn on_control(
+        &mut self,
+        now: Time,
+        from: Option<SocketAddr>,
+        peer: PeerId,
+        slot: Slot,
+        msg: Message,
+        id: u32,
+        body: &[u8],
+    ) -> Result<(), crate::DropReason> {
+        use crate::DropReason::ControlUnexpected;
         let Some(c) = self.client(peer) else {
-            return false;
+            return Err(ControlUnexpected);
         };
         let has_dynamic = c.newest() > 0;
-        let pending_init = c.has(flag::FROM_INIT) && c.pending.is_some();
-        match msg {
-            Message::KeyInitRequest => self.handle_init(now, peer, id),
-            Message::KeyUpdateRequest { .. }
-            | Message::KeyResendRequest { .. }
-            | Message::Hello { .. }
-                if slot == Slot::Init && has_dynamic && !pending_init =>
-            {
-                // S6: a request or hello under the init key while dynamic keys exist is an init.
-                self.handle_init(now, peer, id);
+        match (slot, msg) {
+            (Slot::Init, Message::KeyInitRequest { share, .. }) => {
+                self.on_init_request(now, from, peer, &share, body);
+                Ok(())
             }
-            Message::KeyUpdateRequest { .. } => match slot {
-                Slot::Newest => {
-                    if let Some(c) = self.client(peer) {
-                        c.set(flag::REKEY_WANTED, true);
+            (Slot::Init, Message::KeyInitConfirm { echo, tag }) => {
+                self.on_init_confirm(now, from, peer, &echo, &tag)
+            }
+            // Version 3: nothing else travels under the init key.
+            (Slot::Init, _) => Err(ControlUnexpected),
+            (_, Message::KeyUpdateRequest { share, .. }) => {
+                let share = share.map(|(_, share)| (share, transcript(UPDATE_LABEL, &[body])));
+                match slot {
+                    Slot::Newest => {
+                        // A repeat of a request we already answered: the same answer again.
+                        if let (Some(c), Some((_, hash))) = (self.client(peer), &share)
+                            && c.pending.as_ref().is_some_and(|p| p.dist.echo == *hash)
+                        {
+                            self.resend(now, peer, false);
+                            return Ok(());
+                        }
+                        if let Some(c) = self.client(peer) {
+                            c.set(flag::REKEY_WANTED, true);
+                        }
+                        self.try_rotate(now, peer, share.as_ref().map(|(s, h)| (s, *h)));
                     }
-                    self.try_rotate(now, peer);
+                    _ if has_dynamic => self.resend(now, peer, false),
+                    _ => return Err(ControlUnexpected),
                 }
-                _ if has_dynamic => self.resend(now, peer, false),
-                _ => self.handle_init(now, peer, id),
-            },
-            Message::KeyResendRequest { .. } => {
-                if has_dynamic {
-                    self.resend(now, peer, false);
-                } else {
-                    self.handle_init(now, peer, id);
-                }
+                Ok(())
             }
-            Message::Hello { .. } => {
-                if slot == Slot::Init && !has_dynamic {
-                    self.handle_init(now, peer, id);
-                } else if slot == Slot::Init && pending_init {
-                    self.resend(now, peer, false);
-                } else {
-                    let newest = self.client(peer).map_or(0, |c| c.newest());
-                    self.send(peer, &Message::HelloReply { newest }, id);
-                }
+            (_, Message::KeyResendRequest { .. }) => {
+                self.resend(now, peer, false);
+                Ok(())
             }
-            Message::KeyAck { .. } => {}
-            _ => return false,
+            (_, Message::Hello { .. }) => {
+                let newest = self.client(peer).map_or(0, |c| c.newest());
+                self.send(peer, &Message::HelloReply { newest }, id);
+                Ok(())
+            }
+            (_, Message::KeyAck { .. }) => Ok(()),
+            _ => Err(ControlUnexpected),
         }
-        true
     }
 
-    fn handle_init(&mut self, now: Time, peer: PeerId, id: u32) {
-        let Some(c) = self.client(peer) else { return };
-        if c.has(flag::FROM_INIT) && c.init_id == id && c.newest() > 0 {
-            // A retransmission of the request we already answered: same answer again.
-            if c.pending.is_some() {
-                self.resend(now, peer, false);
+    /// An init request: answer with a candidate generation 1 bound to it, changing nothing
+    /// else. A repeat of the request gets the same answer; the answer goes to where the
+    /// request came from and is never larger than it.
+    fn on_init_request(
+        &mut self,
+        now: Time,
+        from: Option<SocketAddr>,
+        peer: PeerId,
+        share: &KeyShare,
+        body: &[u8],
+    ) {
+        let request_hash = transcript(INIT_LABEL, &[body]);
+        let t = nanos(now);
+        if let Some(c) = self.candidates.get(&peer.0)
+            && c.request_hash == request_hash
+        {
+            if !c.confirmed {
+                let reply = c.reply.clone();
+                self.send_to(peer, from, &reply);
             }
             return;
         }
-        c.init_id = id;
-        let retired = self.engine.reset_to_init(peer).unwrap_or_default();
-        if let Some(c) = self.client(peer) {
-            c.proven = 0;
-            c.pending = None;
-            c.set(flag::UNPROVEN | flag::REKEY_WANTED, false);
+        let Some(init) = self.engine.secret(peer, Slot::Init).cloned() else {
+            return;
+        };
+        let info = GenerationInfo {
+            number: 1,
+            spi: self.unused_spi(),
+            suite: self.config.suite,
+        };
+        let (material, shared) = if self.config.pfs.exchanges(1) {
+            match respond(share, self.rng.as_mut()) {
+                Ok((reply, shared)) => (KeyMaterial::Exchange(reply), Some(shared)),
+                Err(_) => return,
+            }
+        } else {
+            let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+            self.rng.fill(&mut *bytes);
+            if self.config.derived {
+                (KeyMaterial::Nonce(*bytes), None)
+            } else {
+                (KeyMaterial::Secret(*bytes), None)
+            }
+        };
+        let reply = Message::KeyInitReply(Distribution {
+            generation: 1,
+            spi: info.spi.get(),
+            suite: info.suite,
+            echo: request_hash,
+            material,
+        });
+        let th = exchange_hash(&request_hash, &reply);
+        let secret = match (&reply, shared) {
+            (_, Some(shared)) => Schedule::next_secret(&init, &shared, &th, info),
+            (Message::KeyInitReply(d), None) => match &d.material {
+                KeyMaterial::Secret(b) => Secret::from_bytes(*b),
+                KeyMaterial::Nonce(n) => init.derive_next(n, info),
+                KeyMaterial::Exchange(_) => return,
+            },
+            _ => return,
+        };
+        self.make_room_for_candidate(t);
+        self.candidates.insert(
+            peer.0,
+            Box::new(Candidate {
+                request_hash,
+                transcript: th,
+                generation: Generation { info, secret },
+                exchanged: self.config.pfs.exchanges(1),
+                reply: reply.clone(),
+                created: t,
+                confirmed: false,
+            }),
+        );
+        self.send_to(peer, from, &reply);
+    }
+
+    /// Keeps the candidates within `max_pending_handshakes`: expired ones go first, then the
+    /// oldest.
+    fn make_room_for_candidate(&mut self, t: u64) {
+        let timeout = nanos(self.config.handshake_timeout);
+        if self.candidates.len() < self.config.max_pending_handshakes.max(1) {
+            return;
         }
+        self.candidates
+            .retain(|_, c| t.saturating_sub(c.created) < timeout);
+        while self.candidates.len() >= self.config.max_pending_handshakes.max(1) {
+            let Some(oldest) = self
+                .candidates
+                .iter()
+                .min_by_key(|(_, c)| c.created)
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
+            self.candidates.remove(&oldest);
+        }
+    }
+
+    /// An init confirmation: if it proves the candidate answering `echo`, the client restarted
+    /// (S6): its old generations go and the candidate becomes generation 1, proven.
+    fn on_init_confirm(
+        &mut self,
+        now: Time,
+        from: Option<SocketAddr>,
+        peer: PeerId,
+        echo: &[u8; 32],
+        tag: &[u8; 32],
+    ) -> Result<(), crate::DropReason> {
+        use crate::DropReason::StaleHandshake;
+        let timeout = nanos(self.config.handshake_timeout);
+        let t = nanos(now);
+        let Some(c) = self
+            .candidates
+            .get_mut(&peer.0)
+            .filter(|c| c.request_hash == *echo && t.saturating_sub(c.created) < timeout)
+        else {
+            return Err(StaleHandshake);
+        };
+        if !Schedule::verify_confirm(&c.generation.secret, &c.transcript, tag) {
+            return Err(StaleHandshake);
+        }
+        if c.confirmed {
+            // Our answer under generation 1 was lost: send one again, if it is still ours.
+            let spi = c.generation.info.spi;
+            if self
+                .engine
+                .generation(peer, Slot::Newest)
+                .is_some_and(|g| g.spi == spi)
+            {
+                self.send(peer, &Message::HelloReply { newest: 1 }, 0);
+                return Ok(());
+            }
+            return Err(StaleHandshake);
+        }
+        c.confirmed = true;
+        let (generation, exchanged) = (c.generation.clone(), c.exchanged);
+        let retired = self.engine.reset_to_init(peer).unwrap_or_default();
         for generation in retired {
             self.events
                 .push_back(ServerEvent::Retired { peer, generation });
         }
+        if self.engine.install(peer, &generation, now).is_err() {
+            // The SPI was taken since the answer (a one-in-billions race): the client falls
+            // back and starts over.
+            self.candidates.remove(&peer.0);
+            return Err(StaleHandshake);
+        }
+        // The client proved generation 1: transmit under it at once.
+        let _ = self.engine.set_tx_rule(peer, TxRule::Newest);
+        if let Some(c) = self.client(peer) {
+            c.proven = 1;
+            c.proven_at = t;
+            c.last_rx = t;
+            c.pending = None;
+            c.flags = 0;
+            c.set(flag::EXCHANGED, exchanged);
+            if let Some(from) = from {
+                c.addr = Some(PeerAddr::new(from));
+            }
+        }
         self.events.push_back(ServerEvent::ClientInit { peer });
-        // Answering an init is not rate-limited: clients back off on their own.
-        self.mint(now, peer, true);
+        self.events.push_back(ServerEvent::KeyMinted {
+            peer,
+            generation: generation.info,
+        });
+        self.events.push_back(ServerEvent::Proven {
+            peer,
+            generation: 1,
+        });
+        let id = self.fresh_id();
+        self.send(peer, &Message::HelloReply { newest: 1 }, id);
+        Ok(())
     }
 
     fn take_token(&mut self, now: Time) -> bool {
@@ -638,8 +918,13 @@ impl KeyServer {
         }
     }
 
-    fn try_rotate(&mut self, now: Time, peer: PeerId) {
+    /// Rotates the client now if the rules allow, else defers or asks: never two generations
+    /// ahead, not within the reorder grace of the last proof, within the rate limit, and with
+    /// a key share from the client when the PFS policy wants an exchange (`share`: the share of
+    /// the request being answered and that request's transcript hash).
+    fn try_rotate(&mut self, now: Time, peer: PeerId, share: Option<(&KeyShare, [u8; 32])>) {
         let grace = nanos(self.config.reorder_grace);
+        let pfs = self.config.pfs;
         let t = nanos(now);
         let Some(c) = self.client(peer) else { return };
         c.set(flag::REKEY_WANTED, true);
@@ -653,12 +938,33 @@ impl KeyServer {
             self.defer(peer, at);
             return;
         }
+        let exchange = pfs.exchanges(c.newest() + 1);
+        if exchange && share.is_none() {
+            self.ask_for_share(now, peer);
+            return;
+        }
         if self.take_token(now) {
-            self.mint(now, peer, false);
+            self.mint(now, peer, share.filter(|_| exchange));
         } else {
             let delay = jittered(Duration::from_millis(500), 900, self.rng.as_mut());
             self.defer(peer, nanos(now + delay));
         }
+    }
+
+    /// Asks the client for a key share (`KEY_UPDATE_NEEDED`), at most once per
+    /// `implicit_resend_interval`.
+    fn ask_for_share(&mut self, now: Time, peer: PeerId) {
+        let now_ms = (nanos(now) / 1_000_000) as u32 | 1;
+        let interval =
+            u32::try_from(self.config.implicit_resend_interval.as_millis()).unwrap_or(u32::MAX);
+        let Some(c) = self.client(peer) else { return };
+        if c.needed_at != 0 && now_ms.wrapping_sub(c.needed_at) < interval {
+            return;
+        }
+        c.needed_at = now_ms;
+        let newest = c.newest();
+        let id = self.fresh_id();
+        self.send(peer, &Message::KeyUpdateNeeded { newest }, id);
     }
 
     /// Tries the rotation again at `at`, unless a retry is already armed (which then decides:
@@ -671,125 +977,131 @@ impl KeyServer {
         }
     }
 
-    /// A random valid SPI; whether it is free is checked by the install (one table probe).
-    fn random_spi(&mut self) -> Spi {
+    /// A random valid SPI not in use.
+    fn unused_spi(&mut self) -> Spi {
         loop {
             let v = u32::try_from(self.rng.next_u64() >> 32).unwrap_or(0);
-            if let Ok(spi) = Spi::new(v) {
+            if let Ok(spi) = Spi::new(v)
+                && self.engine.lookup_spi(v).is_none()
+            {
                 return spi;
             }
         }
     }
 
-    fn mint(&mut self, now: Time, peer: PeerId, from_init: bool) {
+    /// Mints N+1 for a client that proved N: from a key exchange with `exchange` (the client's
+    /// share and its request's transcript hash), else distributed or derived from N.
+    fn mint(&mut self, now: Time, peer: PeerId, exchange: Option<(&KeyShare, [u8; 32])>) {
         let Some(newest) = self.client(peer).map(|c| c.newest()) else {
             return;
         };
         let number = newest + 1;
-        let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
-        self.rng.fill(&mut *bytes);
-        // An SPI already in use (one in a few thousand with a million clients) draws another.
-        let mut installed = None;
-        for _ in 0..64 {
-            let info = GenerationInfo {
-                number,
-                spi: self.random_spi(),
-                suite: self.config.suite,
-            };
-            let (secret, material) = if self.config.derived {
-                let parent_slot = if newest == 0 {
-                    Slot::Init
-                } else {
-                    Slot::Newest
-                };
-                let Some(parent) = self.engine.secret(peer, parent_slot) else {
-                    return;
-                };
-                (
-                    parent.derive_next(&*bytes, info),
-                    KeyMaterial::Nonce(*bytes),
-                )
-            } else {
-                (Secret::from_bytes(*bytes), KeyMaterial::Secret(*bytes))
-            };
-            let generation = Generation { info, secret };
-            match self.engine.install(peer, &generation, now) {
-                Ok(Installed::Rotated { retired }) => {
-                    if let Some(generation) = retired {
-                        self.events
-                            .push_back(ServerEvent::Retired { peer, generation });
-                    }
-                }
-                Ok(Installed::AlreadyHeld) => {}
-                Err(crate::Error::DuplicateSpi) => continue,
-                Err(_) => return,
-            }
-            installed = Some((info, material));
-            break;
-        }
-        let Some((info, material)) = installed else {
+        let Some(parent) = self.engine.secret(peer, Slot::Newest).cloned() else {
             return;
         };
-        let dist = Distribution {
-            generation: number,
-            spi: info.spi.get(),
-            suite: info.suite,
-            material,
+        let info = GenerationInfo {
+            number,
+            spi: self.unused_spi(),
+            suite: self.config.suite,
         };
+        let (dist, secret) = match exchange {
+            Some((share, request_hash)) => {
+                let Ok((reply, shared)) = respond(share, self.rng.as_mut()) else {
+                    return;
+                };
+                let dist = Distribution {
+                    generation: number,
+                    spi: info.spi.get(),
+                    suite: info.suite,
+                    echo: request_hash,
+                    material: KeyMaterial::Exchange(reply),
+                };
+                let th = exchange_hash(&request_hash, &Message::KeyDistribution(dist.clone()));
+                let secret = Schedule::next_secret(&parent, &shared, &th, info);
+                (dist, secret)
+            }
+            None => {
+                let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+                self.rng.fill(&mut *bytes);
+                let (material, secret) = if self.config.derived {
+                    (
+                        KeyMaterial::Nonce(*bytes),
+                        parent.derive_next(&*bytes, info),
+                    )
+                } else {
+                    (KeyMaterial::Secret(*bytes), Secret::from_bytes(*bytes))
+                };
+                let dist = Distribution {
+                    generation: number,
+                    spi: info.spi.get(),
+                    suite: info.suite,
+                    echo: [0; 32],
+                    material,
+                };
+                (dist, secret)
+            }
+        };
+        let generation = Generation { info, secret };
+        match self.engine.install(peer, &generation, now) {
+            Ok(Installed::Rotated { retired }) => {
+                if let Some(generation) = retired {
+                    self.events
+                        .push_back(ServerEvent::Retired { peer, generation });
+                }
+            }
+            Ok(Installed::AlreadyHeld) => {}
+            Err(_) => return,
+        }
+        // After an init the server transmitted under generation 1 itself; from now on the role
+        // rule (N-1) holds again.
+        let _ = self.engine.set_tx_rule(peer, TxRule::Role);
         let msg_id = self.fresh_id();
-        // After an init nothing was forgotten: send at once. After a rotation the client will
-        // forget N when it installs N+2: hold the distribution until our traffic under N is in.
-        let not_before = if from_init {
-            nanos(now)
-        } else {
-            nanos(now + self.config.reorder_grace)
-        };
-        let retry = if from_init {
-            nanos(now + self.config.distribution_retry)
-        } else {
-            not_before
-        };
+        // The client will forget N when it installs N+2: hold the distribution until our
+        // traffic under N is in.
+        let not_before = nanos(now + self.config.reorder_grace);
         if let Some(c) = self.client(peer) {
             debug_assert_eq!(number, c.proven + 1, "never two generations ahead");
             c.set(flag::UNPROVEN, true);
-            c.set(flag::FROM_INIT, from_init);
+            c.set(flag::EXCHANGED, exchange.is_some());
             c.set(flag::REKEY_WANTED, false);
             c.pending = Some(Box::new(Pending {
                 dist,
                 msg_id,
                 retries: 0,
-                next_at: retry,
+                next_at: not_before,
                 not_before,
                 last_resend: 0,
             }));
         }
-        self.timers.push(Reverse((retry, peer.0, TimerKind::Retry)));
+        self.timers
+            .push(Reverse((not_before, peer.0, TimerKind::Retry)));
         self.events.push_back(ServerEvent::KeyMinted {
             peer,
             generation: info,
         });
-        if from_init {
-            self.send(peer, &Message::KeyDistribution(dist), msg_id);
-        }
     }
 
-    /// Sends the newest generation again, identical (same secret or nonce), minting nothing.
+    /// Sends the newest generation again, identical (same secret, nonce or share), minting
+    /// nothing.
     fn resend(&mut self, now: Time, peer: PeerId, implicit: bool) {
         let t = nanos(now);
+        let derived = self.config.derived;
         let Some(c) = self.client(peer) else { return };
+        let exchanged = c.has(flag::EXCHANGED);
         let (dist, id, generation) = match &c.pending {
             // Within the reorder grace the retry timer sends it; nothing earlier.
             Some(p) if t < p.not_before => return,
-            Some(p) => (p.dist, p.msg_id, p.dist.generation),
+            Some(p) => (p.dist.clone(), p.msg_id, p.dist.generation),
             None => {
-                // Proven already: rebuild the distribution from the engine's newest generation.
+                // Proven already: the client has the key. A secret-mode generation can be sent
+                // again from the engine; a derived or exchanged one cannot (nothing of it is
+                // kept that could be sent).
+                if derived || exchanged {
+                    return;
+                }
                 let Some(info) = self.engine.generation(peer, Slot::Newest) else {
                     return;
                 };
-                if self.config.derived {
-                    // The nonce is gone once proven; the client has the key.
-                    return;
-                }
                 let Some(secret) = self.engine.secret(peer, Slot::Newest) else {
                     return;
                 };
@@ -797,6 +1109,7 @@ impl KeyServer {
                     generation: info.number,
                     spi: info.spi.get(),
                     suite: info.suite,
+                    echo: [0; 32],
                     material: KeyMaterial::Secret(*secret.expose()),
                 };
                 let id = self.fresh_id();
@@ -821,9 +1134,37 @@ impl KeyServer {
             .clients
             .get(peer.0 as usize)
             .and_then(|c| Some(c.as_ref()?.addr?.get()));
-        if let Some(t) = seal_message(&mut self.engine, peer, destination, msg, id, &mut self.out) {
-            self.transmits.push_back(t);
-        }
+        seal_messages(
+            &mut self.engine,
+            peer,
+            destination,
+            msg,
+            id,
+            &mut self.out,
+            self.rng.as_mut(),
+            &mut self.transmits,
+        );
+    }
+
+    /// Sends a handshake answer to where its request came from (or, without a source, where
+    /// the client was last seen).
+    fn send_to(&mut self, peer: PeerId, from: Option<SocketAddr>, msg: &Message) {
+        let destination = from.or_else(|| {
+            self.clients
+                .get(peer.0 as usize)
+                .and_then(|c| Some(c.as_ref()?.addr?.get()))
+        });
+        let id = self.fresh_id();
+        seal_messages(
+            &mut self.engine,
+            peer,
+            destination,
+            msg,
+            id,
+            &mut self.out,
+            self.rng.as_mut(),
+            &mut self.transmits,
+        );
     }
 
     /// The keys for data-plane workers (see [`crate::DataPlane`]); ask again after
@@ -874,7 +1215,7 @@ impl KeyServer {
                     }
                     if at == p.not_before && p.retries == 0 && at != 0 {
                         // First transmission after the reorder grace.
-                        let (dist, id) = (p.dist, p.msg_id);
+                        let (dist, id) = (p.dist.clone(), p.msg_id);
                         let next = first_retry;
                         p.next_at = next;
                         p.not_before = 0;
@@ -905,7 +1246,7 @@ impl KeyServer {
                 TimerKind::Deferred => {
                     c.set(flag::DEFERRED, false);
                     if c.has(flag::REKEY_WANTED) {
-                        self.try_rotate(now, peer);
+                        self.try_rotate(now, peer, None);
                     }
                 }
             }

@@ -105,6 +105,15 @@ impl EspHeader {
         })
     }
 
+    /// The sequence-number and IV fields together: the 96 fresh bits of a version-3 handshake
+    /// message under an init key.
+    pub fn fresh(&self) -> [u8; 12] {
+        let mut out = [0u8; 12];
+        out[..4].copy_from_slice(&self.seq_low.to_be_bytes());
+        out[4..].copy_from_slice(&self.iv);
+        out
+    }
+
     /// Writes the header into the first 16 bytes of `out`.
     pub fn write(&self, out: &mut [u8; ESP_HEADER_LEN]) {
         out[0..4].copy_from_slice(&self.spi.to_be_bytes());

@@ -1,0 +1,489 @@
+//! The hybrid key exchange of protocol version 3: X25519 (RFC 7748) and ML-KEM-768 (FIPS 203),
+//! combined with the pre-shared chain (the init key, or the generation before) and the
+//! transcript in a TLS 1.3-style HKDF schedule.
+//!
+//! The client (initiator) sends a [`KeyShare`]: an ML-KEM-768 encapsulation key and an X25519
+//! public key, both ephemeral. The key server answers with a [`ReplyShare`]: an ML-KEM
+//! ciphertext to that key and its own ephemeral X25519 public key. The server keeps no
+//! ephemeral secret: it computes the new generation at once ([`respond`]) and erases its half.
+//! The client keeps its [`Ephemeral`] only while the exchange is in flight; [`Ephemeral::finish`]
+//! consumes it.
+//!
+//! Layouts follow the TLS `X25519MLKEM768` hybrid (draft-ietf-tls-ecdhe-mlkem): the ML-KEM part
+//! first, then the X25519 part, in the shares and in the shared secret
+//! (`ss = ss_mlkem ‖ ss_x25519`, 64 bytes). The schedule ([`Schedule`]) is TLS 1.3's
+//! PSK-(EC)DHE shape (RFC 8446 §7.1):
+//!
+//! ```text
+//! early   = HKDF-Extract(salt = 0^32,    IKM = chain)        chain: init key or secret(N)
+//! derived = HKDF-Expand(early, "pktc3 derived", 32)
+//! hs      = HKDF-Extract(salt = derived, IKM = ss_mlkem ‖ ss_x25519)
+//! secret(N+1) = HKDF-Expand(hs, "pktc3 generation" ‖ th ‖ N+1 ‖ spi ‖ suite, 32)
+//! ```
+//!
+//! with `th` the SHA-256 transcript hash of the request and the reply (`docs/protocol.md`). The
+//! result is secret if the chain is secret (an attacker without the init key learns nothing,
+//! as before) or if either component of the exchange holds (X25519 today, ML-KEM against a
+//! quantum computer later): forward secrecy once both ephemerals are erased.
+
+use crate::control::Random;
+use crate::keys::{GenerationInfo, Secret};
+use core::fmt;
+use hkdf::Hkdf;
+use ml_kem::{Decapsulate, KeyExport, MlKem768};
+use sha2::Sha256;
+use zeroize::{Zeroize, Zeroizing};
+
+/// Length of an ML-KEM-768 encapsulation key.
+pub const MLKEM_EK_LEN: usize = 1184;
+/// Length of an ML-KEM-768 ciphertext.
+pub const MLKEM_CT_LEN: usize = 1088;
+/// Length of an X25519 public key.
+pub const X25519_LEN: usize = 32;
+/// Length of the client's share: encapsulation key ‖ X25519 public key.
+pub const KEY_SHARE_LEN: usize = MLKEM_EK_LEN + X25519_LEN;
+/// Length of the server's share: ciphertext ‖ X25519 public key.
+pub const REPLY_SHARE_LEN: usize = MLKEM_CT_LEN + X25519_LEN;
+
+/// The client's public share. Public: no secret in it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyShare(pub Box<[u8; KEY_SHARE_LEN]>);
+
+/// The server's public share. Public: no secret in it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReplyShare(pub Box<[u8; REPLY_SHARE_LEN]>);
+
+impl fmt::Debug for KeyShare {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyShare({} bytes)", KEY_SHARE_LEN)
+    }
+}
+
+impl fmt::Debug for ReplyShare {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ReplyShare({} bytes)", REPLY_SHARE_LEN)
+    }
+}
+
+/// Why an exchange failed. Every case drops the message that carried the share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KexError {
+    /// The ML-KEM encapsulation key fails the FIPS 203 §7.2 modulus check.
+    InvalidEncapsulationKey,
+    /// The X25519 result is all zero (a low-order point: RFC 7748 §6.1).
+    NonContributory,
+}
+
+impl fmt::Display for KexError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KexError::InvalidEncapsulationKey => "invalid ML-KEM-768 encapsulation key",
+            KexError::NonContributory => "X25519 shared secret is all zero",
+        })
+    }
+}
+
+impl std::error::Error for KexError {}
+
+/// The 64-byte hybrid shared secret `ss_mlkem ‖ ss_x25519`. Zeroized on drop.
+pub struct SharedSecret(Zeroizing<[u8; 64]>);
+
+impl SharedSecret {
+    /// The bytes (for known-answer tests).
+    pub fn expose(&self) -> &[u8; 64] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SharedSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SharedSecret(<redacted>)")
+    }
+}
+
+/// The client's ephemeral secrets while an exchange is in flight. Zeroized on drop; `Debug`
+/// shows nothing secret.
+pub struct Ephemeral {
+    /// ML-KEM seed `d ‖ z` (FIPS 203 §7.1): the decapsulation key is re-derived from it.
+    mlkem_seed: Zeroizing<[u8; 64]>,
+    x25519: Zeroizing<[u8; 32]>,
+    share: KeyShare,
+}
+
+impl fmt::Debug for Ephemeral {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Ephemeral(<redacted>)")
+    }
+}
+
+fn mlkem_dk(seed: &[u8; 64]) -> ml_kem::DecapsulationKey<MlKem768> {
+    ml_kem::DecapsulationKey::<MlKem768>::from_seed((*seed).into())
+}
+
+impl Ephemeral {
+    /// Fresh ephemeral keys from `rng` (96 bytes drawn).
+    pub fn generate(rng: &mut dyn Random) -> Self {
+        let mut mlkem_seed = Zeroizing::new([0u8; 64]);
+        let mut x25519 = Zeroizing::new([0u8; 32]);
+        rng.fill(&mut *mlkem_seed);
+        rng.fill(&mut *x25519);
+        Self::from_parts(mlkem_seed, x25519)
+    }
+
+    /// Ephemeral keys from given secrets (known-answer tests).
+    pub fn from_parts(mlkem_seed: Zeroizing<[u8; 64]>, x25519: Zeroizing<[u8; 32]>) -> Self {
+        let dk = mlkem_dk(&mlkem_seed);
+        let mut share = Box::new([0u8; KEY_SHARE_LEN]);
+        share[..MLKEM_EK_LEN].copy_from_slice(&dk.encapsulation_key().to_bytes());
+        let sk = x25519_dalek::StaticSecret::from(*x25519);
+        share[MLKEM_EK_LEN..].copy_from_slice(x25519_dalek::PublicKey::from(&sk).as_bytes());
+        Self {
+            mlkem_seed,
+            x25519,
+            share: KeyShare(share),
+        }
+    }
+
+    /// The public share to send.
+    pub fn share(&self) -> &KeyShare {
+        &self.share
+    }
+
+    /// Completes the exchange with the server's share; the ephemeral secrets are erased.
+    ///
+    /// # Errors
+    /// [`KexError::NonContributory`] for a low-order X25519 point. (A wrong ML-KEM ciphertext
+    /// yields an unrelated secret by implicit rejection, and the key confirmation or the first
+    /// packet then fails.)
+    pub fn finish(&self, reply: &ReplyShare) -> Result<SharedSecret, KexError> {
+        let dk = mlkem_dk(&self.mlkem_seed);
+        let ct: &[u8] = &reply.0[..MLKEM_CT_LEN];
+        let ss_kem = dk
+            .decapsulate_slice(ct)
+            .map_err(|_| KexError::InvalidEncapsulationKey)?;
+        let mut out = Zeroizing::new([0u8; 64]);
+        out[..32].copy_from_slice(&ss_kem);
+        let sk = x25519_dalek::StaticSecret::from(*self.x25519);
+        let mut peer = [0u8; 32];
+        peer.copy_from_slice(&reply.0[MLKEM_CT_LEN..]);
+        let dh = sk.diffie_hellman(&x25519_dalek::PublicKey::from(peer));
+        if !dh.was_contributory() {
+            return Err(KexError::NonContributory);
+        }
+        out[32..].copy_from_slice(dh.as_bytes());
+        Ok(SharedSecret(out))
+    }
+}
+
+/// The server's side: encapsulates to the client's key and runs X25519 with a fresh ephemeral,
+/// which is erased before returning. Draws 64 bytes from `rng`.
+///
+/// # Errors
+/// [`KexError::InvalidEncapsulationKey`], [`KexError::NonContributory`].
+pub fn respond(
+    share: &KeyShare,
+    rng: &mut dyn Random,
+) -> Result<(ReplyShare, SharedSecret), KexError> {
+    let mut m = Zeroizing::new([0u8; 32]);
+    let mut x = Zeroizing::new([0u8; 32]);
+    rng.fill(&mut *m);
+    rng.fill(&mut *x);
+    respond_with(share, &m, &x)
+}
+
+/// [`respond`] with given randomness (known-answer tests): `m` for ML-KEM.Encaps, `x` the
+/// X25519 secret.
+///
+/// # Errors
+/// As [`respond`].
+pub fn respond_with(
+    share: &KeyShare,
+    m: &[u8; 32],
+    x: &[u8; 32],
+) -> Result<(ReplyShare, SharedSecret), KexError> {
+    let ek_bytes: &[u8; MLKEM_EK_LEN] = share.0[..MLKEM_EK_LEN]
+        .try_into()
+        .map_err(|_| KexError::InvalidEncapsulationKey)?;
+    let ek = ml_kem::EncapsulationKey::<MlKem768>::new(&(*ek_bytes).into())
+        .map_err(|_| KexError::InvalidEncapsulationKey)?;
+    let (ct, ss_kem) = ek.encapsulate_deterministic(&(*m).into());
+    let mut out = Zeroizing::new([0u8; 64]);
+    out[..32].copy_from_slice(&ss_kem);
+    let sk = x25519_dalek::StaticSecret::from(*x);
+    let mut peer = [0u8; 32];
+    peer.copy_from_slice(&share.0[MLKEM_EK_LEN..]);
+    let dh = sk.diffie_hellman(&x25519_dalek::PublicKey::from(peer));
+    if !dh.was_contributory() {
+        return Err(KexError::NonContributory);
+    }
+    out[32..].copy_from_slice(dh.as_bytes());
+    let mut reply = Box::new([0u8; REPLY_SHARE_LEN]);
+    reply[..MLKEM_CT_LEN].copy_from_slice(ct.as_slice());
+    reply[MLKEM_CT_LEN..].copy_from_slice(x25519_dalek::PublicKey::from(&sk).as_bytes());
+    Ok((ReplyShare(reply), SharedSecret(out)))
+}
+
+/// The key schedule of version 3: from the chain (the init key or the previous generation's
+/// secret), the optional hybrid shared secret and the transcript hash to the new generation's
+/// secret, and the key that confirms it.
+pub struct Schedule;
+
+impl Schedule {
+    /// `secret(N+1)`: with a key exchange, TLS 1.3's PSK-(EC)DHE extraction (see the module
+    /// documentation); without one (protocol option `pfs = "off"`), the chain alone cannot
+    /// give forward secrecy and this is not used (the secret is distributed or derived as in
+    /// version 2, bound to the transcript by the echo).
+    pub fn next_secret(
+        chain: &Secret,
+        shared: &SharedSecret,
+        transcript: &[u8; 32],
+        next: GenerationInfo,
+    ) -> Secret {
+        let (early, _) = Hkdf::<Sha256>::extract(Some(&[0u8; 32]), chain.expose());
+        let mut derived = Zeroizing::new([0u8; 32]);
+        Hkdf::<Sha256>::from_prk(&early)
+            .expect("32-byte PRK")
+            .expand(b"pktc3 derived", &mut *derived)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        let mut early = early;
+        early.zeroize();
+        let (_, hs) = Hkdf::<Sha256>::extract(Some(&*derived), &*shared.0);
+        let mut info = [0u8; 16 + 32 + 13];
+        info[..16].copy_from_slice(b"pktc3 generation");
+        info[16..48].copy_from_slice(transcript);
+        info[48..56].copy_from_slice(&next.number.to_be_bytes());
+        info[56..60].copy_from_slice(&next.spi.get().to_be_bytes());
+        info[60] = next.suite.id();
+        let mut out = [0u8; 32];
+        hs.expand(&info, &mut out)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        let secret = Secret::from_bytes(out);
+        out.zeroize();
+        secret
+    }
+
+    /// The key confirmation of an init handshake: `HMAC-SHA256(K, "pktc3 confirm" ‖ th)` with
+    /// `K = HKDF-Expand(secret(1), "pktc3 confirm key" ‖ th, 32)`. Only a holder of the new
+    /// generation's secret computes it; it names the transcript, so it confirms nothing else.
+    pub fn confirm(secret: &Secret, transcript: &[u8; 32]) -> [u8; 32] {
+        use hmac::{KeyInit, Mac};
+        let mut info = [0u8; 17 + 32];
+        info[..17].copy_from_slice(b"pktc3 confirm key");
+        info[17..].copy_from_slice(transcript);
+        let mut key = Zeroizing::new([0u8; 32]);
+        Hkdf::<Sha256>::from_prk(secret.expose())
+            .expect("32-byte PRK")
+            .expand(&info, &mut *key)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        let mut mac =
+            hmac::Hmac::<Sha256>::new_from_slice(&*key).expect("HMAC takes keys of any length");
+        mac.update(b"pktc3 confirm");
+        mac.update(transcript);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Whether `tag` is [`Self::confirm`] of `secret` and `transcript` (constant time).
+    pub fn verify_confirm(secret: &Secret, transcript: &[u8; 32], tag: &[u8; 32]) -> bool {
+        use subtle::ConstantTimeEq;
+        Self::confirm(secret, transcript).ct_eq(tag).into()
+    }
+}
+
+/// SHA-256 over `parts` in order, each preceded by its length (u32, big-endian), under the
+/// domain label `label`: the transcript hashes of version 3.
+pub fn transcript(label: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = Sha256::new();
+    h.update((label.len() as u32).to_be_bytes());
+    h.update(label);
+    for p in parts {
+        h.update((p.len() as u32).to_be_bytes());
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::SeededRandom;
+    use crate::{Spi, Suite};
+
+    fn h32(s: &str) -> [u8; 32] {
+        let v = hex::decode(s).unwrap_or_default();
+        v.try_into().unwrap_or([0; 32])
+    }
+
+    /// RFC 7748 §6.1: Alice is the client's X25519 half, Bob the server's.
+    #[test]
+    fn x25519_part_matches_rfc7748() {
+        let alice = h32("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a");
+        let alice_pub = h32("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a");
+        let bob = h32("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb");
+        let bob_pub = h32("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f");
+        let shared = h32("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742");
+        let eph = Ephemeral::from_parts(Zeroizing::new([7; 64]), Zeroizing::new(alice));
+        assert_eq!(eph.share().0[MLKEM_EK_LEN..], alice_pub);
+        let (reply, ss_server) =
+            respond_with(eph.share(), &[9; 32], &bob).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(reply.0[MLKEM_CT_LEN..], bob_pub);
+        assert_eq!(ss_server.expose()[32..], shared);
+        let ss_client = eph.finish(&reply).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ss_client.expose(), ss_server.expose());
+    }
+
+    /// The C2SP CCTV "accumulated" ML-KEM-768 vectors (final FIPS 203): inputs from one
+    /// SHAKE-128 stream over the empty string, every output absorbed by another SHAKE-128.
+    fn accumulated(count: usize) -> [u8; 32] {
+        #![allow(deprecated)]
+        use ml_kem::ExpandedKeyEncoding;
+        use shake::{ExtendableOutput, Update, XofReader};
+        let mut rng = shake::Shake128::default().finalize_xof();
+        let mut acc = shake::Shake128::default();
+        for _ in 0..count {
+            let mut seed = [0u8; 64];
+            let mut m = [0u8; 32];
+            let mut bad_ct = [0u8; MLKEM_CT_LEN];
+            rng.read(&mut seed);
+            rng.read(&mut m);
+            rng.read(&mut bad_ct);
+            let dk = mlkem_dk(&seed);
+            let ek = dk.encapsulation_key();
+            let (ct, k) = ek.encapsulate_deterministic(&m.into());
+            let k_dec = dk.decapsulate_slice(ct.as_slice()).unwrap_or_default();
+            assert_eq!(k_dec, k, "decapsulation returns the encapsulated key");
+            let k_bad = dk.decapsulate_slice(&bad_ct).unwrap_or_default();
+            acc.update(&ek.to_bytes());
+            acc.update(&dk.to_expanded_bytes());
+            acc.update(ct.as_slice());
+            acc.update(&k);
+            acc.update(&k_bad);
+        }
+        let mut out = [0u8; 32];
+        acc.finalize_xof().read(&mut out);
+        out
+    }
+
+    #[test]
+    fn mlkem768_matches_the_accumulated_fips203_vectors() {
+        assert_eq!(
+            hex::encode(accumulated(100)),
+            "8d65b902f28edc683cebee2872962fd165a4d197c9e24ec74caa4470270df0b7"
+        );
+        assert_eq!(
+            hex::encode(accumulated(10_000)),
+            "f959d18d3d1180121433bf0e05f11e7908cf9d03edc150b2b07cb90bef5bc1c1"
+        );
+    }
+
+    /// The ML-KEM part of our shares and shared secret is the FIPS 203 one.
+    #[test]
+    fn mlkem_part_of_the_combiner_is_fips203() {
+        let seed = [3u8; 64];
+        let eph = Ephemeral::from_parts(Zeroizing::new(seed), Zeroizing::new([5; 32]));
+        let dk = mlkem_dk(&seed);
+        assert_eq!(
+            eph.share().0[..MLKEM_EK_LEN],
+            dk.encapsulation_key().to_bytes()[..]
+        );
+        let (reply, ss) =
+            respond_with(eph.share(), &[8; 32], &[6; 32]).unwrap_or_else(|e| panic!("{e}"));
+        let (ct, k) = dk
+            .encapsulation_key()
+            .encapsulate_deterministic(&[8u8; 32].into());
+        assert_eq!(reply.0[..MLKEM_CT_LEN], ct.as_slice()[..]);
+        assert_eq!(ss.expose()[..32], k[..]);
+    }
+
+    fn info() -> GenerationInfo {
+        GenerationInfo {
+            number: 1,
+            spi: Spi::new(0x1234).unwrap_or_else(|_| unreachable!()),
+            suite: Suite::Aes256Gcm,
+        }
+    }
+
+    #[test]
+    fn the_combined_secret_depends_on_every_input() {
+        let eph = Ephemeral::from_parts(Zeroizing::new([1; 64]), Zeroizing::new([2; 32]));
+        let (reply, ss) =
+            respond_with(eph.share(), &[3; 32], &[4; 32]).unwrap_or_else(|e| panic!("{e}"));
+        let chain = Secret::from_bytes([9; 32]);
+        let th = [7u8; 32];
+        let base = Schedule::next_secret(&chain, &ss, &th, info());
+        // Same inputs, same secret; the client agrees.
+        let client = eph.finish(&reply).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(Schedule::next_secret(&chain, &client, &th, info()), base);
+        // Either component of the shared secret, the chain, the transcript, the generation.
+        for i in [0, 31, 32, 63] {
+            let mut other = *ss.expose();
+            other[i] ^= 1;
+            let other = SharedSecret(Zeroizing::new(other));
+            assert_ne!(
+                Schedule::next_secret(&chain, &other, &th, info()),
+                base,
+                "byte {i}"
+            );
+        }
+        assert_ne!(
+            Schedule::next_secret(&Secret::from_bytes([8; 32]), &ss, &th, info()),
+            base
+        );
+        assert_ne!(Schedule::next_secret(&chain, &ss, &[6; 32], info()), base);
+        let mut next = info();
+        next.number = 2;
+        assert_ne!(Schedule::next_secret(&chain, &ss, &th, next), base);
+        // A different server ephemeral (X25519 or ML-KEM randomness) changes it too.
+        let eph = Ephemeral::from_parts(Zeroizing::new([1; 64]), Zeroizing::new([2; 32]));
+        for (m, x) in [([3u8; 32], [5u8; 32]), ([4u8; 32], [4u8; 32])] {
+            let (_, ss2) = respond_with(eph.share(), &m, &x).unwrap_or_else(|e| panic!("{e}"));
+            assert_ne!(Schedule::next_secret(&chain, &ss2, &th, info()), base);
+        }
+    }
+
+    #[test]
+    fn random_exchanges_agree_and_confirmations_verify() {
+        let mut rng = SeededRandom::new(5);
+        for _ in 0..8 {
+            let eph = Ephemeral::generate(&mut rng);
+            let (reply, ss) = respond(eph.share(), &mut rng).unwrap_or_else(|e| panic!("{e}"));
+            let cs = eph.finish(&reply).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(cs.expose(), ss.expose());
+            let s = Schedule::next_secret(&Secret::from_bytes([1; 32]), &ss, &[2; 32], info());
+            let tag = Schedule::confirm(&s, &[2; 32]);
+            assert!(Schedule::verify_confirm(&s, &[2; 32], &tag));
+            assert!(!Schedule::verify_confirm(&s, &[3; 32], &tag));
+            let mut bad = tag;
+            bad[0] ^= 1;
+            assert!(!Schedule::verify_confirm(&s, &[2; 32], &bad));
+        }
+    }
+
+    #[test]
+    fn bad_shares_are_refused() {
+        // A low-order X25519 point (zero) from the client.
+        let mut share = Ephemeral::from_parts(Zeroizing::new([1; 64]), Zeroizing::new([2; 32]))
+            .share()
+            .clone();
+        share.0[MLKEM_EK_LEN..].fill(0);
+        assert_eq!(
+            respond_with(&share, &[1; 32], &[1; 32]).err(),
+            Some(KexError::NonContributory)
+        );
+        // An encapsulation key whose coefficients are not reduced (FIPS 203 §7.2).
+        let mut share = Ephemeral::from_parts(Zeroizing::new([1; 64]), Zeroizing::new([2; 32]))
+            .share()
+            .clone();
+        share.0[..3].fill(0xff);
+        assert_eq!(
+            respond_with(&share, &[1; 32], &[1; 32]).err(),
+            Some(KexError::InvalidEncapsulationKey)
+        );
+        // A low-order point from the server.
+        let eph = Ephemeral::from_parts(Zeroizing::new([1; 64]), Zeroizing::new([2; 32]));
+        let (mut reply, _) =
+            respond_with(eph.share(), &[1; 32], &[1; 32]).unwrap_or_else(|e| panic!("{e}"));
+        reply.0[MLKEM_CT_LEN..].fill(0);
+        assert_eq!(eph.finish(&reply).err(), Some(KexError::NonContributory));
+    }
+}
