@@ -14,7 +14,7 @@
 #![allow(non_camel_case_types)]
 
 use pktcrypt_core::control::{
-    ClientConfig, Incoming, KeyClient, KeyServer, Random, ServerConfig, Transmit,
+    ClientConfig, Incoming, KeyClient, KeyServer, Pfs, Random, ServerConfig, Transmit,
 };
 use pktcrypt_core::wire::esp::{ESP_HEADER_LEN, MAX_OVERHEAD, NextHeader};
 use pktcrypt_core::{DropReason, Generation, PeerId, Role, SealError, Slot, Suite, Time, keycode};
@@ -160,6 +160,8 @@ pub enum pktcrypt_drop_reason {
     InitData,
     /// A handshake message answering no request in flight (a replay, or late).
     StaleHandshake,
+    /// An init request beyond the key server's handshake rate limit.
+    HandshakeRateLimited,
 }
 
 impl From<DropReason> for pktcrypt_drop_reason {
@@ -185,6 +187,7 @@ impl From<DropReason> for pktcrypt_drop_reason {
             DropReason::ControlUnexpected => P::ControlUnexpected,
             DropReason::InitData => P::InitData,
             DropReason::StaleHandshake => P::StaleHandshake,
+            DropReason::HandshakeRateLimited => P::HandshakeRateLimited,
         }
     }
 }
@@ -228,10 +231,32 @@ pub struct pktcrypt_config {
     pub trigger_auth_failures: u64,
     /// Rekey a generation this old (ms); 0: the default (one hour).
     pub trigger_age_ms: u64,
-    /// First init-key sequence number of this boot; 0: derived from the wall clock.
+    /// Ignored since protocol version 3 (init-key messages no longer count from a boot-time
+    /// base: each has a key of its own); kept so that existing callers still compile.
     pub init_seq_base: u64,
     /// AEAD implementation.
     pub backend: pktcrypt_backend,
+    /// Server: forward secrecy, which rotations exchange fresh ephemeral keys (X25519 +
+    /// ML-KEM-768): `PKTCRYPT_PFS_EVERY_REKEY` (0, the default), `PKTCRYPT_PFS_INIT_ONLY`,
+    /// `PKTCRYPT_PFS_OFF`, or N > 1 for every Nth rotation.
+    pub pfs: i32,
+}
+
+/// `pktcrypt_config.pfs`: every rotation exchanges ephemeral keys (the default).
+pub const PKTCRYPT_PFS_EVERY_REKEY: i32 = 0;
+/// `pktcrypt_config.pfs`: only the init handshake exchanges keys; rotations ratchet from it.
+pub const PKTCRYPT_PFS_INIT_ONLY: i32 = -1;
+/// `pktcrypt_config.pfs`: no key exchange at all (no forward secrecy; for comparison only).
+pub const PKTCRYPT_PFS_OFF: i32 = -2;
+
+fn pfs_of(v: i32) -> Result<Pfs, String> {
+    match v {
+        PKTCRYPT_PFS_EVERY_REKEY | 1 => Ok(Pfs::EveryRekey),
+        PKTCRYPT_PFS_INIT_ONLY => Ok(Pfs::InitOnly),
+        PKTCRYPT_PFS_OFF => Ok(Pfs::Off),
+        n if n > 1 => Ok(Pfs::Every(n as u32)),
+        n => Err(format!("pfs: {n} is not a policy")),
+    }
 }
 
 /// Status of one peer of an endpoint.
@@ -254,6 +279,11 @@ pub struct pktcrypt_peer_status {
     pub auth_failures: u64,
     /// Replays refused under all held generations.
     pub replays: u64,
+    /// Whether the newest generation came from a key exchange (forward secret).
+    pub newest_exchanged: bool,
+    /// When the newest generation was installed, on the caller's clock (the `now_ns` of that
+    /// call).
+    pub newest_installed_ns: u64,
 }
 
 /// Metadata of a received datagram.
@@ -397,6 +427,7 @@ pub unsafe extern "C" fn pktcrypt_config_init(
             trigger_age_ms: 0,
             init_seq_base: 0,
             backend: pktcrypt_backend::Default,
+            pfs: PKTCRYPT_PFS_EVERY_REKEY,
         };
         // SAFETY: checked non-null; the caller provides writable memory for one config.
         unsafe { cfg.write(value) };
@@ -480,6 +511,10 @@ pub unsafe extern "C" fn pktcrypt_endpoint_new(
                 };
                 c.suite = cfg.suite.into();
                 c.derived = cfg.derived;
+                c.pfs = match pfs_of(cfg.pfs) {
+                    Ok(p) => p,
+                    Err(_) => return pktcrypt_result::ErrConfig,
+                };
                 c.rekey_interval = (cfg.rekey_interval_ms > 0).then(|| ms(cfg.rekey_interval_ms));
                 c.reorder_grace = ms(cfg.reorder_grace_ms);
                 triggers(&cfg, &mut c.triggers);
@@ -891,6 +926,9 @@ pub unsafe extern "C" fn pktcrypt_status(
                 Slot::Newest => {
                     out.newest_generation = sa.info.number;
                     out.newest_spi = sa.info.spi.get();
+                    out.newest_exchanged = sa.exchanged;
+                    out.newest_installed_ns =
+                        u64::try_from(sa.installed_at.as_nanos()).unwrap_or(u64::MAX);
                 }
                 Slot::Previous => out.previous_generation = sa.info.number,
                 Slot::Init => {}

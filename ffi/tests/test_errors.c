@@ -38,6 +38,10 @@ int main(void) {
   CHECK_OK(pktcrypt_config_init(&scfg, PKTCRYPT_ROLE_SERVER));
   apply_test_backend(&scfg);
   pktcrypt_endpoint *srv = NULL;
+  /* A forward-secrecy policy that is not one. */
+  scfg.pfs = -7;
+  CHECK(pktcrypt_endpoint_new(&scfg, NULL, 0, &srv) == PKTCRYPT_RESULT_ERR_CONFIG);
+  scfg.pfs = PKTCRYPT_PFS_EVERY_REKEY;
   CHECK(pktcrypt_endpoint_new(&scfg, key, 0, &srv) == PKTCRYPT_RESULT_ERR_WRONG_ROLE);
   CHECK_OK(pktcrypt_endpoint_new(&scfg, NULL, 0, &srv));
   CHECK(pktcrypt_endpoint_add_peer(srv, NULL, 0, &peer) == PKTCRYPT_RESULT_ERR_NULL);

@@ -212,7 +212,7 @@ impl Endpoint {
     #[new]
     #[pyo3(signature = (role, init_key, *, suite_name, derived, rekey_interval_ms, update_interval_ms,
         hello_interval_ms, request_timeout_ms, max_backoff_ms, max_retries, reorder_grace_ms,
-        replay_window, backend, triggers=None, now_ns=None))]
+        replay_window, backend, triggers=None, pfs="every-rekey", now_ns=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         role: &str,
@@ -229,6 +229,7 @@ impl Endpoint {
         replay_window: u32,
         backend: &str,
         triggers: Option<&Bound<'_, PyDict>>,
+        pfs: &str,
         now_ns: Option<u64>,
     ) -> PyResult<Self> {
         let mut trig = pktcrypt_core::control::RekeyTriggers::for_suite(suite(suite_name)?, 65535);
@@ -269,14 +270,13 @@ impl Endpoint {
                 "replay_window: must be a multiple of 64 in 64..8192",
             ));
         }
-        let micros = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let pfs: pktcrypt_core::control::Pfs = pfs
+            .parse()
+            .map_err(|e| ConfigError::new_err(format!("pfs: {e}")))?;
         let engine = |r: Role| {
             let mut e = pktcrypt_core::EngineConfig::new(r);
             e.backend = backend;
             e.replay_window = replay_window;
-            e.init_seq_base = pktcrypt_core::boot_seq_base(micros);
             e
         };
         let now = time(now_ns);
@@ -291,6 +291,7 @@ impl Endpoint {
                 c.engine = engine(Role::KeyServer);
                 c.suite = suite(suite_name)?;
                 c.derived = derived;
+                c.pfs = pfs;
                 c.rekey_interval =
                     (rekey_interval_ms > 0).then(|| Duration::from_millis(rekey_interval_ms));
                 c.reorder_grace = Duration::from_millis(reorder_grace_ms);
@@ -479,6 +480,11 @@ impl Endpoint {
             d.set_item(format!("{key}_generation"), sa.info.number)?;
             d.set_item(format!("{key}_spi"), sa.info.spi.get())?;
             d.set_item(format!("{key}_suite"), sa.info.suite.name())?;
+            d.set_item(format!("{key}_exchanged"), sa.exchanged)?;
+            d.set_item(
+                format!("{key}_installed_ns"),
+                u64::try_from(sa.installed_at.as_nanos()).unwrap_or(u64::MAX),
+            )?;
             if sa.transmitting {
                 d.set_item("tx_generation", sa.info.number)?;
                 d.set_item("packets_sealed", sa.counters.packets_sealed)?;

@@ -596,10 +596,17 @@ impl Sim {
         )
     }
 
-    /// Whether client `i` and the server agree on one newest generation, proven.
+    /// Whether client `i` and the server agree on one newest generation (the same number and
+    /// SPI: a restarted client's new generation 1 is not the server's old one), proven.
     pub fn converged(&self, i: usize) -> bool {
         let (c, s, p) = self.generations(i);
-        c > 0 && c == s && s == p
+        let client = &self.clients[i];
+        let same = client
+            .machine
+            .engine()
+            .generation(client.machine.server(), Slot::Newest)
+            == self.server.engine().generation(client.peer, Slot::Newest);
+        c > 0 && c == s && s == p && same
     }
 
     /// Runs in steps of `step` until every client converged, up to `limit`. Returns the time it

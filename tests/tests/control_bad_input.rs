@@ -2,8 +2,8 @@
 //! carry on.
 
 use pktcrypt_core::control::message::{
-    Assembled, Distribution, KeyMaterial, MAX_UNFRAGMENTED, Message, Reassembler, VERSION,
-    fragments,
+    Assembled, BISCUIT_LEN, Biscuit, Distribution, KeyMaterial, MAX_UNFRAGMENTED, Message,
+    Reassembler, VERSION, fragments,
 };
 use pktcrypt_core::control::{
     ClientConfig, Incoming, KeyClient, KeyServer, SeededRandom, ServerConfig,
@@ -115,7 +115,8 @@ fn server_drops_bad_control_messages_and_keeps_working() {
         }
         let replies: Vec<_> = std::iter::from_fn(|| server.poll_transmit()).collect();
         let reply_bytes: usize = replies.iter().map(|r| r.contents.len()).sum();
-        assert_eq!(replies.len(), 1);
+        // One answer, in two fragments over a 1280-byte path like the request.
+        assert_eq!(replies.len(), 2);
         assert!(
             reply_bytes <= request_bytes,
             "{reply_bytes} > {request_bytes}"
@@ -171,13 +172,16 @@ fn client_drops_bad_control_messages() {
         ),
         // An answer to an init request the client never made (a recorded one).
         (
-            Message::KeyInitReply(Distribution {
-                generation: 1,
-                spi: 0x777,
-                suite: Suite::Aes256Gcm,
-                echo: [1; 32],
-                material: KeyMaterial::Secret([2; 32]),
-            })
+            Message::KeyInitReply {
+                dist: Distribution {
+                    generation: 1,
+                    spi: 0x777,
+                    suite: Suite::Aes256Gcm,
+                    echo: [1; 32],
+                    material: KeyMaterial::Secret([2; 32]),
+                },
+                biscuit: Biscuit(Box::new([3; BISCUIT_LEN])),
+            }
             .encode(6)
             .as_bytes()
             .to_vec(),
@@ -228,16 +232,20 @@ fn message_codec_round_trips_and_rejects_trailing_bytes() {
             echo: [0; 32],
             material: KeyMaterial::Nonce([3; 32]),
         }),
-        Message::KeyInitReply(Distribution {
-            generation: 1,
-            spi: 0x1235,
-            suite: Suite::Aes256Gcm,
-            echo: [8; 32],
-            material: KeyMaterial::Exchange(reply),
-        }),
+        Message::KeyInitReply {
+            dist: Distribution {
+                generation: 1,
+                spi: 0x1235,
+                suite: Suite::Aes256Gcm,
+                echo: [8; 32],
+                material: KeyMaterial::Exchange(reply),
+            },
+            biscuit: Biscuit(Box::new([4; BISCUIT_LEN])),
+        },
         Message::KeyInitConfirm {
             echo: [1; 32],
             tag: [2; 32],
+            biscuit: Biscuit(Box::new([5; BISCUIT_LEN])),
         },
         Message::KeyUpdateNeeded { newest: 3 },
         Message::KeyAck { generation: 2 },

@@ -106,6 +106,10 @@ class Status:
     packets_opened: int
     auth_failures: int
     replays: int
+    newest_exchanged: bool = False
+    """Whether the newest generation came from a key exchange (forward secret)."""
+    newest_installed: Optional[float] = None
+    """When the newest generation was installed (seconds on :func:`now`'s clock)."""
 
 
 @dataclass(frozen=True)
@@ -162,7 +166,10 @@ class Endpoint:
     Times (``now``) are seconds on :func:`now`'s clock; leave them out to use it. ``triggers``
     overrides rekey triggers (defaults: half the AEAD limits of RFC 9001 §6.6, and one hour):
     ``packets_sealed``, ``packets_opened``, ``packets_total``, ``bytes``, ``auth_failures``,
-    ``max_age`` (seconds).
+    ``max_age`` (seconds). ``pfs`` (servers) says which rotations exchange fresh ephemeral keys
+    (X25519 + ML-KEM-768): ``"every-rekey"`` (the default), ``"init-only"``, ``"off"``, or N for
+    every Nth rotation. :meth:`status` reports per generation whether it came from an exchange
+    (``newest_exchanged``) and when (``newest_installed_ns``).
     """
 
     def __init__(
@@ -182,6 +189,7 @@ class Endpoint:
         replay_window: int = 1024,
         backend: Backend = Backend.DEFAULT,
         triggers: Optional[dict[str, float]] = None,
+        pfs: Union[str, int] = "every-rekey",
         now: Optional[float] = None,
     ) -> None:
         self._role = Role(role)
@@ -200,6 +208,7 @@ class Endpoint:
             replay_window=replay_window,
             backend=Backend(backend).value,
             triggers=triggers,
+            pfs=str(pfs),
             now_ns=_ns(now),
         )
 
@@ -277,6 +286,8 @@ class Endpoint:
             packets_opened=num("packets_opened") or 0,
             auth_failures=num("auth_failures") or 0,
             replays=num("replays") or 0,
+            newest_exchanged=d.get("newest_exchanged") is True,
+            newest_installed=None if num("newest_installed_ns") is None else (num("newest_installed_ns") or 0) / 1e9,
         )
 
     def drops(self) -> dict[str, int]:

@@ -32,6 +32,7 @@ class Endpoint:
         replay_window: int,
         backend: str,
         triggers: Optional[dict[str, float]] = None,
+        pfs: str = "every-rekey",
         now_ns: Optional[int] = None,
     ) -> None: ...
     def add_peer(self, init_key: str, now_ns: Optional[int] = None) -> int: ...

@@ -457,6 +457,9 @@ pub struct SaStatus {
     pub counters: SaCounters,
     /// When it was installed.
     pub installed_at: Time,
+    /// Whether it came from a key exchange (forward secret: not derivable from the init key
+    /// and a capture).
+    pub exchanged: bool,
     /// Next sequence number to send.
     pub next_seq: u64,
     /// Highest sequence number received and authenticated.
@@ -828,6 +831,7 @@ impl Engine {
                     transmitting: index == tx,
                     counters: sa.counters(self.seq_base(index)),
                     installed_at: sa.installed_at(),
+                    exchanged: sa.exchanged(),
                     next_seq: sa.next_seq(),
                     highest_received: sa.highest_received(),
                     keys_expanded: sa.keys_expanded(),
@@ -944,6 +948,18 @@ impl Engine {
     pub fn sa_counters(&self, id: PeerId, slot: Slot) -> Option<(crate::SaCounters, Time)> {
         let (index, sa) = self.sa_in(id, slot)?;
         Some((sa.counters(self.seq_base(index)), sa.installed_at()))
+    }
+
+    /// Marks the generation in `slot` as coming from a key exchange (or not): status only.
+    pub fn set_exchanged(&mut self, id: PeerId, slot: Slot, exchanged: bool) {
+        let Some(peer) = self.peer_mut(id) else {
+            return;
+        };
+        if let Some(index) = peer.index_of(slot)
+            && let Some(sa) = peer.slots[usize::from(index)].as_mut()
+        {
+            sa.set_exchanged(exchanged);
+        }
     }
 
     /// The generation in `slot` and when it was installed.

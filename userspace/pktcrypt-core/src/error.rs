@@ -152,6 +152,8 @@ drop_reasons! {
     /// An authentic handshake message that answers no request in flight (a replay, or late):
     /// it changes nothing.
     StaleHandshake = "stale_handshake",
+    /// An init request beyond the key server's handshake rate limit (the client retries).
+    HandshakeRateLimited = "handshake_rate_limited",
 }
 
 impl fmt::Display for DropReason {

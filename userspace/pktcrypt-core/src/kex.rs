@@ -149,7 +149,8 @@ impl Ephemeral {
         &self.share
     }
 
-    /// Completes the exchange with the server's share; the ephemeral secrets are erased.
+    /// Completes the exchange with the server's share. The ephemeral secrets stay (a copy of
+    /// the same answer may come again) until `self` is dropped, which erases them.
     ///
     /// # Errors
     /// [`KexError::NonContributory`] for a low-order X25519 point. (A wrong ML-KEM ciphertext
@@ -158,11 +159,12 @@ impl Ephemeral {
     pub fn finish(&self, reply: &ReplyShare) -> Result<SharedSecret, KexError> {
         let dk = mlkem_dk(&self.mlkem_seed);
         let ct: &[u8] = &reply.0[..MLKEM_CT_LEN];
-        let ss_kem = dk
+        let mut ss_kem = dk
             .decapsulate_slice(ct)
             .map_err(|_| KexError::InvalidEncapsulationKey)?;
         let mut out = Zeroizing::new([0u8; 64]);
         out[..32].copy_from_slice(&ss_kem);
+        ss_kem.as_mut_slice().zeroize();
         let sk = x25519_dalek::StaticSecret::from(*self.x25519);
         let mut peer = [0u8; 32];
         peer.copy_from_slice(&reply.0[MLKEM_CT_LEN..]);
@@ -206,9 +208,10 @@ pub fn respond_with(
         .map_err(|_| KexError::InvalidEncapsulationKey)?;
     let ek = ml_kem::EncapsulationKey::<MlKem768>::new(&(*ek_bytes).into())
         .map_err(|_| KexError::InvalidEncapsulationKey)?;
-    let (ct, ss_kem) = ek.encapsulate_deterministic(&(*m).into());
+    let (ct, mut ss_kem) = ek.encapsulate_deterministic(&(*m).into());
     let mut out = Zeroizing::new([0u8; 64]);
     out[..32].copy_from_slice(&ss_kem);
+    ss_kem.as_mut_slice().zeroize();
     let sk = x25519_dalek::StaticSecret::from(*x);
     let mut peer = [0u8; 32];
     peer.copy_from_slice(&share.0[MLKEM_EK_LEN..]);

@@ -166,12 +166,16 @@ struct Hot {
     shared: Option<Arc<SaShared>>,
 }
 
+/// [`Sa::installed_at`]'s flag bit.
+const EXCHANGED: u64 = 1 << 63;
+
 pub(crate) struct Sa {
     pub(crate) info: GenerationInfo,
     pub(crate) secret: Secret,
     /// Next sequence number to send; starts at 1 (RFC 4303 §3.3.3). Survives key eviction.
     pub(crate) next_seq: u64,
-    /// When it was installed, in nanoseconds of [`Time`].
+    /// When it was installed, in nanoseconds of [`Time`] (bit 63: the generation came from a
+    /// key exchange; 2^63 ns is 292 years of uptime).
     installed_at: u64,
     ext: Option<Box<Ext>>,
 }
@@ -182,7 +186,7 @@ impl Sa {
             info: generation.info,
             secret: generation.secret.clone(),
             next_seq: 1,
-            installed_at: u64::try_from(now.as_nanos()).unwrap_or(u64::MAX),
+            installed_at: u64::try_from(now.as_nanos()).unwrap_or(u64::MAX) & !EXCHANGED,
             ext: None,
         }
     }
@@ -255,7 +259,21 @@ impl Sa {
     }
 
     pub(crate) fn installed_at(&self) -> Time {
-        Time::from_nanos(self.installed_at)
+        Time::from_nanos(self.installed_at & !EXCHANGED)
+    }
+
+    /// Whether the generation came from a key exchange (forward secret).
+    pub(crate) fn exchanged(&self) -> bool {
+        self.installed_at & EXCHANGED != 0
+    }
+
+    /// Marks the generation as coming from a key exchange.
+    pub(crate) fn set_exchanged(&mut self, on: bool) {
+        if on {
+            self.installed_at |= EXCHANGED;
+        } else {
+            self.installed_at &= !EXCHANGED;
+        }
     }
 
     /// Derives and expands one direction's key without caching it: for a control message,

@@ -128,6 +128,28 @@ pub(crate) fn engine(role: Role, replay_window: Option<u32>) -> Result<EngineCon
     Ok(e)
 }
 
+/// `pfs = "every-rekey" | "init-only" | "off" | N` (N: every Nth rotation exchanges keys).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum PfsSetting {
+    /// A policy by name.
+    Name(String),
+    /// Every Nth rotation.
+    Every(i64),
+}
+
+impl PfsSetting {
+    pub(crate) fn parse(&self) -> Result<pktcrypt_core::control::Pfs, String> {
+        match self {
+            PfsSetting::Name(n) => n.parse(),
+            PfsSetting::Every(n) => u32::try_from(*n)
+                .map_err(|_| format!("{n} is not a positive number"))?
+                .to_string()
+                .parse(),
+        }
+    }
+}
+
 /// `[[clients]]` of a server, `[[members]]` of a group controller.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -151,6 +173,8 @@ pub(crate) struct ServerFile {
     pub(crate) suite: Option<String>,
     /// Derived-key mode.
     pub(crate) derived: Option<bool>,
+    /// Forward secrecy: which rotations exchange fresh ephemeral keys.
+    pub(crate) pfs: Option<PfsSetting>,
     /// Rotate every client this often (0: never on a timer).
     pub(crate) rekey_interval_ms: Option<u64>,
     /// Rekey timer jitter, permille.
@@ -182,6 +206,9 @@ impl ServerFile {
         c.triggers =
             pktcrypt_core::control::RekeyTriggers::for_suite(c.suite, c.engine.max_esp_len);
         c.derived = self.derived.unwrap_or(false);
+        if let Some(p) = &self.pfs {
+            c.pfs = p.parse().map_err(|e| format!("pfs: {e}"))?;
+        }
         c.rekey_interval = match self.rekey_interval_ms {
             Some(0) => None,
             Some(v) => Some(Duration::from_millis(v)),

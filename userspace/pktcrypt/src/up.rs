@@ -81,6 +81,8 @@ pub(crate) struct GatewayFile {
     pub(crate) suite: Option<String>,
     /// Derived-key mode.
     pub(crate) derived: Option<bool>,
+    /// Forward secrecy policy (see `pktcrypt server`).
+    pub(crate) pfs: Option<config::PfsSetting>,
     /// Rotation interval.
     pub(crate) rekey_interval_ms: Option<u64>,
     /// Rotation jitter.
@@ -364,6 +366,9 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     if role != "client" && file.server.is_some() {
         return Err("server: only a client has a [server] table".into());
     }
+    if role != "server" && file.pfs.is_some() {
+        return Err("pfs: only a key server has a forward-secrecy policy".into());
+    }
     if role != "server" && !file.clients.is_empty() {
         return Err("clients: only a server has [[clients]]".into());
     }
@@ -379,6 +384,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
                 listen: SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port),
                 suite: file.suite.clone(),
                 derived: file.derived,
+                pfs: file.pfs.clone(),
                 rekey_interval_ms: file.rekey_interval_ms,
                 rekey_jitter_permille: file.rekey_jitter_permille,
                 max_rekeys_per_second: file.max_rekeys_per_second,
@@ -1125,6 +1131,7 @@ fn render(
     outer: &XdpSteering,
 ) -> (String, String) {
     let engine = machine.engine();
+    let t = now();
     let mut json = format!(
         "{{\"name\":\"{name}\",\"backend\":\"{}\",\"key_changes\":{rekeys},\"events\":{events},\"peers\":[",
         engine.config().backend.name()
@@ -1150,12 +1157,14 @@ fn render(
                 let c = sa.counters;
                 let _ = write!(
                     json,
-                    "{{\"slot\":\"{:?}\",\"generation\":{},\"spi\":\"{}\",\"suite\":\"{}\",\"transmitting\":{},\"sealed\":{},\"opened\":{},\"bytes_sealed\":{},\"bytes_opened\":{},\"auth_failures\":{},\"replays\":{}}}",
+                    "{{\"slot\":\"{:?}\",\"generation\":{},\"spi\":\"{}\",\"suite\":\"{}\",\"transmitting\":{},\"exchanged\":{},\"age_s\":{:.1},\"sealed\":{},\"opened\":{},\"bytes_sealed\":{},\"bytes_opened\":{},\"auth_failures\":{},\"replays\":{}}}",
                     sa.slot,
                     sa.info.number,
                     sa.info.spi,
                     sa.info.suite,
                     sa.transmitting,
+                    sa.exchanged,
+                    t.saturating_sub(sa.installed_at).as_secs_f64(),
                     c.packets_sealed,
                     c.packets_opened,
                     c.bytes_sealed,
@@ -1168,6 +1177,11 @@ fn render(
                     prom,
                     "pktcrypt_sa_generation{{{labels}}} {}",
                     sa.info.number
+                );
+                let _ = writeln!(
+                    prom,
+                    "pktcrypt_sa_exchanged{{{labels}}} {}",
+                    u8::from(sa.exchanged)
                 );
                 let _ = writeln!(
                     prom,

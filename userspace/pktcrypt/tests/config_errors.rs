@@ -61,6 +61,15 @@ fn control_roles_name_the_bad_field() {
         ),
         "rekey_intervl_ms",
     );
+    for bad in ["\"always\"", "0", "-3", "\"0\""] {
+        fails_naming(
+            "server",
+            &format!(
+                "listen = \"127.0.0.1:0\"\npfs = {bad}\n[[clients]]\nname = \"a\"\ninit_key = \"{k}\"\n"
+            ),
+            "pfs",
+        );
+    }
     fails_naming(
         "client",
         &format!("server = \"127.0.0.1:4500\"\nreplay_window = 100\ninit_key = \"{k}\"\n"),
@@ -96,6 +105,11 @@ fn gateway_roles_name_the_bad_field() {
         "workers",
     );
     fails_naming("up", &format!("role = \"client\"\n{base}"), "server");
+    fails_naming(
+        "up",
+        &format!("role = \"client\"\n{base}pfs = \"off\"\n"),
+        "pfs",
+    );
     fails_naming(
         "up",
         &format!("role = \"server\"\n{base}backend = \"null-insecure\"\n"),

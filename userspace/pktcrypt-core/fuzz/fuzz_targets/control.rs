@@ -35,11 +35,20 @@ fuzz_target!(|data: &[u8]| {
     // The same bytes as an authenticated control message to each role.
     let mut out = vec![0u8; data.len() + 64];
     for (role, spi) in [(Role::Client, 0x1000), (Role::KeyServer, 0x1000), (Role::Client, 0x2000), (Role::KeyServer, 0x2000)] {
+        // Pairwise init keys carry handshake messages under per-message keys (protocol
+        // version 3); the group channel still seals under the init key with a counter.
+        let pairwise = spi == 0x1000;
         let mut cfg = EngineConfig::new(role);
         cfg.init_seq_base = 1 << 40;
+        cfg.handshake_init = pairwise;
         let mut e = Engine::new(cfg).expect("config");
         let p = e.add_peer(&key(spi), Time::ZERO).expect("peer");
-        let Ok(n) = e.seal_control(p, data, &mut out) else { continue };
+        let sealed = if pairwise {
+            e.seal_handshake(p, data, &mut out, [data.len() as u8; 12])
+        } else {
+            e.seal_control(p, data, &mut out)
+        };
+        let Ok(n) = sealed else { continue };
         let mut pkt = out[..n].to_vec();
         match (role, spi) {
             (Role::Client, 0x1000) => { let _ = server.handle_datagram(t, None, &mut pkt); }

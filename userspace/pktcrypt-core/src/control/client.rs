@@ -142,6 +142,10 @@ struct Request {
 struct Exchange {
     ephemeral: Ephemeral,
     request_hash: [u8; 32],
+    /// For a rotation: the request (and its id) that carries the share. Until a generation is
+    /// installed from it (or the client falls back), every update request repeats it, so that
+    /// whatever the server minted from the share still completes.
+    update: Option<(u32, Message)>,
 }
 
 /// Generation 1 installed from an init reply, confirmed to the server, not yet answered.
@@ -149,17 +153,22 @@ struct Confirming {
     request_hash: [u8; 32],
     tag: [u8; 32],
     generation: u64,
+    spi: u32,
+    biscuit: super::message::Biscuit,
 }
 
-/// Transcript labels: the request's body under `REQUEST_*`, then the exchange over the request's
-/// hash and the answer's body.
-pub(crate) const INIT_LABEL: &[u8] = b"pktcrypt v3 init request";
-pub(crate) const UPDATE_LABEL: &[u8] = b"pktcrypt v3 update request";
-pub(crate) const EXCHANGE_LABEL: &[u8] = b"pktcrypt v3 exchange";
+/// Transcript label of an init request's hash ([`crate::kex::transcript`] of its body).
+pub const INIT_LABEL: &[u8] = b"pktcrypt v3 init request";
+/// Transcript label of an update request's hash.
+pub const UPDATE_LABEL: &[u8] = b"pktcrypt v3 update request";
+/// Transcript label of an exchange: the request's hash and the answer's body.
+pub const EXCHANGE_LABEL: &[u8] = b"pktcrypt v3 exchange";
 
-/// The transcript hash over a request's hash and the body of the distribution answering it.
-pub(crate) fn exchange_hash(request_hash: &[u8; 32], answer: &Message) -> [u8; 32] {
-    let encoded = answer.encode(0);
+/// The transcript hash over a request's hash and the body of the distribution answering it
+/// (encoded as a `KEY_DISTRIBUTION`, also for an init answer, without its biscuit): what the
+/// new generation's secret and the init confirmation are bound to.
+pub fn exchange_hash(request_hash: &[u8; 32], answer: &Distribution) -> [u8; 32] {
+    let encoded = Message::KeyDistribution(answer.clone()).encode(0);
     transcript(EXCHANGE_LABEL, &[request_hash, encoded.body()])
 }
 
@@ -178,8 +187,8 @@ pub struct KeyClient {
     events: VecDeque<ClientEvent>,
     next_id: u32,
     out: Vec<u8>,
-    exchange: Option<Exchange>,
-    confirming: Option<Confirming>,
+    exchange: Option<Box<Exchange>>,
+    confirming: Option<Box<Confirming>>,
     /// Whether the newest generation came from a key exchange, and when it was installed.
     newest_exchanged: Option<(bool, Time)>,
     reassembly: Reassembler,
@@ -294,13 +303,21 @@ impl KeyClient {
         }
     }
 
-    /// Sends a `KEY_UPDATE_REQUEST`, with a fresh key share if `share`.
+    /// Sends a `KEY_UPDATE_REQUEST`, with a key share if `share`: the one already offered if a
+    /// rotation with it is outstanding, else a fresh one.
     fn send_update(&mut self, now: Time, share: bool) {
-        if self.newest() == 0 {
+        if self.newest() == 0 || self.confirming.is_some() {
             return;
         }
         let have = self.newest();
-        let msg = if share {
+        if share
+            && let Some((id, msg)) = self.exchange.as_ref().and_then(|x| x.update.clone())
+            && matches!(msg, Message::KeyUpdateRequest { have: h, .. } if h == have)
+        {
+            self.send_request(now, Kind::Update, msg, id, self.unanswered.min(16));
+            return;
+        }
+        if share {
             let ephemeral = Ephemeral::generate(self.rng.as_mut());
             let mut nonce = [0u8; 32];
             self.rng.fill(&mut nonce);
@@ -309,15 +326,21 @@ impl KeyClient {
                 share: Some((nonce, ephemeral.share().clone())),
             };
             let request_hash = transcript(UPDATE_LABEL, &[msg.encode(0).body()]);
-            self.exchange = Some(Exchange {
+            self.next_id = self.next_id.wrapping_add(1);
+            let id = self.next_id;
+            self.exchange = Some(Box::new(Exchange {
                 ephemeral,
                 request_hash,
-            });
-            msg
+                update: Some((id, msg.clone())),
+            }));
+            self.send_request(now, Kind::Update, msg, id, 0);
         } else {
-            Message::KeyUpdateRequest { have, share: None }
-        };
-        self.request(now, Kind::Update, msg);
+            self.request(
+                now,
+                Kind::Update,
+                Message::KeyUpdateRequest { have, share: None },
+            );
+        }
     }
 
     /// Seals a data packet for the server (see [`Engine::seal`]) and checks the rekey triggers.
@@ -388,10 +411,11 @@ impl KeyClient {
             share: ephemeral.share().clone(),
         };
         let request_hash = transcript(INIT_LABEL, &[msg.encode(0).body()]);
-        self.exchange = Some(Exchange {
+        self.exchange = Some(Box::new(Exchange {
             ephemeral,
             request_hash,
-        });
+            update: None,
+        }));
         self.request(now, Kind::Init, msg);
     }
 
@@ -508,7 +532,9 @@ impl KeyClient {
     fn on_control(&mut self, now: Time, slot: Slot, msg: Message) -> Result<(), crate::DropReason> {
         use crate::DropReason::{ControlUnexpected, StaleHandshake};
         match (slot, msg) {
-            (Slot::Init, Message::KeyInitReply(d)) => self.on_init_reply(now, d),
+            (Slot::Init, Message::KeyInitReply { dist, biscuit }) => {
+                self.on_init_reply(now, dist, biscuit)
+            }
             (Slot::Init, _) => Err(ControlUnexpected),
             (_, Message::KeyDistribution(d)) => {
                 self.on_distribution(now, d);
@@ -546,14 +572,21 @@ impl KeyClient {
 
     /// An answer to our init request: bound to it by the echo of its transcript hash, so a
     /// recorded answer to an earlier request (from before a restart) is refused.
-    fn on_init_reply(&mut self, now: Time, d: Distribution) -> Result<(), crate::DropReason> {
+    fn on_init_reply(
+        &mut self,
+        now: Time,
+        d: Distribution,
+        biscuit: super::message::Biscuit,
+    ) -> Result<(), crate::DropReason> {
         use crate::DropReason::StaleHandshake;
         if let Some(c) = &self.confirming {
-            // A second copy of the answer we installed: confirm again.
-            if c.request_hash == d.echo && c.generation == d.generation {
+            // A second copy of the answer we installed: confirm again. (Another answer to the
+            // same request, from a retransmission, is ignored: we confirm the first.)
+            if c.request_hash == d.echo && c.generation == d.generation && c.spi == d.spi {
                 let msg = Message::KeyInitConfirm {
                     echo: c.request_hash,
                     tag: c.tag,
+                    biscuit: c.biscuit.clone(),
                 };
                 self.next_id = self.next_id.wrapping_add(1);
                 let id = self.next_id;
@@ -574,7 +607,7 @@ impl KeyClient {
             return Err(crate::DropReason::ControlMalformed);
         }
         let request_hash = x.request_hash;
-        let th = exchange_hash(&request_hash, &Message::KeyInitReply(d.clone()));
+        let th = exchange_hash(&request_hash, &d);
         let info = GenerationInfo {
             number: 1,
             spi: Spi::new(d.spi).map_err(|_| crate::DropReason::ControlMalformed)?,
@@ -610,15 +643,19 @@ impl KeyClient {
         // Receive under generation 1 at once, transmit under it only once the server has it
         // (until then nothing is sent: the init key carries no data).
         let _ = self.engine.set_tx_rule(self.server, TxRule::Previous);
+        self.engine
+            .set_exchanged(self.server, Slot::Newest, exchanged);
         self.exchange = None;
         self.newest_exchanged = Some((exchanged, now));
         self.events
             .push_back(ClientEvent::KeyInstalled { generation: info });
-        self.confirming = Some(Confirming {
+        self.confirming = Some(Box::new(Confirming {
             request_hash,
             tag,
             generation: 1,
-        });
+            spi: d.spi,
+            biscuit: biscuit.clone(),
+        }));
         self.unanswered = 0;
         self.request(
             now,
@@ -626,6 +663,7 @@ impl KeyClient {
             Message::KeyInitConfirm {
                 echo: request_hash,
                 tag,
+                biscuit,
             },
         );
         self.update_at = self
@@ -653,11 +691,11 @@ impl KeyClient {
                 .generation(self.server, Slot::Newest)
                 .is_some_and(|g| g == info)
             {
-                if self.awaiting_answer()
-                    && self
-                        .request
-                        .as_ref()
-                        .is_some_and(|r| r.kind != Kind::Confirm)
+                // It answers a resend request; an update request (for N+1) stays outstanding.
+                if self
+                    .request
+                    .as_ref()
+                    .is_some_and(|r| r.kind == Kind::Resend)
                 {
                     self.request = None;
                     self.unanswered = 0;
@@ -680,7 +718,7 @@ impl KeyClient {
                     // Not an answer to the share we hold.
                     return;
                 };
-                let th = exchange_hash(&x.request_hash, &Message::KeyDistribution(d.clone()));
+                let th = exchange_hash(&x.request_hash, &d);
                 let Ok(shared) = x.ephemeral.finish(share) else {
                     return;
                 };
@@ -695,6 +733,8 @@ impl KeyClient {
                 }
                 self.events
                     .push_back(ClientEvent::KeyInstalled { generation: info });
+                self.engine
+                    .set_exchanged(self.server, Slot::Newest, exchanged);
                 self.newest_exchanged = Some((exchanged, now));
                 self.exchange = None;
                 self.request = None;
@@ -753,6 +793,16 @@ impl KeyClient {
             if self.update_at.is_none() && !self.awaiting_answer() {
                 self.update_at = Some(now + self.config.request_timeout);
             }
+        }
+        if self.update_at.is_none()
+            && let Some(interval) = self.config.update_interval
+            && self.newest() > 0
+            && !self.awaiting_answer()
+        {
+            // A request cleared without an install (answered otherwise, or given up) must not
+            // stop the client-timed updates.
+            self.update_at =
+                Some(now + jittered(interval, self.config.jitter_permille, self.rng.as_mut()));
         }
         if self.hello_at <= now {
             self.hello_at = now

@@ -24,7 +24,26 @@ pub const VERSION: u8 = 3;
 /// Length of the message header.
 pub const HEADER_LEN: usize = 8;
 /// Largest encoded message.
-pub const MAX_MESSAGE_LEN: usize = HEADER_LEN + 8 + 1 + 32 + KEY_SHARE_LEN;
+pub const MAX_MESSAGE_LEN: usize = HEADER_LEN + 32 + KEY_SHARE_LEN + INIT_PADDING;
+/// Zero bytes at the end of a `KEY_INIT_REQUEST`, so that the answer (with its
+/// [`Biscuit`]) is never larger than the request: the key server answers unauthenticated
+/// (replayable) requests, and must not amplify.
+pub const INIT_PADDING: usize = 32;
+/// Length of a [`Biscuit`].
+pub const BISCUIT_LEN: usize = 8 + 78 + 16;
+
+/// The key server's state of an answered init handshake, sealed under a key only it holds
+/// (new at every start) and carried by the client from the answer to its confirmation: the
+/// server keeps nothing per handshake, so no flood of (replayed) requests can push a genuine
+/// one out (`docs/protocol.md`). Opaque to the client.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Biscuit(pub Box<[u8; BISCUIT_LEN]>);
+
+impl fmt::Debug for Biscuit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Biscuit(<sealed>)")
+    }
+}
 /// Largest message sent in one datagram. An ESP packet adds 16 bytes of header, at most 5 of
 /// trailer and 16 of ICV, UDP 8 and IPv6 40: 1192 + 85 = 1277 ≤ 1280, the IPv6 minimum MTU.
 pub const MAX_UNFRAGMENTED: usize = 1192;
@@ -44,6 +63,14 @@ pub enum KeyMaterial {
     /// The server's half of a hybrid key exchange (protocol version 3): both sides compute
     /// `secret(N+1)` with the key schedule of [`crate::kex`]. No key material on the wire.
     Exchange(ReplyShare),
+}
+
+impl Drop for KeyMaterial {
+    fn drop(&mut self) {
+        if let KeyMaterial::Secret(s) = self {
+            zeroize::Zeroize::zeroize(s);
+        }
+    }
 }
 
 impl KeyMaterial {
@@ -186,13 +213,20 @@ pub enum Message {
     },
     /// Server → client, under the init key: generation 1 for the init request whose transcript
     /// hash is `dist.echo`. Changes nothing at the server until confirmed.
-    KeyInitReply(Distribution),
+    KeyInitReply {
+        /// Generation 1.
+        dist: Distribution,
+        /// The server's sealed state of this handshake, to be sent back with the confirmation.
+        biscuit: Biscuit,
+    },
     /// Client → server, under the init key: the key confirmation of generation 1.
     KeyInitConfirm {
         /// Transcript hash of the init request.
         echo: [u8; 32],
         /// [`crate::kex::Schedule::confirm`] of generation 1's secret and the full transcript.
         tag: [u8; 32],
+        /// The biscuit of the answer.
+        biscuit: Biscuit,
     },
     /// Server → client: a rotation is due and wants a key exchange: send a
     /// `KEY_UPDATE_REQUEST` with a key share.
@@ -385,6 +419,7 @@ impl Message {
             Message::KeyInitRequest { nonce, share } => {
                 w.extend_from_slice(nonce);
                 w.extend_from_slice(&share.0[..]);
+                w.extend_from_slice(&[0; INIT_PADDING]);
                 ty::KEY_INIT_REQUEST
             }
             Message::KeyUpdateRequest { have, share } => {
@@ -407,13 +442,15 @@ impl Message {
                 put_distribution(&mut w, d);
                 ty::KEY_DISTRIBUTION
             }
-            Message::KeyInitReply(d) => {
-                put_distribution(&mut w, d);
+            Message::KeyInitReply { dist, biscuit } => {
+                put_distribution(&mut w, dist);
+                w.extend_from_slice(&biscuit.0[..]);
                 ty::KEY_INIT_REPLY
             }
-            Message::KeyInitConfirm { echo, tag } => {
+            Message::KeyInitConfirm { echo, tag, biscuit } => {
                 w.extend_from_slice(echo);
                 w.extend_from_slice(tag);
+                w.extend_from_slice(&biscuit.0[..]);
                 ty::KEY_INIT_CONFIRM
             }
             Message::KeyUpdateNeeded { newest } => {
@@ -469,7 +506,7 @@ impl Message {
         matches!(
             self,
             Message::KeyInitRequest { .. }
-                | Message::KeyInitReply(_)
+                | Message::KeyInitReply { .. }
                 | Message::KeyInitConfirm { .. }
         )
     }
@@ -477,8 +514,8 @@ impl Message {
     fn encoded_len_hint(&self) -> usize {
         match self {
             Message::KeyInitRequest { .. } | Message::KeyUpdateRequest { .. } => MAX_MESSAGE_LEN,
-            Message::KeyDistribution(_) | Message::KeyInitReply(_) => {
-                HEADER_LEN + 46 + REPLY_SHARE_LEN
+            Message::KeyDistribution(_) | Message::KeyInitReply { .. } => {
+                HEADER_LEN + 46 + REPLY_SHARE_LEN + BISCUIT_LEN
             }
             _ => 64,
         }
@@ -494,10 +531,14 @@ impl Message {
         let mut r = Reader(body);
         let phase = |v: u8| GroupPhase::from_u8(v).ok_or(DecodeError::Malformed);
         let msg = match ty {
-            ty::KEY_INIT_REQUEST => Message::KeyInitRequest {
-                nonce: r.take()?,
-                share: KeyShare(r.boxed::<KEY_SHARE_LEN>()?),
-            },
+            ty::KEY_INIT_REQUEST => {
+                let msg = Message::KeyInitRequest {
+                    nonce: r.take()?,
+                    share: KeyShare(r.boxed::<KEY_SHARE_LEN>()?),
+                };
+                r.take::<INIT_PADDING>()?;
+                msg
+            }
             ty::KEY_UPDATE_REQUEST => {
                 let have = r.u64()?;
                 let share = match r.u8()? {
@@ -509,10 +550,14 @@ impl Message {
             }
             ty::KEY_RESEND_REQUEST => Message::KeyResendRequest { have: r.u64()? },
             ty::KEY_DISTRIBUTION => Message::KeyDistribution(get_distribution(&mut r)?),
-            ty::KEY_INIT_REPLY => Message::KeyInitReply(get_distribution(&mut r)?),
+            ty::KEY_INIT_REPLY => Message::KeyInitReply {
+                dist: get_distribution(&mut r)?,
+                biscuit: Biscuit(r.boxed::<BISCUIT_LEN>()?),
+            },
             ty::KEY_INIT_CONFIRM => Message::KeyInitConfirm {
                 echo: r.take()?,
                 tag: r.take()?,
+                biscuit: Biscuit(r.boxed::<BISCUIT_LEN>()?),
             },
             ty::KEY_UPDATE_NEEDED => Message::KeyUpdateNeeded { newest: r.u64()? },
             ty::KEY_ACK => Message::KeyAck {
@@ -617,10 +662,13 @@ fn fragment(bytes: &[u8]) -> Option<Result<Fragment<'_>, DecodeError>> {
 struct Partial {
     key: u64,
     id: u32,
-    /// The SPI every fragment must have come under.
+    /// The SPI every fragment must have come under (one partial per peer and SPI: a replayed
+    /// handshake fragment under the init SPI never displaces a message under a generation).
     spi: u32,
     count: u8,
     have: u8,
+    /// Length of the last fragment's chunk, once it arrived.
+    last_len: Option<usize>,
     started: crate::Time,
     buf: Zeroizing<Vec<u8>>,
 }
@@ -692,12 +740,12 @@ impl Reassembler {
         let pos = self
             .partials
             .iter()
-            .position(|p| p.key == key && p.id == id && p.spi == spi && p.count == count);
+            .position(|p| p.key == key && p.spi == spi && p.id == id && p.count == count);
         let pos = match pos {
             Some(i) => i,
             None => {
-                // A new message replaces whatever else this peer had in progress.
-                self.partials.retain(|p| p.key != key);
+                // A new message replaces what this peer had in progress under this SPI.
+                self.partials.retain(|p| p.key != key || p.spi != spi);
                 if self.partials.len() >= self.capacity {
                     self.partials.remove(0);
                 }
@@ -707,6 +755,7 @@ impl Reassembler {
                     spi,
                     count,
                     have: 0,
+                    last_len: None,
                     started: now,
                     buf: Zeroizing::new(vec![0; usize::from(count) * FRAGMENT_CHUNK]),
                 });
@@ -714,16 +763,26 @@ impl Reassembler {
             }
         };
         let p = &mut self.partials[pos];
-        let at = usize::from(index) * FRAGMENT_CHUNK;
-        p.buf[at..at + chunk.len()].copy_from_slice(chunk);
-        if index + 1 == count {
-            p.buf.truncate(at + chunk.len());
+        let bit = 1u8 << index;
+        if p.have & bit != 0 {
+            // A duplicate (or a replay): the first copy stands.
+            return Ok(Assembled::Pending);
         }
-        p.have |= 1 << index;
+        let at = usize::from(index) * FRAGMENT_CHUNK;
+        let Some(area) = p.buf.get_mut(at..at + chunk.len()) else {
+            return Err(DecodeError::Malformed);
+        };
+        area.copy_from_slice(chunk);
+        if index + 1 == count {
+            p.last_len = Some(chunk.len());
+        }
+        p.have |= bit;
         if p.have.count_ones() < u32::from(count) {
             return Ok(Assembled::Pending);
         }
-        let done = self.partials.swap_remove(pos);
+        let mut done = self.partials.swap_remove(pos);
+        let len = (usize::from(count) - 1) * FRAGMENT_CHUNK + done.last_len.unwrap_or(0);
+        done.buf.truncate(len);
         Ok(Assembled::Complete(done.buf))
     }
 }

@@ -30,7 +30,7 @@
 //! install time and a jitter drawn from its SPI.
 
 use super::client::{INIT_LABEL, UPDATE_LABEL, exchange_hash};
-use super::message::{Assembled, Distribution, KeyMaterial, Message, Reassembler};
+use super::message::{Assembled, Biscuit, Distribution, KeyMaterial, Message, Reassembler};
 use super::{
     Incoming, Random, RekeyTriggers, SCRATCH_LEN, Transmit, backoff, jittered, jittered_by, nanos,
     seal_messages,
@@ -44,7 +44,7 @@ use crate::{
 use core::net::SocketAddr;
 use core::time::Duration;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 
 /// When rotations exchange fresh ephemeral keys (forward secrecy; `docs/protocol.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,9 +142,10 @@ pub struct ServerConfig {
     pub reorder_grace: Duration,
     /// When rotations exchange fresh ephemeral keys.
     pub pfs: Pfs,
-    /// Init handshakes answered and not yet confirmed, at most (each holds a candidate
-    /// generation for [`Self::handshake_timeout`]); beyond it the oldest is forgotten.
-    pub max_pending_handshakes: usize,
+    /// Init handshakes answered per second at most, over all clients (token bucket; each costs
+    /// a key exchange, and requests under the init key may be replays). Requests beyond it are
+    /// dropped (`handshake_rate_limited`); clients retry with back-off.
+    pub max_handshakes_per_second: u32,
     /// How long an answered init handshake waits for its confirmation.
     pub handshake_timeout: Duration,
 }
@@ -167,7 +168,7 @@ impl ServerConfig {
             idle_evict: Some(Duration::from_secs(300)),
             reorder_grace: Duration::from_millis(250),
             pfs: Pfs::EveryRekey,
-            max_pending_handshakes: 4096,
+            max_handshakes_per_second: 5000,
             handshake_timeout: Duration::from_secs(60),
             engine,
         }
@@ -363,21 +364,98 @@ pub struct KeyServer {
     tokens: u32,
     tokens_at: u64,
     out: Vec<u8>,
-    /// Answered, unconfirmed init handshakes by client (bounded; in flight only).
-    candidates: HashMap<u32, Box<Candidate>>,
+    /// Seals the state of answered init handshakes into biscuits (a key new at every start).
+    biscuits: Box<BiscuitKey>,
+    hs_tokens: u32,
+    hs_tokens_at: u64,
     reassembly: Reassembler,
 }
 
-/// An answered init handshake: the candidate generation 1, installed only when confirmed.
+/// The key of this server's biscuits ([`super::message::Biscuit`]): ChaCha20-Poly1305 under a
+/// random key drawn at start (so a biscuit never outlives the process that made it), with a
+/// counter nonce.
+struct BiscuitKey {
+    key: crate::aead::AeadKey,
+    counter: u64,
+}
+
+/// What a biscuit holds: the candidate generation 1 of one handshake.
 struct Candidate {
-    request_hash: [u8; 32],
-    /// The full transcript hash (request and answer), which the confirmation names.
-    transcript: [u8; 32],
     generation: Generation,
+    transcript: [u8; 32],
     exchanged: bool,
-    reply: Message,
     created: u64,
-    confirmed: bool,
+}
+
+impl BiscuitKey {
+    const PLAIN: usize = 4 + 1 + 1 + 8 + 32 + 32;
+
+    fn new(rng: &mut dyn Random) -> Result<Self, Error> {
+        let mut k = zeroize::Zeroizing::new([0u8; 32]);
+        rng.fill(&mut *k);
+        Ok(Self {
+            key: crate::aead::Backend::RustCrypto.key(Suite::ChaCha20Poly1305, &*k)?,
+            counter: 0,
+        })
+    }
+
+    fn aad(peer: PeerId, echo: &[u8; 32]) -> [u8; 13 + 4 + 32] {
+        let mut aad = [0u8; 13 + 4 + 32];
+        aad[..13].copy_from_slice(b"pktc3 biscuit");
+        aad[13..17].copy_from_slice(&peer.0.to_be_bytes());
+        aad[17..].copy_from_slice(echo);
+        aad
+    }
+
+    fn seal(&mut self, peer: PeerId, echo: &[u8; 32], c: &Candidate) -> Biscuit {
+        use super::message::BISCUIT_LEN;
+        self.counter += 1;
+        let mut nonce = [0u8; crate::aead::NONCE_LEN];
+        nonce[4..].copy_from_slice(&self.counter.to_be_bytes());
+        let mut plain = zeroize::Zeroizing::new([0u8; Self::PLAIN]);
+        plain[..4].copy_from_slice(&c.generation.info.spi.get().to_be_bytes());
+        plain[4] = c.generation.info.suite.id();
+        plain[5] = u8::from(c.exchanged);
+        plain[6..14].copy_from_slice(&c.created.to_be_bytes());
+        plain[14..46].copy_from_slice(c.generation.secret.expose());
+        plain[46..].copy_from_slice(&c.transcript);
+        let tag = self.key.seal(&nonce, &Self::aad(peer, echo), &mut *plain);
+        let mut out = Box::new([0u8; BISCUIT_LEN]);
+        out[..8].copy_from_slice(&self.counter.to_be_bytes());
+        out[8..8 + Self::PLAIN].copy_from_slice(&*plain);
+        out[8 + Self::PLAIN..].copy_from_slice(&tag);
+        Biscuit(out)
+    }
+
+    fn open(&self, peer: PeerId, echo: &[u8; 32], b: &Biscuit) -> Option<Candidate> {
+        let mut nonce = [0u8; crate::aead::NONCE_LEN];
+        nonce[4..].copy_from_slice(&b.0[..8]);
+        let mut plain = zeroize::Zeroizing::new([0u8; Self::PLAIN]);
+        plain.copy_from_slice(&b.0[8..8 + Self::PLAIN]);
+        let tag: [u8; crate::aead::TAG_LEN] = b.0[8 + Self::PLAIN..].try_into().ok()?;
+        self.key
+            .open(&nonce, &Self::aad(peer, echo), &mut *plain, &tag)
+            .ok()?;
+        let spi = Spi::new(u32::from_be_bytes(plain[..4].try_into().ok()?)).ok()?;
+        let suite = Suite::from_id(plain[4])?;
+        let mut secret = [0u8; 32];
+        secret.copy_from_slice(&plain[14..46]);
+        let generation = Generation {
+            info: GenerationInfo {
+                number: 1,
+                spi,
+                suite,
+            },
+            secret: Secret::from_bytes(secret),
+        };
+        zeroize::Zeroize::zeroize(&mut secret);
+        Some(Candidate {
+            generation,
+            transcript: plain[46..].try_into().ok()?,
+            exchanged: plain[5] == 1,
+            created: u64::from_be_bytes(plain[6..14].try_into().ok()?),
+        })
+    }
 }
 
 impl std::fmt::Debug for KeyServer {
@@ -399,6 +477,8 @@ impl KeyServer {
         config.engine.handshake_init = true;
         let engine = Engine::new(config.engine.clone())?;
         let next_id = u32::try_from(rng.next_u64() >> 33).unwrap_or(1);
+        let biscuits = Box::new(BiscuitKey::new(rng.as_mut())?);
+        let config_hs = config.max_handshakes_per_second.max(1);
         Ok(Self {
             tokens: config.max_rekeys_per_second.max(1),
             config,
@@ -413,7 +493,9 @@ impl KeyServer {
             next_id,
             tokens_at: 0,
             out: vec![0u8; SCRATCH_LEN],
-            candidates: HashMap::new(),
+            biscuits,
+            hs_tokens: config_hs,
+            hs_tokens_at: 0,
             reassembly: Reassembler::new(1024),
         })
     }
@@ -432,6 +514,11 @@ impl KeyServer {
     /// The configuration.
     pub fn config(&self) -> &ServerConfig {
         &self.config
+    }
+
+    /// Changes the forward-secrecy policy of future rotations.
+    pub fn set_pfs(&mut self, pfs: Pfs) {
+        self.config.pfs = pfs;
     }
 
     /// Changes the suite of future generations (cipher agility, spec §7).
@@ -476,7 +563,6 @@ impl KeyServer {
     /// [`Error::UnknownPeer`].
     pub fn remove_client(&mut self, peer: PeerId) -> Result<(), Error> {
         self.engine.remove_peer(peer)?;
-        self.candidates.remove(&peer.0);
         if let Some(c) = self.clients.get_mut(peer.0 as usize) {
             *c = None;
         }
@@ -682,11 +768,10 @@ impl KeyServer {
         let has_dynamic = c.newest() > 0;
         match (slot, msg) {
             (Slot::Init, Message::KeyInitRequest { share, .. }) => {
-                self.on_init_request(now, from, peer, &share, body);
-                Ok(())
+                self.on_init_request(now, from, peer, &share, body)
             }
-            (Slot::Init, Message::KeyInitConfirm { echo, tag }) => {
-                self.on_init_confirm(now, from, peer, &echo, &tag)
+            (Slot::Init, Message::KeyInitConfirm { echo, tag, biscuit }) => {
+                self.on_init_confirm(now, from, peer, &echo, &tag, &biscuit)
             }
             // Version 3: nothing else travels under the init key.
             (Slot::Init, _) => Err(ControlUnexpected),
@@ -706,13 +791,13 @@ impl KeyServer {
                         }
                         self.try_rotate(now, peer, share.as_ref().map(|(s, h)| (s, *h)));
                     }
-                    _ if has_dynamic => self.resend(now, peer, false),
+                    _ if has_dynamic => self.requested_resend(now, peer),
                     _ => return Err(ControlUnexpected),
                 }
                 Ok(())
             }
             (_, Message::KeyResendRequest { .. }) => {
-                self.resend(now, peer, false);
+                self.requested_resend(now, peer);
                 Ok(())
             }
             (_, Message::Hello { .. }) => {
@@ -725,9 +810,24 @@ impl KeyServer {
         }
     }
 
-    /// An init request: answer with a candidate generation 1 bound to it, changing nothing
-    /// else. A repeat of the request gets the same answer; the answer goes to where the
-    /// request came from and is never larger than it.
+    /// A resend the client asked for, at most once per `implicit_resend_interval` (a small
+    /// request must not draw a large answer again and again).
+    fn requested_resend(&mut self, now: Time, peer: PeerId) {
+        let interval = nanos(self.config.implicit_resend_interval);
+        let t = nanos(now);
+        let Some(c) = self.client(peer) else { return };
+        if let Some(p) = c.pending.as_deref_mut() {
+            if p.last_resend != 0 && t.saturating_sub(p.last_resend) < interval {
+                return;
+            }
+            p.last_resend = t.max(1);
+        }
+        self.resend(now, peer, false);
+    }
+
+    /// An init request: answer with a candidate generation 1 bound to it, changing nothing:
+    /// the candidate travels sealed in the answer's biscuit. The answer goes to where the
+    /// request came from and is never larger than it (the request's padding sees to that).
     fn on_init_request(
         &mut self,
         now: Time,
@@ -735,31 +835,26 @@ impl KeyServer {
         peer: PeerId,
         share: &KeyShare,
         body: &[u8],
-    ) {
-        let request_hash = transcript(INIT_LABEL, &[body]);
-        let t = nanos(now);
-        if let Some(c) = self.candidates.get(&peer.0)
-            && c.request_hash == request_hash
-        {
-            if !c.confirmed {
-                let reply = c.reply.clone();
-                self.send_to(peer, from, &reply);
-            }
-            return;
+    ) -> Result<(), crate::DropReason> {
+        if !self.take_handshake_token(now) {
+            return Err(crate::DropReason::HandshakeRateLimited);
         }
-        let Some(init) = self.engine.secret(peer, Slot::Init).cloned() else {
-            return;
-        };
+        let request_hash = transcript(INIT_LABEL, &[body]);
+        let init = self
+            .engine
+            .secret(peer, Slot::Init)
+            .cloned()
+            .ok_or(crate::DropReason::UnknownSpi)?;
         let info = GenerationInfo {
             number: 1,
             spi: self.unused_spi(),
             suite: self.config.suite,
         };
-        let (material, shared) = if self.config.pfs.exchanges(1) {
-            match respond(share, self.rng.as_mut()) {
-                Ok((reply, shared)) => (KeyMaterial::Exchange(reply), Some(shared)),
-                Err(_) => return,
-            }
+        let exchanged = self.config.pfs.exchanges(1);
+        let (material, shared) = if exchanged {
+            let (reply, shared) = respond(share, self.rng.as_mut())
+                .map_err(|_| crate::DropReason::ControlMalformed)?;
+            (KeyMaterial::Exchange(reply), Some(shared))
         } else {
             let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
             self.rng.fill(&mut *bytes);
@@ -769,63 +864,51 @@ impl KeyServer {
                 (KeyMaterial::Secret(*bytes), None)
             }
         };
-        let reply = Message::KeyInitReply(Distribution {
+        let dist = Distribution {
             generation: 1,
             spi: info.spi.get(),
             suite: info.suite,
             echo: request_hash,
             material,
-        });
-        let th = exchange_hash(&request_hash, &reply);
-        let secret = match (&reply, shared) {
-            (_, Some(shared)) => Schedule::next_secret(&init, &shared, &th, info),
-            (Message::KeyInitReply(d), None) => match &d.material {
-                KeyMaterial::Secret(b) => Secret::from_bytes(*b),
-                KeyMaterial::Nonce(n) => init.derive_next(n, info),
-                KeyMaterial::Exchange(_) => return,
-            },
-            _ => return,
         };
-        self.make_room_for_candidate(t);
-        self.candidates.insert(
-            peer.0,
-            Box::new(Candidate {
-                request_hash,
-                transcript: th,
-                generation: Generation { info, secret },
-                exchanged: self.config.pfs.exchanges(1),
-                reply: reply.clone(),
-                created: t,
-                confirmed: false,
-            }),
-        );
-        self.send_to(peer, from, &reply);
+        let th = exchange_hash(&request_hash, &dist);
+        let secret = match (&dist.material, shared) {
+            (_, Some(shared)) => Schedule::next_secret(&init, &shared, &th, info),
+            (KeyMaterial::Secret(b), None) => Secret::from_bytes(*b),
+            (KeyMaterial::Nonce(n), None) => init.derive_next(n, info),
+            (KeyMaterial::Exchange(_), None) => return Err(crate::DropReason::ControlMalformed),
+        };
+        let candidate = Candidate {
+            generation: Generation { info, secret },
+            transcript: th,
+            exchanged,
+            created: nanos(now),
+        };
+        let biscuit = self.biscuits.seal(peer, &request_hash, &candidate);
+        self.send_to(peer, from, &Message::KeyInitReply { dist, biscuit });
+        Ok(())
     }
 
-    /// Keeps the candidates within `max_pending_handshakes`: expired ones go first, then the
-    /// oldest.
-    fn make_room_for_candidate(&mut self, t: u64) {
-        let timeout = nanos(self.config.handshake_timeout);
-        if self.candidates.len() < self.config.max_pending_handshakes.max(1) {
-            return;
+    fn take_handshake_token(&mut self, now: Time) -> bool {
+        let rate = u64::from(self.config.max_handshakes_per_second.max(1));
+        let t = nanos(now);
+        let refill = t.saturating_sub(self.hs_tokens_at).saturating_mul(rate) / 1_000_000_000;
+        if refill > 0 {
+            self.hs_tokens =
+                u32::try_from((u64::from(self.hs_tokens) + refill).min(rate)).unwrap_or(u32::MAX);
+            self.hs_tokens_at = t;
         }
-        self.candidates
-            .retain(|_, c| t.saturating_sub(c.created) < timeout);
-        while self.candidates.len() >= self.config.max_pending_handshakes.max(1) {
-            let Some(oldest) = self
-                .candidates
-                .iter()
-                .min_by_key(|(_, c)| c.created)
-                .map(|(k, _)| *k)
-            else {
-                break;
-            };
-            self.candidates.remove(&oldest);
+        if self.hs_tokens > 0 {
+            self.hs_tokens -= 1;
+            true
+        } else {
+            false
         }
     }
 
-    /// An init confirmation: if it proves the candidate answering `echo`, the client restarted
-    /// (S6): its old generations go and the candidate becomes generation 1, proven.
+    /// An init confirmation: if its biscuit is ours, fresh, newer than anything the client
+    /// proved, and the tag proves generation 1, the client restarted (S6): its old generations
+    /// go and the candidate becomes generation 1, proven.
     fn on_init_confirm(
         &mut self,
         now: Time,
@@ -833,63 +916,66 @@ impl KeyServer {
         peer: PeerId,
         echo: &[u8; 32],
         tag: &[u8; 32],
+        biscuit: &Biscuit,
     ) -> Result<(), crate::DropReason> {
         use crate::DropReason::StaleHandshake;
-        let timeout = nanos(self.config.handshake_timeout);
         let t = nanos(now);
-        let Some(c) = self
-            .candidates
-            .get_mut(&peer.0)
-            .filter(|c| c.request_hash == *echo && t.saturating_sub(c.created) < timeout)
-        else {
-            return Err(StaleHandshake);
-        };
+        let c = self
+            .biscuits
+            .open(peer, echo, biscuit)
+            .ok_or(StaleHandshake)?;
         if !Schedule::verify_confirm(&c.generation.secret, &c.transcript, tag) {
             return Err(StaleHandshake);
         }
-        if c.confirmed {
-            // Our answer under generation 1 was lost: send one again, if it is still ours.
-            let spi = c.generation.info.spi;
-            if self
-                .engine
-                .generation(peer, Slot::Newest)
-                .is_some_and(|g| g.spi == spi)
-            {
-                self.send(peer, &Message::HelloReply { newest: 1 }, 0);
-                return Ok(());
-            }
+        let info = c.generation.info;
+        if self
+            .engine
+            .generation(peer, Slot::Newest)
+            .is_some_and(|g| g == info)
+        {
+            // Confirmed already; our answer under generation 1 was lost: send one again.
+            let id = self.fresh_id();
+            self.send(peer, &Message::HelloReply { newest: 1 }, id);
+            return Ok(());
+        }
+        let timeout = nanos(self.config.handshake_timeout);
+        let state = self.client(peer).ok_or(StaleHandshake)?;
+        if t.saturating_sub(c.created) > timeout
+            || (state.proven > 0 && c.created <= state.proven_at)
+        {
+            // Too old, or older than what the client proved since: a replay.
             return Err(StaleHandshake);
         }
-        c.confirmed = true;
-        let (generation, exchanged) = (c.generation.clone(), c.exchanged);
+        if self.engine.lookup_spi(info.spi.get()).is_some() {
+            // The SPI was taken since the answer (rare): the client falls back and starts over.
+            return Err(StaleHandshake);
+        }
         let retired = self.engine.reset_to_init(peer).unwrap_or_default();
         for generation in retired {
             self.events
                 .push_back(ServerEvent::Retired { peer, generation });
         }
-        if self.engine.install(peer, &generation, now).is_err() {
-            // The SPI was taken since the answer (a one-in-billions race): the client falls
-            // back and starts over.
-            self.candidates.remove(&peer.0);
+        if self.engine.install(peer, &c.generation, now).is_err() {
             return Err(StaleHandshake);
         }
         // The client proved generation 1: transmit under it at once.
         let _ = self.engine.set_tx_rule(peer, TxRule::Newest);
-        if let Some(c) = self.client(peer) {
-            c.proven = 1;
-            c.proven_at = t;
-            c.last_rx = t;
-            c.pending = None;
-            c.flags = 0;
-            c.set(flag::EXCHANGED, exchanged);
+        self.engine.set_exchanged(peer, Slot::Newest, c.exchanged);
+        if let Some(state) = self.client(peer) {
+            state.proven = 1;
+            state.proven_at = t;
+            state.last_rx = t;
+            state.pending = None;
+            state.flags = 0;
+            state.set(flag::EXCHANGED, c.exchanged);
             if let Some(from) = from {
-                c.addr = Some(PeerAddr::new(from));
+                state.addr = Some(PeerAddr::new(from));
             }
         }
         self.events.push_back(ServerEvent::ClientInit { peer });
         self.events.push_back(ServerEvent::KeyMinted {
             peer,
-            generation: generation.info,
+            generation: info,
         });
         self.events.push_back(ServerEvent::Proven {
             peer,
@@ -1016,7 +1102,7 @@ impl KeyServer {
                     echo: request_hash,
                     material: KeyMaterial::Exchange(reply),
                 };
-                let th = exchange_hash(&request_hash, &Message::KeyDistribution(dist.clone()));
+                let th = exchange_hash(&request_hash, &dist);
                 let secret = Schedule::next_secret(&parent, &shared, &th, info);
                 (dist, secret)
             }
@@ -1055,6 +1141,8 @@ impl KeyServer {
         // After an init the server transmitted under generation 1 itself; from now on the role
         // rule (N-1) holds again.
         let _ = self.engine.set_tx_rule(peer, TxRule::Role);
+        self.engine
+            .set_exchanged(peer, Slot::Newest, exchange.is_some());
         let msg_id = self.fresh_id();
         // The client will forget N when it installs N+2: hold the distribution until our
         // traffic under N is in.
