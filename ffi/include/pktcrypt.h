@@ -7,6 +7,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// `pktcrypt_config.pfs`: every rotation exchanges ephemeral keys (the default).
+#define PKTCRYPT_PFS_EVERY_REKEY 0
+
+// `pktcrypt_config.pfs`: only the init handshake exchanges keys; rotations ratchet from it.
+#define PKTCRYPT_PFS_INIT_ONLY -1
+
+// `pktcrypt_config.pfs`: no key exchange at all (no forward secrecy; for comparison only).
+#define PKTCRYPT_PFS_OFF -2
+
 // Result of a call.
 typedef enum {
   // Success.
@@ -31,6 +40,9 @@ typedef enum {
   PKTCRYPT_RESULT_ERR_SEAL = 9,
   // A panic was caught inside the library; the handle should be freed.
   PKTCRYPT_RESULT_ERR_PANIC = 10,
+  // No key is established with the peer yet (protocol version 3 sends nothing but
+  // handshake messages under the init key): wait for the handshake, then seal.
+  PKTCRYPT_RESULT_ERR_NO_KEY = 11,
 } pktcrypt_result;
 
 // Role of an endpoint.
@@ -110,6 +122,12 @@ typedef enum {
   PKTCRYPT_DROP_REASON_CONTROL_MALFORMED,
   // A control message this role does not accept.
   PKTCRYPT_DROP_REASON_CONTROL_UNEXPECTED,
+  // Data under an init key (protocol version 3 carries only handshakes under it).
+  PKTCRYPT_DROP_REASON_INIT_DATA,
+  // A handshake message answering no request in flight (a replay, or late).
+  PKTCRYPT_DROP_REASON_STALE_HANDSHAKE,
+  // An init request beyond the key server's handshake rate limit.
+  PKTCRYPT_DROP_REASON_HANDSHAKE_RATE_LIMITED,
 } pktcrypt_drop_reason;
 
 // An endpoint: a key server (many peers) or a client (one server). Opaque.
@@ -152,10 +170,15 @@ typedef struct {
   uint64_t trigger_auth_failures;
   // Rekey a generation this old (ms); 0: the default (one hour).
   uint64_t trigger_age_ms;
-  // First init-key sequence number of this boot; 0: derived from the wall clock.
+  // Ignored since protocol version 3 (init-key messages no longer count from a boot-time
+  // base: each has a key of its own); kept so that existing callers still compile.
   uint64_t init_seq_base;
   // AEAD implementation.
   pktcrypt_backend backend;
+  // Server: forward secrecy, which rotations exchange fresh ephemeral keys (X25519 +
+  // ML-KEM-768): `PKTCRYPT_PFS_EVERY_REKEY` (0, the default), `PKTCRYPT_PFS_INIT_ONLY`,
+  // `PKTCRYPT_PFS_OFF`, or N > 1 for every Nth rotation.
+  int32_t pfs;
 } pktcrypt_config;
 
 // Metadata of a received datagram.
@@ -192,6 +215,11 @@ typedef struct {
   uint64_t auth_failures;
   // Replays refused under all held generations.
   uint64_t replays;
+  // Whether the newest generation came from a key exchange (forward secret).
+  bool newest_exchanged;
+  // When the newest generation was installed, on the caller's clock (the `now_ns` of that
+  // call).
+  uint64_t newest_installed_ns;
 } pktcrypt_peer_status;
 
 // One direction of one generation, for an independent decryptor (Wireshark, xfrm, OpenSSL).

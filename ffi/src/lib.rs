@@ -49,6 +49,9 @@ pub enum pktcrypt_result {
     ErrSeal = 9,
     /// A panic was caught inside the library; the handle should be freed.
     ErrPanic = 10,
+    /// No key is established with the peer yet (protocol version 3 sends nothing but
+    /// handshake messages under the init key): wait for the handshake, then seal.
+    ErrNoKey = 11,
 }
 
 /// Role of an endpoint.
@@ -713,6 +716,9 @@ pub unsafe extern "C" fn pktcrypt_seal(
                 pktcrypt_result::Ok
             }
             Err(SealError::UnknownPeer) => ep.fail(pktcrypt_result::ErrUnknownPeer, "no such peer"),
+            Err(SealError::NoKey) => {
+                ep.fail(pktcrypt_result::ErrNoKey, SealError::NoKey.to_string())
+            }
             Err(e) => ep.fail(pktcrypt_result::ErrSeal, e.to_string()),
         }
     })
@@ -1096,6 +1102,7 @@ pub extern "C" fn pktcrypt_result_message(r: pktcrypt_result) -> *const c_char {
         pktcrypt_result::ErrUnknownPeer => c"no such peer",
         pktcrypt_result::ErrSeal => c"sealing failed",
         pktcrypt_result::ErrPanic => c"internal error (panic caught)",
+        pktcrypt_result::ErrNoKey => c"no key established with the peer yet",
     };
     s.as_ptr()
 }

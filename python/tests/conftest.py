@@ -16,6 +16,18 @@ def ipv4(length: int, fill: int = 0) -> bytes:
     return bytes(p)
 
 
+def connect(server: pktcrypt.Endpoint, client: pktcrypt.Endpoint) -> None:
+    """Runs the init handshake between two endpoints wired in memory (every datagram both ways
+    until both are quiet): afterwards both hold generation 1 and data can flow."""
+    moved = True
+    while moved:
+        moved = False
+        for src, dst in ((client, server), (server, client)):
+            for _peer, dgram in src.transmits():
+                moved = True
+                dst.open(dgram)
+
+
 class Pair:
     """A server and a client wired in memory, with simulated time and optional control loss."""
 

@@ -8,21 +8,24 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 import pktcrypt
-from conftest import ipv4
+from conftest import connect, ipv4
 
 
 @pytest.mark.parametrize("suite", list(pktcrypt.Suite))
 def test_cryptography_decrypts_our_packets(suite: pktcrypt.Suite) -> None:
     key = pktcrypt.keygen(suite)
+    server = pktcrypt.Endpoint(pktcrypt.Role.SERVER, suite=suite)
+    server.add_peer(key)
     client = pktcrypt.Endpoint(pktcrypt.Role.CLIENT, key)
-    sa = next(s for s in client.export_sas() if s.outbound and s.generation == 0)
+    connect(server, client)  # data flows under generation 1 (the init key carries handshakes only)
+    sa = next(s for s in client.export_sas() if s.outbound and s.generation == 1)
     aead = ChaCha20Poly1305(sa.key) if suite is pktcrypt.Suite.CHACHA20_POLY1305 else AESGCM(sa.key)
     for length in (20, 21, 22, 23, 200, 1400):
         inner = ipv4(length, length)
         packet = client.seal(inner)
         spi, seq_low = struct.unpack(">II", packet[:8])
         iv = packet[8:16]
-        seq = int.from_bytes(iv, "big")  # init-key traffic: the IV carries the 64-bit sequence
+        seq = int.from_bytes(iv, "big")  # the IV carries the 64-bit sequence number
         assert spi == sa.spi and seq & 0xFFFFFFFF == seq_low
         plain = aead.decrypt(sa.salt + iv, packet[16:], struct.pack(">IQ", spi, seq))
         pad, next_header = plain[-2], plain[-1]

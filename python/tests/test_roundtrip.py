@@ -29,7 +29,7 @@ def test_round_trip_through_rotations(pair: Pair) -> None:
 @pytest.mark.parametrize("pfs", ["off", "init-only", 3, "every-rekey"])
 def test_pfs_policies(pfs: object) -> None:
     p = Pair(rekey_interval=0.5, reorder_grace=0.01, pfs=pfs)
-    exchanged = []
+    exchanged: list[tuple[int, bool]] = []
     for _ in range(400):
         p.step(0.01)
         inner = ipv4(64)

@@ -7,12 +7,15 @@ import threading
 import time
 
 import pktcrypt
-from conftest import ipv4
+from conftest import connect, ipv4
 
 
 def test_seal_many_releases_the_gil() -> None:
     key = pktcrypt.keygen(pktcrypt.Suite.CHACHA20_POLY1305)
+    server = pktcrypt.Endpoint(pktcrypt.Role.SERVER)
+    server.add_peer(key)
     client = pktcrypt.Endpoint(pktcrypt.Role.CLIENT, key, backend=pktcrypt.Backend.RUSTCRYPTO)
+    connect(server, client)
     packets = [ipv4(64, i) for i in range(300_000)]  # long enough to outlast the window below
     started = threading.Event()
     done = threading.Event()

@@ -35,7 +35,8 @@ def run_client(key: str, server_addr: tuple[str, int], results: dict[str, int], 
             for _, dgram in ep.transmits():
                 if rng.random() >= 0.2:  # lose a fifth of the control messages
                     sock.sendto(dgram, server_addr)
-            if time.monotonic() >= next_data:
+            # Data once the handshake is through (nothing is sealed under the init key).
+            if time.monotonic() >= next_data and ep.status().tx_generation > 0:
                 next_data = time.monotonic() + 0.02
                 sock.sendto(ep.seal(ipv4(100)), server_addr)
                 sent += 1
@@ -78,7 +79,8 @@ def test_server_and_clients_over_udp() -> None:
         if time.monotonic() >= next_data:
             next_data = time.monotonic() + 0.02
             for peer, a in addrs.items():
-                sock.sendto(server.seal(ipv4(100), peer=peer), a)
+                if server.status(peer).tx_generation > 0:
+                    sock.sendto(server.seal(ipv4(100), peer=peer), a)
     for t in threads:
         t.join()
     for i, peer in enumerate(peers):

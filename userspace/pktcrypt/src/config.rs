@@ -175,6 +175,8 @@ pub(crate) struct ServerFile {
     pub(crate) derived: Option<bool>,
     /// Forward secrecy: which rotations exchange fresh ephemeral keys.
     pub(crate) pfs: Option<PfsSetting>,
+    /// Init handshakes answered per second at most.
+    pub(crate) max_handshakes_per_second: Option<u32>,
     /// Rotate every client this often (0: never on a timer).
     pub(crate) rekey_interval_ms: Option<u64>,
     /// Rekey timer jitter, permille.
@@ -208,6 +210,12 @@ impl ServerFile {
         c.derived = self.derived.unwrap_or(false);
         if let Some(p) = &self.pfs {
             c.pfs = p.parse().map_err(|e| format!("pfs: {e}"))?;
+        }
+        if let Some(h) = self.max_handshakes_per_second {
+            if h == 0 {
+                return Err("max_handshakes_per_second: must be at least 1".into());
+            }
+            c.max_handshakes_per_second = h;
         }
         c.rekey_interval = match self.rekey_interval_ms {
             Some(0) => None,

@@ -83,6 +83,8 @@ pub(crate) struct GatewayFile {
     pub(crate) derived: Option<bool>,
     /// Forward secrecy policy (see `pktcrypt server`).
     pub(crate) pfs: Option<config::PfsSetting>,
+    /// Init handshakes per second at most (see `pktcrypt server`).
+    pub(crate) max_handshakes_per_second: Option<u32>,
     /// Rotation interval.
     pub(crate) rekey_interval_ms: Option<u64>,
     /// Rotation jitter.
@@ -369,6 +371,9 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     if role != "server" && file.pfs.is_some() {
         return Err("pfs: only a key server has a forward-secrecy policy".into());
     }
+    if role != "server" && file.max_handshakes_per_second.is_some() {
+        return Err("max_handshakes_per_second: only a key server answers handshakes".into());
+    }
     if role != "server" && !file.clients.is_empty() {
         return Err("clients: only a server has [[clients]]".into());
     }
@@ -385,6 +390,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
                 suite: file.suite.clone(),
                 derived: file.derived,
                 pfs: file.pfs.clone(),
+                max_handshakes_per_second: file.max_handshakes_per_second,
                 rekey_interval_ms: file.rekey_interval_ms,
                 rekey_jitter_permille: file.rekey_jitter_permille,
                 max_rekeys_per_second: file.max_rekeys_per_second,

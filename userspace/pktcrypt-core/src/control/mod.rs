@@ -349,24 +349,37 @@ pub(crate) fn seal_messages(
     // Handshake messages always travel under the init key (a restarted peer holds nothing
     // else); nothing else ever does.
     let handshake = msg.is_handshake();
-    let mut ok = true;
-    for part in message::fragments(&encoded, id) {
+    let mut seal_one = |part: &[u8]| {
         let sealed = if handshake {
             let mut fresh = [0u8; 12];
             rng.fill(&mut fresh);
-            engine.seal_handshake(peer, &part, scratch, fresh)
+            engine.seal_handshake(peer, part, scratch, fresh)
         } else {
-            engine.seal_control(peer, &part, scratch)
+            engine.seal_control(peer, part, scratch)
         };
-        match sealed {
-            Ok(n) => out.push_back(Transmit {
-                peer,
-                destination,
-                contents: scratch[..n].to_vec(),
-            }),
-            Err(_) => ok = false,
-        }
-        zeroize::Zeroize::zeroize(&mut scratch[..]);
+        let ok = match sealed {
+            Ok(n) => {
+                out.push_back(Transmit {
+                    peer,
+                    destination,
+                    contents: scratch[..n].to_vec(),
+                });
+                true
+            }
+            Err(_) => false,
+        };
+        // Wipe what sealing wrote (the plaintext passed through it).
+        let used = (crate::wire::esp::ESP_HEADER_LEN + part.len() + crate::wire::esp::MAX_OVERHEAD)
+            .min(scratch.len());
+        zeroize::Zeroize::zeroize(&mut scratch[..used]);
+        ok
+    };
+    if encoded.as_bytes().len() <= message::MAX_UNFRAGMENTED {
+        return seal_one(encoded.as_bytes());
+    }
+    let mut ok = true;
+    for part in message::fragments(&encoded, id) {
+        ok &= seal_one(&part);
     }
     ok
 }
