@@ -511,13 +511,19 @@ impl Message {
         )
     }
 
+    /// The encoded length (exact for the large messages: no reallocation, and a buffer that
+    /// is wiped costs only what it holds).
     fn encoded_len_hint(&self) -> usize {
+        let material = |d: &Distribution| match d.material {
+            KeyMaterial::Exchange(_) => REPLY_SHARE_LEN,
+            _ => 32,
+        };
         match self {
-            Message::KeyInitRequest { .. } | Message::KeyUpdateRequest { .. } => MAX_MESSAGE_LEN,
-            Message::KeyDistribution(_) | Message::KeyInitReply { .. } => {
-                HEADER_LEN + 46 + REPLY_SHARE_LEN + BISCUIT_LEN
-            }
-            _ => 64,
+            Message::KeyInitRequest { .. } => MAX_MESSAGE_LEN,
+            Message::KeyUpdateRequest { share: Some(_), .. } => HEADER_LEN + 9 + 32 + KEY_SHARE_LEN,
+            Message::KeyDistribution(d) => HEADER_LEN + 46 + material(d),
+            Message::KeyInitReply { dist, .. } => HEADER_LEN + 46 + material(dist) + BISCUIT_LEN,
+            _ => HEADER_LEN + 80,
         }
     }
 
