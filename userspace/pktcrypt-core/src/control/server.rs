@@ -295,6 +295,9 @@ mod flag {
     pub(super) const EXCHANGED: u8 = 4;
     /// A `Deferred` timer is in the heap.
     pub(super) const DEFERRED: u8 = 8;
+    /// The engine transmits to this client under its newest generation (generation 1 right
+    /// after an init handshake), not by the role rule.
+    pub(super) const TX_NEWEST: u8 = 32;
     /// Keys may be expanded: data since the last idle eviction (a control message alone expands
     /// none, but it is not told apart here; evicting an SA with nothing to free is cheap).
     pub(super) const EXPANDED: u8 = 16;
@@ -966,7 +969,7 @@ impl KeyServer {
             state.proven_at = t;
             state.last_rx = t;
             state.pending = None;
-            state.flags = 0;
+            state.flags = flag::TX_NEWEST;
             state.set(flag::EXCHANGED, c.exchanged);
             if let Some(from) = from {
                 state.addr = Some(PeerAddr::new(from));
@@ -1082,67 +1085,87 @@ impl KeyServer {
             return;
         };
         let number = newest + 1;
-        let Some(parent) = self.engine.secret(peer, Slot::Newest).cloned() else {
-            return;
-        };
-        let info = GenerationInfo {
-            number,
-            spi: self.unused_spi(),
-            suite: self.config.suite,
-        };
-        let (dist, secret) = match exchange {
-            Some((share, request_hash)) => {
-                let Ok((reply, shared)) = respond(share, self.rng.as_mut()) else {
-                    return;
-                };
-                let dist = Distribution {
-                    generation: number,
-                    spi: info.spi.get(),
-                    suite: info.suite,
-                    echo: request_hash,
-                    material: KeyMaterial::Exchange(reply),
-                };
-                let th = exchange_hash(&request_hash, &dist);
-                let secret = Schedule::next_secret(&parent, &shared, &th, info);
-                (dist, secret)
-            }
-            None => {
-                let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
-                self.rng.fill(&mut *bytes);
-                let (material, secret) = if self.config.derived {
-                    (
-                        KeyMaterial::Nonce(*bytes),
-                        parent.derive_next(&*bytes, info),
-                    )
-                } else {
-                    (KeyMaterial::Secret(*bytes), Secret::from_bytes(*bytes))
-                };
-                let dist = Distribution {
-                    generation: number,
-                    spi: info.spi.get(),
-                    suite: info.suite,
-                    echo: [0; 32],
-                    material,
-                };
-                (dist, secret)
-            }
-        };
-        let generation = Generation { info, secret };
-        match self.engine.install(peer, &generation, now) {
-            Ok(Installed::Rotated { retired }) => {
-                if let Some(generation) = retired {
-                    self.events
-                        .push_back(ServerEvent::Retired { peer, generation });
+        // The install checks the SPI with the table's one probe; a taken one (one in a few
+        // thousand with a million clients) draws another.
+        let mut attempts = 0;
+        let (dist, info) = loop {
+            attempts += 1;
+            let spi = loop {
+                let v = u32::try_from(self.rng.next_u64() >> 32).unwrap_or(0);
+                if let Ok(spi) = Spi::new(v) {
+                    break spi;
                 }
+            };
+            let info = GenerationInfo {
+                number,
+                spi,
+                suite: self.config.suite,
+            };
+            let (dist, secret) = match exchange {
+                Some((share, request_hash)) => {
+                    let Some(parent) = self.engine.secret(peer, Slot::Newest).cloned() else {
+                        return;
+                    };
+                    let Ok((reply, shared)) = respond(share, self.rng.as_mut()) else {
+                        return;
+                    };
+                    let dist = Distribution {
+                        generation: number,
+                        spi: info.spi.get(),
+                        suite: info.suite,
+                        echo: request_hash,
+                        material: KeyMaterial::Exchange(reply),
+                    };
+                    let th = exchange_hash(&request_hash, &dist);
+                    let secret = Schedule::next_secret(&parent, &shared, &th, info);
+                    (dist, secret)
+                }
+                None => {
+                    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+                    self.rng.fill(&mut *bytes);
+                    let (material, secret) = if self.config.derived {
+                        let Some(parent) = self.engine.secret(peer, Slot::Newest) else {
+                            return;
+                        };
+                        (
+                            KeyMaterial::Nonce(*bytes),
+                            parent.derive_next(&*bytes, info),
+                        )
+                    } else {
+                        (KeyMaterial::Secret(*bytes), Secret::from_bytes(*bytes))
+                    };
+                    let dist = Distribution {
+                        generation: number,
+                        spi: info.spi.get(),
+                        suite: info.suite,
+                        echo: [0; 32],
+                        material,
+                    };
+                    (dist, secret)
+                }
+            };
+            let generation = Generation { info, secret };
+            match self.engine.install(peer, &generation, now) {
+                Ok(Installed::Rotated { retired }) => {
+                    if let Some(generation) = retired {
+                        self.events
+                            .push_back(ServerEvent::Retired { peer, generation });
+                    }
+                }
+                Ok(Installed::AlreadyHeld) => {}
+                Err(crate::Error::DuplicateSpi) if attempts < 16 => continue,
+                Err(_) => return,
             }
-            Ok(Installed::AlreadyHeld) => {}
-            Err(_) => return,
+            break (dist, info);
+        };
+        if self.client(peer).is_some_and(|c| c.has(flag::TX_NEWEST)) {
+            // After an init the server transmitted under generation 1 itself; from now on the
+            // role rule (N-1) holds again.
+            let _ = self.engine.set_tx_rule(peer, TxRule::Role);
         }
-        // After an init the server transmitted under generation 1 itself; from now on the role
-        // rule (N-1) holds again.
-        let _ = self.engine.set_tx_rule(peer, TxRule::Role);
-        self.engine
-            .set_exchanged(peer, Slot::Newest, exchange.is_some());
+        if exchange.is_some() {
+            self.engine.set_exchanged(peer, Slot::Newest, true);
+        }
         let msg_id = self.fresh_id();
         // The client will forget N when it installs N+2: hold the distribution until our
         // traffic under N is in.
@@ -1150,6 +1173,7 @@ impl KeyServer {
         if let Some(c) = self.client(peer) {
             debug_assert_eq!(number, c.proven + 1, "never two generations ahead");
             c.set(flag::UNPROVEN, true);
+            c.set(flag::TX_NEWEST, false);
             c.set(flag::EXCHANGED, exchange.is_some());
             c.set(flag::REKEY_WANTED, false);
             c.pending = Some(Box::new(Pending {
