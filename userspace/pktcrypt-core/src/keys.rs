@@ -71,32 +71,16 @@ impl Secret {
         hinfo[20..24].copy_from_slice(&info.spi.get().to_be_bytes());
         hinfo[24] = info.suite.id();
         let hk = Hkdf::<Sha256>::from_prk(&self.0).expect("a 32-byte PRK is long enough");
-        let mut okm = Zeroizing::new([0u8; SECRET_LEN + 4]);
-        let len = info.suite.key_len() + info.suite.salt_len();
-        hk.expand(&hinfo, &mut okm[..len])
-            .expect("at most 36 bytes is a valid HKDF-SHA256 output length");
-        let mut salt = [0u8; 4];
-        salt.copy_from_slice(&okm[info.suite.key_len()..len]);
-        DirectionKey {
-            suite: info.suite,
-            key: okm,
-            salt,
-        }
+        DirectionKey::expand(info.suite, |okm| {
+            hk.expand(&hinfo, okm)
+                .expect("at most 36 bytes is a valid HKDF-SHA256 output length");
+        })
     }
 
     /// Derives the AEAD key and salt of one direction of the generation described by `info`.
     pub fn derive_direction(&self, info: GenerationInfo, direction: Direction) -> DirectionKey {
-        let mut okm = Zeroizing::new([0u8; SECRET_LEN + 4]);
-        let len = info.suite.key_len() + info.suite.salt_len();
         let hkdf_info = info.direction_info(direction);
-        expand_short(&self.0, &hkdf_info, &mut okm[..len]);
-        let mut salt = [0u8; 4];
-        salt.copy_from_slice(&okm[info.suite.key_len()..len]);
-        DirectionKey {
-            suite: info.suite,
-            key: okm,
-            salt,
-        }
+        DirectionKey::expand(info.suite, |okm| expand_short(&self.0, &hkdf_info, okm))
     }
 }
 
@@ -288,6 +272,21 @@ pub struct DirectionKey {
 }
 
 impl DirectionKey {
+    /// A key and salt of `suite` from `fill`, which writes the `key_len + 4` bytes of output
+    /// keying material it is given (key first, then the salt).
+    fn expand(suite: Suite, fill: impl FnOnce(&mut [u8])) -> DirectionKey {
+        let mut okm = Zeroizing::new([0u8; SECRET_LEN + 4]);
+        let len = suite.key_len() + suite.salt_len();
+        fill(&mut okm[..len]);
+        let mut salt = [0u8; 4];
+        salt.copy_from_slice(&okm[suite.key_len()..len]);
+        DirectionKey {
+            suite,
+            key: okm,
+            salt,
+        }
+    }
+
     /// The AEAD key bytes.
     pub fn key(&self) -> &[u8] {
         &self.key[..self.suite.key_len()]

@@ -22,7 +22,8 @@
 //!   tells the server which generation the client uses) keeps the server informed and detects
 //!   faults. Nothing but handshake messages is ever sent under the init key.
 
-use super::message::{Assembled, Distribution, KeyMaterial, Message, Reassembler};
+use super::message::{Distribution, KeyMaterial, Message, Reassembler};
+use super::with_message;
 use super::{
     Incoming, Random, RekeyTriggers, SCRATCH_LEN, Transmit, backoff, jittered, seal_messages,
 };
@@ -484,22 +485,23 @@ impl KeyClient {
             }
             Opened::Control { message, info } => {
                 let peer = info.peer;
-                let assembled = match self.reassembly.push(now, 0, info.spi.get(), message) {
-                    Ok(a) => a,
-                    Err(_) => return Incoming::Dropped(crate::DropReason::ControlMalformed),
-                };
-                let whole: &[u8] = match &assembled {
-                    Assembled::Whole(b) => b,
-                    Assembled::Complete(b) => b,
-                    Assembled::Pending => return Incoming::Control { peer },
-                };
-                let Ok((msg, _)) = Message::decode(whole) else {
-                    return Incoming::Dropped(crate::DropReason::ControlMalformed);
-                };
-                self.on_authentic(info.slot);
-                match self.on_control(now, info.slot, msg) {
-                    Ok(()) => Incoming::Control { peer },
-                    Err(r) => Incoming::Dropped(r),
+                // The reassembler is set aside while the message is handled (it needs `self`).
+                let mut reassembly = std::mem::replace(&mut self.reassembly, Reassembler::new(1));
+                let handled = with_message(
+                    &mut reassembly,
+                    now,
+                    0,
+                    info.spi.get(),
+                    message,
+                    |msg, _, _| {
+                        self.on_authentic(info.slot);
+                        self.on_control(now, info.slot, msg)
+                    },
+                );
+                self.reassembly = reassembly;
+                match handled {
+                    Ok(None | Some(Ok(()))) => Incoming::Control { peer },
+                    Ok(Some(Err(r))) | Err(r) => Incoming::Dropped(r),
                 }
             }
             Opened::Drop(reason) => Incoming::Dropped(reason),

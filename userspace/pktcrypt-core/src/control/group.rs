@@ -19,7 +19,9 @@
 //! management table triggers a rekey; a member that regains connectivity asks for the current key.
 
 use super::message::{GroupKey, GroupPhase, Message};
-use super::{Incoming, Random, Transmit, backoff, dispatch_control, jittered, seal_message};
+use super::{
+    Incoming, Random, SCRATCH_LEN, Transmit, backoff, dispatch_control, jittered, seal_messages,
+};
 use crate::wire::NextHeader;
 use crate::wire::esp::EspHeader;
 use crate::{
@@ -236,7 +238,7 @@ impl GroupController {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             next_id: 1,
-            out: vec![0u8; 256],
+            out: vec![0u8; SCRATCH_LEN],
             init_spi_base: group_init_spi_base,
         })
     }
@@ -443,10 +445,16 @@ impl GroupController {
         let (peer, destination) = (m.peer, m.addr);
         self.next_id = self.next_id.wrapping_add(1);
         let id = self.next_id;
-        if let Some(t) = seal_message(&mut self.control, peer, destination, msg, id, &mut self.out)
-        {
-            self.transmits.push_back(t);
-        }
+        seal_messages(
+            &mut self.control,
+            peer,
+            destination,
+            msg,
+            id,
+            &mut self.out,
+            self.rng.as_mut(),
+            &mut self.transmits,
+        );
     }
 
     fn member_of(&self, peer: PeerId) -> Option<u16> {
@@ -755,7 +763,7 @@ impl GroupMember {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             next_id: 1,
-            out: vec![0u8; 256],
+            out: vec![0u8; SCRATCH_LEN],
         };
         member.ensure_senders(members.max(index + 1), now)?;
         member.join(now);
@@ -883,17 +891,16 @@ impl GroupMember {
     fn send_control(&mut self, msg: &Message) {
         self.next_id = self.next_id.wrapping_add(1);
         let id = self.next_id;
-        let t = seal_message(
+        seal_messages(
             &mut self.control,
             self.controller,
             None,
             msg,
             id,
             &mut self.out,
+            self.rng.as_mut(),
+            &mut self.transmits,
         );
-        if let Some(t) = t {
-            self.transmits.push_back(t);
-        }
     }
 
     /// Seals a data packet for the group (one packet for every member) with this member's

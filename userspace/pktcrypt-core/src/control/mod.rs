@@ -286,30 +286,6 @@ pub enum Incoming<'a> {
     Dropped(crate::DropReason),
 }
 
-/// Encodes `msg`, seals it as a control message under the engine's transmit key for `peer`, and
-/// returns it as a [`Transmit`]. The scratch buffer is wiped afterwards (distributions carry
-/// secrets). `None` if sealing failed (no such peer, or the sequence space is exhausted).
-pub(crate) fn seal_message(
-    engine: &mut crate::Engine,
-    peer: crate::PeerId,
-    destination: Option<SocketAddr>,
-    msg: &message::Message,
-    id: u32,
-    scratch: &mut [u8],
-) -> Option<Transmit> {
-    let encoded = msg.encode(id);
-    let sealed = engine
-        .seal_control(peer, encoded.as_bytes(), scratch)
-        .ok()
-        .map(|n| Transmit {
-            peer,
-            destination,
-            contents: scratch[..n].to_vec(),
-        });
-    zeroize::Zeroize::zeroize(scratch);
-    sealed
-}
-
 /// The [`Incoming`] for a control message: `accept` handles the decoded message and says whether
 /// this role takes it; anything it refuses counts as unexpected, anything undecodable as malformed.
 pub(crate) fn dispatch_control<'b>(
@@ -382,6 +358,65 @@ pub(crate) fn seal_messages(
         ok &= seal_one(&part);
     }
     ok
+}
+
+/// Puts an authenticated control datagram from peer `key` under `spi` through `reassembly`
+/// and, once a whole message is there, decodes it and hands it to `f` with its id and its body
+/// (for transcript hashes). `Ok(None)`: a fragment was stored, more are needed.
+pub(crate) fn with_message<R>(
+    reassembly: &mut message::Reassembler,
+    now: Time,
+    key: u64,
+    spi: u32,
+    bytes: &[u8],
+    f: impl FnOnce(message::Message, u32, &[u8]) -> R,
+) -> Result<Option<R>, crate::DropReason> {
+    let assembled = reassembly
+        .push(now, key, spi, bytes)
+        .map_err(|_| crate::DropReason::ControlMalformed)?;
+    let whole: &[u8] = match &assembled {
+        message::Assembled::Whole(b) => b,
+        message::Assembled::Complete(b) => b,
+        message::Assembled::Pending => return Ok(None),
+    };
+    let (msg, id) =
+        message::Message::decode(whole).map_err(|_| crate::DropReason::ControlMalformed)?;
+    Ok(Some(f(msg, id, &whole[message::HEADER_LEN..])))
+}
+
+/// A token bucket: at most `rate` events per second, bursts of up to `rate`.
+#[derive(Debug)]
+pub(crate) struct TokenBucket {
+    tokens: u32,
+    at: u64,
+}
+
+impl TokenBucket {
+    /// A full bucket for `rate` per second.
+    pub(crate) fn new(rate: u32) -> Self {
+        Self {
+            tokens: rate.max(1),
+            at: 0,
+        }
+    }
+
+    /// Takes a token at `now` if there is one.
+    pub(crate) fn take(&mut self, now: Time, rate: u32) -> bool {
+        let rate = u64::from(rate.max(1));
+        let t = nanos(now);
+        let refill = t.saturating_sub(self.at).saturating_mul(rate) / 1_000_000_000;
+        if refill > 0 {
+            self.tokens =
+                u32::try_from((u64::from(self.tokens) + refill).min(rate)).unwrap_or(u32::MAX);
+            self.at = t;
+        }
+        if self.tokens > 0 {
+            self.tokens -= 1;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Scratch space for sealing one control datagram.

@@ -30,10 +30,10 @@
 //! install time and a jitter drawn from its SPI.
 
 use super::client::{INIT_LABEL, UPDATE_LABEL, exchange_hash};
-use super::message::{Assembled, Biscuit, Distribution, KeyMaterial, Message, Reassembler};
+use super::message::{Biscuit, Distribution, KeyMaterial, Message, Reassembler};
 use super::{
-    Incoming, Random, RekeyTriggers, SCRATCH_LEN, Transmit, backoff, jittered, jittered_by, nanos,
-    seal_messages,
+    Incoming, Random, RekeyTriggers, SCRATCH_LEN, TokenBucket, Transmit, backoff, jittered,
+    jittered_by, nanos, seal_messages, with_message,
 };
 use crate::engine::Installed;
 use crate::kex::{KeyShare, Schedule, respond, transcript};
@@ -364,13 +364,11 @@ pub struct KeyServer {
     events: VecDeque<ServerEvent>,
     rng: Box<dyn Random>,
     next_id: u32,
-    tokens: u32,
-    tokens_at: u64,
+    rekeys: TokenBucket,
     out: Vec<u8>,
     /// Seals the state of answered init handshakes into biscuits (a key new at every start).
     biscuits: Box<BiscuitKey>,
-    hs_tokens: u32,
-    hs_tokens_at: u64,
+    handshakes: TokenBucket,
     reassembly: Reassembler,
 }
 
@@ -481,9 +479,9 @@ impl KeyServer {
         let engine = Engine::new(config.engine.clone())?;
         let next_id = u32::try_from(rng.next_u64() >> 33).unwrap_or(1);
         let biscuits = Box::new(BiscuitKey::new(rng.as_mut())?);
-        let config_hs = config.max_handshakes_per_second.max(1);
         Ok(Self {
-            tokens: config.max_rekeys_per_second.max(1),
+            rekeys: TokenBucket::new(config.max_rekeys_per_second),
+            handshakes: TokenBucket::new(config.max_handshakes_per_second),
             config,
             engine,
             clients: Vec::new(),
@@ -494,11 +492,8 @@ impl KeyServer {
             events: VecDeque::new(),
             rng,
             next_id,
-            tokens_at: 0,
             out: vec![0u8; SCRATCH_LEN],
             biscuits,
-            hs_tokens: config_hs,
-            hs_tokens_at: 0,
             reassembly: Reassembler::new(1024),
         })
     }
@@ -670,29 +665,26 @@ impl KeyServer {
             }
             Opened::Control { message, info } => {
                 let peer = info.peer;
-                let assembled =
-                    match self
-                        .reassembly
-                        .push(now, u64::from(peer.0), info.spi.get(), message)
-                    {
-                        Ok(a) => a,
-                        Err(_) => return Incoming::Dropped(crate::DropReason::ControlMalformed),
-                    };
-                let whole: &[u8] = match &assembled {
-                    Assembled::Whole(b) => b,
-                    Assembled::Complete(b) => b,
-                    Assembled::Pending => return Incoming::Control { peer },
-                };
-                let Ok((msg, id)) = Message::decode(whole) else {
-                    return Incoming::Dropped(crate::DropReason::ControlMalformed);
-                };
-                if info.slot != Slot::Init {
-                    self.on_authentic(now, from, peer, info.slot, info.generation);
-                }
-                let body = &whole[super::message::HEADER_LEN..];
-                match self.on_control(now, from, peer, info.slot, msg, id, body) {
-                    Ok(()) => Incoming::Control { peer },
-                    Err(r) => Incoming::Dropped(r),
+                let key = u64::from(peer.0);
+                // The reassembler is set aside while the message is handled (it needs `self`).
+                let mut reassembly = std::mem::replace(&mut self.reassembly, Reassembler::new(1));
+                let handled = with_message(
+                    &mut reassembly,
+                    now,
+                    key,
+                    info.spi.get(),
+                    message,
+                    |msg, id, body| {
+                        if info.slot != Slot::Init {
+                            self.on_authentic(now, from, peer, info.slot, info.generation);
+                        }
+                        self.on_control(now, from, peer, info.slot, msg, id, body)
+                    },
+                );
+                self.reassembly = reassembly;
+                match handled {
+                    Ok(None | Some(Ok(()))) => Incoming::Control { peer },
+                    Ok(Some(Err(r))) | Err(r) => Incoming::Dropped(r),
                 }
             }
             Opened::Drop(reason) => Incoming::Dropped(reason),
@@ -892,23 +884,6 @@ impl KeyServer {
         Ok(())
     }
 
-    fn take_handshake_token(&mut self, now: Time) -> bool {
-        let rate = u64::from(self.config.max_handshakes_per_second.max(1));
-        let t = nanos(now);
-        let refill = t.saturating_sub(self.hs_tokens_at).saturating_mul(rate) / 1_000_000_000;
-        if refill > 0 {
-            self.hs_tokens =
-                u32::try_from((u64::from(self.hs_tokens) + refill).min(rate)).unwrap_or(u32::MAX);
-            self.hs_tokens_at = t;
-        }
-        if self.hs_tokens > 0 {
-            self.hs_tokens -= 1;
-            true
-        } else {
-            false
-        }
-    }
-
     /// An init confirmation: if its biscuit is ours, fresh, newer than anything the client
     /// proved, and the tag proves generation 1, the client restarted (S6): its old generations
     /// go and the candidate becomes generation 1, proven.
@@ -990,21 +965,12 @@ impl KeyServer {
     }
 
     fn take_token(&mut self, now: Time) -> bool {
-        let rate = u64::from(self.config.max_rekeys_per_second.max(1));
-        let t = nanos(now);
-        let elapsed = t.saturating_sub(self.tokens_at);
-        let refill = elapsed.saturating_mul(rate) / 1_000_000_000;
-        if refill > 0 {
-            self.tokens =
-                u32::try_from((u64::from(self.tokens) + refill).min(rate)).unwrap_or(u32::MAX);
-            self.tokens_at = t;
-        }
-        if self.tokens > 0 {
-            self.tokens -= 1;
-            true
-        } else {
-            false
-        }
+        self.rekeys.take(now, self.config.max_rekeys_per_second)
+    }
+
+    fn take_handshake_token(&mut self, now: Time) -> bool {
+        self.handshakes
+            .take(now, self.config.max_handshakes_per_second)
     }
 
     /// Rotates the client now if the rules allow, else defers or asks: never two generations
@@ -1242,31 +1208,25 @@ impl KeyServer {
     }
 
     fn send(&mut self, peer: PeerId, msg: &Message, id: u32) {
-        let destination = self
-            .clients
-            .get(peer.0 as usize)
-            .and_then(|c| Some(c.as_ref()?.addr?.get()));
-        seal_messages(
-            &mut self.engine,
-            peer,
-            destination,
-            msg,
-            id,
-            &mut self.out,
-            self.rng.as_mut(),
-            &mut self.transmits,
-        );
+        let destination = self.addr_of(peer);
+        self.seal_to(peer, destination, msg, id);
     }
 
     /// Sends a handshake answer to where its request came from (or, without a source, where
     /// the client was last seen).
     fn send_to(&mut self, peer: PeerId, from: Option<SocketAddr>, msg: &Message) {
-        let destination = from.or_else(|| {
-            self.clients
-                .get(peer.0 as usize)
-                .and_then(|c| Some(c.as_ref()?.addr?.get()))
-        });
+        let destination = from.or_else(|| self.addr_of(peer));
         let id = self.fresh_id();
+        self.seal_to(peer, destination, msg, id);
+    }
+
+    fn addr_of(&self, peer: PeerId) -> Option<SocketAddr> {
+        self.clients
+            .get(peer.0 as usize)
+            .and_then(|c| Some(c.as_ref()?.addr?.get()))
+    }
+
+    fn seal_to(&mut self, peer: PeerId, destination: Option<SocketAddr>, msg: &Message, id: u32) {
         seal_messages(
             &mut self.engine,
             peer,
