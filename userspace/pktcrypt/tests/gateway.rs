@@ -314,6 +314,25 @@ fn gateways_carry_traffic_through_rekeys_and_restarts() {
     assert_eq!(ping_run("hostA", "10.2.0.2", 20, "0.05"), (20, 20));
     let st = gw_a.status(&dir);
     eprintln!("gwA status: {st}");
+    // Protocol version 3, default pfs = "every-rekey": every generation held came from a hybrid
+    // key exchange, and none is older than the restart.
+    let dynamic: Vec<&Value> = st["peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .filter_map(|p| p["sas"].as_array())
+        .flatten()
+        .filter(|s| s["slot"] != "Init")
+        .collect();
+    assert!(
+        !dynamic.is_empty() && dynamic.iter().all(|s| s["exchanged"] == true),
+        "generations not from a key exchange: {st}"
+    );
+    assert!(
+        dynamic
+            .iter()
+            .all(|s| s["age_s"].as_f64().is_some_and(|a| a < 60.0))
+    );
 
     // 7. Clean detach.
     for g in [&mut gw_a, &mut gw_b, &mut gw_c] {
