@@ -59,6 +59,9 @@ pub struct Injected {
     pub responses: Vec<Transmit>,
 }
 
+/// IPv6 (40) and UDP (8) headers around an ESP-in-UDP datagram.
+const IPV6_UDP: usize = 48;
+
 /// Link behaviour, per direction.
 #[derive(Clone, Copy, Debug)]
 pub struct Link {
@@ -326,6 +329,13 @@ impl Sim {
     ) {
         let to_server = matches!(dest, Dest::Server { .. });
         self.record_nonce(!to_server, &bytes);
+        // Every control datagram fits IPv6's minimum MTU (1280) with its IPv6 and UDP headers:
+        // the smallest path pktcrypt supports (key shares travel in fragments).
+        assert!(
+            !control || bytes.len() + IPV6_UDP <= 1280,
+            "a {}-byte control datagram does not fit a 1280-byte IPv6 path",
+            bytes.len()
+        );
         self.record_capture(&dest, control, false, destination, &bytes);
         let link = if to_server { self.up } else { self.down };
         if control {
