@@ -8,7 +8,7 @@ use pktcrypt_core::control::{
 use pktcrypt_core::wire::esp::{ESP_HEADER_LEN, MAX_OVERHEAD, NextHeader};
 use pktcrypt_core::{DropReason, Generation, GenerationInfo, Secret, Spi, Suite, Time};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -82,6 +82,14 @@ pub struct GroupSim {
     pub data_interval: Duration,
     /// Counters.
     pub stats: GroupStats,
+    /// Every controller → member control datagram: (time, member, bytes).
+    pub capture: Vec<(Time, usize, Vec<u8>)>,
+    /// (Key, nonce) pairs used twice: (sender, SPI, IV) of every sealed datagram is recorded
+    /// (sender `usize::MAX` is the controller), and a repeat counted here.
+    pub nonce_reuse: Vec<(usize, u32, [u8; 8])>,
+    nonces: HashSet<(usize, u32, [u8; 8])>,
+    config: GroupConfig,
+    seed: u64,
     queue: BinaryHeap<Reverse<InFlight>>,
     seq: u64,
     dice: Dice,
@@ -127,11 +135,62 @@ impl GroupSim {
             link: Link::default(),
             data_interval: Duration::from_millis(100),
             stats: GroupStats::default(),
+            capture: Vec::new(),
+            nonce_reuse: Vec::new(),
+            nonces: HashSet::new(),
+            config,
+            seed,
             queue: BinaryHeap::new(),
             seq: 0,
             dice: Dice::new(seed),
             next_data: Time::ZERO,
         }
+    }
+
+    /// Records the (key, nonce) of a datagram `sender` sealed.
+    fn record_nonce(&mut self, sender: usize, bytes: &[u8]) {
+        if bytes.len() < 16 {
+            return;
+        }
+        let spi = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        let mut iv = [0u8; 8];
+        iv.copy_from_slice(&bytes[8..16]);
+        if !self.nonces.insert((sender, spi, iv)) {
+            self.nonce_reuse.push((sender, spi, iv));
+        }
+    }
+
+    /// Restarts member `i`: a new boot holding only its keys (its init-key sequence numbers
+    /// start at the clock-derived base of a boot at this virtual time, as the daemon's do).
+    pub fn restart_member(&mut self, i: usize) {
+        let mut config = self.config.clone();
+        config.engine.init_seq_base = pktcrypt_core::boot_seq_base(self.now.as_micros() as u64);
+        self.members[i] = GroupMember::new(
+            config,
+            i as u16,
+            &key(0x200 + i as u32, i as u8 + 1),
+            &key(GROUP_INIT_SPI, 0x55),
+            self.members.len() as u16,
+            Box::new(SeededRandom::new(
+                self.seed ^ 0xfeed ^ self.now.as_nanos() as u64,
+            )),
+            self.now,
+        )
+        .expect("member restart");
+        self.drain();
+    }
+
+    /// Delivers `bytes` to member `i` now, as if from the controller.
+    pub fn inject_to_member(&mut self, i: usize, bytes: &[u8]) -> Incoming<'static> {
+        let mut buf = bytes.to_vec();
+        let r = match self.members[i].handle_datagram(self.now, &mut buf) {
+            Incoming::Dropped(d) => Incoming::Dropped(d),
+            _ => Incoming::Control {
+                peer: pktcrypt_core::PeerId(0),
+            },
+        };
+        self.drain();
+        r
     }
 
     fn push(&mut self, dest: Dest, bytes: Vec<u8>, control: bool) {
@@ -162,6 +221,8 @@ impl GroupSim {
             }) else {
                 continue;
             };
+            self.record_nonce(usize::MAX, &t.contents);
+            self.capture.push((self.now, to, t.contents.clone()));
             if self.online[to] {
                 self.push(
                     Dest::Member {
@@ -178,6 +239,7 @@ impl GroupSim {
         }
         for i in 0..self.members.len() {
             while let Some(t) = self.members[i].poll_transmit() {
+                self.record_nonce(i, &t.contents);
                 if self.online[i] {
                     self.push(Dest::Controller { from: i }, t.contents, true);
                 }
@@ -198,6 +260,7 @@ impl GroupSim {
                 continue;
             };
             buf.truncate(n);
+            self.record_nonce(i, &buf);
             self.stats.data_sealed += 1;
             for to in 0..self.members.len() {
                 if to != i && self.online[to] && active.contains(&(to as u16)) {
