@@ -38,11 +38,17 @@ struct TxSa {
 struct RxSa {
     slot: Slot,
     info: GenerationInfo,
-    key: Arc<Keyed>,
+    key: RxKey,
     shared: Arc<SaShared>,
-    /// An init key that carries only handshake messages (protocol version 3), each under a key
-    /// of its own derived from this secret.
-    handshake: Option<Box<Handshake>>,
+}
+
+/// How packets under a receive SA are opened.
+pub(crate) enum RxKey {
+    /// Under the SA's expanded key, in batches.
+    Keyed(Arc<Keyed>),
+    /// An init key that carries only handshake messages (protocol version 3): each under a key
+    /// of its own, derived from this secret when it arrives.
+    Handshake(Box<Handshake>),
 }
 
 /// What opening a handshake message under an init key needs.
@@ -86,16 +92,8 @@ pub(crate) struct PeerKeys {
     pub(crate) rx: Vec<RxKeys>,
 }
 
-/// One receive generation: physical slot, logical slot, description, key, shared state, and
-/// for a handshake-only init key what its messages' keys derive from.
-pub(crate) type RxKeys = (
-    u8,
-    Slot,
-    GenerationInfo,
-    Arc<Keyed>,
-    Arc<SaShared>,
-    Option<Box<Handshake>>,
-);
+/// One receive generation: physical slot, logical slot, description, key, shared state.
+pub(crate) type RxKeys = (u8, Slot, GenerationInfo, RxKey, Arc<SaShared>);
 
 impl DataPlane {
     pub(crate) fn new(esn: bool, max_esp: usize, seq_limit: u64) -> Self {
@@ -121,14 +119,13 @@ impl DataPlane {
             shared,
         });
         peer.tx_handshake_only = keys.tx_handshake_only;
-        for (index, slot, info, key, shared, handshake) in keys.rx {
+        for (index, slot, info, key, shared) in keys.rx {
             self.spis.insert(info.spi.get(), SaRef::new(id.0, index));
             peer.rx[usize::from(index)] = Some(RxSa {
                 slot,
                 info,
                 key,
                 shared,
-                handshake,
             });
         }
     }
@@ -188,8 +185,8 @@ impl DataPlane {
             }
         }
         sa_runs(packets, |r, run| {
-            if let Some(rx) = self.rx(r) {
-                rx.key.key.open_batch(run);
+            if let Some(RxKey::Keyed(key)) = self.rx(r).map(|rx| &rx.key) {
+                key.key.open_batch(run);
             }
         });
         // The window and the counters are shared with every other worker: the window records
@@ -264,15 +261,18 @@ impl DataPlane {
         let r = self.spis.get(header.spi).ok_or(DropReason::UnknownSpi)?;
         let rx = self.rx(r).ok_or(DropReason::UnknownSpi)?;
         p.sa = Some(r);
-        if let Some(h) = &rx.handshake {
-            let keyed =
-                keyed_handshake(&h.secret, rx.info, h.backend, h.direction, &header.fresh())
-                    .map_err(|_| DropReason::Malformed)?;
-            open_inline(p, &header, ct_len, &keyed);
-            return Ok(());
-        }
+        let key = match &rx.key {
+            RxKey::Keyed(key) => key,
+            RxKey::Handshake(h) => {
+                let keyed =
+                    keyed_handshake(&h.secret, rx.info, h.backend, h.direction, &header.fresh())
+                        .map_err(|_| DropReason::Malformed)?;
+                open_inline(p, &header, ct_len, &keyed);
+                return Ok(());
+            }
+        };
         let seq = open_sequence(&header, r.slot() == INIT_SLOT, self.esn, &rx.shared.replay)?;
-        open_prepare(p, &header, seq, rx.key.salt, self.esn, ct_len);
+        open_prepare(p, &header, seq, key.salt, self.esn, ct_len);
         Ok(())
     }
 

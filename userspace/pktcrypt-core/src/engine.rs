@@ -913,20 +913,21 @@ impl Engine {
                 let Some(sa) = sa else { continue };
                 let physical = i as u8;
                 let shared = sa.share(window)?;
-                let handshake = (handshake_init && physical == INIT_SLOT).then(|| {
-                    Box::new(crate::datapath::Handshake {
+                let key = if handshake_init && physical == INIT_SLOT {
+                    // No key of its own to expand (and nothing to transmit under it).
+                    crate::datapath::RxKey::Handshake(Box::new(crate::datapath::Handshake {
                         secret: sa.secret.clone(),
                         direction: rx_dir,
                         backend,
-                    })
-                });
-                if physical == tx_index && handshake.is_none() {
-                    let key = std::sync::Arc::clone(sa.tx(backend, tx_dir)?);
-                    keys.tx = Some((physical, sa.info, key, std::sync::Arc::clone(&shared)));
-                }
-                let key = std::sync::Arc::clone(sa.rx(backend, rx_dir)?);
-                keys.rx
-                    .push((physical, logical[i], sa.info, key, shared, handshake));
+                    }))
+                } else {
+                    if physical == tx_index {
+                        let key = std::sync::Arc::clone(sa.tx(backend, tx_dir)?);
+                        keys.tx = Some((physical, sa.info, key, std::sync::Arc::clone(&shared)));
+                    }
+                    crate::datapath::RxKey::Keyed(std::sync::Arc::clone(sa.rx(backend, rx_dir)?))
+                };
+                keys.rx.push((physical, logical[i], sa.info, key, shared));
             }
             plane.add_peer(PeerId(index as u32), keys);
         }

@@ -773,17 +773,9 @@ impl KeyServer {
             (_, Message::KeyUpdateRequest { share, .. }) => {
                 let share = share.map(|(_, share)| (share, transcript(UPDATE_LABEL, &[body])));
                 match slot {
+                    // Under N: rotate (a request repeated while N+1 is pending arrives under
+                    // N-1, the previous slot, and gets the pending N+1 again below).
                     Slot::Newest => {
-                        // A repeat of a request we already answered: the same answer again.
-                        if let (Some(c), Some((_, hash))) = (self.client(peer), &share)
-                            && c.pending.as_ref().is_some_and(|p| p.dist.echo == *hash)
-                        {
-                            self.resend(now, peer, false);
-                            return Ok(());
-                        }
-                        if let Some(c) = self.client(peer) {
-                            c.set(flag::REKEY_WANTED, true);
-                        }
                         self.try_rotate(now, peer, share.as_ref().map(|(s, h)| (s, *h)));
                     }
                     _ if has_dynamic => self.requested_resend(now, peer),
