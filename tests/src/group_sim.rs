@@ -26,6 +26,11 @@ fn key(spi: u32, fill: u8) -> Generation {
     }
 }
 
+/// Member `i`'s control init key (its channel to the controller).
+pub fn member_control_key(i: usize) -> Generation {
+    key(0x200 + i as u32, i as u8 + 1)
+}
+
 /// The address member `i` sends from.
 pub fn member_addr(i: usize) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::new(127, 0, 1, i as u8 + 1), 4500))
@@ -263,7 +268,13 @@ impl GroupSim {
             self.record_nonce(i, &buf);
             self.stats.data_sealed += 1;
             for to in 0..self.members.len() {
-                if to != i && self.online[to] && active.contains(&(to as u16)) {
+                // To members in the group that hold a group key (one that joined a moment
+                // ago and has none yet cannot read anything).
+                if to != i
+                    && self.online[to]
+                    && active.contains(&(to as u16))
+                    && self.members[to].generation() > 0
+                {
                     self.push(
                         Dest::Member {
                             to,
@@ -320,7 +331,8 @@ impl GroupSim {
             if let Some(t) = self.controller.poll_timeout() {
                 next = next.min(t);
             }
-            for m in &self.members {
+            // An offline member's timers wait until it is back (its channel always has one).
+            for (m, _) in self.members.iter().zip(&self.online).filter(|(_, on)| **on) {
                 if let Some(t) = m.poll_timeout() {
                     next = next.min(t);
                 }

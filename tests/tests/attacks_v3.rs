@@ -12,7 +12,9 @@
 //! pass.
 
 use pktcrypt_core::control::message::KeyMaterial;
-use pktcrypt_core::control::{ClientConfig, ClientEvent, Message, Pfs, ServerConfig, ServerEvent};
+use pktcrypt_core::control::{
+    ClientConfig, ClientEvent, GroupEvent, Message, Pfs, ServerConfig, ServerEvent,
+};
 use pktcrypt_core::{
     DropReason, Engine, EngineConfig, Generation, GenerationInfo, Opened, PeerId, Role, Secret,
     Slot, Spi, Time, boot_seq_base,
@@ -294,6 +296,8 @@ struct Attacker {
     secrets: HashMap<u64, Secret>,
     /// Every generation learned, by SPI.
     learned: HashMap<u32, Generation>,
+    /// Group keys read (group channel captures).
+    group_keys: usize,
 }
 
 enum Got {
@@ -318,6 +322,7 @@ impl Attacker {
             up: engine(Role::KeyServer),
             secrets: HashMap::new(),
             learned: HashMap::new(),
+            group_keys: 0,
         }
     }
 
@@ -374,6 +379,10 @@ impl Attacker {
     fn learn(&mut self, msg: Option<(Message, u32)>, now: Time) {
         let d = match msg {
             Some((Message::KeyDistribution(d) | Message::KeyInitReply { dist: d, .. }, _)) => d,
+            Some((Message::GroupKey(_), _)) => {
+                self.group_keys += 1;
+                return;
+            }
             _ => return,
         };
         let Ok(spi) = Spi::new(d.spi) else { return };
@@ -611,34 +620,71 @@ fn init_nonces_never_repeat_across_boots_clock_back_and_esn_off() {
 /// A restarted group member holds only its keys; an attacker replays the first group key the
 /// controller ever sent it (from its previous boot). The member must not install that old
 /// generation (its sender key and sequence numbers were used before: it would seal under the
-/// same (key, nonce) again).
+/// same (key, nonce) again), and it must be back to transmitting within the stated bound.
 ///
-/// **Fails today**: the group control channel is not on protocol version 3 yet (it seals under
-/// the member's init key with a counter, and a restarted member's window accepts the replay).
-/// Ignored until the channel runs the pairwise handshake (issue 11); run it with
-/// `cargo test -p pktcrypt-tests --test attacks_v3 -- --ignored` to see the failure.
+/// **Failed before the group channel moved to version 3** (commit b1952d0, run with
+/// `--ignored`: 3 reused (key, nonce) pairs): the channel sealed under the member's init key
+/// with a counter, and a restarted member's window accepted the replay.
 #[test]
-#[ignore = "the group control channel is not on protocol version 3 yet (issue 11)"]
 fn replayed_group_key_after_member_restart_installs_nothing_old() {
     use pktcrypt_core::control::GroupConfig;
     use pktcrypt_tests::group_sim::GroupSim;
     let mut sim = GroupSim::new(3, GroupConfig::new(), 5);
     sim.run_for(secs(3));
     assert!(sim.controller.generation() >= 1, "the group keyed first");
-    let first = sim
+    // Every datagram the controller sent member 0 so far (handshake, every group key and
+    // transition), replayed in order right after the restart.
+    let recorded: Vec<Vec<u8>> = sim
         .capture
         .iter()
-        .find(|(_, to, _)| *to == 0)
+        .filter(|(_, to, _)| *to == 0)
         .map(|(_, _, b)| b.clone())
-        .expect("a control message to member 0");
+        .collect();
+    assert!(recorded.len() >= 4);
     sim.run_for(secs(2));
+    let before = sim.controller.generation();
     sim.restart_member(0);
-    let outcome = sim.inject_to_member(0, &first);
+    let restarted_at = sim.now;
+    let mut outcomes = Vec::new();
+    for bytes in &recorded {
+        outcomes.push(sim.inject_to_member(0, bytes));
+        assert_eq!(
+            sim.members[0].generation(),
+            0,
+            "a replay installed a group generation: {outcomes:?}"
+        );
+        assert!(sim.members[0].held().is_empty());
+    }
+    // The replayed handshake answer (two fragments: the first is only buffered) does not match
+    // the new init request; the rest is under channel keys the restarted member never had.
+    use pktcrypt_core::control::Incoming;
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| matches!(o, Incoming::Dropped(DropReason::StaleHandshake))),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().all(|o| matches!(
+            o,
+            Incoming::Dropped(DropReason::StaleHandshake | DropReason::UnknownSpi)
+                | Incoming::Control { .. }
+        )),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .filter(|o| matches!(o, Incoming::Dropped(DropReason::UnknownSpi)))
+            .count()
+            >= recorded.len() - 2,
+        "{outcomes:?}"
+    );
     sim.run_for(secs(5));
     assert!(
         sim.nonce_reuse.is_empty(),
-        "after a replayed group key (outcome {outcome:?}) the restarted member reused {} \
-         (key, nonce) pairs, e.g. {:x?}",
+        "after replayed group keys the restarted member reused {} (key, nonce) pairs, e.g. \
+         {:x?}",
         sim.nonce_reuse.len(),
         sim.nonce_reuse.first()
     );
@@ -647,29 +693,126 @@ fn replayed_group_key_after_member_restart_installs_nothing_old() {
         sim.controller.generation(),
         "the member is back on the group's generation"
     );
+    // It transmits again, under a generation minted after its restart (the "rejoin" rekey).
+    assert!(sim.controller.generation() > before);
+    assert!(
+        sim.members[0].tx_generation() > before,
+        "tx {} before {before} now {} rollouts {:?} state {:?} events {:?}",
+        sim.members[0].tx_generation(),
+        sim.controller.generation(),
+        sim.rollouts(),
+        sim.members[0].state(),
+        sim.events
+            .iter()
+            .filter(|(t, _)| *t >= restarted_at)
+            .collect::<Vec<_>>()
+    );
+    let rejoin = sim
+        .events
+        .iter()
+        .find(|(t, e)| {
+            *t >= restarted_at
+                && matches!(
+                    e,
+                    GroupEvent::RolloutStarted {
+                        reason: "rejoin",
+                        ..
+                    }
+                )
+        })
+        .map(|(t, _)| *t)
+        .expect("a rejoin rollout");
+    assert!(
+        rejoin.saturating_sub(restarted_at) < secs(2),
+        "rejoin rollout {:?} after the restart",
+        rejoin.saturating_sub(restarted_at)
+    );
 }
 
 /// Even without an attacker, a restarted group member must not reuse a (key, nonce) pair: it
-/// gets the group's current key back (catch-up) and, today, seals from sequence number 1 again
-/// under its sender key of that generation, which it used before the restart.
+/// gets the group's current key back (catch-up), but receive-only; it transmits only under a
+/// generation minted after its restart.
 ///
-/// **Fails today** (found while writing the test above: 45 reused pairs in this scenario): a
-/// member's sender key of a generation does not change across its restarts. Ignored until the
-/// group key schedule gives a restarted member keys (or a generation) it never used (issue 11).
+/// **Failed before** (commit b1952d0, `--ignored`: 45 reused pairs in this scenario): a
+/// member's sender key of a generation does not change across its restarts, and it sealed from
+/// sequence number 1 again under the current generation.
 #[test]
-#[ignore = "a restarted group member reuses its sender key's sequence numbers (issue 11)"]
 fn restarted_group_member_reuses_no_nonce() {
     use pktcrypt_core::control::GroupConfig;
     use pktcrypt_tests::group_sim::GroupSim;
-    let mut sim = GroupSim::new(3, GroupConfig::new(), 5);
-    sim.run_for(secs(5));
-    assert!(sim.controller.generation() >= 1, "the group keyed first");
-    sim.restart_member(0);
-    sim.run_for(secs(5));
-    assert!(
-        sim.nonce_reuse.is_empty(),
-        "the restarted member reused {} (key, nonce) pairs, e.g. {:x?}",
-        sim.nonce_reuse.len(),
-        sim.nonce_reuse.first()
-    );
+    for seed in [5, 6, 7] {
+        let mut sim = GroupSim::new(3, GroupConfig::new(), seed);
+        sim.run_for(secs(5));
+        assert!(sim.controller.generation() >= 1, "the group keyed first");
+        // Restart in every phase of a rollout too.
+        sim.restart_member(0);
+        sim.run_for(secs(5));
+        sim.controller.rekey(sim.now, "test");
+        sim.run_for(ms(30));
+        sim.restart_member(1);
+        sim.run_for(ms(150));
+        sim.restart_member(2);
+        sim.run_for(secs(5));
+        assert!(
+            sim.nonce_reuse.is_empty(),
+            "seed {seed}: the restarted members reused {} (key, nonce) pairs, e.g. {:x?}",
+            sim.nonce_reuse.len(),
+            sim.nonce_reuse.first()
+        );
+        let g = sim.controller.generation();
+        for m in &sim.members {
+            assert_eq!((m.generation(), m.tx_generation()), (g, g), "seed {seed}");
+        }
+        assert_eq!(sim.stats.key_mismatch, 0, "seed {seed}");
+    }
+}
+
+/// A group key only ever travels over a forward-secret channel: an attacker holding a member's
+/// control init key, the group init key and a capture of everything the controller sent that
+/// member learns no group key with `pfs` on, and every one with `pfs = "off"` (so the test can
+/// fail).
+#[test]
+fn group_keys_travel_only_over_forward_secret_channels() {
+    use pktcrypt_core::control::GroupConfig;
+    use pktcrypt_tests::group_sim::{GroupSim, member_control_key};
+    for pfs in [Pfs::EveryRekey, Pfs::InitOnly, Pfs::Off] {
+        let mut config = GroupConfig::new();
+        config.pfs = pfs;
+        config.rekey_interval = Some(secs(2));
+        config.channel_rekey_interval = Some(secs(3));
+        let mut sim = GroupSim::new(3, config, 9);
+        sim.run_for(secs(10));
+        assert!(sim.controller.generation() >= 3);
+        let init = member_control_key(0);
+        let mut attacker = Attacker::new(&init);
+        let mut group_keys = 0;
+        let mut opened = 0;
+        for (at, to, bytes) in &sim.capture {
+            if *to != 0 {
+                continue;
+            }
+            let c = Captured {
+                at: *at,
+                way: Way::ToClient,
+                client: 0,
+                control: true,
+                injected: false,
+                destination: None,
+                bytes: bytes.clone(),
+            };
+            if matches!(attacker.open(&c), Got::Control) {
+                opened += 1;
+            }
+            group_keys = attacker.group_keys;
+        }
+        eprintln!(
+            "pfs {pfs}: attacker opened {opened} controller messages, {group_keys} group keys"
+        );
+        if pfs == Pfs::Off {
+            assert!(group_keys >= 3, "the attacker works: {group_keys}");
+        } else {
+            assert!(opened > 0, "it opens the handshake itself");
+            assert_eq!(group_keys, 0, "pfs {pfs}: group keys read by the attacker");
+        }
+    }
 }

@@ -257,11 +257,13 @@ fn message_codec_round_trips_and_rejects_trailing_bytes() {
             suite: Suite::ChaCha20Poly1305,
             member_index: 2,
             members: 5,
+            transmit: true,
             secret: [1; 32],
         }),
         Message::GroupAck {
             generation: 3,
             phase: GroupPhase::InTransit,
+            seq: 7,
         },
         Message::GroupTransition {
             generation: 3,

@@ -754,6 +754,52 @@ impl Engine {
         Ok(Installed::Rotated { retired })
     }
 
+    /// Installs generation N-1 under a newest N when no previous generation is held (a group
+    /// member that got N first after a fresh start, and N-1 late): N keeps its keys, sequence
+    /// numbers and replay window. A generation already held is accepted again.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPeer`]; [`Error::GenerationNumber`] unless the newest is exactly one
+    /// later and no previous is held; [`Error::DuplicateSpi`]; [`Error::ConflictingGeneration`].
+    pub fn install_previous(
+        &mut self,
+        id: PeerId,
+        generation: &Generation,
+        now: Time,
+    ) -> Result<(), Error> {
+        let info = generation.info;
+        Spi::new(info.spi.get())?;
+        let peer = self.peer(id).ok_or(Error::UnknownPeer)?;
+        if let Some(held) = peer
+            .slots
+            .iter()
+            .flatten()
+            .find(|sa| sa.info.number == info.number && info.number != 0)
+        {
+            return if held.same_generation(generation) {
+                Ok(())
+            } else {
+                Err(Error::ConflictingGeneration)
+            };
+        }
+        let newest = peer.newest.ok_or(Error::GenerationNumber)?;
+        let n = peer.slots[usize::from(newest)]
+            .as_ref()
+            .map_or(0, |sa| sa.info.number);
+        if info.number == 0 || info.number + 1 != n || peer.previous_index().is_some() {
+            return Err(Error::GenerationNumber);
+        }
+        if self.spis.contains(info.spi.get()) {
+            return Err(Error::DuplicateSpi);
+        }
+        let sa = Sa::new(generation, now);
+        let target = 3 - newest;
+        let peer = self.peer_mut(id).ok_or(Error::UnknownPeer)?;
+        peer.slots[usize::from(target)] = Some(sa);
+        self.spis.insert(info.spi.get(), SaRef::new(id.0, target));
+        Ok(())
+    }
+
     /// Forgets both dynamic generations, leaving only the init key (after a fault, or when the
     /// peer re-initialises). Returns what was dropped.
     ///
@@ -903,9 +949,12 @@ impl Engine {
             let tx_index = peer.tx_index(role);
             let (tx_dir, rx_dir) = peer.dirs;
             let handshake_init = self.config.handshake_init;
+            let tx_receive_only = peer.slots[usize::from(tx_index)]
+                .as_ref()
+                .is_some_and(Sa::receive_only);
             let mut keys = crate::datapath::PeerKeys {
                 tx: None,
-                tx_handshake_only: handshake_init && tx_index == INIT_SLOT,
+                tx_handshake_only: (handshake_init && tx_index == INIT_SLOT) || tx_receive_only,
                 rx: Vec::with_capacity(3),
             };
             let logical: Vec<Slot> = (0..3u8).map(|i| peer.logical(i)).collect();
@@ -921,7 +970,7 @@ impl Engine {
                         backend,
                     }))
                 } else {
-                    if physical == tx_index {
+                    if physical == tx_index && !tx_receive_only {
                         let key = std::sync::Arc::clone(sa.tx(backend, tx_dir)?);
                         keys.tx = Some((physical, sa.info, key, std::sync::Arc::clone(&shared)));
                     }
@@ -961,6 +1010,26 @@ impl Engine {
         {
             sa.set_exchanged(exchanged);
         }
+    }
+
+    /// Marks the generation in `slot` receive-only (or not): nothing is sealed under it
+    /// ([`SealError::NoKey`]). A group member marks a generation it may have transmitted under
+    /// before a restart, whose sequence numbers it cannot know.
+    pub fn set_receive_only(&mut self, id: PeerId, slot: Slot, on: bool) {
+        let Some(peer) = self.peer_mut(id) else {
+            return;
+        };
+        if let Some(index) = peer.index_of(slot)
+            && let Some(sa) = peer.slots[usize::from(index)].as_mut()
+        {
+            sa.set_receive_only(on);
+        }
+    }
+
+    /// Whether the generation in `slot` is receive-only (see [`Self::set_receive_only`]).
+    pub fn receive_only(&self, id: PeerId, slot: Slot) -> bool {
+        self.sa_in(id, slot)
+            .is_some_and(|(_, sa)| sa.receive_only())
     }
 
     /// The generation in `slot` and when it was installed.
@@ -1094,8 +1163,9 @@ impl Engine {
             return;
         };
         let r = SaRef::new(id.0, peer.tx_index(self.config.role));
-        if self.handshake_only(r) {
-            // Version 3: nothing but handshake messages under the init key.
+        if self.handshake_only(r) || self.sa(r).is_some_and(Sa::receive_only) {
+            // Version 3: nothing but handshake messages under the init key, and nothing under a
+            // generation marked receive-only.
             for p in packets.iter_mut() {
                 p.state = State::SealFailed(SealError::NoKey);
             }

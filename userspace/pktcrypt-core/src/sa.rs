@@ -166,8 +166,10 @@ struct Hot {
     shared: Option<Arc<SaShared>>,
 }
 
-/// [`Sa::installed_at`]'s flag bit.
+/// [`Sa::installed_at`]'s flag bits.
 const EXCHANGED: u64 = 1 << 63;
+const RECEIVE_ONLY: u64 = 1 << 62;
+const FLAGS: u64 = EXCHANGED | RECEIVE_ONLY;
 
 pub(crate) struct Sa {
     pub(crate) info: GenerationInfo,
@@ -175,7 +177,7 @@ pub(crate) struct Sa {
     /// Next sequence number to send; starts at 1 (RFC 4303 §3.3.3). Survives key eviction.
     pub(crate) next_seq: u64,
     /// When it was installed, in nanoseconds of [`Time`] (bit 63: the generation came from a
-    /// key exchange; 2^63 ns is 292 years of uptime).
+    /// key exchange; bit 62: nothing may be sealed under it; 2^62 ns is 146 years of uptime).
     installed_at: u64,
     ext: Option<Box<Ext>>,
 }
@@ -186,7 +188,7 @@ impl Sa {
             info: generation.info,
             secret: generation.secret.clone(),
             next_seq: 1,
-            installed_at: u64::try_from(now.as_nanos()).unwrap_or(u64::MAX) & !EXCHANGED,
+            installed_at: u64::try_from(now.as_nanos()).unwrap_or(u64::MAX) & !FLAGS,
             ext: None,
         }
     }
@@ -259,7 +261,7 @@ impl Sa {
     }
 
     pub(crate) fn installed_at(&self) -> Time {
-        Time::from_nanos(self.installed_at & !EXCHANGED)
+        Time::from_nanos(self.installed_at & !FLAGS)
     }
 
     /// Whether the generation came from a key exchange (forward secret).
@@ -273,6 +275,21 @@ impl Sa {
             self.installed_at |= EXCHANGED;
         } else {
             self.installed_at &= !EXCHANGED;
+        }
+    }
+
+    /// Whether nothing may be sealed under this generation (this side may have used its
+    /// sequence numbers before a restart: a group member that got the key back).
+    pub(crate) fn receive_only(&self) -> bool {
+        self.installed_at & RECEIVE_ONLY != 0
+    }
+
+    /// Marks the generation receive-only (or not).
+    pub(crate) fn set_receive_only(&mut self, on: bool) {
+        if on {
+            self.installed_at |= RECEIVE_ONLY;
+        } else {
+            self.installed_at &= !RECEIVE_ONLY;
         }
     }
 

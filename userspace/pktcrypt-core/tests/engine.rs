@@ -694,3 +694,76 @@ fn control_only_sas_use_a_64_packet_window_until_data_flows() {
         "never seen, in the window"
     );
 }
+
+#[test]
+fn receive_only_generation_seals_nothing_but_opens() {
+    let mut p = pair(Suite::Aes256Gcm);
+    let g1 = generation(1, 0x2000, Suite::Aes256Gcm);
+    p.server.install(p.s_peer, &g1, Time::ZERO).expect("server");
+    p.client.install(p.c_peer, &g1, Time::ZERO).expect("client");
+    p.client.set_receive_only(p.c_peer, Slot::Newest, true);
+    assert!(p.client.receive_only(p.c_peer, Slot::Newest));
+    assert_eq!(
+        seal(&mut p.client, p.c_peer, &ipv4(60, 1)),
+        Err(SealError::NoKey)
+    );
+    // Data-plane workers get no transmit key for it either.
+    let plane = p.client.data_plane().expect("plane");
+    let mut buf = vec![0u8; ESP_HEADER_LEN + 60 + esp::MAX_OVERHEAD];
+    buf[ESP_HEADER_LEN..ESP_HEADER_LEN + 60].copy_from_slice(&ipv4(60, 1));
+    let mut packets = [Packet::new(&mut buf, 60)];
+    plane.seal_batch(p.c_peer, &mut packets);
+    assert_eq!(packets[0].sealed(), Err(SealError::NoKey));
+    // The other side's packets under it still open.
+    p.server
+        .set_tx_rule(p.s_peer, pktcrypt_core::TxRule::Newest)
+        .expect("rule");
+    let sealed = seal(&mut p.server, p.s_peer, &ipv4(60, 2)).expect("server seals");
+    assert_eq!(open(&mut p.client, &sealed).map(|(g, _)| g), Ok(1));
+}
+
+#[test]
+fn install_previous_keeps_the_newest_sequence_numbers() {
+    let mut p = pair(Suite::Aes256Gcm);
+    let g1 = generation(1, 0x2000, Suite::Aes256Gcm);
+    let g2 = generation(2, 0x2001, Suite::Aes256Gcm);
+    p.client
+        .install(p.c_peer, &g2, Time::ZERO)
+        .expect("fresh start with 2");
+    let first = seal(&mut p.client, p.c_peer, &ipv4(60, 1)).expect("seal under 2");
+    // 3 is not 2's predecessor; 1 is; it goes into the previous slot.
+    assert!(
+        p.client
+            .install_previous(
+                p.c_peer,
+                &generation(3, 0x2002, Suite::Aes256Gcm),
+                Time::ZERO
+            )
+            .is_err()
+    );
+    p.client
+        .install_previous(p.c_peer, &g1, Time::ZERO)
+        .expect("previous");
+    p.client
+        .install_previous(p.c_peer, &g1, Time::ZERO)
+        .expect("idempotent");
+    assert_eq!(
+        p.client
+            .generation(p.c_peer, Slot::Previous)
+            .map(|g| g.number),
+        Some(1)
+    );
+    let second = seal(&mut p.client, p.c_peer, &ipv4(60, 1)).expect("still under 2");
+    assert_eq!(&first[..4], &second[..4], "same SPI");
+    assert_ne!(&first[4..16], &second[4..16], "sequence and IV moved on");
+    // With a previous generation held, nothing more goes in.
+    assert!(
+        p.client
+            .install_previous(
+                p.c_peer,
+                &generation(1, 0x2003, Suite::Aes256Gcm),
+                Time::ZERO
+            )
+            .is_err()
+    );
+}

@@ -328,6 +328,8 @@ pub(crate) struct GroupControllerFile {
     pub(crate) max_retries: Option<u32>,
     /// Evict unresponsive members.
     pub(crate) evict_unresponsive: Option<bool>,
+    /// When the members' control channels exchange fresh ephemeral keys (as a key server's).
+    pub(crate) pfs: Option<PfsSetting>,
     /// Status line interval.
     pub(crate) status_interval_ms: Option<u64>,
     /// The group init key.

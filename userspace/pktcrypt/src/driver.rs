@@ -478,7 +478,7 @@ pub(crate) fn run_group_controller(
     base: &Path,
     term: &AtomicBool,
 ) -> Result<(), String> {
-    let config = config::group_config(
+    let mut config = config::group_config(
         &file.suite,
         file.rekey_interval_ms,
         file.retry_ms,
@@ -486,6 +486,9 @@ pub(crate) fn run_group_controller(
         file.evict_unresponsive,
         Role::KeyServer,
     )?;
+    if let Some(p) = &file.pfs {
+        config.pfs = p.parse().map_err(|e| format!("pfs: {e}"))?;
+    }
     let group_init = file.group.key.load("group", 0, base)?;
     let mut controller =
         GroupController::new(config, group_init.info.spi.get(), Box::new(OsRandom))

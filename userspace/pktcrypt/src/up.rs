@@ -368,8 +368,10 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     if role != "client" && file.server.is_some() {
         return Err("server: only a client has a [server] table".into());
     }
-    if role != "server" && file.pfs.is_some() {
-        return Err("pfs: only a key server has a forward-secrecy policy".into());
+    if role != "server" && role != "group-controller" && file.pfs.is_some() {
+        return Err(
+            "pfs: only a key server or a group controller has a forward-secrecy policy".into(),
+        );
     }
     if role != "server" && file.max_handshakes_per_second.is_some() {
         return Err("max_handshakes_per_second: only a key server answers handshakes".into());
@@ -776,6 +778,9 @@ fn run_controller(
         pktcrypt_core::Role::KeyServer,
     )?;
     config.engine.backend = backend(file.backend.as_deref())?;
+    if let Some(p) = &file.pfs {
+        config.pfs = p.parse().map_err(|e| format!("pfs: {e}"))?;
+    }
     let group = file
         .group
         .as_ref()

@@ -71,6 +71,13 @@ fn control_roles_name_the_bad_field() {
         );
     }
     fails_naming(
+        "group-controller",
+        &format!(
+            "listen = \"127.0.0.1:0\"\npfs = \"sometimes\"\n[group]\ninit_key = \"{k}\"\n[[members]]\nname = \"a\"\ninit_key = \"{k}\"\n"
+        ),
+        "pfs",
+    );
+    fails_naming(
         "client",
         &format!("server = \"127.0.0.1:4500\"\nreplay_window = 100\ninit_key = \"{k}\"\n"),
         "replay_window",

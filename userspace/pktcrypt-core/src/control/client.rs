@@ -193,7 +193,13 @@ pub struct KeyClient {
     /// Whether the newest generation came from a key exchange, and when it was installed.
     newest_exchanged: Option<(bool, Time)>,
     reassembly: Reassembler,
+    /// Group messages for the member (see [`Self::carry_group_messages`]).
+    carry_group: bool,
+    inbox: VecDeque<Message>,
 }
+
+/// Group messages held for the member at most (it takes them after every datagram).
+const INBOX_MAX: usize = 64;
 
 impl std::fmt::Debug for KeyClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -239,6 +245,8 @@ impl KeyClient {
             confirming: None,
             newest_exchanged: None,
             reassembly: Reassembler::new(1),
+            carry_group: false,
+            inbox: VecDeque::new(),
         };
         client.start_init(now);
         Ok(client)
@@ -568,8 +576,37 @@ impl KeyClient {
                 }
                 Ok(())
             }
+            (_, msg) if self.carry_group && msg.is_group() && self.inbox.len() < INBOX_MAX => {
+                // A group member's channel: the member takes it from here.
+                self.inbox.push_back(msg);
+                Ok(())
+            }
             _ => Err(ControlUnexpected),
         }
+    }
+
+    /// Makes this client a group member's control channel: group messages from the
+    /// controller (under a generation of the channel, never under the init key) are kept for
+    /// [`Self::poll_message`] instead of being refused.
+    pub(crate) fn carry_group_messages(&mut self) {
+        self.carry_group = true;
+    }
+
+    /// The next group message the controller sent over the channel.
+    pub(crate) fn poll_message(&mut self) -> Option<Message> {
+        self.inbox.pop_front()
+    }
+
+    /// Sends `msg` to the server under the channel's current generation. `false` while the
+    /// channel has none (the handshake is not complete): nothing is sent.
+    pub(crate) fn send_message(&mut self, msg: &Message) -> bool {
+        if self.newest() == 0 || self.engine.transmits_under_init(self.server) {
+            return false;
+        }
+        self.next_id = self.next_id.wrapping_add(1);
+        let id = self.next_id;
+        self.send(msg, id);
+        true
     }
 
     /// An answer to our init request: bound to it by the echo of its transcript hash, so a

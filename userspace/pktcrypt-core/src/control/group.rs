@@ -5,9 +5,21 @@
 //! share the secret but never a (key, nonce). Receivers pick the key by SPI: no trial
 //! decryption. The group init key works the same way under `init_spi_base + i`.
 //!
-//! **Control channel.** Controller and member talk pairwise, sealed under the member's own
-//! init key (provisioned out of band, like the group init key): `GROUP_KEY` carries the secret
-//! to one member only.
+//! **Control channel (protocol version 3).** Controller and member talk pairwise over a channel
+//! that is exactly the key server / client protocol: the controller embeds a [`KeyServer`], each
+//! member a [`KeyClient`], keyed by the member's own init key (provisioned out of band). The
+//! channel starts with the hybrid init handshake, is rekeyed by the server's policy (`pfs`) and
+//! carries nothing under the init key but handshake messages, so `GROUP_KEY` only ever travels
+//! under a channel generation that came from a key exchange (with `pfs` on): forward secret, and
+//! a recording of it means nothing to a restarted member.
+//!
+//! **No nonce reuse across a member's restarts.** A member's sender key of a generation does
+//! not change when the member restarts, and its sequence numbers start again at 1. So the
+//! controller tells each member which generations it may transmit under: only those minted
+//! after the member's current channel was established (`GroupKey::transmit`). A restarted
+//! member gets the generations in use back receive-only, and the controller rekeys the group at
+//! once ("rejoin"); the member transmits from that rollout's transition on. Nothing is ever
+//! sealed under the group init key.
 //!
 //! **Rollout.** The controller distributes generation N+1 to every member; each installs it,
 //! keeps transmitting with N and acks (DISTRIBUTION_COMPLETED). When all have acked, the first
@@ -20,7 +32,8 @@
 
 use super::message::{GroupKey, GroupPhase, Message};
 use super::{
-    Incoming, Random, SCRATCH_LEN, Transmit, backoff, dispatch_control, jittered, seal_messages,
+    ClientConfig, ClientEvent, Incoming, KeyClient, KeyErasureRandom, KeyServer, Pfs, Random,
+    RekeyTriggers, ServerConfig, ServerEvent, Transmit, backoff, jittered,
 };
 use crate::wire::NextHeader;
 use crate::wire::esp::EspHeader;
@@ -53,6 +66,11 @@ pub struct GroupConfig {
     pub phase_grace: Duration,
     /// Smallest interval between two rekeys triggered by unknown senders.
     pub unknown_sender_holdoff: Duration,
+    /// When the pairwise control channels exchange fresh ephemeral keys (the controller's
+    /// setting rules; a group key only travels under a channel generation).
+    pub pfs: Pfs,
+    /// Rekey each member's control channel this often (jittered). `None`: only on triggers.
+    pub channel_rekey_interval: Option<Duration>,
 }
 
 impl GroupConfig {
@@ -68,8 +86,41 @@ impl GroupConfig {
             evict_unresponsive: true,
             phase_grace: Duration::from_millis(100),
             unknown_sender_holdoff: Duration::from_secs(10),
+            pfs: Pfs::EveryRekey,
+            channel_rekey_interval: Some(Duration::from_secs(3600)),
         }
     }
+
+    /// The key server settings of the controller's side of the control channels.
+    fn channel_server(&self) -> ServerConfig {
+        let mut c = ServerConfig::new();
+        c.engine = self.engine.clone();
+        c.suite = self.suite;
+        c.pfs = self.pfs;
+        c.rekey_interval = self.channel_rekey_interval;
+        c.distribution_retry = self.retry;
+        c.distribution_max_backoff = self.max_backoff;
+        c.distribution_retries = self.max_retries;
+        c.triggers = RekeyTriggers::for_suite(self.suite, c.engine.max_esp_len);
+        c
+    }
+
+    /// The client settings of a member's side of its control channel.
+    fn channel_client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.engine = self.engine.clone();
+        c.request_timeout = self.retry;
+        c.max_backoff = self.max_backoff;
+        c.triggers = RekeyTriggers::for_suite(self.suite, c.engine.max_esp_len);
+        c
+    }
+}
+
+/// A fast-key-erasure generator for an embedded channel, seeded from `rng`.
+fn child_rng(rng: &mut dyn Random) -> Box<dyn Random> {
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    rng.fill(&mut *seed);
+    Box::new(KeyErasureRandom::from_seed(*seed))
 }
 
 impl Default for GroupConfig {
@@ -141,6 +192,12 @@ pub enum GroupEvent {
         /// Member index.
         member: u16,
     },
+    /// A member completed an init handshake of its control channel (it started or
+    /// restarted): the generations in use are receive-only for it from now on.
+    ChannelUp {
+        /// Member index.
+        member: u16,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,6 +227,14 @@ struct MemberRec {
     reached: Option<GroupPhase>,
     retries: u32,
     next_retry: Option<Time>,
+    /// The newest group generation when the member's current channel was established: it
+    /// may transmit only under later ones.
+    floor: u64,
+    /// The newest ack counter seen on the current channel.
+    ack_seq: Option<u32>,
+    /// Rekey once the member has caught up: it restarted and holds nothing it may transmit
+    /// under.
+    rejoin: bool,
 }
 
 #[derive(Clone)]
@@ -183,7 +248,7 @@ struct GroupGen {
 /// The group key controller.
 pub struct GroupController {
     config: GroupConfig,
-    control: Engine,
+    channel: KeyServer,
     rng: Box<dyn Random>,
     members: Vec<MemberRec>,
     current: Option<GroupGen>,
@@ -194,10 +259,7 @@ pub struct GroupController {
     rekey_at: Option<Time>,
     last_unknown: Option<Time>,
     table: Vec<TableEntry>,
-    transmits: VecDeque<Transmit>,
     events: VecDeque<GroupEvent>,
-    next_id: u32,
-    out: Vec<u8>,
     init_spi_base: u32,
 }
 
@@ -219,11 +281,13 @@ impl GroupController {
     pub fn new(
         mut config: GroupConfig,
         group_init_spi_base: u32,
-        rng: Box<dyn Random>,
+        mut rng: Box<dyn Random>,
     ) -> Result<Self, Error> {
         config.engine.role = Role::KeyServer;
+        let mut channel = KeyServer::new(config.channel_server(), child_rng(rng.as_mut()))?;
+        channel.carry_group_messages();
         Ok(Self {
-            control: Engine::new(config.engine.clone())?,
+            channel,
             config,
             rng,
             members: Vec::new(),
@@ -235,10 +299,7 @@ impl GroupController {
             rekey_at: None,
             last_unknown: None,
             table: Vec::new(),
-            transmits: VecDeque::new(),
             events: VecDeque::new(),
-            next_id: 1,
-            out: vec![0u8; SCRATCH_LEN],
             init_spi_base: group_init_spi_base,
         })
     }
@@ -256,7 +317,7 @@ impl GroupController {
         now: Time,
     ) -> Result<u16, Error> {
         let index = u16::try_from(self.members.len()).map_err(|_| Error::UnknownPeer)?;
-        let peer = self.control.add_peer(control_init, now)?;
+        let peer = self.channel.add_client(control_init, addr, now)?;
         self.members.push(MemberRec {
             peer,
             active,
@@ -264,8 +325,16 @@ impl GroupController {
             reached: None,
             retries: 0,
             next_retry: None,
+            floor: 0,
+            ack_seq: None,
+            rejoin: false,
         });
         Ok(index)
+    }
+
+    /// The control channels' key server (its engine holds every member's channel keys).
+    pub fn channel(&self) -> &KeyServer {
+        &self.channel
     }
 
     /// The newest group generation (0: the init key only).
@@ -293,7 +362,7 @@ impl GroupController {
 
     /// The next packet to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        self.channel.poll_transmit()
     }
 
     /// The next event.
@@ -311,6 +380,7 @@ impl GroupController {
         retries
             .chain(self.stage_ready_at)
             .chain(self.rekey_at)
+            .chain(self.channel.poll_timeout())
             .min()
     }
 
@@ -391,6 +461,10 @@ impl GroupController {
             suite: g.suite,
             member_index: member,
             members: self.members.len() as u16,
+            transmit: self
+                .members
+                .get(usize::from(member))
+                .is_some_and(|m| g.number > m.floor),
             secret: *g.secret.expose(),
         })
     }
@@ -399,9 +473,18 @@ impl GroupController {
         let Some(g) = self.current.clone() else {
             return;
         };
+        let never_acked = self.members[usize::from(member)].reached.is_none();
         let msg = match self.stage {
             Stage::Idle => return,
             Stage::Distributing => self.group_key_for(&g, member),
+            // A member that never acknowledged this rollout's key (it restarted or came back
+            // mid-rollout) needs the keys, not a transition: the previous one first while the
+            // group transmits with both.
+            Stage::Transit if never_acked => match self.old.clone() {
+                Some(old) => self.group_key_for(&old, member),
+                None => self.group_key_for(&g, member),
+            },
+            Stage::Completing if never_acked => self.group_key_for(&g, member),
             Stage::Transit => Message::GroupTransition {
                 generation: g.number,
                 phase: GroupPhase::InTransit,
@@ -438,23 +521,43 @@ impl GroupController {
         self.send(member, &msg);
     }
 
+    /// Sends over the member's channel; nothing while the channel has no key yet (the retry
+    /// timer tries again, and the member asks once its handshake is done).
     fn send(&mut self, member: u16, msg: &Message) {
         let Some(m) = self.members.get(usize::from(member)) else {
             return;
         };
-        let (peer, destination) = (m.peer, m.addr);
-        self.next_id = self.next_id.wrapping_add(1);
-        let id = self.next_id;
-        seal_messages(
-            &mut self.control,
-            peer,
-            destination,
-            msg,
-            id,
-            &mut self.out,
-            self.rng.as_mut(),
-            &mut self.transmits,
-        );
+        let peer = m.peer;
+        self.channel.send_message(peer, msg);
+    }
+
+    /// Takes what the channel produced: handshakes completed, group messages received.
+    fn pump(&mut self, now: Time) {
+        while let Some(e) = self.channel.poll_event() {
+            if let ServerEvent::ClientInit { peer } = e
+                && let Some(member) = self.member_of(peer)
+            {
+                // A new channel: the member (re)started. Whatever generation exists now, it
+                // may have used before; it acknowledges everything again.
+                let floor = self.generation();
+                let m = &mut self.members[usize::from(member)];
+                m.floor = floor;
+                m.reached = None;
+                m.retries = 0;
+                m.ack_seq = None;
+                m.rejoin = false;
+                self.events.push_back(GroupEvent::ChannelUp { member });
+            }
+        }
+        while let Some((peer, msg)) = self.channel.poll_message() {
+            let Some(member) = self.member_of(peer) else {
+                continue;
+            };
+            if let Some(addr) = self.channel.address(peer) {
+                self.members[usize::from(member)].addr = Some(addr);
+            }
+            self.on_control(now, member, msg);
+        }
     }
 
     fn member_of(&self, peer: PeerId) -> Option<u16> {
@@ -476,7 +579,7 @@ impl GroupController {
             let known = self.members.iter().any(|m| m.addr == Some(addr));
             let spi_known = EspHeader::parse(buf)
                 .ok()
-                .and_then(|h| self.control.lookup_spi(h.spi))
+                .and_then(|h| self.channel.engine().lookup_spi(h.spi))
                 .is_some();
             if !known && !spi_known {
                 let holdoff = self.config.unknown_sender_holdoff;
@@ -489,20 +592,12 @@ impl GroupController {
                 }
             }
         }
-        match self.control.open(buf) {
-            Opened::Control { message, info } => {
-                let Some(member) = self.member_of(info.peer) else {
-                    return Incoming::Dropped(DropReason::ControlUnexpected);
-                };
-                if let Some(addr) = from {
-                    self.members[usize::from(member)].addr = Some(addr);
-                }
-                dispatch_control(info.peer, Message::decode(message), |msg, _| {
-                    self.on_control(now, member, msg)
-                })
-            }
-            Opened::Data { .. } => Incoming::Dropped(DropReason::ControlUnexpected),
-            Opened::Drop(r) => Incoming::Dropped(r),
+        let incoming = self.channel.handle_datagram(now, from, buf);
+        self.pump(now);
+        match incoming {
+            // Nothing but control messages travels on a channel.
+            Incoming::Data { .. } => Incoming::Dropped(DropReason::ControlUnexpected),
+            other => other,
         }
     }
 
@@ -519,6 +614,16 @@ impl GroupController {
                     self.rekey(now, "join");
                 } else {
                     self.catch_up(now, member);
+                    if self.members[i].floor >= self.generation() {
+                        // A restarted member holds nothing it may transmit under: a
+                        // generation it never used, as soon as it holds the current one (or
+                        // after the rollout in progress).
+                        if self.stage == Stage::Idle {
+                            self.members[i].rejoin = true;
+                        } else {
+                            self.rekey_pending.get_or_insert("rejoin");
+                        }
+                    }
                 }
             }
             Message::GroupLeave => {
@@ -540,14 +645,58 @@ impl GroupController {
                     self.catch_up(now, member);
                 }
             }
-            Message::GroupAck { generation, phase } => {
-                if generation != self.generation() || !self.members[i].active {
+            Message::GroupAck {
+                generation,
+                phase,
+                seq,
+            } => {
+                if !self.members[i].active {
                     return true;
                 }
+                let current_number = self.generation();
                 let m = &mut self.members[i];
-                if m.reached.is_none_or(|r| (r as u8) < (phase as u8)) {
-                    m.reached = Some(phase);
-                    m.retries = 0;
+                if m.ack_seq.is_some_and(|s| seq <= s) {
+                    // Older than an ack already taken (reordered) or a duplicate.
+                    return true;
+                }
+                m.ack_seq = Some(seq);
+                let mid_rollout = matches!(self.stage, Stage::Distributing | Stage::Transit);
+                if generation != current_number {
+                    if mid_rollout
+                        && self.old.as_ref().is_some_and(|o| o.number == generation)
+                        && let Some(current) = self.current.clone()
+                    {
+                        // Caught up on the previous generation: now the new one.
+                        let msg = self.group_key_for(&current, member);
+                        self.send(member, &msg);
+                    }
+                    return true;
+                }
+                // The newest ack is the member's state: it can go back a phase when a late
+                // previous key made it install both again.
+                m.reached = Some(phase);
+                m.retries = 0;
+                if self
+                    .stage
+                    .wanted()
+                    .is_some_and(|w| (phase as u8) < (w as u8))
+                {
+                    m.next_retry = Some(now);
+                }
+                if m.rejoin && self.stage == Stage::Idle && phase == GroupPhase::UpdateCompleted {
+                    m.rejoin = false;
+                    self.rekey(now, "rejoin");
+                    return true;
+                }
+                if phase == GroupPhase::UpdateCompleted
+                    && matches!(self.stage, Stage::Distributing | Stage::Transit)
+                    && let Some(old) = self.old.clone()
+                {
+                    // A fresh start (a late joiner, a lost key): the member holds only the new
+                    // generation while others still transmit with the old one. Send it the old
+                    // one; it installs both in order and acks again.
+                    let msg = self.group_key_for(&old, member);
+                    self.send(member, &msg);
                 }
                 if let Some(e) = self
                     .table
@@ -570,11 +719,23 @@ impl GroupController {
         let Some(current) = self.current.clone() else {
             return;
         };
-        if self.stage == Stage::Distributing
+        if matches!(self.stage, Stage::Distributing | Stage::Transit)
             && let Some(old) = self.old.clone()
         {
+            // Mid-rollout the group transmits with both. While distributing, the member must
+            // not transmit with the new one (others may lack it): the previous generation
+            // first, the new one when the member acks it, in that order whatever the network
+            // does. In transit every member holds both: both at once.
             let msg = self.group_key_for(&old, member);
             self.send(member, &msg);
+            if self.stage == Stage::Transit {
+                let msg = self.group_key_for(&current, member);
+                self.send(member, &msg);
+            }
+            let m = &mut self.members[usize::from(member)];
+            m.retries = 0;
+            m.next_retry = Some(now + self.config.retry);
+            return;
         }
         let msg = self.group_key_for(&current, member);
         self.send(member, &msg);
@@ -643,6 +804,10 @@ impl GroupController {
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Time) {
+        if self.channel.poll_timeout().is_some_and(|t| t <= now) {
+            self.channel.handle_timeout(now);
+            self.pump(now);
+        }
         if self.stage_ready_at.is_some_and(|t| t <= now) {
             self.next_stage(now);
         }
@@ -687,22 +852,24 @@ impl GroupController {
 pub struct GroupMember {
     config: GroupConfig,
     index: u16,
-    control: Engine,
-    controller: PeerId,
+    channel: KeyClient,
     group: Engine,
     senders: Vec<PeerId>,
     group_init: Generation,
     state: MemberState,
     current: u64,
-    /// The newest key message, to re-install in order when an older one arrives late.
-    last_key: Option<GroupKey>,
     joined: bool,
     request: Option<(Time, u32)>,
+    /// The join or key request the channel could not carry yet (no channel key): sent as soon
+    /// as it can.
+    unsent: Option<Message>,
+    /// The channel started over (fallback to its init key): the controller may have restarted
+    /// too, so the next group key is taken whatever its number.
+    resync: bool,
+    /// Acks sent on the current channel.
+    ack_seq: u32,
     rng: Box<dyn Random>,
-    transmits: VecDeque<Transmit>,
     events: VecDeque<MemberEvent>,
-    next_id: u32,
-    out: Vec<u8>,
 }
 
 /// What a member tells the application.
@@ -739,31 +906,38 @@ impl GroupMember {
         control_init: &Generation,
         group_init: &Generation,
         members: u16,
-        rng: Box<dyn Random>,
+        mut rng: Box<dyn Random>,
         now: Time,
     ) -> Result<Self, Error> {
         config.engine.role = Role::Client;
-        let mut control = Engine::new(config.engine.clone())?;
-        let controller = control.add_peer(control_init, now)?;
-        let group = Engine::new(config.engine.clone())?;
+        let mut channel = KeyClient::new(
+            config.channel_client(),
+            control_init,
+            child_rng(rng.as_mut()),
+            now,
+        )?;
+        channel.carry_group_messages();
+        // Nothing is sealed or accepted under the group init key (its sequence numbers would
+        // start again at every restart); it only anchors the senders' SPIs.
+        let mut group_engine = config.engine.clone();
+        group_engine.handshake_init = true;
+        let group = Engine::new(group_engine)?;
         let mut member = Self {
             config,
             index,
-            control,
-            controller,
+            channel,
             group,
             senders: Vec::new(),
             group_init: group_init.clone(),
             state: MemberState::UpdateCompleted,
             current: 0,
-            last_key: None,
             joined: false,
             request: None,
+            unsent: None,
+            resync: false,
+            ack_seq: 0,
             rng,
-            transmits: VecDeque::new(),
             events: VecDeque::new(),
-            next_id: 1,
-            out: vec![0u8; SCRATCH_LEN],
         };
         member.ensure_senders(members.max(index + 1), now)?;
         member.join(now);
@@ -826,6 +1000,11 @@ impl GroupMember {
         &self.group
     }
 
+    /// The control channel to the controller.
+    pub fn channel(&self) -> &KeyClient {
+        &self.channel
+    }
+
     /// The group engine's peer for member `index`'s sender keys (its packets are opened
     /// under it; this member's own packets are sealed under `sender(self.index())`).
     pub fn sender(&self, index: u16) -> Option<PeerId> {
@@ -842,9 +1021,9 @@ impl GroupMember {
         self.group.data_plane()
     }
 
-    /// The next packet to send.
+    /// The next packet to send (to the controller).
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        self.channel.poll_transmit()
     }
 
     /// The next event.
@@ -854,7 +1033,11 @@ impl GroupMember {
 
     /// The next timer deadline.
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.request.map(|(t, _)| t)
+        self.request
+            .map(|(t, _)| t)
+            .into_iter()
+            .chain(self.channel.poll_timeout())
+            .min()
     }
 
     /// Joins (or re-joins) the group.
@@ -867,6 +1050,7 @@ impl GroupMember {
     pub fn leave(&mut self) {
         self.joined = false;
         self.request = None;
+        self.unsent = None;
         self.send_control(&Message::GroupLeave);
     }
 
@@ -877,7 +1061,6 @@ impl GroupMember {
     }
 
     fn request_now(&mut self, now: Time, msg: Message) {
-        self.next_id = self.next_id.wrapping_add(1);
         let delay = backoff(
             self.config.retry,
             self.config.max_backoff,
@@ -885,22 +1068,43 @@ impl GroupMember {
             self.rng.as_mut(),
         );
         self.request = Some((now + delay, 0));
-        self.send_control(&msg);
+        self.send_request(msg);
     }
 
-    fn send_control(&mut self, msg: &Message) {
-        self.next_id = self.next_id.wrapping_add(1);
-        let id = self.next_id;
-        seal_messages(
-            &mut self.control,
-            self.controller,
-            None,
-            msg,
-            id,
-            &mut self.out,
-            self.rng.as_mut(),
-            &mut self.transmits,
-        );
+    /// Sends a join or key request, or keeps it until the channel has a key.
+    fn send_request(&mut self, msg: Message) {
+        if self.send_control(&msg) {
+            self.unsent = None;
+        } else {
+            self.unsent = Some(msg);
+        }
+    }
+
+    fn send_control(&mut self, msg: &Message) -> bool {
+        self.channel.send_message(msg)
+    }
+
+    /// Takes what the channel produced: a fallback, group messages; sends a request that was
+    /// waiting for the channel.
+    fn pump(&mut self, now: Time) {
+        while let Some(e) = self.channel.poll_event() {
+            if e == ClientEvent::FellBackToInit {
+                // The controller stopped answering (it may have restarted): join again once
+                // the channel is back, and take its next key whatever the number.
+                self.resync = true;
+                self.joined = false;
+                self.ack_seq = 0;
+                if self.request.is_none() {
+                    self.request_now(now, Message::GroupJoin);
+                }
+            }
+        }
+        while let Some(msg) = self.channel.poll_message() {
+            self.on_control(now, msg);
+        }
+        if let Some(msg) = self.unsent.take() {
+            self.send_request(msg);
+        }
     }
 
     /// Seals a data packet for the group (one packet for every member) with this member's
@@ -926,7 +1130,7 @@ impl GroupMember {
     pub fn handle_datagram<'b>(&mut self, now: Time, buf: &'b mut [u8]) -> Incoming<'b> {
         let is_control = EspHeader::parse(buf)
             .ok()
-            .and_then(|h| self.control.lookup_spi(h.spi))
+            .and_then(|h| self.channel.engine().lookup_spi(h.spi))
             .is_some();
         if !is_control {
             return match self.group.open(buf) {
@@ -944,14 +1148,12 @@ impl GroupMember {
                 Opened::Drop(r) => Incoming::Dropped(r),
             };
         }
-        match self.control.open(buf) {
-            Opened::Control { message, info } => {
-                dispatch_control(info.peer, Message::decode(message), |msg, _| {
-                    self.on_control(now, msg)
-                })
-            }
-            Opened::Data { .. } => Incoming::Dropped(DropReason::ControlUnexpected),
-            Opened::Drop(r) => Incoming::Dropped(r),
+        let incoming = self.channel.handle_datagram(now, buf);
+        self.pump(now);
+        match incoming {
+            // Nothing but control messages travels on the channel.
+            Incoming::Data { .. } => Incoming::Dropped(DropReason::ControlUnexpected),
+            other => other,
         }
     }
 
@@ -973,6 +1175,11 @@ impl GroupMember {
                 return false;
             }
         }
+        if !k.transmit
+            && let Some(me) = self.senders.get(usize::from(self.index))
+        {
+            self.group.set_receive_only(*me, Slot::Newest, true);
+        }
         true
     }
 
@@ -993,7 +1200,14 @@ impl GroupMember {
 
     fn ack(&mut self, phase: GroupPhase) {
         let generation = self.current;
-        self.send_control(&Message::GroupAck { generation, phase });
+        self.ack_seq = self.ack_seq.wrapping_add(1);
+        let seq = self.ack_seq;
+        // Lost or not, the controller retries until it hears it.
+        self.send_control(&Message::GroupAck {
+            generation,
+            phase,
+            seq,
+        });
     }
 
     fn on_control(&mut self, now: Time, msg: Message) -> bool {
@@ -1007,28 +1221,43 @@ impl GroupMember {
                 }
                 self.joined = true;
                 self.request = None;
+                self.unsent = None;
+                let resync = std::mem::take(&mut self.resync);
                 let only_newest = self.held().len() == 1;
-                if k.generation + 1 == self.current && only_newest {
+                if !resync && k.generation + 1 == self.current && only_newest {
                     // After a fresh start we hold only N, but the group still transmits with
-                    // N-1: take N-1, then N again, in order.
-                    if let Some(newest) = self.last_key {
-                        for p in self.senders.clone() {
-                            let _ = self.group.reset_to_init(p);
-                        }
-                        self.current = 0;
-                        if !self.install_key(now, &k) || !self.install_key(now, &newest) {
+                    // N-1: take N-1 as the previous generation (N keeps its sequence numbers)
+                    // and transmit with it until the transition.
+                    let mut ok = true;
+                    for (j, p) in self.senders.clone().into_iter().enumerate() {
+                        let Ok(spi) = Spi::new(k.spi_base.wrapping_add(j as u32)) else {
                             return false;
-                        }
-                        self.current = newest.generation;
-                        self.set_state(MemberState::DistributionCompleted);
-                        self.ack(GroupPhase::DistributionCompleted);
+                        };
+                        let generation = Generation {
+                            info: GenerationInfo {
+                                number: k.generation,
+                                spi,
+                                suite: k.suite,
+                            },
+                            secret: Secret::from_bytes(k.secret),
+                        };
+                        ok &= self.group.install_previous(p, &generation, now).is_ok();
                     }
+                    if !ok {
+                        return false;
+                    }
+                    if !k.transmit
+                        && let Some(me) = self.senders.get(usize::from(self.index))
+                    {
+                        self.group.set_receive_only(*me, Slot::Previous, true);
+                    }
+                    self.set_state(MemberState::DistributionCompleted);
+                    self.ack(GroupPhase::DistributionCompleted);
                     return true;
                 }
-                if k.generation < self.current {
-                    return true;
-                }
-                if k.generation == self.current {
+                if !resync && k.generation <= self.current {
+                    // A key we hold (a retransmission, or the previous one sent again because
+                    // our ack was lost): tell the controller where we are.
                     let phase = match self.state {
                         MemberState::DistributionCompleted => GroupPhase::DistributionCompleted,
                         MemberState::InTransit => GroupPhase::InTransit,
@@ -1037,7 +1266,7 @@ impl GroupMember {
                     self.ack(phase);
                     return true;
                 }
-                let fresh_start = k.generation != self.current + 1;
+                let fresh_start = resync || k.generation != self.current + 1;
                 if fresh_start {
                     // Reconnect after missing generations: start from the init key again.
                     for p in self.senders.clone() {
@@ -1048,7 +1277,6 @@ impl GroupMember {
                     return false;
                 }
                 self.current = k.generation;
-                self.last_key = Some(k);
                 if fresh_start {
                     self.set_state(MemberState::UpdateCompleted);
                     self.ack(GroupPhase::UpdateCompleted);
@@ -1086,8 +1314,13 @@ impl GroupMember {
         }
     }
 
-    /// Runs every timer due at `now` (retransmits an unanswered join or key request).
+    /// Runs every timer due at `now`: the channel's, and retransmits an unanswered join or key
+    /// request.
     pub fn handle_timeout(&mut self, now: Time) {
+        if self.channel.poll_timeout().is_some_and(|t| t <= now) {
+            self.channel.handle_timeout(now);
+            self.pump(now);
+        }
         let Some((at, attempts)) = self.request else {
             return;
         };
@@ -1107,6 +1340,6 @@ impl GroupMember {
         } else {
             Message::GroupJoin
         };
-        self.send_control(&msg);
+        self.send_request(msg);
     }
 }

@@ -153,6 +153,11 @@ pub struct GroupKey {
     pub member_index: u16,
     /// Number of member indices in use (members are `0..members`).
     pub members: u16,
+    /// Whether the member may transmit under this generation. The controller clears it for
+    /// every generation that existed before the member's current control channel was
+    /// established: a restarted member may have used those keys' sequence numbers (flags
+    /// byte, bit 0).
+    pub transmit: bool,
     /// The group secret.
     pub secret: [u8; 32],
 }
@@ -165,6 +170,7 @@ impl fmt::Debug for GroupKey {
             .field("suite", &self.suite)
             .field("member_index", &self.member_index)
             .field("members", &self.members)
+            .field("transmit", &self.transmit)
             .field("secret", &"<redacted>")
             .finish()
     }
@@ -242,6 +248,10 @@ pub enum Message {
         generation: u64,
         /// Phase reached.
         phase: GroupPhase,
+        /// Counts this member's acks since its channel was established: the controller takes
+        /// the newest, whatever order they arrive in (a member can go back a phase when a late
+        /// key makes it install the previous generation again).
+        seq: u32,
     },
     /// Controller → member: enter `phase` (InTransit: transmit with new; UpdateCompleted: drop old).
     GroupTransition {
@@ -475,12 +485,18 @@ impl Message {
                 w.push(k.suite.id());
                 w.extend_from_slice(&k.member_index.to_be_bytes());
                 w.extend_from_slice(&k.members.to_be_bytes());
+                w.push(u8::from(k.transmit));
                 w.extend_from_slice(&k.secret);
                 ty::GROUP_KEY
             }
-            Message::GroupAck { generation, phase } => {
+            Message::GroupAck {
+                generation,
+                phase,
+                seq,
+            } => {
                 w.extend_from_slice(&generation.to_be_bytes());
                 w.push(*phase as u8);
+                w.extend_from_slice(&seq.to_be_bytes());
                 ty::GROUP_ACK
             }
             Message::GroupTransition { generation, phase } => {
@@ -508,6 +524,19 @@ impl Message {
             Message::KeyInitRequest { .. }
                 | Message::KeyInitReply { .. }
                 | Message::KeyInitConfirm { .. }
+        )
+    }
+
+    /// Whether this is a group-mode message (carried over a member's control channel).
+    pub fn is_group(&self) -> bool {
+        matches!(
+            self,
+            Message::GroupKey(_)
+                | Message::GroupAck { .. }
+                | Message::GroupTransition { .. }
+                | Message::GroupKeyRequest { .. }
+                | Message::GroupJoin
+                | Message::GroupLeave
         )
     }
 
@@ -577,11 +606,17 @@ impl Message {
                 suite: Suite::from_id(r.u8()?).ok_or(DecodeError::Malformed)?,
                 member_index: r.u16()?,
                 members: r.u16()?,
+                transmit: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::Malformed),
+                },
                 secret: r.take()?,
             }),
             ty::GROUP_ACK => Message::GroupAck {
                 generation: r.u64()?,
                 phase: phase(r.u8()?)?,
+                seq: r.u32()?,
             },
             ty::GROUP_TRANSITION => Message::GroupTransition {
                 generation: r.u64()?,

@@ -286,25 +286,6 @@ pub enum Incoming<'a> {
     Dropped(crate::DropReason),
 }
 
-/// The [`Incoming`] for a control message: `accept` handles the decoded message and says whether
-/// this role takes it; anything it refuses counts as unexpected, anything undecodable as malformed.
-pub(crate) fn dispatch_control<'b>(
-    peer: crate::PeerId,
-    decoded: Result<(message::Message, u32), message::DecodeError>,
-    accept: impl FnOnce(message::Message, u32) -> bool,
-) -> Incoming<'b> {
-    match decoded {
-        Ok((msg, id)) => {
-            if accept(msg, id) {
-                Incoming::Control { peer }
-            } else {
-                Incoming::Dropped(crate::DropReason::ControlUnexpected)
-            }
-        }
-        Err(_) => Incoming::Dropped(crate::DropReason::ControlMalformed),
-    }
-}
-
 /// Encodes `msg`, splits it into [`message::fragments`] if it does not fit one datagram, seals
 /// each under the engine's transmit key for `peer` (or, when that is the init key, as a
 /// handshake message under a key of its own with 96 fresh bits from `rng`), and queues them on

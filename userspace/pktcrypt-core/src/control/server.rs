@@ -349,6 +349,9 @@ enum TimerKind {
 /// Clients the sweep visits per tick.
 const SWEEP_CHUNK: usize = 256;
 
+/// Group messages held for the controller at most (it takes them after every datagram).
+const INBOX_MAX: usize = 64;
+
 /// The key server.
 pub struct KeyServer {
     config: ServerConfig,
@@ -370,6 +373,9 @@ pub struct KeyServer {
     biscuits: Box<BiscuitKey>,
     handshakes: TokenBucket,
     reassembly: Reassembler,
+    /// Group messages for the controller (see [`Self::carry_group_messages`]).
+    carry_group: bool,
+    inbox: VecDeque<(PeerId, Message)>,
 }
 
 /// The key of this server's biscuits ([`super::message::Biscuit`]): ChaCha20-Poly1305 under a
@@ -495,6 +501,8 @@ impl KeyServer {
             out: vec![0u8; SCRATCH_LEN],
             biscuits,
             reassembly: Reassembler::new(1024),
+            carry_group: false,
+            inbox: VecDeque::new(),
         })
     }
 
@@ -793,8 +801,43 @@ impl KeyServer {
                 Ok(())
             }
             (_, Message::KeyAck { .. }) => Ok(()),
+            (_, msg) if self.carry_group && msg.is_group() && self.inbox.len() < INBOX_MAX => {
+                // A group controller's channel: the controller takes it from here.
+                self.inbox.push_back((peer, msg));
+                Ok(())
+            }
             _ => Err(ControlUnexpected),
         }
+    }
+
+    /// Makes this server a group controller's control channel: group messages from clients
+    /// (under a generation of the channel, never under the init key) are kept for
+    /// [`Self::poll_message`] instead of being refused.
+    pub(crate) fn carry_group_messages(&mut self) {
+        self.carry_group = true;
+    }
+
+    /// The next group message a client sent over its channel.
+    pub(crate) fn poll_message(&mut self) -> Option<(PeerId, Message)> {
+        self.inbox.pop_front()
+    }
+
+    /// Sends `msg` to `peer` under the channel's current generation. `false` if the channel
+    /// has none yet (the client has not completed its handshake): nothing is sent.
+    pub(crate) fn send_message(&mut self, peer: PeerId, msg: &Message) -> bool {
+        if self.engine.generation(peer, Slot::Newest).is_none()
+            || self.engine.transmits_under_init(peer)
+        {
+            return false;
+        }
+        let id = self.fresh_id();
+        self.send(peer, msg, id);
+        true
+    }
+
+    /// The address the authenticated state knows for `peer`.
+    pub(crate) fn address(&self, peer: PeerId) -> Option<SocketAddr> {
+        self.addr_of(peer)
     }
 
     /// A resend the client asked for, at most once per `implicit_resend_interval` (a small
