@@ -358,13 +358,6 @@ fn time(ns: u64) -> Time {
     Duration::from_nanos(ns)
 }
 
-fn wall_base() -> u64 {
-    let micros = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-    pktcrypt_core::boot_seq_base(micros)
-}
-
 fn guard(f: impl FnOnce() -> pktcrypt_result) -> pktcrypt_result {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or(pktcrypt_result::ErrPanic)
 }
@@ -450,14 +443,8 @@ fn engine_config(cfg: &pktcrypt_config, role: Role) -> Result<pktcrypt_core::Eng
         return Err("replay_window: must be a multiple of 64 in 64..8192".into());
     }
     e.replay_window = cfg.replay_window;
-    e.init_seq_base = if cfg.init_seq_base == 0 {
-        wall_base()
-    } else {
-        cfg.init_seq_base
-    };
-    if !cfg.esn && e.init_seq_base > u64::from(u32::MAX) {
-        e.init_seq_base = 1;
-    }
+    // `cfg.init_seq_base` is ignored: the key server and the client run protocol version 3,
+    // which seals nothing under the init key with a counter.
     Ok(e)
 }
 

@@ -165,11 +165,11 @@ impl GroupSim {
         }
     }
 
-    /// Restarts member `i`: a new boot holding only its keys (its init-key sequence numbers
-    /// start at the clock-derived base of a boot at this virtual time, as the daemon's do).
+    /// Restarts member `i`: a new boot holding only its keys (every boot with the same init
+    /// sequence base: nothing depends on the clock).
     pub fn restart_member(&mut self, i: usize) {
         let mut config = self.config.clone();
-        config.engine.init_seq_base = pktcrypt_core::boot_seq_base(self.now.as_micros() as u64);
+        config.engine.init_seq_base = 1;
         self.members[i] = GroupMember::new(
             config,
             i as u16,

@@ -93,13 +93,13 @@ pub struct EngineConfig {
     /// Highest sequence number a transmit SA may use before sealing refuses and a rekey is
     /// required. `None`: the full space (2^64-1 with ESN, 2^32-1 without).
     pub seq_limit: Option<u64>,
-    /// First transmit sequence number under the init key (generation 0) in this boot.
-    ///
-    /// The init key outlives restarts, its sequence counter does not: starting every boot at
-    /// [`boot_seq_base`] of the wall clock keeps (key, nonce) pairs unique across restarts and
-    /// lets the peer's replay window accept the restarted sender. Receivers take the full 64-bit
-    /// sequence number of init-key packets from their (authenticated) IV. Default 1 (tests).
-    /// Unused with [`Self::handshake_init`].
+    /// First transmit sequence number under generation 0, for a raw engine whose application
+    /// seals data under a generation-0 key of its own (default 1). Unused with
+    /// [`Self::handshake_init`], which every protocol role (key server, client, group
+    /// controller and member) forces on: they never count under an init key, so nothing in
+    /// pktcrypt depends on the wall clock. An application that does seal under a long-lived
+    /// generation-0 key must never start two boots at the same base; [`boot_seq_base`] of the
+    /// wall clock is one way, with the caveat that a clock stepped back breaks it.
     pub init_seq_base: u64,
     /// Protocol version 3 (`docs/protocol.md`): the init key carries handshake messages only,
     /// each sealed under its own key derived from the init secret and 96 fresh random bits
@@ -107,7 +107,7 @@ pub struct EngineConfig {
     /// counter restarts at boot, so no (key, nonce) pair repeats across restarts whatever the
     /// clock does; data is never sealed or accepted under the init key (`init_data`).
     /// Replays of handshake messages are the protocol's concern: each is bound to fresh
-    /// randomness. The key server and the client force it on; the group roles leave it off.
+    /// randomness. The key server, the client and the group roles force it on.
     pub handshake_init: bool,
 }
 

@@ -120,11 +120,8 @@ pub(crate) fn engine(role: Role, replay_window: Option<u32>) -> Result<EngineCon
         }
         e.replay_window = w;
     }
-    let micros = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| "the system clock is before 1970".to_string())?
-        .as_micros();
-    e.init_seq_base = pktcrypt_core::boot_seq_base(u64::try_from(micros).unwrap_or(u64::MAX));
+    // No wall-clock sequence base: every role runs protocol version 3, which seals nothing
+    // under an init key with a counter (`EngineConfig::handshake_init`).
     Ok(e)
 }
 
