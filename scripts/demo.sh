@@ -36,6 +36,8 @@ xdp_object = "$OBJ"
 status_socket = "$DIR/gwB.sock"
 rekey_interval_ms = 1000
 status_interval_ms = 0
+prefixes = ["10.2.0.0/24", "fd02::/64"]   # the networks behind gwB
+hub = true                                # forward between its clients (A <-> C)
 
 [[clients]]
 name = "gwA"
@@ -59,6 +61,7 @@ outer = "out"
 xdp_object = "$OBJ"
 status_socket = "$DIR/gw$L.sock"
 status_interval_ms = 0
+prefixes = ["10.$N.0.0/24", "fd0$N::/64"]
 
 [server]
 name = "gwB"

@@ -61,6 +61,26 @@ pub struct Route {
 
 impl Route {
     fn contains(&self, addr: IpAddr) -> bool {
+        Prefix {
+            net: self.net,
+            len: self.len,
+        }
+        .contains(addr)
+    }
+}
+
+/// An IP prefix (`net/len`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefix {
+    /// Network address.
+    pub net: IpAddr,
+    /// Prefix length.
+    pub len: u8,
+}
+
+impl Prefix {
+    /// Whether `addr` lies in the prefix (never across address families).
+    pub fn contains(&self, addr: IpAddr) -> bool {
         match (self.net, addr) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
                 let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
@@ -107,12 +127,36 @@ pub struct Paths {
     pub inner_v6: Option<Ipv6Addr>,
     /// The UDP port ESP-in-UDP arrives on.
     pub esp_port: u16,
+    /// Inner policy (RFC 4301 §5.2), per peer (key: `OpenInfo::peer.0`): the sources a
+    /// decrypted packet from that peer may have (the prefixes behind it). A peer without an
+    /// entry may send nothing.
+    pub sources: HashMap<u32, Vec<Prefix>>,
+    /// Inner policy: the networks behind this gateway, where a decrypted packet may go.
+    pub local: Vec<Prefix>,
+    /// Inner policy: whether a decrypted packet may go on to another peer's prefixes (a hub).
+    pub hub: bool,
 }
 
 impl Paths {
     /// The route to `dst`, longest prefix first.
     pub fn lookup(&self, dst: IpAddr) -> Option<&Route> {
         self.routes.iter().find(|r| r.contains(dst))
+    }
+
+    /// The inner policy for a packet decrypted from `peer` (`OpenInfo::peer.0`): its source
+    /// must lie behind that peer, its destination behind this gateway or, at a hub
+    /// (`forwarded`: it is bound for another peer's prefix), behind that other peer.
+    pub fn allows(&self, peer: u32, src: IpAddr, dst: IpAddr, forwarded: bool) -> bool {
+        let from_peer = self
+            .sources
+            .get(&peer)
+            .is_some_and(|ps| ps.iter().any(|p| p.contains(src)));
+        let to_us = if forwarded {
+            self.hub
+        } else {
+            self.local.iter().any(|p| p.contains(dst))
+        };
+        from_peer && to_us
     }
 
     /// Sorts the routes longest prefix first.
@@ -183,6 +227,10 @@ pub struct WorkerStats {
     pub no_route: AtomicU64,
     /// Packets to a peer whose next hop's MAC is unknown.
     pub no_neighbour: AtomicU64,
+    /// Decrypted packets the inner policy refused: a source outside the sending peer's
+    /// prefixes, or a destination neither behind this gateway nor (at a hub) behind another
+    /// peer.
+    pub policy: AtomicU64,
     /// Frames that were not parseable Ethernet/IP.
     pub malformed: AtomicU64,
     /// Packets that did not fit the TX ring.
@@ -734,11 +782,18 @@ impl Worker {
                     bump(&self.stats().bytes_opened, len as u64);
                     let inner = &frame[inner_at..inner_at + len];
                     let ethertype = ethertype_of(inner);
-                    let Some((_, _, dst)) = ip_info(inner, ethertype) else {
+                    let Some((_, src, dst)) = ip_info(inner, ethertype) else {
+                        bump(&self.stats().malformed, 1);
                         self.free.push(base);
                         continue;
                     };
-                    if let Some(route) = paths.lookup(dst).filter(|r| r.path != info.peer.0) {
+                    let hairpin = paths.lookup(dst).filter(|r| r.path != info.peer.0);
+                    if !paths.allows(info.peer.0, src, dst, hairpin.is_some()) {
+                        bump(&self.stats().policy, 1);
+                        self.free.push(base);
+                        continue;
+                    }
+                    if let Some(route) = hairpin {
                         bump(&self.stats().hairpinned, 1);
                         self.jobs.push(SealJob {
                             addr,
@@ -809,5 +864,42 @@ impl Worker {
             self.observed.insert(info.peer.0, (info.generation, now));
             let _ = self.to_control.try_send(ToControl::Observed { info, from });
         }
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+
+    fn p(s: &str, len: u8) -> Prefix {
+        Prefix {
+            net: s.parse().expect("address"),
+            len,
+        }
+    }
+
+    #[test]
+    fn inner_policy_checks_source_and_destination() {
+        let mut paths = Paths {
+            local: vec![p("10.2.0.0", 24), p("fd02::", 64)],
+            ..Paths::default()
+        };
+        paths.sources.insert(1, vec![p("10.1.0.0", 24)]);
+        paths.sources.insert(3, vec![p("10.3.0.0", 24)]);
+        let a = |s: &str| -> IpAddr { s.parse().expect("address") };
+        // From peer 1's prefix to ours: yes. A source of another site, or of none: no.
+        assert!(paths.allows(1, a("10.1.0.5"), a("10.2.0.2"), false));
+        assert!(!paths.allows(1, a("10.3.0.2"), a("10.2.0.2"), false));
+        assert!(!paths.allows(1, a("192.168.0.1"), a("10.2.0.2"), false));
+        // A peer without prefixes may send nothing; one with IPv4 prefixes no IPv6.
+        assert!(!paths.allows(7, a("10.1.0.5"), a("10.2.0.2"), false));
+        assert!(!paths.allows(1, a("fd01::5"), a("fd02::1"), false));
+        // To somewhere that is not behind us (the gateway's own Internet, say): no.
+        assert!(!paths.allows(1, a("10.1.0.5"), a("8.8.8.8"), false));
+        // On to another peer's prefix only at a hub.
+        assert!(!paths.allows(1, a("10.1.0.5"), a("10.3.0.2"), true));
+        paths.hub = true;
+        assert!(paths.allows(1, a("10.1.0.5"), a("10.3.0.2"), true));
+        assert!(!paths.allows(1, a("10.9.0.5"), a("10.3.0.2"), true));
     }
 }

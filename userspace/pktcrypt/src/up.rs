@@ -18,7 +18,9 @@ use pktcrypt_core::control::{
 use pktcrypt_core::wire::OuterHeader;
 use pktcrypt_core::wire::esp::NextHeader;
 use pktcrypt_core::{DropReason, Engine, Opened, PeerId, Slot, Time};
-use pktcrypt_io::gateway::{Paths, PeerPath, Route, Shared, ToControl, Worker, WorkerStats};
+use pktcrypt_io::gateway::{
+    Paths, PeerPath, Prefix, Route, Shared, ToControl, Worker, WorkerStats,
+};
 use pktcrypt_io::{AttachMode, SteeringConfig, XdpSteering, net};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -61,6 +63,13 @@ pub(crate) struct GatewayFile {
     pub(crate) outer: Option<String>,
     /// Our outer address (default: the outer interface's first address of the peers' family).
     pub(crate) local: Option<IpAddr>,
+    /// The networks behind this gateway (`ADDR/LEN`; server and client): decrypted packets
+    /// must be addressed to them (a group member's are its `[[members]]` entry's).
+    #[serde(default)]
+    pub(crate) prefixes: Vec<String>,
+    /// Key server: forward decrypted packets from one client to another client's prefixes
+    /// (a hub). Default off: a decrypted packet may only go to `prefixes`.
+    pub(crate) hub: Option<bool>,
     /// ESP-in-UDP port (default 4500).
     pub(crate) port: Option<u16>,
     /// Worker threads, one per RX queue of each interface (default: the number of queues).
@@ -466,6 +475,40 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         }
     };
 
+    // Inner policy: what may come out of the tunnel here.
+    let local_field = if role == "group-member" {
+        if !file.prefixes.is_empty() {
+            return Err(
+                "prefixes: a group member's networks are the prefixes of its own [[members]] entry"
+                    .into(),
+            );
+        }
+        let index = usize::from(file.index.unwrap_or(0));
+        (
+            format!("members[{index}].prefixes"),
+            file.members
+                .get(index)
+                .map(|m| m.prefixes.clone())
+                .unwrap_or_default(),
+        )
+    } else {
+        ("prefixes".to_string(), file.prefixes.clone())
+    };
+    if local_field.1.is_empty() {
+        return Err(format!(
+            "{}: the networks behind this gateway are required (decrypted packets must be              addressed to them)",
+            local_field.0
+        ));
+    }
+    if role != "server" && file.hub.is_some() {
+        return Err("hub: only a key server forwards between its clients".into());
+    }
+    let local_prefixes: Vec<Prefix> = local_field
+        .1
+        .iter()
+        .map(|p| parse_prefix(&local_field.0, p).map(|(net, len)| Prefix { net, len }))
+        .collect::<Result<_, _>>()?;
+
     // Paths.
     let family_v4 = peers.values().all(|p| p.address.is_ipv4());
     let local = match file.local {
@@ -502,6 +545,8 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         Machine::Member(m, _) => m.sender(m.index()),
         _ => None,
     };
+    paths.local = local_prefixes;
+    paths.hub = file.hub.unwrap_or(false);
     for (id, p) in &peers {
         for &(net, len) in &p.prefixes {
             paths.routes.push(Route {
@@ -512,6 +557,13 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
             });
             prefixes.push((net, len));
         }
+        paths.sources.insert(
+            id.0,
+            p.prefixes
+                .iter()
+                .map(|&(net, len)| Prefix { net, len })
+                .collect(),
+        );
         let header = OuterHeader::new(
             SocketAddr::new(local, port),
             SocketAddr::new(p.address, port),
@@ -1228,7 +1280,7 @@ fn render(
     }
     json.push_str(",\"workers\":{");
     let s = &shared.stats;
-    let fields: [(&str, u64); 17] = [
+    let fields: [(&str, u64); 18] = [
         ("rx_inner", sum(s, |w| &w.rx_inner)),
         ("rx_outer", sum(s, |w| &w.rx_outer)),
         ("tx_outer", sum(s, |w| &w.tx_outer)),
@@ -1242,6 +1294,7 @@ fn render(
         ("too_big", sum(s, |w| &w.too_big)),
         ("no_route", sum(s, |w| &w.no_route)),
         ("no_neighbour", sum(s, |w| &w.no_neighbour)),
+        ("policy", sum(s, |w| &w.policy)),
         ("malformed", sum(s, |w| &w.malformed)),
         ("tx_full", sum(s, |w| &w.tx_full)),
         ("seal_failed", sum(s, |w| &w.seal_failed)),

@@ -173,3 +173,28 @@ fn gateway_roles_name_the_bad_field() {
         "control_port",
     );
 }
+
+#[test]
+fn gateway_inner_policy_fields_are_required_and_checked() {
+    let k = key();
+    let base = "inner = \"lo\"\nouter = \"lo\"\nxdp_object = \"/dev/null\"\n";
+    let server = format!(
+        "[server]\nname = \"s\"\naddress = \"192.0.2.2\"\nprefixes = [\"10.2.0.0/24\"]\ninit_key = \"{k}\"\n"
+    );
+    // A client without the networks behind it.
+    fails_naming(
+        "up",
+        &format!("role = \"client\"\n{base}{server}"),
+        "prefixes",
+    );
+    fails_naming(
+        "up",
+        &format!("role = \"client\"\n{base}prefixes = [\"10.1.0.0/40\"]\n{server}"),
+        "prefixes",
+    );
+    fails_naming(
+        "up",
+        &format!("role = \"client\"\n{base}prefixes = [\"10.1.0.0/24\"]\nhub = true\n{server}"),
+        "hub",
+    );
+}

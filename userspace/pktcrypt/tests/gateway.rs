@@ -55,6 +55,46 @@ s.sendto(b"\xff", to)
 print("sent 7 bad packets built from spi %#x seq %d" % (spi, seq))
 "#;
 
+/// Run on hostA: 20 UDP datagrams to hostB as 10.3.0.2 (site C's prefix: spoofed), then 20 as
+/// 10.1.0.77 (site A's own prefix), through a raw socket.
+const SPOOF_SENDER: &str = r#"
+import socket, struct, time
+def csum(b):
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xffff)
+    s += s >> 16
+    return ~s & 0xffff
+r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for src in ["10.3.0.2", "10.1.0.77"]:
+    for i in range(20):
+        payload = b"spoof-test"
+        udp = struct.pack("!HHHH", 40000, 5555, 8 + len(payload), 0) + payload
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i, 0, 64, 17, 0,
+                         socket.inet_aton(src), socket.inet_aton("10.2.0.2"))
+        ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+        r.sendto(ip + udp, ("10.2.0.2", 0))
+        time.sleep(0.01)
+print("sent")
+"#;
+
+/// Run on hostB: counts datagrams to UDP port 5555 per source for 3 s.
+const SPOOF_LISTENER: &str = r#"
+import socket, collections
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 5555))
+s.settimeout(3)
+seen = collections.Counter()
+try:
+    while True:
+        _, (src, _) = s.recvfrom(100)
+        seen[src] += 1
+except socket.timeout:
+    pass
+print(" ".join("%s %d" % kv for kv in sorted(seen.items())))
+"#;
+
 fn ns(name: &str, cmd: &str) -> (bool, String) {
     common::ns(P, name, cmd)
 }
@@ -89,15 +129,17 @@ fn write_configs(dir: &Path, object: &str, rekey_ms: u64) -> [PathBuf; 3] {
     let d = dir.display();
     let server = format!(
         "role = \"server\"\nname = \"gwB\"\ninner = \"in\"\nouter = \"out\"\nxdp_object = \"{object}\"\n\
-         status_socket = \"{d}/gwB.sock\"\nrekey_interval_ms = {rekey_ms}\nstatus_interval_ms = 0\n\n\
+         status_socket = \"{d}/gwB.sock\"\nrekey_interval_ms = {rekey_ms}\nstatus_interval_ms = 0\n\
+         prefixes = [\"10.2.0.0/24\", \"fd02::/64\"]\nhub = true\n\n\
          [[clients]]\nname = \"gwA\"\naddress = \"192.0.2.1\"\nprefixes = [\"10.1.0.0/24\", \"fd01::/64\"]\ninit_key = \"{}\"\n\n\
          [[clients]]\nname = \"gwC\"\naddress = \"192.0.2.3\"\nprefixes = [\"10.3.0.0/24\", \"fd03::/64\"]\ninit_key = \"{}\"\n\n\
          [[clients]]\nname = \"ghost\"\naddress = \"192.0.2.9\"\nprefixes = [\"10.9.0.0/24\"]\ninit_key = \"{}\"\n",
         keys[0], keys[1], keys[2]
     );
-    let client = |name: &str, key: &str, other: &str| {
+    let client = |name: &str, key: &str, other: &str, own: &str| {
         format!(
             "role = \"client\"\nname = \"{name}\"\ninner = \"in\"\nouter = \"out\"\nxdp_object = \"{object}\"\n\
+             prefixes = [{own}]\n\
              status_socket = \"{d}/{name}.sock\"\nstatus_interval_ms = 0\nhello_interval_ms = 1000\n\
              request_timeout_ms = 200\nmax_backoff_ms = 1000\nmax_retries = 3\n\n\
              [server]\nname = \"gwB\"\naddress = \"192.0.2.2\"\nprefixes = [\"10.2.0.0/24\", \"fd02::/64\", \"{other}\"]\ninit_key = \"{key}\"\n"
@@ -109,8 +151,26 @@ fn write_configs(dir: &Path, object: &str, rekey_ms: u64) -> [PathBuf; 3] {
         dir.join("gwC.toml"),
     ];
     std::fs::write(&paths[0], server).expect("write");
-    std::fs::write(&paths[1], client("gwA", keys[0], "10.3.0.0/24")).expect("write");
-    std::fs::write(&paths[2], client("gwC", keys[1], "10.1.0.0/24")).expect("write");
+    std::fs::write(
+        &paths[1],
+        client(
+            "gwA",
+            keys[0],
+            "10.3.0.0/24",
+            "\"10.1.0.0/24\", \"fd01::/64\"",
+        ),
+    )
+    .expect("write");
+    std::fs::write(
+        &paths[2],
+        client(
+            "gwC",
+            keys[1],
+            "10.1.0.0/24",
+            "\"10.3.0.0/24\", \"fd03::/64\"",
+        ),
+    )
+    .expect("write");
     paths
 }
 
@@ -232,6 +292,40 @@ fn gateways_carry_traffic_through_rekeys_and_restarts() {
         assert!(grew(reason) >= 1, "{reason} not counted: {after}");
     }
     assert_eq!(ping_run("hostA", "10.2.0.2", 10, "0.05"), (10, 10));
+
+    // 2c. Spoofed inner sources (RFC 4301 §5.2): hostA sends to hostB as 10.3.0.2 (site C):
+    // gwB drops it as `policy`. The control: hostA as 10.1.0.77, an address of its own site
+    // (which gwB accepts, so hostB's kernel takes foreign sources and the listener works).
+    let before = gw_b.status(&dir)["workers"].clone();
+    let listener = std::thread::spawn(|| {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &format!("{P}hostB"),
+                "python3",
+                "-c",
+                SPOOF_LISTENER,
+            ])
+            .output()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, out) = ns("hostA", &format!("python3 -c '{SPOOF_SENDER}'"));
+    assert!(ok, "spoofing sender: {out}");
+    let heard = listener.join().expect("listener thread").expect("listener");
+    let heard = String::from_utf8_lossy(&heard.stdout).to_string();
+    let after = gw_b.status(&dir)["workers"].clone();
+    let policy = after["policy"].as_u64().unwrap_or(0) - before["policy"].as_u64().unwrap_or(0);
+    eprintln!("spoofed inner sources: hostB heard {heard:?}; gwB policy drops +{policy}");
+    assert!(
+        heard.contains("10.1.0.77 20"),
+        "the control packets from hostA's own prefix did not arrive: {heard:?}"
+    );
+    assert!(
+        !heard.contains("10.3.0.2"),
+        "hostB received packets with a spoofed source of site C: {heard:?}"
+    );
+    assert!(policy >= 20, "gwB counted {policy} policy drops");
 
     // 3. Unrelated traffic on the same interfaces is untouched (ARP, the gateways' own IP).
     assert!(
