@@ -115,6 +115,7 @@ suite = "$1"
 backend = "$2"
 rekey_interval_ms = 0
 status_interval_ms = 0
+prefixes = ["10.2.0.0/24"]
 [[clients]]
 name = "gwA"
 address = "192.0.2.1"
@@ -130,6 +131,7 @@ xdp_object = "$OBJ"
 status_socket = "$DIR/gwA.sock"
 backend = "$2"
 status_interval_ms = 0
+prefixes = ["10.1.0.0/24"]
 [server]
 name = "gwB"
 address = "192.0.2.2"
