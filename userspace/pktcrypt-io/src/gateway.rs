@@ -195,6 +195,9 @@ pub enum ToControl {
     },
 }
 
+/// The longest an idle worker sleeps in `poll` before looking at its rings again (ms).
+const IDLE_MAX_WAIT_MS: i32 = 50;
+
 /// How often a worker reports ongoing data per peer.
 pub const OBSERVE_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -476,6 +479,7 @@ impl Worker {
         }; BATCH];
         let mut packets: Vec<Packet<'static>> = Vec::with_capacity(BATCH);
         let mut last_publish = Instant::now();
+        let mut idle_rounds = 0u32;
         while !self.shared.stop.load(Ordering::Relaxed) {
             let started = thread_cpu_ns();
             self.qp.inner.reap(&mut self.free);
@@ -496,8 +500,10 @@ impl Worker {
             self.qp.inner.flush();
             self.qp.outer.flush();
             if n_in == 0 && n_out == 0 {
-                self.idle();
+                self.idle(idle_rounds);
+                idle_rounds = idle_rounds.saturating_add(1);
             } else {
+                idle_rounds = 0;
                 bump(
                     &self.stats().busy_ns,
                     thread_cpu_ns().saturating_sub(started),
@@ -522,7 +528,15 @@ impl Worker {
         }
     }
 
-    fn idle(&mut self) {
+    /// Sleeps until a frame arrives on either socket, at most 1 ms after activity, backing off
+    /// to [`IDLE_MAX_WAIT_MS`] on an idle worker (so it neither spins nor wakes a thousand
+    /// times a second; new keys and paths are picked up with the next packet, `stop` within
+    /// the longest wait).
+    fn idle(&mut self, rounds: u32) {
+        let wait = 1i32
+            .checked_shl(rounds.min(6))
+            .unwrap_or(IDLE_MAX_WAIT_MS)
+            .min(IDLE_MAX_WAIT_MS);
         let mut fds = [
             libc::pollfd {
                 fd: self.qp.inner.fd(),
@@ -536,7 +550,7 @@ impl Worker {
             },
         ];
         // SAFETY: two valid pollfd entries for the duration of the call.
-        unsafe { libc::poll(fds.as_mut_ptr(), 2, 1) };
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, wait) };
     }
 
     fn publish_drops(&self) {

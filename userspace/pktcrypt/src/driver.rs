@@ -267,7 +267,7 @@ pub(crate) fn run_server(file: &ServerFile, base: &Path, term: &AtomicBool) -> R
         "key server listening"
     );
     let traffic = interval(file.traffic_pps);
-    let status = Duration::from_millis(file.status_interval_ms.unwrap_or(1000));
+    let status = crate::up::status_refresh(file.status_interval_ms);
     let boot = boot_id();
     let mut seq: HashMap<PeerId, u64> = HashMap::new();
     let mut stats = Stats::default();
@@ -371,7 +371,7 @@ pub(crate) fn run_client(
         let config = config.clone();
         let server_addr = file.server;
         let traffic = interval(file.traffic_pps);
-        let status = Duration::from_millis(file.status_interval_ms.unwrap_or(1000));
+        let status = crate::up::status_refresh(file.status_interval_ms);
         let term = Arc::clone(term);
         threads.push(std::thread::spawn(move || -> Result<(), String> {
             let mut client = KeyClient::new(config, &key, Box::new(OsRandom), now())
@@ -505,7 +505,7 @@ pub(crate) fn run_group_controller(
         members = file.members.len(),
         "group controller listening"
     );
-    let status = Duration::from_millis(file.status_interval_ms.unwrap_or(1000));
+    let status = crate::up::status_refresh(file.status_interval_ms);
     let mut stats = Stats::default();
     let mut buf = vec![0u8; 65536];
     let mut next_status = now() + status;
@@ -592,7 +592,7 @@ pub(crate) fn run_group_member(
     .map_err(|e| e.to_string())?;
     let socket = bind(file.bind)?;
     let traffic = interval(file.traffic_pps);
-    let status = Duration::from_millis(file.status_interval_ms.unwrap_or(1000));
+    let status = crate::up::status_refresh(file.status_interval_ms);
     let boot = boot_id();
     let mut seq = 0u64;
     let mut stats = Stats::default();

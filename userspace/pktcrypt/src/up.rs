@@ -145,6 +145,16 @@ pub(crate) struct GatewayFile {
     pub(crate) members: Vec<GatewayPeer>,
 }
 
+/// How often the status document is rebuilt: every `status_interval_ms` (default 1 s), or every
+/// second when it is 0 ("no status lines"; the status socket and metrics still refresh). Never
+/// 0: a zero interval would make the control loop spin.
+pub(crate) fn status_refresh(ms: Option<u64>) -> Duration {
+    match ms {
+        None | Some(0) => Duration::from_secs(1),
+        Some(v) => Duration::from_millis(v),
+    }
+}
+
 fn parse_prefix(field: &str, s: &str) -> Result<(IpAddr, u8), String> {
     let (a, l) = s
         .split_once('/')
@@ -683,7 +693,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     serve_status(&socket_path, file.metrics, Arc::clone(&published))?;
 
     // The control loop.
-    let status_every = Duration::from_millis(file.status_interval_ms.unwrap_or(1000));
+    let status_every = status_refresh(file.status_interval_ms);
     let mut next_status = now() + status_every;
     let mut next_paths = now();
     let mut fingerprint = key_fingerprint(machine.engine());
@@ -866,7 +876,7 @@ fn run_controller(
         members = file.members.len(),
         "group controller up"
     );
-    let status_every = Duration::from_millis(file.status_interval_ms.unwrap_or(1000));
+    let status_every = status_refresh(file.status_interval_ms);
     let mut next_status = now();
     let mut drops = pktcrypt_core::DropCounters::default();
     let (mut rollouts, mut events) = (0u64, 0u64);

@@ -327,6 +327,20 @@ fn gateways_carry_traffic_through_rekeys_and_restarts() {
     );
     assert!(policy >= 20, "gwB counted {policy} policy drops");
 
+    // 2d. An idle gateway sleeps: with `status_interval_ms = 0` (no status lines) gwB's
+    // control thread and workers together use under 5 % of a core over 5 s.
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu0 = gw_b.cpu_time().expect("gwB cpu");
+    std::thread::sleep(Duration::from_secs(5));
+    let cpu1 = gw_b.cpu_time().expect("gwB cpu");
+    let share = (cpu1 - cpu0).as_secs_f64() / 5.0;
+    eprintln!("idle gwB: {:.1} % of a core", share * 100.0);
+    assert!(
+        share < 0.05,
+        "idle gwB used {:.1} % of a core",
+        share * 100.0
+    );
+
     // 3. Unrelated traffic on the same interfaces is untouched (ARP, the gateways' own IP).
     assert!(
         ns("gwA", "ping -c2 -i 0.2 -W1 192.0.2.2").0,

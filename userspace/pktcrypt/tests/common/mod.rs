@@ -110,6 +110,24 @@ impl Gateway {
         );
     }
 
+    /// CPU time (user + system, all threads) the running daemon used so far. (`ip netns exec`
+    /// execs the daemon: the child's pid is the daemon's.)
+    pub(crate) fn cpu_time(&self) -> Option<Duration> {
+        let pid = self.pid()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces) start at field 3.
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        let hz: u64 = sh("getconf CLK_TCK").1.trim().parse().unwrap_or(100).max(1);
+        Some(Duration::from_millis(ticks * 1000 / hz))
+    }
+
+    /// The daemon's pid while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL.
     pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
