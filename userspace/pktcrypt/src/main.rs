@@ -16,6 +16,7 @@ use pktcrypt_core::{
 };
 mod config;
 mod driver;
+mod endpoints;
 
 /// mimalloc: the key server allocates and frees per-client key state at a high rate over a
 /// heap of millions of clients, where it keeps freed memory local and avoids the system

@@ -9,6 +9,7 @@
 
 use crate::config::{self, ClientFile, GroupKeyTable, KeySource, PeerEntry, ServerFile};
 use crate::driver::{OsRandom, ServerRandom, now};
+use crate::endpoints::{self, Published};
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use pktcrypt_core::aead::Backend;
@@ -25,9 +26,9 @@ use pktcrypt_io::{AttachMode, SteeringConfig, XdpSteering, net};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -76,8 +77,11 @@ pub(crate) struct GatewayFile {
     pub(crate) workers: Option<u32>,
     /// Compiled XDP program (default: `$PKTCRYPT_XDP_OBJECT`).
     pub(crate) xdp_object: Option<PathBuf>,
-    /// Unix socket for `pktcrypt status` / `export-keys` (default `/run/pktcrypt/NAME.sock`).
+    /// Unix socket for `pktcrypt status` (mode 0660; default `/run/pktcrypt/NAME.sock`).
     pub(crate) status_socket: Option<PathBuf>,
+    /// Unix socket for `pktcrypt export-keys` (mode 0600; default: the status socket's name
+    /// with `.keys.sock`).
+    pub(crate) keys_socket: Option<PathBuf>,
     /// Prometheus text endpoint, e.g. `127.0.0.1:9477`.
     pub(crate) metrics: Option<SocketAddr>,
     /// UMEM frames per worker (default 8192).
@@ -317,14 +321,6 @@ struct PeerInfo {
     name: String,
     address: IpAddr,
     prefixes: Vec<(IpAddr, u8)>,
-}
-
-/// What the status thread serves, refreshed by the control thread.
-#[derive(Default)]
-struct Published {
-    status: String,
-    metrics: String,
-    export: String,
 }
 
 /// `pktcrypt up --config FILE`.
@@ -690,7 +686,17 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         .status_socket
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("/run/pktcrypt/{name}.sock")));
-    serve_status(&socket_path, file.metrics, Arc::clone(&published))?;
+    let keys_path = file
+        .keys_socket
+        .clone()
+        .unwrap_or_else(|| endpoints::default_keys_socket(&socket_path));
+    let (key_requests, key_rx) = crossbeam_channel::bounded::<endpoints::KeyRequest>(4);
+    endpoints::serve(
+        &socket_path,
+        Some((&keys_path, key_requests)),
+        file.metrics,
+        Arc::clone(&published),
+    )?;
 
     // The control loop.
     let status_every = status_refresh(file.status_interval_ms);
@@ -791,7 +797,10 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
             let mut p = published.lock().map_err(|_| "status lock poisoned")?;
             p.status = doc.0;
             p.metrics = doc.1;
-            p.export = export(&machine, &peers, local);
+        }
+        // Key text only on request, never kept (wiped when the endpoint has written it).
+        while let Ok(reply) = key_rx.try_recv() {
+            let _ = reply.send(export(&machine, &peers, local));
         }
     }
     shared.stop.store(true, Ordering::Relaxed);
@@ -802,6 +811,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     inner_xdp.detach();
     outer_xdp.detach();
     let _ = std::fs::remove_file(&socket_path);
+    let _ = std::fs::remove_file(&keys_path);
     tracing::info!(gateway = name, "stopped, XDP detached");
     Ok(())
 }
@@ -868,7 +878,10 @@ fn run_controller(
         .status_socket
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("/run/pktcrypt/{name}.sock")));
-    serve_status(&socket_path, file.metrics, Arc::clone(&published))?;
+    if file.keys_socket.is_some() {
+        return Err("keys_socket: a group controller holds no data keys to export".into());
+    }
+    endpoints::serve(&socket_path, None, file.metrics, Arc::clone(&published))?;
     tracing::info!(
         controller = name,
         local = %local,
@@ -1354,18 +1367,27 @@ fn render(
 }
 
 /// Current SAs in Wireshark's `esp_sa` UAT format (one line per SA and direction).
-fn export(machine: &Machine, peers: &HashMap<PeerId, PeerInfo>, local: IpAddr) -> String {
+fn export(
+    machine: &Machine,
+    peers: &HashMap<PeerId, PeerInfo>,
+    local: IpAddr,
+) -> zeroize::Zeroizing<String> {
     let engine = machine.engine();
-    let mut out = String::new();
+    // Large enough for every line, so the key text is never reallocated (a reallocation
+    // would leave an unwiped copy behind).
+    let mut out = zeroize::Zeroizing::new(String::with_capacity(256 * (peers.len() + 1) * 6));
     let mut line = |sa: &pktcrypt_core::SaExport, src: IpAddr, dst: IpAddr| {
         let proto = if local.is_ipv4() { "IPv4" } else { "IPv6" };
-        let key: String = sa.keymat.iter().map(|b| format!("{b:02x}")).collect();
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "\"{proto}\",\"{src}\",\"{dst}\",\"{:#010x}\",\"{}\",\"0x{key}\",\"NULL\",\"\"",
+            "\"{proto}\",\"{src}\",\"{dst}\",\"{:#010x}\",\"{}\",\"0x",
             sa.spi.get(),
             sa.suite.wireshark_name()
         );
+        for b in sa.keymat.iter() {
+            let _ = write!(out, "{b:02x}");
+        }
+        out.push_str("\",\"NULL\",\"\"\n");
     };
     // Group mode: our own sender SAs (one key for every destination member).
     let me = match machine {
@@ -1403,77 +1425,20 @@ fn export(machine: &Machine, peers: &HashMap<PeerId, PeerInfo>, local: IpAddr) -
     out
 }
 
-fn serve_status(
-    path: &Path,
-    metrics: Option<SocketAddr>,
-    published: Arc<Mutex<Published>>,
-) -> Result<(), String> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("status_socket: creating {}: {e}", dir.display()))?;
-    }
-    let _ = std::fs::remove_file(path);
-    let listener =
-        UnixListener::bind(path).map_err(|e| format!("status_socket: {}: {e}", path.display()))?;
-    // Only root (the daemon's user) may ask for keys.
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-    let p = Arc::clone(&published);
-    std::thread::Builder::new()
-        .name("pktcrypt-status".into())
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let _ = answer(stream, &p);
-            }
-        })
-        .map_err(|e| e.to_string())?;
-    if let Some(addr) = metrics {
-        let listener =
-            TcpListener::bind(addr).map_err(|e| format!("metrics: binding {addr}: {e}"))?;
-        std::thread::Builder::new()
-            .name("pktcrypt-metrics".into())
-            .spawn(move || {
-                for mut stream in listener.incoming().flatten() {
-                    let mut line = String::new();
-                    let _ = BufReader::new(&stream).read_line(&mut line);
-                    let body = published.lock().map(|p| p.metrics.clone()).unwrap_or_default();
-                    let _ = write!(
-                        stream,
-                        "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                }
-            })
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
-fn answer(mut stream: UnixStream, published: &Mutex<Published>) -> std::io::Result<()> {
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line)?;
-    let reply = {
-        let p = published
-            .lock()
-            .map_err(|_| std::io::Error::other("poisoned"))?;
-        match line.trim() {
-            "status" => p.status.clone(),
-            "metrics" => p.metrics.clone(),
-            "export-keys" => p.export.clone(),
-            other => format!("unknown command {other:?}"),
-        }
-    };
-    stream.write_all(reply.as_bytes())
-}
-
 /// `pktcrypt status|export-keys --config FILE` (or `--socket PATH`): asks a running daemon.
 pub(crate) fn query(command: &str, args: &[String]) -> Result<String, String> {
     let mut socket = None;
+    // export-keys: `--socket` names the keys socket itself; `--config` finds it.
+    let mut keys: Option<PathBuf> = None;
+    let mut keys_given = false;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
-            "--socket" => socket = Some(PathBuf::from(value)),
+            "--socket" => {
+                socket = Some(PathBuf::from(value));
+                keys_given = true;
+            }
             "--config" => {
                 let file: GatewayFile = config::load(Path::new(value))?;
                 let name = file.name.unwrap_or_else(|| "pktcrypt".into());
@@ -1481,11 +1446,17 @@ pub(crate) fn query(command: &str, args: &[String]) -> Result<String, String> {
                     file.status_socket
                         .unwrap_or_else(|| PathBuf::from(format!("/run/pktcrypt/{name}.sock"))),
                 );
+                keys = file.keys_socket;
             }
             other => return Err(format!("unknown option {other}")),
         }
     }
     let path = socket.ok_or("--config FILE or --socket PATH is required")?;
+    let path = if command == "export-keys" && !keys_given {
+        keys.unwrap_or_else(|| endpoints::default_keys_socket(&path))
+    } else {
+        path
+    };
     let mut stream = UnixStream::connect(&path)
         .map_err(|e| format!("{}: {e} (is `pktcrypt up` running?)", path.display()))?;
     writeln!(stream, "{command}").map_err(|e| e.to_string())?;

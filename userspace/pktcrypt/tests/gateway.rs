@@ -95,6 +95,65 @@ except socket.timeout:
 print(" ".join("%s %d" % kv for kv in sorted(seen.items())))
 "#;
 
+/// Run in gwB's namespace with `METRICS_ADDR SOCKET BIN`: opens an idle connection and starts
+/// an endless request line (1 GiB, no newline) on the metrics port and on the status socket,
+/// then scrapes the metrics and asks `BIN status` ten times; each must answer within a second.
+const ENDPOINT_ATTACKER: &str = r#"
+import socket, subprocess, sys, threading, time
+host, port = sys.argv[1].split(":")
+port = int(port)
+sock, binary = sys.argv[2], sys.argv[3]
+def tcp():
+    return socket.create_connection((host, port), timeout=5)
+def unix():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(sock)
+    return s
+idle = [tcp(), unix()]
+def flood(connect):
+    try:
+        s = connect()
+        chunk = b"A" * (1 << 20)
+        for _ in range(1024):
+            s.sendall(chunk)
+    except OSError:
+        pass
+for c in (tcp, unix):
+    threading.Thread(target=flood, args=(c,), daemon=True).start()
+time.sleep(1)
+slow = []
+for i in range(10):
+    t = time.time()
+    try:
+        s = tcp()
+        s.settimeout(1)
+        s.sendall(b"GET /metrics HTTP/1.0" + bytes([13, 10, 13, 10]))
+        body = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            body += b
+        assert b"pktcrypt_worker_rx_outer_total" in body, body[:200]
+    except Exception as e:
+        slow.append("metrics %d: %r" % (i, e))
+    d = time.time() - t
+    if d > 1:
+        slow.append("metrics %d took %.1f s" % (i, d))
+    t = time.time()
+    try:
+        r = subprocess.run([binary, "status", "--socket", sock], capture_output=True, timeout=3)
+        rc = r.returncode
+    except subprocess.TimeoutExpired:
+        rc = -1
+    d = time.time() - t
+    if rc != 0 or d > 1:
+        slow.append("status %d: rc %d in %.1f s" % (i, rc, d))
+    time.sleep(0.2)
+print("all answered" if not slow else "; ".join(slow))
+"#;
+
 fn ns(name: &str, cmd: &str) -> (bool, String) {
     common::ns(P, name, cmd)
 }
@@ -130,7 +189,7 @@ fn write_configs(dir: &Path, object: &str, rekey_ms: u64) -> [PathBuf; 3] {
     let server = format!(
         "role = \"server\"\nname = \"gwB\"\ninner = \"in\"\nouter = \"out\"\nxdp_object = \"{object}\"\n\
          status_socket = \"{d}/gwB.sock\"\nrekey_interval_ms = {rekey_ms}\nstatus_interval_ms = 0\n\
-         prefixes = [\"10.2.0.0/24\", \"fd02::/64\"]\nhub = true\n\n\
+         prefixes = [\"10.2.0.0/24\", \"fd02::/64\"]\nhub = true\nmetrics = \"127.0.0.1:9477\"\n\n\
          [[clients]]\nname = \"gwA\"\naddress = \"192.0.2.1\"\nprefixes = [\"10.1.0.0/24\", \"fd01::/64\"]\ninit_key = \"{}\"\n\n\
          [[clients]]\nname = \"gwC\"\naddress = \"192.0.2.3\"\nprefixes = [\"10.3.0.0/24\", \"fd03::/64\"]\ninit_key = \"{}\"\n\n\
          [[clients]]\nname = \"ghost\"\naddress = \"192.0.2.9\"\nprefixes = [\"10.9.0.0/24\"]\ninit_key = \"{}\"\n",
@@ -340,6 +399,56 @@ fn gateways_carry_traffic_through_rekeys_and_restarts() {
         "idle gwB used {:.1} % of a core",
         share * 100.0
     );
+
+    // 2e. The status and metrics endpoints cannot be hung or made to grow: a connection that
+    // never sends and one sending a 1 GiB request line, on both; meanwhile every scrape and
+    // `pktcrypt status` answers within a second, and gwB's memory stays bounded.
+    let rss = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    let pid = gw_b.pid().expect("gwB pid");
+    let rss0 = rss(pid);
+    let sock = format!("{}/gwB.sock", dir.display());
+    let (ok, out) = ns(
+        "gwB",
+        &format!("timeout 120 python3 -c '{ENDPOINT_ATTACKER}' 127.0.0.1:9477 {sock} {BIN}"),
+    );
+    let rss1 = rss(pid);
+    eprintln!("endpoint attack: {out}; gwB RSS {rss0} kB -> {rss1} kB");
+    assert!(ok, "endpoint attack: {out}");
+    assert!(out.contains("all answered"), "{out}");
+    assert!(
+        rss1 < rss0 + 64 * 1024,
+        "gwB grew from {rss0} kB to {rss1} kB"
+    );
+    // Status and keys on separate sockets, created with their final modes.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| {
+        std::fs::metadata(dir.join(p))
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0)
+    };
+    assert_eq!((mode("gwB.sock"), mode("gwB.keys.sock")), (0o660, 0o600));
+    let (ok, out) = sh(&format!(
+        "{BIN} export-keys --socket {}/gwB.sock",
+        dir.display()
+    ));
+    assert!(
+        ok && !out.contains("0x") && out.contains("keys socket"),
+        "the status socket gave out keys: {out}"
+    );
+    let (ok, out) = sh(&format!(
+        "{BIN} export-keys --socket {}/gwB.keys.sock",
+        dir.display()
+    ));
+    assert!(ok && out.lines().count() >= 2, "export-keys: {out}");
 
     // 3. Unrelated traffic on the same interfaces is untouched (ARP, the gateways' own IP).
     assert!(

@@ -172,7 +172,7 @@ fn group_members_carry_traffic_over_ipv6_through_group_rekeys() {
     );
     assert_eq!(after["xdp"]["inner"]["no_socket"], 0);
     let (ok, keys) = sh(&format!(
-        "{BIN} export-keys --socket {}/gwA.sock",
+        "{BIN} export-keys --socket {}/gwA.keys.sock",
         dir.display()
     ));
     assert!(ok, "export-keys: {keys}");
