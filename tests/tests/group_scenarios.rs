@@ -289,7 +289,7 @@ fn restarts_under_loss_reuse_no_nonce_and_the_group_recovers() {
         }
         sim.run_for(secs(20));
         // Rollouts every 3 s: check when one is complete.
-        for _ in 0..100 {
+        for _ in 0..1200 {
             if sim.controller.idle() {
                 break;
             }

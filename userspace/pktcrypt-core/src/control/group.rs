@@ -402,7 +402,13 @@ impl GroupController {
                 .into_iter()
                 .flatten()
                 .any(|g| clashes(g.spi_base));
-            if !old_clash && !clashes(self.init_spi_base) {
+            // Members look an SPI up in their channel first: no data SPI may be a channel's.
+            let engine = self.channel.engine();
+            let channel_clash = (0..members).any(|j| {
+                v.checked_add(j)
+                    .is_none_or(|spi| engine.lookup_spi(spi).is_some())
+            });
+            if !old_clash && !clashes(self.init_spi_base) && !channel_clash {
                 break v;
             }
         };
@@ -416,6 +422,18 @@ impl GroupController {
         };
         zeroize::Zeroize::zeroize(&mut bytes);
         self.old = self.current.replace(new);
+        // ... nor any channel SPI minted from now on a data SPI in use.
+        let ranges = [self.current.as_ref(), self.old.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|g| (g.spi_base, members))
+            .chain([(self.init_spi_base, members)])
+            .collect();
+        self.channel.reserve_spis(ranges);
+        // Every member may transmit under the new generation: nobody waits to rejoin.
+        for m in &mut self.members {
+            m.rejoin = false;
+        }
         self.rekey_at = self
             .config
             .rekey_interval
@@ -545,7 +563,9 @@ impl GroupController {
                 m.reached = None;
                 m.retries = 0;
                 m.ack_seq = None;
-                m.rejoin = false;
+                // It needs a generation it never used: once it holds the current one.
+                m.rejoin = true;
+                m.next_retry = Some(now);
                 self.events.push_back(GroupEvent::ChannelUp { member });
             }
         }
@@ -614,15 +634,11 @@ impl GroupController {
                     self.rekey(now, "join");
                 } else {
                     self.catch_up(now, member);
-                    if self.members[i].floor >= self.generation() {
+                    if self.members[i].rejoin && self.stage != Stage::Idle {
                         // A restarted member holds nothing it may transmit under: a
-                        // generation it never used, as soon as it holds the current one (or
-                        // after the rollout in progress).
-                        if self.stage == Stage::Idle {
-                            self.members[i].rejoin = true;
-                        } else {
-                            self.rekey_pending.get_or_insert("rejoin");
-                        }
+                        // generation it never used, after the rollout in progress (when idle:
+                        // as soon as it acks the current one).
+                        self.rekey_pending.get_or_insert("rejoin");
                     }
                 }
             }
@@ -684,7 +700,6 @@ impl GroupController {
                     m.next_retry = Some(now);
                 }
                 if m.rejoin && self.stage == Stage::Idle && phase == GroupPhase::UpdateCompleted {
-                    m.rejoin = false;
                     self.rekey(now, "rejoin");
                     return true;
                 }
@@ -754,7 +769,7 @@ impl GroupController {
         }
         let m = &mut self.members[usize::from(member)];
         m.retries = 0;
-        if self.stage != Stage::Idle {
+        if self.stage != Stage::Idle || m.rejoin {
             m.next_retry = Some(now + self.config.retry);
         }
     }
@@ -794,11 +809,16 @@ impl GroupController {
         }
         if self.stage == Stage::Idle {
             self.old = None;
-            if let Some(reason) = self.rekey_pending.take() {
+            // A member that restarted during the rollout holds nothing it may transmit under.
+            let rejoin = self.members.iter().any(|m| m.active && m.rejoin);
+            if let Some(reason) = self.rekey_pending.take().or(rejoin.then_some("rejoin")) {
                 self.rekey(now, reason);
             }
         } else {
             self.send_stage(now);
+            // Every member may be there already (e.g. after fresh starts): nothing would come
+            // back to move the rollout on.
+            self.advance(now);
         }
     }
 
@@ -820,27 +840,46 @@ impl GroupController {
             if !m.active || m.next_retry.is_none_or(|t| t > now) {
                 continue;
             }
-            let reached = self
-                .stage
-                .wanted()
-                .is_none_or(|w| self.members[i].reached.is_some_and(|r| r as u8 >= w as u8));
+            let idle_rejoin = self.stage == Stage::Idle && m.rejoin;
+            let reached = !idle_rejoin
+                && self
+                    .stage
+                    .wanted()
+                    .is_none_or(|w| m.reached.is_some_and(|r| r as u8 >= w as u8));
             if reached {
                 self.members[i].next_retry = None;
                 continue;
             }
-            let retries = self.members[i].retries + 1;
+            let retries = self.members[i].retries.saturating_add(1);
             self.members[i].retries = retries;
             if retries > self.config.max_retries {
                 let member = i as u16;
-                self.events.push_back(GroupEvent::Unresponsive { member });
-                self.members[i].next_retry = None;
+                if retries == self.config.max_retries + 1 {
+                    self.events.push_back(GroupEvent::Unresponsive { member });
+                }
                 if self.config.evict_unresponsive {
+                    self.members[i].next_retry = None;
                     self.members[i].active = false;
                     self.events.push_back(GroupEvent::Evicted { member });
                     // It may hold the new key: rekey without it once this rollout is over.
                     self.rekey_pending.get_or_insert("eviction");
                     self.advance(now);
+                    continue;
                 }
+                // Not evicted: keep trying at the longest interval (the rollout waits for it).
+            }
+            if idle_rejoin {
+                // A restarted member has not acked the current generation yet.
+                self.catch_up(now, i as u16);
+                let delay = backoff(
+                    self.config.retry,
+                    self.config.max_backoff,
+                    retries,
+                    self.rng.as_mut(),
+                );
+                let m = &mut self.members[i];
+                m.retries = retries;
+                m.next_retry = Some(now + delay);
                 continue;
             }
             self.send_stage_to(now, i as u16);
@@ -868,6 +907,13 @@ pub struct GroupMember {
     resync: bool,
     /// Acks sent on the current channel.
     ack_seq: u32,
+    /// The generation installed by a fresh start (holding nothing else), until the next
+    /// install or transition: only then may a late previous generation go in under it.
+    fresh_from: Option<u64>,
+    /// (generation, SPI base) of the generations installed in this process (the last 32): one
+    /// installed again is receive-only, whatever the controller says (its sender key's sequence
+    /// numbers would start again).
+    installed: VecDeque<(u64, u32)>,
     rng: Box<dyn Random>,
     events: VecDeque<MemberEvent>,
 }
@@ -936,6 +982,8 @@ impl GroupMember {
             unsent: None,
             resync: false,
             ack_seq: 0,
+            fresh_from: None,
+            installed: VecDeque::new(),
             rng,
             events: VecDeque::new(),
         };
@@ -1175,12 +1223,26 @@ impl GroupMember {
                 return false;
             }
         }
-        if !k.transmit
+        let again = self.remember(k);
+        if (!k.transmit || again)
             && let Some(me) = self.senders.get(usize::from(self.index))
         {
             self.group.set_receive_only(*me, Slot::Newest, true);
         }
         true
+    }
+
+    /// Records an installed generation; whether it was installed before in this process.
+    fn remember(&mut self, k: &GroupKey) -> bool {
+        let id = (k.generation, k.spi_base);
+        if self.installed.contains(&id) {
+            return true;
+        }
+        if self.installed.len() == 32 {
+            self.installed.pop_front();
+        }
+        self.installed.push_back(id);
+        false
     }
 
     fn set_state(&mut self, state: MemberState) {
@@ -1224,7 +1286,11 @@ impl GroupMember {
                 self.unsent = None;
                 let resync = std::mem::take(&mut self.resync);
                 let only_newest = self.held().len() == 1;
-                if !resync && k.generation + 1 == self.current && only_newest {
+                if !resync
+                    && k.generation + 1 == self.current
+                    && only_newest
+                    && self.fresh_from == Some(self.current)
+                {
                     // After a fresh start we hold only N, but the group still transmits with
                     // N-1: take N-1 as the previous generation (N keeps its sequence numbers)
                     // and transmit with it until the transition.
@@ -1246,7 +1312,9 @@ impl GroupMember {
                     if !ok {
                         return false;
                     }
-                    if !k.transmit
+                    self.fresh_from = None;
+                    let again = self.remember(&k);
+                    if (!k.transmit || again)
                         && let Some(me) = self.senders.get(usize::from(self.index))
                     {
                         self.group.set_receive_only(*me, Slot::Previous, true);
@@ -1277,6 +1345,7 @@ impl GroupMember {
                     return false;
                 }
                 self.current = k.generation;
+                self.fresh_from = fresh_start.then_some(k.generation);
                 if fresh_start {
                     self.set_state(MemberState::UpdateCompleted);
                     self.ack(GroupPhase::UpdateCompleted);
@@ -1290,6 +1359,7 @@ impl GroupMember {
                 if generation != self.current {
                     return true;
                 }
+                self.fresh_from = None;
                 match phase {
                     GroupPhase::InTransit => {
                         if self.state == MemberState::DistributionCompleted {

@@ -376,6 +376,8 @@ pub struct KeyServer {
     /// Group messages for the controller (see [`Self::carry_group_messages`]).
     carry_group: bool,
     inbox: VecDeque<(PeerId, Message)>,
+    /// SPI ranges (base, count) new generations must avoid: a group controller's data SPIs.
+    reserved: Vec<(u32, u32)>,
 }
 
 /// The key of this server's biscuits ([`super::message::Biscuit`]): ChaCha20-Poly1305 under a
@@ -503,6 +505,7 @@ impl KeyServer {
             reassembly: Reassembler::new(1024),
             carry_group: false,
             inbox: VecDeque::new(),
+            reserved: Vec::new(),
         })
     }
 
@@ -835,6 +838,12 @@ impl KeyServer {
         true
     }
 
+    /// SPI ranges (base, count) that new generations must not use (a group's data SPIs, which
+    /// members look up in another engine).
+    pub(crate) fn reserve_spis(&mut self, ranges: Vec<(u32, u32)>) {
+        self.reserved = ranges;
+    }
+
     /// The address the authenticated state knows for `peer`.
     pub(crate) fn address(&self, peer: PeerId) -> Option<SocketAddr> {
         self.addr_of(peer)
@@ -1068,11 +1077,18 @@ impl KeyServer {
     }
 
     /// A random valid SPI not in use.
+    fn is_reserved(&self, v: u32) -> bool {
+        self.reserved
+            .iter()
+            .any(|&(base, n)| v >= base && v - base < n)
+    }
+
     fn unused_spi(&mut self) -> Spi {
         loop {
             let v = u32::try_from(self.rng.next_u64() >> 32).unwrap_or(0);
             if let Ok(spi) = Spi::new(v)
                 && self.engine.lookup_spi(v).is_none()
+                && !self.is_reserved(v)
             {
                 return spi;
             }
@@ -1093,7 +1109,9 @@ impl KeyServer {
             attempts += 1;
             let spi = loop {
                 let v = u32::try_from(self.rng.next_u64() >> 32).unwrap_or(0);
-                if let Ok(spi) = Spi::new(v) {
+                if let Ok(spi) = Spi::new(v)
+                    && !self.is_reserved(v)
+                {
                     break spi;
                 }
             };
