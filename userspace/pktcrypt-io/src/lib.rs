@@ -3,8 +3,10 @@
 //! [`XdpSteering::attach`] loads pktcrypt's XDP object (built from `ebpf/pktcrypt-xdp` by
 //! `scripts/build-ebpf.sh`), attaches it to an interface in native (driver) mode, or in generic
 //! (SKB) mode with a warning when the driver has no XDP support, and configures what it steers.
-//! Dropping the handle detaches the program. aya attaches through a bpf_link where the kernel
-//! supports it, so a crashed run's program goes away with its process.
+//! The program is attached through rtnetlink ([`xdp_attach`]), not a bpf_link: it stays on the
+//! interface when the process exits or is killed, and with no AF_XDP socket left it drops
+//! protected-prefix traffic (fail closed) until the next attach replaces it atomically or
+//! [`XdpSteering::detach`] / [`xdp_attach::detach_all`] (`pktcrypt down`) removes it.
 //!
 //! [`xsk`] binds AF_XDP sockets (inner and outer interface on one UMEM per queue),
 //! [`gateway`] runs the workers that forward between them, and [`net`] reads what the kernel
@@ -12,14 +14,16 @@
 
 pub mod gateway;
 pub mod net;
+pub mod xdp_attach;
 pub mod xsk;
 
 use aya::Ebpf;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, MapData, PerCpuArray};
-use aya::programs::{Xdp, XdpMode, xdp::XdpLinkId};
+use aya::programs::Xdp;
 use core::net::IpAddr;
 use pktcrypt_common::{XDP_COUNTER_SLOTS, XDP_PROGRAM, XdpCounter, config, maps};
+use std::os::fd::{AsFd, AsRawFd};
 
 /// What to steer into the AF_XDP sockets.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -53,10 +57,11 @@ pub enum AttachMode {
     Generic,
 }
 
-/// The XDP program attached to one interface. Detached when dropped.
+/// The XDP program attached to one interface. It stays attached when dropped (fail closed):
+/// [`Self::detach`] removes it.
 pub struct XdpSteering {
     ebpf: Ebpf,
-    link: Option<XdpLinkId>,
+    attached: bool,
     iface: String,
     mode: AttachMode,
 }
@@ -92,28 +97,30 @@ impl XdpSteering {
         }
         let mut steering = Self {
             ebpf,
-            link: None,
+            attached: false,
             iface: iface.to_owned(),
             mode: AttachMode::Native,
         };
         steering.configure(cfg)?;
-        let prog: &mut Xdp = steering
+        let prog: &Xdp = steering
             .ebpf
-            .program_mut(XDP_PROGRAM)
+            .program(XDP_PROGRAM)
             .ok_or("program vanished")?
             .try_into()
             .map_err(|e| err("program type", e))?;
-        let link = match prog.attach(iface, XdpMode::Driver) {
-            Ok(link) => link,
-            Err(native) => {
-                let link = prog.attach(iface, XdpMode::Skb).map_err(|e| {
-                    format!("attaching to {iface}: native mode: {native}; generic mode: {e}")
-                })?;
-                steering.mode = AttachMode::Generic;
-                link
-            }
-        };
-        steering.link = Some(link);
+        let fd = prog
+            .fd()
+            .map_err(|e| err("program fd", e))?
+            .as_fd()
+            .as_raw_fd();
+        // Replaces the program a previous run left (fail closed) in one step.
+        if let Err(native) = xdp_attach::attach(iface, fd, xdp_attach::XDP_FLAGS_DRV_MODE) {
+            xdp_attach::attach(iface, fd, xdp_attach::XDP_FLAGS_SKB_MODE).map_err(|e| {
+                format!("attaching to {iface}: native mode: {native}; generic mode: {e}")
+            })?;
+            steering.mode = AttachMode::Generic;
+        }
+        steering.attached = true;
         Ok(steering)
     }
 
@@ -225,18 +232,15 @@ impl XdpSteering {
         xsks.set(queue, fd, 0).map_err(|e| err("XSKS map", e))
     }
 
-    /// Detaches the program (also done on drop).
+    /// Removes the program from the interface (otherwise it stays, fail closed, when this
+    /// handle is dropped or the process exits).
     pub fn detach(&mut self) {
-        if let Some(link) = self.link.take()
-            && let Some(Ok(prog)) = self.ebpf.program_mut(XDP_PROGRAM).map(<&mut Xdp>::try_from)
-        {
-            let _ = prog.detach(link);
+        if std::mem::take(&mut self.attached) {
+            let flags = match self.mode {
+                AttachMode::Native => xdp_attach::XDP_FLAGS_DRV_MODE,
+                AttachMode::Generic => xdp_attach::XDP_FLAGS_SKB_MODE,
+            };
+            let _ = xdp_attach::detach(&self.iface, flags);
         }
-    }
-}
-
-impl Drop for XdpSteering {
-    fn drop(&mut self) {
-        self.detach();
     }
 }

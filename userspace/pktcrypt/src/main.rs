@@ -42,6 +42,13 @@ const USAGE: &str = "usage:
   pktcrypt group-controller --config FILE
   pktcrypt group-member --config FILE
       run a control-plane role over UDP (see docs/cli.md for the configuration)
+  pktcrypt up --config FILE
+      run a gateway (XDP + AF_XDP workers); its programs stay attached when it stops (fail closed)
+  pktcrypt down --config FILE
+      remove the XDP programs a gateway left on its interfaces
+  pktcrypt status --config FILE | --socket PATH
+  pktcrypt export-keys --config FILE | --socket KEYS_PATH
+      ask a running gateway (status socket; keys socket, 0600)
   pktcrypt xdp-attach --iface IF [--object PATH] [--esp-port PORT] [--prefix ADDR/LEN]... [--seconds N]
       attach the XDP steering program to IF, print its counters every second, detach on exit
 
@@ -87,6 +94,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("pktcrypt up: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("down") => match config_path(&args[1..]).and_then(|p| up::down(&p)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pktcrypt down: {e}");
                 ExitCode::FAILURE
             }
         },

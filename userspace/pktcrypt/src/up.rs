@@ -68,6 +68,10 @@ pub(crate) struct GatewayFile {
     /// must be addressed to them (a group member's are its `[[members]]` entry's).
     #[serde(default)]
     pub(crate) prefixes: Vec<String>,
+    /// Start even though the kernel forwards IP in this network namespace (it would forward
+    /// protected traffic in the clear whenever no pktcrypt program is attached: before the
+    /// first `up`, after `down`). Default: refuse.
+    pub(crate) allow_forwarding: Option<bool>,
     /// Key server: forward decrypted packets from one client to another client's prefixes
     /// (a hub). Default off: a decrypted packet may only go to `prefixes`.
     pub(crate) hub: Option<bool>,
@@ -147,6 +151,55 @@ pub(crate) struct GatewayFile {
     /// init key (the controller needs every member's; a member only its own).
     #[serde(default)]
     pub(crate) members: Vec<GatewayPeer>,
+}
+
+/// Refuses to run a gateway in a network namespace whose kernel forwards IP (unless allowed:
+/// then warns): whenever no pktcrypt program is attached, the kernel would forward protected
+/// traffic in the clear.
+fn check_forwarding(allow: bool) -> Result<(), String> {
+    let on = |path: &str| {
+        std::fs::read_to_string(path)
+            .map(|v| v.trim() != "0")
+            .unwrap_or(false)
+    };
+    let mut set = Vec::new();
+    if on("/proc/sys/net/ipv4/ip_forward") {
+        set.push("net.ipv4.ip_forward");
+    }
+    if on("/proc/sys/net/ipv6/conf/all/forwarding") {
+        set.push("net.ipv6.conf.all.forwarding");
+    }
+    if set.is_empty() {
+        return Ok(());
+    }
+    if allow {
+        tracing::warn!(
+            sysctls = ?set,
+            "IP forwarding is on in this network namespace (allow_forwarding = true): the \
+             kernel forwards protected traffic in the clear whenever no pktcrypt program is \
+             attached (before the first `pktcrypt up`, after `pktcrypt down`)"
+        );
+        return Ok(());
+    }
+    Err(format!(
+        "allow_forwarding: IP forwarding is on in this network namespace ({} = 1): the kernel \
+         would forward protected traffic in the clear whenever no pktcrypt program is attached. \
+         Set it to 0 (pktcrypt does the forwarding), or allow_forwarding = true",
+        set.join(", ")
+    ))
+}
+
+/// `pktcrypt down --config FILE`: removes the XDP programs a gateway left on its interfaces
+/// (they stay after the daemon stops, fail closed). The interfaces pass traffic to the kernel
+/// again.
+pub(crate) fn down(path: &Path) -> Result<(), String> {
+    let file: GatewayFile = config::load(path)?;
+    for (field, iface) in [("inner", &file.inner), ("outer", &file.outer)] {
+        let Some(iface) = iface else { continue };
+        pktcrypt_io::xdp_attach::detach_all(iface).map_err(|e| format!("{field}: {iface}: {e}"))?;
+        tracing::info!(iface, "XDP program removed");
+    }
+    Ok(())
 }
 
 /// How often the status document is rebuilt: every `status_interval_ms` (default 1 s), or every
@@ -375,6 +428,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         .map_err(|e| format!("xdp_object: {}: {e}", object_path.display()))?;
 
     let backend = backend(file.backend.as_deref())?;
+    check_forwarding(file.allow_forwarding.unwrap_or(false))?;
 
     // The state machine and its peers.
     let t0 = now();
@@ -808,11 +862,16 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     for h in handles {
         let _ = h.join();
     }
-    inner_xdp.detach();
-    outer_xdp.detach();
+    // The programs stay attached (fail closed: no socket, protected traffic dropped) until the
+    // next `pktcrypt up` replaces them or `pktcrypt down` removes them.
+    drop((inner_xdp, outer_xdp));
     let _ = std::fs::remove_file(&socket_path);
     let _ = std::fs::remove_file(&keys_path);
-    tracing::info!(gateway = name, "stopped, XDP detached");
+    tracing::info!(
+        gateway = name,
+        "stopped; XDP stays attached and drops protected traffic (fail closed) until the next \
+         `pktcrypt up`, or `pktcrypt down`"
+    );
     Ok(())
 }
 

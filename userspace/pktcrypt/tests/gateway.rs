@@ -518,12 +518,37 @@ fn gateways_carry_traffic_through_rekeys_and_restarts() {
     eprintln!("after the key server's restart, traffic back in {t:?}");
     assert!(t.is_some(), "no recovery after the key server restart");
     assert!(wait_ping("hostC", "10.2.0.2", Duration::from_secs(30)).is_some());
+    // Fail closed: gwA is killed (SIGKILL) while its kernel forwards and has a route to site B
+    // (as a gateway with an upstream default route would): its XDP programs stay, find no
+    // socket and drop the protected traffic. The wire shows no plaintext and hostB receives
+    // nothing until the next `pktcrypt up`. (Before: the programs went with the process's bpf
+    // links and the kernel forwarded hostA's packets to site B in the clear.)
+    assert!(ns("gwA", "sysctl -qw net.ipv4.ip_forward=1").0);
+    assert!(ns("gwA", "ip route add 10.2.0.0/24 via 192.0.2.2").0);
     gw_a.kill();
     let (_, links) = ns("gwA", "ip link show");
-    assert!(
-        !links.contains("xdp"),
-        "a killed gateway left XDP attached: {links}"
+    let mut capture = Capture::start(P, dir.join("killed.pcap"));
+    let (sent, received) = ping_run("hostA", "10.2.0.2", 20, "0.05");
+    capture.stop();
+    let clear = capture.count("net 10.0.0.0/8");
+    eprintln!(
+        "gwA killed with forwarding on: {received} of {sent} pings answered, {clear} packets with \
+         inner addresses on the wire"
     );
+    assert_eq!(clear, 0, "fail open after a kill: plaintext on the wire");
+    assert_eq!(received, 0, "fail open after a kill: hostB answered");
+    assert!(
+        links.matches("xdp").count() >= 2,
+        "a killed gateway must leave its XDP programs attached: {links}"
+    );
+    // With forwarding on, `pktcrypt up` refuses to start (naming the setting).
+    let (ok, out) = ns(
+        "gwA",
+        &format!("timeout 10 {BIN} up --config {}", gw_a.config.display()),
+    );
+    assert!(!ok && out.contains("allow_forwarding"), "{out}");
+    assert!(ns("gwA", "sysctl -qw net.ipv4.ip_forward=0").0);
+    assert!(ns("gwA", "ip route del 10.2.0.0/24 via 192.0.2.2").0);
     gw_a.spawn(&dir);
     let t = wait_ping("hostA", "10.2.0.2", Duration::from_secs(30));
     eprintln!("after the client gateway's restart, traffic back in {t:?}");
@@ -551,13 +576,26 @@ fn gateways_carry_traffic_through_rekeys_and_restarts() {
             .all(|s| s["age_s"].as_f64().is_some_and(|a| a < 60.0))
     );
 
-    // 7. Clean detach.
+    // 7. A clean stop leaves the programs (fail closed); `pktcrypt down` removes them.
     for g in [&mut gw_a, &mut gw_b, &mut gw_c] {
         assert!(g.stop(), "{} did not stop cleanly", g.name);
-    }
-    for g in ["gwA", "gwB", "gwC"] {
-        let (_, links) = ns(g, "ip link show");
-        assert!(!links.contains("xdp"), "{g} left XDP attached: {links}");
+        let (_, links) = ns(g.name, "ip link show");
+        assert!(
+            links.contains("xdp"),
+            "{} detached on SIGTERM: {links}",
+            g.name
+        );
+        let (ok, out) = ns(
+            g.name,
+            &format!("{BIN} down --config {}", g.config.display()),
+        );
+        assert!(ok, "pktcrypt down: {out}");
+        let (_, links) = ns(g.name, "ip link show");
+        assert!(
+            !links.contains("xdp"),
+            "{} left XDP attached: {links}",
+            g.name
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -187,9 +187,15 @@ fn group_members_carry_traffic_over_ipv6_through_group_rekeys() {
         "gwC's sender SA: {keys}"
     );
 
-    // 4. Clean stop: nothing left attached.
+    // 4. Clean stop (the programs stay, fail closed), then `pktcrypt down`: nothing attached.
     for g in gws.iter_mut() {
         assert!(g.stop(), "{} did not stop cleanly", g.name);
+        let (ok, out) = common::ns(
+            P,
+            g.name,
+            &format!("{BIN} down --config {}", g.config.display()),
+        );
+        assert!(ok, "pktcrypt down: {out}");
         let (_, links) = common::ns(P, g.name, "ip link show");
         assert!(
             !links.contains("xdp"),

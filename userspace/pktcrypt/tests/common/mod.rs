@@ -136,7 +136,7 @@ impl Gateway {
         }
     }
 
-    /// SIGTERM and wait: the daemon detaches its XDP programs.
+    /// SIGTERM and wait: the daemon stops (its XDP programs stay attached, fail closed).
     pub(crate) fn stop(&mut self) -> bool {
         let Some(mut c) = self.child.take() else {
             return true;
