@@ -174,8 +174,8 @@ pub enum ToControl {
         info: OpenInfo,
         /// Outer source address.
         from: SocketAddr,
-        /// The message.
-        message: Vec<u8>,
+        /// The message (decrypted: wiped when dropped).
+        message: zeroize::Zeroizing<Vec<u8>>,
     },
     /// Data arrived under this generation (sampled: the first of each generation, then every
     /// [`OBSERVE_INTERVAL`]).
@@ -190,8 +190,8 @@ pub enum ToControl {
     Datagram {
         /// Source address.
         from: SocketAddr,
-        /// The datagram.
-        bytes: Vec<u8>,
+        /// The datagram (decrypted in place by its handler: wiped when dropped).
+        bytes: zeroize::Zeroizing<Vec<u8>>,
     },
 }
 
@@ -840,7 +840,9 @@ impl Worker {
                 }
                 OpenOutcome::Control { len, info } => {
                     let at = esp_at + ESP_HEADER_LEN;
-                    let message = frame[at..at + len].to_vec();
+                    let message = zeroize::Zeroizing::new(frame[at..at + len].to_vec());
+                    // The decrypted message leaves the UMEM frame (it goes back to the kernel).
+                    zeroize::Zeroize::zeroize(&mut frame[at..at + len]);
                     bump(&self.stats().control, 1);
                     let _ = self.to_control.try_send(ToControl::Control {
                         info,

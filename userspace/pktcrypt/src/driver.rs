@@ -657,3 +657,23 @@ pub(crate) fn run_group_member(
     print(&stats.line("group-member", &name, member.generation(), &extra, true));
     Ok(())
 }
+
+/// Keeps key material out of core files: no core dumps (`RLIMIT_CORE` 0) and not dumpable
+/// (`PR_SET_DUMPABLE` 0: no core on a crash, and `/proc/PID/mem` and ptrace only for
+/// privileged users). Called first by every command that holds keys.
+///
+/// # Errors
+/// The kernel refused either setting.
+pub(crate) fn harden_process() -> Result<(), String> {
+    use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior, setrlimit};
+    setrlimit(
+        Resource::Core,
+        Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    )
+    .map_err(|e| format!("disabling core dumps: {e}"))?;
+    set_dumpable_behavior(DumpableBehavior::NotDumpable)
+        .map_err(|e| format!("PR_SET_DUMPABLE: {e}"))
+}

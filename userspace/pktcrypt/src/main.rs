@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 const USAGE: &str = "usage:
   pktcrypt demo [--rounds N] [--packets N]
       a key server and a client over ESP-in-UDP on 127.0.0.1 through N key rotations
-  pktcrypt keygen [--count N] [--suite NAME] [--spi BASE] [--qr] [--out FILE]
-      new init keys as text codes (one per line; --out writes them to a 0600 file)
+  pktcrypt keygen [--count N] [--suite NAME] [--spi BASE] [--qr] [--out FILE [--force]]
+      new init keys as text codes (one per line; --out writes a new 0600 file, --force replaces one)
   pktcrypt server --config FILE
   pktcrypt client --config FILE
   pktcrypt group-controller --config FILE
@@ -72,6 +72,14 @@ fn init_logging() {
 fn main() -> ExitCode {
     init_logging();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if matches!(
+        args.first().map(String::as_str),
+        Some("up" | "server" | "client" | "group-controller" | "group-member" | "keygen")
+    ) && let Err(e) = driver::harden_process()
+    {
+        eprintln!("pktcrypt: {e}");
+        return ExitCode::FAILURE;
+    }
     match args.first().map(String::as_str) {
         Some("demo") => match DemoArgs::parse(&args[1..]).and_then(|a| demo(&a)) {
             Ok(()) => ExitCode::SUCCESS,
@@ -480,6 +488,7 @@ fn keygen(args: &[String]) -> Result<(), String> {
     let mut spi_base: Option<u32> = None;
     let mut qr = false;
     let mut out: Option<PathBuf> = None;
+    let mut force = false;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -501,6 +510,7 @@ fn keygen(args: &[String]) -> Result<(), String> {
                 spi_base = Some(n);
             }
             "--qr" => qr = true,
+            "--force" => force = true,
             "--out" => out = Some(PathBuf::from(value()?)),
             other => return Err(format!("unknown option {other}")),
         }
@@ -533,12 +543,27 @@ fn keygen(args: &[String]) -> Result<(), String> {
     if let Some(path) = out {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
+        use std::os::unix::fs::PermissionsExt;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).mode(0o600);
+        if force {
+            options.create(true).truncate(true);
+        } else {
+            // Never overwrite keys by accident.
+            options.create_new(true);
+        }
+        let mut f = options.open(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                format!(
+                    "--out {}: exists (its keys would be lost; --force replaces it)",
+                    path.display()
+                )
+            } else {
+                format!("--out {}: {e}", path.display())
+            }
+        })?;
+        // An existing file keeps its mode when truncated: set it before writing anything.
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
             .map_err(|e| format!("--out {}: {e}", path.display()))?;
         f.write_all(lines.as_bytes())
             .map_err(|e| format!("--out {}: {e}", path.display()))?;

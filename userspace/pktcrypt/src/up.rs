@@ -1103,7 +1103,10 @@ fn spawn_reader(
                 if let Ok((n, from)) = socket.recv_from(&mut buf) {
                     let bytes = buf[..n].to_vec();
                     if to_control
-                        .send(ToControl::Datagram { from, bytes })
+                        .send(ToControl::Datagram {
+                            from,
+                            bytes: zeroize::Zeroizing::new(bytes),
+                        })
                         .is_err()
                     {
                         break;

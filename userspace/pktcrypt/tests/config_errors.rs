@@ -198,3 +198,83 @@ fn gateway_inner_policy_fields_are_required_and_checked() {
         "hub",
     );
 }
+
+#[test]
+fn keygen_out_never_overwrites_and_always_ends_at_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("pktcrypt-keygen-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("keys.txt");
+    // An existing, world-readable file with keys in it.
+    std::fs::write(&path, "pkc1-old-keys\n").expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let run = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["keygen", "--count", "2", "--out"])
+            .arg(&path)
+            .args(extra)
+            .output()
+            .expect("keygen")
+    };
+    let out = run(&[]);
+    assert!(!out.status.success(), "keygen overwrote an existing file");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    assert_eq!(
+        std::fs::read_to_string(&path).expect("read"),
+        "pkc1-old-keys\n"
+    );
+    let out = run(&["--force"]);
+    assert!(out.status.success(), "{out:?}");
+    let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "--force kept the old mode {mode:o}");
+    assert_eq!(
+        std::fs::read_to_string(&path)
+            .expect("read")
+            .lines()
+            .filter(|l| l.starts_with("pkc1-"))
+            .count(),
+        2
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn daemons_are_not_dumpable_and_write_no_core() {
+    // A key-holding role sets RLIMIT_CORE 0 and PR_SET_DUMPABLE 0 before anything else.
+    let k = key();
+    let dir = std::env::temp_dir().join(format!("pktcrypt-dump-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg = dir.join("server.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:0\"\nstatus_interval_ms = 60000\n[[clients]]\nname = \"a\"\ninit_key = \"{k}\"\n"
+        ),
+    )
+    .expect("config");
+    // Started with core dumps allowed (so that the test can fail).
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -c unlimited && exec {BIN} server --config {}",
+            cfg.display()
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("server");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let status = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).expect("limits");
+    let core = status
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .expect("core limit")
+        .to_string();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(&fields[4..6], &["0", "0"], "{core}");
+}
