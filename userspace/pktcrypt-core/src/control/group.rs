@@ -995,7 +995,14 @@ impl GroupMember {
     fn ensure_senders(&mut self, members: u16, now: Time) -> Result<(), Error> {
         while self.senders.len() < usize::from(members) {
             let j = self.senders.len() as u32;
-            let spi = Spi::new(self.group_init.info.spi.get() + j)?;
+            let spi = Spi::new(
+                self.group_init
+                    .info
+                    .spi
+                    .get()
+                    .checked_add(j)
+                    .ok_or(Error::ReservedSpi)?,
+            )?;
             let init = Generation {
                 info: GenerationInfo {
                     spi,
@@ -1208,7 +1215,7 @@ impl GroupMember {
     /// Installs a group generation for every sender.
     fn install_key(&mut self, now: Time, k: &GroupKey) -> bool {
         for (j, p) in self.senders.clone().into_iter().enumerate() {
-            let Ok(spi) = Spi::new(k.spi_base.wrapping_add(j as u32)) else {
+            let Ok(spi) = Spi::new(k.spi_base.checked_add(j as u32).unwrap_or(0)) else {
                 return false;
             };
             let generation = Generation {
@@ -1296,7 +1303,7 @@ impl GroupMember {
                     // and transmit with it until the transition.
                     let mut ok = true;
                     for (j, p) in self.senders.clone().into_iter().enumerate() {
-                        let Ok(spi) = Spi::new(k.spi_base.wrapping_add(j as u32)) else {
+                        let Ok(spi) = Spi::new(k.spi_base.checked_add(j as u32).unwrap_or(0)) else {
                             return false;
                         };
                         let generation = Generation {
