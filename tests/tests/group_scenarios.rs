@@ -178,7 +178,7 @@ fn unresponsive_member_is_reported_and_evicted() {
 }
 
 #[test]
-fn join_leave_and_unknown_sender_trigger_rekeys() {
+fn join_and_leave_trigger_rekeys_unknown_senders_do_not() {
     let mut sim = GroupSim::new(3, config(), 5);
     sim.run_for(secs(3));
     let g = sim.controller.generation();
@@ -191,16 +191,92 @@ fn join_leave_and_unknown_sender_trigger_rekeys() {
     sim.run_for(secs(2));
     assert_eq!(sim.rollouts().last().map(|r| r.1), Some("join"));
     assert_eq!(sim.members[1].generation(), sim.controller.generation());
-    // A packet from an address that is not in the management table.
-    let stranger = SocketAddr::from((Ipv4Addr::new(127, 0, 9, 9), 4500));
-    let mut junk = vec![0xabu8; 64];
-    let now = sim.now;
-    let _ = sim
-        .controller
-        .handle_datagram(now, Some(stranger), &mut junk);
-    sim.run_for(secs(2));
-    assert_eq!(sim.rollouts().last().map(|r| r.1), Some("unknown sender"));
+    // 10,000 spoofed datagrams from addresses not in the management table, with unknown
+    // SPIs and with a member's channel SPI: unauthenticated, they change nothing (they used to
+    // trigger a rekey every 10 s).
+    let g = sim.controller.generation();
+    let rows = sim.controller.table().len();
+    let channel_spi = sim.capture.last().map(|(_, _, b)| b[..4].to_vec()).expect("capture");
+    for i in 0..10_000u32 {
+        let stranger = SocketAddr::from((Ipv4Addr::from(0x7f00_0000 + 0x10000 + i), 4500));
+        let mut junk = vec![0xabu8; 64];
+        junk[..4].copy_from_slice(if i % 2 == 0 {
+            &channel_spi
+        } else {
+            &[0x77, 0x77, 0x77, 0x77]
+        });
+        let now = sim.now;
+        let _ = sim
+            .controller
+            .handle_datagram(now, Some(stranger), &mut junk);
+        if i % 1000 == 0 {
+            sim.run_for(secs(1));
+        }
+    }
+    sim.run_for(secs(12));
+    assert_eq!(sim.controller.generation(), g, "rollouts {:?}", sim.rollouts());
+    assert!(sim.controller.table().len() <= rows);
     assert_eq!(sim.stats.key_mismatch, 0);
+}
+
+#[test]
+fn management_table_keeps_only_the_generations_in_use() {
+    let mut sim = GroupSim::new(3, config(), 8);
+    sim.run_for(secs(3));
+    for _ in 0..20 {
+        sim.controller.rekey(sim.now, "test");
+        sim.run_for(secs(2));
+    }
+    let g = sim.controller.generation();
+    assert!(g >= 20);
+    assert!(
+        sim.controller
+            .table()
+            .iter()
+            .all(|e| e.generation + 1 >= g),
+        "{:?}",
+        sim.controller.table()
+    );
+    assert!(sim.controller.table().len() <= 2 * 3);
+}
+
+#[test]
+fn removed_member_gets_no_later_generation_and_cannot_rejoin() {
+    let mut sim = GroupSim::new(3, config(), 9);
+    sim.run_for(secs(3));
+    let g = sim.controller.generation();
+    let now = sim.now;
+    sim.controller.remove_member(now, 2);
+    sim.run_for(secs(3));
+    assert_eq!(sim.controller.active_members(), vec![0, 1]);
+    assert!(sim.controller.generation() > g);
+    assert_eq!(sim.members[2].generation(), g, "it holds nothing later");
+    // Its joins are refused.
+    let now = sim.now;
+    sim.members[2].join(now);
+    sim.run_for(secs(5));
+    assert_eq!(sim.controller.active_members(), vec![0, 1]);
+    assert!(
+        sim.events
+            .iter()
+            .any(|(_, e)| *e == GroupEvent::JoinRefused { member: 2 })
+    );
+    assert_eq!(sim.members[2].generation(), g);
+    assert_eq!(sim.stats.key_mismatch, 0);
+    // Re-admitted, it is back on the group's generation (reading nothing until its catch-up
+    // arrives, like a joining member), then without losses.
+    let now = sim.now;
+    sim.controller.readmit(now, 2);
+    sim.run_for(secs(5));
+    assert_eq!(sim.controller.active_members(), vec![0, 1, 2]);
+    let g = sim.controller.generation();
+    for m in &sim.members {
+        assert_eq!(m.generation(), g);
+    }
+    let settled = sim.stats.key_mismatch;
+    sim.controller.rekey(sim.now, "test");
+    sim.run_for(secs(5));
+    assert_eq!(sim.stats.key_mismatch, settled);
 }
 
 #[test]
@@ -237,7 +313,7 @@ fn member_that_regains_connectivity_gets_the_current_key() {
 }
 
 #[test]
-fn evicted_member_can_rejoin_and_catches_up() {
+fn evicted_member_is_refused_until_readmitted_then_catches_up() {
     let mut c = config();
     c.max_retries = 2;
     let mut sim = GroupSim::new(4, c, 7);
@@ -249,13 +325,29 @@ fn evicted_member_can_rejoin_and_catches_up() {
     sim.online[1] = true;
     sim.members[1].join(sim.now);
     sim.run_for(secs(5));
+    // Evicted: its join is refused (it might hold keys it should not; the operator decides).
+    assert_eq!(sim.controller.active_members(), vec![0, 2, 3]);
+    assert!(
+        sim.events
+            .iter()
+            .any(|(_, e)| *e == GroupEvent::JoinRefused { member: 1 })
+    );
+    assert_eq!(sim.stats.key_mismatch, 0, "{:?}", sim.stats.data_dropped);
+    let now = sim.now;
+    sim.controller.readmit(now, 1);
+    sim.run_for(secs(5));
     assert_eq!(sim.controller.active_members(), vec![0, 1, 2, 3]);
     let g = sim.controller.generation();
     for m in &sim.members {
         assert_eq!(m.generation(), g);
     }
     sim.assert_at_most_two();
-    assert_eq!(sim.stats.key_mismatch, 0, "{:?}", sim.stats.data_dropped);
+    // Like a joining member, the re-admitted one reads nothing until its catch-up arrives
+    // (its channel may still be starting over); from then on, no losses.
+    let settled = sim.stats.key_mismatch;
+    sim.controller.rekey(sim.now, "test");
+    sim.run_for(secs(5));
+    assert_eq!(sim.stats.key_mismatch, settled, "{:?}", sim.stats.data_dropped);
 }
 
 #[test]

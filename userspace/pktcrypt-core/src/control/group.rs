@@ -64,7 +64,8 @@ pub struct GroupConfig {
     pub evict_unresponsive: bool,
     /// Pause between rollout phases so packets under the previous rule arrive first.
     pub phase_grace: Duration,
-    /// Smallest interval between two rekeys triggered by unknown senders.
+    /// Smallest interval between two rekeys triggered by a member's authenticated messages
+    /// from a new address.
     pub unknown_sender_holdoff: Duration,
     /// When the pairwise control channels exchange fresh ephemeral keys (the controller's
     /// setting rules; a group key only travels under a channel generation).
@@ -192,6 +193,16 @@ pub enum GroupEvent {
         /// Member index.
         member: u16,
     },
+    /// An evicted or removed member asked to join: refused until it is re-admitted.
+    JoinRefused {
+        /// Member index.
+        member: u16,
+    },
+    /// A member was removed by the operator.
+    Removed {
+        /// Member index.
+        member: u16,
+    },
     /// A member completed an init handshake of its control channel (it started or
     /// restarted): the generations in use are receive-only for it from now on.
     ChannelUp {
@@ -235,6 +246,8 @@ struct MemberRec {
     /// Rekey once the member has caught up: it restarted and holds nothing it may transmit
     /// under.
     rejoin: bool,
+    /// Evicted (unresponsive) or removed: its joins are refused until [`GroupController::readmit`].
+    evicted: bool,
 }
 
 #[derive(Clone)]
@@ -328,8 +341,41 @@ impl GroupController {
             floor: 0,
             ack_seq: None,
             rejoin: false,
+            evicted: false,
         });
         Ok(index)
+    }
+
+    /// Removes member `index` from the group: it gets no later generation (the group rekeys
+    /// without it at once) and its joins are refused until [`Self::readmit`].
+    pub fn remove_member(&mut self, now: Time, index: u16) {
+        let Some(m) = self.members.get_mut(usize::from(index)) else {
+            return;
+        };
+        m.evicted = true;
+        m.next_retry = None;
+        m.rejoin = false;
+        if std::mem::take(&mut m.active) {
+            self.events.push_back(GroupEvent::Removed { member: index });
+            self.rekey(now, "removed");
+        }
+    }
+
+    /// Re-admits an evicted or removed member: it joins at once (catch-up and a rekey) and
+    /// later joins are accepted again.
+    pub fn readmit(&mut self, now: Time, index: u16) {
+        let Some(m) = self.members.get_mut(usize::from(index)) else {
+            return;
+        };
+        if !std::mem::take(&mut m.evicted) {
+            return;
+        }
+        if !m.active {
+            m.active = true;
+            self.events.push_back(GroupEvent::Joined { member: index });
+            self.catch_up(now, index);
+            self.rekey(now, "readmitted");
+        }
     }
 
     /// The control channels' key server (its engine holds every member's channel keys).
@@ -421,6 +467,8 @@ impl GroupController {
             secret: Secret::from_bytes(bytes),
         };
         zeroize::Zeroize::zeroize(&mut bytes);
+        // The management table keeps the generations in use (and the one before): bounded.
+        self.table.retain(|e| e.generation + 2 > number);
         self.old = self.current.replace(new);
         // ... nor any channel SPI minted from now on a data SPI in use.
         let ranges = [self.current.as_ref(), self.old.as_ref()]
@@ -574,7 +622,18 @@ impl GroupController {
                 continue;
             };
             if let Some(addr) = self.channel.address(peer) {
-                self.members[usize::from(member)].addr = Some(addr);
+                let m = &mut self.members[usize::from(member)];
+                let moved = m.active && m.addr.is_some_and(|a| a != addr);
+                m.addr = Some(addr);
+                let holdoff = self.config.unknown_sender_holdoff;
+                if moved
+                    && self
+                        .last_unknown
+                        .is_none_or(|t| now.saturating_sub(t) >= holdoff)
+                {
+                    self.last_unknown = Some(now);
+                    self.rekey(now, "new address");
+                }
             }
             self.on_control(now, member, msg);
         }
@@ -587,31 +646,17 @@ impl GroupController {
             .map(|i| i as u16)
     }
 
-    /// Handles a datagram received from `from`. A datagram from an address not in the
-    /// management table triggers a rekey (at most once per `unknown_sender_holdoff`).
+    /// Handles a datagram received from `from`. Only authenticated messages change anything:
+    /// a datagram from an unknown address under an unknown SPI is dropped and counted (it used
+    /// to trigger a rekey: anyone could make the group rekey every `unknown_sender_holdoff`).
+    /// A member whose authenticated messages come from a new address (one not in the
+    /// management table) triggers a rekey, at most once per `unknown_sender_holdoff`.
     pub fn handle_datagram<'b>(
         &mut self,
         now: Time,
         from: Option<SocketAddr>,
         buf: &'b mut [u8],
     ) -> Incoming<'b> {
-        if let Some(addr) = from {
-            let known = self.members.iter().any(|m| m.addr == Some(addr));
-            let spi_known = EspHeader::parse(buf)
-                .ok()
-                .and_then(|h| self.channel.engine().lookup_spi(h.spi))
-                .is_some();
-            if !known && !spi_known {
-                let holdoff = self.config.unknown_sender_holdoff;
-                if self
-                    .last_unknown
-                    .is_none_or(|t| now.saturating_sub(t) >= holdoff)
-                {
-                    self.last_unknown = Some(now);
-                    self.rekey(now, "unknown sender");
-                }
-            }
-        }
         let incoming = self.channel.handle_datagram(now, from, buf);
         self.pump(now);
         match incoming {
@@ -624,6 +669,9 @@ impl GroupController {
     fn on_control(&mut self, now: Time, member: u16, msg: Message) -> bool {
         let i = usize::from(member);
         match msg {
+            Message::GroupJoin if self.members[i].evicted => {
+                self.events.push_back(GroupEvent::JoinRefused { member });
+            }
             Message::GroupJoin => {
                 if !self.members[i].active {
                     self.members[i].active = true;
@@ -652,6 +700,9 @@ impl GroupController {
             }
             Message::GroupKeyRequest { have } => {
                 if !self.members[i].active {
+                    if self.members[i].evicted {
+                        self.events.push_back(GroupEvent::JoinRefused { member });
+                    }
                     return false;
                 }
                 if have == self.generation() && self.stage == Stage::Idle {
@@ -860,6 +911,7 @@ impl GroupController {
                 if self.config.evict_unresponsive {
                     self.members[i].next_retry = None;
                     self.members[i].active = false;
+                    self.members[i].evicted = true;
                     self.events.push_back(GroupEvent::Evicted { member });
                     // It may hold the new key: rekey without it once this rollout is over.
                     self.rekey_pending.get_or_insert("eviction");
