@@ -27,8 +27,10 @@
 //! the second transition request makes them drop N (UPDATE_COMPLETED). At every moment every
 //! member holds every key anyone transmits with, so the rollout is hitless. Lost messages are
 //! retried with back-off; a member that never answers is reported and, by policy, evicted (and
-//! the group rekeyed without it). A join, a leave, or a packet from an address not in the
-//! management table triggers a rekey; a member that regains connectivity asks for the current key.
+//! the group rekeyed without it; evicted and removed members are refused until re-admitted). A
+//! join, a leave, a removal, or a member's authenticated messages from an address not in the
+//! management table trigger a rekey (unauthenticated datagrams never do); a member that regains
+//! connectivity asks for the current key.
 
 use super::message::{GroupKey, GroupPhase, Message};
 use super::{
