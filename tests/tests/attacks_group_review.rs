@@ -99,7 +99,11 @@ fn withheld_group_key_released_two_rollouts_later_reuses_nonces() {
         .controller
         .handle_datagram(now, Some(stranger), &mut junk);
     sim.run_for(secs(1));
-    assert_eq!(sim.controller.generation(), n + 1, "no rekey on unauthenticated input");
+    assert_eq!(
+        sim.controller.generation(),
+        n + 1,
+        "no rekey on unauthenticated input"
+    );
     sim.controller.rekey(sim.now, "interval");
     sim.run_for(secs(5));
     assert!(sim.controller.idle());
@@ -341,7 +345,10 @@ fn member_evicted_during_an_outage_never_comes_back() {
     );
     sim.online[2] = true;
     sim.run_for(secs(30));
-    assert!(!sim.controller.active_members().contains(&2), "evicted stays out");
+    assert!(
+        !sim.controller.active_members().contains(&2),
+        "evicted stays out"
+    );
     let now = sim.now;
     sim.controller.readmit(now, 2);
     sim.run_for(secs(30));

@@ -196,7 +196,11 @@ fn join_and_leave_trigger_rekeys_unknown_senders_do_not() {
     // trigger a rekey every 10 s).
     let g = sim.controller.generation();
     let rows = sim.controller.table().len();
-    let channel_spi = sim.capture.last().map(|(_, _, b)| b[..4].to_vec()).expect("capture");
+    let channel_spi = sim
+        .capture
+        .last()
+        .map(|(_, _, b)| b[..4].to_vec())
+        .expect("capture");
     for i in 0..10_000u32 {
         let stranger = SocketAddr::from((Ipv4Addr::from(0x7f00_0000 + 0x10000 + i), 4500));
         let mut junk = vec![0xabu8; 64];
@@ -214,7 +218,12 @@ fn join_and_leave_trigger_rekeys_unknown_senders_do_not() {
         }
     }
     sim.run_for(secs(12));
-    assert_eq!(sim.controller.generation(), g, "rollouts {:?}", sim.rollouts());
+    assert_eq!(
+        sim.controller.generation(),
+        g,
+        "rollouts {:?}",
+        sim.rollouts()
+    );
     assert!(sim.controller.table().len() <= rows);
     assert_eq!(sim.stats.key_mismatch, 0);
 }
@@ -230,10 +239,7 @@ fn management_table_keeps_only_the_generations_in_use() {
     let g = sim.controller.generation();
     assert!(g >= 20);
     assert!(
-        sim.controller
-            .table()
-            .iter()
-            .all(|e| e.generation + 1 >= g),
+        sim.controller.table().iter().all(|e| e.generation + 1 >= g),
         "{:?}",
         sim.controller.table()
     );
@@ -347,7 +353,11 @@ fn evicted_member_is_refused_until_readmitted_then_catches_up() {
     let settled = sim.stats.key_mismatch;
     sim.controller.rekey(sim.now, "test");
     sim.run_for(secs(5));
-    assert_eq!(sim.stats.key_mismatch, settled, "{:?}", sim.stats.data_dropped);
+    assert_eq!(
+        sim.stats.key_mismatch, settled,
+        "{:?}",
+        sim.stats.data_dropped
+    );
 }
 
 #[test]
@@ -422,4 +432,44 @@ fn restarts_under_loss_reuse_no_nonce_and_the_group_recovers() {
             sim.stats.key_mismatch, sim.stats.data_deliveries, sim.stats.data_dropped
         );
     }
+}
+
+#[test]
+fn restarted_controller_rekeys_promptly() {
+    // A controller restart loses every generation and every channel: the members' channels
+    // start over and the group gets a new generation within 3× the rekey interval (here 10 s).
+    use pktcrypt_core::control::{GroupController, SeededRandom};
+    use pktcrypt_tests::group_sim::{GROUP_INIT_SPI, member_control_key};
+    let mut c = config();
+    c.rekey_interval = Some(secs(10));
+    let mut sim = GroupSim::new(4, c.clone(), 77);
+    sim.run_for(secs(15));
+    assert!(sim.controller.generation() >= 1);
+    let mut controller =
+        GroupController::new(c, GROUP_INIT_SPI, Box::new(SeededRandom::new(7777))).expect("ctl");
+    for i in 0..4 {
+        controller
+            .add_member(&member_control_key(i), Some(member_addr(i)), false, sim.now)
+            .expect("member");
+    }
+    sim.controller = controller;
+    let restarted = sim.now;
+    let mut back = None;
+    for _ in 0..600 {
+        sim.run_for(Duration::from_millis(100));
+        let g = sim.controller.generation();
+        if g >= 1
+            && sim.controller.idle()
+            && sim
+                .members
+                .iter()
+                .all(|m| m.generation() == g && m.tx_generation() == g)
+        {
+            back = Some(sim.now.saturating_sub(restarted));
+            break;
+        }
+    }
+    eprintln!("after a controller restart the group is back on a new generation in {back:?}");
+    assert!(back.is_some_and(|t| t <= secs(30)), "{back:?}");
+    assert!(sim.nonce_reuse.is_empty());
 }

@@ -1357,7 +1357,8 @@ impl GroupMember {
                     // and transmit with it until the transition.
                     let mut ok = true;
                     for (j, p) in self.senders.clone().into_iter().enumerate() {
-                        let Ok(spi) = Spi::new(k.spi_base.checked_add(j as u32).unwrap_or(0)) else {
+                        let Ok(spi) = Spi::new(k.spi_base.checked_add(j as u32).unwrap_or(0))
+                        else {
                             return false;
                         };
                         let generation = Generation {
