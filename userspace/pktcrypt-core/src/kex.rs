@@ -215,12 +215,22 @@ pub const SERVER_BACKEND: &str = if cfg!(feature = "aws-lc") {
 
 /// [`respond`] on aws-lc-rs: ML-KEM-768 (`aws_lc_rs::kem`) and X25519 (`aws_lc_rs::agreement`).
 ///
-/// Why aws-lc-rs for both halves: on the benchmark machine (AMD EPYC, 2 cores; best of 7 x 2000,
-/// one probe run) parsing the key and encapsulating takes 14.1 us on aws-lc-rs against 111 us on
-/// `ml-kem`; an X25519 ephemeral key (generate, public key, DH) 38.6 us against 97 us on `ring`
-/// 0.17 (fiat-crypto) and 92 us on `x25519-dalek` (public key 20 us + DH 72 us). ring's X25519
-/// is slower than `x25519-dalek`'s here, so it brings nothing; AWS-LC's X25519 is s2n-bignum's
-/// formally verified x86-64 and AArch64 code. The whole respond: 53 us against about 200 us.
+/// Why aws-lc-rs for both halves. On the development machine (AMD EPYC, family 25, KVM, 2 cores,
+/// shared), best figures of a scratch probe (7 x 2000) and of the key-server bench (5 x 500,
+/// five runs; BENCHMARKS.md):
+///
+/// | (µs, one core)                                   | aws-lc-rs 1.19 | RustCrypto  | ring 0.17 |
+/// |--------------------------------------------------|---------------:|------------:|----------:|
+/// | ML-KEM-768: parse the key, encapsulate           | 14.3           | 108 (ml-kem)|  (none)   |
+/// | X25519 ephemeral: generate, public key           | 9.3            | 20 (dalek)  | 28        |
+/// | X25519 DH (with parsing the peer's key)          | 29.8           | 65 (dalek)  | 44        |
+/// | whole `respond`                                  | 55.7           | 194         |           |
+///
+/// ring's X25519 (fiat-crypto C) is slower than AWS-LC's here (72 against 39 µs for
+/// generate + public key + DH in the probe), so it brings nothing. AWS-LC's X25519 is
+/// s2n-bignum's formally verified assembly and its ML-KEM mlkem-native's AVX2 (x86-64) or NEON
+/// (AArch64) code, both maintained by AWS; one C library for both halves keeps the build cost to
+/// one (aws-lc-sys: about 80 s of C compilation per profile on that machine).
 ///
 /// Erasure of the ephemerals, with evidence:
 /// - the X25519 private key lives in an `EVP_PKEY` owned by an `EphemeralPrivateKey`, which
