@@ -9,8 +9,9 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # Debian packages: OpenSSL headers (benchmark baseline), pkg-config, Python, a C and C++ compiler
-# (C tests; libFuzzer for cargo-fuzz), make and valgrind (C tests); iproute2, ping, tcpdump and
-# iperf3 for the gateway tests, demo and benchmark in network namespaces.
+# (C tests; libFuzzer for cargo-fuzz; AWS-LC, which aws-lc-sys builds with the cc crate: no cmake
+# or NASM needed on Linux), make and valgrind (C tests); iproute2, ping, tcpdump and iperf3 for the
+# gateway tests, demo and benchmark in network namespaces.
 APT_PACKAGES=(pkg-config libssl-dev python3 python3-venv ca-certificates gcc g++ make valgrind iproute2 iputils-ping tcpdump iperf3 ethtool)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

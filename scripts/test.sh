@@ -12,9 +12,11 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "benchmark-only build (feature insecure-null-backend): clippy and its unit tests"
+step "benchmark-only build (feature insecure-null-backend): clippy and its unit tests; the key exchange without aws-lc"
 cargo clippy -p pktcrypt --features insecure-null-backend --all-targets --locked -- -D warnings
-cargo test -p pktcrypt-core --features insecure-null-backend --lib --locked null_tests
+# pktcrypt-core alone, without its feature aws-lc: the key server's side of the key exchange on
+# RustCrypto, as the C ABI and Python builds have it (the workspace run below has aws-lc).
+cargo test -p pktcrypt-core --features insecure-null-backend --lib --locked -- null_tests kex::
 
 step "cargo doc (public API docs, warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
@@ -27,6 +29,12 @@ cargo fmt --manifest-path ebpf/pktcrypt-xdp/Cargo.toml -- --check
 step "cargo test (unit, known-answer, property, independence, demo, loopback, XDP on veth, gateways end to end)"
 export PKTCRYPT_PYTHON="$PWD/.venv/bin/python"
 cargo test --workspace --locked 2>&1 | tee target/cargo-test.log
+# The workspace build unifies features: the daemon and the benches turn on pktcrypt-core's aws-lc,
+# so the run above is the aws-lc one (kex::aws_lc_tests; the simulations' key server too).
+# pktcrypt-core's aws-lc-only tests must have run.
+aws_lc_passed=$(grep -Ec '^test kex::aws_lc_tests::[a-z0-9_]+ \.\.\. ok$' target/cargo-test.log || true)
+[ "$aws_lc_passed" -ge 4 ] \
+  || { echo "the aws-lc key-exchange tests did not run (is pktcrypt-core's feature aws-lc still on in the workspace?)"; exit 1; }
 rust_passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' target/cargo-test.log | awk '{s+=$4} END {print s+0}')
 
 step "C ABI: header up to date, C tests and examples (native, then valgrind)"

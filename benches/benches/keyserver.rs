@@ -13,7 +13,9 @@
 //! 2. `PKTCRYPT_PFS_CLIENTS` clients (default 20,000) rotate with `pfs = "every-rekey"`: the
 //!    key-exchange rate.
 //! 3. The cost of each primitive alone (X25519, ML-KEM-768 key generation, encapsulation,
-//!    decapsulation) on this machine.
+//!    decapsulation) on this machine: RustCrypto's, and with the feature `aws-lc` (on by
+//!    default, as in the daemon) aws-lc-rs's, which the server's side then runs
+//!    (`--no-default-features` for the pure-Rust server side).
 //! 4. Bytes per idle client after a hello from each.
 //!
 //! The heap is mimalloc, as in the `pktcrypt` daemon; `--features system-alloc` measures the
@@ -24,7 +26,7 @@
 use pktcrypt_core::control::client::{INIT_LABEL, exchange_hash};
 use pktcrypt_core::control::message::{KeyMaterial, Message, fragments};
 use pktcrypt_core::control::{Incoming, KeyErasureRandom, KeyServer, Pfs, Random, ServerConfig};
-use pktcrypt_core::kex::{Ephemeral, Schedule, respond, transcript};
+use pktcrypt_core::kex::{Ephemeral, SERVER_BACKEND, Schedule, respond, transcript};
 use pktcrypt_core::{
     Engine, EngineConfig, Generation, GenerationInfo, Opened, PeerId, Role, Secret, Slot, Spi,
     Suite, Time, TxRule,
@@ -441,10 +443,57 @@ fn primitives() {
     let (dh, mlkem_keygen, encaps, decaps) = components();
     println!(
         "primitives (one core, best of 5 x 500): client key share (ML-KEM-768 keygen + X25519 \
-         keygen) {keygen:.1} us; server side (parse ek + encapsulate + X25519 keygen and DH) \
-         {respond_us:.1} us; client side (decapsulate + X25519 DH) {finish:.1} us; alone: \
-         X25519 DH {dh:.1} us, ML-KEM-768 keygen {mlkem_keygen:.1} us, encapsulate (with \
-         parsing the key) {encaps:.1} us, decapsulate {decaps:.1} us"
+         keygen) {keygen:.1} us; server side on {SERVER_BACKEND} (parse ek + encapsulate + \
+         X25519 keygen and DH) {respond_us:.1} us; client side (decapsulate + X25519 DH) \
+         {finish:.1} us; alone, RustCrypto: X25519 DH {dh:.1} us, ML-KEM-768 keygen \
+         {mlkem_keygen:.1} us, encapsulate (with parsing the key) {encaps:.1} us, decapsulate \
+         {decaps:.1} us"
+    );
+    #[cfg(feature = "aws-lc")]
+    aws_lc_components();
+}
+
+/// aws-lc-rs's primitives of the server side alone, best of 5 x 500.
+#[cfg(feature = "aws-lc")]
+fn aws_lc_components() {
+    use aws_lc_rs::{agreement, kem, rand::SystemRandom};
+    let best = |f: &mut dyn FnMut()| {
+        (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..500 {
+                    f();
+                }
+                t.elapsed().as_secs_f64() * 1e6 / 500.0
+            })
+            .fold(f64::MAX, f64::min)
+    };
+    let share = Ephemeral::generate(&mut KeyErasureRandom::from_seed([5; 32]))
+        .share()
+        .clone();
+    let (ek, peer) = share.0.split_at(pktcrypt_core::kex::MLKEM_EK_LEN);
+    let encaps = best(&mut || {
+        let ek = kem::EncapsulationKey::new(&kem::ML_KEM_768, ek).unwrap();
+        std::hint::black_box(ek.encapsulate().unwrap());
+    });
+    let rng = SystemRandom::new();
+    let keygen = best(&mut || {
+        let sk = agreement::EphemeralPrivateKey::generate(&agreement::X25519, &rng).unwrap();
+        std::hint::black_box(sk.compute_public_key().unwrap());
+    });
+    let sk = agreement::PrivateKey::generate(&agreement::X25519).unwrap();
+    let dh = best(&mut || {
+        let peer = agreement::UnparsedPublicKey::new(&agreement::X25519, peer);
+        agreement::agree(&sk, peer, (), |s| {
+            std::hint::black_box(s);
+            Ok(())
+        })
+        .unwrap();
+    });
+    println!(
+        "alone, aws-lc-rs: encapsulate (with parsing the key) {encaps:.1} us, X25519 ephemeral \
+         key (generate and public key) {keygen:.1} us, X25519 DH (with parsing the peer's key) \
+         {dh:.1} us"
     );
 }
 

@@ -178,7 +178,12 @@ impl Ephemeral {
 }
 
 /// The server's side: encapsulates to the client's key and runs X25519 with a fresh ephemeral,
-/// which is erased before returning. Draws 64 bytes from `rng`.
+/// which is erased before returning.
+///
+/// Without the `aws-lc` feature this is [`respond_with`] (RustCrypto) with 64 bytes drawn from
+/// `rng`. With it, both primitives run on aws-lc-rs ([`SERVER_BACKEND`]), whose randomness is
+/// AWS-LC's own generator (seeded by the operating system), so `rng` is not drawn from. Same
+/// wire format, same results for the client, same errors.
 ///
 /// # Errors
 /// [`KexError::InvalidEncapsulationKey`], [`KexError::NonContributory`].
@@ -186,11 +191,102 @@ pub fn respond(
     share: &KeyShare,
     rng: &mut dyn Random,
 ) -> Result<(ReplyShare, SharedSecret), KexError> {
-    let mut m = Zeroizing::new([0u8; 32]);
-    let mut x = Zeroizing::new([0u8; 32]);
-    rng.fill(&mut *m);
-    rng.fill(&mut *x);
-    respond_with(share, &m, &x)
+    #[cfg(feature = "aws-lc")]
+    {
+        let _ = rng;
+        aws_lc::respond(&share.0[..MLKEM_EK_LEN], &share.0[MLKEM_EK_LEN..])
+    }
+    #[cfg(not(feature = "aws-lc"))]
+    {
+        let mut m = Zeroizing::new([0u8; 32]);
+        let mut x = Zeroizing::new([0u8; 32]);
+        rng.fill(&mut *m);
+        rng.fill(&mut *x);
+        respond_with(share, &m, &x)
+    }
+}
+
+/// Which implementation [`respond`] runs (for benchmarks and logs).
+pub const SERVER_BACKEND: &str = if cfg!(feature = "aws-lc") {
+    "aws-lc-rs (ML-KEM-768 and X25519)"
+} else {
+    "RustCrypto (ml-kem, x25519-dalek)"
+};
+
+/// [`respond`] on aws-lc-rs: ML-KEM-768 (`aws_lc_rs::kem`) and X25519 (`aws_lc_rs::agreement`).
+///
+/// Why aws-lc-rs for both halves. On the development machine (AMD EPYC, family 25, KVM, 2 cores,
+/// shared), best figures of a scratch probe (7 x 2000) and of the key-server bench (5 x 500,
+/// five runs; BENCHMARKS.md):
+///
+/// | (µs, one core)                                   | aws-lc-rs 1.19 | RustCrypto  | ring 0.17 |
+/// |--------------------------------------------------|---------------:|------------:|----------:|
+/// | ML-KEM-768: parse the key, encapsulate           | 14.3           | 108 (ml-kem)|  (none)   |
+/// | X25519 ephemeral: generate, public key           | 9.3            | 20 (dalek)  | 28        |
+/// | X25519 DH (with parsing the peer's key)          | 29.8           | 65 (dalek)  | 44        |
+/// | whole `respond`                                  | 55.7           | 194         |           |
+///
+/// ring's X25519 (fiat-crypto C) is slower than AWS-LC's here (72 against 39 µs for
+/// generate + public key + DH in the probe), so it brings nothing. AWS-LC's X25519 is
+/// s2n-bignum's formally verified assembly and its ML-KEM mlkem-native's AVX2 (x86-64) or NEON
+/// (AArch64) code, both maintained by AWS; one C library for both halves keeps the build cost to
+/// one (aws-lc-sys: about 80 s of C compilation per profile on that machine).
+///
+/// Erasure of the ephemerals, with evidence:
+/// - the X25519 private key lives in an `EVP_PKEY` owned by an `EphemeralPrivateKey`, which
+///   `agree_ephemeral` takes by value ("Since it is moved, it will not be usable after calling
+///   `agree_ephemeral`, thus guaranteeing that the key is used for only one key agreement",
+///   aws-lc-rs docs) and drops; dropping frees it with `EVP_PKEY_free`, whose X25519 method
+///   (`x25519_free`, crypto/evp_extra/p_x25519_asn1.c) calls `OPENSSL_free`, which "zeros out
+///   the memory allocated at |ptr| and frees it" (AWS-LC include/openssl/mem.h);
+/// - the DH output reaches `kdf` from a `Zeroizing<Vec<u8>>` (aws-lc-rs `EVP_PKEY::agree`), and
+///   the ML-KEM shared secret is a `kem::SharedSecret`, whose `Drop` zeroizes it; both are
+///   copied straight into the `Zeroizing` output here;
+/// - the encapsulation's random message `m` never leaves AWS-LC (mlkem-native clears its stack
+///   buffers).
+#[cfg(feature = "aws-lc")]
+mod aws_lc {
+    use super::{KexError, MLKEM_CT_LEN, REPLY_SHARE_LEN, ReplyShare, SharedSecret, Zeroizing};
+    use aws_lc_rs::{agreement, kem, rand::SystemRandom};
+
+    /// `ek`: the client's ML-KEM-768 encapsulation key; `peer`: its X25519 public key. Any other
+    /// length than the protocol's is refused like a bad key.
+    pub(super) fn respond(ek: &[u8], peer: &[u8]) -> Result<(ReplyShare, SharedSecret), KexError> {
+        // The FIPS 203 §7.2 modulus check runs in `encapsulate` (mlkem-native's `check_pk`):
+        // a bad key fails there, as `ml_kem::EncapsulationKey::new` fails in `respond_with`.
+        let ek = kem::EncapsulationKey::new(&kem::ML_KEM_768, ek)
+            .map_err(|_| KexError::InvalidEncapsulationKey)?;
+        let (ct, ss_kem) = ek
+            .encapsulate()
+            .map_err(|_| KexError::InvalidEncapsulationKey)?;
+        let mut out = Zeroizing::new([0u8; 64]);
+        out[..32].copy_from_slice(ss_kem.as_ref());
+        drop(ss_kem);
+        // `generate` ignores its random argument (AWS-LC draws from its own generator); it and
+        // `compute_public_key` fail only if AWS-LC cannot allocate, and the request is dropped.
+        let sk = agreement::EphemeralPrivateKey::generate(&agreement::X25519, &SystemRandom::new())
+            .map_err(|_| KexError::NonContributory)?;
+        let public = sk
+            .compute_public_key()
+            .map_err(|_| KexError::NonContributory)?;
+        // AWS-LC's `X25519` fails on an all-zero result (RFC 7748 §6.1), so a low-order point
+        // is refused as `x25519_dalek`'s `was_contributory` refuses it; so is a wrong length.
+        agreement::agree_ephemeral(
+            sk,
+            agreement::UnparsedPublicKey::new(&agreement::X25519, peer),
+            KexError::NonContributory,
+            |dh| {
+                out[32..].copy_from_slice(dh);
+                Ok(())
+            },
+        )?;
+        let mut reply = Box::new([0u8; REPLY_SHARE_LEN]);
+        let (ct_part, x_part) = reply.split_at_mut(MLKEM_CT_LEN);
+        // Lengths fixed by the algorithms: 1088, 32 and 32 bytes.
+        ct_part.copy_from_slice(ct.as_ref());
+        x_part.copy_from_slice(public.as_ref());
+        Ok((ReplyShare(reply), SharedSecret(out)))
+    }
 }
 
 /// [`respond`] with given randomness (known-answer tests): `m` for ML-KEM.Encaps, `x` the
@@ -488,5 +584,190 @@ mod tests {
             respond_with(eph.share(), &[1; 32], &[1; 32]).unwrap_or_else(|e| panic!("{e}"));
         reply.0[MLKEM_CT_LEN..].fill(0);
         assert_eq!(eph.finish(&reply).err(), Some(KexError::NonContributory));
+    }
+}
+
+/// The aws-lc-rs server side against the RustCrypto client side and the RustCrypto server side.
+#[cfg(all(test, feature = "aws-lc"))]
+mod aws_lc_tests {
+    use super::*;
+    use crate::control::SeededRandom;
+    use aws_lc_rs::agreement;
+
+    fn h32(s: &str) -> [u8; 32] {
+        let v = hex::decode(s).unwrap_or_default();
+        v.try_into().unwrap_or([0; 32])
+    }
+
+    #[test]
+    fn aws_lc_backend_is_the_one_respond_runs() {
+        assert!(SERVER_BACKEND.starts_with("aws-lc-rs"));
+    }
+
+    /// Many exchanges: `Ephemeral::finish` (RustCrypto) derives the 64 bytes the aws-lc-rs
+    /// `respond` derived, and every answer carries a fresh server ephemeral (nothing reused
+    /// across clients or requests, even for the same client share).
+    #[test]
+    fn aws_lc_respond_agrees_with_the_rustcrypto_client() {
+        let mut rng = SeededRandom::new(11);
+        let mut x25519_publics = std::collections::HashSet::new();
+        let mut ciphertexts = std::collections::HashSet::new();
+        for i in 0..200 {
+            let eph = Ephemeral::generate(&mut rng);
+            for _ in 0..2 {
+                let (reply, ss) = respond(eph.share(), &mut rng).unwrap_or_else(|e| panic!("{e}"));
+                let cs = eph.finish(&reply).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(cs.expose(), ss.expose(), "exchange {i}");
+                assert_ne!(ss.expose()[..32], [0; 32]);
+                assert_ne!(ss.expose()[32..], [0; 32]);
+                assert!(x25519_publics.insert(reply.0[MLKEM_CT_LEN..].to_vec()));
+                assert!(ciphertexts.insert(reply.0[..MLKEM_CT_LEN].to_vec()));
+            }
+        }
+        // The schedule on top agrees too.
+        let eph = Ephemeral::generate(&mut rng);
+        let (reply, ss) = respond(eph.share(), &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let cs = eph.finish(&reply).unwrap_or_else(|e| panic!("{e}"));
+        let info = GenerationInfo {
+            number: 7,
+            spi: crate::Spi::new(0x5555).unwrap_or_else(|_| unreachable!()),
+            suite: crate::Suite::ChaCha20Poly1305,
+        };
+        let chain = Secret::from_bytes([4; 32]);
+        assert_eq!(
+            Schedule::next_secret(&chain, &ss, &[1; 32], info),
+            Schedule::next_secret(&chain, &cs, &[1; 32], info)
+        );
+    }
+
+    /// RFC 7748 through AWS-LC's X25519 (the code `respond`'s ephemeral keys run): §6.1 both
+    /// ways, and the §5.2 scalar multiplications.
+    #[test]
+    fn aws_lc_x25519_matches_rfc7748() {
+        let dh = |k: &[u8; 32], u: &[u8; 32]| -> ([u8; 32], [u8; 32]) {
+            let sk = agreement::PrivateKey::from_private_key(&agreement::X25519, k)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let public: [u8; 32] = sk
+                .compute_public_key()
+                .map(|p| p.as_ref().try_into().unwrap_or([0; 32]))
+                .unwrap_or_else(|e| panic!("{e}"));
+            let shared = agreement::agree(
+                &sk,
+                agreement::UnparsedPublicKey::new(&agreement::X25519, u),
+                (),
+                |s| s.try_into().map_err(|_| ()),
+            )
+            .unwrap_or_else(|()| panic!("agreement"));
+            (public, shared)
+        };
+        let alice = h32("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a");
+        let alice_pub = h32("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a");
+        let bob = h32("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb");
+        let bob_pub = h32("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f");
+        let shared = h32("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742");
+        assert_eq!(dh(&alice, &bob_pub), (alice_pub, shared));
+        assert_eq!(dh(&bob, &alice_pub), (bob_pub, shared));
+        // §5.2: scalar, u-coordinate, result.
+        for (k, u, r) in [
+            (
+                "a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4",
+                "e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c",
+                "c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552",
+            ),
+            (
+                "4b66e9d4d1b4673c5ad22691957d6af5c11b6421e0ea01d42ca4169e7918ba0d",
+                "e5210f12786811d3f4b7959d0538ae2c31dbe7106fc03c3efc4cd549c715a493",
+                "95cbde9476e8907d7aade45cb4b873f88b595a68799fa152e6f8f7647aac7957",
+            ),
+        ] {
+            assert_eq!(dh(&h32(k), &h32(u)).1, h32(r));
+        }
+    }
+
+    /// Bad shares: the aws-lc-rs path refuses what the RustCrypto path refuses, with the same
+    /// error, and wrong lengths as bad keys.
+    #[test]
+    fn aws_lc_refuses_bad_shares_as_rustcrypto_does() {
+        let mut rng = SeededRandom::new(3);
+        let good = Ephemeral::from_parts(Zeroizing::new([1; 64]), Zeroizing::new([2; 32]))
+            .share()
+            .clone();
+        let both = |share: &KeyShare, rng: &mut SeededRandom| {
+            let aws = respond(share, rng).err();
+            let rustcrypto = respond_with(share, &[1; 32], &[1; 32]).err();
+            assert_eq!(aws, rustcrypto);
+            aws
+        };
+        assert_eq!(both(&good, &mut rng), None);
+        // Unreduced coefficients (FIPS 203 §7.2) at the start, the middle and the end of `t`.
+        for at in [0, 600, 1150] {
+            let mut share = good.clone();
+            share.0[at] = 0xff;
+            share.0[at + 1] |= 0x0f;
+            assert_eq!(
+                both(&share, &mut rng),
+                Some(KexError::InvalidEncapsulationKey),
+                "byte {at}"
+            );
+        }
+        // Low-order and non-canonical X25519 points whose product is zero: 0, 1, p, p + 1,
+        // and the order-8 point.
+        let order8 = h32("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800");
+        let mut p = [0xff; 32];
+        p[0] = 0xed;
+        p[31] = 0x7f;
+        let mut p1 = p;
+        p1[0] = 0xee;
+        let mut one = [0; 32];
+        one[0] = 1;
+        for point in [[0; 32], one, p, p1, order8] {
+            let mut share = good.clone();
+            share.0[MLKEM_EK_LEN..].copy_from_slice(&point);
+            assert_eq!(
+                both(&share, &mut rng),
+                Some(KexError::NonContributory),
+                "{}",
+                hex::encode(point)
+            );
+        }
+        // A tampered but well-formed key: both answer, and the client does not agree.
+        let eph = Ephemeral::from_parts(Zeroizing::new([1; 64]), Zeroizing::new([2; 32]));
+        let mut share = eph.share().clone();
+        share.0[5] ^= 1;
+        let (reply, ss) = respond(&share, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let cs = eph.finish(&reply).unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(cs.expose()[..32], ss.expose()[..32]);
+        assert_eq!(cs.expose()[32..], ss.expose()[32..]);
+        // Wrong lengths (the decoder lets none through; the backend refuses them anyway).
+        let ek = &good.0[..MLKEM_EK_LEN];
+        let x = &good.0[MLKEM_EK_LEN..];
+        for len in [0, MLKEM_EK_LEN - 1] {
+            assert_eq!(
+                aws_lc::respond(&ek[..len], x).err(),
+                Some(KexError::InvalidEncapsulationKey)
+            );
+        }
+        let mut long = ek.to_vec();
+        long.push(0);
+        assert_eq!(
+            aws_lc::respond(&long, x).err(),
+            Some(KexError::InvalidEncapsulationKey)
+        );
+        assert_eq!(
+            aws_lc::respond(ek, &x[..31]).err(),
+            Some(KexError::NonContributory)
+        );
+        assert_eq!(
+            aws_lc::respond(ek, &[x, &[0]].concat()).err(),
+            Some(KexError::NonContributory)
+        );
+        // And a truncated share never decodes into a `KeyShare`.
+        let msg = crate::control::message::Message::KeyUpdateRequest {
+            have: 1,
+            share: Some(([0; 32], good.clone())),
+        };
+        let encoded = msg.encode(1);
+        let bytes = encoded.as_bytes();
+        assert!(crate::control::message::Message::decode(&bytes[..bytes.len() - 1]).is_err());
     }
 }
