@@ -69,7 +69,7 @@ done
 
 step "the README's main job: scripts/demo.sh (gateways in namespaces, must exit 0)"
 ./scripts/demo.sh > target/demo.log 2>&1 || { tail -40 target/demo.log; echo "demo failed"; exit 1; }
-grep -E "on the wire:|packet loss|key generations|no XDP program left" target/demo.log
+grep -E "on the wire:|packet loss|key generations|stopped gateways drop|no XDP program left" target/demo.log
 
 echo
 echo "all checks passed: Rust $rust_passed, C $c_passed (native and valgrind), Python $py_passed"
