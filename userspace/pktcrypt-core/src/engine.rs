@@ -1002,26 +1002,22 @@ impl Engine {
 
     /// Marks the generation in `slot` as coming from a key exchange (or not): status only.
     pub fn set_exchanged(&mut self, id: PeerId, slot: Slot, exchanged: bool) {
-        let Some(peer) = self.peer_mut(id) else {
-            return;
-        };
-        if let Some(index) = peer.index_of(slot)
-            && let Some(sa) = peer.slots[usize::from(index)].as_mut()
-        {
+        if let Some(sa) = self.sa_in_mut(id, slot) {
             sa.set_exchanged(exchanged);
         }
+    }
+
+    fn sa_in_mut(&mut self, id: PeerId, slot: Slot) -> Option<&mut Sa> {
+        let peer = self.peer_mut(id)?;
+        let index = peer.index_of(slot)?;
+        peer.slots[usize::from(index)].as_mut()
     }
 
     /// Marks the generation in `slot` receive-only (or not): nothing is sealed under it
     /// ([`SealError::NoKey`]). A group member marks a generation it may have transmitted under
     /// before a restart, whose sequence numbers it cannot know.
     pub fn set_receive_only(&mut self, id: PeerId, slot: Slot, on: bool) {
-        let Some(peer) = self.peer_mut(id) else {
-            return;
-        };
-        if let Some(index) = peer.index_of(slot)
-            && let Some(sa) = peer.slots[usize::from(index)].as_mut()
-        {
+        if let Some(sa) = self.sa_in_mut(id, slot) {
             sa.set_receive_only(on);
         }
     }

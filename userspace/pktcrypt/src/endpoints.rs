@@ -34,17 +34,40 @@ pub(crate) const STATUS_MODE: u32 = 0o660;
 /// Mode of the keys socket.
 pub(crate) const KEYS_MODE: u32 = 0o600;
 
-/// What the status endpoints serve, refreshed by the control thread.
+/// What the metrics endpoint serves, refreshed by the control thread.
 #[derive(Default)]
 pub(crate) struct Published {
-    /// The status document (JSON).
-    pub(crate) status: String,
     /// The Prometheus text.
     pub(crate) metrics: String,
 }
 
-/// A request for the key text: the control thread answers on the channel.
-pub(crate) type KeyRequest = std::sync::mpsc::SyncSender<Zeroizing<String>>;
+/// What a request asks the control thread for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ask {
+    /// The status document, as of now.
+    Status,
+    /// The key text (keys socket only).
+    Keys,
+}
+
+/// A request to the control thread, which answers on the channel (the status document is
+/// rendered for each request: never stale).
+pub(crate) type Request = (Ask, std::sync::mpsc::SyncSender<Zeroizing<String>>);
+
+/// Asks the control thread and waits at most [`DEADLINE`].
+fn ask(requests: &Sender<Request>, what: Ask) -> Option<Zeroizing<String>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    requests.send((what, tx)).ok()?;
+    rx.recv_timeout(DEADLINE).ok()
+}
+
+/// Reads a one-line command from a Unix socket client, with timeouts set.
+fn read_command(s: &mut std::os::unix::net::UnixStream) -> Option<String> {
+    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+    let req = read_request(s, b"\n")?;
+    Some(String::from_utf8_lossy(&req).trim().to_string())
+}
 
 /// The keys socket for a status socket: `NAME.sock` → `NAME.keys.sock`, same directory.
 pub(crate) fn default_keys_socket(status: &Path) -> PathBuf {
@@ -147,60 +170,52 @@ where
         .map_err(|e| e.to_string())
 }
 
-/// Starts the endpoints. `keys`: where key requests go (the control thread), with the keys
-/// socket's path; `None` for a role without keys to export.
+/// Starts the endpoints. `requests`: where status and key requests go (the control thread);
+/// `keys`: the keys socket's path, `None` for a role without keys to export.
 pub(crate) fn serve(
     status_path: &Path,
-    keys: Option<(&Path, Sender<KeyRequest>)>,
+    keys: Option<&Path>,
+    requests: Sender<Request>,
     metrics: Option<SocketAddr>,
     published: Arc<Mutex<Published>>,
 ) -> Result<(), String> {
     let listener = bind_unix(status_path, STATUS_MODE, "status_socket")?;
-    let keys_hint = keys.as_ref().map(|(p, _)| p.display().to_string());
+    let keys_hint = keys.map(|p| p.display().to_string());
     let p = Arc::clone(&published);
+    let status_requests = requests.clone();
     accept_loop(
         "pktcrypt-status",
         move || listener.accept().map(|(s, _)| s),
         move |mut s| {
-            let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-            let _ = s.set_write_timeout(Some(IO_TIMEOUT));
-            let Some(req) = read_request(&mut s, b"\n") else {
+            let Some(req) = read_command(&mut s) else {
                 return;
             };
-            let req = String::from_utf8_lossy(&req).trim().to_string();
-            let reply = match (req.as_str(), p.lock()) {
-                ("status", Ok(p)) => p.status.clone(),
-                ("metrics", Ok(p)) => p.metrics.clone(),
-                ("export-keys", _) => match &keys_hint {
+            let reply = match req.as_str() {
+                "status" => ask(&status_requests, Ask::Status)
+                    .map_or_else(|| "status unavailable\n".into(), |t| t.to_string()),
+                "metrics" => p
+                    .lock()
+                    .map_or_else(|_| "metrics unavailable\n".into(), |p| p.metrics.clone()),
+                "export-keys" => match &keys_hint {
                     Some(path) => format!("export-keys: ask the keys socket, {path}\n"),
                     None => "export-keys: this role has no keys to export\n".into(),
                 },
-                (_, Err(_)) => "status unavailable\n".into(),
-                (other, _) => format!("unknown command {other:?}\n"),
+                other => format!("unknown command {other:?}\n"),
             };
             let _ = s.write_all(reply.as_bytes());
         },
     )?;
-    if let Some((path, requests)) = keys {
+    if let Some(path) = keys {
         let listener = bind_unix(path, KEYS_MODE, "keys_socket")?;
         accept_loop(
             "pktcrypt-keys",
             move || listener.accept().map(|(s, _)| s),
             move |mut s| {
-                let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-                let _ = s.set_write_timeout(Some(IO_TIMEOUT));
-                let Some(req) = read_request(&mut s, b"\n") else {
-                    return;
-                };
-                if String::from_utf8_lossy(&req).trim() != "export-keys" {
+                if read_command(&mut s).as_deref() != Some("export-keys") {
                     let _ = s.write_all(b"unknown command (the keys socket answers export-keys)\n");
                     return;
                 }
-                let (tx, rx) = std::sync::mpsc::sync_channel(1);
-                if requests.send(tx).is_err() {
-                    return;
-                }
-                if let Ok(text) = rx.recv_timeout(DEADLINE) {
+                if let Some(text) = ask(&requests, Ask::Keys) {
                     let _ = s.write_all(text.as_bytes());
                     // `text` is wiped when dropped here.
                 }

@@ -744,10 +744,11 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         .keys_socket
         .clone()
         .unwrap_or_else(|| endpoints::default_keys_socket(&socket_path));
-    let (key_requests, key_rx) = crossbeam_channel::bounded::<endpoints::KeyRequest>(4);
+    let (requests, request_rx) = crossbeam_channel::bounded::<endpoints::Request>(16);
     endpoints::serve(
         &socket_path,
-        Some((&keys_path, key_requests)),
+        Some(&keys_path),
+        requests,
         file.metrics,
         Arc::clone(&published),
     )?;
@@ -849,12 +850,29 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
                 println!("{}", doc.0);
             }
             let mut p = published.lock().map_err(|_| "status lock poisoned")?;
-            p.status = doc.0;
             p.metrics = doc.1;
         }
-        // Key text only on request, never kept (wiped when the endpoint has written it).
-        while let Ok(reply) = key_rx.try_recv() {
-            let _ = reply.send(export(&machine, &peers, local));
+        // Status as of now, and key text only on request, never kept (wiped when the endpoint
+        // has written it).
+        while let Ok((ask, reply)) = request_rx.try_recv() {
+            let text = match ask {
+                endpoints::Ask::Status => zeroize::Zeroizing::new(
+                    render(
+                        &name,
+                        &machine,
+                        &peers,
+                        &shared,
+                        &control_drops,
+                        rekeys,
+                        events_total,
+                        &inner_xdp,
+                        &outer_xdp,
+                    )
+                    .0,
+                ),
+                endpoints::Ask::Keys => export(&machine, &peers, local),
+            };
+            let _ = reply.send(text);
         }
     }
     shared.stop.store(true, Ordering::Relaxed);
@@ -940,7 +958,14 @@ fn run_controller(
     if file.keys_socket.is_some() {
         return Err("keys_socket: a group controller holds no data keys to export".into());
     }
-    endpoints::serve(&socket_path, None, file.metrics, Arc::clone(&published))?;
+    let (requests, request_rx) = crossbeam_channel::bounded::<endpoints::Request>(16);
+    endpoints::serve(
+        &socket_path,
+        None,
+        requests,
+        file.metrics,
+        Arc::clone(&published),
+    )?;
     tracing::info!(
         controller = name,
         local = %local,
@@ -993,8 +1018,14 @@ fn run_controller(
                 println!("{status}");
             }
             let mut p = published.lock().map_err(|_| "status lock poisoned")?;
-            p.status = status;
             p.metrics = metrics;
+        }
+        while let Ok((ask, reply)) = request_rx.try_recv() {
+            if ask == endpoints::Ask::Status {
+                let (status, _) =
+                    render_controller(name, file, &controller, &drops, rollouts, events);
+                let _ = reply.send(zeroize::Zeroizing::new(status));
+            }
         }
     }
     let _ = std::fs::remove_file(&socket_path);

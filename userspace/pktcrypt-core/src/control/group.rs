@@ -119,6 +119,19 @@ impl GroupConfig {
     }
 }
 
+/// Member `j`'s sender generation of a group key (SPI `spi_base + j`), if the SPI is valid.
+fn sender_generation(k: &GroupKey, j: usize) -> Option<Generation> {
+    let spi = Spi::new(k.spi_base.checked_add(u32::try_from(j).ok()?)?).ok()?;
+    Some(Generation {
+        info: GenerationInfo {
+            number: k.generation,
+            spi,
+            suite: k.suite,
+        },
+        secret: Secret::from_bytes(k.secret),
+    })
+}
+
 /// A fast-key-erasure generator for an embedded channel, seeded from `rng`.
 fn child_rng(rng: &mut dyn Random) -> Box<dyn Random> {
     let mut seed = zeroize::Zeroizing::new([0u8; 32]);
@@ -1269,16 +1282,8 @@ impl GroupMember {
     /// Installs a group generation for every sender.
     fn install_key(&mut self, now: Time, k: &GroupKey) -> bool {
         for (j, p) in self.senders.clone().into_iter().enumerate() {
-            let Ok(spi) = Spi::new(k.spi_base.checked_add(j as u32).unwrap_or(0)) else {
+            let Some(generation) = sender_generation(k, j) else {
                 return false;
-            };
-            let generation = Generation {
-                info: GenerationInfo {
-                    number: k.generation,
-                    spi,
-                    suite: k.suite,
-                },
-                secret: Secret::from_bytes(k.secret),
             };
             if self.group.install(p, &generation, now).is_err() {
                 return false;
@@ -1357,17 +1362,8 @@ impl GroupMember {
                     // and transmit with it until the transition.
                     let mut ok = true;
                     for (j, p) in self.senders.clone().into_iter().enumerate() {
-                        let Ok(spi) = Spi::new(k.spi_base.checked_add(j as u32).unwrap_or(0))
-                        else {
+                        let Some(generation) = sender_generation(&k, j) else {
                             return false;
-                        };
-                        let generation = Generation {
-                            info: GenerationInfo {
-                                number: k.generation,
-                                spi,
-                                suite: k.suite,
-                            },
-                            secret: Secret::from_bytes(k.secret),
                         };
                         ok &= self.group.install_previous(p, &generation, now).is_ok();
                     }
