@@ -224,6 +224,10 @@ pub struct WorkerStats {
     pub control: AtomicU64,
     /// ICMP / ICMPv6 too-big answers sent.
     pub icmp_too_big: AtomicU64,
+    /// Too-big answers not sent: beyond [`ICMP_PER_SECOND`].
+    pub icmp_rate_limited: AtomicU64,
+    /// ESP-in-UDP that arrived fragmented (pktcrypt does not reassemble: dropped).
+    pub fragmented: AtomicU64,
     /// Inner packets too big for the tunnel and not answered (IPv4 without DF).
     pub too_big: AtomicU64,
     /// Inner packets to no protected prefix or to a peer without keys.
@@ -368,6 +372,16 @@ fn l3_offset(frame: &[u8]) -> Option<(usize, u16)> {
     None
 }
 
+/// Whether the IP packet at the start of `p` is a fragment: IPv4 with more-fragments or an
+/// offset, IPv6 with a fragment header first.
+fn is_fragment(p: &[u8], ethertype: u16) -> bool {
+    match ethertype {
+        ETH_P_IP => p.len() >= 20 && u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0,
+        ETH_P_IPV6 => p.len() >= 40 && p[6] == 44,
+        _ => false,
+    }
+}
+
 /// Length and destination of the IP packet at the start of `p` (bounded by `p.len()`).
 fn ip_info(p: &[u8], ethertype: u16) -> Option<(usize, IpAddr, IpAddr)> {
     match (ethertype, p.first()? >> 4) {
@@ -432,6 +446,52 @@ pub struct Worker {
     tx: Vec<XdpDesc>,
     jobs: Vec<SealJob>,
     scratch: Vec<u8>,
+    icmp: IcmpLimiter,
+}
+
+/// ICMP "too big" answers a worker sends per second at most (token bucket, burst the same);
+/// beyond it the packets are dropped and counted as `too_big` and `icmp_rate_limited` (a
+/// flood of large packets must not turn the gateway into an ICMP generator).
+pub const ICMP_PER_SECOND: u32 = 200;
+
+/// A token bucket for ICMP answers.
+#[derive(Clone, Copy, Debug)]
+pub struct IcmpLimiter {
+    tokens: u32,
+    last: Option<Instant>,
+}
+
+impl IcmpLimiter {
+    /// A full bucket.
+    pub fn new() -> Self {
+        Self {
+            tokens: ICMP_PER_SECOND,
+            last: None,
+        }
+    }
+
+    /// Whether one answer may go out at `now` (takes a token).
+    pub fn allow(&mut self, now: Instant) -> bool {
+        let last = *self.last.get_or_insert(now);
+        let refill = now.saturating_duration_since(last).as_millis() as u64
+            * u64::from(ICMP_PER_SECOND)
+            / 1000;
+        if refill > 0 {
+            self.tokens = (u64::from(self.tokens) + refill).min(u64::from(ICMP_PER_SECOND)) as u32;
+            self.last = Some(now);
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
+impl Default for IcmpLimiter {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Worker {
@@ -455,6 +515,7 @@ impl Worker {
             tx: Vec::with_capacity(BATCH),
             jobs: Vec::with_capacity(BATCH),
             scratch: vec![0u8; icmp::IPV6_MIN_MTU + 64],
+            icmp: IcmpLimiter::new(),
         }
     }
 
@@ -626,6 +687,11 @@ impl Worker {
             Some(6) => paths.inner_v6.map(IpAddr::V6),
             _ => None,
         };
+        let limited = from.is_some() && !self.icmp.allow(Instant::now());
+        let from = from.filter(|_| !limited);
+        if limited {
+            bump(&self.shared.stats[self.index].icmp_rate_limited, 1);
+        }
         let answer = from.and_then(|from| icmp::too_big(original, from, fits, &mut self.scratch));
         let src_mac: [u8; 6] = frame[ip_at - ETH_HLEN + 6..ip_at - ETH_HLEN + 12]
             .try_into()
@@ -754,6 +820,11 @@ impl Worker {
             let frame = unsafe { &mut *frame };
             let off = (d.addr - base) as usize;
             let data = &frame[off..off + d.len as usize];
+            if l3_offset(data).is_some_and(|(l3, t)| is_fragment(&data[l3..], t)) {
+                bump(&self.stats().fragmented, 1);
+                self.free.push(base);
+                continue;
+            }
             let parsed = l3_offset(data).and_then(|(l3, _)| {
                 let udp = ip::parse_udp(&data[l3..]).ok()?;
                 (udp.dst.port() == paths.esp_port).then_some((l3, udp))
@@ -886,6 +957,42 @@ impl Worker {
 #[cfg(test)]
 mod policy_tests {
     use super::*;
+
+    #[test]
+    fn icmp_answers_are_rate_limited() {
+        let mut l = IcmpLimiter::new();
+        let t0 = Instant::now();
+        let sent = (0..1000).filter(|_| l.allow(t0)).count();
+        assert_eq!(
+            sent, ICMP_PER_SECOND as usize,
+            "a burst of the bucket's size"
+        );
+        assert!(!l.allow(t0 + Duration::from_millis(1)));
+        // Half a second later: half the rate again.
+        let later = t0 + Duration::from_millis(500);
+        let sent = (0..1000).filter(|_| l.allow(later)).count();
+        assert_eq!(sent, ICMP_PER_SECOND as usize / 2);
+    }
+
+    #[test]
+    fn fragments_are_recognised() {
+        let mut v4 = [0u8; 20];
+        v4[0] = 0x45;
+        assert!(!is_fragment(&v4, ETH_P_IP));
+        v4[6] = 0x40; // don't fragment
+        assert!(!is_fragment(&v4, ETH_P_IP));
+        v4[6] = 0x20; // more fragments
+        assert!(is_fragment(&v4, ETH_P_IP));
+        v4[6] = 0x00;
+        v4[7] = 0x10; // offset
+        assert!(is_fragment(&v4, ETH_P_IP));
+        let mut v6 = [0u8; 40];
+        v6[0] = 0x60;
+        v6[6] = 17;
+        assert!(!is_fragment(&v6, ETH_P_IPV6));
+        v6[6] = 44;
+        assert!(is_fragment(&v6, ETH_P_IPV6));
+    }
 
     fn p(s: &str, len: u8) -> Prefix {
         Prefix {

@@ -9,6 +9,7 @@ use crate::keycode;
 use pktcrypt_core::control::{ClientConfig, GroupConfig, ServerConfig};
 use pktcrypt_core::{EngineConfig, Generation, Role, Suite};
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -386,4 +387,29 @@ pub(crate) fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, Strin
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Detects an init key configured twice (two clients or members sharing a key would share
+/// every (key, nonce) of their handshakes' key derivation and could impersonate each other).
+/// Keys are compared by their SHA-256, never byte by byte.
+#[derive(Default)]
+pub(crate) struct DistinctKeys(HashMap<[u8; 32], String>);
+
+impl DistinctKeys {
+    /// Records `key` for `field`; an error naming both fields if it was seen before.
+    pub(crate) fn check(
+        &mut self,
+        field: &str,
+        key: &pktcrypt_core::Generation,
+    ) -> Result<(), String> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(key.secret.expose()).into();
+        if let Some(other) = self.0.get(&digest) {
+            return Err(format!(
+                "{field}: the same init key as {other} (every peer needs a key of its own)"
+            ));
+        }
+        self.0.insert(digest, field.to_string());
+        Ok(())
+    }
 }

@@ -253,8 +253,11 @@ pub(crate) fn run_server(file: &ServerFile, base: &Path, term: &AtomicBool) -> R
     let mut server =
         KeyServer::new(config, Box::new(ServerRandom::new())).map_err(|e| e.to_string())?;
     let mut names = HashMap::new();
+    let mut distinct = config::DistinctKeys::default();
     for (i, c) in file.clients.iter().enumerate() {
-        let key = c.key.load(&format!("clients[{i}] ({})", c.name), 0, base)?;
+        let field = format!("clients[{i}] ({})", c.name);
+        let key = c.key.load(&field, 0, base)?;
+        distinct.check(&field, &key)?;
         let peer = server
             .add_client(&key, c.address, now())
             .map_err(|e| format!("clients[{i}] ({}): {e}", c.name))?;
@@ -493,8 +496,12 @@ pub(crate) fn run_group_controller(
     let mut controller =
         GroupController::new(config, group_init.info.spi.get(), Box::new(OsRandom))
             .map_err(|e| e.to_string())?;
+    let mut distinct = config::DistinctKeys::default();
+    distinct.check("group", &group_init)?;
     for (i, m) in file.members.iter().enumerate() {
-        let key = m.key.load(&format!("members[{i}] ({})", m.name), 0, base)?;
+        let field = format!("members[{i}] ({})", m.name);
+        let key = m.key.load(&field, 0, base)?;
+        distinct.check(&field, &key)?;
         controller
             .add_member(&key, m.address, false, now())
             .map_err(|e| format!("members[{i}] ({}): {e}", m.name))?;

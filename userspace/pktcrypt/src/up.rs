@@ -485,9 +485,11 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
             sc.engine.backend = backend;
             let mut server =
                 KeyServer::new(sc, Box::new(ServerRandom::new())).map_err(|e| e.to_string())?;
+            let mut distinct = config::DistinctKeys::default();
             for (i, c) in file.clients.iter().enumerate() {
                 let field = format!("clients[{i}] ({})", c.name);
                 let key = c.key.load(&field, 0, base)?;
+                distinct.check(&field, &key)?;
                 let id = server
                     .add_client(&key, Some(SocketAddr::new(c.address, port)), t0)
                     .map_err(|e| format!("{field}: {e}"))?;
@@ -940,9 +942,12 @@ fn run_controller(
         GroupController::new(config, group_init.info.spi.get(), Box::new(OsRandom))
             .map_err(|e| e.to_string())?;
     let t0 = now();
+    let mut distinct = config::DistinctKeys::default();
+    distinct.check("group", &group_init)?;
     for (i, m) in file.members.iter().enumerate() {
         let field = format!("members[{i}] ({})", m.name);
         let key = m.key.load(&field, 0, base)?;
+        distinct.check(&field, &key)?;
         controller
             .add_member(&key, Some(SocketAddr::new(m.address, cport)), false, t0)
             .map_err(|e| format!("{field}: {e}"))?;
@@ -1396,7 +1401,7 @@ fn render(
     }
     json.push_str(",\"workers\":{");
     let s = &shared.stats;
-    let fields: [(&str, u64); 18] = [
+    let fields: [(&str, u64); 20] = [
         ("rx_inner", sum(s, |w| &w.rx_inner)),
         ("rx_outer", sum(s, |w| &w.rx_outer)),
         ("tx_outer", sum(s, |w| &w.tx_outer)),
@@ -1407,6 +1412,8 @@ fn render(
         ("hairpinned", sum(s, |w| &w.hairpinned)),
         ("control", sum(s, |w| &w.control)),
         ("icmp_too_big", sum(s, |w| &w.icmp_too_big)),
+        ("icmp_rate_limited", sum(s, |w| &w.icmp_rate_limited)),
+        ("fragmented", sum(s, |w| &w.fragmented)),
         ("too_big", sum(s, |w| &w.too_big)),
         ("no_route", sum(s, |w| &w.no_route)),
         ("no_neighbour", sum(s, |w| &w.no_neighbour)),

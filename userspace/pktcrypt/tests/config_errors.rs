@@ -278,3 +278,23 @@ fn daemons_are_not_dumpable_and_write_no_core() {
     let fields: Vec<&str> = core.split_whitespace().collect();
     assert_eq!(&fields[4..6], &["0", "0"], "{core}");
 }
+
+#[test]
+fn one_init_key_for_two_peers_is_refused() {
+    let k = key();
+    fails_naming(
+        "server",
+        &format!(
+            "listen = \"127.0.0.1:0\"\n[[clients]]\nname = \"a\"\ninit_key = \"{k}\"\n[[clients]]\nname = \"b\"\ninit_key = \"{k}\"\n"
+        ),
+        "clients[1] (b): the same init key as clients[0] (a)",
+    );
+    let g = key();
+    fails_naming(
+        "group-controller",
+        &format!(
+            "listen = \"127.0.0.1:0\"\n[group]\ninit_key = \"{g}\"\n[[members]]\nname = \"a\"\ninit_key = \"{k}\"\n[[members]]\nname = \"b\"\ninit_key = \"{g}\"\n"
+        ),
+        "members[1] (b): the same init key as group",
+    );
+}
