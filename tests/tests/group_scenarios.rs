@@ -473,3 +473,42 @@ fn restarted_controller_rekeys_promptly() {
     assert!(back.is_some_and(|t| t <= secs(30)), "{back:?}");
     assert!(sim.nonce_reuse.is_empty());
 }
+
+#[test]
+fn member_removed_at_start_never_gets_a_key() {
+    // A controller that starts with a member marked removed (the configuration keeps its index):
+    // the member's joins are refused, the others form the group.
+    use pktcrypt_core::control::{GroupController, SeededRandom};
+    use pktcrypt_tests::group_sim::{GROUP_INIT_SPI, member_control_key};
+    let mut sim = GroupSim::new(3, config(), 10);
+    let mut controller =
+        GroupController::new(config(), GROUP_INIT_SPI, Box::new(SeededRandom::new(10)))
+            .expect("ctl");
+    for i in 0..3 {
+        let index = controller
+            .add_member(&member_control_key(i), Some(member_addr(i)), false, sim.now)
+            .expect("member");
+        if i == 1 {
+            controller.remove_member(sim.now, index);
+        }
+    }
+    sim.controller = controller;
+    sim.run_for(secs(5));
+    assert_eq!(sim.controller.active_members(), vec![0, 2]);
+    let g = sim.controller.generation();
+    assert!(g >= 1);
+    assert_eq!(
+        sim.members[1].generation(),
+        0,
+        "the removed member holds no group key"
+    );
+    assert!(
+        sim.events
+            .iter()
+            .any(|(_, e)| *e == GroupEvent::JoinRefused { member: 1 })
+    );
+    for i in [0, 2] {
+        assert_eq!(sim.members[i].generation(), g);
+    }
+    assert_eq!(sim.stats.key_mismatch, 0);
+}

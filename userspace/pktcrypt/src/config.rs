@@ -159,6 +159,10 @@ pub(crate) struct PeerEntry {
     /// Its init key.
     #[serde(flatten)]
     pub(crate) key: KeySource,
+    /// `pktcrypt group-controller`'s `[[members]]` only: the member is removed (it keeps its
+    /// index): it gets no generation and its joins are refused.
+    #[serde(default)]
+    pub(crate) removed: bool,
 }
 
 /// `pktcrypt server` configuration.

@@ -253,6 +253,9 @@ pub(crate) fn run_server(file: &ServerFile, base: &Path, term: &AtomicBool) -> R
     let mut server =
         KeyServer::new(config, Box::new(ServerRandom::new())).map_err(|e| e.to_string())?;
     let mut names = HashMap::new();
+    if file.clients.iter().any(|c| c.removed) {
+        return Err("removed: only a group controller's [[members]] can be marked removed".into());
+    }
     let mut distinct = config::DistinctKeys::default();
     for (i, c) in file.clients.iter().enumerate() {
         let field = format!("clients[{i}] ({})", c.name);
@@ -502,9 +505,12 @@ pub(crate) fn run_group_controller(
         let field = format!("members[{i}] ({})", m.name);
         let key = m.key.load(&field, 0, base)?;
         distinct.check(&field, &key)?;
-        controller
+        let index = controller
             .add_member(&key, m.address, false, now())
             .map_err(|e| format!("members[{i}] ({}): {e}", m.name))?;
+        if m.removed {
+            controller.remove_member(now(), index);
+        }
     }
     let socket = bind(file.listen)?;
     tracing::info!(

@@ -48,6 +48,10 @@ pub(crate) struct GatewayPeer {
     /// Its init key.
     #[serde(flatten)]
     pub(crate) key: KeySource,
+    /// Group controller's `[[members]]` only: the member is removed (it keeps its index): it
+    /// gets no generation and its joins are refused.
+    #[serde(default)]
+    pub(crate) removed: bool,
 }
 
 /// `pktcrypt up` configuration.
@@ -448,6 +452,9 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     if role != "server" && !file.clients.is_empty() {
         return Err("clients: only a server has [[clients]]".into());
     }
+    if file.clients.iter().any(|c| c.removed) || file.server.as_ref().is_some_and(|s| s.removed) {
+        return Err("removed: only a group controller's [[members]] can be marked removed".into());
+    }
     if !role.starts_with("group") && (!file.members.is_empty() || file.group.is_some()) {
         return Err("members: [[members]] and [group] belong to the group roles".into());
     }
@@ -478,6 +485,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
                         name: c.name.clone(),
                         address: Some(SocketAddr::new(c.address, port)),
                         key: c.key.clone(),
+                        removed: false,
                     })
                     .collect(),
             };
@@ -948,9 +956,12 @@ fn run_controller(
         let field = format!("members[{i}] ({})", m.name);
         let key = m.key.load(&field, 0, base)?;
         distinct.check(&field, &key)?;
-        controller
+        let index = controller
             .add_member(&key, Some(SocketAddr::new(m.address, cport)), false, t0)
             .map_err(|e| format!("{field}: {e}"))?;
+        if m.removed {
+            controller.remove_member(t0, index);
+        }
     }
     let local = file.local.unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let socket = UdpSocket::bind(SocketAddr::new(local, cport))

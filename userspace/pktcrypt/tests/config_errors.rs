@@ -298,3 +298,15 @@ fn one_init_key_for_two_peers_is_refused() {
         "members[1] (b): the same init key as group",
     );
 }
+
+#[test]
+fn removed_is_for_group_members_only() {
+    let k = key();
+    fails_naming(
+        "server",
+        &format!(
+            "listen = \"127.0.0.1:0\"\n[[clients]]\nname = \"a\"\ninit_key = \"{k}\"\nremoved = true\n"
+        ),
+        "removed",
+    );
+}
