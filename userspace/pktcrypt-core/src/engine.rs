@@ -216,6 +216,21 @@ pub enum TxRule {
 }
 
 impl Peer {
+    /// Whether a generation with this number is held: `Ok` if it is this one (installing it
+    /// again changes nothing), [`Error::ConflictingGeneration`] if its contents differ.
+    fn holds(&self, generation: &Generation) -> Option<Result<(), Error>> {
+        let held = self
+            .slots
+            .iter()
+            .flatten()
+            .find(|sa| sa.info.number == generation.info.number)?;
+        Some(if held.same_generation(generation) {
+            Ok(())
+        } else {
+            Err(Error::ConflictingGeneration)
+        })
+    }
+
     fn previous_index(&self) -> Option<u8> {
         let other = 3 - self.newest?;
         self.slots[usize::from(other)].as_ref().map(|_| other)
@@ -712,17 +727,8 @@ impl Engine {
         }
         Spi::new(info.spi.get())?;
         let peer = self.peer(id).ok_or(Error::UnknownPeer)?;
-        if let Some(held) = peer
-            .slots
-            .iter()
-            .flatten()
-            .find(|sa| sa.info.number == info.number)
-        {
-            return if held.same_generation(generation) {
-                Ok(Installed::AlreadyHeld)
-            } else {
-                Err(Error::ConflictingGeneration)
-            };
+        if let Some(held) = peer.holds(generation) {
+            return held.map(|()| Installed::AlreadyHeld);
         }
         if let Some(newest) = peer.newest {
             let n = peer.slots[usize::from(newest)]
@@ -768,25 +774,19 @@ impl Engine {
         now: Time,
     ) -> Result<(), Error> {
         let info = generation.info;
+        if info.number == 0 {
+            return Err(Error::GenerationNumber);
+        }
         Spi::new(info.spi.get())?;
         let peer = self.peer(id).ok_or(Error::UnknownPeer)?;
-        if let Some(held) = peer
-            .slots
-            .iter()
-            .flatten()
-            .find(|sa| sa.info.number == info.number && info.number != 0)
-        {
-            return if held.same_generation(generation) {
-                Ok(())
-            } else {
-                Err(Error::ConflictingGeneration)
-            };
+        if let Some(held) = peer.holds(generation) {
+            return held;
         }
         let newest = peer.newest.ok_or(Error::GenerationNumber)?;
         let n = peer.slots[usize::from(newest)]
             .as_ref()
             .map_or(0, |sa| sa.info.number);
-        if info.number == 0 || info.number + 1 != n || peer.previous_index().is_some() {
+        if info.number + 1 != n || peer.previous_index().is_some() {
             return Err(Error::GenerationNumber);
         }
         if self.spis.contains(info.spi.get()) {

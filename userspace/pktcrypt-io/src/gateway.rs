@@ -820,12 +820,13 @@ impl Worker {
             let frame = unsafe { &mut *frame };
             let off = (d.addr - base) as usize;
             let data = &frame[off..off + d.len as usize];
-            if l3_offset(data).is_some_and(|(l3, t)| is_fragment(&data[l3..], t)) {
+            let l3 = l3_offset(data);
+            if l3.is_some_and(|(l3, t)| is_fragment(&data[l3..], t)) {
                 bump(&self.stats().fragmented, 1);
                 self.free.push(base);
                 continue;
             }
-            let parsed = l3_offset(data).and_then(|(l3, _)| {
+            let parsed = l3.and_then(|(l3, _)| {
                 let udp = ip::parse_udp(&data[l3..]).ok()?;
                 (udp.dst.port() == paths.esp_port).then_some((l3, udp))
             });

@@ -843,9 +843,13 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
             refresh_paths(&mut paths, &peers, &inner, &socket, port, &mut unresolved);
             shared.paths.store(Arc::new(paths.clone()));
         }
-        if next_status <= t {
-            next_status = t + status_every;
-            let doc = render(
+        // The status document: on the tick (printed, metrics published) and for every status
+        // request (as of now); key text only on request, never kept (wiped when the endpoint
+        // has written it). One rendering serves both.
+        let asks: Vec<endpoints::Request> = request_rx.try_iter().collect();
+        let tick = next_status <= t;
+        let doc = (tick || asks.iter().any(|(a, _)| *a == endpoints::Ask::Status)).then(|| {
+            render(
                 &name,
                 &machine,
                 &peers,
@@ -855,32 +859,25 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
                 events_total,
                 &inner_xdp,
                 &outer_xdp,
-            );
-            if file.status_interval_ms != Some(0) {
-                println!("{}", doc.0);
+            )
+        });
+        if let Some((status, metrics)) = &doc {
+            if tick {
+                next_status = t + status_every;
+                if file.status_interval_ms != Some(0) {
+                    println!("{status}");
+                }
             }
             let mut p = published.lock().map_err(|_| "status lock poisoned")?;
-            p.metrics = doc.1;
+            p.metrics.clone_from(metrics);
         }
-        // Status as of now, and key text only on request, never kept (wiped when the endpoint
-        // has written it).
-        while let Ok((ask, reply)) = request_rx.try_recv() {
-            let text = match ask {
-                endpoints::Ask::Status => zeroize::Zeroizing::new(
-                    render(
-                        &name,
-                        &machine,
-                        &peers,
-                        &shared,
-                        &control_drops,
-                        rekeys,
-                        events_total,
-                        &inner_xdp,
-                        &outer_xdp,
-                    )
-                    .0,
-                ),
-                endpoints::Ask::Keys => export(&machine, &peers, local),
+        for (ask, reply) in asks {
+            let text = match (ask, &doc) {
+                (endpoints::Ask::Status, Some((status, _))) => {
+                    zeroize::Zeroizing::new(status.clone())
+                }
+                (endpoints::Ask::Status, None) => continue,
+                (endpoints::Ask::Keys, _) => export(&machine, &peers, local),
             };
             let _ = reply.send(text);
         }
@@ -1026,21 +1023,24 @@ fn run_controller(
             }
             tracing::info!(controller = name, event = ?e);
         }
-        if next_status <= t {
-            next_status = t + status_every;
+        let asks: Vec<endpoints::Request> = request_rx.try_iter().collect();
+        let tick = next_status <= t;
+        if tick || !asks.is_empty() {
             let (status, metrics) =
                 render_controller(name, file, &controller, &drops, rollouts, events);
-            if file.status_interval_ms != Some(0) {
-                println!("{status}");
+            if tick {
+                next_status = t + status_every;
+                if file.status_interval_ms != Some(0) {
+                    println!("{status}");
+                }
             }
-            let mut p = published.lock().map_err(|_| "status lock poisoned")?;
-            p.metrics = metrics;
-        }
-        while let Ok((ask, reply)) = request_rx.try_recv() {
-            if ask == endpoints::Ask::Status {
-                let (status, _) =
-                    render_controller(name, file, &controller, &drops, rollouts, events);
-                let _ = reply.send(zeroize::Zeroizing::new(status));
+            published
+                .lock()
+                .map_err(|_| "status lock poisoned")?
+                .metrics = metrics;
+            // A controller has no keys to export: only status requests reach it.
+            for (_, reply) in asks {
+                let _ = reply.send(zeroize::Zeroizing::new(status.clone()));
             }
         }
     }
