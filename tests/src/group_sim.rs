@@ -92,6 +92,9 @@ pub struct GroupSim {
     /// (Key, nonce) pairs used twice: (sender, SPI, IV) of every sealed datagram is recorded
     /// (sender `usize::MAX` is the controller), and a repeat counted here.
     pub nonce_reuse: Vec<(usize, u32, [u8; 8])>,
+    /// When a data packet last arrived at a member under an SPI (member, SPI): what a
+    /// gateway's XDP per-SPI counters tell it.
+    pub last_data: HashMap<(usize, u32), Time>,
     nonces: HashSet<(usize, u32, [u8; 8])>,
     config: GroupConfig,
     seed: u64,
@@ -142,6 +145,7 @@ impl GroupSim {
             stats: GroupStats::default(),
             capture: Vec::new(),
             nonce_reuse: Vec::new(),
+            last_data: HashMap::new(),
             nonces: HashSet::new(),
             config,
             seed,
@@ -299,6 +303,10 @@ impl GroupSim {
             Dest::Member { to, from_member } => {
                 if !self.online[to] {
                     return;
+                }
+                if from_member.is_some() && bytes.len() >= 4 {
+                    let spi = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+                    self.last_data.insert((to, spi), now);
                 }
                 let r = self.members[to].handle_datagram(now, &mut bytes);
                 if from_member.is_some() {

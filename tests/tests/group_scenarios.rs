@@ -512,3 +512,90 @@ fn member_removed_at_start_never_gets_a_key() {
     }
     assert_eq!(sim.stats.key_mismatch, 0);
 }
+
+/// Issue 12, "retire N-1 on evidence": a member whose controller falls silent after the
+/// switch to N (UPDATE_COMPLETED never arrives) retires every other member's N-1 once that
+/// member has been heard under N and nothing came under N-1 for the grace period; traffic goes
+/// on, and the next rollout is normal. Before the switch (still sending under N-1) nothing is
+/// retired, whatever the silence.
+#[test]
+fn previous_generations_retired_on_traffic_evidence() {
+    use pktcrypt_core::Slot;
+    let grace = Duration::from_millis(500);
+    let mut sim = GroupSim::new(3, config(), 21);
+    sim.run_for(secs(3));
+    let g = sim.controller.generation();
+    let last_seen = |sim: &GroupSim, i: usize| {
+        let seen = sim.last_data.clone();
+        move |spi: u32| seen.get(&(i, spi)).copied()
+    };
+    // Distribution completed but not in transit (member 2 is away): N-1 is still what
+    // everyone sends under, so no silence retires it.
+    sim.online[2] = false;
+    sim.controller.rekey(sim.now, "test");
+    sim.run_for(Duration::from_millis(300));
+    for i in 0..2 {
+        assert_eq!(sim.members[i].state(), MemberState::DistributionCompleted);
+        let f = last_seen(&sim, i);
+        let now = sim.now + secs(60);
+        assert_eq!(sim.members[i].retire_unused(now, grace, f), 0);
+    }
+    sim.online[2] = true;
+    // Step until every member is in transit, then cut the control link: UPDATE_COMPLETED
+    // never arrives.
+    let mut steps = 0;
+    while !sim
+        .members
+        .iter()
+        .all(|m| m.state() == MemberState::InTransit)
+    {
+        sim.run_for(Duration::from_millis(1));
+        steps += 1;
+        assert!(steps < 10_000, "never in transit");
+    }
+    sim.link.control_loss = 1.0;
+    let held_previous = |sim: &GroupSim, i: usize| {
+        (0..3u16)
+            .filter(|j| usize::from(*j) != i)
+            .filter(|j| {
+                let m = &sim.members[i];
+                m.engine()
+                    .generation(m.sender(*j).expect("sender"), Slot::Previous)
+                    .is_some()
+            })
+            .count()
+    };
+    for i in 0..3 {
+        assert_eq!(held_previous(&sim, i), 2, "member {i} holds both N-1");
+    }
+    sim.run_for(secs(2));
+    for i in 0..3 {
+        assert_eq!(
+            sim.members[i].state(),
+            MemberState::InTransit,
+            "no UPDATE_COMPLETED"
+        );
+        let f = last_seen(&sim, i);
+        let now = sim.now;
+        assert_eq!(sim.members[i].retire_unused(now, grace, f), 2, "member {i}");
+        assert_eq!(held_previous(&sim, i), 0);
+        assert_eq!(sim.members[i].generation(), g + 1);
+    }
+    let opened = sim.stats.data_opened;
+    sim.run_for(secs(2));
+    assert!(sim.stats.data_opened > opened + 50, "traffic goes on");
+    assert_eq!(sim.stats.key_mismatch, 0);
+    // The controller comes back: the rollout completes and the next one is normal.
+    sim.link.control_loss = 0.0;
+    sim.run_for(secs(10));
+    sim.controller.rekey(sim.now, "test");
+    sim.run_for(secs(5));
+    for m in &sim.members {
+        assert_eq!(
+            (m.generation(), m.state()),
+            (g + 2, MemberState::UpdateCompleted)
+        );
+    }
+    assert_eq!(sim.stats.key_mismatch, 0);
+    assert!(sim.nonce_reuse.is_empty());
+}

@@ -37,10 +37,21 @@ pub enum XdpCounter {
     /// Packets that matched but found no AF_XDP socket on their queue (ESP-in-UDP ones are
     /// passed, protected-prefix ones dropped).
     NoSocket = 3,
+    /// ESP-in-UDP under an SPI the gateway does not hold (not in [`maps::SPIS`]): dropped.
+    UnknownSpi = 4,
+    /// NAT-keepalives (RFC 3948 §2.3: one byte 0xFF) to the ESP port: dropped.
+    Keepalive = 5,
+    /// The non-ESP marker (SPI 0, RFC 3948 §2.2: IKE, which pktcrypt does not speak): dropped.
+    NotEsp = 6,
+    /// UDP payloads to the ESP port too short for an SPI and a sequence number: dropped.
+    Truncated = 7,
 }
 
 /// Number of [`XdpCounter`] slots.
-pub const XDP_COUNTER_SLOTS: u32 = 4;
+pub const XDP_COUNTER_SLOTS: u32 = 8;
+
+/// Default capacity of the [`maps::SPIS`] map (the loader sets it from the configuration).
+pub const DEFAULT_SPI_CAPACITY: u32 = 1024;
 
 /// Names of the maps of the XDP program (the loader looks them up by name).
 pub mod maps {
@@ -54,6 +65,10 @@ pub mod maps {
     pub const PREFIXES_V6: &str = "PREFIXES_V6";
     /// `PERCPU_ARRAY<u64>` indexed by [`super::XdpCounter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// `PERCPU_HASH<u32, u64>`: the SPIs the gateway holds (key: the SPI as a number, decoded
+    /// from network order) → packets received under each. Checked only in mode
+    /// [`super::config::MODE_CHECK_SPI`].
+    pub const SPIS: &str = "SPIS";
 }
 
 /// Indices into the `CONFIG` array map.
@@ -68,6 +83,9 @@ pub mod config {
     pub const MODE_STEER_ESP: u32 = 1;
     /// Steer packets whose destination is in a protected prefix (the inner, plaintext side).
     pub const MODE_STEER_PREFIXES: u32 = 2;
+    /// With [`MODE_STEER_ESP`]: steer only ESP under an SPI in the `SPIS` map (counted there);
+    /// drop unknown SPIs, keepalives, the non-ESP marker and truncated payloads (counted).
+    pub const MODE_CHECK_SPI: u32 = 4;
 }
 
 /// Name of the XDP program in the object file.

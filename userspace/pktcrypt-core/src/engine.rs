@@ -835,6 +835,55 @@ impl Engine {
         Ok(old)
     }
 
+    /// Forgets N-1 on evidence from traffic, before the control protocol would: when this side
+    /// does not transmit under it, the peer has been heard under N (a packet opened under N:
+    /// authenticated, so a forged packet cannot fake it), and nothing has arrived under N-1
+    /// for `grace`, counted from `previous_last_seen` (the last packet seen under N-1's SPI, by
+    /// whatever saw it first: the gateway passes its XDP program's per-SPI counters, which
+    /// count every packet, so forged ones can only postpone this) or N's install time, the
+    /// later of the two. A peer never goes back to N-1 once it sends under N, so nothing it
+    /// sends later is lost; the key of N-1 is gone sooner.
+    ///
+    /// Returns the generation retired, if any.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPeer`].
+    pub fn retire_previous_if_unused(
+        &mut self,
+        id: PeerId,
+        now: Time,
+        grace: core::time::Duration,
+        previous_last_seen: Option<Time>,
+    ) -> Result<Option<GenerationInfo>, Error> {
+        let role = self.config.role;
+        let peer = self.peer(id).ok_or(Error::UnknownPeer)?;
+        let (Some(prev), Some(newest)) = (peer.previous_index(), peer.newest) else {
+            return Ok(None);
+        };
+        if peer.tx_index(role) == prev {
+            return Ok(None);
+        }
+        let Some(n) = peer.slots[usize::from(newest)].as_ref() else {
+            return Ok(None);
+        };
+        if n.counters(self.seq_base(newest)).packets_opened == 0 {
+            return Ok(None);
+        }
+        let quiet_since = previous_last_seen.map_or(n.installed_at(), |t| t.max(n.installed_at()));
+        if now.saturating_sub(quiet_since) < grace {
+            return Ok(None);
+        }
+        self.retire_previous(id)
+    }
+
+    /// Every SPI a generation is held under, the init keys' included: what may arrive.
+    pub fn held_spis(&self) -> impl Iterator<Item = u32> + '_ {
+        self.peers
+            .iter()
+            .flatten()
+            .flat_map(|p| p.slots.iter().flatten().map(|sa| sa.info.spi.get()))
+    }
+
     /// The generation held in `slot` for a peer.
     pub fn generation(&self, id: PeerId, slot: Slot) -> Option<GenerationInfo> {
         self.sa_in(id, slot).map(|(_, sa)| sa.info)

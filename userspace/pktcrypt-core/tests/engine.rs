@@ -767,3 +767,96 @@ fn install_previous_keeps_the_newest_sequence_numbers() {
             .is_err()
     );
 }
+
+#[test]
+fn previous_generation_retired_on_evidence_only() {
+    use core::time::Duration;
+    let grace = Duration::from_secs(2);
+    let s = Time::from_secs;
+    let mut p = pair(Suite::Aes256Gcm);
+    let g1 = generation(1, 0x2000, Suite::Aes256Gcm);
+    let g2 = generation(2, 0x2001, Suite::Aes256Gcm);
+    for (g, at) in [(&g1, s(0)), (&g2, s(10))] {
+        p.server.install(p.s_peer, g, at).expect("server");
+        p.client.install(p.c_peer, g, at).expect("client");
+    }
+    // The key server transmits under N-1: never retired there, whatever the evidence.
+    let from_client = seal(&mut p.client, p.c_peer, &ipv4(60, 1)).expect("client seals 2");
+    assert_eq!(open(&mut p.server, &from_client).map(|(g, _)| g), Ok(2));
+    assert_eq!(
+        p.server
+            .retire_previous_if_unused(p.s_peer, s(100), grace, None)
+            .expect("peer"),
+        None
+    );
+    // The client: the server has not been heard under 2 (it sends under 1): kept.
+    let from_server = seal(&mut p.server, p.s_peer, &ipv4(60, 2)).expect("server seals 1");
+    assert_eq!(open(&mut p.client, &from_server).map(|(g, _)| g), Ok(1));
+    assert_eq!(
+        p.client
+            .retire_previous_if_unused(p.c_peer, s(100), grace, Some(s(11)))
+            .expect("peer"),
+        None
+    );
+    // A forged packet under 2 (fails authentication) is no evidence.
+    let mut forged = from_server.clone();
+    forged[..4].copy_from_slice(&0x2001u32.to_be_bytes());
+    assert_eq!(
+        open(&mut p.client, &forged).map(|(g, _)| g),
+        Err(DropReason::AuthFailed)
+    );
+    assert_eq!(
+        p.client
+            .retire_previous_if_unused(p.c_peer, s(100), grace, Some(s(11)))
+            .expect("peer"),
+        None
+    );
+    // The server moves to 2 (as a group sender in transit does): heard under 2.
+    p.server
+        .set_tx_rule(p.s_peer, pktcrypt_core::TxRule::Newest)
+        .expect("rule");
+    let under2 = seal(&mut p.server, p.s_peer, &ipv4(60, 3)).expect("server seals 2");
+    assert_eq!(open(&mut p.client, &under2).map(|(g, _)| g), Ok(2));
+    // Something arrived under 1 less than the grace ago, or 2 is younger than the grace: kept.
+    for (now, seen) in [
+        (s(11), None),
+        (s(50), Some(s(49))),
+        (s(50), Some(s(48) + Duration::from_millis(1))),
+    ] {
+        assert_eq!(
+            p.client
+                .retire_previous_if_unused(p.c_peer, now, grace, seen)
+                .expect("peer"),
+            None,
+            "at {now:?}, last seen {seen:?}"
+        );
+        assert!(p.client.generation(p.c_peer, Slot::Previous).is_some());
+    }
+    // Quiet for the grace: 1 goes, with its SPI; a late packet under it is now unknown.
+    let retired = p
+        .client
+        .retire_previous_if_unused(p.c_peer, s(50), grace, Some(s(48)))
+        .expect("peer");
+    assert_eq!(retired.map(|g| g.number), Some(1));
+    assert!(p.client.generation(p.c_peer, Slot::Previous).is_none());
+    assert!(!p.client.held_spis().any(|spi| spi == 0x2000));
+    assert_eq!(
+        open(&mut p.client, &from_server).map(|(g, _)| g),
+        Err(DropReason::UnknownSpi)
+    );
+    // N and the init key stay; the next generation installs as usual.
+    assert_eq!(
+        open(
+            &mut p.client,
+            &seal(&mut p.server, p.s_peer, &ipv4(60, 4)).expect("seal")
+        )
+        .map(|(g, _)| g),
+        Ok(2)
+    );
+    let mut held: Vec<u32> = p.client.held_spis().collect();
+    held.sort_unstable();
+    assert_eq!(held, [0x1000, 0x2001]);
+    p.client
+        .install(p.c_peer, &generation(3, 0x2002, Suite::Aes256Gcm), s(60))
+        .expect("next");
+}

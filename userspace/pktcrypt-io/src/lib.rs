@@ -17,12 +17,13 @@ pub mod net;
 pub mod xdp_attach;
 pub mod xsk;
 
-use aya::Ebpf;
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, MapData, PerCpuArray};
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use aya::programs::Xdp;
+use aya::{Ebpf, EbpfLoader};
 use core::net::IpAddr;
 use pktcrypt_common::{XDP_COUNTER_SLOTS, XDP_PROGRAM, XdpCounter, config, maps};
+use std::collections::{BTreeSet, HashMap};
 use std::os::fd::{AsFd, AsRawFd};
 
 /// What to steer into the AF_XDP sockets.
@@ -32,6 +33,12 @@ pub struct SteeringConfig {
     pub esp_port: Option<u16>,
     /// Steer packets to these destination prefixes (inner interface).
     pub prefixes: Vec<(IpAddr, u8)>,
+    /// With `esp_port`: steer only ESP under these SPIs (the ones the gateway holds) and drop
+    /// the rest in XDP; `None` steers every datagram to the port. Keep it current with
+    /// [`XdpSteering::set_spis`].
+    pub spis: Option<Vec<u32>>,
+    /// Capacity of the SPI map: the most SPIs held at once (at least the number given).
+    pub spi_capacity: u32,
 }
 
 /// Counters kept by the XDP program, summed over CPUs.
@@ -46,6 +53,14 @@ pub struct XdpCounters {
     /// Matched, but no socket on the receiving queue (ESP-in-UDP passed, protected-prefix
     /// packets dropped: fail closed).
     pub no_socket: u64,
+    /// ESP-in-UDP under an SPI not held: dropped (SPI check).
+    pub unknown_spi: u64,
+    /// NAT-keepalives to the ESP port: dropped (SPI check).
+    pub keepalive: u64,
+    /// The non-ESP marker (SPI 0) to the ESP port: dropped (SPI check).
+    pub not_esp: u64,
+    /// Payloads to the ESP port too short for an ESP header: dropped (SPI check).
+    pub truncated: u64,
 }
 
 /// The attach mode actually used.
@@ -64,6 +79,9 @@ pub struct XdpSteering {
     attached: bool,
     iface: String,
     mode: AttachMode,
+    /// The SPIs in the `SPIS` map.
+    spis: BTreeSet<u32>,
+    spi_capacity: u32,
 }
 
 impl std::fmt::Debug for XdpSteering {
@@ -85,7 +103,14 @@ impl XdpSteering {
     /// # Errors
     /// A message naming the step that failed (load, verifier, attach, map update).
     pub fn attach(object: &[u8], iface: &str, cfg: &SteeringConfig) -> Result<Self, String> {
-        let mut ebpf = Ebpf::load(object).map_err(|e| err("loading the XDP object", e))?;
+        let spi_capacity = cfg
+            .spi_capacity
+            .max(cfg.spis.as_ref().map_or(0, |s| s.len() as u32))
+            .max(1);
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(maps::SPIS, spi_capacity)
+            .load(object)
+            .map_err(|e| err("loading the XDP object", e))?;
         {
             let prog: &mut Xdp = ebpf
                 .program_mut(XDP_PROGRAM)
@@ -100,6 +125,8 @@ impl XdpSteering {
             attached: false,
             iface: iface.to_owned(),
             mode: AttachMode::Native,
+            spis: BTreeSet::new(),
+            spi_capacity,
         };
         steering.configure(cfg)?;
         let prog: &Xdp = steering
@@ -141,6 +168,11 @@ impl XdpSteering {
         }
         if !cfg.prefixes.is_empty() {
             mode |= config::MODE_STEER_PREFIXES;
+        }
+        if let Some(spis) = &cfg.spis {
+            // Filled before the program is attached: no moment checks against an empty map.
+            self.set_spis(spis.iter().copied())?;
+            mode |= config::MODE_CHECK_SPI;
         }
         let mut array: Array<&mut MapData, u32> = Array::try_from(
             self.ebpf
@@ -195,6 +227,79 @@ impl XdpSteering {
         }
     }
 
+    fn spi_map(&mut self) -> Result<PerCpuHashMap<&mut MapData, u32, u64>, String> {
+        PerCpuHashMap::try_from(self.ebpf.map_mut(maps::SPIS).ok_or("no SPIS map")?)
+            .map_err(|e| err("SPIS map", e))
+    }
+
+    /// Makes the SPI map hold exactly `held` (the SPIs the gateway holds keys for): adds the
+    /// new ones (counters at zero), removes the others. Call it after keys change and before
+    /// any of them is announced to a peer.
+    ///
+    /// # Errors
+    /// More SPIs than the map's capacity, or a map error; the map then holds every SPI it
+    /// could take (the ones removed are gone).
+    pub fn set_spis(&mut self, held: impl IntoIterator<Item = u32>) -> Result<(), String> {
+        let held: BTreeSet<u32> = held.into_iter().collect();
+        if held.len() > self.spi_capacity as usize {
+            return Err(format!(
+                "{} SPIs held, the XDP SPI map takes {}",
+                held.len(),
+                self.spi_capacity
+            ));
+        }
+        let gone: Vec<u32> = self.spis.difference(&held).copied().collect();
+        let new: Vec<u32> = held.difference(&self.spis).copied().collect();
+        if gone.is_empty() && new.is_empty() {
+            return Ok(());
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| err("number of CPUs", e))?;
+        let mut map = self.spi_map()?;
+        let mut result = Ok(());
+        let mut removed = Vec::new();
+        for spi in &gone {
+            match map.remove(spi) {
+                Ok(()) => removed.push(*spi),
+                Err(e) => result = Err(err("SPIS map remove", e)),
+            }
+        }
+        let mut added = Vec::new();
+        for spi in &new {
+            let zeros = PerCpuValues::try_from(vec![0u64; cpus]).map_err(|e| err("SPIS", e))?;
+            match map.insert(spi, zeros, 0) {
+                Ok(()) => added.push(*spi),
+                Err(e) => result = Err(err("SPIS map insert", e)),
+            }
+        }
+        for spi in removed {
+            self.spis.remove(&spi);
+        }
+        self.spis.extend(added);
+        result
+    }
+
+    /// The SPIs in the SPI map.
+    pub fn spis(&self) -> &BTreeSet<u32> {
+        &self.spis
+    }
+
+    /// Packets received under each SPI in the SPI map since it was added, summed over CPUs.
+    ///
+    /// # Errors
+    /// A map error.
+    pub fn spi_packets(&self) -> Result<HashMap<u32, u64>, String> {
+        let map: PerCpuHashMap<&MapData, u32, u64> =
+            PerCpuHashMap::try_from(self.ebpf.map(maps::SPIS).ok_or("no SPIS map")?)
+                .map_err(|e| err("SPIS map", e))?;
+        let mut out = HashMap::with_capacity(self.spis.len());
+        for spi in &self.spis {
+            if let Ok(values) = map.get(spi, 0) {
+                out.insert(*spi, values.iter().sum());
+            }
+        }
+        Ok(out)
+    }
+
     /// The program's counters, summed over CPUs.
     ///
     /// # Errors
@@ -215,6 +320,10 @@ impl XdpSteering {
             passed: sums[XdpCounter::Passed as usize],
             malformed: sums[XdpCounter::Malformed as usize],
             no_socket: sums[XdpCounter::NoSocket as usize],
+            unknown_spi: sums[XdpCounter::UnknownSpi as usize],
+            keepalive: sums[XdpCounter::Keepalive as usize],
+            not_esp: sums[XdpCounter::NotEsp as usize],
+            truncated: sums[XdpCounter::Truncated as usize],
         })
     }
 

@@ -151,6 +151,11 @@ pub(crate) struct GatewayFile {
     pub(crate) retry_ms: Option<u64>,
     /// Controller: evict members that never answer (and rekey without them).
     pub(crate) evict_unresponsive: Option<bool>,
+    /// Member: retire another member's previous group generation once it has been heard under
+    /// the new one and nothing arrived under the old for this long (XDP's per-SPI counters),
+    /// even if the controller's UPDATE_COMPLETED never comes (default 5000; 0: only on
+    /// UPDATE_COMPLETED).
+    pub(crate) retire_grace_ms: Option<u64>,
     /// Every member, in index order: name, outer address, prefixes, and the pairwise control
     /// init key (the controller needs every member's; a member only its own).
     #[serde(default)]
@@ -359,12 +364,19 @@ impl Machine {
     }
 }
 
-/// Which generation sits in which slot for every peer: when it changes, keys are republished.
-fn key_fingerprint(engine: &Engine) -> Vec<(u32, [u64; 3], u64)> {
+/// Which generation (number and SPI) sits in which slot for every peer: when it changes, keys
+/// are republished to the workers and the SPIs to the XDP program.
+type Fingerprint = Vec<(u32, [(u64, u32); 3], u64)>;
+
+fn key_fingerprint(engine: &Engine) -> Fingerprint {
     engine
         .peers()
         .map(|p| {
-            let g = |s| engine.generation(p, s).map_or(u64::MAX, |g| g.number);
+            let g = |s| {
+                engine
+                    .generation(p, s)
+                    .map_or((u64::MAX, 0), |g| (g.number, g.spi.get()))
+            };
             (
                 p.0,
                 [g(Slot::Init), g(Slot::Newest), g(Slot::Previous)],
@@ -372,6 +384,33 @@ fn key_fingerprint(engine: &Engine) -> Vec<(u32, [u64; 3], u64)> {
             )
         })
         .collect()
+}
+
+/// When a packet last arrived under each SPI, from the outer XDP program's per-SPI counters
+/// (read on the paths tick): the evidence for retiring generations nobody sends under.
+#[derive(Default)]
+struct SpiActivity {
+    /// SPI → (packets counted, when that count was first read).
+    seen: HashMap<u32, (u64, Time)>,
+}
+
+impl SpiActivity {
+    fn update(&mut self, counts: &HashMap<u32, u64>, t: Time) {
+        self.seen.retain(|spi, _| counts.contains_key(spi));
+        for (spi, n) in counts {
+            let e = self.seen.entry(*spi).or_insert((0, t));
+            if *n != e.0 {
+                *e = (*n, t);
+            }
+        }
+    }
+
+    /// When a packet was last seen under `spi` (to the tick), if ever.
+    fn last_seen(&self, spi: u32) -> Option<Time> {
+        self.seen
+            .get(&spi)
+            .and_then(|(n, t)| (*n > 0).then_some(*t))
+    }
 }
 
 struct PeerInfo {
@@ -454,6 +493,13 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     }
     if file.clients.iter().any(|c| c.removed) || file.server.as_ref().is_some_and(|s| s.removed) {
         return Err("removed: only a group controller's [[members]] can be marked removed".into());
+    }
+    if role != "group-member" && file.retire_grace_ms.is_some() {
+        return Err(
+            "retire_grace_ms: only a group member retires generations on evidence (a key \
+             server transmits under N-1 by design, so pairwise N-1 stays until the next rotation)"
+                .into(),
+        );
     }
     if !role.starts_with("group") && (!file.members.is_empty() || file.group.is_some()) {
         return Err("members: [[members]] and [group] belong to the group roles".into());
@@ -566,7 +612,8 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     };
     if local_field.1.is_empty() {
         return Err(format!(
-            "{}: the networks behind this gateway are required (decrypted packets must be              addressed to them)",
+            "{}: the networks behind this gateway are required (decrypted packets must be \
+             addressed to them)",
             local_field.0
         ));
     }
@@ -682,15 +729,26 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         &SteeringConfig {
             esp_port: None,
             prefixes,
+            spis: None,
+            spi_capacity: 1,
         },
     )
     .map_err(|e| format!("inner: {e}"))?;
+    // Only ESP under an SPI held is steered; the rest is dropped in XDP. At most three
+    // generations per peer (init, N, N-1).
+    let held: Vec<u32> = machine.engine().held_spis().collect();
+    let spi_capacity = (machine.engine().peers().count() as u32)
+        .saturating_mul(3)
+        .saturating_add(64)
+        .max(pktcrypt_common::DEFAULT_SPI_CAPACITY);
     let mut outer_xdp = XdpSteering::attach(
         &object,
         &outer,
         &SteeringConfig {
             esp_port: Some(port),
             prefixes: Vec::new(),
+            spis: Some(held),
+            spi_capacity,
         },
     )
     .map_err(|e| format!("outer: {e}"))?;
@@ -772,6 +830,13 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     let mut events_total = 0u64;
     let mut rekeys = 0u64;
     let mut unresolved = HashMap::new();
+    let mut activity = SpiActivity::default();
+    let mut spi_map_errors = 0u64;
+    let mut retired_on_evidence = 0u64;
+    let retire_grace = match file.retire_grace_ms.unwrap_or(5000) {
+        0 => None,
+        ms => Some(Duration::from_millis(ms)),
+    };
     while !term.load(Ordering::Relaxed) {
         let t = now();
         let mut wake = next_paths.min(next_status);
@@ -818,12 +883,22 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         if machine.poll_timeout().is_some_and(|p| p <= t) {
             machine.handle_timeout(t);
         }
-        // Keys first (a distribution's keys must be in the workers before the proof goes out).
+        // Keys first (a distribution's keys must be in the workers, and their SPIs in the XDP
+        // program, before the proof or the announcement goes out).
         let fp = key_fingerprint(machine.engine());
         if fp != fingerprint {
             fingerprint = fp;
             rekeys += 1;
             shared.keys.store(Arc::new(machine.data_plane()?));
+            if let Err(e) = outer_xdp.set_spis(machine.engine().held_spis()) {
+                spi_map_errors += 1;
+                tracing::error!(
+                    gateway = name,
+                    error = e,
+                    "the XDP SPI map is out of step: packets under the SPIs missing are \
+                     dropped in XDP"
+                );
+            }
         }
         while let Some((tr, dest)) = machine.poll_transmit(&peers, port) {
             if let Some(d) = dest {
@@ -840,6 +915,20 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         if next_paths <= t {
             next_paths = t + Duration::from_millis(250);
             machine.check_triggers(t);
+            if let (Machine::Member(m, _), Some(grace)) = (&mut machine, retire_grace) {
+                if let Ok(counts) = outer_xdp.spi_packets() {
+                    activity.update(&counts, t);
+                }
+                let retired = m.retire_unused(t, grace, |spi| activity.last_seen(spi));
+                if retired > 0 {
+                    retired_on_evidence += retired as u64;
+                    tracing::info!(
+                        gateway = name,
+                        retired,
+                        "previous group generation retired on evidence (no packets under it)"
+                    );
+                }
+            }
             refresh_paths(&mut paths, &peers, &inner, &socket, port, &mut unresolved);
             shared.paths.store(Arc::new(paths.clone()));
         }
@@ -859,6 +948,10 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
                 events_total,
                 &inner_xdp,
                 &outer_xdp,
+                [
+                    ("spi_map_errors", spi_map_errors),
+                    ("retired_on_evidence", retired_on_evidence),
+                ],
             )
         });
         if let Some((status, metrics)) = &doc {
@@ -917,6 +1010,7 @@ fn run_controller(
         ("controller", file.controller.is_some()),
         ("server", file.server.is_some()),
         ("clients", !file.clients.is_empty()),
+        ("retire_grace_ms", file.retire_grace_ms.is_some()),
     ] {
         if set {
             return Err(format!("{field}: not used by a group controller"));
@@ -1324,9 +1418,11 @@ fn render(
     events: u64,
     inner: &XdpSteering,
     outer: &XdpSteering,
+    keys: [(&str, u64); 2],
 ) -> (String, String) {
     let engine = machine.engine();
     let t = now();
+    let spi_packets = outer.spi_packets().unwrap_or_default();
     let mut json = format!(
         "{{\"name\":\"{name}\",\"backend\":\"{}\",\"key_changes\":{rekeys},\"events\":{events},\"peers\":[",
         engine.config().backend.name()
@@ -1352,7 +1448,7 @@ fn render(
                 let c = sa.counters;
                 let _ = write!(
                     json,
-                    "{{\"slot\":\"{:?}\",\"generation\":{},\"spi\":\"{}\",\"suite\":\"{}\",\"transmitting\":{},\"exchanged\":{},\"age_s\":{:.1},\"sealed\":{},\"opened\":{},\"bytes_sealed\":{},\"bytes_opened\":{},\"auth_failures\":{},\"replays\":{}}}",
+                    "{{\"slot\":\"{:?}\",\"generation\":{},\"spi\":\"{}\",\"suite\":\"{}\",\"transmitting\":{},\"exchanged\":{},\"age_s\":{:.1},\"sealed\":{},\"opened\":{},\"bytes_sealed\":{},\"bytes_opened\":{},\"auth_failures\":{},\"replays\":{},\"xdp_packets\":{}}}",
                     sa.slot,
                     sa.info.number,
                     sa.info.spi,
@@ -1365,7 +1461,8 @@ fn render(
                     c.bytes_sealed,
                     c.bytes_opened,
                     c.auth_failures,
-                    c.replays
+                    c.replays,
+                    spi_packets.get(&sa.info.spi.get()).copied().unwrap_or(0)
                 );
                 let labels = format!("peer=\"{}\",slot=\"{:?}\"", info.name, sa.slot);
                 let _ = writeln!(
@@ -1455,13 +1552,30 @@ fn render(
         let c = x.counters().unwrap_or_default();
         let _ = write!(
             json,
-            "\"{side}\":{{\"mode\":\"{:?}\",\"steered\":{},\"passed\":{},\"malformed\":{},\"no_socket\":{}}}",
+            "\"{side}\":{{\"mode\":\"{:?}\",\"steered\":{},\"passed\":{},\"malformed\":{},\"no_socket\":{},\"unknown_spi\":{},\"keepalive\":{},\"not_esp\":{},\"truncated\":{},\"spis\":{}}}",
             x.mode(),
             c.steered,
             c.passed,
             c.malformed,
-            c.no_socket
+            c.no_socket,
+            c.unknown_spi,
+            c.keepalive,
+            c.not_esp,
+            c.truncated,
+            x.spis().len()
         );
+        for (reason, n) in [
+            ("unknown_spi", c.unknown_spi),
+            ("keepalive", c.keepalive),
+            ("not_esp", c.not_esp),
+            ("truncated", c.truncated),
+            ("no_socket", c.no_socket),
+        ] {
+            let _ = writeln!(
+                prom,
+                "pktcrypt_xdp_dropped_total{{side=\"{side}\",reason=\"{reason}\"}} {n}"
+            );
+        }
         let _ = writeln!(
             prom,
             "pktcrypt_xdp_steered_total{{side=\"{side}\"}} {}",
@@ -1473,7 +1587,12 @@ fn render(
             c.passed
         );
     }
-    json.push_str("}}");
+    json.push('}');
+    for (k, v) in keys {
+        let _ = write!(json, ",\"{k}\":{v}");
+        let _ = writeln!(prom, "pktcrypt_{k}_total {v}");
+    }
+    json.push('}');
     (json, prom)
 }
 

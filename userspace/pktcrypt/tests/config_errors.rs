@@ -172,6 +172,21 @@ fn gateway_roles_name_the_bad_field() {
         ),
         "control_port",
     );
+    // Retiring on evidence is a member's: a key server transmits under N-1 by design.
+    for role in ["server", "client"] {
+        fails_naming(
+            "up",
+            &format!("role = \"{role}\"\n{base}retire_grace_ms = 1000\n"),
+            "retire_grace_ms",
+        );
+    }
+    fails_naming(
+        "up",
+        &format!(
+            "role = \"group-controller\"\nretire_grace_ms = 1000\n[group]\ninit_key = \"{k}\"\n[[members]]\n{member}"
+        ),
+        "retire_grace_ms",
+    );
 }
 
 #[test]

@@ -7,7 +7,8 @@
 //! to site path through the hub (A → B → C), a TCP bulk transfer, a capture on the wire showing
 //! only ESP-in-UDP, bad input sent to the key server's outer interface (replayed, forged,
 //! unknown-SPI, truncated, non-ESP, keepalive: each dropped and counted under its reason while
-//! traffic goes on), unrelated traffic untouched, the ICMP "fragmentation needed" answer, key
+//! traffic goes on; the last four by the XDP program), an unknown-SPI flood dropped in XDP before
+//! any worker sees it, unrelated traffic untouched, the ICMP "fragmentation needed" answer, key
 //! rotation every second under continuous traffic with no loss beyond a no-rekey run, recovery
 //! after the key server and a client gateway are killed and restarted, and a clean detach.
 //! `PKTCRYPT_E2E_SECONDS` sets the length of the rekey run (default 60).
@@ -53,6 +54,25 @@ s.sendto(b"\x01\x02\x03", to)
 s.sendto(b"\x00\x00\x00\x00ike", to)
 s.sendto(b"\xff", to)
 print("sent 7 bad packets built from spi %#x seq %d" % (spi, seq))
+"#;
+
+/// Run in the wire namespace: ESP-in-UDP under SPIs gwB never assigned, to gwB, as fast as one
+/// socket sends them for 2 s (each SPI different); prints the number sent and the rate.
+const SPI_FLOOD: &str = r#"
+import socket, struct, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("192.0.2.100", 0))
+to = ("192.0.2.2", 4500)
+body = bytes(56)
+n = 0
+t0 = time.time()
+end = t0 + 2
+while time.time() < end:
+    for _ in range(256):
+        s.sendto(struct.pack("!II", 0x5000_0000 + n, 1) + body, to)
+        n += 1
+d = time.time() - t0
+print("%d packets in %.1f s (%.0f/s)" % (n, d, n / d))
 "#;
 
 /// Run on hostA: 20 UDP datagrams to hostB as 10.3.0.2 (site C's prefix: spoofed), then 20 as
@@ -317,7 +337,9 @@ fn gateways_carry_traffic_through_rekeys_and_restarts() {
     assert_eq!(clear, 0, "plaintext inner traffic on the wire");
 
     // 2b. Bad input on the real outer interface: dropped, counted by reason, traffic goes on.
-    let before = gw_b.status(&dir)["drops"].clone();
+    let before_status = gw_b.status(&dir);
+    let before = before_status["drops"].clone();
+    let xdp_before = before_status["xdp"]["outer"].clone();
     let mut pinger = std::process::Command::new("ip")
         .args([
             "netns",
@@ -337,19 +359,64 @@ fn gateways_carry_traffic_through_rekeys_and_restarts() {
     let (ok, out) = ns("wire", &format!("python3 -c '{ATTACKER}'"));
     let _ = pinger.wait();
     assert!(ok, "attacker: {out}");
-    let after = gw_b.status(&dir)["drops"].clone();
+    let after_status = gw_b.status(&dir);
+    let after = after_status["drops"].clone();
+    let xdp_after = after_status["xdp"]["outer"].clone();
     let grew = |k: &str| after[k].as_u64().unwrap_or(0) - before[k].as_u64().unwrap_or(0);
-    eprintln!("bad input: {out}; gwB drops before {before}, after {after}");
+    let xdp_grew =
+        |k: &str| xdp_after[k].as_u64().unwrap_or(0) - xdp_before[k].as_u64().unwrap_or(0);
+    eprintln!(
+        "bad input: {out}; gwB drops before {before}, after {after}; outer XDP before \
+         {xdp_before}, after {xdp_after}"
+    );
     assert!(grew("replay") + grew("too_old") >= 2, "replayed copies");
-    for reason in [
-        "auth_failed",
-        "unknown_spi",
-        "truncated",
-        "not_esp",
-        "keepalive",
-    ] {
-        assert!(grew(reason) >= 1, "{reason} not counted: {after}");
+    assert!(grew("auth_failed") >= 1, "auth_failed not counted: {after}");
+    // What needs no key is dropped by the XDP program, before any worker sees it.
+    assert!(xdp_grew("unknown_spi") >= 1, "unknown SPI: {xdp_after}");
+    for reason in ["truncated", "not_esp", "keepalive"] {
+        assert!(xdp_grew(reason) >= 1, "{reason} not counted: {xdp_after}");
     }
+    assert_eq!(ping_run("hostA", "10.2.0.2", 10, "0.05"), (10, 10));
+
+    // 2b'. An unknown-SPI flood, as fast as the attacker can send: dropped and counted by the
+    // XDP program; the workers never see it (their receive counters stay where legitimate
+    // traffic puts them).
+    let before = gw_b.status(&dir);
+    let (ok, out) = ns("wire", &format!("python3 -c '{SPI_FLOOD}'"));
+    assert!(ok, "flood: {out}");
+    let sent: u64 = out
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    std::thread::sleep(Duration::from_millis(300));
+    let after = gw_b.status(&dir);
+    let delta = |path: &[&str]| {
+        let get = |v: &Value| {
+            path.iter()
+                .fold(v.clone(), |v, k| v[*k].clone())
+                .as_u64()
+                .unwrap_or(0)
+        };
+        get(&after) - get(&before)
+    };
+    let xdp_unknown = delta(&["xdp", "outer", "unknown_spi"]);
+    let rx_outer = delta(&["workers", "rx_outer"]);
+    let worker_unknown = delta(&["drops", "unknown_spi"]);
+    eprintln!(
+        "unknown-SPI flood: {out}; outer XDP dropped {xdp_unknown} as unknown_spi; workers \
+         received {rx_outer} packets meanwhile, counted {worker_unknown} unknown SPIs"
+    );
+    assert!(sent > 10_000, "the flood sent {sent} packets");
+    assert!(
+        xdp_unknown * 10 >= sent * 9,
+        "XDP counted {xdp_unknown} of {sent} unknown-SPI packets"
+    );
+    assert_eq!(worker_unknown, 0, "unknown-SPI packets reached the workers");
+    assert!(
+        rx_outer < 500,
+        "the workers received {rx_outer} packets during the flood"
+    );
     assert_eq!(ping_run("hostA", "10.2.0.2", 10, "0.05"), (10, 10));
 
     // 2c. Spoofed inner sources (RFC 4301 §5.2): hostA sends to hostB as 10.3.0.2 (site C):

@@ -1117,6 +1117,35 @@ impl GroupMember {
             .collect()
     }
 
+    /// Retires the previous generation of every other member's sender key that is no longer
+    /// used, on evidence from traffic ([`Engine::retire_previous_if_unused`]): in transit or
+    /// later (this member transmits under N), a packet from that member opened under N, and
+    /// nothing under its N-1 for `grace`. `last_seen` gives, per SPI, when a packet last
+    /// arrived under it (`None`: never). Without it N-1 goes only when the controller's
+    /// UPDATE_COMPLETED arrives; a member that misses it (controller gone, message lost) would
+    /// keep accepting under N-1's key until the next rollout. Returns how many were retired.
+    pub fn retire_unused(
+        &mut self,
+        now: Time,
+        grace: Duration,
+        last_seen: impl Fn(u32) -> Option<Time>,
+    ) -> usize {
+        let mut retired = 0;
+        for (j, p) in self.senders.iter().enumerate() {
+            if j == usize::from(self.index) {
+                continue;
+            }
+            let seen = self
+                .group
+                .generation(*p, Slot::Previous)
+                .and_then(|g| last_seen(g.spi.get()));
+            if let Ok(Some(_)) = self.group.retire_previous_if_unused(*p, now, grace, seen) {
+                retired += 1;
+            }
+        }
+        retired
+    }
+
     /// The group data-plane engine.
     pub fn engine(&self) -> &Engine {
         &self.group
