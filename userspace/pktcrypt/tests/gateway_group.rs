@@ -6,8 +6,8 @@
 //!
 //! Phases: the group comes up and carries IPv4 and IPv6 between every pair of sites; the group is
 //! rekeyed every second (three-phase rollouts) under continuous pings, which all arrive; a capture
-//! on the wire holds only IPv6 and no inner address; status and export-keys show the group; the
-//! members detach cleanly. Needs root and `PKTCRYPT_XDP_OBJECT` (as `tests/gateway.rs`).
+//! on the wire holds only IPv6 and no inner address; ESP behind IPv6 extension headers reaches
+//! the workers; status and export-keys show the group; the members detach cleanly. Needs root and `PKTCRYPT_XDP_OBJECT` (as `tests/gateway.rs`).
 
 mod common;
 
@@ -17,6 +17,45 @@ use std::path::Path;
 use std::time::Duration;
 
 const P: &str = "pg-";
+
+/// Run in the wire namespace: sniffs one live ESP-in-UDP/IPv6 frame to gwA (2001:db8::1) on the
+/// bridge and sends it again three times, each with IPv6 extension headers before the UDP
+/// header: a destination options header; hop-by-hop and destination options; a routing header
+/// (type 0, no segments left). Each copy is a replay: a worker that sees it counts it.
+const EXT_HEADERS: &str = r#"
+import socket, struct, subprocess
+subprocess.run(["ip", "link", "set", "br0", "promisc", "on"], check=True)
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind(("br0", 0))
+s.settimeout(10)
+while True:
+    f = s.recv(4096)
+    if f[12:14] != b"\x86\xdd" or f[20] != 17:
+        continue
+    if f[38:54] != socket.inet_pton(socket.AF_INET6, "2001:db8::1"):
+        continue
+    if struct.unpack("!H", f[56:58])[0] == 4500 and len(f) > 54 + 8 + 40:
+        break
+eth, ip6, rest = f[:14], f[14:54], f[54:]
+pad = b"\x01\x04\x00\x00\x00\x00"
+def frame(chain):
+    # chain: extension header kinds in order; each 8 bytes, linked to the next, the last to UDP.
+    kinds = chain + [17]
+    ext = b""
+    for kind, nxt in zip(chain, kinds[1:]):
+        if kind == 43:
+            ext += bytes([nxt, 0, 0, 0]) + bytes(4)
+        else:
+            ext += bytes([nxt, 0]) + pad
+    plen = struct.unpack("!H", ip6[4:6])[0] + len(ext)
+    hdr = ip6[:4] + struct.pack("!H", plen) + bytes([kinds[0]]) + ip6[7:]
+    return eth + hdr + ext + rest
+out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+out.bind(("br0", 0))
+for chain in ([60], [0, 60], [43]):
+    out.send(frame(chain))
+print("sent 3 replays behind IPv6 extension headers")
+"#;
 
 const SITES: [(&str, &str, &str); 3] = [
     ("gwA", "2001:db8::1", "\"10.1.0.0/24\", \"fd01::/64\""),
@@ -152,6 +191,43 @@ fn group_members_carry_traffic_over_ipv6_through_group_rekeys() {
     assert!(control > 10, "controller messages on the wire: {control}");
     assert_eq!(ipv4, 0, "the outer network is IPv6 only");
     assert_eq!(clear, 0, "plaintext inner traffic on the wire");
+
+    // 2b. ESP-in-UDP behind IPv6 extension headers is steered like any other (here: three
+    // replays of a live packet, each behind other headers): gwA's workers see and count them.
+    let before = gws[0].status(&dir);
+    let mut pinger = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("{P}hostB"),
+            "ping",
+            "-q",
+            "-c",
+            "40",
+        ])
+        .args(["-i", "0.05", "10.1.0.2"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ping");
+    let (ok, out) = common::ns(P, "wire", &format!("timeout 20 python3 -c '{EXT_HEADERS}'"));
+    let _ = pinger.wait();
+    assert!(ok, "{out}");
+    std::thread::sleep(Duration::from_millis(300));
+    let after_ext = gws[0].status(&dir);
+    let grew = |k: &str| {
+        after_ext["drops"][k].as_u64().unwrap_or(0) - before["drops"][k].as_u64().unwrap_or(0)
+    };
+    eprintln!(
+        "extension headers: {out}; gwA replay drops +{}, too_old +{}; outer XDP {}",
+        grew("replay"),
+        grew("too_old"),
+        after_ext["xdp"]["outer"]
+    );
+    assert_eq!(
+        grew("replay") + grew("too_old"),
+        3,
+        "replays behind IPv6 extension headers did not reach the workers"
+    );
 
     // 3. Status and export-keys.
     let ctl_status = ctl.status(&dir);
