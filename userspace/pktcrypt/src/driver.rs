@@ -671,13 +671,27 @@ pub(crate) fn run_group_member(
     Ok(())
 }
 
-/// Keeps key material out of core files: no core dumps (`RLIMIT_CORE` 0) and not dumpable
+/// What a core image of a key-holding process may contain (`/proc/self/coredump_filter`, see
+/// core(5)): ELF headers only (bit 4: enough to identify the build). No anonymous memory
+/// (bits 0 and 1: heap, thread stacks, the AF_XDP UMEM with its plaintext frames), no
+/// file-backed private mappings (bit 2: the binary's and libraries' written data, and, as gdb
+/// counts them, `[heap]` and `[stack]`), no shared or huge pages. Expanded AEAD keys live in
+/// memory (an AES key schedule starts with the key itself) and copies pass through stacks, so
+/// only this keeps them out of an image taken by `gcore` or a core-dump helper.
+const COREDUMP_FILTER: &str = "0x10";
+
+/// Keeps key material out of core files: no core dumps (`RLIMIT_CORE` 0), not dumpable
 /// (`PR_SET_DUMPABLE` 0: no core on a crash, and `/proc/PID/mem` and ptrace only for
-/// privileged users). Called first by every command that holds keys.
+/// privileged users), and no anonymous memory in any core image that is still taken (by a
+/// privileged user's `gcore`: [`COREDUMP_FILTER`]). Called first by every command that holds
+/// keys. A privileged user who attaches a debugger still reads everything: this keeps keys out
+/// of files, not out of reach of root.
 ///
 /// # Errors
-/// The kernel refused either setting.
+/// The kernel refused any setting.
 pub(crate) fn harden_process() -> Result<(), String> {
+    std::fs::write("/proc/self/coredump_filter", COREDUMP_FILTER)
+        .map_err(|e| format!("/proc/self/coredump_filter: {e}"))?;
     use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior, setrlimit};
     setrlimit(
         Resource::Core,

@@ -287,11 +287,15 @@ fn daemons_are_not_dumpable_and_write_no_core() {
         .find(|l| l.starts_with("Max core file size"))
         .expect("core limit")
         .to_string();
+    // No anonymous memory (heap, stacks) in any image still taken (gcore as root).
+    let filter = std::fs::read_to_string(format!("/proc/{}/coredump_filter", child.id()))
+        .expect("coredump_filter");
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
     let fields: Vec<&str> = core.split_whitespace().collect();
     assert_eq!(&fields[4..6], &["0", "0"], "{core}");
+    assert_eq!(filter.trim(), "00000010", "coredump_filter");
 }
 
 #[test]

@@ -517,6 +517,29 @@ fn gateways_carry_traffic_through_rekeys_and_restarts() {
     ));
     assert!(ok && out.lines().count() >= 2, "export-keys: {out}");
 
+    // 2f. A core image of the running key server (gcore, as root) holds none of the keys it
+    // uses: neither the raw bytes nor the hex text of any exported key (AEAD key, and key with
+    // salt), although export-keys just rendered them.
+    let keys = common::exported_keys(&out);
+    assert!(keys.len() >= 4, "keys exported: {out}");
+    let (ok, gcore) = sh(&format!("gcore -o {}/core {pid}", dir.display()));
+    let core = std::fs::read(dir.join(format!("core.{pid}")))
+        .unwrap_or_else(|e| panic!("gcore wrote no core ({e}): {gcore}"));
+    assert!(ok, "gcore: {gcore}");
+    let found = common::find_keys(&core, &keys);
+    eprintln!(
+        "core image of gwB: {} bytes, {} keys searched in raw and hex forms, {} found",
+        core.len(),
+        keys.len(),
+        found.len()
+    );
+    assert!(
+        found.is_empty(),
+        "key material in the core image {}/core.{pid}: {found:?}",
+        dir.display()
+    );
+    let _ = std::fs::remove_file(dir.join(format!("core.{pid}")));
+
     // 3. Unrelated traffic on the same interfaces is untouched (ARP, the gateways' own IP).
     assert!(
         ns("gwA", "ping -c2 -i 0.2 -W1 192.0.2.2").0,

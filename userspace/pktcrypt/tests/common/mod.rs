@@ -254,3 +254,43 @@ impl Capture {
         out.trim().parse().unwrap_or(0)
     }
 }
+
+/// The keys in `pktcrypt export-keys` output (Wireshark `esp_sa` lines): each key+salt field
+/// (`"0x..."`, hex) as bytes.
+pub(crate) fn exported_keys(text: &str) -> Vec<Vec<u8>> {
+    text.lines()
+        .flat_map(|l| l.split(','))
+        .filter_map(|f| f.trim_matches('"').strip_prefix("0x").map(str::to_owned))
+        // The SPI field is 8 hex digits; keys with their salt are 40 or more.
+        .filter(|h| h.len() >= 40 && h.len() % 2 == 0)
+        .filter_map(|h| {
+            (0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).ok())
+                .collect()
+        })
+        .collect()
+}
+
+/// Which forms of `keys` occur in `image`: for each key+salt, the key alone and with its salt
+/// (the last 4 bytes), raw and as lower- and upper-case hex.
+pub(crate) fn find_keys(image: &[u8], keys: &[Vec<u8>]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (i, keymat) in keys.iter().enumerate() {
+        let key = &keymat[..keymat.len() - 4];
+        for (what, needle) in [("key", key), ("key+salt", &keymat[..])] {
+            let lower: String = needle.iter().map(|b| format!("{b:02x}")).collect();
+            let upper = lower.to_uppercase();
+            for (form, bytes) in [
+                ("raw", needle.to_vec()),
+                ("hex", lower.into_bytes()),
+                ("HEX", upper.into_bytes()),
+            ] {
+                if let Some(at) = memchr::memmem::find(image, &bytes) {
+                    found.push(format!("key {i}: {what} {form} at offset {at:#x}"));
+                }
+            }
+        }
+    }
+    found
+}
