@@ -9,10 +9,11 @@
 
 use core::net::IpAddr;
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NLMSG_OVERRUN, NetlinkBuffer, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload, Parseable,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_OVERRUN, NetlinkBuffer, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload, Parseable,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::LinkMessage;
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage,
 };
@@ -305,19 +306,21 @@ impl Rtnl {
         })
     }
 
-    /// Sends `message` (a dump request if `dump`) and passes each answer to `each`, until the
-    /// dump's end or, for a plain request, the first answer.
+    /// Sends `message` with `flags` (beside `NLM_F_REQUEST`) and passes each answer to `each`,
+    /// until the dump's end (`NLM_F_DUMP`) or, for a plain request, the first answer or
+    /// acknowledgement.
     fn request(
         &mut self,
         message: RouteNetlinkMessage,
-        dump: bool,
+        flags: u16,
         what: &dyn Fn() -> String,
         mut each: impl FnMut(RouteNetlinkMessage),
     ) -> Result<(), String> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
         let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
+        header.flags = NLM_F_REQUEST | flags;
         header.sequence_number = seq;
         let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(message));
         msg.finalize();
@@ -360,6 +363,20 @@ impl Rtnl {
         }
     }
 
+    /// Sends `RTM_SETLINK` with `link` and waits for the kernel's acknowledgement.
+    ///
+    /// # Errors
+    /// The kernel refused (its error), or the request failed.
+    pub fn set_link(&mut self, link: LinkMessage) -> Result<(), String> {
+        let index = link.header.index;
+        self.request(
+            RouteNetlinkMessage::SetLink(link),
+            NLM_F_ACK,
+            &|| format!("setting link {index}"),
+            |_| {},
+        )
+    }
+
     /// Every entry of the IPv4 and IPv6 neighbour tables, on every interface.
     ///
     /// # Errors
@@ -368,7 +385,7 @@ impl Rtnl {
         let mut table = Vec::new();
         self.request(
             RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()),
-            true,
+            NLM_F_DUMP,
             &|| "neighbour table dump".to_string(),
             |m| {
                 if let RouteNetlinkMessage::NewNeighbour(m) = m
@@ -390,7 +407,7 @@ impl Rtnl {
         let what = || format!("route to {dst}");
         self.request(
             RouteNetlinkMessage::GetRoute(route_request(dst)),
-            false,
+            0,
             &what,
             |m| {
                 if let RouteNetlinkMessage::NewRoute(m) = m {
@@ -410,7 +427,7 @@ impl Rtnl {
         let mut all = Vec::new();
         self.request(
             RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-            true,
+            NLM_F_DUMP,
             &|| "address dump".to_string(),
             |m| {
                 let RouteNetlinkMessage::NewAddress(m) = m else {
