@@ -850,27 +850,28 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         }
         // Next hops: the kernel's notifications as they came (never blocks), everything read
         // again every NEXT_HOP_RESYNC; the workers get new paths only when they changed.
-        let mut moved = hops.update();
-        if next_resync <= t {
+        let updated = hops.update();
+        let resynced = (next_resync <= t).then(|| {
             next_resync = t + NEXT_HOP_RESYNC;
-            moved = moved.and_then(|m| Ok(hops.resync()? || m));
+            hops.resync()
+        });
+        let results = [Some(updated), resynced];
+        // A failed reading may still have applied part of what it read: publish then too.
+        if results.iter().flatten().any(|r| !matches!(r, Ok(false))) {
+            apply_next_hops(&mut paths, &peers, &hops);
+            shared.paths.store(Arc::new(paths.clone()));
         }
-        match moved {
-            Ok(moved) => {
-                if hops_failing {
-                    hops_failing = false;
-                    tracing::info!(gateway = name, "reading neighbours and routes again");
-                }
-                if moved {
-                    apply_next_hops(&mut paths, &peers, &hops);
-                    shared.paths.store(Arc::new(paths.clone()));
-                }
-            }
-            Err(e) if !hops_failing => {
+        match results.into_iter().flatten().find_map(Result::err) {
+            Some(e) if !hops_failing => {
                 hops_failing = true;
                 tracing::warn!(gateway = name, error = e, "next hops may be out of date");
             }
-            Err(_) => {}
+            Some(_) => {}
+            None if hops_failing => {
+                hops_failing = false;
+                tracing::info!(gateway = name, "reading neighbours and routes again");
+            }
+            None => {}
         }
         if next_tick <= t {
             next_tick = t + TICK;
