@@ -10,7 +10,7 @@
 //!
 //! [`xsk`] binds AF_XDP sockets (inner and outer interface on one UMEM per queue),
 //! [`gateway`] runs the workers that forward between them, and [`net`] reads what the kernel
-//! knows about interfaces and neighbours.
+//! knows about interfaces, neighbours and routes (rtnetlink), and follows their changes.
 
 pub mod gateway;
 pub mod net;

@@ -8,18 +8,14 @@
 //! finds no socket and drops protected-prefix packets: the interface fails closed until the next
 //! `pktcrypt up` replaces the program (atomically: no gap) or `pktcrypt down` removes it.
 
+use netlink_packet_route::link::{LinkAttribute, LinkMessage, LinkXdp};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 
 /// `XDP_FLAGS_SKB_MODE`: generic XDP.
 pub const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
 /// `XDP_FLAGS_DRV_MODE`: native (driver) XDP.
 pub const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
-const IFLA_XDP_FD: u16 = 1;
-const IFLA_XDP_FLAGS: u16 = 3;
-const NLA_F_NESTED: u16 = 1 << 15;
-const NLMSG_HDR: usize = 16;
-const IFINFO: usize = 16;
 
 /// The interface index of `iface`.
 ///
@@ -36,93 +32,23 @@ pub fn ifindex(iface: &str) -> io::Result<i32> {
     i32::try_from(index).map_err(|_| io::Error::other("interface index out of range"))
 }
 
-fn attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    let len = 4 + payload.len();
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(payload);
-    while !buf.len().is_multiple_of(4) {
-        buf.push(0);
-    }
-}
-
-/// The `RTM_SETLINK` request that sets (`fd` ≥ 0) or removes (`fd` = -1) the XDP program of
+/// The `RTM_SETLINK` message that sets (`fd` ≥ 0) or removes (`fd` = -1) the XDP program of
 /// interface `index` in the mode `flags`.
-fn request(index: i32, fd: RawFd, flags: u32, seq: u32) -> Vec<u8> {
-    let mut nested = Vec::with_capacity(16);
-    attr(&mut nested, IFLA_XDP_FD, &fd.to_ne_bytes());
-    attr(&mut nested, IFLA_XDP_FLAGS, &flags.to_ne_bytes());
-    let mut msg = vec![0u8; NLMSG_HDR + IFINFO];
-    // ifinfomsg: family (AF_UNSPEC), pad, type, index, flags, change.
-    msg[NLMSG_HDR + 4..NLMSG_HDR + 8].copy_from_slice(&index.to_ne_bytes());
-    attr(&mut msg, libc::IFLA_XDP | NLA_F_NESTED, &nested);
-    let len = msg.len() as u32;
-    msg[0..4].copy_from_slice(&len.to_ne_bytes());
-    msg[4..6].copy_from_slice(&libc::RTM_SETLINK.to_ne_bytes());
-    let nl_flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
-    msg[6..8].copy_from_slice(&nl_flags.to_ne_bytes());
-    msg[8..12].copy_from_slice(&seq.to_ne_bytes());
-    msg
+fn request(index: i32, fd: RawFd, flags: u32) -> LinkMessage {
+    let mut link = LinkMessage::default();
+    link.header.index = index.cast_unsigned();
+    link.attributes.push(LinkAttribute::Xdp(vec![
+        LinkXdp::Fd(fd),
+        LinkXdp::Flags(flags),
+    ]));
+    link
 }
 
-/// Sends one rtnetlink request and waits for its acknowledgement.
-fn transact(msg: &[u8]) -> io::Result<()> {
-    // SAFETY: plain socket(2) call; the result is checked.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a new descriptor owned by nothing else.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: `msg` is valid for `msg.len()` bytes; the kernel is the destination (port 0).
-    let sent = unsafe {
-        let mut addr: libc::sockaddr_nl = core::mem::zeroed();
-        addr.nl_family = libc::AF_NETLINK as u16;
-        libc::sendto(
-            sock.as_raw_fd(),
-            msg.as_ptr().cast(),
-            msg.len(),
-            0,
-            (&raw const addr).cast(),
-            core::mem::size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut reply = [0u8; 4096];
-    // SAFETY: `reply` is writable for its whole length.
-    let n = unsafe { libc::recv(sock.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let n = n as usize;
-    if n < NLMSG_HDR + 4 {
-        return Err(io::Error::other("short rtnetlink reply"));
-    }
-    let kind = u16::from_ne_bytes([reply[4], reply[5]]);
-    if kind != libc::NLMSG_ERROR as u16 {
-        return Err(io::Error::other(format!(
-            "unexpected rtnetlink reply type {kind}"
-        )));
-    }
-    let code = i32::from_ne_bytes([
-        reply[NLMSG_HDR],
-        reply[NLMSG_HDR + 1],
-        reply[NLMSG_HDR + 2],
-        reply[NLMSG_HDR + 3],
-    ]);
-    if code == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(-code))
-    }
+/// Sends one `RTM_SETLINK` request and waits for its acknowledgement.
+fn transact(link: LinkMessage) -> io::Result<()> {
+    crate::net::Rtnl::open()
+        .and_then(|mut rtnl| rtnl.set_link(link))
+        .map_err(io::Error::other)
 }
 
 /// Attaches program `fd` to `iface` in mode `flags` (replacing a program attached in the same
@@ -131,7 +57,7 @@ fn transact(msg: &[u8]) -> io::Result<()> {
 /// # Errors
 /// No such interface, or the kernel refused (e.g. no native XDP in the driver).
 pub fn attach(iface: &str, fd: RawFd, flags: u32) -> io::Result<()> {
-    transact(&request(ifindex(iface)?, fd, flags, 1))
+    transact(request(ifindex(iface)?, fd, flags))
 }
 
 /// Removes the XDP program of `iface` in mode `flags`.
@@ -139,7 +65,7 @@ pub fn attach(iface: &str, fd: RawFd, flags: u32) -> io::Result<()> {
 /// # Errors
 /// No such interface, or the kernel refused.
 pub fn detach(iface: &str, flags: u32) -> io::Result<()> {
-    transact(&request(ifindex(iface)?, -1, flags, 2))
+    transact(request(ifindex(iface)?, -1, flags))
 }
 
 /// Removes the XDP program of `iface` in both modes (`pktcrypt down`). Whether one was found
@@ -157,20 +83,26 @@ pub fn detach_all(iface: &str) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn word(m: &[u8], at: usize) -> [u8; 4] {
-        m[at..at + 4].try_into().expect("4 bytes")
-    }
+    use netlink_packet_core::Emitable;
 
     #[test]
     fn request_layout() {
-        let m = request(7, 9, XDP_FLAGS_DRV_MODE, 1);
-        // nlmsghdr + ifinfomsg + IFLA_XDP { FD, FLAGS }.
-        assert_eq!(m.len(), 16 + 16 + 4 + 8 + 8);
-        assert_eq!(u32::from_ne_bytes(word(&m, 0)) as usize, m.len());
-        assert_eq!(i32::from_ne_bytes(word(&m, 20)), 7);
-        assert_eq!(u16::from_ne_bytes([m[34], m[35]]), 43 | NLA_F_NESTED);
-        assert_eq!(i32::from_ne_bytes(word(&m, 40)), 9);
-        assert_eq!(u32::from_ne_bytes(word(&m, 48)), XDP_FLAGS_DRV_MODE);
+        let m = request(7, 9, XDP_FLAGS_DRV_MODE);
+        let mut b = vec![0; m.buffer_len()];
+        m.emit(&mut b);
+        let word = |at: usize| -> [u8; 4] { b[at..at + 4].try_into().expect("4 bytes") };
+        // ifinfomsg (family AF_UNSPEC, index 7, no flags or change mask) + IFLA_XDP
+        // { IFLA_XDP_FD, IFLA_XDP_FLAGS }.
+        assert_eq!(b.len(), 16 + 4 + 8 + 8);
+        assert_eq!(b[0], 0);
+        assert_eq!(i32::from_ne_bytes(word(4)), 7);
+        assert_eq!(u32::from_ne_bytes(word(8)), 0);
+        assert_eq!(u32::from_ne_bytes(word(12)), 0);
+        assert_eq!(u16::from_ne_bytes([b[16], b[17]]), 20);
+        assert_eq!(u16::from_ne_bytes([b[18], b[19]]) & 0x3fff, libc::IFLA_XDP);
+        assert_eq!(u16::from_ne_bytes([b[22], b[23]]), 1); // IFLA_XDP_FD
+        assert_eq!(i32::from_ne_bytes(word(24)), 9);
+        assert_eq!(u16::from_ne_bytes([b[30], b[31]]), 3); // IFLA_XDP_FLAGS
+        assert_eq!(u32::from_ne_bytes(word(32)), XDP_FLAGS_DRV_MODE);
     }
 }

@@ -6,6 +6,12 @@
 //! `pktcrypt export-keys` (Unix socket) and Prometheus (`metrics`, HTTP). Control messages
 //! leave through a kernel UDP socket bound to the ESP port (XDP steers everything arriving on
 //! that port to the workers, so that socket never receives).
+//!
+//! Next hops (the inner interface's neighbours, each peer's next-hop MAC) come from rtnetlink
+//! ([`net::NextHops`]): read in full at start and every [`NEXT_HOP_RESYNC`], and in between
+//! updated from the kernel's neighbour and route notifications, which the control loop reads
+//! without blocking on every iteration (it wakes at least every 200 ms). Paths are published to
+//! the workers only when something in them changed.
 
 use crate::config::{self, ClientFile, GroupKeyTable, KeySource, PeerEntry, ServerFile};
 use crate::driver::{OsRandom, ServerRandom, now};
@@ -695,6 +701,9 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         paths.peers.insert(id.0, PeerPath { header, mac: None });
     }
     paths.sort_routes();
+    let mut hops = net::NextHops::new(&inner, peers.values().map(|p| p.address))
+        .map_err(|e| format!("inner: reading neighbours and routes: {e}"))?;
+    apply_next_hops(&mut paths, &peers, &hops);
 
     // Control socket (sending only; see the module docs).
     let socket = UdpSocket::bind(SocketAddr::new(local, port))
@@ -824,7 +833,9 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     // The control loop.
     let status_every = status_refresh(file.status_interval_ms);
     let mut next_status = now() + status_every;
-    let mut next_paths = now();
+    let mut next_tick = now();
+    let mut next_resync = now() + NEXT_HOP_RESYNC;
+    let mut hops_failing = false;
     let mut fingerprint = key_fingerprint(machine.engine());
     let mut control_drops = pktcrypt_core::DropCounters::default();
     let mut events_total = 0u64;
@@ -839,7 +850,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     };
     while !term.load(Ordering::Relaxed) {
         let t = now();
-        let mut wake = next_paths.min(next_status);
+        let mut wake = next_tick.min(next_status).min(next_resync);
         if let Some(p) = machine.poll_timeout() {
             wake = wake.min(p);
         }
@@ -912,9 +923,35 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
             events_total += 1;
             tracing::info!(gateway = name, event = e);
         }
-        if next_paths <= t {
-            next_paths = t + Duration::from_millis(250);
+        // Next hops: the kernel's notifications as they came (never blocks), everything read
+        // again every NEXT_HOP_RESYNC; the workers get new paths only when they changed.
+        let updated = hops.update();
+        let resynced = (next_resync <= t).then(|| {
+            next_resync = t + NEXT_HOP_RESYNC;
+            hops.resync()
+        });
+        let results = [Some(updated), resynced];
+        // A failed reading may still have applied part of what it read: publish then too.
+        if results.iter().flatten().any(|r| !matches!(r, Ok(false))) {
+            apply_next_hops(&mut paths, &peers, &hops);
+            shared.paths.store(Arc::new(paths.clone()));
+        }
+        match results.into_iter().flatten().find_map(Result::err) {
+            Some(e) if !hops_failing => {
+                hops_failing = true;
+                tracing::warn!(gateway = name, error = e, "next hops may be out of date");
+            }
+            Some(_) => {}
+            None if hops_failing => {
+                hops_failing = false;
+                tracing::info!(gateway = name, "reading neighbours and routes again");
+            }
+            None => {}
+        }
+        if next_tick <= t {
+            next_tick = t + TICK;
             machine.check_triggers(t);
+            keepalive_unresolved(&paths, &peers, &socket, port, &mut unresolved);
             if let (Machine::Member(m, _), Some(grace)) = (&mut machine, retire_grace) {
                 if let Ok(counts) = outer_xdp.spi_packets() {
                     activity.update(&counts, t);
@@ -929,8 +966,6 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
                     );
                 }
             }
-            refresh_paths(&mut paths, &peers, &inner, &socket, port, &mut unresolved);
-            shared.paths.store(Arc::new(paths.clone()));
         }
         // The status document: on the tick (printed, metrics published) and for every status
         // request (as of now); key text only on request, never kept (wiped when the endpoint
@@ -1213,6 +1248,14 @@ fn write_drops(
 /// How long a peer's next hop may stay unresolved before it is logged.
 const UNRESOLVED_WARNING: Duration = Duration::from_secs(2);
 
+/// The control loop's tick: rekey triggers checked, keepalives sent to unresolved next hops.
+const TICK: Duration = Duration::from_millis(250);
+
+/// How often the neighbour tables and the peers' routes are read in full, the backstop behind
+/// the kernel's notifications (which keep them current in between; a notification lost to a
+/// full socket buffer is noticed and answered with a full reading at once).
+const NEXT_HOP_RESYNC: Duration = Duration::from_secs(5);
+
 /// The UDP port of the group controller ↔ member channel.
 fn control_port(file: &GatewayFile, port: u16) -> Result<u16, String> {
     let cport = file.control_port.unwrap_or(port.wrapping_add(1));
@@ -1359,27 +1402,30 @@ fn peer_info(field: &str, p: &GatewayPeer) -> Result<PeerInfo, String> {
     })
 }
 
-/// Re-reads the inner neighbours and each peer's next-hop MAC. A peer whose next hop is not
-/// resolved gets a NAT-keepalive (RFC 3948: one byte 0xFF to its ESP port, which receivers
-/// discard) through the kernel, so the kernel resolves it (ARP / ND) for the workers. A next hop
-/// still unresolved after [`UNRESOLVED_WARNING`] is logged (and its resolution later).
-fn refresh_paths(
-    paths: &mut Paths,
+/// The inner interface's neighbours and each peer's next-hop MAC, from `hops`.
+fn apply_next_hops(paths: &mut Paths, peers: &HashMap<PeerId, PeerInfo>, hops: &net::NextHops) {
+    paths.inner_neighbours = hops.inner_neighbours();
+    for (id, p) in peers {
+        if let Some(path) = paths.peers.get_mut(&id.0) {
+            path.mac = hops.peer_mac(p.address);
+        }
+    }
+}
+
+/// Sends a NAT-keepalive (RFC 3948: one byte 0xFF to its ESP port, which receivers discard)
+/// through the kernel to each peer whose next hop is not resolved, so the kernel resolves it
+/// (ARP / ND) for the workers; called every [`TICK`]. A next hop still unresolved after
+/// [`UNRESOLVED_WARNING`] is logged (and its resolution later).
+fn keepalive_unresolved(
+    paths: &Paths,
     peers: &HashMap<PeerId, PeerInfo>,
-    inner: &str,
     socket: &UdpSocket,
     port: u16,
     unresolved: &mut HashMap<u32, (Time, bool)>,
 ) {
     let t = now();
-    if let Ok(n) = net::neighbours(inner) {
-        paths.inner_neighbours = n;
-    }
     for (id, p) in peers {
-        let mac = net::route_to(p.address)
-            .ok()
-            .and_then(|(hop, dev, _)| net::neighbours(&dev).ok()?.get(&hop).copied());
-        if mac.is_none() {
+        if paths.peers.get(&id.0).and_then(|path| path.mac).is_none() {
             let _ = socket.send_to(&[0xff], SocketAddr::new(p.address, port));
             let (since, warned) = unresolved.entry(id.0).or_insert((t, false));
             if !*warned && t.saturating_sub(*since) >= UNRESOLVED_WARNING {
@@ -1395,9 +1441,6 @@ fn refresh_paths(
             && warned
         {
             tracing::info!(peer = p.name, address = %p.address, "next hop resolved");
-        }
-        if let Some(path) = paths.peers.get_mut(&id.0) {
-            path.mac = mac;
         }
     }
 }

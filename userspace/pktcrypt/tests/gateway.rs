@@ -8,7 +8,9 @@
 //! only ESP-in-UDP, bad input sent to the key server's outer interface (replayed, forged,
 //! unknown-SPI, truncated, non-ESP, keepalive: each dropped and counted under its reason while
 //! traffic goes on; the last four by the XDP program), an unknown-SPI flood dropped in XDP before
-//! any worker sees it, unrelated traffic untouched, the ICMP "fragmentation needed" answer, key
+//! any worker sees it, a core image without keys, unrelated traffic untouched, a changed
+//! neighbour entry followed at once (rtnetlink notifications), the ICMP "fragmentation needed"
+//! answer, key
 //! rotation every second under continuous traffic with no loss beyond a no-rekey run, recovery
 //! after the key server and a client gateway are killed and restarted, and a clean detach.
 //! `PKTCRYPT_E2E_SECONDS` sets the length of the rekey run (default 60).
@@ -549,6 +551,52 @@ fn gateways_carry_traffic_through_rekeys_and_restarts() {
         ns("hostA", "ping -c2 -i 0.2 -W1 10.1.0.1").0,
         "inner kernel traffic"
     );
+
+    // 3b. Next hops follow the kernel's neighbour notifications, well within the 5 s full read:
+    // a wrong permanent entry for gwB on gwA stops the tunnel (the bridge floods no unknown
+    // unicast to the other gateways here), the right one brings it back.
+    let (_, mac_b) = ns("gwB", "cat /sys/class/net/out/address");
+    for cmd in [
+        "bridge link set dev portB flood off",
+        "bridge link set dev portC flood off",
+    ] {
+        assert!(ns("wire", cmd).0, "{cmd}");
+    }
+    assert!(
+        ns(
+            "gwA",
+            "ip neigh replace 192.0.2.2 lladdr 02:00:00:00:00:99 dev out nud permanent"
+        )
+        .0
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        ping_run("hostA", "10.2.0.2", 3, "0.2").1,
+        0,
+        "traffic still sent to the MAC the neighbour table no longer has"
+    );
+    assert!(
+        ns(
+            "gwA",
+            &format!(
+                "ip neigh replace 192.0.2.2 lladdr {} dev out nud reachable",
+                mac_b.trim()
+            )
+        )
+        .0
+    );
+    let back = wait_ping("hostA", "10.2.0.2", Duration::from_secs(10));
+    eprintln!("next hop corrected: traffic back after {back:?}");
+    assert!(
+        back.is_some_and(|d| d < Duration::from_secs(3)),
+        "the corrected neighbour entry took {back:?}"
+    );
+    for cmd in [
+        "bridge link set dev portB flood on",
+        "bridge link set dev portC flood on",
+    ] {
+        assert!(ns("wire", cmd).0, "{cmd}");
+    }
 
     // 4. Too big for the tunnel: ICMP "fragmentation needed" with the MTU that fits.
     let (_, out) = ns("hostA", "ping -c2 -i 0.3 -W1 -M do -s 1472 10.2.0.2");
