@@ -96,6 +96,8 @@ pub struct GroupSim {
     /// gateway's XDP per-SPI counters tell it.
     pub last_data: HashMap<(usize, u32), Time>,
     nonces: HashSet<(usize, u32, [u8; 8])>,
+    /// Members created with the group (later positions are duplicates).
+    original: usize,
     config: GroupConfig,
     seed: u64,
     queue: BinaryHeap<Reverse<InFlight>>,
@@ -147,6 +149,7 @@ impl GroupSim {
             nonce_reuse: Vec::new(),
             last_data: HashMap::new(),
             nonces: HashSet::new(),
+            original: n,
             config,
             seed,
             queue: BinaryHeap::new(),
@@ -179,7 +182,7 @@ impl GroupSim {
             i as u16,
             &key(0x200 + i as u32, i as u8 + 1),
             &key(GROUP_INIT_SPI, 0x55),
-            self.members.len() as u16,
+            self.original as u16,
             Box::new(SeededRandom::new(
                 self.seed ^ 0xfeed ^ self.now.as_nanos() as u64,
             )),
@@ -187,6 +190,27 @@ impl GroupSim {
         )
         .expect("member restart");
         self.drain();
+    }
+
+    /// Starts a second gateway configured as member `of` (same index, same control init key,
+    /// as an operator who copied a configuration would) at an address of its own
+    /// (`member_addr(position)`); returns its position in `members`.
+    pub fn add_duplicate(&mut self, of: usize) -> usize {
+        let position = self.members.len();
+        let member = GroupMember::new(
+            self.config.clone(),
+            of as u16,
+            &member_control_key(of),
+            &key(GROUP_INIT_SPI, 0x55),
+            self.original as u16,
+            Box::new(SeededRandom::new(self.seed ^ 0xd0d0 ^ position as u64)),
+            self.now,
+        )
+        .expect("duplicate");
+        self.members.push(member);
+        self.online.push(true);
+        self.drain();
+        position
     }
 
     /// Delivers `bytes` to member `i` now, as if from the controller.
@@ -225,8 +249,10 @@ impl GroupSim {
 
     fn drain(&mut self) {
         while let Some(t) = self.controller.poll_transmit() {
+            let original = self.original;
             let Some(to) = (0..self.members.len()).find(|i| {
-                self.members[*i].index() as usize == *i && t.destination == Some(member_addr(*i))
+                (self.members[*i].index() as usize == *i || *i >= original)
+                    && t.destination == Some(member_addr(*i))
             }) else {
                 continue;
             };
@@ -248,7 +274,7 @@ impl GroupSim {
         }
         for i in 0..self.members.len() {
             while let Some(t) = self.members[i].poll_transmit() {
-                self.record_nonce(i, &t.contents);
+                self.record_nonce(self.members[i].index().into(), &t.contents);
                 if self.online[i] {
                     self.push(Dest::Controller { from: i }, t.contents, true);
                 }
@@ -260,7 +286,8 @@ impl GroupSim {
     fn send_data(&mut self) {
         let active = self.controller.active_members();
         for i in 0..self.members.len() {
-            if !self.online[i] || !active.contains(&(i as u16)) {
+            let index = self.members[i].index();
+            if !self.online[i] || !active.contains(&index) {
                 continue;
             }
             let mut buf = vec![0u8; ESP_HEADER_LEN + 40 + MAX_OVERHEAD];
@@ -269,14 +296,15 @@ impl GroupSim {
                 continue;
             };
             buf.truncate(n);
-            self.record_nonce(i, &buf);
+            // By member index: two gateways configured as one member share its sender keys.
+            self.record_nonce(index.into(), &buf);
             self.stats.data_sealed += 1;
             for to in 0..self.members.len() {
                 // To members in the group that hold a group key (one that joined a moment
                 // ago and has none yet cannot read anything).
-                if to != i
+                if self.members[to].index() != index
                     && self.online[to]
-                    && active.contains(&(to as u16))
+                    && active.contains(&self.members[to].index())
                     && self.members[to].generation() > 0
                 {
                     self.push(

@@ -1,5 +1,6 @@
 //! Group mode (spec §6) on the simulator.
 
+use pktcrypt_core::Time;
 use pktcrypt_core::control::message::GroupPhase;
 use pktcrypt_core::control::{GroupConfig, GroupEvent, MemberState};
 use pktcrypt_tests::group_sim::{GroupSim, member_addr};
@@ -597,5 +598,68 @@ fn previous_generations_retired_on_traffic_evidence() {
         );
     }
     assert_eq!(sim.stats.key_mismatch, 0);
+    assert!(sim.nonce_reuse.is_empty());
+}
+
+/// Issue 12, finding 9: two gateways configured with one member's index and control key (a
+/// copied configuration). They must never seal under one sender key with the same nonces, the
+/// controller must say so (naming both addresses) instead of rekeying the group for ever, and
+/// the rest of the group must keep working.
+#[test]
+fn two_gateways_with_one_member_index_are_detected() {
+    let mut sim = GroupSim::new(3, config(), 31);
+    sim.run_for(secs(3));
+    let settled = sim.rollouts().len();
+    let dup = sim.add_duplicate(1);
+    sim.run_for(secs(120));
+    let detected: Vec<_> = sim
+        .events
+        .iter()
+        .filter_map(|(t, e)| match e {
+            GroupEvent::Duplicate { member, addrs } => Some((*t, *member, *addrs)),
+            _ => None,
+        })
+        .collect();
+    let rollouts: Vec<(Time, &'static str)> = sim
+        .events
+        .iter()
+        .filter_map(|(t, e)| match e {
+            GroupEvent::RolloutStarted { reason, .. } => Some((*t, *reason)),
+            _ => None,
+        })
+        .collect();
+    eprintln!(
+        "rollouts after the duplicate started: {:?}; detections {detected:?}; nonce reuse {}",
+        &rollouts[settled..],
+        sim.nonce_reuse.len()
+    );
+    assert!(
+        sim.nonce_reuse.is_empty(),
+        "{:?}",
+        &sim.nonce_reuse[..sim.nonce_reuse.len().min(5)]
+    );
+    assert_eq!(detected.len(), 1, "{detected:?}");
+    let (at, member, addrs) = detected[0];
+    assert_eq!(member, 1);
+    let mut got = [addrs.0, addrs.1];
+    got.sort();
+    let mut want = [member_addr(1), member_addr(dup)];
+    want.sort();
+    assert_eq!(got, want);
+    // After the detection: one rollout without the member, then quiet (no rekey storm).
+    let after: Vec<_> = rollouts.iter().filter(|(t, _)| *t >= at).collect();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0].1, "duplicate");
+    assert!(!sim.controller.active_members().contains(&1));
+    // Members 0 and 2 go on: a rollout reaches both and the group settles without member 1.
+    sim.controller.rekey(sim.now, "test");
+    sim.run_for(secs(5));
+    let g = sim.controller.generation();
+    for i in [0, 2] {
+        assert_eq!(
+            (sim.members[i].generation(), sim.members[i].state()),
+            (g, MemberState::UpdateCompleted)
+        );
+    }
     assert!(sim.nonce_reuse.is_empty());
 }

@@ -8,7 +8,7 @@
 use crate::config::{self, ClientFile, GroupControllerFile, GroupMemberFile, ServerFile};
 use pktcrypt_core::control::{
     GroupController, GroupMember, Incoming, KeyClient, KeyErasureRandom, KeyServer, Random,
-    Transmit,
+    ServerEvent, Transmit,
 };
 use pktcrypt_core::wire::esp::{ESP_HEADER_LEN, MAX_OVERHEAD, NextHeader};
 use pktcrypt_core::{DropReason, PeerId, Role, Time};
@@ -276,6 +276,7 @@ pub(crate) fn run_server(file: &ServerFile, base: &Path, term: &AtomicBool) -> R
     let status = crate::up::status_refresh(file.status_interval_ms);
     let boot = boot_id();
     let mut seq: HashMap<PeerId, u64> = HashMap::new();
+    let mut twins: HashMap<PeerId, pktcrypt_core::control::TwinDetector> = HashMap::new();
     let mut stats = Stats::default();
     let mut buf = vec![0u8; 65536];
     let mut out = vec![0u8; ESP_HEADER_LEN + TRAFFIC_LEN + MAX_OVERHEAD];
@@ -336,7 +337,20 @@ pub(crate) fn run_server(file: &ServerFile, base: &Path, term: &AtomicBool) -> R
                 destination.or(addrs.get(&peer).copied()),
             );
         }
-        while server.poll_event().is_some() {}
+        while let Some(e) = server.poll_event() {
+            if let ServerEvent::ClientInit { peer } = e
+                && let Some(addr) = server.address(peer)
+                && let Some((a, b)) = twins.entry(peer).or_default().handshake_from(t, addr)
+            {
+                tracing::error!(
+                    client = names.get(&peer).map(String::as_str),
+                    first = %a,
+                    second = %b,
+                    "two clients use this client's init key (a copied configuration?): their \
+                     handshakes keep resetting each other's keys"
+                );
+            }
+        }
         if next_status <= t {
             next_status = t + status;
             print(&stats.line("server", "server", 0, "", false));
@@ -545,6 +559,15 @@ pub(crate) fn run_group_controller(
         while let Some(e) = controller.poll_event() {
             if matches!(e, pktcrypt_core::control::GroupEvent::RolloutStarted { .. }) {
                 rollouts += 1;
+            }
+            if let pktcrypt_core::control::GroupEvent::Duplicate { member, addrs } = e {
+                tracing::error!(
+                    member,
+                    first = %addrs.0,
+                    second = %addrs.1,
+                    "two gateways run as this member (its index and control key in two \
+                     configurations): taken out of the group until re-admitted"
+                );
             }
             tracing::info!(event = ?e, "group controller");
         }

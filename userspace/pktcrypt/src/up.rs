@@ -20,7 +20,8 @@ use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use pktcrypt_core::aead::Backend;
 use pktcrypt_core::control::{
-    GroupController, GroupEvent, GroupMember, Incoming, KeyClient, KeyServer, Transmit,
+    GroupController, GroupEvent, GroupMember, Incoming, KeyClient, KeyServer, ServerEvent,
+    Transmit, TwinDetector,
 };
 use pktcrypt_core::wire::OuterHeader;
 use pktcrypt_core::wire::esp::NextHeader;
@@ -244,6 +245,9 @@ fn parse_prefix(field: &str, s: &str) -> Result<(IpAddr, u8), String> {
     Ok((addr, len))
 }
 
+/// A client whose init key two gateways seem to use, with their addresses.
+type Twins = (PeerId, (SocketAddr, SocketAddr));
+
 /// The state machine of a data-path role.
 enum Machine {
     Server(Box<KeyServer>),
@@ -306,11 +310,24 @@ impl Machine {
             _ => Some(DropReason::ControlUnexpected),
         }
     }
-    fn drain_events(&mut self) -> Vec<String> {
+    /// The events, as text; a key server's handshakes go through `twins`, and what looks like
+    /// two gateways using one client's init key is returned too.
+    fn drain_events(
+        &mut self,
+        t: Time,
+        twins: &mut HashMap<PeerId, TwinDetector>,
+    ) -> (Vec<String>, Vec<Twins>) {
         let mut out = Vec::new();
+        let mut duplicates = Vec::new();
         match self {
             Machine::Server(s) => {
                 while let Some(e) = s.poll_event() {
+                    if let ServerEvent::ClientInit { peer } = e
+                        && let Some(addr) = s.address(peer)
+                        && let Some(addrs) = twins.entry(peer).or_default().handshake_from(t, addr)
+                    {
+                        duplicates.push((peer, addrs));
+                    }
                     out.push(format!("{e:?}"));
                 }
             }
@@ -325,7 +342,7 @@ impl Machine {
                 }
             }
         }
-        out
+        (out, duplicates)
     }
     fn handle_opened(
         &mut self,
@@ -842,6 +859,8 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     let mut rekeys = 0u64;
     let mut unresolved = HashMap::new();
     let mut activity = SpiActivity::default();
+    let mut twins: HashMap<PeerId, TwinDetector> = HashMap::new();
+    let mut duplicate_clients = 0u64;
     let mut spi_map_errors = 0u64;
     let mut retired_on_evidence = 0u64;
     let retire_grace = match file.retire_grace_ms.unwrap_or(5000) {
@@ -919,9 +938,21 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
                     .send_to(&tr.contents, d);
             }
         }
-        for e in machine.drain_events() {
+        let (events, duplicates) = machine.drain_events(t, &mut twins);
+        for e in events {
             events_total += 1;
             tracing::info!(gateway = name, event = e);
+        }
+        for (peer, (a, b)) in duplicates {
+            duplicate_clients += 1;
+            tracing::error!(
+                gateway = name,
+                peer = peers.get(&peer).map(|p| p.name.as_str()),
+                first = %a,
+                second = %b,
+                "two gateways use this client's init key (a copied configuration?): their \
+                 handshakes keep resetting each other's keys"
+            );
         }
         // Next hops: the kernel's notifications as they came (never blocks), everything read
         // again every NEXT_HOP_RESYNC; the workers get new paths only when they changed.
@@ -986,6 +1017,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
                 [
                     ("spi_map_errors", spi_map_errors),
                     ("retired_on_evidence", retired_on_evidence),
+                    ("duplicate_clients", duplicate_clients),
                 ],
             )
         });
@@ -1149,6 +1181,17 @@ fn run_controller(
             events += 1;
             if matches!(e, GroupEvent::RolloutStarted { .. }) {
                 rollouts += 1;
+            }
+            if let GroupEvent::Duplicate { member, addrs } = e {
+                tracing::error!(
+                    controller = name,
+                    member = file.members.get(usize::from(member)).map(|m| m.name.as_str()),
+                    index = member,
+                    first = %addrs.0,
+                    second = %addrs.1,
+                    "two gateways run as this member (its index and control key in two \
+                     configurations): taken out of the group until re-admitted"
+                );
             }
             tracing::info!(controller = name, event = ?e);
         }
@@ -1461,7 +1504,7 @@ fn render(
     events: u64,
     inner: &XdpSteering,
     outer: &XdpSteering,
-    keys: [(&str, u64); 2],
+    keys: [(&str, u64); 3],
 ) -> (String, String) {
     let engine = machine.engine();
     let t = now();

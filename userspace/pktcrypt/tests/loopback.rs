@@ -266,3 +266,86 @@ fn fifty_clients_survive_server_and_client_restarts() {
     assert!(u(second, "unix_ms") > client_restart_ms);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 12, finding 9: two clients started with one client's init key (a copied
+/// configuration) keep resetting each other's keys; the key server says so, naming the client
+/// and both addresses, instead of going on silently.
+#[test]
+fn two_clients_with_one_init_key_are_reported() {
+    let dir = std::env::temp_dir().join(format!("pktcrypt-twins-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let out = Command::new(BIN)
+        .args(["keygen", "--count", "1"])
+        .output()
+        .expect("keygen");
+    let code = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("pkc1-"))
+        .expect("a key")
+        .to_owned();
+    let port = 40000 + (std::process::id() % 20000) as u16;
+    std::fs::write(
+        dir.join("server.toml"),
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nstatus_interval_ms = 60000\n\
+             [[clients]]\nname = \"branch-7\"\ninit_key = \"{code}\"\n"
+        ),
+    )
+    .expect("server.toml");
+    std::fs::write(
+        dir.join("client.toml"),
+        format!(
+            "server = \"127.0.0.1:{port}\"\nbind = \"127.0.0.1:0\"\ntraffic_pps = 20\n\
+             status_interval_ms = 60000\nhello_interval_ms = 200\nrequest_timeout_ms = 100\n\
+             max_backoff_ms = 200\nmax_retries = 2\nname = \"branch-7\"\ninit_key = \"{code}\"\n"
+        ),
+    )
+    .expect("client.toml");
+    let log = std::fs::File::create(dir.join("server.log")).expect("log");
+    let mut server = Command::new(BIN)
+        .args(["server", "--config", "server.toml"])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("server");
+    std::thread::sleep(Duration::from_millis(300));
+    let start = |_: usize| {
+        Command::new(BIN)
+            .args(["client", "--config", "client.toml"])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("client")
+    };
+    let mut clients: Vec<Child> = (0..2).map(start).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut text = String::new();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        text = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+        if text.contains("two clients use this client's init key") {
+            break;
+        }
+    }
+    for c in &mut clients {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let line = text
+        .lines()
+        .find(|l| l.contains("two clients use this client's init key"))
+        .unwrap_or_else(|| panic!("not reported in 30 s; server log:\n{text}"));
+    eprintln!("{line}");
+    assert!(line.contains("branch-7"), "{line}");
+    assert_eq!(
+        line.matches("127.0.0.1:").count(),
+        2,
+        "both addresses: {line}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

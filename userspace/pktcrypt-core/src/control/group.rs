@@ -218,6 +218,16 @@ pub enum GroupEvent {
         /// Member index.
         member: u16,
     },
+    /// Two gateways seem to run as one member (the same index and control key: a copied
+    /// configuration): its authenticated messages alternate between two addresses. It is
+    /// taken out of the group (as if evicted: its joins are refused until re-admitted) and the
+    /// group rekeyed without it.
+    Duplicate {
+        /// Member index.
+        member: u16,
+        /// The two addresses.
+        addrs: (SocketAddr, SocketAddr),
+    },
     /// A member completed an init handshake of its control channel (it started or
     /// restarted): the generations in use are receive-only for it from now on.
     ChannelUp {
@@ -263,6 +273,8 @@ struct MemberRec {
     rejoin: bool,
     /// Evicted (unresponsive) or removed: its joins are refused until [`GroupController::readmit`].
     evicted: bool,
+    /// Where its control channels came up: two gateways running as this member show.
+    twins: super::TwinDetector,
 }
 
 #[derive(Clone)]
@@ -357,6 +369,7 @@ impl GroupController {
             ack_seq: None,
             rejoin: false,
             evicted: false,
+            twins: super::TwinDetector::default(),
         });
         Ok(index)
     }
@@ -630,6 +643,9 @@ impl GroupController {
                 m.rejoin = true;
                 m.next_retry = Some(now);
                 self.events.push_back(GroupEvent::ChannelUp { member });
+                if let Some(addr) = self.channel.address(peer) {
+                    self.channel_up_from(now, member, addr);
+                }
             }
         }
         while let Some((peer, msg)) = self.channel.poll_message() {
@@ -651,6 +667,27 @@ impl GroupController {
                 }
             }
             self.on_control(now, member, msg);
+        }
+    }
+
+    /// Records where a member's channel came up; two gateways running as one member
+    /// ([`super::TwinDetector`]) take it out of the group: `Duplicate`, joins refused until
+    /// re-admitted, the group rekeyed without it.
+    fn channel_up_from(&mut self, now: Time, member: u16, addr: SocketAddr) {
+        let m = &mut self.members[usize::from(member)];
+        let Some(addrs) = m.twins.handshake_from(now, addr) else {
+            return;
+        };
+        if m.evicted {
+            return;
+        }
+        m.evicted = true;
+        m.next_retry = None;
+        m.rejoin = false;
+        self.events
+            .push_back(GroupEvent::Duplicate { member, addrs });
+        if std::mem::take(&mut m.active) {
+            self.rekey(now, "duplicate");
         }
     }
 

@@ -408,9 +408,70 @@ pub(crate) fn nanos(t: Time) -> u64 {
     u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// Two gateways running with one identity (the same init key, a copied configuration) take
+/// turns: each one's init handshake resets the other's channel, which falls back to a handshake
+/// of its own. `TwinDetector` notices the signature, handshakes from address A, then B, then A
+/// again within [`TwinDetector::WINDOW`]. A gateway that moves or fails over keeps its channel
+/// (no handshake), and one that restarts does so from its own address: neither looks like this.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TwinDetector {
+    /// The last two handshakes' sources and times, older first.
+    handshakes: [Option<(SocketAddr, Time)>; 2],
+}
+
+impl TwinDetector {
+    /// How far back the first of the three handshakes may lie.
+    pub const WINDOW: Duration = Duration::from_secs(600);
+
+    /// Records an init handshake from `addr`; the two addresses when this completes the
+    /// signature (then it starts over).
+    pub fn handshake_from(
+        &mut self,
+        now: Time,
+        addr: SocketAddr,
+    ) -> Option<(SocketAddr, SocketAddr)> {
+        let [older, newer] = self.handshakes;
+        self.handshakes = [newer, Some((addr, now))];
+        let (Some((a, at)), Some((b, _))) = (older, newer) else {
+            return None;
+        };
+        if a != addr || b == addr || now.saturating_sub(at) > Self::WINDOW {
+            return None;
+        }
+        self.handshakes = [None, None];
+        Some((a, b))
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{KeyErasureRandom, Random};
+    use super::{KeyErasureRandom, Random, SocketAddr, Time, TwinDetector};
+
+    #[test]
+    fn twins_are_handshakes_alternating_between_two_addresses() {
+        let a: SocketAddr = "192.0.2.1:4500".parse().expect("a");
+        let b: SocketAddr = "192.0.2.9:4500".parse().expect("b");
+        let c: SocketAddr = "192.0.2.7:4500".parse().expect("c");
+        let s = Time::from_secs;
+        // Restarts from one address, a move, a move back without a handshake: nothing.
+        let mut d = TwinDetector::default();
+        assert_eq!(d.handshake_from(s(0), a), None);
+        assert_eq!(d.handshake_from(s(10), a), None);
+        assert_eq!(d.handshake_from(s(20), b), None);
+        assert_eq!(d.handshake_from(s(30), c), None);
+        assert_eq!(d.handshake_from(s(40), c), None);
+        // A, B, A.
+        let mut d = TwinDetector::default();
+        assert_eq!(d.handshake_from(s(0), a), None);
+        assert_eq!(d.handshake_from(s(21), b), None);
+        assert_eq!(d.handshake_from(s(42), a), Some((a, b)));
+        // ... but not spread over more than the window.
+        let mut d = TwinDetector::default();
+        assert_eq!(d.handshake_from(s(0), a), None);
+        assert_eq!(d.handshake_from(s(300), b), None);
+        assert_eq!(d.handshake_from(s(601), a), None);
+        assert_eq!(d.handshake_from(s(700), b), Some((b, a)));
+    }
 
     /// RFC 8439 A.1, test vector 1: the ChaCha20 block of the all-zero key, nonce and counter.
     const ZERO_BLOCK: &str = "76b8e0ada0f13d90405d6ae55386bd28bdd219b8a08ded1aa836efcc8b770dc7\

@@ -844,8 +844,9 @@ impl KeyServer {
         self.reserved = ranges;
     }
 
-    /// The address the authenticated state knows for `peer`.
-    pub(crate) fn address(&self, peer: PeerId) -> Option<SocketAddr> {
+    /// The address the authenticated state knows for `peer` (where its last confirmation or
+    /// packet under a generation came from).
+    pub fn address(&self, peer: PeerId) -> Option<SocketAddr> {
         self.addr_of(peer)
     }
 
