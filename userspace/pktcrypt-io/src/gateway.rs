@@ -20,8 +20,9 @@
 //! Decisions:
 //! - An inner packet whose ESP-in-UDP form exceeds the outer MTU is answered with ICMP
 //!   "fragmentation needed" (IPv4 with DF) or ICMPv6 "packet too big" carrying the largest inner
-//!   size that fits, sent back out of the inner interface; IPv4 without DF is dropped and
-//!   counted as `too_big` (pktcrypt does not fragment).
+//!   size that fits, sent back out of the inner interface to the sender's MAC under the
+//!   original's VLAN tags; IPv4 without DF is dropped and counted as `too_big` (pktcrypt does
+//!   not fragment).
 //! - A decrypted packet whose destination has no neighbour entry yet is handed to the kernel
 //!   through a raw socket, which resolves the neighbour and delivers it; later packets go
 //!   through AF_XDP once the control thread has seen the entry.

@@ -68,7 +68,7 @@ pub enum Decision {
         len: usize,
     },
     /// Queue `buf[at..at + len]` on the inner interface: an ICMP / ICMPv6 "too big" answer to the
-    /// sender of an inner packet that does not fit the tunnel.
+    /// sender of an inner packet that does not fit the tunnel, under the original's VLAN tags.
     Icmp {
         /// Where the Ethernet header starts.
         at: usize,
@@ -260,7 +260,8 @@ impl Decider {
 
     /// Answers an inner packet (IP header at `f.off + l3`, `len` bytes) that does not fit the
     /// tunnel: ICMP "fragmentation needed" / ICMPv6 "packet too big" with the largest inner
-    /// size that fits, written over the frame.
+    /// size that fits, written over the frame: back to the sender's MAC, from the inner
+    /// interface's, under the original's VLAN tags.
     fn too_big(
         &mut self,
         cx: &Context<'_>,
@@ -288,26 +289,20 @@ impl Decider {
             bump(&stats.icmp_rate_limited, 1);
         }
         let answer = from.and_then(|from| icmp::too_big(original, from, fits, &mut self.scratch));
-        let src_mac: [u8; 6] = f.buf[ip_at - ETH_HLEN + 6..ip_at - ETH_HLEN + 12]
-            .try_into()
-            .unwrap_or([0; 6]);
-        // Reuse the frame: Ethernet back to the sender, then the answer.
+        // The answer goes back the way the original came, from the frame's start: to its
+        // source MAC, from ours, under its VLAN tags (which stay where they are, bytes
+        // 12..l3-2), then the IP packet.
         let at = f.off;
-        let Some(n) = answer.filter(|n| at + ETH_HLEN + n <= f.buf.len()) else {
+        let Some(n) = answer.filter(|n| at + l3 + n <= f.buf.len()) else {
             bump(&stats.too_big, 1);
             return Decision::Drop(Dropped::TooBig);
         };
-        write_eth(
-            &mut f.buf[at..],
-            src_mac,
-            paths.inner_mac,
-            ethertype_of(&self.scratch),
-        );
-        f.buf[at + ETH_HLEN..at + ETH_HLEN + n].copy_from_slice(&self.scratch[..n]);
-        Decision::Icmp {
-            at,
-            len: ETH_HLEN + n,
-        }
+        let eth = &mut f.buf[at..at + l3];
+        eth.copy_within(6..12, 0);
+        eth[6..12].copy_from_slice(&paths.inner_mac);
+        eth[l3 - 2..].copy_from_slice(&ethertype_of(&self.scratch).to_be_bytes());
+        f.buf[at + l3..at + l3 + n].copy_from_slice(&self.scratch[..n]);
+        Decision::Icmp { at, len: l3 + n }
     }
 
     /// Seals `self.seal_jobs` (grouped per peer, each group one batch), writes the outer

@@ -623,3 +623,49 @@ fn a_batch_gets_one_decision_per_frame_in_order() {
     assert!(matches!(ds[2], Decision::Outer { .. }));
     assert_eq!(gb.count(|s| &s.hairpinned), 2);
 }
+
+/// Finding 9: a too-big answer to a VLAN-tagged frame took its destination MAC from the bytes
+/// 14 before the IP header (inside the tags) and went out untagged.
+#[test]
+fn too_big_answers_to_tagged_frames_go_back_to_the_sender_under_the_same_tags() {
+    let (mut ga, mut gb, _) = sites();
+    ga.paths.outer_mtu = 1400;
+    let big4 = ipv4("10.1.0.5", "10.2.0.9", 1400, true);
+    let big6 = ipv6("fd01::5", "fd02::9", 1400);
+    let dot1q: &[(u16, u16)] = &[(0x8100, 42)];
+    let qinq: &[(u16, u16)] = &[(0x88a8, 7), (0x8100, 0x2000 | 42)];
+    for (tags, big) in [(dot1q, &big4), (qinq, &big4), (dot1q, &big6), (qinq, &big6)] {
+        let (d, f) = ga.inner(&eth(INNER_MAC[0], HOST_A, tags, big));
+        let Decision::Icmp { .. } = d else {
+            panic!("answered: {d:?}")
+        };
+        let answer = f.out(d);
+        let l3 = 14 + 4 * tags.len();
+        assert_eq!(&answer[0..6], &HOST_A, "to the sender's MAC");
+        assert_eq!(&answer[6..12], &INNER_MAC[0], "from ours");
+        for (k, (tpid, tci)) in tags.iter().enumerate() {
+            assert_eq!(&answer[12 + 4 * k..14 + 4 * k], &tpid.to_be_bytes());
+            assert_eq!(&answer[14 + 4 * k..16 + 4 * k], &tci.to_be_bytes());
+        }
+        let ip = &answer[l3..];
+        if big[0] >> 4 == 4 {
+            assert_eq!(&answer[l3 - 2..l3], &[0x08, 0x00]);
+            assert_eq!(&ip[16..20], &[10, 1, 0, 5]);
+            assert_eq!(&ip[20..22], &[3, 4]);
+            assert_eq!(&ip[26..28], &FITS_1400.to_be_bytes());
+        } else {
+            assert_eq!(&answer[l3 - 2..l3], &[0x86, 0xdd]);
+            assert_eq!(&ip[24..40], &big[8..24]);
+            assert_eq!(&ip[40..42], &[2, 0]);
+            assert_eq!(&ip[44..48], &u32::from(FITS_1400).to_be_bytes());
+        }
+    }
+    // A tagged frame that fits is sealed as an untagged one would be.
+    let ip = ipv4("10.1.0.5", "10.2.0.9", 300, true);
+    let (d, f) = ga.inner(&eth(INNER_MAC[0], HOST_A, qinq, &ip));
+    let wire = f.out(d).to_vec();
+    assert_eq!(&wire[12..14], &[0x08, 0x00]);
+    let (d, f) = gb.outer(&wire);
+    assert!(matches!(d, Decision::Kernel { .. }), "{d:?}");
+    assert_eq!(f.out(d), &ip[..]);
+}
