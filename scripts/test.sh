@@ -60,8 +60,11 @@ step "benchmarks compile"
 cargo bench -p pktcrypt-benches --locked --no-run
 
 step "fuzz smoke run (${FUZZ_SECONDS:=20}s per target)"
-for target in packet_parser open control; do
-  (cd userspace/pktcrypt-core && cargo +nightly fuzz run "$target" -- \
+# crate:target.
+for entry in pktcrypt-core:packet_parser pktcrypt-core:open pktcrypt-core:control \
+    pktcrypt-io:gateway; do
+  crate=${entry%%:*} target=${entry#*:}
+  (cd "userspace/$crate" && cargo +nightly fuzz run "$target" -- \
       -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 >/dev/null 2>"../../target/fuzz-$target.log") \
     || { tail -40 "target/fuzz-$target.log"; echo "fuzz target $target failed"; exit 1; }
   echo "fuzz $target: $(grep -Eo 'Done [0-9]+ runs' "target/fuzz-$target.log" | tail -1)"
