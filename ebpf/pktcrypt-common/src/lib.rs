@@ -32,7 +32,8 @@ pub enum XdpCounter {
     Steered = 0,
     /// Packets passed to the kernel stack untouched.
     Passed = 1,
-    /// Packets whose headers could not be parsed within bounds.
+    /// Packets whose headers could not be parsed within bounds (passed; on the plaintext side
+    /// a frame with more than two VLAN tags is dropped: fail closed).
     Malformed = 2,
     /// Packets that matched but found no AF_XDP socket on their queue (ESP-in-UDP ones are
     /// passed, protected-prefix ones dropped).

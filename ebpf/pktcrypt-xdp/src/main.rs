@@ -8,7 +8,8 @@
 //!
 //! Everything else (ARP, ND, other traffic) gets `XDP_PASS` untouched. Up to two VLAN tags
 //! (802.1Q / 802.1ad) are skipped and the packet is classified by what follows; steered VLAN
-//! packets keep their tags (the userspace side strips them). IPv6 extension headers (hop-by-hop,
+//! packets keep their tags (the userspace side strips them). A frame with a third tag is dropped
+//! on the plaintext side (fail closed: its destination is not read) and passed elsewhere. IPv6 extension headers (hop-by-hop,
 //! routing, destination options: up to four, 512 bytes in all) are walked to the UDP header; a
 //! first fragment (fragment header, offset 0) is classified by its UDP header like an IPv4 one,
 //! later fragments are passed. Per-CPU counters count steered, passed and malformed packets,
@@ -171,6 +172,16 @@ fn classify(ctx: &XdpContext) -> Verdict {
         };
         proto = inner;
         l3 += 4;
+    }
+    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        // A third tag: what follows is not parsed. On the plaintext side it could be a packet
+        // to a protected prefix, which a kernel with stacked VLAN devices would forward in the
+        // clear: dropped (fail closed). Elsewhere passed.
+        return if mode & config::MODE_STEER_PREFIXES != 0 {
+            Verdict::Drop(XdpCounter::Malformed)
+        } else {
+            Verdict::Malformed
+        };
     }
     match proto {
         ETH_P_IP => {

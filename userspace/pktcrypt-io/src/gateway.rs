@@ -11,11 +11,18 @@
 //! Keys ([`DataPlane`]) and paths ([`Paths`]) come from the control thread through
 //! [`ArcSwap`]s: a worker loads both once per batch, so a rekey never blocks it.
 //!
+//! What happens to a frame is decided in [`decide`], without system calls: the worker lends it
+//! each received batch ([`decide::FrameBuf`]s over the UMEM frames) and acts on the
+//! [`decide::Decision`]s (queue on a ring, hand to the kernel, free), counts what the rings
+//! decide (`tx_*`, `tx_full`, `icmp_too_big`, `to_kernel`) and passes the decider's messages to
+//! the control thread.
+//!
 //! Decisions:
 //! - An inner packet whose ESP-in-UDP form exceeds the outer MTU is answered with ICMP
 //!   "fragmentation needed" (IPv4 with DF) or ICMPv6 "packet too big" carrying the largest inner
-//!   size that fits, sent back out of the inner interface; IPv4 without DF is dropped and
-//!   counted as `too_big` (pktcrypt does not fragment).
+//!   size that fits, sent back out of the inner interface to the sender's MAC under the
+//!   original's VLAN tags; IPv4 without DF is dropped and counted as `too_big` (pktcrypt does
+//!   not fragment).
 //! - A decrypted packet whose destination has no neighbour entry yet is handed to the kernel
 //!   through a raw socket, which resolves the neighbour and delivers it; later packets go
 //!   through AF_XDP once the control thread has seen the entry.
@@ -24,14 +31,16 @@
 //! - Without a resolved MAC for a peer's next hop, packets to it are dropped and counted
 //!   (`no_neighbour`); the control thread's traffic to the peer through the kernel resolves it.
 
+pub mod decide;
+
 use crate::xsk::{FRAME_SIZE, QueuePair};
 use arc_swap::ArcSwap;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crossbeam_channel::Sender;
-use pktcrypt_core::wire::esp::{self, ESP_HEADER_LEN};
-use pktcrypt_core::wire::{OuterHeader, icmp, ip};
-use pktcrypt_core::{DataPlane, DropCounters, DropReason, OpenInfo, OpenOutcome, Packet, PeerId};
+use decide::{Context, Decider, Decision, FrameBuf};
+use pktcrypt_core::wire::OuterHeader;
+use pktcrypt_core::{DataPlane, DropReason, OpenInfo, PeerId};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
@@ -40,9 +49,6 @@ use xdpilone::xdp::XdpDesc;
 
 /// Frames per batch.
 pub const BATCH: usize = 64;
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
 
 /// A protected prefix and the peer behind it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -358,81 +364,6 @@ impl KernelPath {
     }
 }
 
-/// Offset of the IP header and the ethertype, skipping up to two VLAN tags.
-fn l3_offset(frame: &[u8]) -> Option<(usize, u16)> {
-    let mut at = 12;
-    for _ in 0..3 {
-        let t = u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]);
-        if t == 0x8100 || t == 0x88a8 {
-            at += 4;
-            continue;
-        }
-        return Some((at + 2, t));
-    }
-    None
-}
-
-/// Whether the IP packet at the start of `p` is a fragment: IPv4 with more-fragments or an
-/// offset, IPv6 with a fragment header first.
-fn is_fragment(p: &[u8], ethertype: u16) -> bool {
-    match ethertype {
-        ETH_P_IP => p.len() >= 20 && u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0,
-        ETH_P_IPV6 => p.len() >= 40 && p[6] == 44,
-        _ => false,
-    }
-}
-
-/// Length and destination of the IP packet at the start of `p` (bounded by `p.len()`).
-fn ip_info(p: &[u8], ethertype: u16) -> Option<(usize, IpAddr, IpAddr)> {
-    match (ethertype, p.first()? >> 4) {
-        (ETH_P_IP, 4) if p.len() >= 20 => {
-            let len = usize::from(u16::from_be_bytes([p[2], p[3]]));
-            let src: [u8; 4] = p[12..16].try_into().ok()?;
-            let dst: [u8; 4] = p[16..20].try_into().ok()?;
-            (20..=p.len())
-                .contains(&len)
-                .then_some((len, IpAddr::from(src), IpAddr::from(dst)))
-        }
-        (ETH_P_IPV6, 6) if p.len() >= 40 => {
-            let len = 40 + usize::from(u16::from_be_bytes([p[4], p[5]]));
-            let src: [u8; 16] = p[8..24].try_into().ok()?;
-            let dst: [u8; 16] = p[24..40].try_into().ok()?;
-            (len <= p.len()).then_some((len, IpAddr::from(src), IpAddr::from(dst)))
-        }
-        _ => None,
-    }
-}
-
-fn ethertype_of(ip: &[u8]) -> u16 {
-    if ip.first().is_some_and(|b| b >> 4 == 6) {
-        ETH_P_IPV6
-    } else {
-        ETH_P_IP
-    }
-}
-
-fn write_eth(at: &mut [u8], dst: crate::net::Mac, src: crate::net::Mac, ethertype: u16) {
-    at[0..6].copy_from_slice(&dst);
-    at[6..12].copy_from_slice(&src);
-    at[12..14].copy_from_slice(&ethertype.to_be_bytes());
-}
-
-/// A packet to seal: frame, where its ESP packet starts, inner length, peer.
-#[derive(Clone, Copy)]
-struct SealJob {
-    addr: u64,
-    esp_at: usize,
-    len: usize,
-    peer: PeerId,
-    path: u32,
-}
-
-/// Reuses a vector's allocation for packets of another lifetime (it is empty).
-fn recycle<'b>(mut v: Vec<Packet<'_>>) -> Vec<Packet<'b>> {
-    v.clear();
-    v.into_iter().map(|_| unreachable!("empty")).collect()
-}
-
 /// One worker: its queue pair and per-worker state.
 pub struct Worker {
     qp: QueuePair,
@@ -441,12 +372,13 @@ pub struct Worker {
     to_control: Sender<ToControl>,
     kernel: KernelPath,
     free: Vec<u64>,
-    drops: DropCounters,
-    observed: HashMap<u32, (u64, Instant)>,
-    tx: Vec<XdpDesc>,
-    jobs: Vec<SealJob>,
-    scratch: Vec<u8>,
-    icmp: IcmpLimiter,
+    decider: Decider,
+    /// The batch's frames lent to the decider (allocation reused across batches).
+    frames: Vec<FrameBuf<'static>>,
+    decisions: Vec<Decision>,
+    tx_outer: Vec<XdpDesc>,
+    tx_inner: Vec<XdpDesc>,
+    answers: Vec<XdpDesc>,
 }
 
 /// ICMP "too big" answers a worker sends per second at most (token bucket, burst the same);
@@ -510,12 +442,12 @@ impl Worker {
             to_control,
             kernel: KernelPath::new(),
             free,
-            drops: DropCounters::default(),
-            observed: HashMap::new(),
-            tx: Vec::with_capacity(BATCH),
-            jobs: Vec::with_capacity(BATCH),
-            scratch: vec![0u8; icmp::IPV6_MIN_MTU + 64],
-            icmp: IcmpLimiter::new(),
+            decider: Decider::new(),
+            frames: Vec::with_capacity(BATCH),
+            decisions: Vec::with_capacity(BATCH),
+            tx_outer: Vec::with_capacity(BATCH),
+            tx_inner: Vec::with_capacity(BATCH),
+            answers: Vec::with_capacity(BATCH),
         }
     }
 
@@ -538,7 +470,6 @@ impl Worker {
             len: 0,
             options: 0,
         }; BATCH];
-        let mut packets: Vec<Packet<'static>> = Vec::with_capacity(BATCH);
         let mut last_publish = Instant::now();
         let mut idle_rounds = 0u32;
         while !self.shared.stop.load(Ordering::Relaxed) {
@@ -551,12 +482,12 @@ impl Worker {
             let n_in = self.qp.inner.receive(&mut descs);
             if n_in > 0 {
                 bump(&self.stats().rx_inner, n_in as u64);
-                packets = self.handle_inner(&descs[..n_in], &keys, &paths, packets);
+                self.handle(&descs[..n_in], Side::Inner, &keys, &paths);
             }
             let n_out = self.qp.outer.receive(&mut descs);
             if n_out > 0 {
                 bump(&self.stats().rx_outer, n_out as u64);
-                packets = self.handle_outer(&descs[..n_out], &keys, &paths, packets);
+                self.handle(&descs[..n_out], Side::Outer, &keys, &paths);
             }
             self.qp.inner.flush();
             self.qp.outer.flush();
@@ -615,348 +546,131 @@ impl Worker {
     }
 
     fn publish_drops(&self) {
-        for (i, (_, n)) in self.drops.iter().enumerate() {
+        for (i, (_, n)) in self.decider.drops().iter().enumerate() {
             self.stats().drops[i].store(n, Ordering::Relaxed);
         }
     }
 
-    /// Inner → outer: route, check the MTU, then seal and send.
-    fn handle_inner<'p>(
-        &mut self,
-        descs: &[XdpDesc],
-        keys: &DataPlane,
-        paths: &Paths,
-        packets: Vec<Packet<'p>>,
-    ) -> Vec<Packet<'p>> {
-        self.jobs.clear();
-        for d in descs {
-            let (base, frame) = self.qp.frame(d.addr);
-            let off = (d.addr - base) as usize;
-            let data = &frame[off..off + d.len as usize];
-            let Some((l3, ethertype)) = l3_offset(data) else {
-                bump(&self.stats().malformed, 1);
-                self.free.push(base);
-                continue;
-            };
-            let Some((len, _src, dst)) = ip_info(&data[l3..], ethertype) else {
-                bump(&self.stats().malformed, 1);
-                self.free.push(base);
-                continue;
-            };
-            let Some(route) = paths
-                .lookup(dst)
-                .filter(|r| keys.tx_generation(r.peer).is_some())
-            else {
-                bump(&self.stats().no_route, 1);
-                self.free.push(base);
-                continue;
-            };
-            let ip_at = off + l3;
-            let Some(path) = paths.peers.get(&route.path) else {
-                bump(&self.stats().no_route, 1);
-                self.free.push(base);
-                continue;
-            };
-            let outer_len = path.header.len() + esp::esp_len(len);
-            if outer_len > paths.outer_mtu {
-                self.too_big(d.addr, ip_at, len, path.header.len(), paths);
-                continue;
-            }
-            self.jobs.push(SealJob {
-                addr: d.addr,
-                esp_at: ip_at - ESP_HEADER_LEN,
-                len,
-                peer: route.peer,
-                path: route.path,
-            });
-        }
-        self.seal_and_send(keys, paths, packets)
-    }
-
-    /// Answers an inner packet that does not fit the tunnel (see the module docs).
-    fn too_big(&mut self, addr: u64, ip_at: usize, len: usize, outer_hdr: usize, paths: &Paths) {
-        let (base, frame) = self.qp.frame(addr);
-        let original = &frame[ip_at..ip_at + len];
-        // The largest inner packet that fits: outer MTU minus headers, ICV, trailer, padding.
-        let room = paths
-            .outer_mtu
-            .saturating_sub(outer_hdr + ESP_HEADER_LEN + 16 + 2);
-        let fits = (room - room % 4).min(usize::from(u16::MAX)) as u16;
-        let from = match original.first().map(|b| b >> 4) {
-            Some(4) if icmp::ipv4_dont_fragment(original) => paths.inner_v4.map(IpAddr::V4),
-            Some(6) => paths.inner_v6.map(IpAddr::V6),
-            _ => None,
+    /// Lends a received batch to the decider, then acts on its decisions.
+    fn handle(&mut self, descs: &[XdpDesc], side: Side, keys: &DataPlane, paths: &Paths) {
+        let cx = Context {
+            keys,
+            paths,
+            stats: &self.shared.stats[self.index],
+            now: Instant::now(),
         };
-        let limited = from.is_some() && !self.icmp.allow(Instant::now());
-        let from = from.filter(|_| !limited);
-        if limited {
-            bump(&self.shared.stats[self.index].icmp_rate_limited, 1);
-        }
-        let answer = from.and_then(|from| icmp::too_big(original, from, fits, &mut self.scratch));
-        let src_mac: [u8; 6] = frame[ip_at - ETH_HLEN + 6..ip_at - ETH_HLEN + 12]
-            .try_into()
-            .unwrap_or([0; 6]);
-        let Some(n) = answer else {
-            bump(&self.stats().too_big, 1);
-            self.free.push(base);
-            return;
-        };
-        // Reuse the frame: Ethernet back to the sender, then the answer.
-        let at = crate::xsk::HEADROOM as usize;
-        write_eth(
-            &mut frame[at..],
-            src_mac,
-            paths.inner_mac,
-            ethertype_of(&self.scratch),
-        );
-        frame[at + ETH_HLEN..at + ETH_HLEN + n].copy_from_slice(&self.scratch[..n]);
-        let desc = XdpDesc {
-            addr: base + at as u64,
-            len: (ETH_HLEN + n) as u32,
-            options: 0,
-        };
-        if self.qp.inner.transmit(&[desc]) == 1 {
-            bump(&self.stats().icmp_too_big, 1);
-        } else {
-            bump(&self.stats().tx_full, 1);
-            self.free.push(base);
-        }
-    }
-
-    /// Seals `self.jobs` (grouped per peer), writes the outer headers and queues them outside.
-    fn seal_and_send<'p>(
-        &mut self,
-        keys: &DataPlane,
-        paths: &Paths,
-        packets: Vec<Packet<'p>>,
-    ) -> Vec<Packet<'p>> {
-        let mut packets = recycle(packets);
-        self.jobs.sort_by_key(|j| j.peer.0);
-        self.tx.clear();
-        let mut results = [0usize; BATCH];
-        let mut start = 0;
-        while start < self.jobs.len() {
-            let peer = self.jobs[start].peer;
-            let end = start
-                + self.jobs[start..]
-                    .iter()
-                    .take_while(|j| j.peer == peer)
-                    .count();
-            for job in &self.jobs[start..end] {
-                let (_, frame) = self.qp.frame_raw(job.addr);
-                // SAFETY: every job is a distinct frame this worker received and has not handed
-                // back to a ring; the slices live until `packets` is cleared below.
-                let frame = unsafe { &mut *frame };
-                packets.push(Packet::new(&mut frame[job.esp_at..], job.len));
-            }
-            keys.seal_batch(peer, &mut packets);
-            for (k, p) in packets.iter().enumerate() {
-                results[start + k] = p.sealed().unwrap_or(0);
-            }
-            packets = recycle(packets);
-            start = end;
-        }
-        let stats = &self.shared.stats[self.index];
-        for (k, job) in self.jobs.iter().enumerate() {
-            let (base, frame) = self.qp.frame_raw(job.addr);
-            let n = results[k];
-            let path = paths.peers.get(&job.path);
-            let (Some(path), true) = (path, n > 0) else {
-                bump(&stats.seal_failed, 1);
-                self.free.push(base);
-                continue;
-            };
-            let Some(mac) = path.mac else {
-                bump(&stats.no_neighbour, 1);
-                self.free.push(base);
-                continue;
-            };
-            // SAFETY: as above; `packets` no longer borrows any frame.
-            let frame = unsafe { &mut *frame };
-            let ip_at = job.esp_at - path.header.len();
-            let eth_at = ip_at - ETH_HLEN;
-            if path
-                .header
-                .write(&mut frame[ip_at..job.esp_at + n])
-                .is_none()
-            {
-                bump(&stats.seal_failed, 1);
-                self.free.push(base);
-                continue;
-            }
-            let ethertype = ethertype_of(&frame[ip_at..]);
-            write_eth(&mut frame[eth_at..], mac, paths.outer_mac, ethertype);
-            bump(&stats.bytes_sealed, job.len as u64);
-            self.tx.push(XdpDesc {
-                addr: base + eth_at as u64,
-                len: (job.esp_at + n - eth_at) as u32,
-                options: 0,
-            });
-        }
-        let sent = self.qp.outer.transmit(&self.tx);
-        bump(&stats.tx_outer, sent as u64);
-        for d in &self.tx[sent..] {
-            bump(&stats.tx_full, 1);
-            self.free.push(d.addr - d.addr % u64::from(FRAME_SIZE));
-        }
-        packets
-    }
-
-    /// Outer → inner: open, then deliver, hand to the kernel, re-seal, or pass to control.
-    fn handle_outer<'p>(
-        &mut self,
-        descs: &[XdpDesc],
-        keys: &DataPlane,
-        paths: &Paths,
-        packets: Vec<Packet<'p>>,
-    ) -> Vec<Packet<'p>> {
-        let mut packets = recycle(packets);
-        // (frame address, ESP offset, outer source) of each packet in `packets`.
-        let mut meta = [(0u64, 0usize, SocketAddr::from(([0, 0, 0, 0], 0))); BATCH];
-        let mut count = 0;
+        let mut frames = recycle_frames(core::mem::take(&mut self.frames));
         for d in descs {
             let (base, frame) = self.qp.frame_raw(d.addr);
-            // SAFETY: each descriptor is a distinct frame just received by this worker.
-            let frame = unsafe { &mut *frame };
-            let off = (d.addr - base) as usize;
-            let data = &frame[off..off + d.len as usize];
-            let l3 = l3_offset(data);
-            if l3.is_some_and(|(l3, t)| is_fragment(&data[l3..], t)) {
-                bump(&self.stats().fragmented, 1);
-                self.free.push(base);
-                continue;
-            }
-            let parsed = l3.and_then(|(l3, _)| {
-                let udp = ip::parse_udp(&data[l3..]).ok()?;
-                (udp.dst.port() == paths.esp_port).then_some((l3, udp))
+            // SAFETY: each descriptor is a distinct frame this worker just received and has not
+            // handed back to a ring, so no other reference to it exists; the slices live until
+            // `frames` is emptied below, before any frame goes back to a ring.
+            let buf = unsafe { &mut *frame };
+            frames.push(FrameBuf {
+                buf,
+                off: (d.addr - base) as usize,
+                len: d.len as usize,
             });
-            let Some((l3, udp)) = parsed else {
-                bump(&self.stats().malformed, 1);
-                self.free.push(base);
-                continue;
-            };
-            let payload = &data[l3 + udp.payload.start..l3 + udp.payload.end];
-            if let Err(reason) = ip::classify_udp_payload(payload) {
-                self.drops.add(reason);
-                self.free.push(base);
-                continue;
-            }
-            let esp_at = off + l3 + udp.payload.start;
-            let len = udp.payload.len();
-            meta[count] = (d.addr, esp_at, udp.src);
-            count += 1;
-            packets.push(Packet::new(&mut frame[esp_at..esp_at + len], len));
         }
-        keys.open_batch(&mut packets, &mut self.drops);
-        let mut outcomes = [OpenOutcome::Drop(DropReason::Truncated); BATCH];
-        for (k, p) in packets.iter().enumerate() {
-            outcomes[k] = p.opened();
+        match side {
+            Side::Inner => self.decider.inner(&cx, &mut frames, &mut self.decisions),
+            Side::Outer => self.decider.outer(&cx, &mut frames, &mut self.decisions),
         }
-        let packets = recycle(packets);
-        self.tx.clear();
-        self.jobs.clear();
-        let now = Instant::now();
-        for k in 0..count {
-            let (addr, esp_at, from) = meta[k];
-            let (base, frame) = self.qp.frame_raw(addr);
-            // SAFETY: as above; `packets` no longer borrows any frame.
-            let frame = unsafe { &mut *frame };
-            match outcomes[k] {
-                OpenOutcome::Data { len, info, .. } => {
-                    self.observe(info, from, now);
-                    let inner_at = esp_at + ESP_HEADER_LEN;
-                    bump(&self.stats().bytes_opened, len as u64);
-                    let inner = &frame[inner_at..inner_at + len];
-                    let ethertype = ethertype_of(inner);
-                    let Some((_, src, dst)) = ip_info(inner, ethertype) else {
-                        bump(&self.stats().malformed, 1);
-                        self.free.push(base);
-                        continue;
-                    };
-                    let hairpin = paths.lookup(dst).filter(|r| r.path != info.peer.0);
-                    if !paths.allows(info.peer.0, src, dst, hairpin.is_some()) {
-                        bump(&self.stats().policy, 1);
-                        self.free.push(base);
-                        continue;
-                    }
-                    if let Some(route) = hairpin {
-                        bump(&self.stats().hairpinned, 1);
-                        self.jobs.push(SealJob {
-                            addr,
-                            esp_at,
-                            len,
-                            peer: route.peer,
-                            path: route.path,
-                        });
-                        continue;
-                    }
-                    match paths.inner_neighbours.get(&dst) {
-                        Some(mac) => {
-                            let eth_at = inner_at - ETH_HLEN;
-                            write_eth(&mut frame[eth_at..], *mac, paths.inner_mac, ethertype);
-                            self.tx.push(XdpDesc {
-                                addr: base + eth_at as u64,
-                                len: (ETH_HLEN + len) as u32,
-                                options: 0,
-                            });
-                        }
-                        None => {
-                            if self.kernel.send(inner, dst) {
-                                bump(&self.stats().to_kernel, 1);
-                            } else {
-                                bump(&self.stats().no_neighbour, 1);
-                            }
-                            self.free.push(base);
-                        }
-                    }
-                }
-                OpenOutcome::Control { len, info } => {
-                    let at = esp_at + ESP_HEADER_LEN;
-                    let message = zeroize::Zeroizing::new(frame[at..at + len].to_vec());
-                    // The decrypted message leaves the UMEM frame (it goes back to the kernel).
-                    zeroize::Zeroize::zeroize(&mut frame[at..at + len]);
-                    bump(&self.stats().control, 1);
-                    let _ = self.to_control.try_send(ToControl::Control {
-                        info,
-                        from,
-                        message,
-                    });
-                    self.free.push(base);
-                }
-                OpenOutcome::Drop(_) => self.free.push(base),
-            }
-        }
-        let sent = self.qp.inner.transmit(&self.tx);
-        bump(&self.stats().tx_inner, sent as u64);
-        for i in sent..self.tx.len() {
-            let d = self.tx[i];
-            bump(&self.stats().tx_full, 1);
-            self.free.push(d.addr - d.addr % u64::from(FRAME_SIZE));
-        }
-        if self.jobs.is_empty() {
-            packets
-        } else {
-            self.seal_and_send(keys, paths, packets)
-        }
+        self.frames = recycle_frames(frames);
+        self.act(descs);
     }
 
-    /// Tells the control thread which generation a peer transmits with (sampled).
-    fn observe(&mut self, info: OpenInfo, from: SocketAddr, now: Instant) {
-        let report = match self.observed.get(&info.peer.0) {
-            Some((generation, at)) => {
-                *generation != info.generation || now.duration_since(*at) >= OBSERVE_INTERVAL
+    /// Queues, hands to the kernel or frees each frame of the batch as decided, and passes the
+    /// decider's messages to the control thread.
+    fn act(&mut self, descs: &[XdpDesc]) {
+        let stats = &self.shared.stats[self.index];
+        self.tx_outer.clear();
+        self.tx_inner.clear();
+        self.answers.clear();
+        for (d, decision) in descs.iter().zip(&self.decisions) {
+            let base = d.addr - d.addr % u64::from(FRAME_SIZE);
+            let desc = |at: usize, len: usize| XdpDesc {
+                addr: base + at as u64,
+                len: len as u32,
+                options: 0,
+            };
+            match *decision {
+                Decision::Outer { at, len } => self.tx_outer.push(desc(at, len)),
+                Decision::Inner { at, len } => self.tx_inner.push(desc(at, len)),
+                Decision::Icmp { at, len } => self.answers.push(desc(at, len)),
+                Decision::Kernel { at, len, dst } => {
+                    let (_, frame) = self.qp.frame(d.addr);
+                    if self.kernel.send(&frame[at..at + len], dst) {
+                        bump(&stats.to_kernel, 1);
+                    } else {
+                        bump(&stats.no_neighbour, 1);
+                    }
+                    self.free.push(base);
+                }
+                Decision::Control | Decision::Drop(_) => self.free.push(base),
             }
-            None => true,
-        };
-        if report {
-            self.observed.insert(info.peer.0, (info.generation, now));
-            let _ = self.to_control.try_send(ToControl::Observed { info, from });
+        }
+        let free = &mut self.free;
+        transmit(
+            &mut self.qp.inner,
+            &self.answers,
+            &stats.icmp_too_big,
+            stats,
+            free,
+        );
+        transmit(
+            &mut self.qp.inner,
+            &self.tx_inner,
+            &stats.tx_inner,
+            stats,
+            free,
+        );
+        transmit(
+            &mut self.qp.outer,
+            &self.tx_outer,
+            &stats.tx_outer,
+            stats,
+            free,
+        );
+        for message in self.decider.messages() {
+            let _ = self.to_control.try_send(message);
         }
     }
 }
 
+/// Which interface a batch came from.
+#[derive(Clone, Copy, Debug)]
+enum Side {
+    Inner,
+    Outer,
+}
+
+/// Queues `descs` on `port`, counting those queued in `sent` and the rest as `tx_full` (their
+/// frames go back to `free`).
+fn transmit(
+    port: &mut crate::xsk::Port,
+    descs: &[XdpDesc],
+    sent: &AtomicU64,
+    stats: &WorkerStats,
+    free: &mut Vec<u64>,
+) {
+    let n = port.transmit(descs);
+    bump(sent, n as u64);
+    for d in &descs[n..] {
+        bump(&stats.tx_full, 1);
+        free.push(d.addr - d.addr % u64::from(FRAME_SIZE));
+    }
+}
+
+/// Reuses a vector's allocation for frames of another lifetime (it is emptied).
+fn recycle_frames<'b>(mut v: Vec<FrameBuf<'_>>) -> Vec<FrameBuf<'b>> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("empty")).collect()
+}
+
 #[cfg(test)]
 mod policy_tests {
+    use super::decide::{ETH_P_IP, ETH_P_IPV6, is_fragment};
     use super::*;
 
     #[test]
