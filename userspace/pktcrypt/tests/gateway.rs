@@ -268,6 +268,8 @@ fn gateways_carry_traffic_through_rekeys_and_restarts() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
     let dir = std::env::temp_dir().join(format!("pktcrypt-e2e-{}", std::process::id()));
+    // A directory left by an earlier run with the same process id would hold its keys.
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let (ok, out) = sh(&format!(
         "{BIN} keygen --count 3 --out {}/keys.txt",

@@ -119,7 +119,9 @@ fn group_members_carry_traffic_over_ipv6_through_group_rekeys() {
         );
         return;
     };
-    let dir = std::env::temp_dir().join(format!("pktcrypt-group-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("pktcrypt-gateway-group-{}", std::process::id()));
+    // A directory left by an earlier run with the same process id would hold its keys.
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let (ok, out) = sh(&format!(
         "{BIN} keygen --count 4 --out {}/keys.txt",
