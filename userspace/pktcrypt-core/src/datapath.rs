@@ -12,14 +12,14 @@
 //! packet.
 
 use crate::aead::AeadItem;
-use crate::engine::{
-    INIT_SLOT, OpenInfo, OpenOutcome, Packet, PeerId, SaRef, SealParams, Slot, SpiMap, State,
-    handshake_outcome, keyed_handshake, open_inline, open_outcome, open_prepare, open_sequence,
-    parse_esp, replay_reason, sa_runs, seal_finish, seal_prepare, seal_validate,
-};
+use crate::ids::{INIT_SLOT, PeerId, SaRef, Slot};
 use crate::keys::GenerationInfo;
+use crate::pipeline::{
+    Batch, OpenInfo, OpenOutcome, Packet, SealParams, State, keyed_handshake, open_sequence,
+};
 use crate::replay::ReplayError;
 use crate::sa::{Keyed, SaShared};
+use crate::spi_table::SpiTable as SpiMap;
 use crate::{DropCounters, DropReason, SaCounters, SealError};
 use std::sync::Arc;
 
@@ -160,14 +160,14 @@ impl DataPlane {
             esn: self.esn,
             seq_limit: self.seq_limit,
         };
-        let valid = seal_validate(packets, None, self.max_esp, tx.r);
+        let valid = Batch(packets).seal_validate(None, self.max_esp, tx.r);
         let first = tx
             .shared
             .next_seq
             .fetch_add(valid, core::sync::atomic::Ordering::Relaxed);
-        seal_prepare(packets, &params, first);
+        Batch(packets).seal_prepare(&params, first);
         tx.key.key.seal_batch(packets);
-        tx.shared.counters.add(&seal_finish(packets));
+        tx.shared.counters.add(&Batch(packets).seal_finish());
     }
 
     fn rx(&self, r: SaRef) -> Option<&RxSa> {
@@ -184,7 +184,7 @@ impl DataPlane {
                 p.state = State::Opened(OpenOutcome::Drop(reason));
             }
         }
-        sa_runs(packets, |r, run| {
+        Batch(packets).runs(|r, run| {
             if let Some(RxKey::Keyed(key)) = self.rx(r).map(|rx| &rx.key) {
                 key.key.open_batch(run);
             }
@@ -257,7 +257,7 @@ impl DataPlane {
     }
 
     fn prepare_open(&self, p: &mut Packet<'_>) -> Result<(), DropReason> {
-        let (header, ct_len) = parse_esp(p, self.max_esp)?;
+        let (header, ct_len) = p.parse_esp(self.max_esp)?;
         let r = self.spis.get(header.spi).ok_or(DropReason::UnknownSpi)?;
         let rx = self.rx(r).ok_or(DropReason::UnknownSpi)?;
         p.sa = Some(r);
@@ -267,12 +267,12 @@ impl DataPlane {
                 let keyed =
                     keyed_handshake(&h.secret, rx.info, h.backend, h.direction, &header.fresh())
                         .map_err(|_| DropReason::Malformed)?;
-                open_inline(p, &header, ct_len, &keyed);
+                p.open_inline(&header, ct_len, &keyed);
                 return Ok(());
             }
         };
         let seq = open_sequence(&header, r.slot() == INIT_SLOT, self.esn, &rx.shared.replay)?;
-        open_prepare(p, &header, seq, key.salt, self.esn, ct_len);
+        p.set_open_parameters(&header, seq, key.salt, self.esn, ct_len);
         Ok(())
     }
 
@@ -301,7 +301,7 @@ impl DataPlane {
             None => match recorded {
                 Err(e) => {
                     counts.replays = 1;
-                    OpenOutcome::Drop(replay_reason(e))
+                    OpenOutcome::Drop(DropReason::from(e))
                 }
                 Ok(()) => {
                     let info = OpenInfo {
@@ -311,9 +311,9 @@ impl DataPlane {
                         slot: rx.slot,
                         seq: p.seq,
                     };
-                    let mut outcome = open_outcome(p, info);
+                    let mut outcome = p.outcome(info);
                     if p.inline {
-                        outcome = handshake_outcome(outcome);
+                        outcome = outcome.as_handshake();
                     }
                     if let OpenOutcome::Data { len, .. } | OpenOutcome::Control { len, .. } =
                         outcome

@@ -14,49 +14,19 @@
 //!
 //! so a key server never sends under a key its client may not have yet.
 
-use crate::aead::{AeadItem, Backend, NONCE_LEN, TAG_LEN};
+use crate::ids::{PeerId, Slot, Spi, TxRule};
+use crate::pipeline::{OpenInfo, OpenOutcome, Opened, Packet};
+
+use crate::aead::Backend;
+use crate::ids::{INIT_SLOT, MAX_PEERS, SaRef};
 use crate::keys::{Direction, Generation, GenerationInfo};
-use crate::replay::{DEFAULT_WINDOW, ReplayError};
+use crate::pipeline::{Batch, SealParams, State, handshake_key, open_sequence};
+use crate::replay::DEFAULT_WINDOW;
 use crate::sa::{Keyed, Sa, SaCounters};
-use crate::wire::esp::{self, ESP_HEADER_LEN, ESP_ICV_LEN, EspHeader, MIN_ESP_LEN, NextHeader};
+use crate::wire::esp::{ESP_HEADER_LEN, NextHeader};
 use crate::{DropCounters, DropReason, Error, SealError, Suite, Time};
 use std::fmt;
 use std::sync::Arc;
-
-/// A Security Parameters Index outside the reserved range 0..=255.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Spi(u32);
-
-impl Spi {
-    /// Validates an SPI.
-    ///
-    /// # Errors
-    /// [`Error::ReservedSpi`] for 0..=255.
-    pub const fn new(value: u32) -> Result<Spi, Error> {
-        if value <= pktcrypt_common::MAX_RESERVED_SPI {
-            Err(Error::ReservedSpi)
-        } else {
-            Ok(Spi(value))
-        }
-    }
-
-    /// The numeric SPI.
-    pub const fn get(self) -> u32 {
-        self.0
-    }
-}
-
-impl fmt::Debug for Spi {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Spi({:#010x})", self.0)
-    }
-}
-
-impl fmt::Display for Spi {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#010x}", self.0)
-    }
-}
 
 /// Which side of the key distribution this engine is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -143,55 +113,6 @@ impl EngineConfig {
     }
 }
 
-/// Identifies a peer inside one [`Engine`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PeerId(pub u32);
-
-/// The slot a generation occupies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Slot {
-    /// The initialization key (generation 0).
-    Init,
-    /// The newest dynamic generation N.
-    Newest,
-    /// The previous dynamic generation N-1.
-    Previous,
-}
-
-/// Where an SPI points: a peer and one of its three physical slots, packed into one `u32`
-/// (peer index in the high 30 bits, slot in the low 2) so an SPI-table entry is 8 bytes: a key
-/// server with a million clients holds three million of them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct SaRef(u32);
-
-/// Peers an engine can hold (the peer index must fit [`SaRef`]).
-pub(crate) const MAX_PEERS: usize = 1 << 30;
-
-impl SaRef {
-    pub(crate) fn new(peer: u32, slot: u8) -> Self {
-        debug_assert!((peer as usize) < MAX_PEERS && slot < 4);
-        SaRef(peer << 2 | u32::from(slot & 3))
-    }
-
-    pub(crate) fn peer(self) -> u32 {
-        self.0 >> 2
-    }
-
-    pub(crate) fn slot(self) -> u8 {
-        (self.0 & 3) as u8
-    }
-
-    pub(crate) fn raw(self) -> u32 {
-        self.0
-    }
-
-    pub(crate) fn from_raw(raw: u32) -> Self {
-        SaRef(raw)
-    }
-}
-
-pub(crate) const INIT_SLOT: u8 = 0;
-
 struct Peer {
     /// Physical slots: 0 = init, 1 and 2 alternate as newest/previous.
     slots: Box<[Option<Sa>; 3]>,
@@ -201,18 +122,6 @@ struct Peer {
     dirs: (Direction, Direction),
     /// Which generation this side transmits with.
     rule: TxRule,
-}
-
-/// Which generation a side transmits with to a peer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TxRule {
-    /// By the engine's role: a key server N-1, a client N (the init key if none).
-    Role,
-    /// The newest generation (the init key if none): a group member in transit.
-    Newest,
-    /// The previous generation (the init key if none): a group member that has the new key
-    /// but was not told to switch yet.
-    Previous,
 }
 
 impl Peer {
@@ -266,198 +175,6 @@ impl Peer {
 
 /// SPI → SA.
 pub(crate) type SpiMap = crate::spi_table::SpiTable;
-
-/// Metadata of an opened packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OpenInfo {
-    /// The peer that sent it.
-    pub peer: PeerId,
-    /// SPI it arrived under.
-    pub spi: Spi,
-    /// Generation number of that SPI.
-    pub generation: u64,
-    /// Which slot that generation occupies at the receiver.
-    pub slot: Slot,
-    /// Full 64-bit sequence number.
-    pub seq: u64,
-}
-
-/// Result of opening one packet, without borrowing it (for batches). The payload always
-/// starts at [`ESP_HEADER_LEN`] in the packet buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpenOutcome {
-    /// An inner IP packet of `len` bytes.
-    Data {
-        /// Inner packet length.
-        len: usize,
-        /// IPv4 or IPv6.
-        next_header: NextHeader,
-        /// Who sent it, under which generation.
-        info: OpenInfo,
-    },
-    /// A control message of `len` bytes for the control plane.
-    Control {
-        /// Message length.
-        len: usize,
-        /// Who sent it, under which generation.
-        info: OpenInfo,
-    },
-    /// Dropped (and counted).
-    Drop(DropReason),
-}
-
-/// Result of opening one packet, in the style of boringtun's `TunnResult`.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Opened<'a> {
-    /// A decrypted inner IP packet, in place in the caller's buffer.
-    Data {
-        /// The inner packet.
-        packet: &'a mut [u8],
-        /// IPv4 or IPv6.
-        next_header: NextHeader,
-        /// Who sent it, under which generation.
-        info: OpenInfo,
-    },
-    /// A decrypted control message for the control plane.
-    Control {
-        /// The message.
-        message: &'a [u8],
-        /// Who sent it, under which generation.
-        info: OpenInfo,
-    },
-    /// Dropped (and counted) for this reason.
-    Drop(DropReason),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum State {
-    Pending,
-    Sealed(usize),
-    SealFailed(SealError),
-    Opened(OpenOutcome),
-}
-
-/// One packet of a batch: a caller buffer and the bytes used in it.
-///
-/// For [`Engine::seal_batch`] the inner IP packet sits at `buf[ESP_HEADER_LEN..][..len]` and the
-/// buffer has room for [`esp::MAX_OVERHEAD`] more bytes; for [`Engine::open_batch`] the ESP
-/// packet sits at `buf[..len]`. Both transform the buffer in place.
-pub struct Packet<'a> {
-    pub(crate) buf: &'a mut [u8],
-    pub(crate) len: usize,
-    pub(crate) state: State,
-    // Per-packet crypto parameters, filled by the engine before the AEAD pass.
-    pub(crate) sa: Option<SaRef>,
-    pub(crate) seq: u64,
-    nonce: [u8; NONCE_LEN],
-    aad: [u8; 12],
-    aad_len: usize,
-    ct_len: usize,
-    next: NextHeader,
-    /// Authenticated already in the parse pass (a handshake message under a per-message key):
-    /// the batched AEAD pass and the replay window leave it alone.
-    pub(crate) inline: bool,
-}
-
-impl fmt::Debug for Packet<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Packet")
-            .field("len", &self.len)
-            .field("state", &self.state)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<'a> Packet<'a> {
-    /// Wraps a buffer holding `len` bytes of input.
-    pub fn new(buf: &'a mut [u8], len: usize) -> Self {
-        Self {
-            buf,
-            len,
-            state: State::Pending,
-            sa: None,
-            seq: 0,
-            nonce: [0; NONCE_LEN],
-            aad: [0; 12],
-            aad_len: 0,
-            ct_len: 0,
-            next: NextHeader::Control,
-            inline: false,
-        }
-    }
-
-    /// Result of sealing: the ESP packet length at `buf[..n]`.
-    ///
-    /// # Errors
-    /// Why this packet was not sealed.
-    pub fn sealed(&self) -> Result<usize, SealError> {
-        match self.state {
-            State::Sealed(n) => Ok(n),
-            State::SealFailed(e) => Err(e),
-            _ => Err(SealError::BadInnerPacket),
-        }
-    }
-
-    /// Result of opening.
-    pub fn opened(&self) -> OpenOutcome {
-        match self.state {
-            State::Opened(o) => o,
-            _ => OpenOutcome::Drop(DropReason::Truncated),
-        }
-    }
-
-    /// The buffer.
-    pub fn buf(&self) -> &[u8] {
-        self.buf
-    }
-
-    /// The buffer, mutably.
-    pub fn buf_mut(&mut self) -> &mut [u8] {
-        self.buf
-    }
-
-    /// Input length (before processing).
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the input is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Resets the packet for reuse with new input of `len` bytes.
-    pub fn reset(&mut self, len: usize) {
-        self.len = len;
-        self.state = State::Pending;
-        self.sa = None;
-        self.inline = false;
-    }
-}
-
-impl AeadItem for Packet<'_> {
-    fn active(&self) -> bool {
-        self.state == State::Pending && self.sa.is_some() && !self.inline
-    }
-    fn nonce(&self) -> &[u8; NONCE_LEN] {
-        &self.nonce
-    }
-    fn data_len(&self) -> usize {
-        self.ct_len
-    }
-    fn parts(&mut self) -> (&[u8], &mut [u8], &mut [u8; TAG_LEN]) {
-        let (data, rest) = self.buf[ESP_HEADER_LEN..].split_at_mut(self.ct_len);
-        let tag: &mut [u8; TAG_LEN] = (&mut rest[..TAG_LEN])
-            .try_into()
-            .expect("room for the ICV was checked before the AEAD pass");
-        (&self.aad[..self.aad_len], data, tag)
-    }
-    fn set_authentic(&mut self, ok: bool) {
-        if !ok {
-            self.state = State::Opened(OpenOutcome::Drop(DropReason::AuthFailed));
-        }
-    }
-}
 
 /// Status of one held generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1167,8 +884,7 @@ impl Engine {
         let keyed = handshake_key(sa, self.config.backend, direction, &fresh)
             .map_err(|_| SealError::UnknownPeer)?;
         let mut packet = Packet::new(out, message.len());
-        seal_validate(
-            core::slice::from_mut(&mut packet),
+        Batch(core::slice::from_mut(&mut packet)).seal_validate(
             Some(NextHeader::Control),
             self.config.max_esp_len,
             r,
@@ -1176,21 +892,9 @@ impl Engine {
         if packet.sa.is_none() {
             return packet.sealed();
         }
-        let spi = sa.info.spi.get();
-        let seq_low = u32::from_be_bytes([fresh[0], fresh[1], fresh[2], fresh[3]]);
-        let mut iv = [0u8; 8];
-        iv.copy_from_slice(&fresh[4..]);
-        let header = EspHeader { spi, seq_low, iv };
-        let (head, rest) = packet.buf.split_at_mut(ESP_HEADER_LEN);
-        header.write(head.try_into().expect("split at ESP_HEADER_LEN"));
-        packet.ct_len = esp::write_trailer(rest, packet.len, NextHeader::Control);
-        packet.nonce = esp::nonce(keyed.salt, iv);
-        let mut aad = [0u8; 12];
-        packet.aad_len = esp::aad(spi, u64::from(seq_low), false, &mut aad);
-        packet.aad = aad;
-        packet.seq = u64::from(seq_low);
+        packet.prepare_handshake_seal(sa.info.spi.get(), &fresh, keyed.salt);
         keyed.key.seal_batch(core::slice::from_mut(&mut packet));
-        seal_finish(core::slice::from_mut(&mut packet));
+        Batch(core::slice::from_mut(&mut packet)).seal_finish();
         packet.sealed()
     }
 
@@ -1244,13 +948,13 @@ impl Engine {
             esn,
             seq_limit,
         };
-        let valid = seal_validate(packets, next, max_esp, r);
+        let valid = Batch(packets).seal_validate(next, max_esp, r);
         let first = sa.reserve_seq(valid);
-        seal_prepare(packets, &params, first);
+        Batch(packets).seal_prepare(&params, first);
         // Pass 2: encrypt all of them under one key.
         key.key.seal_batch(packets);
         // Pass 3: results and counters.
-        let counts = seal_finish(packets);
+        let counts = Batch(packets).seal_finish();
         let counters = sa.counters_mut();
         counters.bytes_sealed += counts.bytes_sealed;
     }
@@ -1296,7 +1000,7 @@ impl Engine {
             }
         }
         // Pass 2: authenticate and decrypt, one AEAD call per run of the same SA.
-        sa_runs(packets, |r, run| {
+        Batch(packets).runs(|r, run| {
             let key = match &once {
                 Some((o, k)) if *o == r => Some(k),
                 _ => self.sa(r).and_then(Sa::rx_expanded),
@@ -1331,7 +1035,7 @@ impl Engine {
         p: &mut Packet<'_>,
         once: &mut Option<(SaRef, Keyed)>,
     ) -> Result<(), DropReason> {
-        let (header, ct_len) = parse_esp(p, self.config.max_esp_len)?;
+        let (header, ct_len) = p.parse_esp(self.config.max_esp_len)?;
         let r = self.spis.get(header.spi).ok_or(DropReason::UnknownSpi)?;
         let esn = self.config.esn;
         let backend = self.config.backend;
@@ -1345,7 +1049,7 @@ impl Engine {
         if handshake {
             let keyed = handshake_key(sa, backend, direction, &header.fresh())
                 .map_err(|_| DropReason::Malformed)?;
-            open_inline(p, &header, ct_len, &keyed);
+            p.open_inline(&header, ct_len, &keyed);
             return Ok(());
         }
         let init = r.slot() == INIT_SLOT;
@@ -1371,7 +1075,7 @@ impl Engine {
                     .salt
             }
         };
-        open_prepare(p, &header, seq, salt, esn, ct_len);
+        p.set_open_parameters(&header, seq, salt, esn, ct_len);
         Ok(())
     }
 
@@ -1402,13 +1106,13 @@ impl Engine {
             slot,
             seq,
         };
-        let outcome = open_outcome(p, info);
+        let outcome = p.outcome(info);
         // The window may have moved since the check before decryption (a later packet of this
         // batch): then the packet is too old, not a replay.
         let data = matches!(outcome, OpenOutcome::Data { .. });
         if p.inline {
             // A handshake message: no window (its freshness is the protocol's), no data.
-            let outcome = handshake_outcome(outcome);
+            let outcome = outcome.as_handshake();
             if let OpenOutcome::Control { len, .. } = outcome {
                 let counters = sa.counters_mut();
                 counters.packets_opened += 1;
@@ -1418,7 +1122,7 @@ impl Engine {
         }
         if let Err(e) = sa.record(seq, data, window) {
             sa.counters_mut().count_replay();
-            return OpenOutcome::Drop(replay_reason(e));
+            return OpenOutcome::Drop(DropReason::from(e));
         }
         if let OpenOutcome::Data { len, .. } | OpenOutcome::Control { len, .. } = outcome {
             let counters = sa.counters_mut();
@@ -1426,24 +1130,6 @@ impl Engine {
             counters.bytes_opened += len as u64;
         }
         outcome
-    }
-}
-
-/// Calls `f` for each run of consecutive packets still pending under the same SA (packets
-/// already decided inside a run are skipped by the AEAD pass): one batched AEAD call each.
-pub(crate) fn sa_runs(packets: &mut [Packet<'_>], mut f: impl FnMut(SaRef, &mut [Packet<'_>])) {
-    let mut start = 0;
-    while start < packets.len() {
-        let Some(r) = packets[start].sa.filter(|_| packets[start].active()) else {
-            start += 1;
-            continue;
-        };
-        let mut end = start + 1;
-        while end < packets.len() && (packets[end].sa == Some(r) || !packets[end].active()) {
-            end += 1;
-        }
-        f(r, &mut packets[start..end]);
-        start = end;
     }
 }
 
@@ -1463,243 +1149,5 @@ impl core::ops::Deref for TxKey {
             TxKey::Cached(k) => k,
             TxKey::Once(k) => k,
         }
-    }
-}
-
-/// What sealing needs of the transmit SA.
-pub(crate) struct SealParams {
-    pub(crate) spi: u32,
-    pub(crate) salt: [u8; 4],
-    pub(crate) esn: bool,
-    pub(crate) seq_limit: u64,
-}
-
-/// Seal pass 1a: checks every packet (next header, sizes) and marks the valid ones with `r`.
-/// Returns how many are valid: the number of sequence numbers to reserve.
-pub(crate) fn seal_validate(
-    packets: &mut [Packet<'_>],
-    next: Option<NextHeader>,
-    max_esp: usize,
-    r: SaRef,
-) -> u64 {
-    let mut valid = 0;
-    for p in packets.iter_mut() {
-        p.state = State::Pending;
-        p.sa = None;
-        let payload = p.len;
-        let next = match next {
-            Some(n) => n,
-            None => match p
-                .buf
-                .get(ESP_HEADER_LEN..ESP_HEADER_LEN + payload)
-                .and_then(NextHeader::for_ip_packet)
-            {
-                Some(n) => n,
-                None => {
-                    p.state = State::SealFailed(SealError::BadInnerPacket);
-                    continue;
-                }
-            },
-        };
-        let total = esp::esp_len(payload);
-        if total > max_esp {
-            p.state = State::SealFailed(SealError::PacketTooLarge);
-            continue;
-        }
-        if total > p.buf.len() {
-            p.state = State::SealFailed(SealError::BufferTooSmall);
-            continue;
-        }
-        p.next = next;
-        p.sa = Some(r);
-        valid += 1;
-    }
-    valid
-}
-
-/// Seal pass 1b: assigns sequence numbers from `first` on to the valid packets and writes
-/// header, trailer, nonce and AAD.
-pub(crate) fn seal_prepare(packets: &mut [Packet<'_>], params: &SealParams, first: u64) {
-    let mut seq = first;
-    for p in packets.iter_mut().filter(|p| p.sa.is_some()) {
-        if seq > params.seq_limit || seq == 0 {
-            p.state = State::SealFailed(SealError::SequenceExhausted);
-            p.sa = None;
-            continue;
-        }
-        let iv = seq.to_be_bytes();
-        let header = EspHeader {
-            spi: params.spi,
-            seq_low: seq as u32,
-            iv,
-        };
-        let (head, rest) = p.buf.split_at_mut(ESP_HEADER_LEN);
-        header.write(head.try_into().expect("split at ESP_HEADER_LEN"));
-        p.ct_len = esp::write_trailer(rest, p.len, p.next);
-        p.nonce = esp::nonce(params.salt, iv);
-        let mut aad = [0u8; 12];
-        p.aad_len = esp::aad(params.spi, seq, params.esn, &mut aad);
-        p.aad = aad;
-        p.seq = seq;
-        seq += 1;
-    }
-}
-
-/// Seal pass 3: results, and the counts to add to the SA (bytes: the packets sealed are the
-/// sequence numbers reserved).
-pub(crate) fn seal_finish(packets: &mut [Packet<'_>]) -> crate::SaCounters {
-    let mut counts = crate::SaCounters::default();
-    for p in packets.iter_mut().filter(|p| p.sa.is_some()) {
-        p.state = State::Sealed(ESP_HEADER_LEN + p.ct_len + ESP_ICV_LEN);
-        counts.bytes_sealed += p.len as u64;
-    }
-    counts
-}
-
-/// Open pass 1, before the SA lookup: the ESP header and the ciphertext length of a packet that
-/// is within size limits and not under a reserved SPI.
-pub(crate) fn parse_esp(p: &Packet<'_>, max_esp: usize) -> Result<(EspHeader, usize), DropReason> {
-    let packet = p.buf.get(..p.len).ok_or(DropReason::Truncated)?;
-    if packet.len() > max_esp {
-        return Err(DropReason::Oversized);
-    }
-    let header = EspHeader::parse(packet)?;
-    if header.spi <= pktcrypt_common::MAX_RESERVED_SPI {
-        return Err(DropReason::ReservedSpi);
-    }
-    Ok((header, packet.len() - MIN_ESP_LEN + 2))
-}
-
-/// The full sequence number of a received packet: from the IV for init keys (which restart at a
-/// boot-derived base), inferred from the window with ESN, else the 32 bits on the wire. Checked
-/// against the window.
-pub(crate) fn open_sequence(
-    header: &EspHeader,
-    init: bool,
-    esn: bool,
-    replay: &impl crate::replay::Window,
-) -> Result<u64, DropReason> {
-    let seq = if init {
-        // The IV carries the full 64-bit sequence number (authenticated through the nonce) and
-        // must agree with the header.
-        let seq = u64::from_be_bytes(header.iv);
-        if seq as u32 != header.seq_low || (!esn && seq > u64::from(u32::MAX)) {
-            return Err(DropReason::Malformed);
-        }
-        seq
-    } else if esn {
-        replay.infer_esn(header.seq_low).ok_or(DropReason::TooOld)?
-    } else {
-        u64::from(header.seq_low)
-    };
-    replay.check(seq).map_err(replay_reason)?;
-    Ok(seq)
-}
-
-/// Open pass 1 (after the SA lookup): nonce, AAD and ciphertext length.
-pub(crate) fn open_prepare(
-    p: &mut Packet<'_>,
-    header: &EspHeader,
-    seq: u64,
-    salt: [u8; 4],
-    esn: bool,
-    ct_len: usize,
-) {
-    p.ct_len = ct_len;
-    p.nonce = esp::nonce(salt, header.iv);
-    let mut aad = [0u8; 12];
-    p.aad_len = esp::aad(header.spi, seq, esn, &mut aad);
-    p.aad = aad;
-    p.seq = seq;
-}
-
-/// Open pass 3 (after authentication and the window update): parses the trailer.
-pub(crate) fn open_outcome(p: &Packet<'_>, info: OpenInfo) -> OpenOutcome {
-    let plaintext = &p.buf[ESP_HEADER_LEN..ESP_HEADER_LEN + p.ct_len];
-    let (len, next_header) = match esp::parse_trailer(plaintext) {
-        Ok(v) => v,
-        Err(reason) => return OpenOutcome::Drop(reason),
-    };
-    match next_header {
-        NextHeader::Control => OpenOutcome::Control { len, info },
-        ip => {
-            if NextHeader::for_ip_packet(&plaintext[..len]) != Some(ip) {
-                return OpenOutcome::Drop(DropReason::BadInnerPacket);
-            }
-            OpenOutcome::Data {
-                len,
-                next_header: ip,
-                info,
-            }
-        }
-    }
-}
-
-/// The key of one handshake message under the init SA `sa` (protocol version 3): HKDF-Expand
-/// keyed with the init secret over `label ‖ fresh(12) ‖ spi(4) ‖ suite(1)`.
-pub(crate) fn handshake_key(
-    sa: &Sa,
-    backend: Backend,
-    direction: Direction,
-    fresh: &[u8; 12],
-) -> Result<Keyed, Error> {
-    keyed_handshake(&sa.secret, sa.info, backend, direction, fresh)
-}
-
-/// [`handshake_key`] from the init secret itself.
-pub(crate) fn keyed_handshake(
-    secret: &crate::Secret,
-    info: crate::GenerationInfo,
-    backend: Backend,
-    direction: Direction,
-    fresh: &[u8; 12],
-) -> Result<Keyed, Error> {
-    let dk = secret.derive_handshake(info, direction, fresh);
-    Ok(Keyed {
-        key: backend.key(info.suite, dk.key())?,
-        salt: dk.salt(),
-    })
-}
-
-/// Authenticates and decrypts one handshake message in the parse pass, under its own key.
-pub(crate) fn open_inline(p: &mut Packet<'_>, header: &EspHeader, ct_len: usize, keyed: &Keyed) {
-    open_prepare(
-        p,
-        header,
-        u64::from(header.seq_low),
-        keyed.salt,
-        false,
-        ct_len,
-    );
-    keyed.key.open_batch(core::slice::from_mut(p));
-    p.inline = true;
-}
-
-/// The outcome of an authentic handshake message: a control message, never data.
-pub(crate) fn handshake_outcome(outcome: OpenOutcome) -> OpenOutcome {
-    match outcome {
-        OpenOutcome::Data { .. } => OpenOutcome::Drop(DropReason::InitData),
-        other => other,
-    }
-}
-
-pub(crate) fn replay_reason(e: ReplayError) -> DropReason {
-    match e {
-        ReplayError::Replayed => DropReason::Replay,
-        ReplayError::TooOld => DropReason::TooOld,
-    }
-}
-
-#[cfg(test)]
-mod sa_ref_tests {
-    use super::*;
-
-    #[test]
-    fn sa_ref_packs_peer_and_slot_into_one_word() {
-        for (peer, slot) in [(0, 0), (1, 2), (12_345, 1), (MAX_PEERS as u32 - 1, 2)] {
-            let r = SaRef::new(peer, slot);
-            assert_eq!((r.peer(), r.slot()), (peer, slot));
-        }
-        assert_eq!(core::mem::size_of::<(u32, SaRef)>(), 8);
     }
 }

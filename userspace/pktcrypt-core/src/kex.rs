@@ -26,8 +26,8 @@
 //! as before) or if either component of the exchange holds (X25519 today, ML-KEM against a
 //! quantum computer later): forward secrecy once both ephemerals are erased.
 
-use crate::control::Random;
 use crate::keys::{GenerationInfo, Secret};
+use crate::random::Random;
 use core::fmt;
 use hkdf::Hkdf;
 use ml_kem::{Decapsulate, KeyExport, MlKem768};

@@ -5,7 +5,8 @@
 //! direction, generation number, SPI and suite, so the two directions never share a
 //! (key, nonce) pair and no two generations share a key even if a secret were reused.
 
-use crate::{Error, Spi, Suite};
+use crate::ids::Spi;
+use crate::{Error, Suite};
 use core::fmt;
 use hkdf::Hkdf;
 use sha2::Sha256;

@@ -21,9 +21,12 @@ pub mod control;
 mod datapath;
 mod engine;
 mod error;
+mod ids;
 pub mod kex;
 pub mod keycode;
 pub mod keys;
+mod pipeline;
+mod random;
 pub mod replay;
 mod sa;
 mod spi_table;
@@ -32,11 +35,12 @@ pub mod wire;
 
 pub use datapath::DataPlane;
 pub use engine::{
-    Engine, EngineConfig, Installed, OpenInfo, OpenOutcome, Opened, Packet, PeerId, PeerStatus,
-    Role, SaExport, SaStatus, Slot, Spi, TxRule, boot_seq_base,
+    Engine, EngineConfig, Installed, PeerStatus, Role, SaExport, SaStatus, boot_seq_base,
 };
 pub use error::{DropCounters, DropReason, Error, SealError};
+pub use ids::{PeerId, Slot, Spi, TxRule};
 pub use keys::{Direction, Generation, GenerationInfo, Secret};
+pub use pipeline::{OpenInfo, OpenOutcome, Opened, Packet};
 pub use sa::SaCounters;
 pub use suite::Suite;
 

@@ -13,7 +13,7 @@
 //! Only SPIs we hold are inserted (random or configured), so an attacker chooses lookups, never
 //! the layout: a lookup of an unknown SPI stops at the first empty slot.
 
-use crate::engine::SaRef;
+use crate::ids::SaRef;
 
 /// SPI 0 is reserved (RFC 4303) and never valid: it marks an empty slot.
 const EMPTY: u64 = 0;
