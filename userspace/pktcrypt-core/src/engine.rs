@@ -809,7 +809,7 @@ impl Engine {
     ///
     /// The payload (inner IP packet or control message) sits at
     /// `buf[ESP_HEADER_LEN..ESP_HEADER_LEN + payload_len]`; the buffer needs room for
-    /// [`esp::esp_len`]`(payload_len)` bytes. Returns the ESP packet length at `buf[..n]`.
+    /// [`crate::wire::esp::esp_len`]`(payload_len)` bytes. Returns the ESP packet length at `buf[..n]`.
     ///
     /// # Errors
     /// See [`SealError`]; on error no sequence number is consumed.

@@ -96,8 +96,8 @@ pub(crate) enum State {
 
 /// One packet of a batch: a caller buffer and the bytes used in it.
 ///
-/// For [`Engine::seal_batch`] the inner IP packet sits at `buf[ESP_HEADER_LEN..][..len]` and the
-/// buffer has room for [`esp::MAX_OVERHEAD`] more bytes; for [`Engine::open_batch`] the ESP
+/// For [`crate::Engine::seal_batch`] the inner IP packet sits at `buf[ESP_HEADER_LEN..][..len]` and the
+/// buffer has room for [`esp::MAX_OVERHEAD`] more bytes; for [`crate::Engine::open_batch`] the ESP
 /// packet sits at `buf[..len]`. Both transform the buffer in place.
 pub struct Packet<'a> {
     pub(crate) buf: &'a mut [u8],
