@@ -561,11 +561,10 @@ impl Worker {
         };
         let mut frames = recycle_frames(core::mem::take(&mut self.frames));
         for d in descs {
-            let (base, frame) = self.qp.frame_raw(d.addr);
             // SAFETY: each descriptor is a distinct frame this worker just received and has not
             // handed back to a ring, so no other reference to it exists; the slices live until
             // `frames` is emptied below, before any frame goes back to a ring.
-            let buf = unsafe { &mut *frame };
+            let (base, buf) = unsafe { self.qp.frame_unchecked(d.addr) };
             frames.push(FrameBuf {
                 buf,
                 off: (d.addr - base) as usize,

@@ -249,27 +249,35 @@ impl QueuePair {
     /// # Panics
     /// If `addr` lies outside the UMEM (the kernel only hands out addresses inside it).
     pub fn frame(&mut self, addr: u64) -> (u64, &mut [u8]) {
-        let (base, slice) = self.frame_raw(addr);
-        // SAFETY: `frame_raw` returns an in-bounds frame; `&mut self` makes this the only live
-        // reference into the UMEM from this pair.
-        (base, unsafe { &mut *slice })
+        // SAFETY: `&mut self` makes this the only live reference into the UMEM from this pair.
+        unsafe { self.frame_unchecked(addr) }
     }
 
-    /// Like [`Self::frame`] but unborrowed, so a batch can hold several distinct frames.
+    /// The whole frame holding UMEM address `addr`, without borrowing the pair mutably, so a
+    /// batch can hold several distinct frames at once.
     ///
-    /// The caller must not create two references to the same frame at once, and must only touch
-    /// frames it owns (received and not yet handed back to a ring).
-    pub fn frame_raw(&self, addr: u64) -> (u64, *mut [u8]) {
+    /// # Safety
+    /// The frame must be one the caller owns (received from an RX or completion ring and not
+    /// yet handed back to a fill or TX ring), and no other reference to it may exist while the
+    /// returned one lives.
+    ///
+    /// # Panics
+    /// If `addr` lies outside the UMEM.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn frame_unchecked(&self, addr: u64) -> (u64, &mut [u8]) {
         let base = addr - addr % u64::from(FRAME_SIZE);
         assert!(
             base + u64::from(FRAME_SIZE) <= self.area.len as u64,
             "UMEM address {addr:#x} out of bounds"
         );
-        // SAFETY: base + FRAME_SIZE is within the mapping (checked above).
-        let start = unsafe { self.area.ptr.as_ptr().add(base as usize) };
-        (
-            base,
-            core::ptr::slice_from_raw_parts_mut(start, FRAME_SIZE as usize),
-        )
+        // SAFETY: base + FRAME_SIZE is within the mapping (checked above), which lives as long
+        // as `self`; the caller guarantees that no other reference to this frame exists.
+        let frame = unsafe {
+            core::slice::from_raw_parts_mut(
+                self.area.ptr.as_ptr().add(base as usize),
+                FRAME_SIZE as usize,
+            )
+        };
+        (base, frame)
     }
 }

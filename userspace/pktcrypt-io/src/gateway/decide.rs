@@ -241,6 +241,11 @@ impl Decider {
         if outer_len > paths.outer_mtu {
             return self.too_big(cx, f, l3, len, path.header.len());
         }
+        // The next hop's MAC before sealing: a packet that cannot leave uses no sequence number.
+        if path.mac.is_none() {
+            bump(&stats.no_neighbour, 1);
+            return Decision::Drop(Dropped::NoNeighbour);
+        }
         let Some(esp_at) = (f.off + l3).checked_sub(ESP_HEADER_LEN) else {
             // No headroom (never with UMEM frames).
             bump(&stats.seal_failed, 1);

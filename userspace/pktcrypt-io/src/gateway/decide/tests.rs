@@ -669,3 +669,40 @@ fn too_big_answers_to_tagged_frames_go_back_to_the_sender_under_the_same_tags() 
     assert!(matches!(d, Decision::Kernel { .. }), "{d:?}");
     assert_eq!(f.out(d), &ip[..]);
 }
+
+/// A packet whose next hop is not resolved is dropped before it is sealed: it uses no
+/// sequence number (issue 13: the MAC was checked only after sealing).
+#[test]
+fn an_unresolved_next_hop_costs_no_sequence_number() {
+    let (mut ga, _, _) = sites();
+    let good = eth(
+        INNER_MAC[0],
+        HOST_A,
+        &[],
+        &ipv4("10.1.0.5", "10.2.0.9", 100, true),
+    );
+    let seq = |d: Decision, f: &Frame| match d {
+        Decision::Outer { at, .. } => {
+            // Outer Ethernet (14), IPv4 (20), UDP (8), then SPI (4) and sequence number (4).
+            let s = at + 14 + 20 + 8 + 4;
+            u32::from_be_bytes(f.buf[s..s + 4].try_into().expect("4 bytes"))
+        }
+        other => panic!("not sealed: {other:?}"),
+    };
+    let (d, f) = ga.inner(&good);
+    let first = seq(d, &f);
+    let b = ga.peer(1);
+    let mac = ga.paths.peers[&b.0].mac;
+    ga.paths.peers.get_mut(&b.0).expect("path").mac = None;
+    for _ in 0..3 {
+        assert_eq!(ga.inner(&good).0, Decision::Drop(Dropped::NoNeighbour));
+    }
+    ga.paths.peers.get_mut(&b.0).expect("path").mac = mac;
+    let (d, f) = ga.inner(&good);
+    assert_eq!(
+        seq(d, &f),
+        first + 1,
+        "sequence numbers burned by unsent packets"
+    );
+    assert_eq!(ga.count(|s| &s.no_neighbour), 3);
+}
