@@ -18,6 +18,7 @@ use pktcrypt_core::control::{
 };
 use pktcrypt_core::wire::esp::{ESP_HEADER_LEN, MAX_OVERHEAD, NextHeader};
 use pktcrypt_core::{DropReason, Generation, PeerId, Role, SealError, Slot, Suite, Time, keycode};
+use pktcrypt_os::OsRandom;
 use std::collections::VecDeque;
 use std::ffi::{CStr, CString, c_char};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -328,17 +329,6 @@ pub struct pktcrypt_sa {
     pub keymat: [u8; 36],
     /// Bytes of `keymat` used (20 or 36).
     pub keymat_len: size_t,
-}
-
-struct OsRandom;
-
-impl Random for OsRandom {
-    fn fill(&mut self, dest: &mut [u8]) {
-        if getrandom::fill(dest).is_err() {
-            // No key may be made without randomness; this is not recoverable.
-            std::process::abort();
-        }
-    }
 }
 
 enum Machine {
@@ -1070,8 +1060,7 @@ pub unsafe extern "C" fn pktcrypt_keygen(
 /// `CLOCK_BOOTTIME` in nanoseconds: a monotonic clock that counts across suspend.
 #[unsafe(no_mangle)]
 pub extern "C" fn pktcrypt_now_ns() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+    pktcrypt_os::now_ns()
 }
 
 /// A static description of a result (never NULL, never freed).

@@ -78,20 +78,7 @@ create_exception!(
     "The packet or control message is malformed."
 );
 
-struct OsRandom;
-
-impl Random for OsRandom {
-    fn fill(&mut self, dest: &mut [u8]) {
-        if getrandom::fill(dest).is_err() {
-            std::process::abort();
-        }
-    }
-}
-
-fn boottime_ns() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
-}
+use pktcrypt_os::{OsRandom, now_ns as boottime_ns};
 
 fn time(ns: Option<u64>) -> Time {
     Duration::from_nanos(ns.unwrap_or_else(boottime_ns))

@@ -11,7 +11,7 @@ use pktcrypt_core::control::{
     ServerEvent, Transmit,
 };
 use pktcrypt_core::wire::esp::{ESP_HEADER_LEN, MAX_OVERHEAD, NextHeader};
-use pktcrypt_core::{DropReason, PeerId, Role, Time};
+use pktcrypt_core::{DropReason, PeerId, Role};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::ErrorKind;
@@ -21,18 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The OS random number generator.
-pub(crate) struct OsRandom;
-
-impl Random for OsRandom {
-    fn fill(&mut self, dest: &mut [u8]) {
-        // A failing OS RNG is not recoverable: no key may be made without it.
-        if let Err(e) = getrandom::fill(dest) {
-            eprintln!("pktcrypt: the operating system's random generator failed: {e}");
-            std::process::abort();
-        }
-    }
-}
+pub(crate) use pktcrypt_os::{OsRandom, now};
 
 /// For the key server, which mints many secrets per second: a fast-key-erasure generator
 /// ([`KeyErasureRandom`]) seeded from the operating system and reseeded from it after every
@@ -66,15 +55,6 @@ impl Random for ServerRandom {
         self.rng.fill(dest);
         self.given += dest.len();
     }
-}
-
-/// `CLOCK_BOOTTIME`: monotonic, and counting across suspend.
-pub(crate) fn now() -> Time {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
-    Duration::new(
-        u64::try_from(ts.tv_sec).unwrap_or(0),
-        u32::try_from(ts.tv_nsec).unwrap_or(0),
-    )
 }
 
 fn unix_ms() -> u64 {
