@@ -210,7 +210,8 @@ pub struct Sim {
     seed: u64,
 }
 
-fn init_key(i: usize, suite: Suite) -> Generation {
+/// The init key of client `i`.
+pub fn init_key(i: usize, suite: Suite) -> Generation {
     let mut secret = [0u8; 32];
     secret[..8].copy_from_slice(&(i as u64).to_be_bytes());
     secret[31] = 0x11;

@@ -27,6 +27,7 @@ use std::sync::Arc;
 const RUN: usize = 64;
 
 /// The transmit side of one peer.
+#[derive(Clone)]
 struct TxSa {
     r: SaRef,
     info: GenerationInfo,
@@ -35,6 +36,7 @@ struct TxSa {
 }
 
 /// One generation a peer receives with.
+#[derive(Clone)]
 struct RxSa {
     slot: Slot,
     info: GenerationInfo,
@@ -43,12 +45,13 @@ struct RxSa {
 }
 
 /// How packets under a receive SA are opened.
+#[derive(Clone)]
 pub(crate) enum RxKey {
     /// Under the SA's expanded key, in batches.
     Keyed(Arc<Keyed>),
     /// An init key that carries only handshake messages (protocol version 3): each under a key
     /// of its own, derived from this secret when it arrives.
-    Handshake(Box<Handshake>),
+    Handshake(Arc<Handshake>),
 }
 
 /// What opening a handshake message under an init key needs.
@@ -58,7 +61,7 @@ pub(crate) struct Handshake {
     pub(crate) backend: crate::aead::Backend,
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct DataPeer {
     tx: Option<TxSa>,
     /// No transmit key yet: only handshakes (on the control plane) reach the peer.
@@ -67,7 +70,9 @@ struct DataPeer {
     rx: [Option<RxSa>; 3],
 }
 
-/// Keys and per-SA state for data-plane workers. See the module documentation.
+/// Keys and per-SA state for data-plane workers. See the module documentation. Cloning it is
+/// cheap (keys and SA state are shared, never copied).
+#[derive(Clone)]
 pub struct DataPlane {
     esn: bool,
     max_esp: usize,
@@ -106,7 +111,19 @@ impl DataPlane {
         }
     }
 
-    pub(crate) fn add_peer(&mut self, id: PeerId, keys: PeerKeys) {
+    /// Forgets what is held for `id` (its SPIs included).
+    pub(crate) fn remove_peer(&mut self, id: PeerId) {
+        let Some(peer) = self.peers.get_mut(id.0 as usize) else {
+            return;
+        };
+        for rx in peer.rx.iter().flatten() {
+            self.spis.remove(rx.info.spi.get());
+        }
+        *peer = DataPeer::default();
+    }
+
+    /// Sets what is held for `id` (after [`Self::remove_peer`], or for a peer not held yet).
+    pub(crate) fn set_peer(&mut self, id: PeerId, keys: PeerKeys) {
         let index = id.0 as usize;
         if self.peers.len() <= index {
             self.peers.resize_with(index + 1, DataPeer::default);
@@ -128,6 +145,18 @@ impl DataPlane {
                 shared,
             });
         }
+    }
+
+    /// The generations `peer` is opened under, by logical slot (init, newest, previous; each
+    /// when held).
+    pub fn rx_generations(&self, peer: PeerId) -> Vec<(Slot, GenerationInfo)> {
+        let Some(p) = self.peers.get(peer.0 as usize) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(Slot, GenerationInfo)> =
+            p.rx.iter().flatten().map(|rx| (rx.slot, rx.info)).collect();
+        out.sort_by_key(|(slot, _)| *slot as u8);
+        out
     }
 
     /// The generation `peer` is sealed under, if the peer is known.

@@ -276,6 +276,11 @@ pub struct Engine {
     free: Vec<u32>,
     spis: SpiMap,
     drops: DropCounters,
+    /// Peers whose keys changed since [`Engine::take_changed`] last ran (each once), when
+    /// tracking is on; `marked` flags them by index.
+    changed: Vec<PeerId>,
+    marked: Vec<bool>,
+    track: bool,
 }
 
 impl fmt::Debug for Engine {
@@ -302,7 +307,44 @@ impl Engine {
             free: Vec::new(),
             spis: SpiMap::default(),
             drops: DropCounters::default(),
+            changed: Vec::new(),
+            marked: Vec::new(),
+            track: false,
         })
+    }
+
+    /// From now on, remembers every peer whose keys change in a way a [`crate::DataPlane`]
+    /// shows (a generation installed, retired or reset, the transmit rule or a receive-only
+    /// mark changed, the peer added or removed), for [`Self::take_changed`]. Off by default
+    /// (a key server with a million clients and no workers has no use for it).
+    pub fn track_changes(&mut self) {
+        self.track = true;
+    }
+
+    /// The peers whose keys changed since the last call (see [`Self::track_changes`]), each
+    /// once, in the order they first changed; what [`Self::update_data_plane`] takes.
+    pub fn take_changed(&mut self) -> Vec<PeerId> {
+        for p in &self.changed {
+            if let Some(m) = self.marked.get_mut(p.0 as usize) {
+                *m = false;
+            }
+        }
+        std::mem::take(&mut self.changed)
+    }
+
+    /// Records that `id`'s keys changed (when tracking).
+    fn mark_changed(&mut self, id: PeerId) {
+        if !self.track {
+            return;
+        }
+        let i = id.0 as usize;
+        if self.marked.len() <= i {
+            self.marked.resize(i + 1, false);
+        }
+        if !self.marked[i] {
+            self.marked[i] = true;
+            self.changed.push(id);
+        }
     }
 
     /// The configuration.
@@ -378,6 +420,7 @@ impl Engine {
         };
         self.spis
             .insert(init.info.spi.get(), SaRef::new(index, INIT_SLOT));
+        self.mark_changed(PeerId(index));
         Ok(PeerId(index))
     }
 
@@ -402,7 +445,11 @@ impl Engine {
     /// # Errors
     /// [`Error::UnknownPeer`].
     pub fn set_tx_rule(&mut self, id: PeerId, rule: TxRule) -> Result<(), Error> {
-        self.peer_mut(id).ok_or(Error::UnknownPeer)?.rule = rule;
+        let peer = self.peer_mut(id).ok_or(Error::UnknownPeer)?;
+        if peer.rule != rule {
+            peer.rule = rule;
+            self.mark_changed(id);
+        }
         Ok(())
     }
 
@@ -420,6 +467,7 @@ impl Engine {
             self.spis.remove(sa.info.spi.get());
         }
         self.free.push(id.0);
+        self.mark_changed(id);
         Ok(())
     }
 
@@ -474,6 +522,7 @@ impl Engine {
             old.info
         });
         self.spis.insert(info.spi.get(), SaRef::new(id.0, target));
+        self.mark_changed(id);
         Ok(Installed::Rotated { retired })
     }
 
@@ -514,6 +563,7 @@ impl Engine {
         let peer = self.peer_mut(id).ok_or(Error::UnknownPeer)?;
         peer.slots[usize::from(target)] = Some(sa);
         self.spis.insert(info.spi.get(), SaRef::new(id.0, target));
+        self.mark_changed(id);
         Ok(())
     }
 
@@ -533,6 +583,9 @@ impl Engine {
         for info in &dropped {
             self.spis.remove(info.spi.get());
         }
+        if !dropped.is_empty() {
+            self.mark_changed(id);
+        }
         Ok(dropped)
     }
 
@@ -548,6 +601,7 @@ impl Engine {
         let old = peer.slots[usize::from(prev)].take().map(|sa| sa.info);
         if let Some(info) = &old {
             self.spis.remove(info.spi.get());
+            self.mark_changed(id);
         }
         Ok(old)
     }
@@ -707,46 +761,79 @@ impl Engine {
     pub fn data_plane(&mut self) -> Result<crate::DataPlane, Error> {
         let mut plane =
             crate::DataPlane::new(self.config.esn, self.config.max_esp_len, self.seq_limit);
+        for index in 0..self.peers.len() {
+            let id = PeerId(index as u32);
+            if let Some(keys) = self.peer_keys(id)? {
+                plane.set_peer(id, keys);
+            }
+        }
+        Ok(plane)
+    }
+
+    /// `plane` (built by [`Self::data_plane`] of this engine) with the keys of `peers` as they
+    /// are now, the rest shared with it: what a driver publishes after
+    /// [`Self::take_changed`] named `peers`. Equal to a fresh [`Self::data_plane`] when
+    /// `peers` holds every peer whose keys changed since `plane` was built.
+    ///
+    /// # Errors
+    /// As [`Self::data_plane`].
+    pub fn update_data_plane(
+        &mut self,
+        plane: &crate::DataPlane,
+        peers: &[PeerId],
+    ) -> Result<crate::DataPlane, Error> {
+        let mut next = plane.clone();
+        for &id in peers {
+            next.remove_peer(id);
+            if let Some(keys) = self.peer_keys(id)? {
+                next.set_peer(id, keys);
+            }
+        }
+        Ok(next)
+    }
+
+    /// What the data plane holds for peer `id` (`None`: no such peer). Shares its SAs' state
+    /// with the data plane from now on (see [`Self::data_plane`]).
+    fn peer_keys(&mut self, id: PeerId) -> Result<Option<crate::datapath::PeerKeys>, Error> {
         let role = self.config.role;
         let window = self.config.replay_window;
         let backend = self.config.backend;
-        for (index, peer) in self.peers.iter_mut().enumerate() {
-            let Some(peer) = peer else { continue };
-            let tx_index = peer.tx_index(role);
-            let (tx_dir, rx_dir) = peer.dirs;
-            let handshake_init = self.config.handshake_init;
-            let tx_receive_only = peer.slots[usize::from(tx_index)]
-                .as_ref()
-                .is_some_and(Sa::receive_only);
-            let mut keys = crate::datapath::PeerKeys {
-                tx: None,
-                tx_handshake_only: (handshake_init && tx_index == INIT_SLOT) || tx_receive_only,
-                rx: Vec::with_capacity(3),
+        let handshake_init = self.config.handshake_init;
+        let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            return Ok(None);
+        };
+        let tx_index = peer.tx_index(role);
+        let (tx_dir, rx_dir) = peer.dirs;
+        let tx_receive_only = peer.slots[usize::from(tx_index)]
+            .as_ref()
+            .is_some_and(Sa::receive_only);
+        let mut keys = crate::datapath::PeerKeys {
+            tx: None,
+            tx_handshake_only: (handshake_init && tx_index == INIT_SLOT) || tx_receive_only,
+            rx: Vec::with_capacity(3),
+        };
+        let logical: Vec<Slot> = (0..3u8).map(|i| peer.logical(i)).collect();
+        for (i, sa) in peer.slots.iter_mut().enumerate() {
+            let Some(sa) = sa else { continue };
+            let physical = i as u8;
+            let shared = sa.share(window)?;
+            let key = if handshake_init && physical == INIT_SLOT {
+                // No key of its own to expand (and nothing to transmit under it).
+                crate::datapath::RxKey::Handshake(std::sync::Arc::new(crate::datapath::Handshake {
+                    secret: sa.secret.clone(),
+                    direction: rx_dir,
+                    backend,
+                }))
+            } else {
+                if physical == tx_index && !tx_receive_only {
+                    let key = std::sync::Arc::clone(sa.tx(backend, tx_dir)?);
+                    keys.tx = Some((physical, sa.info, key, std::sync::Arc::clone(&shared)));
+                }
+                crate::datapath::RxKey::Keyed(std::sync::Arc::clone(sa.rx(backend, rx_dir)?))
             };
-            let logical: Vec<Slot> = (0..3u8).map(|i| peer.logical(i)).collect();
-            for (i, sa) in peer.slots.iter_mut().enumerate() {
-                let Some(sa) = sa else { continue };
-                let physical = i as u8;
-                let shared = sa.share(window)?;
-                let key = if handshake_init && physical == INIT_SLOT {
-                    // No key of its own to expand (and nothing to transmit under it).
-                    crate::datapath::RxKey::Handshake(Box::new(crate::datapath::Handshake {
-                        secret: sa.secret.clone(),
-                        direction: rx_dir,
-                        backend,
-                    }))
-                } else {
-                    if physical == tx_index && !tx_receive_only {
-                        let key = std::sync::Arc::clone(sa.tx(backend, tx_dir)?);
-                        keys.tx = Some((physical, sa.info, key, std::sync::Arc::clone(&shared)));
-                    }
-                    crate::datapath::RxKey::Keyed(std::sync::Arc::clone(sa.rx(backend, rx_dir)?))
-                };
-                keys.rx.push((physical, logical[i], sa.info, key, shared));
-            }
-            plane.add_peer(PeerId(index as u32), keys);
+            keys.rx.push((physical, logical[i], sa.info, key, shared));
         }
-        Ok(plane)
+        Ok(Some(keys))
     }
 
     /// Drops the expanded AEAD keys of every generation of a peer; they are derived again from
@@ -783,8 +870,11 @@ impl Engine {
     /// ([`SealError::NoKey`]). A group member marks a generation it may have transmitted under
     /// before a restart, whose sequence numbers it cannot know.
     pub fn set_receive_only(&mut self, id: PeerId, slot: Slot, on: bool) {
-        if let Some(sa) = self.sa_in_mut(id, slot) {
+        if let Some(sa) = self.sa_in_mut(id, slot)
+            && sa.receive_only() != on
+        {
             sa.set_receive_only(on);
+            self.mark_changed(id);
         }
     }
 

@@ -860,3 +860,66 @@ fn previous_generation_retired_on_evidence_only() {
         .install(p.c_peer, &generation(3, 0x2002, Suite::Aes256Gcm), s(60))
         .expect("next");
 }
+
+/// Every mutation a data plane shows is tracked, each peer once, and nothing else is; an
+/// updated data plane equals a fresh one.
+#[test]
+fn changes_are_tracked_per_peer() {
+    let mut e = Engine::new(EngineConfig::new(Role::Client)).expect("engine");
+    let suite = Suite::Aes128Gcm;
+    let a = e
+        .add_peer(&generation(0, 0x100, suite), Time::ZERO)
+        .expect("a");
+    // Off by default.
+    assert!(e.take_changed().is_empty());
+    e.track_changes();
+    let plane = e.data_plane().expect("plane");
+    let b = e
+        .add_peer(&generation(0, 0x200, suite), Time::ZERO)
+        .expect("b");
+    let check = |e: &mut Engine, plane: &pktcrypt_core::DataPlane, want: Vec<PeerId>| {
+        let got = e.take_changed();
+        assert_eq!(got, want);
+        let updated = e.update_data_plane(plane, &got).expect("update");
+        let fresh = e.data_plane().expect("fresh");
+        for p in [a, b] {
+            assert_eq!(updated.tx_generation(p), fresh.tx_generation(p));
+            assert_eq!(updated.rx_generations(p), fresh.rx_generations(p));
+        }
+        updated
+    };
+    let plane = check(&mut e, &plane, vec![b]);
+    e.install(a, &generation(1, 0x101, suite), Time::ZERO)
+        .expect("1");
+    e.install(b, &generation(1, 0x201, suite), Time::ZERO)
+        .expect("1");
+    e.install(a, &generation(2, 0x102, suite), Time::ZERO)
+        .expect("2");
+    let plane = check(&mut e, &plane, vec![a, b]);
+    // Resends change nothing; status marks are not keys.
+    e.install(a, &generation(2, 0x102, suite), Time::ZERO)
+        .expect("again");
+    e.set_exchanged(a, Slot::Newest, true);
+    e.evict_keys(a);
+    e.set_tx_rule(a, pktcrypt_core::TxRule::Role)
+        .expect("same rule");
+    assert!(e.take_changed().is_empty());
+    e.retire_previous(a).expect("retire");
+    let plane = check(&mut e, &plane, vec![a]);
+    assert_eq!(e.retire_previous(a).expect("nothing to retire"), None);
+    e.set_tx_rule(b, pktcrypt_core::TxRule::Newest)
+        .expect("rule");
+    let plane = check(&mut e, &plane, vec![b]);
+    e.set_receive_only(b, Slot::Newest, true);
+    let plane = check(&mut e, &plane, vec![b]);
+    e.install(a, &generation(3, 0x103, suite), Time::ZERO)
+        .expect("3");
+    e.install_previous(b, &generation(0, 0x2ff, suite), Time::ZERO)
+        .ok();
+    e.reset_to_init(b).expect("reset");
+    let plane = check(&mut e, &plane, vec![a, b]);
+    e.remove_peer(a).expect("remove");
+    let plane = check(&mut e, &plane, vec![a]);
+    assert_eq!(plane.tx_generation(a), None);
+    assert!(plane.rx_generations(a).is_empty());
+}

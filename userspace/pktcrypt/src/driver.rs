@@ -6,9 +6,11 @@
 //! each gap with the time window it fell in, so a loss can be explained.
 
 use crate::config::{self, ClientFile, GroupControllerFile, GroupMemberFile, ServerFile};
+use crate::drive::{Io, drive};
+use pktcrypt_core::Time;
 use pktcrypt_core::control::{
-    GroupController, GroupMember, Incoming, KeyClient, KeyErasureRandom, KeyServer, Random,
-    ServerEvent, Transmit,
+    ClientEvent, Endpoint, Event, GroupController, GroupEvent, GroupMember, Incoming, KeyClient,
+    KeyErasureRandom, KeyServer, Machine, Random, Transmit,
 };
 use pktcrypt_core::wire::esp::{ESP_HEADER_LEN, MAX_OVERHEAD, NextHeader};
 use pktcrypt_core::{DropReason, PeerId, Role};
@@ -18,7 +20,7 @@ use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub(crate) use pktcrypt_os::{OsRandom, now};
@@ -208,14 +210,6 @@ fn recv(socket: &UdpSocket, buf: &mut [u8], wait: Duration) -> Option<(usize, So
     }
 }
 
-fn send(socket: &UdpSocket, stats: &mut Stats, bytes: &[u8], to: Option<SocketAddr>) {
-    if let Some(to) = to
-        && socket.send_to(bytes, to).is_err()
-    {
-        stats.send_errors += 1;
-    }
-}
-
 fn boot_id() -> u32 {
     let mut b = [0u8; 4];
     OsRandom.fill(&mut b);
@@ -225,6 +219,211 @@ fn boot_id() -> u32 {
 fn interval(pps: Option<u32>) -> Option<Duration> {
     pps.filter(|p| *p > 0)
         .map(|p| Duration::from_secs_f64(1.0 / f64::from(p)))
+}
+
+/// Where synthetic traffic goes.
+enum Targets {
+    /// A key server: to every client it has heard from, each under its own keys.
+    Heard,
+    /// A client or a group member: one packet, to each of these addresses.
+    Fixed(Vec<SocketAddr>),
+}
+
+/// The [`Io`] of the UDP roles: one socket, optional synthetic traffic, JSON status lines.
+struct UdpIo {
+    socket: UdpSocket,
+    /// The role and instance names of the status lines.
+    name: String,
+    /// Clients by peer, for a key server's flows and logs.
+    names: HashMap<PeerId, String>,
+    /// Where each peer last sent from (a key server's clients).
+    addrs: HashMap<PeerId, SocketAddr>,
+    /// Where transmits without a known address go (a client's server, a member's controller).
+    default_to: Option<SocketAddr>,
+    traffic: Option<Duration>,
+    targets: Targets,
+    next_traffic: Time,
+    boot: u32,
+    seq: HashMap<PeerId, u64>,
+    status: Duration,
+    next_status: Time,
+    stats: Stats,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    installs: u64,
+    fallbacks: u64,
+    rollouts: u64,
+}
+
+impl UdpIo {
+    fn new(
+        socket: UdpSocket,
+        name: String,
+        traffic_pps: Option<u32>,
+        status_interval_ms: Option<u64>,
+        targets: Targets,
+    ) -> Self {
+        let status = crate::up::status_refresh(status_interval_ms);
+        Self {
+            socket,
+            name,
+            names: HashMap::new(),
+            addrs: HashMap::new(),
+            default_to: None,
+            traffic: interval(traffic_pps),
+            targets,
+            next_traffic: now(),
+            boot: boot_id(),
+            seq: HashMap::new(),
+            status,
+            next_status: now() + status,
+            stats: Stats::default(),
+            buf: vec![0u8; 65536],
+            out: vec![0u8; ESP_HEADER_LEN + TRAFFIC_LEN + MAX_OVERHEAD],
+            installs: 0,
+            fallbacks: 0,
+            rollouts: 0,
+        }
+    }
+
+    fn send_to(&mut self, bytes: &[u8], to: Option<SocketAddr>) {
+        if let Some(to) = to
+            && self.socket.send_to(bytes, to).is_err()
+        {
+            self.stats.send_errors += 1;
+        }
+    }
+
+    fn line(&self, endpoint: &Endpoint, last: bool) -> String {
+        let extra = match endpoint.machine() {
+            Machine::Server(_) => String::new(),
+            Machine::Client(_) => format!(
+                ",\"installs\":{},\"fallbacks\":{}",
+                self.installs, self.fallbacks
+            ),
+            Machine::Controller(c) => format!(
+                ",\"rollouts\":{},\"members\":{:?}",
+                self.rollouts,
+                c.active_members()
+            ),
+            Machine::Member(m) => format!(",\"state\":\"{:?}\"", m.state()),
+        };
+        self.stats.line(
+            endpoint.machine().name(),
+            &self.name,
+            endpoint.generation(),
+            &extra,
+            last,
+        )
+    }
+}
+
+impl Io for UdpIo {
+    fn receive(&mut self, endpoint: &mut Endpoint, wait: Duration) -> Result<bool, String> {
+        let Some((n, from)) = recv(&self.socket, &mut self.buf, wait) else {
+            return Ok(true);
+        };
+        let server = matches!(endpoint.machine(), Machine::Server(_));
+        match endpoint.handle_datagram(now(), Some(from), &mut self.buf[..n]) {
+            Incoming::Data { peer, packet, .. } => {
+                let flow = match endpoint.machine() {
+                    Machine::Server(_) => self.names.get(&peer).cloned().unwrap_or_default(),
+                    Machine::Client(_) => "server".into(),
+                    _ => from.to_string(),
+                };
+                self.stats.flows.entry(flow).or_default().on_packet(packet);
+                if server {
+                    self.addrs.insert(peer, from);
+                }
+            }
+            Incoming::Control { peer } => {
+                if server {
+                    self.addrs.insert(peer, from);
+                }
+            }
+            Incoming::Dropped(r) => self.stats.drop(r),
+        }
+        Ok(true)
+    }
+
+    fn next_wake(&self) -> Time {
+        match self.traffic {
+            Some(_) => self.next_status.min(self.next_traffic),
+            None => self.next_status,
+        }
+    }
+
+    fn tick(&mut self, endpoint: &mut Endpoint, t: Time) -> Result<(), String> {
+        let Some(every) = self.traffic else {
+            return Ok(());
+        };
+        if self.next_traffic > t {
+            return Ok(());
+        }
+        self.next_traffic = t + every;
+        let peers: Vec<(PeerId, Vec<SocketAddr>)> = match &self.targets {
+            Targets::Heard => self.addrs.iter().map(|(p, a)| (*p, vec![*a])).collect(),
+            Targets::Fixed(to) => vec![(PeerId(0), to.clone())],
+        };
+        for (peer, to) in peers {
+            let s = self.seq.entry(peer).or_default();
+            let seq = *s;
+            traffic_packet(&mut self.out, self.boot, seq);
+            let mut out = std::mem::take(&mut self.out);
+            if let Ok(n) = endpoint.seal(t, peer, &mut out, TRAFFIC_LEN, NextHeader::Ipv4) {
+                *self.seq.entry(peer).or_default() += 1;
+                self.stats.sent += 1;
+                for a in to {
+                    self.send_to(&out[..n], Some(a));
+                }
+            }
+            self.out = out;
+        }
+        Ok(())
+    }
+
+    fn keys_changed(&mut self, _: &mut Endpoint, _: &[PeerId]) -> Result<(), String> {
+        // The endpoint seals and opens itself: nothing to publish.
+        Ok(())
+    }
+
+    fn event(&mut self, _: &Endpoint, event: &Event) {
+        match event {
+            Event::Client(ClientEvent::FellBackToInit) => self.fallbacks += 1,
+            Event::Client(ClientEvent::KeyInstalled { .. }) => self.installs += 1,
+            Event::Group(e) => {
+                if matches!(e, GroupEvent::RolloutStarted { .. }) {
+                    self.rollouts += 1;
+                }
+                tracing::info!(event = ?e, "group controller");
+            }
+            _ => {}
+        }
+    }
+
+    fn send(&mut self, _: &Endpoint, tr: Transmit) {
+        let to = tr
+            .destination
+            .or_else(|| self.addrs.get(&tr.peer).copied())
+            .or(self.default_to);
+        self.send_to(&tr.contents, to);
+    }
+
+    fn report(&mut self, endpoint: &mut Endpoint, t: Time) -> Result<(), String> {
+        if self.next_status <= t {
+            self.next_status = t + self.status;
+            print(&self.line(endpoint, false));
+        }
+        Ok(())
+    }
+
+    fn peer_name(&self, _: &Endpoint, peer: PeerId) -> Option<String> {
+        self.names.get(&peer).cloned()
+    }
+
+    fn finish(&mut self, endpoint: &mut Endpoint) {
+        print(&self.line(endpoint, true));
+    }
 }
 
 /// `pktcrypt server`.
@@ -252,92 +451,15 @@ pub(crate) fn run_server(file: &ServerFile, base: &Path, term: &AtomicBool) -> R
         clients = names.len(),
         "key server listening"
     );
-    let traffic = interval(file.traffic_pps);
-    let status = crate::up::status_refresh(file.status_interval_ms);
-    let boot = boot_id();
-    let mut seq: HashMap<PeerId, u64> = HashMap::new();
-    let mut twins: HashMap<PeerId, pktcrypt_core::control::TwinDetector> = HashMap::new();
-    let mut stats = Stats::default();
-    let mut buf = vec![0u8; 65536];
-    let mut out = vec![0u8; ESP_HEADER_LEN + TRAFFIC_LEN + MAX_OVERHEAD];
-    let mut next_traffic = now();
-    let mut next_status = now() + status;
-    let mut addrs: HashMap<PeerId, SocketAddr> = HashMap::new();
-    while !term.load(Ordering::Relaxed) {
-        let t = now();
-        let mut wake = next_status;
-        if traffic.is_some() {
-            wake = wake.min(next_traffic);
-        }
-        if let Some(p) = server.poll_timeout() {
-            wake = wake.min(p);
-        }
-        if let Some((n, from)) = recv(&socket, &mut buf, wake.saturating_sub(t)) {
-            match server.handle_datagram(now(), Some(from), &mut buf[..n]) {
-                Incoming::Data { peer, packet, .. } => {
-                    addrs.insert(peer, from);
-                    let name = names.get(&peer).cloned().unwrap_or_default();
-                    stats.flows.entry(name).or_default().on_packet(packet);
-                }
-                Incoming::Control { peer } => {
-                    addrs.insert(peer, from);
-                }
-                Incoming::Dropped(r) => stats.drop(r),
-            }
-        }
-        let t = now();
-        if server.poll_timeout().is_some_and(|p| p <= t) {
-            server.handle_timeout(t);
-        }
-        if let Some(every) = traffic
-            && next_traffic <= t
-        {
-            next_traffic = t + every;
-            for (peer, addr) in &addrs {
-                let s = seq.entry(*peer).or_default();
-                traffic_packet(&mut out, boot, *s);
-                if let Ok(n) = server.seal(*peer, &mut out, TRAFFIC_LEN, NextHeader::Ipv4) {
-                    *s += 1;
-                    stats.sent += 1;
-                    let bytes = out[..n].to_vec();
-                    send(&socket, &mut stats, &bytes, Some(*addr));
-                }
-            }
-        }
-        while let Some(Transmit {
-            peer,
-            destination,
-            contents,
-        }) = server.poll_transmit()
-        {
-            send(
-                &socket,
-                &mut stats,
-                &contents,
-                destination.or(addrs.get(&peer).copied()),
-            );
-        }
-        while let Some(e) = server.poll_event() {
-            if let ServerEvent::ClientInit { peer } = e
-                && let Some(addr) = server.address(peer)
-                && let Some((a, b)) = twins.entry(peer).or_default().handshake_from(t, addr)
-            {
-                tracing::error!(
-                    client = names.get(&peer).map(String::as_str),
-                    first = %a,
-                    second = %b,
-                    "two clients use this client's init key (a copied configuration?): their \
-                     handshakes keep resetting each other's keys"
-                );
-            }
-        }
-        if next_status <= t {
-            next_status = t + status;
-            print(&stats.line("server", "server", 0, "", false));
-        }
-    }
-    print(&stats.line("server", "server", 0, "", true));
-    Ok(())
+    let mut io = UdpIo::new(
+        socket,
+        "server".into(),
+        file.traffic_pps,
+        file.status_interval_ms,
+        Targets::Heard,
+    );
+    io.names = names;
+    drive(&mut Endpoint::from(server), &mut io, "server", term)
 }
 
 /// `pktcrypt client` (one or `count` instances, one thread each).
@@ -370,23 +492,21 @@ pub(crate) fn run_client(
         };
         let config = config.clone();
         let server_addr = file.server;
-        let traffic = interval(file.traffic_pps);
-        let status = crate::up::status_refresh(file.status_interval_ms);
+        let (pps, status) = (file.traffic_pps, file.status_interval_ms);
         let term = Arc::clone(term);
         threads.push(std::thread::spawn(move || -> Result<(), String> {
-            let mut client = KeyClient::new(config, &key, Box::new(OsRandom), now())
+            let client = KeyClient::new(config, &key, Box::new(OsRandom), now())
                 .map_err(|e| format!("{name}: {e}"))?;
             drop(key);
-            client_loop(
-                &mut client,
-                &socket,
-                server_addr,
-                &name,
-                traffic,
+            let mut io = UdpIo::new(
+                socket,
+                name.clone(),
+                pps,
                 status,
-                &term,
+                Targets::Fixed(vec![server_addr]),
             );
-            Ok(())
+            io.default_to = Some(server_addr);
+            drive(&mut Endpoint::from(client), &mut io, &name, &term)
         }));
     }
     for t in threads {
@@ -394,82 +514,6 @@ pub(crate) fn run_client(
             .map_err(|_| "a client thread panicked".to_string())??;
     }
     Ok(())
-}
-
-fn client_loop(
-    client: &mut KeyClient,
-    socket: &UdpSocket,
-    server: SocketAddr,
-    name: &str,
-    traffic: Option<Duration>,
-    status: Duration,
-    term: &AtomicBool,
-) {
-    let boot = boot_id();
-    let mut seq = 0u64;
-    let mut stats = Stats::default();
-    let mut buf = vec![0u8; 65536];
-    let mut out = vec![0u8; ESP_HEADER_LEN + TRAFFIC_LEN + MAX_OVERHEAD];
-    let mut next_traffic = now();
-    let mut next_status = now() + status;
-    let mut fallbacks = 0u64;
-    let mut installs = 0u64;
-    while !term.load(Ordering::Relaxed) {
-        let t = now();
-        let mut wake = next_status;
-        if traffic.is_some() {
-            wake = wake.min(next_traffic);
-        }
-        if let Some(p) = client.poll_timeout() {
-            wake = wake.min(p);
-        }
-        if let Some((n, _from)) = recv(socket, &mut buf, wake.saturating_sub(t)) {
-            match client.handle_datagram(now(), &mut buf[..n]) {
-                Incoming::Data { packet, .. } => {
-                    stats
-                        .flows
-                        .entry("server".into())
-                        .or_default()
-                        .on_packet(packet);
-                }
-                Incoming::Control { .. } => {}
-                Incoming::Dropped(r) => stats.drop(r),
-            }
-        }
-        let t = now();
-        if client.poll_timeout().is_some_and(|p| p <= t) {
-            client.handle_timeout(t);
-        }
-        if let Some(every) = traffic
-            && next_traffic <= t
-        {
-            next_traffic = t + every;
-            traffic_packet(&mut out, boot, seq);
-            if let Ok(n) = client.seal(t, &mut out, TRAFFIC_LEN, NextHeader::Ipv4) {
-                seq += 1;
-                stats.sent += 1;
-                let bytes = out[..n].to_vec();
-                send(socket, &mut stats, &bytes, Some(server));
-            }
-        }
-        while let Some(tx) = client.poll_transmit() {
-            send(socket, &mut stats, &tx.contents, Some(server));
-        }
-        while let Some(e) = client.poll_event() {
-            match e {
-                pktcrypt_core::control::ClientEvent::FellBackToInit => fallbacks += 1,
-                pktcrypt_core::control::ClientEvent::KeyInstalled { .. } => installs += 1,
-                _ => {}
-            }
-        }
-        if next_status <= t {
-            next_status = t + status;
-            let extra = format!(",\"installs\":{installs},\"fallbacks\":{fallbacks}");
-            print(&stats.line("client", name, client.newest(), &extra, false));
-        }
-    }
-    let extra = format!(",\"installs\":{installs},\"fallbacks\":{fallbacks}");
-    print(&stats.line("client", name, client.newest(), &extra, true));
 }
 
 /// `pktcrypt group-controller`.
@@ -512,72 +556,14 @@ pub(crate) fn run_group_controller(
         members = file.members.len(),
         "group controller listening"
     );
-    let status = crate::up::status_refresh(file.status_interval_ms);
-    let mut stats = Stats::default();
-    let mut buf = vec![0u8; 65536];
-    let mut next_status = now() + status;
-    let mut rollouts = 0u64;
-    while !term.load(Ordering::Relaxed) {
-        let t = now();
-        let mut wake = next_status;
-        if let Some(p) = controller.poll_timeout() {
-            wake = wake.min(p);
-        }
-        if let Some((n, from)) = recv(&socket, &mut buf, wake.saturating_sub(t))
-            && let Incoming::Dropped(r) =
-                controller.handle_datagram(now(), Some(from), &mut buf[..n])
-        {
-            stats.drop(r);
-        }
-        let t = now();
-        if controller.poll_timeout().is_some_and(|p| p <= t) {
-            controller.handle_timeout(t);
-        }
-        while let Some(tx) = controller.poll_transmit() {
-            send(&socket, &mut stats, &tx.contents, tx.destination);
-        }
-        while let Some(e) = controller.poll_event() {
-            if matches!(e, pktcrypt_core::control::GroupEvent::RolloutStarted { .. }) {
-                rollouts += 1;
-            }
-            if let pktcrypt_core::control::GroupEvent::Duplicate { member, addrs } = e {
-                tracing::error!(
-                    member,
-                    first = %addrs.0,
-                    second = %addrs.1,
-                    "two gateways run as this member (its index and control key in two \
-                     configurations): taken out of the group until re-admitted"
-                );
-            }
-            tracing::info!(event = ?e, "group controller");
-        }
-        if next_status <= t {
-            next_status = t + status;
-            let extra = format!(
-                ",\"rollouts\":{rollouts},\"members\":{:?}",
-                controller.active_members()
-            );
-            print(&stats.line(
-                "group-controller",
-                "controller",
-                controller.generation(),
-                &extra,
-                false,
-            ));
-        }
-    }
-    let extra = format!(
-        ",\"rollouts\":{rollouts},\"members\":{:?}",
-        controller.active_members()
+    let mut io = UdpIo::new(
+        socket,
+        "controller".into(),
+        None,
+        file.status_interval_ms,
+        Targets::Fixed(Vec::new()),
     );
-    print(&stats.line(
-        "group-controller",
-        "controller",
-        controller.generation(),
-        &extra,
-        true,
-    ));
-    Ok(())
+    drive(&mut Endpoint::from(controller), &mut io, "controller", term)
 }
 
 /// `pktcrypt group-member`.
@@ -596,7 +582,7 @@ pub(crate) fn run_group_member(
             file.index
         ));
     }
-    let mut member = GroupMember::new(
+    let member = GroupMember::new(
         config,
         file.index,
         &control,
@@ -607,71 +593,23 @@ pub(crate) fn run_group_member(
     )
     .map_err(|e| e.to_string())?;
     let socket = bind(file.bind)?;
-    let traffic = interval(file.traffic_pps);
-    let status = crate::up::status_refresh(file.status_interval_ms);
-    let boot = boot_id();
-    let mut seq = 0u64;
-    let mut stats = Stats::default();
-    let mut buf = vec![0u8; 65536];
-    let mut out = vec![0u8; ESP_HEADER_LEN + TRAFFIC_LEN + MAX_OVERHEAD];
-    let mut next_traffic = now();
-    let mut next_status = now() + status;
     let name = format!("member{}", file.index);
-    while !term.load(Ordering::Relaxed) {
-        let t = now();
-        let mut wake = next_status;
-        if traffic.is_some() {
-            wake = wake.min(next_traffic);
-        }
-        if let Some(p) = member.poll_timeout() {
-            wake = wake.min(p);
-        }
-        if let Some((n, from)) = recv(&socket, &mut buf, wake.saturating_sub(t)) {
-            match member.handle_datagram(now(), &mut buf[..n]) {
-                Incoming::Data { packet, .. } => {
-                    stats
-                        .flows
-                        .entry(from.to_string())
-                        .or_default()
-                        .on_packet(packet);
-                }
-                Incoming::Control { .. } => {}
-                Incoming::Dropped(r) => stats.drop(r),
-            }
-        }
-        let t = now();
-        if member.poll_timeout().is_some_and(|p| p <= t) {
-            member.handle_timeout(t);
-        }
-        if let Some(every) = traffic
-            && next_traffic <= t
-        {
-            next_traffic = t + every;
-            traffic_packet(&mut out, boot, seq);
-            if let Ok(n) = member.seal(&mut out, TRAFFIC_LEN, NextHeader::Ipv4) {
-                seq += 1;
-                stats.sent += 1;
-                let bytes = out[..n].to_vec();
-                for (j, peer) in file.peers.iter().enumerate() {
-                    if j != usize::from(file.index) {
-                        send(&socket, &mut stats, &bytes, Some(*peer));
-                    }
-                }
-            }
-        }
-        while let Some(tx) = member.poll_transmit() {
-            send(&socket, &mut stats, &tx.contents, Some(file.controller));
-        }
-        while member.poll_event().is_some() {}
-        if next_status <= t {
-            next_status = t + status;
-            let extra = format!(",\"state\":\"{:?}\"", member.state());
-            print(&stats.line("group-member", &name, member.generation(), &extra, false));
-        }
-    }
-    let extra = format!(",\"state\":\"{:?}\"", member.state());
-    print(&stats.line("group-member", &name, member.generation(), &extra, true));
-    Ok(())
+    let others = file
+        .peers
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != usize::from(file.index))
+        .map(|(_, a)| *a)
+        .collect();
+    let mut io = UdpIo::new(
+        socket,
+        name.clone(),
+        file.traffic_pps,
+        file.status_interval_ms,
+        Targets::Fixed(others),
+    );
+    io.default_to = Some(file.controller);
+    drive(&mut Endpoint::from(member), &mut io, &name, term)
 }
 
 /// What a core image of a key-holding process may contain (`/proc/self/coredump_filter`, see

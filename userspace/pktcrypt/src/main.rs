@@ -15,6 +15,7 @@ use pktcrypt_core::{
     Slot, Spi, Suite, Time,
 };
 mod config;
+mod drive;
 mod driver;
 mod endpoints;
 

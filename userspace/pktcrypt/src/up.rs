@@ -14,18 +14,18 @@
 //! the workers only when something in them changed.
 
 use crate::config::{self, ClientFile, GroupKeyTable, KeySource, PeerEntry, ServerFile};
+use crate::drive::{Io, drive};
 use crate::driver::{OsRandom, ServerRandom, now};
 use crate::endpoints::{self, Published};
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use pktcrypt_core::aead::Backend;
 use pktcrypt_core::control::{
-    GroupController, GroupEvent, GroupMember, Incoming, KeyClient, KeyServer, ServerEvent,
-    Transmit, TwinDetector,
+    Endpoint, Event, GroupController, GroupEvent, GroupMember, Incoming, KeyClient, KeyServer,
+    Machine, Transmit,
 };
 use pktcrypt_core::wire::OuterHeader;
-use pktcrypt_core::wire::esp::NextHeader;
-use pktcrypt_core::{DropReason, Engine, Opened, PeerId, Slot, Time};
+use pktcrypt_core::{DropReason, PeerId, Time};
 use pktcrypt_io::gateway::{
     Paths, PeerPath, Prefix, Route, Shared, ToControl, Worker, WorkerStats,
 };
@@ -245,170 +245,6 @@ fn parse_prefix(field: &str, s: &str) -> Result<(IpAddr, u8), String> {
     Ok((addr, len))
 }
 
-/// A client whose init key two gateways seem to use, with their addresses.
-type Twins = (PeerId, (SocketAddr, SocketAddr));
-
-/// The state machine of a data-path role.
-enum Machine {
-    Server(Box<KeyServer>),
-    Client(Box<KeyClient>),
-    /// A group member: data under the group keys, control with the controller over the
-    /// daemon's own UDP socket (`controller` is the controller's control address).
-    Member(Box<GroupMember>, SocketAddr),
-}
-
-impl Machine {
-    fn engine(&self) -> &Engine {
-        match self {
-            Machine::Server(s) => s.engine(),
-            Machine::Client(c) => c.engine(),
-            Machine::Member(m, _) => m.engine(),
-        }
-    }
-    fn poll_timeout(&self) -> Option<Time> {
-        match self {
-            Machine::Server(s) => s.poll_timeout(),
-            Machine::Client(c) => c.poll_timeout(),
-            Machine::Member(m, _) => m.poll_timeout(),
-        }
-    }
-    fn handle_timeout(&mut self, t: Time) {
-        match self {
-            Machine::Server(s) => s.handle_timeout(t),
-            Machine::Client(c) => c.handle_timeout(t),
-            Machine::Member(m, _) => m.handle_timeout(t),
-        }
-    }
-    /// The next control message and where it goes (`peers`: addresses of pairwise peers).
-    fn poll_transmit(
-        &mut self,
-        peers: &HashMap<PeerId, PeerInfo>,
-        port: u16,
-    ) -> Option<(Transmit, Option<SocketAddr>)> {
-        let pairwise = |tr: Transmit| {
-            let to = tr.destination.or_else(|| {
-                peers
-                    .get(&tr.peer)
-                    .map(|p| SocketAddr::new(p.address, port))
-            });
-            (tr, to)
-        };
-        match self {
-            Machine::Server(s) => s.poll_transmit().map(pairwise),
-            Machine::Client(c) => c.poll_transmit().map(pairwise),
-            // The member's control peer is the controller, whatever its id.
-            Machine::Member(m, controller) => m.poll_transmit().map(|tr| (tr, Some(*controller))),
-        }
-    }
-    /// A datagram from the daemon's own control socket (group mode).
-    fn handle_datagram(&mut self, t: Time, bytes: &mut [u8]) -> Option<DropReason> {
-        match self {
-            Machine::Member(m, _) => match m.handle_datagram(t, bytes) {
-                Incoming::Dropped(r) => Some(r),
-                _ => None,
-            },
-            _ => Some(DropReason::ControlUnexpected),
-        }
-    }
-    /// The events, as text; a key server's handshakes go through `twins`, and what looks like
-    /// two gateways using one client's init key is returned too.
-    fn drain_events(
-        &mut self,
-        t: Time,
-        twins: &mut HashMap<PeerId, TwinDetector>,
-    ) -> (Vec<String>, Vec<Twins>) {
-        let mut out = Vec::new();
-        let mut duplicates = Vec::new();
-        match self {
-            Machine::Server(s) => {
-                while let Some(e) = s.poll_event() {
-                    if let ServerEvent::ClientInit { peer } = e
-                        && let Some(addr) = s.address(peer)
-                        && let Some(addrs) = twins.entry(peer).or_default().handshake_from(t, addr)
-                    {
-                        duplicates.push((peer, addrs));
-                    }
-                    out.push(format!("{e:?}"));
-                }
-            }
-            Machine::Client(c) => {
-                while let Some(e) = c.poll_event() {
-                    out.push(format!("{e:?}"));
-                }
-            }
-            Machine::Member(m, _) => {
-                while let Some(e) = m.poll_event() {
-                    out.push(format!("{e:?}"));
-                }
-            }
-        }
-        (out, duplicates)
-    }
-    fn handle_opened(
-        &mut self,
-        t: Time,
-        from: SocketAddr,
-        opened: Opened<'_>,
-    ) -> Option<DropReason> {
-        let incoming = match self {
-            Machine::Server(s) => s.handle_opened(t, Some(from), opened),
-            Machine::Client(c) => c.handle_opened(t, opened),
-            // Group data needs no control reaction; group control never travels in group SAs.
-            Machine::Member(..) => match opened {
-                Opened::Control { .. } => Incoming::Dropped(DropReason::ControlUnexpected),
-                _ => return None,
-            },
-        };
-        match incoming {
-            Incoming::Dropped(r) => Some(r),
-            _ => None,
-        }
-    }
-    fn check_triggers(&mut self, t: Time) {
-        match self {
-            Machine::Server(s) => {
-                let peers: Vec<PeerId> = s.engine().peers().collect();
-                for p in peers {
-                    s.check_triggers(t, p);
-                }
-            }
-            Machine::Client(c) => c.check_triggers(t),
-            // The controller rekeys the group.
-            Machine::Member(..) => {}
-        }
-    }
-    fn data_plane(&mut self) -> Result<pktcrypt_core::DataPlane, String> {
-        match self {
-            Machine::Server(s) => s.data_plane(),
-            Machine::Client(c) => c.data_plane(),
-            Machine::Member(m, _) => m.data_plane(),
-        }
-        .map_err(|e| e.to_string())
-    }
-}
-
-/// Which generation (number and SPI) sits in which slot for every peer: when it changes, keys
-/// are republished to the workers and the SPIs to the XDP program.
-type Fingerprint = Vec<(u32, [(u64, u32); 3], u64)>;
-
-fn key_fingerprint(engine: &Engine) -> Fingerprint {
-    engine
-        .peers()
-        .map(|p| {
-            let g = |s| {
-                engine
-                    .generation(p, s)
-                    .map_or((u64::MAX, 0), |g| (g.number, g.spi.get()))
-            };
-            (
-                p.0,
-                [g(Slot::Init), g(Slot::Newest), g(Slot::Previous)],
-                engine.tx_generation(p).map_or(u64::MAX, |g| g.number),
-            )
-        })
-        .collect()
-}
-
 /// When a packet last arrived under each SPI, from the outer XDP program's per-SPI counters
 /// (read on the paths tick): the evidence for retiring generations nobody sends under.
 #[derive(Default)]
@@ -440,6 +276,253 @@ struct PeerInfo {
     name: String,
     address: IpAddr,
     prefixes: Vec<(IpAddr, u8)>,
+}
+
+/// The gateway's [`Io`]: control messages and samples from the workers (and, for a group
+/// member, the controller channel's datagrams), keys published to the workers and SPIs to the
+/// outer XDP program, next hops kept current, status and key export served.
+struct GatewayIo {
+    name: String,
+    from_workers: Receiver<ToControl>,
+    /// Control messages leave through this (bound to the ESP port) ...
+    socket: UdpSocket,
+    /// ... or, for a group member, through the controller channel's socket.
+    control_socket: Option<UdpSocket>,
+    /// A group member's controller (control address).
+    member_controller: Option<SocketAddr>,
+    peers: HashMap<PeerId, PeerInfo>,
+    port: u16,
+    local: IpAddr,
+    shared: Arc<Shared>,
+    inner_xdp: XdpSteering,
+    outer_xdp: XdpSteering,
+    hops: net::NextHops,
+    paths: Paths,
+    published: Arc<Mutex<Published>>,
+    request_rx: Receiver<endpoints::Request>,
+    status_every: Duration,
+    print_status: bool,
+    retire_grace: Option<Duration>,
+    next_status: Time,
+    next_tick: Time,
+    next_resync: Time,
+    hops_failing: bool,
+    control_drops: pktcrypt_core::DropCounters,
+    events_total: u64,
+    rekeys: u64,
+    unresolved: HashMap<u32, (Duration, bool)>,
+    activity: SpiActivity,
+    duplicate_clients: u64,
+    spi_map_errors: u64,
+    retired_on_evidence: u64,
+}
+
+impl Io for GatewayIo {
+    fn receive(&mut self, endpoint: &mut Endpoint, wait: Duration) -> Result<bool, String> {
+        let first = match self
+            .from_workers
+            .recv_timeout(wait.min(Duration::from_millis(200)))
+        {
+            Ok(m) => Some(m),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return Ok(false),
+        };
+        let more: Vec<ToControl> = self.from_workers.try_iter().collect();
+        for msg in first.into_iter().chain(more) {
+            let t = now();
+            let dropped = match msg {
+                ToControl::Control {
+                    info,
+                    from,
+                    message,
+                } => match endpoint.handle_control(t, Some(from), info, &message) {
+                    Incoming::Dropped(r) => Some(r),
+                    _ => None,
+                },
+                ToControl::Observed { info, from } => {
+                    endpoint.handle_sampled(t, Some(from), &info);
+                    None
+                }
+                // The controller channel (group mode only).
+                ToControl::Datagram { mut bytes, from } => match endpoint.machine() {
+                    Machine::Member(_) => match endpoint.handle_datagram(t, Some(from), &mut bytes)
+                    {
+                        Incoming::Dropped(r) => Some(r),
+                        _ => None,
+                    },
+                    _ => Some(DropReason::ControlUnexpected),
+                },
+            };
+            if let Some(r) = dropped {
+                self.control_drops.add(r);
+            }
+        }
+        Ok(true)
+    }
+
+    fn next_wake(&self) -> Time {
+        self.next_tick.min(self.next_status).min(self.next_resync)
+    }
+
+    fn tick(&mut self, endpoint: &mut Endpoint, t: Time) -> Result<(), String> {
+        // Next hops: the kernel's notifications as they came (never blocks), everything read
+        // again every NEXT_HOP_RESYNC; the workers get new paths only when they changed.
+        let updated = self.hops.update();
+        let resynced = (self.next_resync <= t).then(|| {
+            self.next_resync = t + NEXT_HOP_RESYNC;
+            self.hops.resync()
+        });
+        let results = [Some(updated), resynced];
+        // A failed reading may still have applied part of what it read: publish then too.
+        if results.iter().flatten().any(|r| !matches!(r, Ok(false))) {
+            apply_next_hops(&mut self.paths, &self.peers, &self.hops);
+            self.shared.paths.store(Arc::new(self.paths.clone()));
+        }
+        match results.into_iter().flatten().find_map(Result::err) {
+            Some(e) if !self.hops_failing => {
+                self.hops_failing = true;
+                tracing::warn!(
+                    gateway = self.name,
+                    error = e,
+                    "next hops may be out of date"
+                );
+            }
+            Some(_) => {}
+            None if self.hops_failing => {
+                self.hops_failing = false;
+                tracing::info!(gateway = self.name, "reading neighbours and routes again");
+            }
+            None => {}
+        }
+        if self.next_tick <= t {
+            self.next_tick = t + TICK;
+            endpoint.check_triggers(t);
+            keepalive_unresolved(
+                &self.paths,
+                &self.peers,
+                &self.socket,
+                self.port,
+                &mut self.unresolved,
+            );
+            if let (Machine::Member(m), Some(grace)) = (endpoint.machine_mut(), self.retire_grace) {
+                if let Ok(counts) = self.outer_xdp.spi_packets() {
+                    self.activity.update(&counts, t);
+                }
+                let activity = &self.activity;
+                let retired = m.retire_unused(t, grace, |spi| activity.last_seen(spi));
+                if retired > 0 {
+                    self.retired_on_evidence += retired as u64;
+                    tracing::info!(
+                        gateway = self.name,
+                        retired,
+                        "previous group generation retired on evidence (no packets under it)"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn keys_changed(&mut self, endpoint: &mut Endpoint, peers: &[PeerId]) -> Result<(), String> {
+        // Keys first (a distribution's keys must be in the workers, and their SPIs in the XDP
+        // program, before the proof or the announcement goes out).
+        self.rekeys += 1;
+        let current = self.shared.keys.load_full();
+        let next = endpoint
+            .update_data_plane(&current, peers)
+            .map_err(|e| e.to_string())?;
+        self.shared.keys.store(Arc::new(next));
+        if let Err(e) = self.outer_xdp.set_spis(endpoint.engine().held_spis()) {
+            self.spi_map_errors += 1;
+            tracing::error!(
+                gateway = self.name,
+                error = e,
+                "the XDP SPI map is out of step: packets under the SPIs missing are dropped in XDP"
+            );
+        }
+        Ok(())
+    }
+
+    fn event(&mut self, _: &Endpoint, event: &Event) {
+        if let Event::DuplicateClient { .. } = event {
+            self.duplicate_clients += 1;
+            return;
+        }
+        self.events_total += 1;
+        tracing::info!(gateway = self.name, event = ?event);
+    }
+
+    fn send(&mut self, _: &Endpoint, tr: Transmit) {
+        // A member's control peer is the controller, whatever its id.
+        let to = self.member_controller.or_else(|| {
+            tr.destination.or_else(|| {
+                self.peers
+                    .get(&tr.peer)
+                    .map(|p| SocketAddr::new(p.address, self.port))
+            })
+        });
+        if let Some(d) = to {
+            let _ = self
+                .control_socket
+                .as_ref()
+                .unwrap_or(&self.socket)
+                .send_to(&tr.contents, d);
+        }
+    }
+
+    fn report(&mut self, endpoint: &mut Endpoint, t: Time) -> Result<(), String> {
+        // The status document: on the tick (printed, metrics published) and for every status
+        // request (as of now); key text only on request, never kept (wiped when the endpoint
+        // has written it). One rendering serves both.
+        let asks: Vec<endpoints::Request> = self.request_rx.try_iter().collect();
+        let tick = self.next_status <= t;
+        let doc = (tick || asks.iter().any(|(a, _)| *a == endpoints::Ask::Status)).then(|| {
+            render(
+                &self.name,
+                endpoint,
+                self.member_controller,
+                &self.peers,
+                &self.shared,
+                &self.control_drops,
+                self.rekeys,
+                self.events_total,
+                &self.inner_xdp,
+                &self.outer_xdp,
+                [
+                    ("spi_map_errors", self.spi_map_errors),
+                    ("retired_on_evidence", self.retired_on_evidence),
+                    ("duplicate_clients", self.duplicate_clients),
+                ],
+            )
+        });
+        if let Some((status, metrics)) = &doc {
+            if tick {
+                self.next_status = t + self.status_every;
+                if self.print_status {
+                    println!("{status}");
+                }
+            }
+            let mut p = self.published.lock().map_err(|_| "status lock poisoned")?;
+            p.metrics.clone_from(metrics);
+        }
+        for (ask, reply) in asks {
+            let text = match (ask, &doc) {
+                (endpoints::Ask::Status, Some((status, _))) => {
+                    zeroize::Zeroizing::new(status.clone())
+                }
+                (endpoints::Ask::Status, None) => continue,
+                (endpoints::Ask::Keys, _) => export(endpoint, &self.peers, self.local),
+            };
+            let _ = reply.send(text);
+        }
+        Ok(())
+    }
+
+    fn peer_name(&self, _: &Endpoint, peer: PeerId) -> Option<String> {
+        self.peers.get(&peer).map(|p| p.name.clone())
+    }
+
+    fn finish(&mut self, _: &mut Endpoint) {}
 }
 
 /// `pktcrypt up --config FILE`.
@@ -527,7 +610,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     if !role.starts_with("group") && (!file.members.is_empty() || file.group.is_some()) {
         return Err("members: [[members]] and [group] belong to the group roles".into());
     }
-    let mut machine = match role {
+    let (mut endpoint, member_controller) = match role {
         "server" => {
             if file.clients.is_empty() {
                 return Err("clients: a server needs at least one [[clients]] entry".into());
@@ -572,7 +655,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
                     .map_err(|e| format!("{field}: {e}"))?;
                 peers.insert(id, peer_info(&field, c)?);
             }
-            Machine::Server(Box::new(server))
+            (Endpoint::from(server), None)
         }
         "client" => {
             let s = file
@@ -600,12 +683,12 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
             let client = KeyClient::new(cc, &key, Box::new(OsRandom), t0)
                 .map_err(|e| format!("server: {e}"))?;
             peers.insert(client.server(), peer_info("server", &s)?);
-            Machine::Client(Box::new(client))
+            (Endpoint::from(client), None)
         }
         "group-member" => {
             let (member, controller, member_peers) = group_member(&file, base, port, backend, t0)?;
             peers = member_peers;
-            Machine::Member(Box::new(member), controller)
+            (Endpoint::from(member), Some(controller))
         }
         other => {
             return Err(format!(
@@ -681,8 +764,8 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     });
     let mut prefixes = Vec::new();
     // Pairwise: seal for the peer behind the prefix. Group: always under our own sender keys.
-    let seal_as = match &machine {
-        Machine::Member(m, _) => m.sender(m.index()),
+    let seal_as = match endpoint.machine() {
+        Machine::Member(m) => m.sender(m.index()),
         _ => None,
     };
     paths.local = local_prefixes;
@@ -718,7 +801,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         paths.peers.insert(id.0, PeerPath { header, mac: None });
     }
     paths.sort_routes();
-    let mut hops = net::NextHops::new(&inner, peers.values().map(|p| p.address))
+    let hops = net::NextHops::new(&inner, peers.values().map(|p| p.address))
         .map_err(|e| format!("inner: reading neighbours and routes: {e}"))?;
     apply_next_hops(&mut paths, &peers, &hops);
 
@@ -732,7 +815,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     // Group mode: the controller channel is a kernel UDP socket on the control port (XDP does
     // not steer it); a reader thread feeds its datagrams into the control loop.
     let reader_stop = Arc::new(AtomicBool::new(false));
-    let control_socket = match &machine {
+    let control_socket = match endpoint.machine() {
         Machine::Member(..) => {
             let cport = control_port(&file, port)?;
             let s = UdpSocket::bind(SocketAddr::new(local, cport))
@@ -742,7 +825,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         }
         _ => None,
     };
-    let keys = machine.data_plane()?;
+    let keys = endpoint.data_plane().map_err(|e| e.to_string())?;
     let shared = Arc::new(Shared {
         keys: ArcSwap::from_pointee(keys),
         paths: ArcSwap::from_pointee(paths.clone()),
@@ -762,8 +845,8 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     .map_err(|e| format!("inner: {e}"))?;
     // Only ESP under an SPI held is steered; the rest is dropped in XDP. At most three
     // generations per peer (init, N, N-1).
-    let held: Vec<u32> = machine.engine().held_spis().collect();
-    let spi_capacity = (machine.engine().peers().count() as u32)
+    let held: Vec<u32> = endpoint.engine().held_spis().collect();
+    let spi_capacity = (endpoint.engine().peers().count() as u32)
         .saturating_mul(3)
         .saturating_add(64)
         .max(pktcrypt_common::DEFAULT_SPI_CAPACITY);
@@ -849,199 +932,48 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
 
     // The control loop.
     let status_every = status_refresh(file.status_interval_ms);
-    let mut next_status = now() + status_every;
-    let mut next_tick = now();
-    let mut next_resync = now() + NEXT_HOP_RESYNC;
-    let mut hops_failing = false;
-    let mut fingerprint = key_fingerprint(machine.engine());
-    let mut control_drops = pktcrypt_core::DropCounters::default();
-    let mut events_total = 0u64;
-    let mut rekeys = 0u64;
-    let mut unresolved = HashMap::new();
-    let mut activity = SpiActivity::default();
-    let mut twins: HashMap<PeerId, TwinDetector> = HashMap::new();
-    let mut duplicate_clients = 0u64;
-    let mut spi_map_errors = 0u64;
-    let mut retired_on_evidence = 0u64;
     let retire_grace = match file.retire_grace_ms.unwrap_or(5000) {
         0 => None,
         ms => Some(Duration::from_millis(ms)),
     };
-    while !term.load(Ordering::Relaxed) {
-        let t = now();
-        let mut wake = next_tick.min(next_status).min(next_resync);
-        if let Some(p) = machine.poll_timeout() {
-            wake = wake.min(p);
-        }
-        let wait = wake.saturating_sub(t).min(Duration::from_millis(200));
-        let first = match from_workers.recv_timeout(wait) {
-            Ok(m) => Some(m),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        for msg in first.into_iter().chain(from_workers.try_iter()) {
-            let t = now();
-            let dropped = match msg {
-                ToControl::Control {
-                    info,
-                    from,
-                    message,
-                } => machine.handle_opened(
-                    t,
-                    from,
-                    Opened::Control {
-                        message: &message,
-                        info,
-                    },
-                ),
-                ToControl::Observed { info, from } => machine.handle_opened(
-                    t,
-                    from,
-                    Opened::Data {
-                        packet: &mut [],
-                        next_header: NextHeader::Ipv4,
-                        info,
-                    },
-                ),
-                ToControl::Datagram { mut bytes, .. } => machine.handle_datagram(t, &mut bytes),
-            };
-            if let Some(r) = dropped {
-                control_drops.add(r);
-            }
-        }
-        let t = now();
-        if machine.poll_timeout().is_some_and(|p| p <= t) {
-            machine.handle_timeout(t);
-        }
-        // Keys first (a distribution's keys must be in the workers, and their SPIs in the XDP
-        // program, before the proof or the announcement goes out).
-        let fp = key_fingerprint(machine.engine());
-        if fp != fingerprint {
-            fingerprint = fp;
-            rekeys += 1;
-            shared.keys.store(Arc::new(machine.data_plane()?));
-            if let Err(e) = outer_xdp.set_spis(machine.engine().held_spis()) {
-                spi_map_errors += 1;
-                tracing::error!(
-                    gateway = name,
-                    error = e,
-                    "the XDP SPI map is out of step: packets under the SPIs missing are \
-                     dropped in XDP"
-                );
-            }
-        }
-        while let Some((tr, dest)) = machine.poll_transmit(&peers, port) {
-            if let Some(d) = dest {
-                let _ = control_socket
-                    .as_ref()
-                    .unwrap_or(&socket)
-                    .send_to(&tr.contents, d);
-            }
-        }
-        let (events, duplicates) = machine.drain_events(t, &mut twins);
-        for e in events {
-            events_total += 1;
-            tracing::info!(gateway = name, event = e);
-        }
-        for (peer, (a, b)) in duplicates {
-            duplicate_clients += 1;
-            tracing::error!(
-                gateway = name,
-                peer = peers.get(&peer).map(|p| p.name.as_str()),
-                first = %a,
-                second = %b,
-                "two gateways use this client's init key (a copied configuration?): their \
-                 handshakes keep resetting each other's keys"
-            );
-        }
-        // Next hops: the kernel's notifications as they came (never blocks), everything read
-        // again every NEXT_HOP_RESYNC; the workers get new paths only when they changed.
-        let updated = hops.update();
-        let resynced = (next_resync <= t).then(|| {
-            next_resync = t + NEXT_HOP_RESYNC;
-            hops.resync()
-        });
-        let results = [Some(updated), resynced];
-        // A failed reading may still have applied part of what it read: publish then too.
-        if results.iter().flatten().any(|r| !matches!(r, Ok(false))) {
-            apply_next_hops(&mut paths, &peers, &hops);
-            shared.paths.store(Arc::new(paths.clone()));
-        }
-        match results.into_iter().flatten().find_map(Result::err) {
-            Some(e) if !hops_failing => {
-                hops_failing = true;
-                tracing::warn!(gateway = name, error = e, "next hops may be out of date");
-            }
-            Some(_) => {}
-            None if hops_failing => {
-                hops_failing = false;
-                tracing::info!(gateway = name, "reading neighbours and routes again");
-            }
-            None => {}
-        }
-        if next_tick <= t {
-            next_tick = t + TICK;
-            machine.check_triggers(t);
-            keepalive_unresolved(&paths, &peers, &socket, port, &mut unresolved);
-            if let (Machine::Member(m, _), Some(grace)) = (&mut machine, retire_grace) {
-                if let Ok(counts) = outer_xdp.spi_packets() {
-                    activity.update(&counts, t);
-                }
-                let retired = m.retire_unused(t, grace, |spi| activity.last_seen(spi));
-                if retired > 0 {
-                    retired_on_evidence += retired as u64;
-                    tracing::info!(
-                        gateway = name,
-                        retired,
-                        "previous group generation retired on evidence (no packets under it)"
-                    );
-                }
-            }
-        }
-        // The status document: on the tick (printed, metrics published) and for every status
-        // request (as of now); key text only on request, never kept (wiped when the endpoint
-        // has written it). One rendering serves both.
-        let asks: Vec<endpoints::Request> = request_rx.try_iter().collect();
-        let tick = next_status <= t;
-        let doc = (tick || asks.iter().any(|(a, _)| *a == endpoints::Ask::Status)).then(|| {
-            render(
-                &name,
-                &machine,
-                &peers,
-                &shared,
-                &control_drops,
-                rekeys,
-                events_total,
-                &inner_xdp,
-                &outer_xdp,
-                [
-                    ("spi_map_errors", spi_map_errors),
-                    ("retired_on_evidence", retired_on_evidence),
-                    ("duplicate_clients", duplicate_clients),
-                ],
-            )
-        });
-        if let Some((status, metrics)) = &doc {
-            if tick {
-                next_status = t + status_every;
-                if file.status_interval_ms != Some(0) {
-                    println!("{status}");
-                }
-            }
-            let mut p = published.lock().map_err(|_| "status lock poisoned")?;
-            p.metrics.clone_from(metrics);
-        }
-        for (ask, reply) in asks {
-            let text = match (ask, &doc) {
-                (endpoints::Ask::Status, Some((status, _))) => {
-                    zeroize::Zeroizing::new(status.clone())
-                }
-                (endpoints::Ask::Status, None) => continue,
-                (endpoints::Ask::Keys, _) => export(&machine, &peers, local),
-            };
-            let _ = reply.send(text);
-        }
-    }
+    let mut io = GatewayIo {
+        name: name.clone(),
+        from_workers,
+        socket,
+        control_socket,
+        member_controller,
+        peers,
+        port,
+        local,
+        shared: Arc::clone(&shared),
+        inner_xdp,
+        outer_xdp,
+        hops,
+        paths,
+        published,
+        request_rx,
+        status_every,
+        print_status: file.status_interval_ms != Some(0),
+        retire_grace,
+        next_status: now() + status_every,
+        next_tick: now(),
+        next_resync: now() + NEXT_HOP_RESYNC,
+        hops_failing: false,
+        control_drops: pktcrypt_core::DropCounters::default(),
+        events_total: 0,
+        rekeys: 0,
+        unresolved: HashMap::new(),
+        activity: SpiActivity::default(),
+        duplicate_clients: 0,
+        spi_map_errors: 0,
+        retired_on_evidence: 0,
+    };
+    let result = drive(&mut endpoint, &mut io, &name, term);
+    let GatewayIo {
+        inner_xdp,
+        outer_xdp,
+        ..
+    } = io;
     shared.stop.store(true, Ordering::Relaxed);
     reader_stop.store(true, Ordering::Relaxed);
     for h in handles {
@@ -1057,7 +989,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         "stopped; XDP stays attached and drops protected traffic (fail closed) until the next \
          `pktcrypt up`, or `pktcrypt down`"
     );
-    Ok(())
+    result
 }
 
 /// `role = "group-controller"`: the group's key controller. It has no data path (no
@@ -1148,65 +1080,103 @@ fn run_controller(
         "group controller up"
     );
     let status_every = status_refresh(file.status_interval_ms);
-    let mut next_status = now();
-    let mut drops = pktcrypt_core::DropCounters::default();
-    let (mut rollouts, mut events) = (0u64, 0u64);
-    let mut buf = vec![0u8; 65536];
-    while !term.load(Ordering::Relaxed) {
-        let t = now();
-        let mut wake = next_status;
-        if let Some(p) = controller.poll_timeout() {
-            wake = wake.min(p);
-        }
-        let wait = wake
-            .saturating_sub(t)
-            .clamp(Duration::from_millis(1), Duration::from_millis(200));
-        let _ = socket.set_read_timeout(Some(wait));
-        if let Ok((n, from)) = socket.recv_from(&mut buf)
+    let mut io = ControllerIo {
+        name: name.to_string(),
+        file,
+        socket,
+        buf: vec![0u8; 65536],
+        published,
+        request_rx,
+        status_every,
+        next_status: now(),
+        drops: pktcrypt_core::DropCounters::default(),
+        rollouts: 0,
+        events: 0,
+    };
+    let result = drive(&mut Endpoint::from(controller), &mut io, name, term);
+    let _ = std::fs::remove_file(&socket_path);
+    tracing::info!(controller = name, "stopped");
+    result
+}
+
+/// The [`Io`] of `role = "group-controller"`: one kernel UDP socket to the members, status and
+/// Prometheus served like a gateway's.
+struct ControllerIo<'a> {
+    name: String,
+    file: &'a GatewayFile,
+    socket: UdpSocket,
+    buf: Vec<u8>,
+    published: Arc<Mutex<Published>>,
+    request_rx: Receiver<endpoints::Request>,
+    status_every: Duration,
+    next_status: Time,
+    drops: pktcrypt_core::DropCounters,
+    rollouts: u64,
+    events: u64,
+}
+
+impl Io for ControllerIo<'_> {
+    fn receive(&mut self, endpoint: &mut Endpoint, wait: Duration) -> Result<bool, String> {
+        let wait = wait.clamp(Duration::from_millis(1), Duration::from_millis(200));
+        let _ = self.socket.set_read_timeout(Some(wait));
+        if let Ok((n, from)) = self.socket.recv_from(&mut self.buf)
             && let Incoming::Dropped(r) =
-                controller.handle_datagram(now(), Some(from), &mut buf[..n])
+                endpoint.handle_datagram(now(), Some(from), &mut self.buf[..n])
         {
-            drops.add(r);
+            self.drops.add(r);
         }
-        let t = now();
-        if controller.poll_timeout().is_some_and(|p| p <= t) {
-            controller.handle_timeout(t);
+        Ok(true)
+    }
+
+    fn next_wake(&self) -> Time {
+        self.next_status
+    }
+
+    fn tick(&mut self, _: &mut Endpoint, _: Time) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn keys_changed(&mut self, _: &mut Endpoint, _: &[PeerId]) -> Result<(), String> {
+        // No data path.
+        Ok(())
+    }
+
+    fn event(&mut self, _: &Endpoint, event: &Event) {
+        self.events += 1;
+        if matches!(event, Event::Group(GroupEvent::RolloutStarted { .. })) {
+            self.rollouts += 1;
         }
-        while let Some(tr) = controller.poll_transmit() {
-            if let Some(d) = tr.destination {
-                let _ = socket.send_to(&tr.contents, d);
-            }
+        tracing::info!(controller = self.name, event = ?event);
+    }
+
+    fn send(&mut self, _: &Endpoint, tr: Transmit) {
+        if let Some(d) = tr.destination {
+            let _ = self.socket.send_to(&tr.contents, d);
         }
-        while let Some(e) = controller.poll_event() {
-            events += 1;
-            if matches!(e, GroupEvent::RolloutStarted { .. }) {
-                rollouts += 1;
-            }
-            if let GroupEvent::Duplicate { member, addrs } = e {
-                tracing::error!(
-                    controller = name,
-                    member = file.members.get(usize::from(member)).map(|m| m.name.as_str()),
-                    index = member,
-                    first = %addrs.0,
-                    second = %addrs.1,
-                    "two gateways run as this member (its index and control key in two \
-                     configurations): taken out of the group until re-admitted"
-                );
-            }
-            tracing::info!(controller = name, event = ?e);
-        }
-        let asks: Vec<endpoints::Request> = request_rx.try_iter().collect();
-        let tick = next_status <= t;
+    }
+
+    fn report(&mut self, endpoint: &mut Endpoint, t: Time) -> Result<(), String> {
+        let Machine::Controller(controller) = endpoint.machine() else {
+            return Ok(());
+        };
+        let asks: Vec<endpoints::Request> = self.request_rx.try_iter().collect();
+        let tick = self.next_status <= t;
         if tick || !asks.is_empty() {
-            let (status, metrics) =
-                render_controller(name, file, &controller, &drops, rollouts, events);
+            let (status, metrics) = render_controller(
+                &self.name,
+                self.file,
+                controller,
+                &self.drops,
+                self.rollouts,
+                self.events,
+            );
             if tick {
-                next_status = t + status_every;
-                if file.status_interval_ms != Some(0) {
+                self.next_status = t + self.status_every;
+                if self.file.status_interval_ms != Some(0) {
                     println!("{status}");
                 }
             }
-            published
+            self.published
                 .lock()
                 .map_err(|_| "status lock poisoned")?
                 .metrics = metrics;
@@ -1215,10 +1185,14 @@ fn run_controller(
                 let _ = reply.send(zeroize::Zeroizing::new(status.clone()));
             }
         }
+        Ok(())
     }
-    let _ = std::fs::remove_file(&socket_path);
-    tracing::info!(controller = name, "stopped");
-    Ok(())
+
+    fn peer_name(&self, _: &Endpoint, _: PeerId) -> Option<String> {
+        None
+    }
+
+    fn finish(&mut self, _: &mut Endpoint) {}
 }
 
 /// (JSON status, Prometheus text) of a group controller: per member, whether it is active and
@@ -1496,7 +1470,8 @@ fn sum(stats: &[WorkerStats], f: impl Fn(&WorkerStats) -> &std::sync::atomic::At
 #[allow(clippy::too_many_arguments)]
 fn render(
     name: &str,
-    machine: &Machine,
+    endpoint: &Endpoint,
+    member_controller: Option<SocketAddr>,
     peers: &HashMap<PeerId, PeerInfo>,
     shared: &Shared,
     control_drops: &pktcrypt_core::DropCounters,
@@ -1506,7 +1481,7 @@ fn render(
     outer: &XdpSteering,
     keys: [(&str, u64); 3],
 ) -> (String, String) {
-    let engine = machine.engine();
+    let engine = endpoint.engine();
     let t = now();
     let spi_packets = outer.spi_packets().unwrap_or_default();
     let mut json = format!(
@@ -1576,7 +1551,7 @@ fn render(
         json.push_str("]}");
     }
     json.push(']');
-    if let Machine::Member(m, controller) = machine {
+    if let (Machine::Member(m), Some(controller)) = (endpoint.machine(), member_controller) {
         let _ = write!(
             json,
             ",\"group\":{{\"index\":{},\"controller\":\"{controller}\",\"state\":\"{:?}\",\"generation\":{},\"tx_generation\":{},\"held\":{:?}}}",
@@ -1684,11 +1659,11 @@ fn render(
 
 /// Current SAs in Wireshark's `esp_sa` UAT format (one line per SA and direction).
 fn export(
-    machine: &Machine,
+    endpoint: &Endpoint,
     peers: &HashMap<PeerId, PeerInfo>,
     local: IpAddr,
 ) -> zeroize::Zeroizing<String> {
-    let engine = machine.engine();
+    let engine = endpoint.engine();
     // Large enough for every line, so the key text is never reallocated (a reallocation
     // would leave an unwiped copy behind).
     let mut out = zeroize::Zeroizing::new(String::with_capacity(256 * (peers.len() + 1) * 6));
@@ -1706,8 +1681,8 @@ fn export(
         out.push_str("\",\"NULL\",\"\"\n");
     };
     // Group mode: our own sender SAs (one key for every destination member).
-    let me = match machine {
-        Machine::Member(m, _) => m.sender(m.index()),
+    let me = match endpoint.machine() {
+        Machine::Member(m) => m.sender(m.index()),
         _ => None,
     };
     for (id, info) in peers {

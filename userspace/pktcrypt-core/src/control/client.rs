@@ -30,8 +30,8 @@ use super::{
 use crate::engine::Installed;
 use crate::kex::{Ephemeral, Schedule, transcript};
 use crate::{
-    Engine, EngineConfig, Error, Generation, GenerationInfo, Opened, PeerId, Role, Secret, Slot,
-    Spi, Suite, Time, TxRule,
+    Engine, EngineConfig, Error, Generation, GenerationInfo, OpenInfo, Opened, PeerId, Role,
+    Secret, Slot, Spi, Suite, Time, TxRule,
 };
 use core::time::Duration;
 use std::collections::VecDeque;
@@ -257,6 +257,11 @@ impl KeyClient {
         &self.engine
     }
 
+    /// The engine, for [`super::Endpoint`] (change tracking and data-plane updates).
+    pub(crate) fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
     /// The peer id of the server inside the engine.
     pub fn server(&self) -> PeerId {
         self.server
@@ -472,9 +477,9 @@ impl KeyClient {
         self.handle_opened(now, opened)
     }
 
-    /// Handles a packet already opened by a data-plane worker holding [`Self::data_plane`]:
-    /// every control message, and for data a sample with an empty `packet` (see
-    /// [`super::KeyServer::handle_opened`]).
+    /// Handles a packet already opened by a data-plane worker holding [`Self::data_plane`]
+    /// (workers pass every control message this way, and data samples through
+    /// [`Self::handle_sampled`]).
     pub fn handle_opened<'b>(&mut self, now: Time, opened: Opened<'b>) -> Incoming<'b> {
         match opened {
             Opened::Data {
@@ -482,8 +487,7 @@ impl KeyClient {
                 next_header,
                 info,
             } => {
-                self.on_authentic(info.slot);
-                self.check_triggers(now);
+                self.handle_sampled(now, &info);
                 Incoming::Data {
                     peer: info.peer,
                     packet,
@@ -514,6 +518,13 @@ impl KeyClient {
             }
             Opened::Drop(reason) => Incoming::Dropped(reason),
         }
+    }
+
+    /// Handles what a data-plane worker saw of a data packet it opened (a sample, see
+    /// [`super::KeyServer::handle_sampled`]): the server transmits under that generation.
+    pub fn handle_sampled(&mut self, now: Time, info: &OpenInfo) {
+        self.on_authentic(info.slot);
+        self.check_triggers(now);
     }
 
     /// Anything authentic under a dynamic generation from the server.

@@ -1188,6 +1188,11 @@ impl GroupMember {
         &self.group
     }
 
+    /// The group engine, for [`super::Endpoint`] (change tracking and data-plane updates).
+    pub(crate) fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.group
+    }
+
     /// The control channel to the controller.
     pub fn channel(&self) -> &KeyClient {
         &self.channel

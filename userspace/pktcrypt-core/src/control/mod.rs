@@ -12,6 +12,7 @@
 //! receiver which generation the sender holds.
 
 pub mod client;
+pub mod endpoint;
 pub mod group;
 pub mod message;
 pub mod server;
@@ -23,6 +24,7 @@ use std::collections::VecDeque;
 
 pub use crate::random::{KeyErasureRandom, Random, SeededRandom};
 pub use client::{ClientConfig, ClientEvent, KeyClient};
+pub use endpoint::{Endpoint, Event, Machine};
 pub use group::{
     GroupConfig, GroupController, GroupEvent, GroupMember, MemberEvent, MemberState, TableEntry,
 };

@@ -38,8 +38,8 @@ use super::{
 use crate::engine::Installed;
 use crate::kex::{KeyShare, Schedule, respond, transcript};
 use crate::{
-    Engine, EngineConfig, Error, Generation, GenerationInfo, Opened, PeerId, Role, Secret, Slot,
-    Spi, Suite, Time, TxRule,
+    Engine, EngineConfig, Error, Generation, GenerationInfo, OpenInfo, Opened, PeerId, Role,
+    Secret, Slot, Spi, Suite, Time, TxRule,
 };
 use core::net::SocketAddr;
 use core::time::Duration;
@@ -514,6 +514,11 @@ impl KeyServer {
         &self.engine
     }
 
+    /// The engine, for [`super::Endpoint`] (change tracking and data-plane updates).
+    pub(crate) fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
     /// Drops a client's expanded AEAD keys now (the idle timer does this after `idle_evict`);
     /// they are derived again from the secrets on its next packet.
     pub fn evict_keys(&mut self, peer: PeerId) {
@@ -649,10 +654,9 @@ impl KeyServer {
         self.handle_opened(now, from, opened)
     }
 
-    /// Handles a packet already opened elsewhere: by a data-plane worker holding this server's
-    /// [`Self::data_plane`]. Workers pass every control message, and for data a sample (at
-    /// least the first packet of each generation from each peer, and one now and then) with an
-    /// empty `packet`: that tells the server which generation the peer transmits with.
+    /// Handles a packet already opened elsewhere, by a data-plane worker holding this server's
+    /// [`Self::data_plane`] (workers pass every control message this way, and data samples
+    /// through [`Self::handle_sampled`]).
     pub fn handle_opened<'b>(
         &mut self,
         now: Time,
@@ -665,8 +669,7 @@ impl KeyServer {
                 next_header,
                 info,
             } => {
-                self.on_authentic(now, from, info.peer, info.slot, info.generation);
-                self.check_triggers(now, info.peer);
+                self.handle_sampled(now, from, &info);
                 Incoming::Data {
                     peer: info.peer,
                     packet,
@@ -700,6 +703,14 @@ impl KeyServer {
             }
             Opened::Drop(reason) => Incoming::Dropped(reason),
         }
+    }
+
+    /// Handles what a data-plane worker saw of a data packet it opened from `from` (a sample:
+    /// at least the first packet of each generation from each peer, and one now and then):
+    /// it tells the server which generation the peer transmits with, and where it is.
+    pub fn handle_sampled(&mut self, now: Time, from: Option<SocketAddr>, info: &OpenInfo) {
+        self.on_authentic(now, from, info.peer, info.slot, info.generation);
+        self.check_triggers(now, info.peer);
     }
 
     fn on_authentic(
