@@ -14,7 +14,8 @@
 #![allow(non_camel_case_types)]
 
 use pktcrypt_core::control::{
-    ClientConfig, Incoming, KeyClient, KeyServer, Pfs, Random, ServerConfig, Transmit,
+    ClientConfig, Endpoint, Incoming, KeyClient, KeyServer, Machine, Pfs, Random, ServerConfig,
+    Transmit,
 };
 use pktcrypt_core::wire::esp::{ESP_HEADER_LEN, MAX_OVERHEAD, NextHeader};
 use pktcrypt_core::{DropReason, Generation, PeerId, Role, SealError, Slot, Suite, Time, keycode};
@@ -331,14 +332,10 @@ pub struct pktcrypt_sa {
     pub keymat_len: size_t,
 }
 
-enum Machine {
-    Server(KeyServer),
-    Client(KeyClient),
-}
-
 /// An endpoint: a key server (many peers) or a client (one server). Opaque.
 pub struct pktcrypt_endpoint {
-    machine: Machine,
+    /// The one control-plane API of the core (the daemon drives the same type).
+    machine: Endpoint,
     config: pktcrypt_config,
     last_error: CString,
     pending: VecDeque<Transmit>,
@@ -499,7 +496,7 @@ pub unsafe extern "C" fn pktcrypt_endpoint_new(
                 c.reorder_grace = ms(cfg.reorder_grace_ms);
                 triggers(&cfg, &mut c.triggers);
                 match KeyServer::new(c, Box::new(OsRandom)) {
-                    Ok(s) => Machine::Server(s),
+                    Ok(s) => Endpoint::from(s),
                     Err(_) => return pktcrypt_result::ErrConfig,
                 }
             }
@@ -525,7 +522,7 @@ pub unsafe extern "C" fn pktcrypt_endpoint_new(
                 c.max_retries = cfg.max_retries;
                 triggers(&cfg, &mut c.triggers);
                 match KeyClient::new(c, &key, Box::new(OsRandom), time(now_ns)) {
-                    Ok(c) => Machine::Client(c),
+                    Ok(c) => Endpoint::from(c),
                     Err(_) => return pktcrypt_result::ErrConfig,
                 }
             }
@@ -590,7 +587,7 @@ pub unsafe extern "C" fn pktcrypt_endpoint_add_peer(
             Ok(k) => k,
             Err((r, m)) => return ep.fail(r, m),
         };
-        let Machine::Server(server) = &mut ep.machine else {
+        let Machine::Server(server) = ep.machine.machine_mut() else {
             return ep.fail(
                 pktcrypt_result::ErrWrongRole,
                 "only a server has several peers",
@@ -669,12 +666,9 @@ pub unsafe extern "C" fn pktcrypt_seal(
         }
         // SAFETY: out has out_cap writable bytes (caller contract), checked non-null.
         let out = unsafe { std::slice::from_raw_parts_mut(out, out_cap) };
-        let seal = |machine: &mut Machine, buf: &mut [u8]| {
+        let seal = |machine: &mut Endpoint, buf: &mut [u8]| {
             buf[ESP_HEADER_LEN..ESP_HEADER_LEN + inner_len].copy_from_slice(inner);
-            match machine {
-                Machine::Server(s) => s.seal(PeerId(peer), buf, inner_len, next),
-                Machine::Client(c) => c.seal(time(now_ns), buf, inner_len, next),
-            }
+            machine.seal(time(now_ns), PeerId(peer), buf, inner_len, next)
         };
         // Seal in place when `out` has room for the largest padding; otherwise via a scratch
         // buffer (the result still fits: checked above).
@@ -731,10 +725,7 @@ pub unsafe extern "C" fn pktcrypt_open(
             unsafe { std::slice::from_raw_parts_mut(buf, len) }
         };
         let now = time(now_ns);
-        let r = match &mut ep.machine {
-            Machine::Server(s) => s.handle_datagram(now, None, data),
-            Machine::Client(c) => c.handle_datagram(now, data),
-        };
+        let r = ep.machine.handle_datagram(now, None, data);
         let value = match r {
             Incoming::Data {
                 peer,
@@ -793,10 +784,10 @@ pub unsafe extern "C" fn pktcrypt_poll_transmit(
         if out.is_null() || len.is_null() || peer.is_null() {
             return ep.fail(pktcrypt_result::ErrNull, "out, len or peer is NULL");
         }
-        let next = ep.pending.pop_front().or_else(|| match &mut ep.machine {
-            Machine::Server(s) => s.poll_transmit(),
-            Machine::Client(c) => c.poll_transmit(),
-        });
+        let next = ep
+            .pending
+            .pop_front()
+            .or_else(|| ep.machine.poll_transmit());
         let Some(t) = next else {
             return pktcrypt_result::Empty;
         };
@@ -836,10 +827,7 @@ pub unsafe extern "C" fn pktcrypt_poll_timeout(
         if deadline_ns.is_null() {
             return false;
         }
-        let t = match &ep.machine {
-            Machine::Server(s) => s.poll_timeout(),
-            Machine::Client(c) => c.poll_timeout(),
-        };
+        let t = ep.machine.poll_timeout();
         match t {
             Some(t) => {
                 // SAFETY: checked non-null and writable (caller contract).
@@ -866,10 +854,9 @@ pub unsafe extern "C" fn pktcrypt_handle_timeout(
         let Some(ep) = (unsafe { endpoint(ep) }) else {
             return pktcrypt_result::ErrNull;
         };
-        match &mut ep.machine {
-            Machine::Server(s) => s.handle_timeout(time(now_ns)),
-            Machine::Client(c) => c.handle_timeout(time(now_ns)),
-        }
+        ep.machine.handle_timeout(time(now_ns));
+        // The C API has no events (yet): drop them rather than let them pile up.
+        while ep.machine.poll_event().is_some() {}
         pktcrypt_result::Ok
     })
 }
@@ -892,9 +879,9 @@ pub unsafe extern "C" fn pktcrypt_status(
         if status.is_null() {
             return ep.fail(pktcrypt_result::ErrNull, "status is NULL");
         }
-        let (engine, id) = match &ep.machine {
-            Machine::Server(s) => (s.engine(), PeerId(peer)),
+        let (engine, id) = match ep.machine.machine() {
             Machine::Client(c) => (c.engine(), c.server()),
+            _ => (ep.machine.engine(), PeerId(peer)),
         };
         let Some(st) = engine.peer_status(id) else {
             return ep.fail(pktcrypt_result::ErrUnknownPeer, "no such peer");
@@ -940,10 +927,7 @@ pub unsafe extern "C" fn pktcrypt_drop_count(
         let Some(ep) = (unsafe { endpoint(ep) }) else {
             return 0;
         };
-        let engine = match &ep.machine {
-            Machine::Server(s) => s.engine(),
-            Machine::Client(c) => c.engine(),
-        };
+        let engine = ep.machine.engine();
         engine
             .drops()
             .iter()
@@ -974,9 +958,9 @@ pub unsafe extern "C" fn pktcrypt_export_sas(
         if n.is_null() || (sas.is_null() && cap > 0) {
             return ep.fail(pktcrypt_result::ErrNull, "sas or n is NULL");
         }
-        let (engine, id) = match &ep.machine {
-            Machine::Server(s) => (s.engine(), PeerId(peer)),
+        let (engine, id) = match ep.machine.machine() {
             Machine::Client(c) => (c.engine(), c.server()),
+            _ => (ep.machine.engine(), PeerId(peer)),
         };
         let exports = engine.export_sas(id);
         if exports.len() > cap {

@@ -4,7 +4,9 @@
 //! Bulk operations (`seal_many`, `open_many`) release the GIL while they run.
 
 use pktcrypt_core::aead::Backend;
-use pktcrypt_core::control::{ClientConfig, Incoming, KeyClient, KeyServer, Random, ServerConfig};
+use pktcrypt_core::control::{
+    ClientConfig, Endpoint as Core, Incoming, KeyClient, KeyServer, Machine, Random, ServerConfig,
+};
 use pktcrypt_core::wire::esp::{ESP_HEADER_LEN, MAX_OVERHEAD, NextHeader};
 use pktcrypt_core::{
     DropReason, Generation, GenerationInfo, PeerId, Role, SealError, Secret, Slot, Spi, Suite,
@@ -104,20 +106,12 @@ fn bytes_of(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
     buf.to_vec(py)
 }
 
-enum Machine {
-    Server(KeyServer),
-    Client(KeyClient),
-}
-
 /// Seals one inner packet; shared by `seal` and `seal_many`.
-fn seal_one(m: &mut Machine, peer: u32, inner: &[u8], now: Time) -> Result<Vec<u8>, String> {
+fn seal_one(m: &mut Core, peer: u32, inner: &[u8], now: Time) -> Result<Vec<u8>, String> {
     let next = NextHeader::for_ip_packet(inner).ok_or("inner packet is not IPv4 or IPv6")?;
     let mut buf = vec![0u8; ESP_HEADER_LEN + inner.len() + MAX_OVERHEAD];
     buf[ESP_HEADER_LEN..ESP_HEADER_LEN + inner.len()].copy_from_slice(inner);
-    let r = match m {
-        Machine::Server(s) => s.seal(PeerId(peer), &mut buf, inner.len(), next),
-        Machine::Client(c) => c.seal(now, &mut buf, inner.len(), next),
-    };
+    let r = m.seal(now, PeerId(peer), &mut buf, inner.len(), next);
     match r {
         Ok(n) => {
             buf.truncate(n);
@@ -141,11 +135,8 @@ enum Opened {
     Dropped(DropReason),
 }
 
-fn open_one(m: &mut Machine, mut buf: Vec<u8>, now: Time) -> Opened {
-    let r = match m {
-        Machine::Server(s) => s.handle_datagram(now, None, &mut buf),
-        Machine::Client(c) => c.handle_datagram(now, &mut buf),
-    };
+fn open_one(m: &mut Core, mut buf: Vec<u8>, now: Time) -> Opened {
+    let r = m.handle_datagram(now, None, &mut buf);
     match r {
         Incoming::Data {
             peer,
@@ -183,11 +174,11 @@ fn opened_to_py(py: Python<'_>, o: Opened) -> PyResult<Py<PyAny>> {
 /// A key server (many peers) or a client (one server). See `pktcrypt.Endpoint`.
 #[pyclass(module = "pktcrypt._native")]
 struct Endpoint {
-    machine: Option<Machine>,
+    machine: Option<Core>,
 }
 
 impl Endpoint {
-    fn machine(&mut self) -> PyResult<&mut Machine> {
+    fn machine(&mut self) -> PyResult<&mut Core> {
         self.machine
             .as_mut()
             .ok_or_else(|| PktcryptError::new_err("the endpoint is closed"))
@@ -283,7 +274,7 @@ impl Endpoint {
                     (rekey_interval_ms > 0).then(|| Duration::from_millis(rekey_interval_ms));
                 c.reorder_grace = Duration::from_millis(reorder_grace_ms);
                 c.triggers = trig;
-                Machine::Server(
+                Core::from(
                     KeyServer::new(c, Box::new(OsRandom))
                         .map_err(|e| ConfigError::new_err(e.to_string()))?,
                 )
@@ -309,7 +300,7 @@ impl Endpoint {
                 c.max_backoff = Duration::from_millis(max_backoff_ms.max(request_timeout_ms));
                 c.max_retries = max_retries;
                 c.triggers = trig;
-                Machine::Client(
+                Core::from(
                     KeyClient::new(c, &key, Box::new(OsRandom), now)
                         .map_err(|e| InitKeyError::new_err(format!("init_key: {e}")))?,
                 )
@@ -325,12 +316,12 @@ impl Endpoint {
     fn add_peer(&mut self, init_key: &str, now_ns: Option<u64>) -> PyResult<u32> {
         let key = keycode::decode(init_key)
             .map_err(|e| InitKeyError::new_err(format!("init_key: {e}")))?;
-        match self.machine()? {
+        match self.machine()?.machine_mut() {
             Machine::Server(s) => s
                 .add_client(&key, None, time(now_ns))
                 .map(|p| p.0)
                 .map_err(|e| InitKeyError::new_err(format!("init_key: {e}"))),
-            Machine::Client(_) => Err(RoleError::new_err("only a server has several peers")),
+            _ => Err(RoleError::new_err("only a server has several peers")),
         }
     }
 
@@ -420,36 +411,31 @@ impl Endpoint {
         &mut self,
         py: Python<'py>,
     ) -> PyResult<Option<(u32, Bound<'py, PyBytes>)>> {
-        let t = match self.machine()? {
-            Machine::Server(s) => s.poll_transmit(),
-            Machine::Client(c) => c.poll_transmit(),
-        };
+        let t = self.machine()?.poll_transmit();
         Ok(t.map(|t| (t.peer.0, PyBytes::new(py, &t.contents))))
     }
 
     fn poll_timeout(&mut self) -> PyResult<Option<u64>> {
-        let t = match self.machine()? {
-            Machine::Server(s) => s.poll_timeout(),
-            Machine::Client(c) => c.poll_timeout(),
-        };
+        let t = self.machine()?.poll_timeout();
         Ok(t.map(|t| u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)))
     }
 
     #[pyo3(signature = (now_ns=None))]
     fn handle_timeout(&mut self, now_ns: Option<u64>) -> PyResult<()> {
         let now = time(now_ns);
-        match self.machine()? {
-            Machine::Server(s) => s.handle_timeout(now),
-            Machine::Client(c) => c.handle_timeout(now),
-        }
+        let m = self.machine()?;
+        m.handle_timeout(now);
+        // No events in the Python API (yet): drop them rather than let them pile up.
+        while m.poll_event().is_some() {}
         Ok(())
     }
 
     #[pyo3(signature = (peer=0))]
     fn status<'py>(&mut self, py: Python<'py>, peer: u32) -> PyResult<Bound<'py, PyDict>> {
-        let (engine, id) = match self.machine()? {
-            Machine::Server(s) => (s.engine(), PeerId(peer)),
+        let m = self.machine()?;
+        let (engine, id) = match m.machine() {
             Machine::Client(c) => (c.engine(), c.server()),
+            _ => (m.engine(), PeerId(peer)),
         };
         let st = engine
             .peer_status(id)
@@ -487,10 +473,7 @@ impl Endpoint {
     }
 
     fn drops<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let engine = match self.machine()? {
-            Machine::Server(s) => s.engine(),
-            Machine::Client(c) => c.engine(),
-        };
+        let engine = self.machine()?.engine();
         let d = PyDict::new(py);
         for (r, n) in engine.drops().iter() {
             d.set_item(r.label(), n)?;
@@ -500,9 +483,10 @@ impl Endpoint {
 
     #[pyo3(signature = (peer=0))]
     fn export_sas<'py>(&mut self, py: Python<'py>, peer: u32) -> PyResult<Bound<'py, PyList>> {
-        let (engine, id) = match self.machine()? {
-            Machine::Server(s) => (s.engine(), PeerId(peer)),
+        let m = self.machine()?;
+        let (engine, id) = match m.machine() {
             Machine::Client(c) => (c.engine(), c.server()),
+            _ => (m.engine(), PeerId(peer)),
         };
         let out = PyList::empty(py);
         for e in engine.export_sas(id) {
