@@ -13,7 +13,7 @@ use pktcrypt_core::control::{
     KeyErasureRandom, KeyServer, Machine, Random, Transmit,
 };
 use pktcrypt_core::wire::esp::{ESP_HEADER_LEN, MAX_OVERHEAD, NextHeader};
-use pktcrypt_core::{DropReason, PeerId, Role};
+use pktcrypt_core::{DropReason, PeerId};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::ErrorKind;
@@ -432,9 +432,6 @@ pub(crate) fn run_server(file: &ServerFile, base: &Path, term: &AtomicBool) -> R
     let mut server =
         KeyServer::new(config, Box::new(ServerRandom::new())).map_err(|e| e.to_string())?;
     let mut names = HashMap::new();
-    if file.clients.iter().any(|c| c.removed) {
-        return Err("removed: only a group controller's [[members]] can be marked removed".into());
-    }
     let mut distinct = config::DistinctKeys::default();
     for (i, c) in file.clients.iter().enumerate() {
         let field = format!("clients[{i}] ({})", c.name);
@@ -469,7 +466,7 @@ pub(crate) fn run_client(
     term: &Arc<AtomicBool>,
 ) -> Result<(), String> {
     let config = file.client_config()?;
-    let count = file.count.unwrap_or(1);
+    let count = file.count.map_or(1, std::num::NonZeroUsize::get);
     let prefix = file.name.clone().unwrap_or_else(|| "client".into());
     let mut keys = Vec::new();
     for i in 0..count {
@@ -522,17 +519,7 @@ pub(crate) fn run_group_controller(
     base: &Path,
     term: &AtomicBool,
 ) -> Result<(), String> {
-    let mut config = config::group_config(
-        &file.suite,
-        file.rekey_interval_ms,
-        file.retry_ms,
-        file.max_retries,
-        file.evict_unresponsive,
-        Role::KeyServer,
-    )?;
-    if let Some(p) = &file.pfs {
-        config.pfs = p.parse().map_err(|e| format!("pfs: {e}"))?;
-    }
+    let config = file.settings.config()?;
     let group_init = file.group.key.load("group", 0, base)?;
     let mut controller =
         GroupController::new(config, group_init.info.spi.get(), Box::new(OsRandom))
@@ -572,7 +559,7 @@ pub(crate) fn run_group_member(
     base: &Path,
     term: &AtomicBool,
 ) -> Result<(), String> {
-    let config = config::group_config(&None, None, None, None, None, Role::Client)?;
+    let config = file.settings.config()?;
     let control = file.key.load("member", 0, base)?;
     let group_init = file.group.key.load("group", 0, base)?;
     let members = u16::try_from(file.peers.len()).map_err(|_| "peers: too many".to_string())?;

@@ -13,7 +13,10 @@
 //! without blocking on every iteration (it wakes at least every 200 ms). Paths are published to
 //! the workers only when something in them changed.
 
-use crate::config::{self, ClientFile, GroupKeyTable, KeySource, PeerEntry, ServerFile};
+use crate::config::{
+    self, ControllerGateway, Daemon, DataPathRole, GatewayFile, GatewayPeer, GatewayRole,
+    MemberGateway,
+};
 use crate::drive::{Io, drive};
 use crate::driver::{OsRandom, ServerRandom, now};
 use crate::endpoints::{self, Published};
@@ -30,144 +33,16 @@ use pktcrypt_io::gateway::{
     Paths, PeerPath, Prefix, Route, Shared, ToControl, Worker, WorkerStats,
 };
 use pktcrypt_io::{AttachMode, SteeringConfig, XdpSteering, net};
-use serde::Deserialize;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::num::NonZeroU32;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// A peer of a gateway: where it is and what lies behind it.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct GatewayPeer {
-    /// A name for logs and status.
-    pub(crate) name: String,
-    /// Its outer address.
-    pub(crate) address: IpAddr,
-    /// Networks behind it (`ADDR/LEN`; a group controller ignores them).
-    #[serde(default)]
-    pub(crate) prefixes: Vec<String>,
-    /// Its init key.
-    #[serde(flatten)]
-    pub(crate) key: KeySource,
-    /// Group controller's `[[members]]` only: the member is removed (it keeps its index): it
-    /// gets no generation and its joins are refused.
-    #[serde(default)]
-    pub(crate) removed: bool,
-}
-
-/// `pktcrypt up` configuration.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct GatewayFile {
-    /// `server`, `client`, `group-member` or `group-controller`.
-    pub(crate) role: String,
-    /// Name in status output.
-    pub(crate) name: Option<String>,
-    /// Plaintext side (every role but `group-controller`).
-    pub(crate) inner: Option<String>,
-    /// ESP side (every role but `group-controller`).
-    pub(crate) outer: Option<String>,
-    /// Our outer address (default: the outer interface's first address of the peers' family).
-    pub(crate) local: Option<IpAddr>,
-    /// The networks behind this gateway (`ADDR/LEN`; server and client): decrypted packets
-    /// must be addressed to them (a group member's are its `[[members]]` entry's).
-    #[serde(default)]
-    pub(crate) prefixes: Vec<String>,
-    /// Start even though the kernel forwards IP in this network namespace (it would forward
-    /// protected traffic in the clear whenever no pktcrypt program is attached: before the
-    /// first `up`, after `down`). Default: refuse.
-    pub(crate) allow_forwarding: Option<bool>,
-    /// Key server: forward decrypted packets from one client to another client's prefixes
-    /// (a hub). Default off: a decrypted packet may only go to `prefixes`.
-    pub(crate) hub: Option<bool>,
-    /// ESP-in-UDP port (default 4500).
-    pub(crate) port: Option<u16>,
-    /// Worker threads, one per RX queue of each interface (default: the number of queues).
-    pub(crate) workers: Option<u32>,
-    /// Compiled XDP program (default: `$PKTCRYPT_XDP_OBJECT`).
-    pub(crate) xdp_object: Option<PathBuf>,
-    /// Unix socket for `pktcrypt status` (mode 0660; default `/run/pktcrypt/NAME.sock`).
-    pub(crate) status_socket: Option<PathBuf>,
-    /// Unix socket for `pktcrypt export-keys` (mode 0600; default: the status socket's name
-    /// with `.keys.sock`).
-    pub(crate) keys_socket: Option<PathBuf>,
-    /// Prometheus text endpoint, e.g. `127.0.0.1:9477`.
-    pub(crate) metrics: Option<SocketAddr>,
-    /// UMEM frames per worker (default 8192).
-    pub(crate) frames: Option<u32>,
-    /// AEAD implementation: `default`, `ring`, `rustcrypto` (and `null-insecure` in builds with
-    /// the benchmark-only feature `insecure-null-backend`).
-    pub(crate) backend: Option<String>,
-    // Key server settings (see `pktcrypt server`).
-    /// Suite of new generations.
-    pub(crate) suite: Option<String>,
-    /// Derived-key mode.
-    pub(crate) derived: Option<bool>,
-    /// Forward secrecy policy (see `pktcrypt server`).
-    pub(crate) pfs: Option<config::PfsSetting>,
-    /// Init handshakes per second at most (see `pktcrypt server`).
-    pub(crate) max_handshakes_per_second: Option<u32>,
-    /// Rotation interval.
-    pub(crate) rekey_interval_ms: Option<u64>,
-    /// Rotation jitter.
-    pub(crate) rekey_jitter_permille: Option<u32>,
-    /// Rekey rate limit.
-    pub(crate) max_rekeys_per_second: Option<u32>,
-    /// Distribution retransmission.
-    pub(crate) distribution_retry_ms: Option<u64>,
-    /// Implicit resend spacing.
-    pub(crate) implicit_resend_ms: Option<u64>,
-    /// Reorder grace.
-    pub(crate) reorder_grace_ms: Option<u64>,
-    /// Anti-replay window.
-    pub(crate) replay_window: Option<u32>,
-    // Client settings (see `pktcrypt client`).
-    /// Client-timed updates.
-    pub(crate) update_interval_ms: Option<u64>,
-    /// Hello interval.
-    pub(crate) hello_interval_ms: Option<u64>,
-    /// First request retransmission.
-    pub(crate) request_timeout_ms: Option<u64>,
-    /// Largest retransmission interval.
-    pub(crate) max_backoff_ms: Option<u64>,
-    /// Unanswered requests before falling back to the init key.
-    pub(crate) max_retries: Option<u32>,
-    /// Status line interval on stdout (0: none; default 1000).
-    pub(crate) status_interval_ms: Option<u64>,
-    /// A client's key server.
-    pub(crate) server: Option<GatewayPeer>,
-    /// A server's clients.
-    #[serde(default)]
-    pub(crate) clients: Vec<GatewayPeer>,
-    // Group mode (see `pktcrypt group-controller` / `group-member`).
-    /// A member's index in `members`.
-    pub(crate) index: Option<u16>,
-    /// A member's controller (outer address; the port is `control_port`).
-    pub(crate) controller: Option<IpAddr>,
-    /// UDP port of the controller ↔ member channel (default: the ESP port + 1).
-    pub(crate) control_port: Option<u16>,
-    /// The group init key.
-    pub(crate) group: Option<GroupKeyTable>,
-    /// First retransmission of an unanswered group control message.
-    pub(crate) retry_ms: Option<u64>,
-    /// Controller: evict members that never answer (and rekey without them).
-    pub(crate) evict_unresponsive: Option<bool>,
-    /// Member: retire another member's previous group generation once it has been heard under
-    /// the new one and nothing arrived under the old for this long (XDP's per-SPI counters),
-    /// even if the controller's UPDATE_COMPLETED never comes (default 5000; 0: only on
-    /// UPDATE_COMPLETED).
-    pub(crate) retire_grace_ms: Option<u64>,
-    /// Every member, in index order: name, outer address, prefixes, and the pairwise control
-    /// init key (the controller needs every member's; a member only its own).
-    #[serde(default)]
-    pub(crate) members: Vec<GatewayPeer>,
-}
 
 /// Refuses to run a gateway in a network namespace whose kernel forwards IP (unless allowed:
 /// then warns): whenever no pktcrypt program is attached, the kernel would forward protected
@@ -210,8 +85,11 @@ fn check_forwarding(allow: bool) -> Result<(), String> {
 /// again.
 pub(crate) fn down(path: &Path) -> Result<(), String> {
     let file: GatewayFile = config::load(path)?;
-    for (field, iface) in [("inner", &file.inner), ("outer", &file.outer)] {
-        let Some(iface) = iface else { continue };
+    // A group controller has no data path, so no program to remove.
+    let Some(data_path) = file.role.data_path() else {
+        return Ok(());
+    };
+    for (field, iface) in [("inner", &data_path.inner), ("outer", &data_path.outer)] {
         pktcrypt_io::xdp_attach::detach_all(iface).map_err(|e| format!("{field}: {iface}: {e}"))?;
         tracing::info!(iface, "XDP program removed");
     }
@@ -527,26 +405,26 @@ impl Io for GatewayIo {
 
 /// `pktcrypt up --config FILE`.
 pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
-    let file: GatewayFile = config::load(path)?;
+    // `file`: the keys of the process; the role with its peers and settings apart.
+    let GatewayFile { daemon: file, role } = config::load(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
     let name = file.name.clone().unwrap_or_else(|| "pktcrypt".into());
     let port = file.port.unwrap_or(pktcrypt_common::DEFAULT_ESP_UDP_PORT);
-    if file.role == "group-controller" {
-        return run_controller(&file, base, &name, port, term);
-    }
-    let inner = file
-        .inner
-        .clone()
-        .ok_or_else(|| format!("inner: role {:?} needs the inner interface", file.role))?;
-    let outer = file
-        .outer
-        .clone()
-        .ok_or_else(|| format!("outer: role {:?} needs the outer interface", file.role))?;
+    let (data_path, role) = match role {
+        GatewayRole::GroupController(controller) => {
+            return run_controller(&file, &controller, base, &name, port, term);
+        }
+        GatewayRole::DataPath(data_path, role) => (data_path, role),
+    };
+    let inner = data_path.inner.clone();
+    let outer = data_path.outer.clone();
     // One worker per RX queue: a queue without an AF_XDP socket would pass its packets to the
     // kernel instead of the tunnel.
     let inner_queues = net::rx_queues(&inner).map_err(|e| format!("inner: {e}"))?;
     let outer_queues = net::rx_queues(&outer).map_err(|e| format!("outer: {e}"))?;
-    let workers = file.workers.unwrap_or(inner_queues.max(outer_queues));
+    let workers = data_path
+        .workers
+        .map_or(inner_queues.max(outer_queues), NonZeroU32::get);
     if workers == 0 {
         return Err("workers: must be at least 1".into());
     }
@@ -561,11 +439,11 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
             ));
         }
     }
-    let frames = file.frames.unwrap_or(8192);
+    let frames = data_path.frames.unwrap_or(8192);
     if !(256..=262_144).contains(&frames) {
         return Err("frames: must be in 256..=262144".into());
     }
-    let object_path = file
+    let object_path = data_path
         .xdp_object
         .clone()
         .map(|p| if p.is_relative() { base.join(p) } else { p })
@@ -576,77 +454,23 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     let object = std::fs::read(&object_path)
         .map_err(|e| format!("xdp_object: {}: {e}", object_path.display()))?;
 
-    let backend = backend(file.backend.as_deref())?;
-    check_forwarding(file.allow_forwarding.unwrap_or(false))?;
+    let backend = backend(file.backend);
+    check_forwarding(data_path.allow_forwarding)?;
 
     // The state machine and its peers.
     let t0 = now();
     let mut peers: HashMap<PeerId, PeerInfo> = HashMap::new();
-    let role = file.role.as_str();
-    if role != "client" && file.server.is_some() {
-        return Err("server: only a client has a [server] table".into());
-    }
-    if role != "server" && role != "group-controller" && file.pfs.is_some() {
-        return Err(
-            "pfs: only a key server or a group controller has a forward-secrecy policy".into(),
-        );
-    }
-    if role != "server" && file.max_handshakes_per_second.is_some() {
-        return Err("max_handshakes_per_second: only a key server answers handshakes".into());
-    }
-    if role != "server" && !file.clients.is_empty() {
-        return Err("clients: only a server has [[clients]]".into());
-    }
-    if file.clients.iter().any(|c| c.removed) || file.server.as_ref().is_some_and(|s| s.removed) {
-        return Err("removed: only a group controller's [[members]] can be marked removed".into());
-    }
-    if role != "group-member" && file.retire_grace_ms.is_some() {
-        return Err(
-            "retire_grace_ms: only a group member retires generations on evidence (a key \
-             server transmits under N-1 by design, so pairwise N-1 stays until the next rotation)"
-                .into(),
-        );
-    }
-    if !role.starts_with("group") && (!file.members.is_empty() || file.group.is_some()) {
-        return Err("members: [[members]] and [group] belong to the group roles".into());
-    }
-    let (mut endpoint, member_controller) = match role {
-        "server" => {
-            if file.clients.is_empty() {
+    let (mut endpoint, member_controller) = match &role {
+        DataPathRole::Server(cfg) => {
+            if cfg.clients.is_empty() {
                 return Err("clients: a server needs at least one [[clients]] entry".into());
             }
-            let sf = ServerFile {
-                listen: SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port),
-                suite: file.suite.clone(),
-                derived: file.derived,
-                pfs: file.pfs.clone(),
-                max_handshakes_per_second: file.max_handshakes_per_second,
-                rekey_interval_ms: file.rekey_interval_ms,
-                rekey_jitter_permille: file.rekey_jitter_permille,
-                max_rekeys_per_second: file.max_rekeys_per_second,
-                distribution_retry_ms: file.distribution_retry_ms,
-                implicit_resend_ms: file.implicit_resend_ms,
-                reorder_grace_ms: file.reorder_grace_ms,
-                replay_window: file.replay_window,
-                traffic_pps: None,
-                status_interval_ms: None,
-                clients: file
-                    .clients
-                    .iter()
-                    .map(|c| PeerEntry {
-                        name: c.name.clone(),
-                        address: Some(SocketAddr::new(c.address, port)),
-                        key: c.key.clone(),
-                        removed: false,
-                    })
-                    .collect(),
-            };
-            let mut sc = sf.server_config()?;
+            let mut sc = cfg.settings.config()?;
             sc.engine.backend = backend;
             let mut server =
                 KeyServer::new(sc, Box::new(ServerRandom::new())).map_err(|e| e.to_string())?;
             let mut distinct = config::DistinctKeys::default();
-            for (i, c) in file.clients.iter().enumerate() {
+            for (i, c) in cfg.clients.iter().enumerate() {
                 let field = format!("clients[{i}] ({})", c.name);
                 let key = c.key.load(&field, 0, base)?;
                 distinct.check(&field, &key)?;
@@ -657,64 +481,38 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
             }
             (Endpoint::from(server), None)
         }
-        "client" => {
-            let s = file
-                .server
-                .clone()
-                .ok_or("server: a client needs a [server] table")?;
-            let cf = ClientFile {
-                server: SocketAddr::new(s.address, port),
-                bind: None,
-                count: None,
-                name: None,
-                key: s.key.clone(),
-                update_interval_ms: file.update_interval_ms,
-                hello_interval_ms: file.hello_interval_ms,
-                request_timeout_ms: file.request_timeout_ms,
-                max_backoff_ms: file.max_backoff_ms,
-                max_retries: file.max_retries,
-                replay_window: file.replay_window,
-                traffic_pps: None,
-                status_interval_ms: None,
-            };
+        DataPathRole::Client(cfg) => {
+            let s = &cfg.server;
             let key = s.key.load("server", 0, base)?;
-            let mut cc = cf.client_config()?;
+            let mut cc = cfg.settings.config()?;
             cc.engine.backend = backend;
             let client = KeyClient::new(cc, &key, Box::new(OsRandom), t0)
                 .map_err(|e| format!("server: {e}"))?;
-            peers.insert(client.server(), peer_info("server", &s)?);
+            peers.insert(client.server(), peer_info("server", s)?);
             (Endpoint::from(client), None)
         }
-        "group-member" => {
-            let (member, controller, member_peers) = group_member(&file, base, port, backend, t0)?;
+        DataPathRole::GroupMember(cfg) => {
+            let (member, controller, member_peers) = group_member(cfg, base, port, backend, t0)?;
             peers = member_peers;
             (Endpoint::from(member), Some(controller))
         }
-        other => {
-            return Err(format!(
-                "role: {other:?} is none of \"server\", \"client\", \"group-controller\", \"group-member\""
-            ));
-        }
     };
 
-    // Inner policy: what may come out of the tunnel here.
-    let local_field = if role == "group-member" {
-        if !file.prefixes.is_empty() {
-            return Err(
-                "prefixes: a group member's networks are the prefixes of its own [[members]] entry"
-                    .into(),
-            );
+    // Inner policy: what may come out of the tunnel here (a group member's networks are the
+    // prefixes of its own [[members]] entry).
+    let local_field = match &role {
+        DataPathRole::Server(cfg) => ("prefixes".to_string(), cfg.prefixes.clone()),
+        DataPathRole::Client(cfg) => ("prefixes".to_string(), cfg.prefixes.clone()),
+        DataPathRole::GroupMember(cfg) => {
+            let index = usize::from(cfg.index);
+            (
+                format!("members[{index}].prefixes"),
+                cfg.members
+                    .get(index)
+                    .map(|m| m.prefixes.clone())
+                    .unwrap_or_default(),
+            )
         }
-        let index = usize::from(file.index.unwrap_or(0));
-        (
-            format!("members[{index}].prefixes"),
-            file.members
-                .get(index)
-                .map(|m| m.prefixes.clone())
-                .unwrap_or_default(),
-        )
-    } else {
-        ("prefixes".to_string(), file.prefixes.clone())
     };
     if local_field.1.is_empty() {
         return Err(format!(
@@ -722,9 +520,6 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
              addressed to them)",
             local_field.0
         ));
-    }
-    if role != "server" && file.hub.is_some() {
-        return Err("hub: only a key server forwards between its clients".into());
     }
     let local_prefixes: Vec<Prefix> = local_field
         .1
@@ -769,7 +564,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         _ => None,
     };
     paths.local = local_prefixes;
-    paths.hub = file.hub.unwrap_or(false);
+    paths.hub = matches!(&role, DataPathRole::Server(cfg) if cfg.hub);
     for (id, p) in &peers {
         for &(net, len) in &p.prefixes {
             paths.routes.push(Route {
@@ -815,9 +610,9 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     // Group mode: the controller channel is a kernel UDP socket on the control port (XDP does
     // not steer it); a reader thread feeds its datagrams into the control loop.
     let reader_stop = Arc::new(AtomicBool::new(false));
-    let control_socket = match endpoint.machine() {
-        Machine::Member(..) => {
-            let cport = control_port(&file, port)?;
+    let control_socket = match (endpoint.machine(), member_controller) {
+        (Machine::Member(_), Some(controller)) => {
+            let cport = controller.port();
             let s = UdpSocket::bind(SocketAddr::new(local, cport))
                 .map_err(|e| format!("control_port: binding UDP {local}:{cport}: {e}"))?;
             spawn_reader(&s, to_control.clone(), Arc::clone(&reader_stop))?;
@@ -900,7 +695,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     }
     tracing::info!(
         gateway = name,
-        role = file.role,
+        role = role.name(),
         inner,
         outer,
         local = %local,
@@ -917,7 +712,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         .status_socket
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("/run/pktcrypt/{name}.sock")));
-    let keys_path = file
+    let keys_path = data_path
         .keys_socket
         .clone()
         .unwrap_or_else(|| endpoints::default_keys_socket(&socket_path));
@@ -932,7 +727,11 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
 
     // The control loop.
     let status_every = status_refresh(file.status_interval_ms);
-    let retire_grace = match file.retire_grace_ms.unwrap_or(5000) {
+    let retire_grace_ms = match &role {
+        DataPathRole::GroupMember(cfg) => cfg.retire_grace_ms,
+        _ => None,
+    };
+    let retire_grace = match retire_grace_ms.unwrap_or(5000) {
         0 => None,
         ms => Some(Duration::from_millis(ms)),
     };
@@ -996,46 +795,20 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
 /// interfaces, no XDP): it talks to the members over a kernel UDP socket on the control port,
 /// and serves `pktcrypt status` and Prometheus like the gateways.
 fn run_controller(
-    file: &GatewayFile,
+    daemon: &Daemon,
+    file: &ControllerGateway,
     base: &Path,
     name: &str,
     port: u16,
     term: &AtomicBool,
 ) -> Result<(), String> {
-    for (field, set) in [
-        ("inner", file.inner.is_some()),
-        ("outer", file.outer.is_some()),
-        ("index", file.index.is_some()),
-        ("controller", file.controller.is_some()),
-        ("server", file.server.is_some()),
-        ("clients", !file.clients.is_empty()),
-        ("retire_grace_ms", file.retire_grace_ms.is_some()),
-    ] {
-        if set {
-            return Err(format!("{field}: not used by a group controller"));
-        }
-    }
     if file.members.is_empty() {
         return Err("members: a group controller needs at least one [[members]] entry".into());
     }
-    let mut config = config::group_config(
-        &file.suite,
-        file.rekey_interval_ms,
-        file.retry_ms,
-        file.max_retries,
-        file.evict_unresponsive,
-        pktcrypt_core::Role::KeyServer,
-    )?;
-    config.engine.backend = backend(file.backend.as_deref())?;
-    if let Some(p) = &file.pfs {
-        config.pfs = p.parse().map_err(|e| format!("pfs: {e}"))?;
-    }
-    let group = file
-        .group
-        .as_ref()
-        .ok_or("group: a group controller needs a [group] table with the group init key")?;
-    let group_init = group.key.load("group", 0, base)?;
-    let cport = control_port(file, port)?;
+    let mut config = file.settings.config()?;
+    config.engine.backend = backend(daemon.backend);
+    let group_init = file.group.key.load("group", 0, base)?;
+    let cport = control_port(file.control_port, port)?;
     let mut controller =
         GroupController::new(config, group_init.info.spi.get(), Box::new(OsRandom))
             .map_err(|e| e.to_string())?;
@@ -1053,23 +826,20 @@ fn run_controller(
             controller.remove_member(t0, index);
         }
     }
-    let local = file.local.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let local = daemon.local.unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let socket = UdpSocket::bind(SocketAddr::new(local, cport))
         .map_err(|e| format!("control_port: binding UDP {local}:{cport}: {e}"))?;
     let published = Arc::new(Mutex::new(Published::default()));
-    let socket_path = file
+    let socket_path = daemon
         .status_socket
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("/run/pktcrypt/{name}.sock")));
-    if file.keys_socket.is_some() {
-        return Err("keys_socket: a group controller holds no data keys to export".into());
-    }
     let (requests, request_rx) = crossbeam_channel::bounded::<endpoints::Request>(16);
     endpoints::serve(
         &socket_path,
         None,
         requests,
-        file.metrics,
+        daemon.metrics,
         Arc::clone(&published),
     )?;
     tracing::info!(
@@ -1079,7 +849,7 @@ fn run_controller(
         members = file.members.len(),
         "group controller up"
     );
-    let status_every = status_refresh(file.status_interval_ms);
+    let status_every = status_refresh(daemon.status_interval_ms);
     let mut io = ControllerIo {
         name: name.to_string(),
         file,
@@ -1088,6 +858,7 @@ fn run_controller(
         published,
         request_rx,
         status_every,
+        print_status: daemon.status_interval_ms != Some(0),
         next_status: now(),
         drops: pktcrypt_core::DropCounters::default(),
         rollouts: 0,
@@ -1103,12 +874,13 @@ fn run_controller(
 /// Prometheus served like a gateway's.
 struct ControllerIo<'a> {
     name: String,
-    file: &'a GatewayFile,
+    file: &'a ControllerGateway,
     socket: UdpSocket,
     buf: Vec<u8>,
     published: Arc<Mutex<Published>>,
     request_rx: Receiver<endpoints::Request>,
     status_every: Duration,
+    print_status: bool,
     next_status: Time,
     drops: pktcrypt_core::DropCounters,
     rollouts: u64,
@@ -1172,7 +944,7 @@ impl Io for ControllerIo<'_> {
             );
             if tick {
                 self.next_status = t + self.status_every;
-                if self.file.status_interval_ms != Some(0) {
+                if self.print_status {
                     println!("{status}");
                 }
             }
@@ -1199,7 +971,7 @@ impl Io for ControllerIo<'_> {
 /// the newest generation sent to it with the highest phase it acknowledged.
 fn render_controller(
     name: &str,
-    file: &GatewayFile,
+    file: &ControllerGateway,
     controller: &GroupController,
     drops: &pktcrypt_core::DropCounters,
     rollouts: u64,
@@ -1273,9 +1045,10 @@ const TICK: Duration = Duration::from_millis(250);
 /// full socket buffer is noticed and answered with a full reading at once).
 const NEXT_HOP_RESYNC: Duration = Duration::from_secs(5);
 
-/// The UDP port of the group controller ↔ member channel.
-fn control_port(file: &GatewayFile, port: u16) -> Result<u16, String> {
-    let cport = file.control_port.unwrap_or(port.wrapping_add(1));
+/// The UDP port of the group controller ↔ member channel: `control_port`, by default the ESP
+/// port + 1.
+fn control_port(control_port: Option<u16>, port: u16) -> Result<u16, String> {
+    let cport = control_port.unwrap_or(port.wrapping_add(1));
     if cport == port || cport == 0 {
         return Err(format!(
             "control_port: {cport} must be non-zero and differ from the ESP port {port}"
@@ -1322,41 +1095,24 @@ fn spawn_reader(
 /// A group member from the configuration: the member, the controller's control address and
 /// the other members (keyed by their sender peers in the group engine).
 fn group_member(
-    file: &GatewayFile,
+    file: &MemberGateway,
     base: &Path,
     port: u16,
     backend: Backend,
     t0: Time,
 ) -> Result<(GroupMember, SocketAddr, HashMap<PeerId, PeerInfo>), String> {
-    let index = file
-        .index
-        .ok_or("index: a group member needs its index in [[members]]")?;
+    let index = file.index;
     let count = u16::try_from(file.members.len()).map_err(|_| "members: too many".to_string())?;
     if index >= count {
         return Err(format!(
             "index: {index} is not below the number of [[members]] ({count})"
         ));
     }
-    let controller = file
-        .controller
-        .ok_or("controller: a group member needs the controller's address")?;
-    let group = file
-        .group
-        .as_ref()
-        .ok_or("group: a group member needs a [group] table with the group init key")?;
-    let group_init = group.key.load("group", 0, base)?;
+    let group_init = file.group.key.load("group", 0, base)?;
     let me = &file.members[usize::from(index)];
     let field = format!("members[{index}] ({})", me.name);
     let control = me.key.load(&field, 0, base)?;
-    let mut config = config::group_config(
-        &file.suite,
-        None,
-        file.retry_ms,
-        file.max_retries,
-        None,
-        pktcrypt_core::Role::Client,
-    )?;
-    config.engine = config::engine(pktcrypt_core::Role::Client, file.replay_window)?;
+    let mut config = file.settings.config()?;
     config.engine.backend = backend;
     let member = GroupMember::new(
         config,
@@ -1379,29 +1135,19 @@ fn group_member(
             .ok_or_else(|| format!("members[{j}]: no sender slot"))?;
         peers.insert(sender, peer_info(&format!("members[{j}] ({})", m.name), m)?);
     }
-    let controller = SocketAddr::new(controller, control_port(file, port)?);
+    let controller = SocketAddr::new(file.controller, control_port(file.control_port, port)?);
     Ok((member, controller, peers))
 }
 
-/// The AEAD backend named in the configuration.
-fn backend(name: Option<&str>) -> Result<Backend, String> {
-    let Some(name) = name else {
-        return Ok(Backend::default());
-    };
-    let backend = Backend::from_name(name).ok_or_else(|| {
-        let known: Vec<&str> = Backend::all().iter().map(|b| b.name()).collect();
-        format!(
-            "backend: {name:?} is not a backend of this build (default, {})",
-            known.join(", ")
-        )
-    })?;
+/// The AEAD backend of the configuration, with a loud warning if it does not encrypt.
+fn backend(backend: Backend) -> Backend {
     if backend.name().starts_with("null") {
         tracing::warn!(
-            backend = name,
+            backend = backend.name(),
             "THIS BACKEND DOES NOT ENCRYPT; it exists for benchmarks only"
         );
     }
-    Ok(backend)
+    backend
 }
 
 fn peer_info(field: &str, p: &GatewayPeer) -> Result<PeerInfo, String> {
@@ -1732,12 +1478,13 @@ pub(crate) fn query(command: &str, args: &[String]) -> Result<String, String> {
             }
             "--config" => {
                 let file: GatewayFile = config::load(Path::new(value))?;
-                let name = file.name.unwrap_or_else(|| "pktcrypt".into());
+                let name = file.daemon.name.unwrap_or_else(|| "pktcrypt".into());
                 socket = Some(
-                    file.status_socket
+                    file.daemon
+                        .status_socket
                         .unwrap_or_else(|| PathBuf::from(format!("/run/pktcrypt/{name}.sock"))),
                 );
-                keys = file.keys_socket;
+                keys = file.role.data_path().and_then(|d| d.keys_socket.clone());
             }
             other => return Err(format!("unknown option {other}")),
         }

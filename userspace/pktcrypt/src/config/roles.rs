@@ -1,0 +1,181 @@
+//! Each role's settings: one struct per role, shared by its UDP form (`pktcrypt server`, ...)
+//! and its gateway form (`pktcrypt up` with `role = "server"`, ...), whose files hold these keys
+//! beside their own. Every key is optional: an empty table means the defaults of the state
+//! machine's configuration.
+
+use super::engine;
+use pktcrypt_core::control::{ClientConfig, GroupConfig, Pfs, RekeyTriggers, ServerConfig};
+use pktcrypt_core::{Role, Suite};
+use serde::Deserialize;
+use std::num::{NonZeroU32, NonZeroU64};
+use std::time::Duration;
+
+fn ms(v: Option<u64>, default: Duration) -> Duration {
+    v.map_or(default, Duration::from_millis)
+}
+
+/// An interval where 0 means never: `None` if 0, the default if not set.
+fn ms_or_never(v: Option<u64>, default: Option<Duration>) -> Option<Duration> {
+    match v {
+        Some(0) => None,
+        Some(v) => Some(Duration::from_millis(v)),
+        None => default,
+    }
+}
+
+/// A key server's settings.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServerSettings {
+    /// Suite of new generations.
+    #[serde(default, deserialize_with = "super::suite")]
+    pub(crate) suite: Option<Suite>,
+    /// Derived-key mode.
+    #[serde(default)]
+    pub(crate) derived: bool,
+    /// Forward secrecy: which rotations exchange fresh ephemeral keys.
+    #[serde(default, deserialize_with = "super::pfs")]
+    pub(crate) pfs: Option<Pfs>,
+    /// Init handshakes answered per second at most.
+    pub(crate) max_handshakes_per_second: Option<NonZeroU32>,
+    /// Rotate every client this often (0: never on a timer).
+    pub(crate) rekey_interval_ms: Option<u64>,
+    /// Rekey timer jitter, permille.
+    pub(crate) rekey_jitter_permille: Option<u32>,
+    /// Rate limit of rekeys per second.
+    pub(crate) max_rekeys_per_second: Option<NonZeroU32>,
+    /// First retransmission of a distribution.
+    pub(crate) distribution_retry_ms: Option<u64>,
+    /// Implicit resend spacing.
+    pub(crate) implicit_resend_ms: Option<u64>,
+    /// Reorder grace.
+    pub(crate) reorder_grace_ms: Option<u64>,
+    /// Anti-replay window.
+    pub(crate) replay_window: Option<u32>,
+}
+
+impl ServerSettings {
+    /// The state-machine configuration.
+    pub(crate) fn config(&self) -> Result<ServerConfig, String> {
+        let mut c = ServerConfig::new();
+        c.engine = engine(Role::KeyServer, self.replay_window)?;
+        c.suite = self.suite.unwrap_or(c.suite);
+        c.triggers = RekeyTriggers::for_suite(c.suite, c.engine.max_esp_len);
+        c.derived = self.derived;
+        c.pfs = self.pfs.unwrap_or(c.pfs);
+        c.max_handshakes_per_second = self
+            .max_handshakes_per_second
+            .map_or(c.max_handshakes_per_second, NonZeroU32::get);
+        c.rekey_interval = ms_or_never(self.rekey_interval_ms, c.rekey_interval);
+        c.rekey_jitter_permille = self
+            .rekey_jitter_permille
+            .unwrap_or(c.rekey_jitter_permille);
+        if c.rekey_jitter_permille > 1000 {
+            return Err("rekey_jitter_permille: must be at most 1000".into());
+        }
+        c.max_rekeys_per_second = self
+            .max_rekeys_per_second
+            .map_or(c.max_rekeys_per_second, NonZeroU32::get);
+        c.distribution_retry = ms(self.distribution_retry_ms, c.distribution_retry);
+        c.implicit_resend_interval = ms(self.implicit_resend_ms, c.implicit_resend_interval);
+        c.reorder_grace = ms(self.reorder_grace_ms, c.reorder_grace);
+        Ok(c)
+    }
+}
+
+/// A key server's client's settings.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClientSettings {
+    /// Client-timed update interval (0: none).
+    pub(crate) update_interval_ms: Option<u64>,
+    /// Hello interval.
+    pub(crate) hello_interval_ms: Option<NonZeroU64>,
+    /// First request retransmission.
+    pub(crate) request_timeout_ms: Option<NonZeroU64>,
+    /// Largest retransmission interval.
+    pub(crate) max_backoff_ms: Option<u64>,
+    /// Unanswered requests before falling back to the init key.
+    pub(crate) max_retries: Option<u32>,
+    /// Anti-replay window.
+    pub(crate) replay_window: Option<u32>,
+}
+
+impl ClientSettings {
+    /// The state-machine configuration.
+    pub(crate) fn config(&self) -> Result<ClientConfig, String> {
+        let mut c = ClientConfig::new();
+        c.engine = engine(Role::Client, self.replay_window)?;
+        c.update_interval = ms_or_never(self.update_interval_ms, None);
+        c.hello_interval = ms(
+            self.hello_interval_ms.map(NonZeroU64::get),
+            c.hello_interval,
+        );
+        c.request_timeout = ms(
+            self.request_timeout_ms.map(NonZeroU64::get),
+            c.request_timeout,
+        );
+        c.max_backoff = ms(self.max_backoff_ms, c.max_backoff);
+        c.max_retries = self.max_retries.unwrap_or(c.max_retries);
+        Ok(c)
+    }
+}
+
+/// A group controller's settings.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ControllerSettings {
+    /// Suite of new group generations.
+    #[serde(default, deserialize_with = "super::suite")]
+    pub(crate) suite: Option<Suite>,
+    /// Rekey interval (0: only on events).
+    pub(crate) rekey_interval_ms: Option<u64>,
+    /// First retransmission.
+    pub(crate) retry_ms: Option<u64>,
+    /// Retransmissions before a member is unresponsive.
+    pub(crate) max_retries: Option<u32>,
+    /// Evict unresponsive members.
+    pub(crate) evict_unresponsive: Option<bool>,
+    /// When the members' control channels exchange fresh ephemeral keys (as a key server's).
+    #[serde(default, deserialize_with = "super::pfs")]
+    pub(crate) pfs: Option<Pfs>,
+}
+
+impl ControllerSettings {
+    /// The state-machine configuration.
+    pub(crate) fn config(&self) -> Result<GroupConfig, String> {
+        let mut c = GroupConfig::new();
+        c.engine = engine(Role::KeyServer, None)?;
+        c.suite = self.suite.unwrap_or(c.suite);
+        c.rekey_interval = ms_or_never(self.rekey_interval_ms, c.rekey_interval);
+        c.retry = ms(self.retry_ms, c.retry);
+        c.max_retries = self.max_retries.unwrap_or(c.max_retries);
+        c.evict_unresponsive = self.evict_unresponsive.unwrap_or(c.evict_unresponsive);
+        c.pfs = self.pfs.unwrap_or(c.pfs);
+        Ok(c)
+    }
+}
+
+/// A group member's settings.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MemberSettings {
+    /// Suite of the control channel's rekey triggers.
+    #[serde(default, deserialize_with = "super::suite")]
+    pub(crate) suite: Option<Suite>,
+    /// First retransmission of a join or key request.
+    pub(crate) retry_ms: Option<u64>,
+    /// Anti-replay window.
+    pub(crate) replay_window: Option<u32>,
+}
+
+impl MemberSettings {
+    /// The state-machine configuration.
+    pub(crate) fn config(&self) -> Result<GroupConfig, String> {
+        let mut c = GroupConfig::new();
+        c.engine = engine(Role::Client, self.replay_window)?;
+        c.suite = self.suite.unwrap_or(c.suite);
+        c.retry = ms(self.retry_ms, c.retry);
+        Ok(c)
+    }
+}

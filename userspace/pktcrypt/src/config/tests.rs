@@ -1,0 +1,318 @@
+use super::roles::{ClientSettings, ControllerSettings, MemberSettings, ServerSettings};
+use super::*;
+
+/// A minimal valid file of each form (init keys are decoded only when loaded, not when read).
+fn minimal(form: Form) -> &'static str {
+    match form {
+        Form::Udp(RoleName::Server) => {
+            "listen = \"127.0.0.1:0\"\n[[clients]]\nname = \"a\"\ninit_key = \"k\"\n"
+        }
+        Form::Udp(RoleName::Client) => "server = \"127.0.0.1:4500\"\ninit_key = \"k\"\n",
+        Form::Udp(RoleName::GroupController) => {
+            "listen = \"127.0.0.1:0\"\n[group]\ninit_key = \"g\"\n\
+             [[members]]\nname = \"a\"\ninit_key = \"k\"\n"
+        }
+        Form::Udp(RoleName::GroupMember) => {
+            "controller = \"127.0.0.1:4600\"\nbind = \"127.0.0.1:4700\"\nindex = 0\n\
+             peers = [\"127.0.0.1:4700\"]\ninit_key = \"k\"\n[group]\ninit_key = \"g\"\n"
+        }
+        Form::Gateway(RoleName::Server) => {
+            "role = \"server\"\ninner = \"in\"\nouter = \"out\"\nprefixes = [\"10.2.0.0/24\"]\n\
+             [[clients]]\nname = \"a\"\naddress = \"192.0.2.1\"\nprefixes = [\"10.1.0.0/24\"]\n\
+             init_key = \"k\"\n"
+        }
+        Form::Gateway(RoleName::Client) => {
+            "role = \"client\"\ninner = \"in\"\nouter = \"out\"\nprefixes = [\"10.1.0.0/24\"]\n\
+             [server]\nname = \"b\"\naddress = \"192.0.2.2\"\nprefixes = [\"10.2.0.0/24\"]\n\
+             init_key = \"k\"\n"
+        }
+        Form::Gateway(RoleName::GroupController) => {
+            "role = \"group-controller\"\n[group]\ninit_key = \"g\"\n\
+             [[members]]\nname = \"a\"\naddress = \"2001:db8::1\"\ninit_key = \"k\"\n"
+        }
+        Form::Gateway(RoleName::GroupMember) => {
+            "role = \"group-member\"\ninner = \"in\"\nouter = \"out\"\nindex = 0\n\
+             controller = \"2001:db8::100\"\n[group]\ninit_key = \"g\"\n\
+             [[members]]\nname = \"a\"\naddress = \"2001:db8::1\"\nprefixes = [\"10.1.0.0/24\"]\n\
+             init_key = \"k\"\n"
+        }
+    }
+}
+
+/// Reads `text` as a file of form `form`; the error's text.
+fn read(form: Form, text: &str) -> Result<(), String> {
+    let doc = Document::parse(text).map_err(|e| e.to_string())?;
+    let read = match form {
+        Form::Udp(RoleName::Server) => ServerFile::read(&doc).map(drop),
+        Form::Udp(RoleName::Client) => ClientFile::read(&doc).map(drop),
+        Form::Udp(RoleName::GroupController) => GroupControllerFile::read(&doc).map(drop),
+        Form::Udp(RoleName::GroupMember) => GroupMemberFile::read(&doc).map(drop),
+        Form::Gateway(role) => {
+            let file = GatewayFile::read(&doc).map_err(|e| e.to_string())?;
+            let read = match file.role {
+                GatewayRole::DataPath(_, r) => r.name(),
+                GatewayRole::GroupController(_) => "group-controller",
+            };
+            return if read == role.as_str() {
+                Ok(())
+            } else {
+                Err(format!("read as role {read:?}"))
+            };
+        }
+    };
+    read.map_err(|e| e.to_string())
+}
+
+#[test]
+fn every_form_names_its_keys_once() {
+    for form in Form::ALL {
+        let keys = form.keys();
+        assert!(!keys.is_empty(), "{form:?}");
+        for (i, k) in keys.iter().enumerate() {
+            // Two parts of one form reading one key would both take it.
+            assert!(!keys[..i].contains(k), "{form:?}: `{k}` in two parts");
+        }
+    }
+}
+
+#[test]
+fn a_role_has_the_same_settings_in_both_forms() {
+    let settings = [
+        (RoleName::Server, super::document::keys::<ServerSettings>()),
+        (RoleName::Client, super::document::keys::<ClientSettings>()),
+        (
+            RoleName::GroupController,
+            super::document::keys::<ControllerSettings>(),
+        ),
+        (
+            RoleName::GroupMember,
+            super::document::keys::<MemberSettings>(),
+        ),
+    ];
+    for (role, keys) in settings {
+        for form in [Form::Udp(role), Form::Gateway(role)] {
+            let all = form.keys();
+            for k in keys {
+                assert!(all.contains(k), "{form:?} lacks setting `{k}`");
+            }
+        }
+    }
+}
+
+#[test]
+fn minimal_files_are_read() {
+    for form in Form::ALL {
+        read(form, minimal(form)).unwrap_or_else(|e| panic!("{form:?}: {e}"));
+    }
+}
+
+/// Every key of another form, in a file of this form, is an error naming it (and the line it
+/// is on); a key of the same family's other roles names them.
+#[test]
+fn a_key_of_another_role_is_an_error_naming_it() {
+    for form in Form::ALL {
+        let own = form.keys();
+        for other in Form::ALL {
+            for key in other.keys().into_iter().filter(|k| !own.contains(k)) {
+                let text = format!("{key} = 1\n{}", minimal(form));
+                let err = read(form, &text).expect_err(&format!("{form:?} took `{key}`"));
+                assert!(
+                    err.contains(&format!("unknown field `{key}`"))
+                        && err.contains(&format!("1 | {key} = 1")),
+                    "{form:?}, `{key}`: {err}"
+                );
+            }
+        }
+    }
+    let err = read(
+        Form::Gateway(RoleName::Client),
+        &format!(
+            "pfs = \"off\"\n{}",
+            minimal(Form::Gateway(RoleName::Client))
+        ),
+    )
+    .expect_err("pfs in a client");
+    assert!(
+        err.contains(
+            "unknown field `pfs`: a key of roles \"server\" and \"group-controller\", not of role \
+             \"client\""
+        ),
+        "{err}"
+    );
+    let err = read(
+        Form::Udp(RoleName::Server),
+        &format!(
+            "hello_interval_ms = 5\n{}",
+            minimal(Form::Udp(RoleName::Server))
+        ),
+    )
+    .expect_err("a client's key in a server");
+    assert!(
+        err.contains(
+            "unknown field `hello_interval_ms`: a key of `pktcrypt client`, not of `pktcrypt server`"
+        ),
+        "{err}"
+    );
+    let err = read(
+        Form::Udp(RoleName::Client),
+        &format!("inner = \"in\"\n{}", minimal(Form::Udp(RoleName::Client))),
+    )
+    .expect_err("a gateway's key over UDP");
+    assert!(err.contains("a key of `pktcrypt up`"), "{err}");
+}
+
+#[test]
+fn a_typo_is_an_error_naming_it() {
+    for form in Form::ALL {
+        for (key, hint) in [
+            ("rekey_intervl_ms", "rekey_interval_ms"),
+            ("status_interval", "status_interval_ms"),
+            ("bogus", "expected one of"),
+        ] {
+            let text = format!("{key} = 1\n{}", minimal(form));
+            let err = read(form, &text).expect_err(&format!("{form:?} took `{key}`"));
+            assert!(
+                err.contains(&format!("unknown field `{key}` in ")) && err.contains(hint),
+                "{form:?}, `{key}`: {err}"
+            );
+        }
+    }
+    // Nested tables reject unknown keys too.
+    let text = minimal(Form::Gateway(RoleName::Client)).replace("init_key", "init_kee");
+    let err = read(Form::Gateway(RoleName::Client), &text).expect_err("init_kee");
+    assert!(err.contains("unknown field `init_kee`"), "{err}");
+}
+
+#[test]
+fn removed_belongs_to_a_controllers_members() {
+    for form in [
+        Form::Udp(RoleName::Server),
+        Form::Gateway(RoleName::Server),
+        Form::Gateway(RoleName::GroupMember),
+    ] {
+        let text = format!("{}removed = true\n", minimal(form));
+        let err = read(form, &text).expect_err(&format!("{form:?} took `removed`"));
+        assert!(err.contains("unknown field `removed`"), "{form:?}: {err}");
+    }
+    for form in [
+        Form::Udp(RoleName::GroupController),
+        Form::Gateway(RoleName::GroupController),
+    ] {
+        read(form, &format!("{}removed = true\n", minimal(form)))
+            .unwrap_or_else(|e| panic!("{form:?}: {e}"));
+    }
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    let server = minimal(Form::Gateway(RoleName::Server));
+    let client = minimal(Form::Gateway(RoleName::Client));
+    for (form, base, line, message) in [
+        (
+            Form::Gateway(RoleName::Server),
+            server,
+            "hub = 3",
+            "boolean",
+        ),
+        (
+            Form::Gateway(RoleName::Server),
+            server,
+            "workers = 0",
+            "nonzero",
+        ),
+        (
+            Form::Gateway(RoleName::Server),
+            server,
+            "suite = \"aes\"",
+            "suite:",
+        ),
+        (Form::Gateway(RoleName::Server), server, "pfs = 0", "pfs:"),
+        (
+            Form::Gateway(RoleName::Server),
+            server,
+            "pfs = true",
+            "positive",
+        ),
+        (
+            Form::Gateway(RoleName::Client),
+            client,
+            "backend = \"x\"",
+            "backend:",
+        ),
+        (
+            Form::Gateway(RoleName::Client),
+            client,
+            "local = \"x\"",
+            "address",
+        ),
+        (
+            Form::Udp(RoleName::Client),
+            minimal(Form::Udp(RoleName::Client)),
+            "count = 0",
+            "nonzero",
+        ),
+        (
+            Form::Udp(RoleName::Server),
+            minimal(Form::Udp(RoleName::Server)),
+            "max_handshakes_per_second = 0",
+            "nonzero",
+        ),
+    ] {
+        let err = read(form, &format!("{line}\n{base}")).expect_err(line);
+        assert!(
+            err.contains(&format!("1 | {line}")) && err.contains(message),
+            "{line}: {err}"
+        );
+    }
+    // A missing role, and one that does not exist.
+    let err = read(Form::Gateway(RoleName::Client), "inner = \"in\"\n").expect_err("no role");
+    assert!(err.contains("missing field `role`"), "{err}");
+    let err = read(Form::Gateway(RoleName::Client), "role = \"gateway\"\n").expect_err("gateway");
+    assert!(err.contains("unknown variant `gateway`"), "{err}");
+}
+
+#[test]
+fn the_settings_of_both_forms_are_read() {
+    let doc = "rekey_interval_ms = 7\npfs = \"off\"\nsuite = \"chacha20-poly1305\"\n";
+    let udp = format!("{doc}{}", minimal(Form::Udp(RoleName::Server)));
+    let udp: ServerFile = ServerFile::read(&Document::parse(&udp).expect("toml")).expect("udp");
+    let gateway = format!(
+        "{doc}{}",
+        minimal(Form::Gateway(RoleName::Server)).replace("role = \"server\"\n", "")
+    );
+    let gateway = format!("role = \"server\"\n{gateway}");
+    let gateway = GatewayFile::read(&Document::parse(&gateway).expect("toml")).expect("gateway");
+    let GatewayRole::DataPath(_, DataPathRole::Server(gateway)) = gateway.role else {
+        panic!("not a server");
+    };
+    for settings in [&udp.settings, &gateway.settings] {
+        let c = settings.config().expect("config");
+        assert_eq!(c.rekey_interval, Some(std::time::Duration::from_millis(7)));
+        assert_eq!(c.pfs, pktcrypt_core::control::Pfs::Off);
+        assert_eq!(c.suite, pktcrypt_core::Suite::ChaCha20Poly1305);
+    }
+}
+
+/// The examples of docs/cli.md are files of some form (the gateway member's and controller's
+/// share a block).
+#[test]
+fn the_documented_examples_are_read() {
+    let doc = include_str!("../../../../docs/cli.md");
+    let mut blocks = 0;
+    for block in doc.split("```toml\n").skip(1) {
+        let block = block.split("```").next().unwrap_or_default();
+        for text in block.split("\n# controller\n") {
+            blocks += 1;
+            let errors: Vec<String> = Form::ALL
+                .into_iter()
+                .filter_map(|form| read(form, text).err().map(|e| format!("{form:?}: {e}")))
+                .collect();
+            assert!(
+                errors.len() < Form::ALL.len(),
+                "no form reads\n{text}\n{}",
+                errors.join("\n")
+            );
+        }
+    }
+    assert!(blocks >= 6, "{blocks} examples");
+}
