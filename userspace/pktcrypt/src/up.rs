@@ -150,6 +150,12 @@ impl SpiActivity {
     }
 }
 
+/// The peers of a gateway by engine id.
+type Peers = HashMap<PeerId, PeerInfo>;
+
+/// The prefixes the inner XDP program steers into the tunnel.
+type Protected = Vec<(IpAddr, u8)>;
+
 struct PeerInfo {
     name: String,
     address: IpAddr,
@@ -403,6 +409,210 @@ impl Io for GatewayIo {
     fn finish(&mut self, _: &mut Endpoint) {}
 }
 
+/// The state machine of a data-path role, its peers, and (a group member) the controller's
+/// control address.
+fn state_machine(
+    role: &DataPathRole,
+    base: &Path,
+    port: u16,
+    backend: Backend,
+) -> Result<(Endpoint, Option<SocketAddr>, Peers), String> {
+    let t0 = now();
+    let mut peers: HashMap<PeerId, PeerInfo> = HashMap::new();
+    let (endpoint, member_controller) = match role {
+        DataPathRole::Server(cfg) => {
+            if cfg.clients.is_empty() {
+                return Err("clients: a server needs at least one [[clients]] entry".into());
+            }
+            let mut sc = cfg.settings.config()?;
+            sc.engine.backend = backend;
+            let mut server =
+                KeyServer::new(sc, Box::new(ServerRandom::new())).map_err(|e| e.to_string())?;
+            let mut distinct = config::DistinctKeys::default();
+            for (i, c) in cfg.clients.iter().enumerate() {
+                let field = format!("clients[{i}] ({})", c.name);
+                let key = c.key.load(&field, 0, base)?;
+                distinct.check(&field, &key)?;
+                let id = server
+                    .add_client(&key, Some(SocketAddr::new(c.address, port)), t0)
+                    .map_err(|e| format!("{field}: {e}"))?;
+                peers.insert(id, peer_info(&field, c)?);
+            }
+            (Endpoint::from(server), None)
+        }
+        DataPathRole::Client(cfg) => {
+            let s = &cfg.server;
+            let key = s.key.load("server", 0, base)?;
+            let mut cc = cfg.settings.config()?;
+            cc.engine.backend = backend;
+            let client = KeyClient::new(cc, &key, Box::new(OsRandom), t0)
+                .map_err(|e| format!("server: {e}"))?;
+            peers.insert(client.server(), peer_info("server", s)?);
+            (Endpoint::from(client), None)
+        }
+        DataPathRole::GroupMember(cfg) => {
+            let (member, controller, member_peers) = group_member(cfg, base, port, backend, t0)?;
+            peers = member_peers;
+            (Endpoint::from(member), Some(controller))
+        }
+    };
+
+    Ok((endpoint, member_controller, peers))
+}
+
+/// The workers' paths: the inner policy (what may come out of the tunnel here), routes into
+/// the tunnel, each peer's outer header; with the XDP program's protected prefixes and the
+/// local outer address.
+fn paths(
+    role: &DataPathRole,
+    endpoint: &Endpoint,
+    peers: &HashMap<PeerId, PeerInfo>,
+    local: Option<IpAddr>,
+    (inner, outer): (&str, &str),
+    port: u16,
+) -> Result<(Paths, Protected, IpAddr), String> {
+    // Inner policy: what may come out of the tunnel here (a group member's networks are the
+    // prefixes of its own [[members]] entry).
+    let local_field = match role {
+        DataPathRole::Server(cfg) => ("prefixes".to_string(), cfg.prefixes.clone()),
+        DataPathRole::Client(cfg) => ("prefixes".to_string(), cfg.prefixes.clone()),
+        DataPathRole::GroupMember(cfg) => {
+            let index = usize::from(cfg.index);
+            (
+                format!("members[{index}].prefixes"),
+                cfg.members
+                    .get(index)
+                    .map(|m| m.prefixes.clone())
+                    .unwrap_or_default(),
+            )
+        }
+    };
+    if local_field.1.is_empty() {
+        return Err(format!(
+            "{}: the networks behind this gateway are required (decrypted packets must be \
+             addressed to them)",
+            local_field.0
+        ));
+    }
+    let local_prefixes: Vec<Prefix> = local_field
+        .1
+        .iter()
+        .map(|p| parse_prefix(&local_field.0, p).map(|(net, len)| Prefix { net, len }))
+        .collect::<Result<_, _>>()?;
+
+    // Paths.
+    let family_v4 = peers.values().all(|p| p.address.is_ipv4());
+    let local = match local {
+        Some(a) => a,
+        None => {
+            let (v4, v6) = net::addresses(outer).map_err(|e| format!("outer: {e}"))?;
+            if family_v4 { v4 } else { v6 }.ok_or_else(|| {
+                format!(
+                    "local: interface {} has no address of the peers' family",
+                    outer
+                )
+            })?
+        }
+    };
+    let mut paths = Paths {
+        inner_mac: net::mac(inner).map_err(|e| format!("inner: {e}"))?,
+        outer_mac: net::mac(outer).map_err(|e| format!("outer: {e}"))?,
+        outer_mtu: net::mtu(outer).map_err(|e| format!("outer: {e}"))?,
+        esp_port: port,
+        ..Paths::default()
+    };
+    let (in4, in6) = net::addresses(inner).map_err(|e| format!("inner: {e}"))?;
+    paths.inner_v4 = in4.and_then(|a| match a {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(_) => None,
+    });
+    paths.inner_v6 = in6.and_then(|a| match a {
+        IpAddr::V6(a) => Some(a),
+        IpAddr::V4(_) => None,
+    });
+    let mut prefixes = Vec::new();
+    // Pairwise: seal for the peer behind the prefix. Group: always under our own sender keys.
+    let seal_as = match endpoint.machine() {
+        Machine::Member(m) => m.sender(m.index()),
+        _ => None,
+    };
+    paths.local = local_prefixes;
+    paths.hub = matches!(role, DataPathRole::Server(cfg) if cfg.hub);
+    for (id, p) in peers {
+        for &(net, len) in &p.prefixes {
+            paths.routes.push(Route {
+                net,
+                len,
+                peer: seal_as.unwrap_or(*id),
+                path: id.0,
+            });
+            prefixes.push((net, len));
+        }
+        paths.sources.insert(
+            id.0,
+            p.prefixes
+                .iter()
+                .map(|&(net, len)| Prefix { net, len })
+                .collect(),
+        );
+        let header = OuterHeader::new(
+            SocketAddr::new(local, port),
+            SocketAddr::new(p.address, port),
+            64,
+        )
+        .ok_or_else(|| {
+            format!(
+                "local: {local} and peer {} ({}) differ in family",
+                p.name, p.address
+            )
+        })?;
+        paths.peers.insert(id.0, PeerPath { header, mac: None });
+    }
+    paths.sort_routes();
+    Ok((paths, prefixes, local))
+}
+
+/// One worker per queue, each with its queue pair registered in both XDP programs' XSKMAPs.
+fn start_workers(
+    workers: u32,
+    frames: u32,
+    (inner, outer): (&str, &str),
+    shared: &Arc<Shared>,
+    to_control: &Sender<ToControl>,
+    (inner_xdp, outer_xdp): (&mut XdpSteering, &mut XdpSteering),
+) -> Result<Vec<std::thread::JoinHandle<()>>, String> {
+    let mut handles = Vec::new();
+    for q in 0..workers {
+        // The UMEM is not Send: each worker creates its queue pair on its own thread and
+        // reports the socket descriptors back for the XSKMAPs.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (inner_if, outer_if) = (inner.to_string(), outer.to_string());
+        let (sh, tc) = (Arc::clone(shared), to_control.clone());
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("pktcrypt-worker-{q}"))
+                .spawn(move || {
+                    match pktcrypt_io::xsk::QueuePair::new(&inner_if, &outer_if, q, frames) {
+                        Ok(qp) => {
+                            let _ = ready_tx.send(Ok((qp.inner.fd(), qp.outer.fd())));
+                            Worker::new(qp, sh, q as usize, tc).run();
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                })
+                .map_err(|e| format!("starting worker {q}: {e}"))?,
+        );
+        let (inner_fd, outer_fd) = ready_rx
+            .recv()
+            .map_err(|_| format!("worker {q} exited during setup"))??;
+        inner_xdp.register_socket(q, inner_fd)?;
+        outer_xdp.register_socket(q, outer_fd)?;
+    }
+    Ok(handles)
+}
+
 /// `pktcrypt up --config FILE`.
 pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     // `file`: the keys of the process; the role with its peers and settings apart.
@@ -458,144 +668,10 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     check_forwarding(data_path.allow_forwarding)?;
 
     // The state machine and its peers.
-    let t0 = now();
-    let mut peers: HashMap<PeerId, PeerInfo> = HashMap::new();
-    let (mut endpoint, member_controller) = match &role {
-        DataPathRole::Server(cfg) => {
-            if cfg.clients.is_empty() {
-                return Err("clients: a server needs at least one [[clients]] entry".into());
-            }
-            let mut sc = cfg.settings.config()?;
-            sc.engine.backend = backend;
-            let mut server =
-                KeyServer::new(sc, Box::new(ServerRandom::new())).map_err(|e| e.to_string())?;
-            let mut distinct = config::DistinctKeys::default();
-            for (i, c) in cfg.clients.iter().enumerate() {
-                let field = format!("clients[{i}] ({})", c.name);
-                let key = c.key.load(&field, 0, base)?;
-                distinct.check(&field, &key)?;
-                let id = server
-                    .add_client(&key, Some(SocketAddr::new(c.address, port)), t0)
-                    .map_err(|e| format!("{field}: {e}"))?;
-                peers.insert(id, peer_info(&field, c)?);
-            }
-            (Endpoint::from(server), None)
-        }
-        DataPathRole::Client(cfg) => {
-            let s = &cfg.server;
-            let key = s.key.load("server", 0, base)?;
-            let mut cc = cfg.settings.config()?;
-            cc.engine.backend = backend;
-            let client = KeyClient::new(cc, &key, Box::new(OsRandom), t0)
-                .map_err(|e| format!("server: {e}"))?;
-            peers.insert(client.server(), peer_info("server", s)?);
-            (Endpoint::from(client), None)
-        }
-        DataPathRole::GroupMember(cfg) => {
-            let (member, controller, member_peers) = group_member(cfg, base, port, backend, t0)?;
-            peers = member_peers;
-            (Endpoint::from(member), Some(controller))
-        }
-    };
+    let (mut endpoint, member_controller, peers) = state_machine(&role, base, port, backend)?;
 
-    // Inner policy: what may come out of the tunnel here (a group member's networks are the
-    // prefixes of its own [[members]] entry).
-    let local_field = match &role {
-        DataPathRole::Server(cfg) => ("prefixes".to_string(), cfg.prefixes.clone()),
-        DataPathRole::Client(cfg) => ("prefixes".to_string(), cfg.prefixes.clone()),
-        DataPathRole::GroupMember(cfg) => {
-            let index = usize::from(cfg.index);
-            (
-                format!("members[{index}].prefixes"),
-                cfg.members
-                    .get(index)
-                    .map(|m| m.prefixes.clone())
-                    .unwrap_or_default(),
-            )
-        }
-    };
-    if local_field.1.is_empty() {
-        return Err(format!(
-            "{}: the networks behind this gateway are required (decrypted packets must be \
-             addressed to them)",
-            local_field.0
-        ));
-    }
-    let local_prefixes: Vec<Prefix> = local_field
-        .1
-        .iter()
-        .map(|p| parse_prefix(&local_field.0, p).map(|(net, len)| Prefix { net, len }))
-        .collect::<Result<_, _>>()?;
-
-    // Paths.
-    let family_v4 = peers.values().all(|p| p.address.is_ipv4());
-    let local = match file.local {
-        Some(a) => a,
-        None => {
-            let (v4, v6) = net::addresses(&outer).map_err(|e| format!("outer: {e}"))?;
-            if family_v4 { v4 } else { v6 }.ok_or_else(|| {
-                format!(
-                    "local: interface {} has no address of the peers' family",
-                    outer
-                )
-            })?
-        }
-    };
-    let mut paths = Paths {
-        inner_mac: net::mac(&inner).map_err(|e| format!("inner: {e}"))?,
-        outer_mac: net::mac(&outer).map_err(|e| format!("outer: {e}"))?,
-        outer_mtu: net::mtu(&outer).map_err(|e| format!("outer: {e}"))?,
-        esp_port: port,
-        ..Paths::default()
-    };
-    let (in4, in6) = net::addresses(&inner).map_err(|e| format!("inner: {e}"))?;
-    paths.inner_v4 = in4.and_then(|a| match a {
-        IpAddr::V4(a) => Some(a),
-        IpAddr::V6(_) => None,
-    });
-    paths.inner_v6 = in6.and_then(|a| match a {
-        IpAddr::V6(a) => Some(a),
-        IpAddr::V4(_) => None,
-    });
-    let mut prefixes = Vec::new();
-    // Pairwise: seal for the peer behind the prefix. Group: always under our own sender keys.
-    let seal_as = match endpoint.machine() {
-        Machine::Member(m) => m.sender(m.index()),
-        _ => None,
-    };
-    paths.local = local_prefixes;
-    paths.hub = matches!(&role, DataPathRole::Server(cfg) if cfg.hub);
-    for (id, p) in &peers {
-        for &(net, len) in &p.prefixes {
-            paths.routes.push(Route {
-                net,
-                len,
-                peer: seal_as.unwrap_or(*id),
-                path: id.0,
-            });
-            prefixes.push((net, len));
-        }
-        paths.sources.insert(
-            id.0,
-            p.prefixes
-                .iter()
-                .map(|&(net, len)| Prefix { net, len })
-                .collect(),
-        );
-        let header = OuterHeader::new(
-            SocketAddr::new(local, port),
-            SocketAddr::new(p.address, port),
-            64,
-        )
-        .ok_or_else(|| {
-            format!(
-                "local: {local} and peer {} ({}) differ in family",
-                p.name, p.address
-            )
-        })?;
-        paths.peers.insert(id.0, PeerPath { header, mac: None });
-    }
-    paths.sort_routes();
+    let (mut paths, prefixes, local) =
+        paths(&role, &endpoint, &peers, file.local, (&inner, &outer), port)?;
     let hops = net::NextHops::new(&inner, peers.values().map(|p| p.address))
         .map_err(|e| format!("inner: reading neighbours and routes: {e}"))?;
     apply_next_hops(&mut paths, &peers, &hops);
@@ -664,35 +740,14 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
             );
         }
     }
-    let mut handles = Vec::new();
-    for q in 0..workers {
-        // The UMEM is not Send: each worker creates its queue pair on its own thread and
-        // reports the socket descriptors back for the XSKMAPs.
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (inner_if, outer_if) = (inner.clone(), outer.clone());
-        let (sh, tc) = (Arc::clone(&shared), to_control.clone());
-        handles.push(
-            std::thread::Builder::new()
-                .name(format!("pktcrypt-worker-{q}"))
-                .spawn(move || {
-                    match pktcrypt_io::xsk::QueuePair::new(&inner_if, &outer_if, q, frames) {
-                        Ok(qp) => {
-                            let _ = ready_tx.send(Ok((qp.inner.fd(), qp.outer.fd())));
-                            Worker::new(qp, sh, q as usize, tc).run();
-                        }
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                        }
-                    }
-                })
-                .map_err(|e| format!("starting worker {q}: {e}"))?,
-        );
-        let (inner_fd, outer_fd) = ready_rx
-            .recv()
-            .map_err(|_| format!("worker {q} exited during setup"))??;
-        inner_xdp.register_socket(q, inner_fd)?;
-        outer_xdp.register_socket(q, outer_fd)?;
-    }
+    let handles = start_workers(
+        workers,
+        frames,
+        (&inner, &outer),
+        &shared,
+        &to_control,
+        (&mut inner_xdp, &mut outer_xdp),
+    )?;
     tracing::info!(
         gateway = name,
         role = role.name(),
