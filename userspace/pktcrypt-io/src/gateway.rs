@@ -33,6 +33,7 @@
 
 pub mod decide;
 
+use crate::sys;
 use crate::xsk::{FRAME_SIZE, QueuePair};
 use arc_swap::ArcSwap;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -42,7 +43,7 @@ use decide::{Context, Decider, Decision, FrameBuf};
 use pktcrypt_core::wire::OuterHeader;
 use pktcrypt_core::{DataPlane, DropReason, OpenInfo, PeerId};
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use xdpilone::xdp::XdpDesc;
@@ -202,7 +203,7 @@ pub enum ToControl {
 }
 
 /// The longest an idle worker sleeps in `poll` before looking at its rings again (ms).
-const IDLE_MAX_WAIT_MS: i32 = 50;
+const IDLE_MAX_WAIT_MS: u32 = 50;
 
 /// How often a worker reports ongoing data per peer.
 pub const OBSERVE_INTERVAL: Duration = Duration::from_millis(100);
@@ -282,20 +283,6 @@ pub struct Shared {
     pub stats: Vec<WorkerStats>,
 }
 
-/// CPU time of the calling thread, in nanoseconds.
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    u64::try_from(ts.tv_sec)
-        .unwrap_or(0)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
-}
-
 fn bump(c: &AtomicU64, n: u64) {
     if n != 0 {
         c.fetch_add(n, Ordering::Relaxed);
@@ -310,57 +297,20 @@ struct KernelPath {
 
 impl KernelPath {
     fn new() -> Self {
-        let open = |family| {
-            // SAFETY: plain socket(2); the result is checked and owned below.
-            let fd = unsafe { libc::socket(family, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-            // SAFETY: a fresh descriptor this function exclusively owns.
-            (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-        };
         Self {
-            v4: open(libc::AF_INET),
-            v6: open(libc::AF_INET6),
+            v4: sys::raw_ip_socket(false).ok(),
+            v6: sys::raw_ip_socket(true).ok(),
         }
     }
 
     /// Sends a complete IP packet; the kernel routes it and resolves the neighbour.
     fn send(&self, packet: &[u8], dst: IpAddr) -> bool {
-        let (fd, addr, len) = match dst {
-            IpAddr::V4(a) => {
-                // SAFETY: all-zero is a valid sockaddr_in.
-                let mut sa: libc::sockaddr_in = unsafe { core::mem::zeroed() };
-                sa.sin_family = libc::AF_INET as libc::sa_family_t;
-                sa.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
-                // SAFETY: sockaddr_in fits in sockaddr_storage.
-                let mut ss: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
-                // SAFETY: copying a sockaddr_in into the larger, suitably aligned storage.
-                unsafe { core::ptr::write((&raw mut ss).cast::<libc::sockaddr_in>(), sa) };
-                (&self.v4, ss, core::mem::size_of::<libc::sockaddr_in>())
-            }
-            IpAddr::V6(a) => {
-                // SAFETY: all-zero is a valid sockaddr_in6.
-                let mut sa: libc::sockaddr_in6 = unsafe { core::mem::zeroed() };
-                sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-                sa.sin6_addr.s6_addr = a.octets();
-                // SAFETY: as above.
-                let mut ss: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
-                // SAFETY: copying a sockaddr_in6 into the larger, suitably aligned storage.
-                unsafe { core::ptr::write((&raw mut ss).cast::<libc::sockaddr_in6>(), sa) };
-                (&self.v6, ss, core::mem::size_of::<libc::sockaddr_in6>())
-            }
+        let fd = match dst {
+            IpAddr::V4(_) => &self.v4,
+            IpAddr::V6(_) => &self.v6,
         };
         let Some(fd) = fd else { return false };
-        // SAFETY: the buffer and address are valid for the given lengths during the call.
-        let n = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                packet.as_ptr().cast(),
-                packet.len(),
-                libc::MSG_DONTWAIT,
-                (&raw const addr).cast(),
-                len as libc::socklen_t,
-            )
-        };
-        n == packet.len() as isize
+        sys::send_ip(fd.as_fd(), packet, dst).is_ok_and(|n| n == packet.len())
     }
 }
 
@@ -473,7 +423,7 @@ impl Worker {
         let mut last_publish = Instant::now();
         let mut idle_rounds = 0u32;
         while !self.shared.stop.load(Ordering::Relaxed) {
-            let started = thread_cpu_ns();
+            let started = sys::thread_cpu_ns();
             self.qp.inner.reap(&mut self.free);
             self.qp.outer.reap(&mut self.free);
             self.refill();
@@ -498,7 +448,7 @@ impl Worker {
                 idle_rounds = 0;
                 bump(
                     &self.stats().busy_ns,
-                    thread_cpu_ns().saturating_sub(started),
+                    sys::thread_cpu_ns().saturating_sub(started),
                 );
             }
             if last_publish.elapsed() >= Duration::from_millis(100) {
@@ -525,24 +475,12 @@ impl Worker {
     /// times a second; new keys and paths are picked up with the next packet, `stop` within
     /// the longest wait).
     fn idle(&mut self, rounds: u32) {
-        let wait = 1i32
+        let wait = 1u32
             .checked_shl(rounds.min(6))
             .unwrap_or(IDLE_MAX_WAIT_MS)
             .min(IDLE_MAX_WAIT_MS);
-        let mut fds = [
-            libc::pollfd {
-                fd: self.qp.inner.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.qp.outer.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: two valid pollfd entries for the duration of the call.
-        unsafe { libc::poll(fds.as_mut_ptr(), 2, wait) };
+        // An error (EINTR) is a shorter wait.
+        let _ = sys::poll_readable(&[self.qp.inner.as_fd(), self.qp.outer.as_fd()], wait);
     }
 
     fn publish_drops(&self) {

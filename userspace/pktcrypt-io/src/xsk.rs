@@ -7,10 +7,12 @@
 //! kernel, an RX descriptor being processed, a TX ring, or a completion ring; the worker that owns
 //! the pair moves frames between them and is the only thread that touches the pair.
 
+use crate::error::{Error, Result};
+use crate::sys::Mapping;
 use core::num::NonZeroU32;
 use core::ptr::NonNull;
 use std::ffi::CString;
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use xdpilone::xdp::XdpDesc;
 use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User};
 
@@ -20,44 +22,6 @@ pub const FRAME_SIZE: u32 = 4096;
 pub const HEADROOM: u32 = 256;
 /// Entries of every ring.
 pub const RING_SIZE: u32 = 2048;
-
-/// An anonymous, page-aligned, populated mapping; unmapped on drop.
-struct Area {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Area {
-    fn new(len: usize) -> Result<Self, String> {
-        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
-        let ptr = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(format!(
-                "mapping {len} bytes of UMEM: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or("mmap returned NULL")?;
-        Ok(Self { ptr, len })
-    }
-}
-
-impl Drop for Area {
-    fn drop(&mut self) {
-        // SAFETY: the mapping created in `new`, unmapped once; the sockets using it are
-        // dropped before (field order of QueuePair).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
 
 /// One interface's side of a [`QueuePair`].
 pub struct Port {
@@ -69,14 +33,18 @@ pub struct Port {
 }
 
 impl Port {
-    fn new(umem: &Umem, iface: &str, queue: u32, first: bool) -> Result<Self, String> {
-        let name = CString::new(iface).map_err(|_| format!("interface name {iface:?}"))?;
+    fn new(umem: &Umem, iface: &str, queue: u32, first: bool) -> Result<Self> {
+        let name =
+            CString::new(iface).map_err(|_| Error::msg(format!("interface name {iface:?}")))?;
         let mut info = IfInfo::invalid();
         info.from_name(&name)
-            .map_err(|e| format!("interface {iface}: {e}"))?;
+            .map_err(|e| Error::errno(format!("interface {iface}"), e.get_raw()))?;
         info.set_queue(queue);
         let ctx = |what: &str, e: xdpilone::Errno| {
-            format!("AF_XDP on {iface} queue {queue}: {what}: {e}")
+            Error::errno(
+                format!("AF_XDP on {iface} queue {queue}: {what}"),
+                e.get_raw(),
+            )
         };
         let sock = if first {
             Socket::with_shared(&info, umem).map_err(|e| ctx("socket", e))?
@@ -114,7 +82,7 @@ impl Port {
         })
     }
 
-    /// The socket's file descriptor (for the XSKMAP and poll).
+    /// The socket's file descriptor (for the XSKMAP).
     pub fn fd(&self) -> RawFd {
         self.user.as_raw_fd()
     }
@@ -193,6 +161,15 @@ impl Port {
     }
 }
 
+impl AsFd for Port {
+    /// The socket (for `poll`).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the descriptor of the socket `self.user` owns (xdpilone closes it when its
+        // last handle drops, after `self`), so it stays open while `self` is borrowed.
+        unsafe { BorrowedFd::borrow_raw(self.user.as_raw_fd()) }
+    }
+}
+
 /// Two AF_XDP sockets (inner and outer interface, same queue index) on one UMEM.
 pub struct QueuePair {
     // Field order: the sockets go before the UMEM, the UMEM before its memory.
@@ -201,7 +178,7 @@ pub struct QueuePair {
     /// The outer (ESP) side.
     pub outer: Port,
     umem: Umem,
-    area: Area,
+    area: Mapping,
     frames: u32,
 }
 
@@ -209,10 +186,12 @@ impl QueuePair {
     /// Creates the UMEM with `frames` frames and binds both sockets to `queue`.
     ///
     /// # Errors
-    /// A message naming the interface and the step (interface unknown, queue missing, AF_XDP
-    /// unsupported, memory).
-    pub fn new(inner: &str, outer: &str, queue: u32, frames: u32) -> Result<Self, String> {
-        let area = Area::new(frames as usize * FRAME_SIZE as usize)?;
+    /// The interface and the step that failed (interface unknown, queue missing, AF_XDP
+    /// unsupported, memory), with the errno.
+    pub fn new(inner: &str, outer: &str, queue: u32, frames: u32) -> Result<Self> {
+        let len = frames as usize * FRAME_SIZE as usize;
+        let area = Mapping::anonymous(len)
+            .map_err(|e| Error::new(format!("mapping {len} bytes of UMEM"), e))?;
         let config = UmemConfig {
             fill_size: RING_SIZE,
             complete_size: RING_SIZE,
@@ -220,11 +199,11 @@ impl QueuePair {
             headroom: HEADROOM,
             flags: 0,
         };
-        let slice = NonNull::slice_from_raw_parts(area.ptr, area.len);
-        // SAFETY: `area` is a page-aligned mapping of `area.len` bytes that outlives the UMEM
+        let slice = NonNull::slice_from_raw_parts(area.ptr(), area.len());
+        // SAFETY: `area` is a page-aligned mapping of `area.len()` bytes that outlives the UMEM
         // (it is dropped after it, field order above).
         let umem = unsafe { Umem::new(config, slice) }
-            .map_err(|e| format!("registering the UMEM: {e}"))?;
+            .map_err(|e| Error::errno("registering the UMEM", e.get_raw()))?;
         let inner = Port::new(&umem, inner, queue, true)?;
         let outer = Port::new(&umem, outer, queue, false)?;
         Ok(Self {
@@ -267,14 +246,14 @@ impl QueuePair {
     pub unsafe fn frame_unchecked(&self, addr: u64) -> (u64, &mut [u8]) {
         let base = addr - addr % u64::from(FRAME_SIZE);
         assert!(
-            base + u64::from(FRAME_SIZE) <= self.area.len as u64,
+            base + u64::from(FRAME_SIZE) <= self.area.len() as u64,
             "UMEM address {addr:#x} out of bounds"
         );
         // SAFETY: base + FRAME_SIZE is within the mapping (checked above), which lives as long
         // as `self`; the caller guarantees that no other reference to this frame exists.
         let frame = unsafe {
             core::slice::from_raw_parts_mut(
-                self.area.ptr.as_ptr().add(base as usize),
+                self.area.ptr().as_ptr().add(base as usize),
                 FRAME_SIZE as usize,
             )
         };

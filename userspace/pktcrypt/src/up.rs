@@ -924,7 +924,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
                 spi_map_errors += 1;
                 tracing::error!(
                     gateway = name,
-                    error = e,
+                    error = e.to_string(),
                     "the XDP SPI map is out of step: packets under the SPIs missing are \
                      dropped in XDP"
                 );
@@ -970,7 +970,11 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         match results.into_iter().flatten().find_map(Result::err) {
             Some(e) if !hops_failing => {
                 hops_failing = true;
-                tracing::warn!(gateway = name, error = e, "next hops may be out of date");
+                tracing::warn!(
+                    gateway = name,
+                    error = e.to_string(),
+                    "next hops may be out of date"
+                );
             }
             Some(_) => {}
             None if hops_failing => {
