@@ -8,7 +8,7 @@
 //! protected-prefix traffic (fail closed) until the next attach replaces it atomically or
 //! [`XdpSteering::detach`] / [`xdp_attach::detach_all`] (`pktcrypt down`) removes it.
 //!
-//! [`xsk`] binds AF_XDP sockets (inner and outer interface on one UMEM per queue) and lends
+//! [`xsk`] binds AF_XDP sockets (inner and outer interface on one UMEM per queue) and types
 //! the frames they move, [`gateway`] runs the workers that forward between them, and [`net`]
 //! reads what the kernel knows about interfaces, neighbours and routes (rtnetlink), and follows
 //! their changes. The system calls the crate makes itself go through one module (`sys`), and
