@@ -18,6 +18,8 @@ mod error;
 pub mod gateway;
 pub mod net;
 mod sys;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod xdp_attach;
 pub mod xsk;
 
