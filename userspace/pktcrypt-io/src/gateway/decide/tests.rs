@@ -509,3 +509,96 @@ fn an_unresolved_next_hop_costs_no_sequence_number() {
     );
     assert_eq!(ga.count(|s| &s.no_neighbour), 3);
 }
+
+/// The same at a hub: a packet to re-seal for a site whose next hop is not resolved is dropped
+/// before it is sealed, and one for a site with no path at all too (it used to be sealed, and
+/// its sequence number spent, before either was looked at).
+#[test]
+fn a_hub_spends_no_sequence_number_on_a_packet_it_cannot_forward() {
+    let (mut ga, mut gb, mut gc) = sites();
+    gb.paths.hub = true;
+    gc.paths.inner_neighbours.insert(a("10.3.0.7"), HOST_B);
+    let ip = ipv4("10.1.0.5", "10.3.0.7", 200, true);
+    let mut from_a = || {
+        let (d, f) = ga.inner(&eth(INNER_MAC[0], HOST_A, &[], &ip));
+        f.out(d).to_vec()
+    };
+    let c = gb.peer(2);
+    let path = gb.paths.peers[&c.0];
+    gb.paths.peers.get_mut(&c.0).expect("path").mac = None;
+    for _ in 0..3 {
+        assert_eq!(gb.outer(&from_a()).0, Decision::Drop(Dropped::NoNeighbour));
+    }
+    gb.paths.peers.remove(&c.0);
+    assert_eq!(gb.outer(&from_a()).0, Decision::Drop(Dropped::SealFailed));
+    assert_eq!(gb.count(|s| &s.no_neighbour), 3);
+    assert_eq!(gb.count(|s| &s.seal_failed), 1);
+    assert_eq!(gb.count(|s| &s.hairpinned), 4);
+    gb.paths.peers.insert(c.0, path);
+    let (d, f) = gb.outer(&from_a());
+    let Decision::Outer { at, .. } = d else {
+        panic!("re-sealed: {d:?}")
+    };
+    // Outer Ethernet (14), IPv4 (20), UDP (8), then SPI (4) and sequence number (4).
+    let s = at + 14 + 20 + 8 + 4;
+    let seq = u32::from_be_bytes(f.buf[s..s + 4].try_into().expect("4 bytes"));
+    assert_eq!(seq, 1, "the first packet B sealed for C");
+    let (d, f) = gc.outer(f.out(d));
+    assert!(matches!(d, Decision::Inner { .. }), "{d:?}");
+    assert_eq!(&f.out(d)[14..], &ip[..]);
+}
+
+/// A frame with no room in front of its IP header for the ESP header (never a UMEM frame:
+/// the kernel leaves headroom) is not sealed.
+#[test]
+fn a_frame_without_headroom_is_not_sealed() {
+    let (mut ga, _, _) = sites();
+    let frame = eth(
+        INNER_MAC[0],
+        HOST_A,
+        &[],
+        &ipv4("10.1.0.5", "10.2.0.9", 100, true),
+    );
+    let mut buf = frame.clone();
+    buf.resize(crate::testing::FRAME, 0);
+    let cx = Context {
+        keys: &ga.keys.plane,
+        paths: &ga.paths,
+        stats: &ga.stats,
+        now: ga.now,
+    };
+    let mut frames = [FrameBuf {
+        buf: &mut buf,
+        off: 0,
+        len: frame.len(),
+    }];
+    let mut out = Vec::new();
+    ga.decider.inner(&cx, &mut frames, &mut out);
+    assert_eq!(out, [Decision::Drop(Dropped::SealFailed)]);
+    assert_eq!(ga.count(|s| &s.seal_failed), 1);
+    assert_eq!(ga.count(|s| &s.bytes_sealed), 0);
+}
+
+/// A route to a peer without a transmit key is no route: nothing to seal under.
+#[test]
+fn a_route_to_a_peer_without_keys_is_no_route() {
+    let (mut ga, _, _) = sites();
+    let nobody = PeerId(ga.peer(1).0 + 100);
+    ga.paths.routes.insert(
+        0,
+        Route {
+            net: a("10.9.0.0"),
+            len: 24,
+            peer: nobody,
+            path: ga.peer(1).0,
+        },
+    );
+    let frame = eth(
+        INNER_MAC[0],
+        HOST_A,
+        &[],
+        &ipv4("10.1.0.5", "10.9.0.1", 100, true),
+    );
+    assert_eq!(ga.inner(&frame).0, Decision::Drop(Dropped::NoRoute));
+    assert_eq!(ga.count(|s| &s.no_route), 1);
+}
