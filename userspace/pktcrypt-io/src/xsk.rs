@@ -13,7 +13,9 @@
 //! [`Port::transmit`] consume them (the frame is the kernel's), [`Port::receive`] and
 //! [`Port::reap`] make them again from the addresses the kernel gives back, once per frame it
 //! was given. So no frame is ever handed out twice, and [`QueuePair::bytes`] is safe: it lends
-//! a frame's memory for as long as the caller lends it the frame's `&mut Frame`.
+//! a frame's memory for as long as the caller lends it the frame's `&mut Frame`. Each `Frame`
+//! names its UMEM: one of another queue pair's is refused (a panic) by `bytes` and by the rings
+//! that take frames, which would otherwise give it back as one of theirs.
 //!
 //! This is the only module that touches the UMEM's memory (`unsafe`, each block with its
 //! reason); the worker that owns the pair is the only thread that touches the pair.
@@ -274,6 +276,9 @@ impl Port {
     }
 
     /// Gives frames from the end of `free` to the kernel's fill ring (as many as fit).
+    ///
+    /// # Panics
+    /// If a frame belongs to another UMEM (the ring would give it back as one of this one's).
     pub fn fill(&mut self, free: &mut Vec<Frame>) {
         let want = (free.len() as u32).min(RING_SIZE);
         if want == 0 {
@@ -283,7 +288,11 @@ impl Port {
             let mut writer = self.device.fill(want);
             let n = writer.capacity() as usize;
             let start = free.len() - n.min(free.len());
-            let inserted = writer.insert(free[start..].iter().map(Frame::base)) as usize;
+            let umem = self.source.umem;
+            let inserted = writer.insert(free[start..].iter().map(|f| {
+                assert_eq!(f.umem, umem, "a frame of another UMEM");
+                f.base
+            })) as usize;
             writer.commit();
             // Those frames are the kernel's now.
             free.drain(start..start + inserted);
@@ -327,12 +336,19 @@ impl Port {
 
     /// Queues frames from the start of `queue` for transmission and removes them from it (they
     /// are the kernel's); returns how many. What did not fit stays in `queue`.
+    ///
+    /// # Panics
+    /// If a frame belongs to another UMEM (the ring would give it back as one of this one's).
     pub fn transmit(&mut self, queue: &mut Vec<Desc>) -> usize {
         if queue.is_empty() {
             return 0;
         }
+        let umem = self.source.umem;
         let mut writer = self.tx.transmit(queue.len() as u32);
-        let n = writer.insert(queue.iter().map(Desc::xdp)) as usize;
+        let n = writer.insert(queue.iter().map(|d| {
+            assert_eq!(d.frame.umem, umem, "a frame of another UMEM");
+            d.xdp()
+        })) as usize;
         writer.commit();
         queue.drain(..n);
         n
