@@ -33,7 +33,8 @@
 
 pub mod decide;
 
-use crate::xsk::{FRAME_SIZE, QueuePair};
+use crate::sys;
+use crate::xsk::{Desc, Frame, Port, QueuePair};
 use arc_swap::ArcSwap;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,10 +43,9 @@ use decide::{Context, Decider, Decision, FrameBuf};
 use pktcrypt_core::wire::OuterHeader;
 use pktcrypt_core::{DataPlane, DropReason, OpenInfo, PeerId};
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use xdpilone::xdp::XdpDesc;
 
 /// Frames per batch.
 pub const BATCH: usize = 64;
@@ -202,7 +202,7 @@ pub enum ToControl {
 }
 
 /// The longest an idle worker sleeps in `poll` before looking at its rings again (ms).
-const IDLE_MAX_WAIT_MS: i32 = 50;
+const IDLE_MAX_WAIT_MS: u32 = 50;
 
 /// How often a worker reports ongoing data per peer.
 pub const OBSERVE_INTERVAL: Duration = Duration::from_millis(100);
@@ -282,20 +282,6 @@ pub struct Shared {
     pub stats: Vec<WorkerStats>,
 }
 
-/// CPU time of the calling thread, in nanoseconds.
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    u64::try_from(ts.tv_sec)
-        .unwrap_or(0)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
-}
-
 fn bump(c: &AtomicU64, n: u64) {
     if n != 0 {
         c.fetch_add(n, Ordering::Relaxed);
@@ -310,57 +296,20 @@ struct KernelPath {
 
 impl KernelPath {
     fn new() -> Self {
-        let open = |family| {
-            // SAFETY: plain socket(2); the result is checked and owned below.
-            let fd = unsafe { libc::socket(family, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-            // SAFETY: a fresh descriptor this function exclusively owns.
-            (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-        };
         Self {
-            v4: open(libc::AF_INET),
-            v6: open(libc::AF_INET6),
+            v4: sys::raw_ip_socket(false).ok(),
+            v6: sys::raw_ip_socket(true).ok(),
         }
     }
 
     /// Sends a complete IP packet; the kernel routes it and resolves the neighbour.
     fn send(&self, packet: &[u8], dst: IpAddr) -> bool {
-        let (fd, addr, len) = match dst {
-            IpAddr::V4(a) => {
-                // SAFETY: all-zero is a valid sockaddr_in.
-                let mut sa: libc::sockaddr_in = unsafe { core::mem::zeroed() };
-                sa.sin_family = libc::AF_INET as libc::sa_family_t;
-                sa.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
-                // SAFETY: sockaddr_in fits in sockaddr_storage.
-                let mut ss: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
-                // SAFETY: copying a sockaddr_in into the larger, suitably aligned storage.
-                unsafe { core::ptr::write((&raw mut ss).cast::<libc::sockaddr_in>(), sa) };
-                (&self.v4, ss, core::mem::size_of::<libc::sockaddr_in>())
-            }
-            IpAddr::V6(a) => {
-                // SAFETY: all-zero is a valid sockaddr_in6.
-                let mut sa: libc::sockaddr_in6 = unsafe { core::mem::zeroed() };
-                sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-                sa.sin6_addr.s6_addr = a.octets();
-                // SAFETY: as above.
-                let mut ss: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
-                // SAFETY: copying a sockaddr_in6 into the larger, suitably aligned storage.
-                unsafe { core::ptr::write((&raw mut ss).cast::<libc::sockaddr_in6>(), sa) };
-                (&self.v6, ss, core::mem::size_of::<libc::sockaddr_in6>())
-            }
+        let fd = match dst {
+            IpAddr::V4(_) => &self.v4,
+            IpAddr::V6(_) => &self.v6,
         };
         let Some(fd) = fd else { return false };
-        // SAFETY: the buffer and address are valid for the given lengths during the call.
-        let n = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                packet.as_ptr().cast(),
-                packet.len(),
-                libc::MSG_DONTWAIT,
-                (&raw const addr).cast(),
-                len as libc::socklen_t,
-            )
-        };
-        n == packet.len() as isize
+        sys::send_ip(fd.as_fd(), packet, dst).is_ok_and(|n| n == packet.len())
     }
 }
 
@@ -371,14 +320,17 @@ pub struct Worker {
     index: usize,
     to_control: Sender<ToControl>,
     kernel: KernelPath,
-    free: Vec<u64>,
+    /// The frames this worker holds that are in no ring and no batch.
+    free: Vec<Frame>,
     decider: Decider,
+    /// The batch received (allocation reused across batches).
+    rx: Vec<Desc>,
     /// The batch's frames lent to the decider (allocation reused across batches).
     frames: Vec<FrameBuf<'static>>,
     decisions: Vec<Decision>,
-    tx_outer: Vec<XdpDesc>,
-    tx_inner: Vec<XdpDesc>,
-    answers: Vec<XdpDesc>,
+    tx_outer: Vec<Desc>,
+    tx_inner: Vec<Desc>,
+    answers: Vec<Desc>,
 }
 
 /// ICMP "too big" answers a worker sends per second at most (token bucket, burst the same);
@@ -429,12 +381,12 @@ impl Default for IcmpLimiter {
 impl Worker {
     /// A worker for `qp`, reporting into `shared.stats[index]`.
     pub fn new(
-        qp: QueuePair,
+        mut qp: QueuePair,
         shared: Arc<Shared>,
         index: usize,
         to_control: Sender<ToControl>,
     ) -> Self {
-        let free = qp.all_frames();
+        let free = qp.take_frames();
         Self {
             qp,
             shared,
@@ -443,6 +395,7 @@ impl Worker {
             kernel: KernelPath::new(),
             free,
             decider: Decider::new(),
+            rx: Vec::with_capacity(BATCH),
             frames: Vec::with_capacity(BATCH),
             decisions: Vec::with_capacity(BATCH),
             tx_outer: Vec::with_capacity(BATCH),
@@ -459,35 +412,30 @@ impl Worker {
     pub fn run(mut self) {
         // Half the frames wait in each fill ring; the rest are for TX and in flight.
         let half = self.free.len() / 4;
-        let mut inner_share: Vec<u64> = self.free.split_off(self.free.len() - half);
+        let mut inner_share: Vec<Frame> = self.free.split_off(self.free.len() - half);
         self.qp.inner.fill(&mut inner_share);
         self.free.extend(inner_share);
-        let mut outer_share: Vec<u64> = self.free.split_off(self.free.len() - half);
+        let mut outer_share: Vec<Frame> = self.free.split_off(self.free.len() - half);
         self.qp.outer.fill(&mut outer_share);
         self.free.extend(outer_share);
-        let mut descs = [XdpDesc {
-            addr: 0,
-            len: 0,
-            options: 0,
-        }; BATCH];
         let mut last_publish = Instant::now();
         let mut idle_rounds = 0u32;
         while !self.shared.stop.load(Ordering::Relaxed) {
-            let started = thread_cpu_ns();
+            let started = sys::thread_cpu_ns();
             self.qp.inner.reap(&mut self.free);
             self.qp.outer.reap(&mut self.free);
             self.refill();
             let keys = self.shared.keys.load_full();
             let paths = self.shared.paths.load_full();
-            let n_in = self.qp.inner.receive(&mut descs);
+            let n_in = self.qp.inner.receive(&mut self.rx, BATCH);
             if n_in > 0 {
                 bump(&self.stats().rx_inner, n_in as u64);
-                self.handle(&descs[..n_in], Side::Inner, &keys, &paths);
+                self.handle(Side::Inner, &keys, &paths);
             }
-            let n_out = self.qp.outer.receive(&mut descs);
+            let n_out = self.qp.outer.receive(&mut self.rx, BATCH);
             if n_out > 0 {
                 bump(&self.stats().rx_outer, n_out as u64);
-                self.handle(&descs[..n_out], Side::Outer, &keys, &paths);
+                self.handle(Side::Outer, &keys, &paths);
             }
             self.qp.inner.flush();
             self.qp.outer.flush();
@@ -498,7 +446,7 @@ impl Worker {
                 idle_rounds = 0;
                 bump(
                     &self.stats().busy_ns,
-                    thread_cpu_ns().saturating_sub(started),
+                    sys::thread_cpu_ns().saturating_sub(started),
                 );
             }
             if last_publish.elapsed() >= Duration::from_millis(100) {
@@ -513,7 +461,7 @@ impl Worker {
         // Keep a reserve for answers; split the rest between the two fill rings.
         if self.free.len() > BATCH {
             let give = (self.free.len() - BATCH) / 2;
-            let mut part: Vec<u64> = self.free.split_off(self.free.len() - give);
+            let mut part: Vec<Frame> = self.free.split_off(self.free.len() - give);
             self.qp.inner.fill(&mut part);
             self.qp.outer.fill(&mut part);
             self.free.extend(part);
@@ -525,24 +473,12 @@ impl Worker {
     /// times a second; new keys and paths are picked up with the next packet, `stop` within
     /// the longest wait).
     fn idle(&mut self, rounds: u32) {
-        let wait = 1i32
+        let wait = 1u32
             .checked_shl(rounds.min(6))
             .unwrap_or(IDLE_MAX_WAIT_MS)
             .min(IDLE_MAX_WAIT_MS);
-        let mut fds = [
-            libc::pollfd {
-                fd: self.qp.inner.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.qp.outer.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: two valid pollfd entries for the duration of the call.
-        unsafe { libc::poll(fds.as_mut_ptr(), 2, wait) };
+        // An error (EINTR) is a shorter wait.
+        let _ = sys::poll_readable(&[self.qp.inner.as_fd(), self.qp.outer.as_fd()], wait);
     }
 
     fn publish_drops(&self) {
@@ -551,8 +487,8 @@ impl Worker {
         }
     }
 
-    /// Lends a received batch to the decider, then acts on its decisions.
-    fn handle(&mut self, descs: &[XdpDesc], side: Side, keys: &DataPlane, paths: &Paths) {
+    /// Lends the received batch (`self.rx`) to the decider, then acts on its decisions.
+    fn handle(&mut self, side: Side, keys: &DataPlane, paths: &Paths) {
         let cx = Context {
             keys,
             paths,
@@ -560,15 +496,12 @@ impl Worker {
             now: Instant::now(),
         };
         let mut frames = recycle_frames(core::mem::take(&mut self.frames));
-        for d in descs {
-            // SAFETY: each descriptor is a distinct frame this worker just received and has not
-            // handed back to a ring, so no other reference to it exists; the slices live until
-            // `frames` is emptied below, before any frame goes back to a ring.
-            let (base, buf) = unsafe { self.qp.frame_unchecked(d.addr) };
+        for d in &mut self.rx {
+            let (off, len) = (d.off(), d.len());
             frames.push(FrameBuf {
-                buf,
-                off: (d.addr - base) as usize,
-                len: d.len as usize,
+                buf: self.qp.bytes(d.frame_mut()),
+                off,
+                len,
             });
         }
         match side {
@@ -576,57 +509,51 @@ impl Worker {
             Side::Outer => self.decider.outer(&cx, &mut frames, &mut self.decisions),
         }
         self.frames = recycle_frames(frames);
-        self.act(descs);
+        self.act();
     }
 
     /// Queues, hands to the kernel or frees each frame of the batch as decided, and passes the
     /// decider's messages to the control thread.
-    fn act(&mut self, descs: &[XdpDesc]) {
+    fn act(&mut self) {
         let stats = &self.shared.stats[self.index];
         self.tx_outer.clear();
         self.tx_inner.clear();
         self.answers.clear();
-        for (d, decision) in descs.iter().zip(&self.decisions) {
-            let base = d.addr - d.addr % u64::from(FRAME_SIZE);
-            let desc = |at: usize, len: usize| XdpDesc {
-                addr: base + at as u64,
-                len: len as u32,
-                options: 0,
-            };
+        for (mut d, decision) in self.rx.drain(..).zip(&self.decisions) {
             match *decision {
-                Decision::Outer { at, len } => self.tx_outer.push(desc(at, len)),
-                Decision::Inner { at, len } => self.tx_inner.push(desc(at, len)),
-                Decision::Icmp { at, len } => self.answers.push(desc(at, len)),
+                Decision::Outer { at, len } => self.tx_outer.push(d.into_frame().span(at, len)),
+                Decision::Inner { at, len } => self.tx_inner.push(d.into_frame().span(at, len)),
+                Decision::Icmp { at, len } => self.answers.push(d.into_frame().span(at, len)),
                 Decision::Kernel { at, len, dst } => {
-                    let (_, frame) = self.qp.frame(d.addr);
+                    let frame = self.qp.bytes(d.frame_mut());
                     if self.kernel.send(&frame[at..at + len], dst) {
                         bump(&stats.to_kernel, 1);
                     } else {
                         bump(&stats.no_neighbour, 1);
                     }
-                    self.free.push(base);
+                    self.free.push(d.into_frame());
                 }
-                Decision::Control | Decision::Drop(_) => self.free.push(base),
+                Decision::Control | Decision::Drop(_) => self.free.push(d.into_frame()),
             }
         }
         let free = &mut self.free;
         transmit(
             &mut self.qp.inner,
-            &self.answers,
+            &mut self.answers,
             &stats.icmp_too_big,
             stats,
             free,
         );
         transmit(
             &mut self.qp.inner,
-            &self.tx_inner,
+            &mut self.tx_inner,
             &stats.tx_inner,
             stats,
             free,
         );
         transmit(
             &mut self.qp.outer,
-            &self.tx_outer,
+            &mut self.tx_outer,
             &stats.tx_outer,
             stats,
             free,
@@ -644,20 +571,20 @@ enum Side {
     Outer,
 }
 
-/// Queues `descs` on `port`, counting those queued in `sent` and the rest as `tx_full` (their
+/// Queues `queue` on `port`, counting those queued in `sent` and the rest as `tx_full` (their
 /// frames go back to `free`).
 fn transmit(
-    port: &mut crate::xsk::Port,
-    descs: &[XdpDesc],
+    port: &mut Port,
+    queue: &mut Vec<Desc>,
     sent: &AtomicU64,
     stats: &WorkerStats,
-    free: &mut Vec<u64>,
+    free: &mut Vec<Frame>,
 ) {
-    let n = port.transmit(descs);
+    let n = port.transmit(queue);
     bump(sent, n as u64);
-    for d in &descs[n..] {
+    for d in queue.drain(..) {
         bump(&stats.tx_full, 1);
-        free.push(d.addr - d.addr % u64::from(FRAME_SIZE));
+        free.push(d.into_frame());
     }
 }
 

@@ -8,14 +8,22 @@
 //! protected-prefix traffic (fail closed) until the next attach replaces it atomically or
 //! [`XdpSteering::detach`] / [`xdp_attach::detach_all`] (`pktcrypt down`) removes it.
 //!
-//! [`xsk`] binds AF_XDP sockets (inner and outer interface on one UMEM per queue),
-//! [`gateway`] runs the workers that forward between them, and [`net`] reads what the kernel
-//! knows about interfaces, neighbours and routes (rtnetlink), and follows their changes.
+//! [`xsk`] binds AF_XDP sockets (inner and outer interface on one UMEM per queue) and types
+//! the frames they move, [`gateway`] runs the workers that forward between them, and [`net`]
+//! reads what the kernel knows about interfaces, neighbours and routes (rtnetlink), and follows
+//! their changes. The system calls the crate makes itself go through one module (`sys`), and
+//! every fallible function returns an [`Error`] that keeps the errno.
 
+mod error;
 pub mod gateway;
 pub mod net;
+mod sys;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod xdp_attach;
 pub mod xsk;
+
+pub use error::{Error, Result};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
@@ -93,8 +101,8 @@ impl std::fmt::Debug for XdpSteering {
     }
 }
 
-fn err(what: &str, e: impl std::fmt::Display) -> String {
-    format!("{what}: {e}")
+fn err(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::new(what, e)
 }
 
 impl XdpSteering {
@@ -102,7 +110,7 @@ impl XdpSteering {
     ///
     /// # Errors
     /// A message naming the step that failed (load, verifier, attach, map update).
-    pub fn attach(object: &[u8], iface: &str, cfg: &SteeringConfig) -> Result<Self, String> {
+    pub fn attach(object: &[u8], iface: &str, cfg: &SteeringConfig) -> Result<Self> {
         let spi_capacity = cfg
             .spi_capacity
             .max(cfg.spis.as_ref().map_or(0, |s| s.len() as u32))
@@ -114,7 +122,7 @@ impl XdpSteering {
         {
             let prog: &mut Xdp = ebpf
                 .program_mut(XDP_PROGRAM)
-                .ok_or_else(|| format!("the object has no program {XDP_PROGRAM}"))?
+                .ok_or_else(|| Error::msg(format!("the object has no program {XDP_PROGRAM}")))?
                 .try_into()
                 .map_err(|e| err("program type", e))?;
             prog.load()
@@ -132,7 +140,7 @@ impl XdpSteering {
         let prog: &Xdp = steering
             .ebpf
             .program(XDP_PROGRAM)
-            .ok_or("program vanished")?
+            .ok_or_else(|| Error::msg("program vanished"))?
             .try_into()
             .map_err(|e| err("program type", e))?;
         let fd = prog
@@ -142,8 +150,11 @@ impl XdpSteering {
             .as_raw_fd();
         // Replaces the program a previous run left (fail closed) in one step.
         if let Err(native) = xdp_attach::attach(iface, fd, xdp_attach::XDP_FLAGS_DRV_MODE) {
+            // The errno kept is generic mode's (the last tried); both messages are shown.
             xdp_attach::attach(iface, fd, xdp_attach::XDP_FLAGS_SKB_MODE).map_err(|e| {
-                format!("attaching to {iface}: native mode: {native}; generic mode: {e}")
+                e.within(format!(
+                    "attaching to {iface}: native mode: {native}; generic mode"
+                ))
             })?;
             steering.mode = AttachMode::Generic;
         }
@@ -161,7 +172,7 @@ impl XdpSteering {
         &self.iface
     }
 
-    fn configure(&mut self, cfg: &SteeringConfig) -> Result<(), String> {
+    fn configure(&mut self, cfg: &SteeringConfig) -> Result<()> {
         let mut mode = 0;
         if cfg.esp_port.is_some() {
             mode |= config::MODE_STEER_ESP;
@@ -177,7 +188,7 @@ impl XdpSteering {
         let mut array: Array<&mut MapData, u32> = Array::try_from(
             self.ebpf
                 .map_mut(maps::CONFIG)
-                .ok_or("the object has no CONFIG map")?,
+                .ok_or_else(|| Error::msg("the object has no CONFIG map"))?,
         )
         .map_err(|e| err("CONFIG map", e))?;
         array
@@ -196,16 +207,16 @@ impl XdpSteering {
     ///
     /// # Errors
     /// A prefix length beyond the address size, or a map error.
-    pub fn add_prefix(&mut self, addr: IpAddr, len: u8) -> Result<(), String> {
+    pub fn add_prefix(&mut self, addr: IpAddr, len: u8) -> Result<()> {
         match addr {
             IpAddr::V4(a) => {
                 if len > 32 {
-                    return Err(format!("prefix {addr}/{len}: length above 32"));
+                    return Err(Error::msg(format!("prefix {addr}/{len}: length above 32")));
                 }
                 let mut trie: LpmTrie<&mut MapData, [u8; 4], u8> = LpmTrie::try_from(
                     self.ebpf
                         .map_mut(maps::PREFIXES_V4)
-                        .ok_or("no PREFIXES_V4 map")?,
+                        .ok_or_else(|| Error::msg("no PREFIXES_V4 map"))?,
                 )
                 .map_err(|e| err("PREFIXES_V4 map", e))?;
                 trie.insert(&Key::new(u32::from(len), a.octets()), 1, 0)
@@ -213,12 +224,12 @@ impl XdpSteering {
             }
             IpAddr::V6(a) => {
                 if len > 128 {
-                    return Err(format!("prefix {addr}/{len}: length above 128"));
+                    return Err(Error::msg(format!("prefix {addr}/{len}: length above 128")));
                 }
                 let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> = LpmTrie::try_from(
                     self.ebpf
                         .map_mut(maps::PREFIXES_V6)
-                        .ok_or("no PREFIXES_V6 map")?,
+                        .ok_or_else(|| Error::msg("no PREFIXES_V6 map"))?,
                 )
                 .map_err(|e| err("PREFIXES_V6 map", e))?;
                 trie.insert(&Key::new(u32::from(len), a.octets()), 1, 0)
@@ -227,9 +238,13 @@ impl XdpSteering {
         }
     }
 
-    fn spi_map(&mut self) -> Result<PerCpuHashMap<&mut MapData, u32, u64>, String> {
-        PerCpuHashMap::try_from(self.ebpf.map_mut(maps::SPIS).ok_or("no SPIS map")?)
-            .map_err(|e| err("SPIS map", e))
+    fn spi_map(&mut self) -> Result<PerCpuHashMap<&mut MapData, u32, u64>> {
+        PerCpuHashMap::try_from(
+            self.ebpf
+                .map_mut(maps::SPIS)
+                .ok_or_else(|| Error::msg("no SPIS map"))?,
+        )
+        .map_err(|e| err("SPIS map", e))
     }
 
     /// Makes the SPI map hold exactly `held` (the SPIs the gateway holds keys for): adds the
@@ -239,14 +254,14 @@ impl XdpSteering {
     /// # Errors
     /// More SPIs than the map's capacity, or a map error; the map then holds every SPI it
     /// could take (the ones removed are gone).
-    pub fn set_spis(&mut self, held: impl IntoIterator<Item = u32>) -> Result<(), String> {
+    pub fn set_spis(&mut self, held: impl IntoIterator<Item = u32>) -> Result<()> {
         let held: BTreeSet<u32> = held.into_iter().collect();
         if held.len() > self.spi_capacity as usize {
-            return Err(format!(
+            return Err(Error::msg(format!(
                 "{} SPIs held, the XDP SPI map takes {}",
                 held.len(),
                 self.spi_capacity
-            ));
+            )));
         }
         let gone: Vec<u32> = self.spis.difference(&held).copied().collect();
         let new: Vec<u32> = held.difference(&self.spis).copied().collect();
@@ -287,10 +302,13 @@ impl XdpSteering {
     ///
     /// # Errors
     /// A map error.
-    pub fn spi_packets(&self) -> Result<HashMap<u32, u64>, String> {
-        let map: PerCpuHashMap<&MapData, u32, u64> =
-            PerCpuHashMap::try_from(self.ebpf.map(maps::SPIS).ok_or("no SPIS map")?)
-                .map_err(|e| err("SPIS map", e))?;
+    pub fn spi_packets(&self) -> Result<HashMap<u32, u64>> {
+        let map: PerCpuHashMap<&MapData, u32, u64> = PerCpuHashMap::try_from(
+            self.ebpf
+                .map(maps::SPIS)
+                .ok_or_else(|| Error::msg("no SPIS map"))?,
+        )
+        .map_err(|e| err("SPIS map", e))?;
         let mut out = HashMap::with_capacity(self.spis.len());
         for spi in &self.spis {
             if let Ok(values) = map.get(spi, 0) {
@@ -304,10 +322,13 @@ impl XdpSteering {
     ///
     /// # Errors
     /// A map error.
-    pub fn counters(&self) -> Result<XdpCounters, String> {
-        let array: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(self.ebpf.map(maps::COUNTERS).ok_or("no COUNTERS map")?)
-                .map_err(|e| err("COUNTERS map", e))?;
+    pub fn counters(&self) -> Result<XdpCounters> {
+        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map(maps::COUNTERS)
+                .ok_or_else(|| Error::msg("no COUNTERS map"))?,
+        )
+        .map_err(|e| err("COUNTERS map", e))?;
         let mut sums = [0u64; XDP_COUNTER_SLOTS as usize];
         for (i, sum) in sums.iter_mut().enumerate() {
             let values = array
@@ -331,11 +352,11 @@ impl XdpSteering {
     ///
     /// # Errors
     /// A map error.
-    pub fn register_socket(&mut self, queue: u32, fd: std::os::fd::RawFd) -> Result<(), String> {
+    pub fn register_socket(&mut self, queue: u32, fd: std::os::fd::RawFd) -> Result<()> {
         let mut xsks: aya::maps::XskMap<&mut MapData> = aya::maps::XskMap::try_from(
             self.ebpf
                 .map_mut(maps::XSKS)
-                .ok_or("the object has no XSKS map")?,
+                .ok_or_else(|| Error::msg("the object has no XSKS map"))?,
         )
         .map_err(|e| err("XSKS map", e))?;
         xsks.set(queue, fd, 0).map_err(|e| err("XSKS map", e))

@@ -7,6 +7,7 @@
 //! read in full once and then kept current from the kernel's notifications ([`Watch`]: neighbour
 //! and route changes, read without blocking), with [`NextHops::resync`] as the periodic backstop.
 
+use crate::error::{Error, Result};
 use core::net::IpAddr;
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_OVERRUN, NetlinkBuffer, NetlinkHeader,
@@ -27,10 +28,10 @@ use std::os::fd::{AsFd, BorrowedFd};
 /// A MAC address.
 pub type Mac = [u8; 6];
 
-fn sys(iface: &str, file: &str) -> Result<String, String> {
+fn sysfs(iface: &str, file: &str) -> Result<String> {
     std::fs::read_to_string(format!("/sys/class/net/{iface}/{file}"))
         .map(|s| s.trim().to_owned())
-        .map_err(|e| format!("interface {iface}: reading {file}: {e}"))
+        .map_err(|e| Error::new(format!("interface {iface}: reading {file}"), e))
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -47,28 +48,29 @@ pub fn parse_mac(s: &str) -> Option<Mac> {
 ///
 /// # Errors
 /// The interface does not exist or has no Ethernet address.
-pub fn mac(iface: &str) -> Result<Mac, String> {
-    let s = sys(iface, "address")?;
-    parse_mac(&s).ok_or_else(|| format!("interface {iface}: no Ethernet address ({s:?})"))
+pub fn mac(iface: &str) -> Result<Mac> {
+    let s = sysfs(iface, "address")?;
+    parse_mac(&s)
+        .ok_or_else(|| Error::msg(format!("interface {iface}: no Ethernet address ({s:?})")))
 }
 
 /// The interface's MTU.
 ///
 /// # Errors
 /// The interface does not exist.
-pub fn mtu(iface: &str) -> Result<usize, String> {
-    let s = sys(iface, "mtu")?;
+pub fn mtu(iface: &str) -> Result<usize> {
+    let s = sysfs(iface, "mtu")?;
     s.parse()
-        .map_err(|_| format!("interface {iface}: bad MTU {s:?}"))
+        .map_err(|_| Error::msg(format!("interface {iface}: bad MTU {s:?}")))
 }
 
 /// Number of RX queues of the interface.
 ///
 /// # Errors
 /// The interface does not exist.
-pub fn rx_queues(iface: &str) -> Result<u32, String> {
+pub fn rx_queues(iface: &str) -> Result<u32> {
     let dir = std::fs::read_dir(format!("/sys/class/net/{iface}/queues"))
-        .map_err(|e| format!("interface {iface}: {e}"))?;
+        .map_err(|e| Error::new(format!("interface {iface}"), e))?;
     Ok(dir
         .filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
@@ -78,23 +80,20 @@ pub fn rx_queues(iface: &str) -> Result<u32, String> {
 /// The index of interface `iface`.
 ///
 /// # Errors
-/// No such interface.
-pub fn ifindex(iface: &str) -> Result<u32, String> {
-    crate::xdp_attach::ifindex(iface)
-        .ok()
-        .and_then(|i| u32::try_from(i).ok())
-        .ok_or_else(|| format!("interface {iface}: no such interface"))
+/// No such interface (`ENODEV`).
+pub fn ifindex(iface: &str) -> Result<u32> {
+    crate::sys::interface_index(iface).map_err(|e| Error::new(format!("interface {iface}"), e))
 }
 
 /// The first IPv4 and the first IPv6 (not link-local) address of the interface.
 ///
 /// # Errors
 /// No such interface, or the rtnetlink request failed.
-pub fn addresses(iface: &str) -> Result<(Option<IpAddr>, Option<IpAddr>), String> {
+pub fn addresses(iface: &str) -> Result<(Option<IpAddr>, Option<IpAddr>)> {
     let index = ifindex(iface)?;
     let all = Rtnl::open()?
         .addresses(index)
-        .map_err(|e| format!("interface {iface}: {e}"))?;
+        .map_err(|e| e.within(format!("interface {iface}")))?;
     let v4 = all.iter().copied().find(IpAddr::is_ipv4);
     let v6 = all
         .iter()
@@ -293,12 +292,12 @@ impl Rtnl {
     ///
     /// # Errors
     /// The socket could not be created or bound.
-    pub fn open() -> Result<Self, String> {
+    pub fn open() -> Result<Self> {
         let mut socket =
-            Socket::new(NETLINK_ROUTE).map_err(|e| format!("rtnetlink socket: {e}"))?;
+            Socket::new(NETLINK_ROUTE).map_err(|e| Error::new("rtnetlink socket", e))?;
         socket
             .bind_auto()
-            .map_err(|e| format!("rtnetlink socket: bind: {e}"))?;
+            .map_err(|e| Error::new("rtnetlink socket: bind", e))?;
         Ok(Self {
             socket,
             seq: 0,
@@ -315,7 +314,7 @@ impl Rtnl {
         flags: u16,
         what: &dyn Fn() -> String,
         mut each: impl FnMut(RouteNetlinkMessage),
-    ) -> Result<(), String> {
+    ) -> Result<()> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
@@ -328,12 +327,15 @@ impl Rtnl {
         msg.serialize(&mut out);
         self.socket
             .send_to(&out, &SocketAddr::new(0, 0), 0)
-            .map_err(|e| format!("{}: sending the request: {e}", what()))?;
+            .map_err(|e| Error::new(format!("{}: sending the request", what()), e))?;
         loop {
             let n = recv(&self.socket, &mut self.buf)
-                .map_err(|e| format!("{}: reading the answer: {e}", what()))?;
+                .map_err(|e| Error::new(format!("{}: reading the answer", what()), e))?;
             if n > self.buf.len() {
-                return Err(format!("{}: answer of {n} bytes truncated", what()));
+                return Err(Error::msg(format!(
+                    "{}: answer of {n} bytes truncated",
+                    what()
+                )));
             }
             for (header, bytes) in messages(&self.buf[..n]) {
                 if header.sequence_number() != seq {
@@ -345,7 +347,7 @@ impl Rtnl {
                     Ok(NetlinkPayload::Error(e)) => {
                         return match e.code {
                             None => Ok(()),
-                            Some(_) => Err(format!("{}: {}", what(), e.to_io())),
+                            Some(_) => Err(Error::new(what(), e.to_io())),
                         };
                     }
                     Ok(NetlinkPayload::InnerMessage(m)) => {
@@ -356,7 +358,9 @@ impl Rtnl {
                     }
                     Ok(_) => {}
                     // One entry of a dump we cannot read is skipped; a lone answer is needed.
-                    Err(e) if !dump => return Err(format!("{}: bad answer: {e}", what())),
+                    Err(e) if !dump => {
+                        return Err(Error::new(format!("{}: bad answer", what()), e));
+                    }
                     Err(_) => {}
                 }
             }
@@ -367,7 +371,7 @@ impl Rtnl {
     ///
     /// # Errors
     /// The kernel refused (its error), or the request failed.
-    pub fn set_link(&mut self, link: LinkMessage) -> Result<(), String> {
+    pub fn set_link(&mut self, link: LinkMessage) -> Result<()> {
         let index = link.header.index;
         self.request(
             RouteNetlinkMessage::SetLink(link),
@@ -381,7 +385,7 @@ impl Rtnl {
     ///
     /// # Errors
     /// The dump failed.
-    pub fn neighbours(&mut self) -> Result<Vec<Neighbour>, String> {
+    pub fn neighbours(&mut self) -> Result<Vec<Neighbour>> {
         let mut table = Vec::new();
         self.request(
             RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()),
@@ -402,7 +406,7 @@ impl Rtnl {
     ///
     /// # Errors
     /// No route (the kernel's error: network unreachable, ...), or the request failed.
-    pub fn route(&mut self, dst: IpAddr) -> Result<Route, String> {
+    pub fn route(&mut self, dst: IpAddr) -> Result<Route> {
         let mut found = None;
         let what = || format!("route to {dst}");
         self.request(
@@ -415,7 +419,7 @@ impl Rtnl {
                 }
             },
         )?;
-        found.ok_or_else(|| format!("{}: no output interface in the answer", what()))
+        found.ok_or_else(|| Error::msg(format!("{}: no output interface in the answer", what())))
     }
 
     /// The addresses of interface `ifindex`, IPv4 first, each family in the kernel's order
@@ -423,7 +427,7 @@ impl Rtnl {
     ///
     /// # Errors
     /// The dump failed.
-    pub fn addresses(&mut self, ifindex: u32) -> Result<Vec<IpAddr>, String> {
+    pub fn addresses(&mut self, ifindex: u32) -> Result<Vec<IpAddr>> {
         let mut all = Vec::new();
         self.request(
             RouteNetlinkMessage::GetAddress(AddressMessage::default()),
@@ -470,26 +474,26 @@ impl Watch {
     ///
     /// # Errors
     /// The socket could not be created, bound or subscribed.
-    pub fn open() -> Result<Self, String> {
+    pub fn open() -> Result<Self> {
         let mut socket = Socket::new(NETLINK_ROUTE)
-            .map_err(|e| format!("rtnetlink notification socket: {e}"))?;
+            .map_err(|e| Error::new("rtnetlink notification socket", e))?;
         socket
             .bind_auto()
-            .map_err(|e| format!("rtnetlink notification socket: bind: {e}"))?;
+            .map_err(|e| Error::new("rtnetlink notification socket: bind", e))?;
         for (group, name) in [
             (libc::RTNLGRP_NEIGH, "RTNLGRP_NEIGH"),
             (libc::RTNLGRP_IPV4_ROUTE, "RTNLGRP_IPV4_ROUTE"),
             (libc::RTNLGRP_IPV6_ROUTE, "RTNLGRP_IPV6_ROUTE"),
         ] {
-            socket
-                .add_membership(group)
-                .map_err(|e| format!("rtnetlink notification socket: joining {name}: {e}"))?;
+            socket.add_membership(group).map_err(|e| {
+                Error::new(format!("rtnetlink notification socket: joining {name}"), e)
+            })?;
         }
         // Best effort (capped at net.core.rmem_max): an overflow only costs a full read.
         let _ = socket.set_rx_buf_sz(WATCH_RCVBUF);
         socket
             .set_non_blocking(true)
-            .map_err(|e| format!("rtnetlink notification socket: O_NONBLOCK: {e}"))?;
+            .map_err(|e| Error::new("rtnetlink notification socket: O_NONBLOCK", e))?;
         Ok(Self {
             socket,
             buf: vec![0; RECV_BUF],
@@ -501,14 +505,14 @@ impl Watch {
     ///
     /// # Errors
     /// Reading failed otherwise (the changes read before are kept in `changes`).
-    pub fn read(&mut self, changes: &mut Vec<Change>) -> Result<(), String> {
+    pub fn read(&mut self, changes: &mut Vec<Change>) -> Result<()> {
         loop {
             match recv(&self.socket, &mut self.buf) {
                 Ok(n) if n > self.buf.len() => changes.push(Change::Lost),
                 Ok(n) => parse_notifications(&self.buf[..n], changes),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => changes.push(Change::Lost),
-                Err(e) => return Err(format!("rtnetlink notifications: {e}")),
+                Err(e) => return Err(Error::new("rtnetlink notifications", e)),
             }
         }
     }
@@ -587,7 +591,7 @@ impl NextHops {
     ///
     /// # Errors
     /// No interface `inner`, or a socket or the first reading failed.
-    pub fn new(inner: &str, peers: impl IntoIterator<Item = IpAddr>) -> Result<Self, String> {
+    pub fn new(inner: &str, peers: impl IntoIterator<Item = IpAddr>) -> Result<Self> {
         let mut peers: Vec<IpAddr> = peers.into_iter().collect();
         peers.sort_unstable();
         peers.dedup();
@@ -612,7 +616,7 @@ impl NextHops {
     /// # Errors
     /// Reading the notifications, or the full reading that lost ones call for, failed (what
     /// could be read is applied).
-    pub fn update(&mut self) -> Result<bool, String> {
+    pub fn update(&mut self) -> Result<bool> {
         self.changes.clear();
         let read = self.watch.read(&mut self.changes);
         if self.changes.is_empty() {
@@ -647,7 +651,7 @@ impl NextHops {
     ///
     /// # Errors
     /// The neighbour dump failed (the tables stay as they were).
-    pub fn resync(&mut self) -> Result<bool, String> {
+    pub fn resync(&mut self) -> Result<bool> {
         // Notifications pending now are older than the dump: drop them. Those that arrive
         // during the dump are newer and are applied after it by `update`.
         self.changes.clear();

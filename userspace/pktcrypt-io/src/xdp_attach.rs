@@ -8,8 +8,8 @@
 //! finds no socket and drops protected-prefix packets: the interface fails closed until the next
 //! `pktcrypt up` replaces the program (atomically: no gap) or `pktcrypt down` removes it.
 
+use crate::error::Result;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage, LinkXdp};
-use std::io;
 use std::os::fd::RawFd;
 
 /// `XDP_FLAGS_SKB_MODE`: generic XDP.
@@ -17,26 +17,16 @@ pub const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
 /// `XDP_FLAGS_DRV_MODE`: native (driver) XDP.
 pub const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 
-/// The interface index of `iface`.
-///
-/// # Errors
-/// No such interface.
-pub fn ifindex(iface: &str) -> io::Result<i32> {
-    let name = std::ffi::CString::new(iface)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"))?;
-    // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    i32::try_from(index).map_err(|_| io::Error::other("interface index out of range"))
+/// The interface index of `iface` (its error the system call's alone).
+fn ifindex(iface: &str) -> Result<u32> {
+    Ok(crate::sys::interface_index(iface)?)
 }
 
 /// The `RTM_SETLINK` message that sets (`fd` ≥ 0) or removes (`fd` = -1) the XDP program of
 /// interface `index` in the mode `flags`.
-fn request(index: i32, fd: RawFd, flags: u32) -> LinkMessage {
+fn request(index: u32, fd: RawFd, flags: u32) -> LinkMessage {
     let mut link = LinkMessage::default();
-    link.header.index = index.cast_unsigned();
+    link.header.index = index;
     link.attributes.push(LinkAttribute::Xdp(vec![
         LinkXdp::Fd(fd),
         LinkXdp::Flags(flags),
@@ -45,18 +35,17 @@ fn request(index: i32, fd: RawFd, flags: u32) -> LinkMessage {
 }
 
 /// Sends one `RTM_SETLINK` request and waits for its acknowledgement.
-fn transact(link: LinkMessage) -> io::Result<()> {
-    crate::net::Rtnl::open()
-        .and_then(|mut rtnl| rtnl.set_link(link))
-        .map_err(io::Error::other)
+fn transact(link: LinkMessage) -> Result<()> {
+    crate::net::Rtnl::open()?.set_link(link)
 }
 
 /// Attaches program `fd` to `iface` in mode `flags` (replacing a program attached in the same
 /// mode, atomically). It stays attached when this process exits.
 ///
 /// # Errors
-/// No such interface, or the kernel refused (e.g. no native XDP in the driver).
-pub fn attach(iface: &str, fd: RawFd, flags: u32) -> io::Result<()> {
+/// No such interface, or the kernel refused (e.g. no native XDP in the driver): the errno
+/// kept.
+pub fn attach(iface: &str, fd: RawFd, flags: u32) -> Result<()> {
     transact(request(ifindex(iface)?, fd, flags))
 }
 
@@ -64,7 +53,7 @@ pub fn attach(iface: &str, fd: RawFd, flags: u32) -> io::Result<()> {
 ///
 /// # Errors
 /// No such interface, or the kernel refused.
-pub fn detach(iface: &str, flags: u32) -> io::Result<()> {
+pub fn detach(iface: &str, flags: u32) -> Result<()> {
     transact(request(ifindex(iface)?, -1, flags))
 }
 
@@ -73,7 +62,7 @@ pub fn detach(iface: &str, flags: u32) -> io::Result<()> {
 ///
 /// # Errors
 /// No such interface.
-pub fn detach_all(iface: &str) -> io::Result<()> {
+pub fn detach_all(iface: &str) -> Result<()> {
     ifindex(iface)?;
     let _ = detach(iface, XDP_FLAGS_DRV_MODE);
     let _ = detach(iface, XDP_FLAGS_SKB_MODE);

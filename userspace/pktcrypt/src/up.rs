@@ -267,7 +267,7 @@ impl Io for GatewayIo {
                 self.hops_failing = true;
                 tracing::warn!(
                     gateway = self.name,
-                    error = e,
+                    error = %e,
                     "next hops may be out of date"
                 );
             }
@@ -320,7 +320,7 @@ impl Io for GatewayIo {
             self.spi_map_errors += 1;
             tracing::error!(
                 gateway = self.name,
-                error = e,
+                error = %e,
                 "the XDP SPI map is out of step: packets under the SPIs missing are dropped in XDP"
             );
         }

@@ -1,10 +1,12 @@
 //! The gateway's frame decisions (`pktcrypt_io::gateway::decide`, what every worker runs) on
 //! arbitrary frames, with real keys: gateways A (10.1.0.0/24, fd01::/64) and C (10.3.0.0/24,
-//! fd03::/64) are clients of hub B (10.2.0.0/24, fd02::/64). The keys are made once (key
-//! expansion would cost more than the rest of a run); paths, counters and deciders afresh for
-//! every input. What carries over between inputs is only the SAs' sequence numbers and replay
-//! windows, which move forward together (a genuine packet is always fresh at the receiver; no
-//! input can forge one), so a decision depends on its input alone.
+//! fd03::/64) are clients of hub B (10.2.0.0/24, fd02::/64), the fixture the unit tests use
+//! (`pktcrypt_io::testing`, feature `testing`), here with outer headers over IPv4 or IPv6. The
+//! keys are made once (key expansion would cost more than the rest of a run); paths, counters
+//! and deciders afresh for every input. What carries over between inputs is only the SAs'
+//! sequence numbers and replay windows, which move forward together (a genuine packet is
+//! always fresh at the receiver; no input can forge one), so a decision depends on its input
+//! alone.
 //!
 //! The first bytes choose a scenario and a configuration:
 //! - raw frames (a batch of 1-4) into A's inner side, and what A sealed into B's outer side;
@@ -23,32 +25,15 @@
 //!   to the control thread.
 #![no_main]
 
-use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use core::net::{IpAddr, Ipv6Addr};
 use libfuzzer_sys::fuzz_target;
-use pktcrypt_core::wire::OuterHeader;
-use pktcrypt_core::{
-    DataPlane, Engine, EngineConfig, Generation, GenerationInfo, PeerId, Role, Secret, Spi, Suite,
-    Time,
+use pktcrypt_io::gateway::Prefix;
+use pktcrypt_io::gateway::decide::Decision;
+use pktcrypt_io::testing::{
+    self, FRAME, HEADROOM, HOST_A as HOST, INNER_MAC, Keys, TestFrame, local,
 };
-use pktcrypt_io::gateway::decide::{Context, Decider, Decision, FrameBuf};
-use pktcrypt_io::gateway::{Paths, PeerPath, Prefix, Route, WorkerStats};
-use pktcrypt_io::net::Mac;
 use std::sync::OnceLock;
 use std::time::Instant;
-
-const HEADROOM: usize = 256;
-const FRAME: usize = 4096;
-const HOST: Mac = [0x02, 0, 0, 0, 0x0a, 0x05];
-const INNER_MAC: [Mac; 3] = [
-    [2, 1, 0, 0, 0, 0xa],
-    [2, 1, 0, 0, 0, 0xb],
-    [2, 1, 0, 0, 0, 0xc],
-];
-const OUTER_MAC: [Mac; 3] = [
-    [2, 2, 0, 0, 0, 0xa],
-    [2, 2, 0, 0, 0, 0xb],
-    [2, 2, 0, 0, 0, 0xc],
-];
 
 /// Addresses the fix-up writes into inner packets (index: a nibble of the input, low 3 bits).
 const V4: [[u8; 4]; 8] = [
@@ -72,197 +57,41 @@ const V6: [&str; 8] = [
     "ff02::1",
 ];
 
-fn prefix(s: &str, len: u8) -> Prefix {
-    Prefix {
-        net: s.parse().expect("address"),
-        len,
-    }
-}
-
-/// The networks behind site 0 (A), 1 (B), 2 (C).
-fn local(site: usize) -> Vec<Prefix> {
-    match site {
-        0 => vec![prefix("10.1.0.0", 24), prefix("fd01::", 64)],
-        1 => vec![prefix("10.2.0.0", 24), prefix("fd02::", 64)],
-        _ => vec![prefix("10.3.0.0", 24), prefix("fd03::", 64)],
-    }
-}
-
-fn outer_addr(site: usize, v6: bool) -> SocketAddr {
-    let ip = if v6 {
-        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1 + site as u16))
-    } else {
-        IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1 + site as u8))
-    };
-    SocketAddr::new(ip, 4500)
-}
-
 fn now() -> Instant {
     static NOW: OnceLock<Instant> = OnceLock::new();
     *NOW.get_or_init(Instant::now)
 }
 
-/// One gateway's keys (made once) and the peer id behind which each other site lies.
-struct Keys {
-    plane: DataPlane,
-    peers: Vec<(PeerId, usize)>,
-}
-
-/// The keys of A, B, C.
+/// The keys of A, B, C, made once.
 fn keys() -> &'static [Keys; 3] {
     static KEYS: OnceLock<[Keys; 3]> = OnceLock::new();
-    KEYS.get_or_init(|| [0, 1, 2].map(|site| Keys::new(site, &neighbours(site))))
+    KEYS.get_or_init(|| [0, 1, 2].map(Keys::new))
 }
 
-/// The sites a site has SAs with: the hub with both, the others with the hub.
-fn neighbours(site: usize) -> Vec<usize> {
-    if site == 1 { vec![0, 2] } else { vec![1] }
+/// A gateway of the fixture (`pktcrypt_io::testing`) on the keys made once.
+type Gateway = testing::Gateway<&'static Keys>;
+
+/// Site `site` afresh (paths, counters, decider) on its keys; outer headers over IPv6 if `v6`.
+fn gateway(site: usize, v6: bool) -> Gateway {
+    let mut g = Gateway::new(site, &keys()[site], v6);
+    g.now = now();
+    g
 }
 
-impl Keys {
-    fn new(site: usize, peers: &[usize]) -> Self {
-        let role = if site == 1 {
-            Role::KeyServer
-        } else {
-            Role::Client
-        };
-        let mut engine = Engine::new(EngineConfig::new(role)).expect("config");
-        let mut ids = Vec::new();
-        for &other in peers {
-            let spi = 0x1000 + (1u32 << site) + (1u32 << other);
-            let g = Generation {
-                info: GenerationInfo {
-                    number: 0,
-                    spi: Spi::new(spi).expect("spi"),
-                    suite: Suite::Aes256Gcm,
-                },
-                secret: Secret::from_bytes([spi as u8; 32]),
-            };
-            ids.push((engine.add_peer(&g, Time::ZERO).expect("peer"), other));
-        }
-        Self {
-            plane: engine.data_plane().expect("plane"),
-            peers: ids,
-        }
-    }
+/// A batch of frames through one side (the fixture checks one decision per frame, each inside
+/// its frame); the messages for the control thread are dropped.
+fn decide(g: &mut Gateway, outer: bool, frames: &mut [TestFrame]) -> Vec<Decision> {
+    let out = g.decide(outer, frames);
+    let _ = g.decider.messages().count();
+    out
 }
 
-struct Gateway {
-    keys: &'static DataPlane,
-    paths: Paths,
-    stats: WorkerStats,
-    decider: Decider,
-}
-
-impl Gateway {
-    /// Site `site`; outer headers over IPv6 if `v6`.
-    fn new(site: usize, v6: bool) -> Self {
-        let keys = &keys()[site];
-        let mut paths = Paths {
-            inner_mac: INNER_MAC[site],
-            outer_mac: OUTER_MAC[site],
-            outer_mtu: 1500,
-            inner_v4: Some(Ipv4Addr::new(10, 1 + site as u8, 0, 1)),
-            inner_v6: Some(Ipv6Addr::new(0xfd01 + site as u16, 0, 0, 0, 0, 0, 0, 1)),
-            esp_port: 4500,
-            local: local(site),
-            ..Paths::default()
-        };
-        for &(id, other) in &keys.peers {
-            paths.peers.insert(
-                id.0,
-                PeerPath {
-                    header: OuterHeader::new(outer_addr(site, v6), outer_addr(other, v6), 64)
-                        .expect("header"),
-                    mac: Some(OUTER_MAC[other]),
-                },
-            );
-            let behind: Vec<usize> = if site == 1 {
-                vec![other]
-            } else {
-                (0..3).filter(|s| *s != site).collect()
-            };
-            for s in behind {
-                for p in local(s) {
-                    paths.routes.push(Route {
-                        net: p.net,
-                        len: p.len,
-                        peer: id,
-                        path: id.0,
-                    });
-                    paths.sources.entry(id.0).or_default().push(p);
-                }
-            }
-        }
-        paths.sort_routes();
-        Self {
-            keys: &keys.plane,
-            paths,
-            stats: WorkerStats::new(),
-            decider: Decider::new(),
-        }
-    }
-
-    /// A batch of frames through one side; checks one decision per frame, each inside its
-    /// frame.
-    fn decide(&mut self, outer: bool, frames: &mut [Vec<u8>], lens: &[usize]) -> Vec<Decision> {
-        let cx = Context {
-            keys: self.keys,
-            paths: &self.paths,
-            stats: &self.stats,
-            now: now(),
-        };
-        let mut lent: Vec<FrameBuf<'_>> = frames
-            .iter_mut()
-            .zip(lens)
-            .map(|(buf, &len)| FrameBuf {
-                buf,
-                off: HEADROOM,
-                len,
-            })
-            .collect();
-        let mut out = Vec::new();
-        if outer {
-            self.decider.outer(&cx, &mut lent, &mut out);
-        } else {
-            self.decider.inner(&cx, &mut lent, &mut out);
-        }
-        assert_eq!(out.len(), frames.len(), "one decision per frame");
-        for (d, f) in out.iter().zip(frames.iter()) {
-            if let Some((at, len)) = span(*d) {
-                assert!(
-                    at.checked_add(len).is_some_and(|end| end <= f.len()),
-                    "{d:?}"
-                );
-            }
-        }
-        let _ = self.decider.messages().count();
-        out
-    }
-
-    fn one(&mut self, outer: bool, data: &[u8]) -> (Decision, Vec<u8>) {
-        let mut frames = [frame(data)];
-        let d = self.decide(outer, &mut frames, &[data.len()])[0];
-        let [f] = frames;
-        (d, f)
-    }
-}
-
-/// Where a decision's bytes lie.
-fn span(d: Decision) -> Option<(usize, usize)> {
-    match d {
-        Decision::Outer { at, len }
-        | Decision::Inner { at, len }
-        | Decision::Icmp { at, len }
-        | Decision::Kernel { at, len, .. } => Some((at, len)),
-        Decision::Control | Decision::Drop(_) => None,
-    }
-}
-
-fn frame(data: &[u8]) -> Vec<u8> {
-    let mut buf = vec![0u8; FRAME];
-    buf[HEADROOM..HEADROOM + data.len()].copy_from_slice(data);
-    buf
+/// One frame through one side.
+fn one(g: &mut Gateway, outer: bool, data: &[u8]) -> (Decision, TestFrame) {
+    let mut frames = [TestFrame::new(data)];
+    let d = decide(g, outer, &mut frames)[0];
+    let [f] = frames;
+    (d, f)
 }
 
 /// The inner IP packet of an Ethernet frame, parsed independently of the gateway: up to two
@@ -349,9 +178,9 @@ impl Sites {
             fixup: flags & 32 == 0,
             v6_outer: flags & 64 != 0,
         };
-        let mut a = Gateway::new(0, cfg.v6_outer);
-        let mut b = Gateway::new(1, cfg.v6_outer);
-        let mut c = Gateway::new(2, cfg.v6_outer);
+        let mut a = gateway(0, cfg.v6_outer);
+        let mut b = gateway(1, cfg.v6_outer);
+        let mut c = gateway(2, cfg.v6_outer);
         b.paths.hub = cfg.hub;
         if cfg.small_mtu {
             a.paths.outer_mtu = 1280;
@@ -379,7 +208,7 @@ impl Sites {
     /// What B (then C) does with a frame A sealed from an inner frame whose IP packet is
     /// `original`; `edited_esp`: whether any byte of its ESP part was changed.
     fn carry(&mut self, wire: &[u8], original: Option<&[u8]>, edited_esp: bool) {
-        let (d, f) = self.b.one(true, wire);
+        let (d, f) = one(&mut self.b, true, wire);
         assert_ne!(
             d,
             Decision::Control,
@@ -394,7 +223,7 @@ impl Sites {
         }
         let original = original.expect("A sealed an IP packet");
         let (src, dst) = src_dst(original);
-        if let Some(ip) = delivered(d, &f) {
+        if let Some(ip) = delivered(d, &f.buf) {
             assert_eq!(ip, original, "B delivered another packet");
             assert!(
                 within(&local(0), src),
@@ -412,9 +241,9 @@ impl Sites {
                 "B forwarded a source outside A: {src}"
             );
             assert!(within(&local(2), dst), "B forwarded to {dst}, not behind C");
-            let (d, f) = self.c.one(true, &f[at..at + len]);
+            let (d, f) = one(&mut self.c, true, &f.buf[at..at + len]);
             assert_ne!(d, Decision::Control);
-            if let Some(ip) = delivered(d, &f) {
+            if let Some(ip) = delivered(d, &f.buf) {
                 assert_eq!(ip, original, "C delivered another packet");
             }
         }
@@ -485,15 +314,14 @@ fuzz_target!(|data: &[u8]| {
             let rest = &rest[..rest.len().min(MAX_FRAME * batch)];
             let size = rest.len().div_ceil(batch).max(1);
             let chunks: Vec<&[u8]> = rest.chunks(size).collect();
-            let mut frames: Vec<Vec<u8>> = chunks.iter().map(|c| frame(c)).collect();
-            let lens: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+            let mut frames: Vec<TestFrame> = chunks.iter().map(|c| TestFrame::new(c)).collect();
             let outer = scenario == 1;
             let gw = if outer { &mut sites.b } else { &mut sites.a };
-            let ds = gw.decide(outer, &mut frames, &lens);
+            let ds = decide(gw, outer, &mut frames);
             if !outer {
                 for ((d, f), c) in ds.iter().zip(&frames).zip(&chunks) {
                     if let Decision::Outer { at, len } = *d {
-                        let wire = f[at..at + len].to_vec();
+                        let wire = f.buf[at..at + len].to_vec();
                         sites.carry(&wire, ip_packet(c), false);
                     }
                 }
@@ -510,11 +338,11 @@ fuzz_target!(|data: &[u8]| {
                 fix_up(&mut ip, *sel);
             }
             let inner = inner_frame(&ip, tags);
-            let (d, f) = sites.a.one(false, &inner);
+            let (d, f) = one(&mut sites.a, false, &inner);
             let Decision::Outer { at, len } = d else {
                 return;
             };
-            let mut wire = f[at..at + len].to_vec();
+            let mut wire = f.buf[at..at + len].to_vec();
             let mut edited_esp = false;
             if scenario == 3 {
                 // The ESP part starts after Ethernet and the outer IP/UDP headers.

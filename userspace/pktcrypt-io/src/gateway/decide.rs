@@ -5,11 +5,13 @@
 //! front is where outer headers go) and acts on the [`Decision`] each frame gets: queue it on the
 //! outer or the inner interface, hand its IP packet to the kernel's raw socket, or give the
 //! frame back. Everything else happens here: parsing, routing by destination prefix, the MTU
-//! check and ICMP answers, sealing and opening through the [`DataPlane`], the inner policy
-//! ([`Paths::allows`]), re-sealing at a hub, the Ethernet/IP/UDP headers, control messages and
-//! samples for the control thread ([`Decider::messages`]), and the counters whose value follows
-//! from the decision. What depends on the rings (`tx_*`, `tx_full`, `icmp_too_big` once queued,
-//! `to_kernel`) the worker counts.
+//! check and ICMP answers, the next hop's MAC (checked before sealing, inner packets and
+//! re-sealed ones alike: a packet that cannot leave spends no sequence number), sealing and
+//! opening through the [`DataPlane`], the inner policy ([`Paths::allows`]), re-sealing at a
+//! hub, the Ethernet/IP/UDP headers, control messages and samples for the control thread
+//! ([`Decider::messages`]), and the counters whose value follows from the decision. What
+//! depends on the rings (`tx_*`, `tx_full`, `icmp_too_big` once queued, `to_kernel`) the
+//! worker counts.
 //!
 //! No system call, no clock (the time is a parameter), no allocation per packet but a control
 //! message's copy: so the decisions run in unit tests and fuzz targets without privileges
@@ -431,6 +433,20 @@ impl Decider {
                 }
                 if let Some(route) = hairpin {
                     bump(&stats.hairpinned, 1);
+                    // The next hop's MAC before sealing, as for inner packets: a packet that
+                    // cannot leave uses no sequence number (decided and counted as
+                    // `finish_seal` would after sealing).
+                    match paths.peers.get(&route.path).map(|p| p.mac) {
+                        None => {
+                            bump(&stats.seal_failed, 1);
+                            return Decision::Drop(Dropped::SealFailed);
+                        }
+                        Some(None) => {
+                            bump(&stats.no_neighbour, 1);
+                            return Decision::Drop(Dropped::NoNeighbour);
+                        }
+                        Some(Some(_)) => {}
+                    }
                     self.seal_jobs.push(SealJob {
                         frame: job.frame,
                         esp_at: job.esp_at,

@@ -1,212 +1,23 @@
 //! The decisions of three gateways, without rings or privileges: site A (10.1.0.0/24,
 //! fd01::/64) and site C (10.3.0.0/24) are clients of hub B (10.2.0.0/24, fd02::/64), each
-//! pair with its own SA. Frames go through `Decider::inner` at one gateway and the sealed
-//! result through `Decider::outer` at the next, as the workers would move them.
+//! pair with its own SA (the fixture: [`crate::testing`]). Frames go through `Decider::inner`
+//! at one gateway and the sealed result through `Decider::outer` at the next, as the workers
+//! would move them.
 
 use super::*;
-use crate::gateway::{ICMP_PER_SECOND, PeerPath, Prefix, Route};
+use crate::gateway::{ICMP_PER_SECOND, Route};
 use crate::net::Mac;
-use core::net::{Ipv4Addr, Ipv6Addr};
+use crate::testing::{HEADROOM, HOST_A, HOST_B, INNER_MAC, OUTER_MAC, TestFrame, sites};
 use pktcrypt_core::wire::OuterHeader;
-use pktcrypt_core::{Engine, EngineConfig, Generation, GenerationInfo, Role, Secret, Spi, Suite};
-use pktcrypt_core::{Time, wire::ip::checksum};
-use std::sync::atomic::{AtomicU64, Ordering};
-
-const HEADROOM: usize = 256;
-const FRAME: usize = 4096;
-const HOST_A: Mac = [0x02, 0, 0, 0, 0x0a, 0x05];
-const HOST_B: Mac = [0x02, 0, 0, 0, 0x0b, 0x09];
-const INNER_MAC: [Mac; 3] = [
-    [0x02, 1, 0, 0, 0, 0xa],
-    [0x02, 1, 0, 0, 0, 0xb],
-    [0x02, 1, 0, 0, 0, 0xc],
-];
-const OUTER_MAC: [Mac; 3] = [
-    [0x02, 2, 0, 0, 0, 0xa],
-    [0x02, 2, 0, 0, 0, 0xb],
-    [0x02, 2, 0, 0, 0, 0xc],
-];
+use pktcrypt_core::wire::ip::checksum;
 
 fn a(s: &str) -> IpAddr {
     s.parse().expect("address")
 }
 
-fn p(s: &str, len: u8) -> Prefix {
-    Prefix { net: a(s), len }
-}
-
+/// A site's outer address (IPv4).
 fn outer_addr(site: usize) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1 + site as u8)), 4500)
-}
-
-/// One gateway: its engine (alive for control messages), data plane, paths, counters.
-struct Gateway {
-    engine: Engine,
-    keys: DataPlane,
-    paths: Paths,
-    stats: WorkerStats,
-    decider: Decider,
-    now: Instant,
-    /// Peer id → the site behind it.
-    peers: Vec<(PeerId, usize)>,
-}
-
-impl Gateway {
-    /// Site `site` (0: A, 1: B the hub, 2: C) with SAs to `peers` (other sites).
-    fn new(site: usize, peers: &[usize]) -> Self {
-        let role = if site == 1 {
-            Role::KeyServer
-        } else {
-            Role::Client
-        };
-        let mut engine = Engine::new(EngineConfig::new(role)).expect("config");
-        let local = [
-            vec![p("10.1.0.0", 24), p("fd01::", 64)],
-            vec![p("10.2.0.0", 24), p("fd02::", 64)],
-            vec![p("10.3.0.0", 24), p("fd03::", 64)],
-        ];
-        let mut paths = Paths {
-            inner_mac: INNER_MAC[site],
-            outer_mac: OUTER_MAC[site],
-            outer_mtu: 1500,
-            inner_v4: Some(Ipv4Addr::new(10, 1 + site as u8, 0, 1)),
-            inner_v6: Some(Ipv6Addr::new(0xfd01 + site as u16, 0, 0, 0, 0, 0, 0, 1)),
-            esp_port: 4500,
-            local: local[site].clone(),
-            ..Paths::default()
-        };
-        let mut ids = Vec::new();
-        for &other in peers {
-            // One SA per pair of sites, named by the pair.
-            let spi = 0x1000 + (1 << site) + (1 << other);
-            let g = Generation {
-                info: GenerationInfo {
-                    number: 0,
-                    spi: Spi::new(spi as u32).expect("spi"),
-                    suite: Suite::Aes256Gcm,
-                },
-                secret: Secret::from_bytes([spi as u8; 32]),
-            };
-            let id = engine.add_peer(&g, Time::ZERO).expect("peer");
-            ids.push((id, other));
-            paths.peers.insert(
-                id.0,
-                PeerPath {
-                    header: OuterHeader::new(outer_addr(site), outer_addr(other), 64)
-                        .expect("header"),
-                    mac: Some(OUTER_MAC[other]),
-                },
-            );
-            // A client reaches every other site through the hub; the hub each site directly.
-            let behind: Vec<usize> = if site == 1 {
-                vec![other]
-            } else {
-                (0..3).filter(|s| *s != site).collect()
-            };
-            for s in behind {
-                for prefix in &local[s] {
-                    paths.routes.push(Route {
-                        net: prefix.net,
-                        len: prefix.len,
-                        peer: id,
-                        path: id.0,
-                    });
-                    paths.sources.entry(id.0).or_default().push(*prefix);
-                }
-            }
-        }
-        paths.sort_routes();
-        Self {
-            keys: engine.data_plane().expect("plane"),
-            engine,
-            paths,
-            stats: WorkerStats::new(),
-            decider: Decider::new(),
-            now: Instant::now(),
-            peers: ids,
-        }
-    }
-
-    fn peer(&self, site: usize) -> PeerId {
-        self.peers
-            .iter()
-            .find(|(_, s)| *s == site)
-            .map(|(id, _)| *id)
-            .expect("peer")
-    }
-
-    fn decide(&mut self, outer: bool, frames: &mut [Frame]) -> Vec<Decision> {
-        let cx = Context {
-            keys: &self.keys,
-            paths: &self.paths,
-            stats: &self.stats,
-            now: self.now,
-        };
-        let mut lent: Vec<FrameBuf<'_>> = frames
-            .iter_mut()
-            .map(|f| FrameBuf {
-                buf: &mut f.buf,
-                off: HEADROOM,
-                len: f.len,
-            })
-            .collect();
-        let mut out = Vec::new();
-        if outer {
-            self.decider.outer(&cx, &mut lent, &mut out);
-        } else {
-            self.decider.inner(&cx, &mut lent, &mut out);
-        }
-        assert_eq!(out.len(), frames.len(), "one decision per frame");
-        out
-    }
-
-    /// One inner frame through `Decider::inner`.
-    fn inner(&mut self, frame: &[u8]) -> (Decision, Frame) {
-        let mut f = [Frame::new(frame)];
-        let d = self.decide(false, &mut f)[0];
-        let [f] = f;
-        (d, f)
-    }
-
-    /// One outer frame through `Decider::outer`.
-    fn outer(&mut self, frame: &[u8]) -> (Decision, Frame) {
-        let mut f = [Frame::new(frame)];
-        let d = self.decide(true, &mut f)[0];
-        let [f] = f;
-        (d, f)
-    }
-
-    fn count(&self, c: impl Fn(&WorkerStats) -> &AtomicU64) -> u64 {
-        c(&self.stats).load(Ordering::Relaxed)
-    }
-}
-
-/// A UMEM-like frame: 4 KiB, received bytes at `HEADROOM`.
-struct Frame {
-    buf: Vec<u8>,
-    len: usize,
-}
-
-impl Frame {
-    fn new(data: &[u8]) -> Self {
-        let mut buf = vec![0u8; FRAME];
-        buf[HEADROOM..HEADROOM + data.len()].copy_from_slice(data);
-        Self {
-            buf,
-            len: data.len(),
-        }
-    }
-
-    /// The bytes a decision queues or hands on.
-    fn out(&self, d: Decision) -> &[u8] {
-        match d {
-            Decision::Outer { at, len }
-            | Decision::Inner { at, len }
-            | Decision::Icmp { at, len }
-            | Decision::Kernel { at, len, .. } => &self.buf[at..at + len],
-            other => panic!("no frame to send: {other:?}"),
-        }
-    }
+    crate::testing::outer_addr(site, false)
 }
 
 /// An IPv4 packet of `len` bytes (UDP, payload a counter), with or without DF.
@@ -258,15 +69,6 @@ fn eth(dst: Mac, src: Mac, tags: &[(u16, u16)], ip: &[u8]) -> Vec<u8> {
     f.extend_from_slice(&ethertype.to_be_bytes());
     f.extend_from_slice(ip);
     f
-}
-
-/// A (A, B hub, C) triangle.
-fn sites() -> (Gateway, Gateway, Gateway) {
-    (
-        Gateway::new(0, &[1]),
-        Gateway::new(1, &[0, 2]),
-        Gateway::new(2, &[1]),
-    )
 }
 
 #[test]
@@ -517,6 +319,7 @@ fn control_messages_go_to_the_control_thread_and_leave_no_plaintext() {
     let message = b"a control message".to_vec();
     let mut esp_packet = vec![0u8; 200];
     let n = ga
+        .keys
         .engine
         .seal_control(b, &message, &mut esp_packet)
         .expect("sealed");
@@ -601,9 +404,9 @@ fn a_batch_gets_one_decision_per_frame_in_order() {
         ipv6("fd01::5", "fd03::7", 100),
         ipv4("10.1.0.5", "10.3.0.9", 100, true),
     ];
-    let mut batch: Vec<Frame> = frames
+    let mut batch: Vec<TestFrame> = frames
         .iter()
-        .map(|ip| Frame::new(&eth(INNER_MAC[0], HOST_A, &[], ip)))
+        .map(|ip| TestFrame::new(&eth(INNER_MAC[0], HOST_A, &[], ip)))
         .collect();
     let ds = ga.decide(false, &mut batch);
     assert!(matches!(ds[0], Decision::Outer { .. }));
@@ -613,9 +416,9 @@ fn a_batch_gets_one_decision_per_frame_in_order() {
     assert!(matches!(ds[4], Decision::Outer { .. }));
     // The hub opens them as one batch, in order.
     gb.paths.hub = true;
-    let mut wire: Vec<Frame> = [0, 3, 4]
+    let mut wire: Vec<TestFrame> = [0, 3, 4]
         .iter()
-        .map(|&k| Frame::new(batch[k].out(ds[k])))
+        .map(|&k| TestFrame::new(batch[k].out(ds[k])))
         .collect();
     let ds = gb.decide(true, &mut wire);
     assert!(matches!(ds[0], Decision::Kernel { dst, .. } if dst == a("10.2.0.9")));
@@ -681,7 +484,7 @@ fn an_unresolved_next_hop_costs_no_sequence_number() {
         &[],
         &ipv4("10.1.0.5", "10.2.0.9", 100, true),
     );
-    let seq = |d: Decision, f: &Frame| match d {
+    let seq = |d: Decision, f: &TestFrame| match d {
         Decision::Outer { at, .. } => {
             // Outer Ethernet (14), IPv4 (20), UDP (8), then SPI (4) and sequence number (4).
             let s = at + 14 + 20 + 8 + 4;
@@ -705,4 +508,97 @@ fn an_unresolved_next_hop_costs_no_sequence_number() {
         "sequence numbers burned by unsent packets"
     );
     assert_eq!(ga.count(|s| &s.no_neighbour), 3);
+}
+
+/// The same at a hub: a packet to re-seal for a site whose next hop is not resolved is dropped
+/// before it is sealed, and one for a site with no path at all too (it used to be sealed, and
+/// its sequence number spent, before either was looked at).
+#[test]
+fn a_hub_spends_no_sequence_number_on_a_packet_it_cannot_forward() {
+    let (mut ga, mut gb, mut gc) = sites();
+    gb.paths.hub = true;
+    gc.paths.inner_neighbours.insert(a("10.3.0.7"), HOST_B);
+    let ip = ipv4("10.1.0.5", "10.3.0.7", 200, true);
+    let mut from_a = || {
+        let (d, f) = ga.inner(&eth(INNER_MAC[0], HOST_A, &[], &ip));
+        f.out(d).to_vec()
+    };
+    let c = gb.peer(2);
+    let path = gb.paths.peers[&c.0];
+    gb.paths.peers.get_mut(&c.0).expect("path").mac = None;
+    for _ in 0..3 {
+        assert_eq!(gb.outer(&from_a()).0, Decision::Drop(Dropped::NoNeighbour));
+    }
+    gb.paths.peers.remove(&c.0);
+    assert_eq!(gb.outer(&from_a()).0, Decision::Drop(Dropped::SealFailed));
+    assert_eq!(gb.count(|s| &s.no_neighbour), 3);
+    assert_eq!(gb.count(|s| &s.seal_failed), 1);
+    assert_eq!(gb.count(|s| &s.hairpinned), 4);
+    gb.paths.peers.insert(c.0, path);
+    let (d, f) = gb.outer(&from_a());
+    let Decision::Outer { at, .. } = d else {
+        panic!("re-sealed: {d:?}")
+    };
+    // Outer Ethernet (14), IPv4 (20), UDP (8), then SPI (4) and sequence number (4).
+    let s = at + 14 + 20 + 8 + 4;
+    let seq = u32::from_be_bytes(f.buf[s..s + 4].try_into().expect("4 bytes"));
+    assert_eq!(seq, 1, "the first packet B sealed for C");
+    let (d, f) = gc.outer(f.out(d));
+    assert!(matches!(d, Decision::Inner { .. }), "{d:?}");
+    assert_eq!(&f.out(d)[14..], &ip[..]);
+}
+
+/// A frame with no room in front of its IP header for the ESP header (never a UMEM frame:
+/// the kernel leaves headroom) is not sealed.
+#[test]
+fn a_frame_without_headroom_is_not_sealed() {
+    let (mut ga, _, _) = sites();
+    let frame = eth(
+        INNER_MAC[0],
+        HOST_A,
+        &[],
+        &ipv4("10.1.0.5", "10.2.0.9", 100, true),
+    );
+    let mut buf = frame.clone();
+    buf.resize(crate::testing::FRAME, 0);
+    let cx = Context {
+        keys: &ga.keys.plane,
+        paths: &ga.paths,
+        stats: &ga.stats,
+        now: ga.now,
+    };
+    let mut frames = [FrameBuf {
+        buf: &mut buf,
+        off: 0,
+        len: frame.len(),
+    }];
+    let mut out = Vec::new();
+    ga.decider.inner(&cx, &mut frames, &mut out);
+    assert_eq!(out, [Decision::Drop(Dropped::SealFailed)]);
+    assert_eq!(ga.count(|s| &s.seal_failed), 1);
+    assert_eq!(ga.count(|s| &s.bytes_sealed), 0);
+}
+
+/// A route to a peer without a transmit key is no route: nothing to seal under.
+#[test]
+fn a_route_to_a_peer_without_keys_is_no_route() {
+    let (mut ga, _, _) = sites();
+    let nobody = PeerId(ga.peer(1).0 + 100);
+    ga.paths.routes.insert(
+        0,
+        Route {
+            net: a("10.9.0.0"),
+            len: 24,
+            peer: nobody,
+            path: ga.peer(1).0,
+        },
+    );
+    let frame = eth(
+        INNER_MAC[0],
+        HOST_A,
+        &[],
+        &ipv4("10.1.0.5", "10.9.0.1", 100, true),
+    );
+    assert_eq!(ga.inner(&frame).0, Decision::Drop(Dropped::NoRoute));
+    assert_eq!(ga.count(|s| &s.no_route), 1);
 }
