@@ -238,6 +238,35 @@ impl XdpSteering {
         }
     }
 
+    /// Removes a protected prefix (one added with exactly this address and length).
+    ///
+    /// # Errors
+    /// A map error, or no such prefix.
+    pub fn remove_prefix(&mut self, addr: IpAddr, len: u8) -> Result<()> {
+        match addr {
+            IpAddr::V4(a) => {
+                let mut trie: LpmTrie<&mut MapData, [u8; 4], u8> = LpmTrie::try_from(
+                    self.ebpf
+                        .map_mut(maps::PREFIXES_V4)
+                        .ok_or_else(|| Error::msg("no PREFIXES_V4 map"))?,
+                )
+                .map_err(|e| err("PREFIXES_V4 map", e))?;
+                trie.remove(&Key::new(u32::from(len), a.octets()))
+                    .map_err(|e| err("PREFIXES_V4 map", e))
+            }
+            IpAddr::V6(a) => {
+                let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> = LpmTrie::try_from(
+                    self.ebpf
+                        .map_mut(maps::PREFIXES_V6)
+                        .ok_or_else(|| Error::msg("no PREFIXES_V6 map"))?,
+                )
+                .map_err(|e| err("PREFIXES_V6 map", e))?;
+                trie.remove(&Key::new(u32::from(len), a.octets()))
+                    .map_err(|e| err("PREFIXES_V6 map", e))
+            }
+        }
+    }
+
     fn spi_map(&mut self) -> Result<PerCpuHashMap<&mut MapData, u32, u64>> {
         PerCpuHashMap::try_from(
             self.ebpf

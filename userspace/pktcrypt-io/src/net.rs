@@ -610,6 +610,17 @@ impl NextHops {
         Ok(hops)
     }
 
+    /// Follows `peers` from now on instead of the peers given so far (a reload added or
+    /// removed some), looking their routes up at once.
+    pub fn set_peers(&mut self, peers: impl IntoIterator<Item = IpAddr>) {
+        let mut peers: Vec<IpAddr> = peers.into_iter().collect();
+        peers.sort_unstable();
+        peers.dedup();
+        self.tables.routes.retain(|p, _| peers.contains(p));
+        self.tables.peers = peers;
+        self.look_up_routes();
+    }
+
     /// Applies the pending notifications, without blocking. Whether anything the gateway uses
     /// changed: the inner interface's neighbours, or a peer's next-hop MAC.
     ///

@@ -48,6 +48,9 @@ pub(crate) enum Ask {
     Status,
     /// The key text (keys socket only).
     Keys,
+    /// Apply the configuration file as it is now (keys socket only); the answer says what
+    /// changed, or `error: ...`.
+    Reload,
 }
 
 /// A request to the control thread, which answers on the channel (the status document is
@@ -196,9 +199,9 @@ pub(crate) fn serve(
                 "metrics" => p
                     .lock()
                     .map_or_else(|_| "metrics unavailable\n".into(), |p| p.metrics.clone()),
-                "export-keys" => match &keys_hint {
-                    Some(path) => format!("export-keys: ask the keys socket, {path}\n"),
-                    None => "export-keys: this role has no keys to export\n".into(),
+                cmd @ ("export-keys" | "reload") => match &keys_hint {
+                    Some(path) => format!("{cmd}: ask the keys socket, {path}\n"),
+                    None => format!("{cmd}: this role has no keys socket\n"),
                 },
                 other => format!("unknown command {other:?}\n"),
             };
@@ -211,11 +214,17 @@ pub(crate) fn serve(
             "pktcrypt-keys",
             move || listener.accept().map(|(s, _)| s),
             move |mut s| {
-                if read_command(&mut s).as_deref() != Some("export-keys") {
-                    let _ = s.write_all(b"unknown command (the keys socket answers export-keys)\n");
-                    return;
-                }
-                if let Some(text) = ask(&requests, Ask::Keys) {
+                let what = match read_command(&mut s).as_deref() {
+                    Some("export-keys") => Ask::Keys,
+                    Some("reload") => Ask::Reload,
+                    _ => {
+                        let _ = s.write_all(
+                            b"unknown command (the keys socket answers export-keys and reload)\n",
+                        );
+                        return;
+                    }
+                };
+                if let Some(text) = ask(&requests, what) {
                     let _ = s.write_all(text.as_bytes());
                     // `text` is wiped when dropped here.
                 }

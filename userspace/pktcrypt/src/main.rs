@@ -26,6 +26,7 @@ mod endpoints;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod keycode;
+mod reload;
 mod up;
 
 use std::net::UdpSocket;
@@ -50,6 +51,9 @@ const USAGE: &str = "usage:
   pktcrypt status --config FILE | --socket PATH
   pktcrypt export-keys --config FILE | --socket KEYS_PATH
       ask a running gateway (status socket; keys socket, 0600)
+  pktcrypt reload --config FILE | --socket KEYS_PATH
+      apply a running gateway's changed configuration file (peers and prefixes; SIGHUP does the
+      same); a change that needs a restart is refused, naming the key
   pktcrypt xdp-attach --iface IF [--object PATH] [--esp-port PORT] [--prefix ADDR/LEN]... [--seconds N]
       attach the XDP steering program to IF, print its counters every second, detach on exit
 
@@ -113,7 +117,14 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some(cmd @ ("status" | "export-keys")) => match up::query(cmd, &args[1..]) {
+        Some(cmd @ ("status" | "export-keys" | "reload")) => match up::query(cmd, &args[1..]) {
+            Ok(text) if cmd == "reload" && text.starts_with("error: ") => {
+                eprintln!(
+                    "pktcrypt reload: {}",
+                    text.trim_end().trim_start_matches("error: ")
+                );
+                ExitCode::FAILURE
+            }
             Ok(text) => {
                 #[allow(clippy::print_stdout)]
                 {

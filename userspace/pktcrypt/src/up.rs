@@ -160,6 +160,9 @@ struct PeerInfo {
     name: String,
     address: IpAddr,
     prefixes: Vec<(IpAddr, u8)>,
+    /// A key server's client: the digest of its init key ([`config::key_digest`]), to tell a
+    /// changed key on reload.
+    key: Option<[u8; 32]>,
 }
 
 /// The gateway's [`Io`]: control messages and samples from the workers (and, for a group
@@ -199,6 +202,177 @@ struct GatewayIo {
     duplicate_clients: u64,
     spi_map_errors: u64,
     retired_on_evidence: u64,
+    /// Where the configuration came from (read again on reload), its directory (relative key
+    /// files), and the TOML it held when last applied.
+    config_path: PathBuf,
+    base: PathBuf,
+    applied: toml::Table,
+    /// The prefixes the inner XDP program steers now.
+    protected: Protected,
+    /// Set by SIGHUP: reload.
+    hup: Arc<AtomicBool>,
+}
+
+impl GatewayIo {
+    /// Applies the configuration file as it is now (see [`crate::reload`]): peers and prefixes
+    /// added, removed or changed; nothing else may differ. What changed, as one line.
+    fn reload(&mut self, endpoint: &mut Endpoint) -> Result<String, String> {
+        let (file, table): (GatewayFile, _) = config::load_with_table(&self.config_path)?;
+        crate::reload::check_restart(&self.applied, &table)?;
+        let GatewayRole::DataPath(_, role) = &file.role else {
+            return Err("role: changed, and that needs a restart of the daemon".into());
+        };
+        let local_prefixes = local_prefixes(role)?;
+        let now = now();
+        let mut changes: Vec<String> = Vec::new();
+        let mut peers: Peers = HashMap::new();
+        match (role, endpoint.machine_mut()) {
+            (DataPathRole::Server(cfg), Machine::Server(server)) => {
+                if cfg.clients.is_empty() {
+                    return Err("clients: a server needs at least one [[clients]] entry".into());
+                }
+                // Everything is read and checked before anything changes.
+                let mut distinct = config::DistinctKeys::default();
+                let mut wanted = Vec::new();
+                for (i, c) in cfg.clients.iter().enumerate() {
+                    let field = format!("clients[{i}] ({})", c.name);
+                    let key = c.key.load(&field, 0, &self.base)?;
+                    distinct.check(&field, &key)?;
+                    let mut info = peer_info(&field, c)?;
+                    if info.address.is_ipv4() != self.local.is_ipv4() {
+                        return Err(format!(
+                            "{field}.address: {} and local {} differ in family",
+                            info.address, self.local
+                        ));
+                    }
+                    info.key = Some(config::key_digest(&key));
+                    wanted.push((field, key, info));
+                }
+                let mut keep: HashMap<PeerId, PeerInfo> = HashMap::new();
+                let mut add = Vec::new();
+                for (field, key, info) in wanted {
+                    let same = self
+                        .peers
+                        .iter()
+                        .find(|(id, p)| p.key == info.key && !keep.contains_key(id))
+                        .map(|(id, _)| *id);
+                    match same {
+                        Some(id) => {
+                            keep.insert(id, info);
+                        }
+                        None => add.push((field, key, info)),
+                    }
+                }
+                let removed: Vec<PeerId> = self
+                    .peers
+                    .keys()
+                    .filter(|id| !keep.contains_key(id))
+                    .copied()
+                    .collect();
+                for id in removed {
+                    let name = self.peers.get(&id).map_or("?", |p| p.name.as_str());
+                    server
+                        .remove_client(id)
+                        .map_err(|e| format!("removing {name}: {e}"))?;
+                    changes.push(format!("removed {name}"));
+                }
+                for (id, info) in keep {
+                    let old = self.peers.get(&id);
+                    if old.is_some_and(|o| o.address != info.address) {
+                        server
+                            .set_address(id, SocketAddr::new(info.address, self.port))
+                            .map_err(|e| format!("{}: {e}", info.name))?;
+                    }
+                    if old.is_some_and(|o| {
+                        o.address != info.address
+                            || o.prefixes != info.prefixes
+                            || o.name != info.name
+                    }) {
+                        changes.push(format!("updated {}", info.name));
+                    }
+                    peers.insert(id, info);
+                }
+                for (field, key, info) in add {
+                    let id = server
+                        .add_client(&key, Some(SocketAddr::new(info.address, self.port)), now)
+                        .map_err(|e| format!("{field}: {e}"))?;
+                    changes.push(format!("added {}", info.name));
+                    peers.insert(id, info);
+                }
+            }
+            (DataPathRole::Client(cfg), Machine::Client(client)) => {
+                let mut info = peer_info("server", &cfg.server)?;
+                let id = client.server();
+                info.key = self.peers.get(&id).and_then(|p| p.key);
+                if self.peers.get(&id).is_some_and(|o| {
+                    o.address != info.address || o.prefixes != info.prefixes || o.name != info.name
+                }) {
+                    changes.push(format!("updated {}", info.name));
+                }
+                peers.insert(id, info);
+            }
+            (DataPathRole::GroupMember(cfg), Machine::Member(member)) => {
+                peers = member_peers(cfg, member)?;
+                for (id, info) in &peers {
+                    if self
+                        .peers
+                        .get(id)
+                        .is_some_and(|o| o.address != info.address || o.prefixes != info.prefixes)
+                    {
+                        changes.push(format!("updated {}", info.name));
+                    }
+                }
+            }
+            _ => return Err("role: changed, and that needs a restart of the daemon".into()),
+        }
+        if self.paths.local != local_prefixes {
+            changes.push("updated prefixes".into());
+        }
+        // The workers' paths, the next hops followed, the prefixes steered into the tunnel.
+        self.paths.local = local_prefixes;
+        let protected = peer_paths(
+            &mut self.paths,
+            &peers,
+            seal_as(endpoint),
+            self.local,
+            self.port,
+        )?;
+        self.peers = peers;
+        self.hops.set_peers(self.peers.values().map(|p| p.address));
+        apply_next_hops(&mut self.paths, &self.peers, &self.hops);
+        self.shared.paths.store(Arc::new(self.paths.clone()));
+        for &(net, len) in protected.iter().filter(|p| !self.protected.contains(p)) {
+            self.inner_xdp
+                .add_prefix(net, len)
+                .map_err(|e| format!("inner: {e}"))?;
+        }
+        for &(net, len) in self.protected.iter().filter(|p| !protected.contains(p)) {
+            self.inner_xdp
+                .remove_prefix(net, len)
+                .map_err(|e| format!("inner: {e}"))?;
+        }
+        self.protected = protected;
+        self.applied = table;
+        Ok(if changes.is_empty() {
+            "reloaded: nothing changed".into()
+        } else {
+            format!("reloaded: {}", changes.join(", "))
+        })
+    }
+
+    /// [`Self::reload`], logged.
+    fn reload_logged(&mut self, endpoint: &mut Endpoint) -> String {
+        match self.reload(endpoint) {
+            Ok(done) => {
+                tracing::info!(gateway = self.name, "{done}");
+                done
+            }
+            Err(e) => {
+                tracing::error!(gateway = self.name, error = e, "reload refused");
+                format!("error: {e}")
+            }
+        }
+    }
 }
 
 impl Io for GatewayIo {
@@ -277,6 +451,9 @@ impl Io for GatewayIo {
                 tracing::info!(gateway = self.name, "reading neighbours and routes again");
             }
             None => {}
+        }
+        if self.hup.swap(false, Ordering::Relaxed) {
+            self.reload_logged(endpoint);
         }
         if self.next_tick <= t {
             self.next_tick = t + TICK;
@@ -396,6 +573,9 @@ impl Io for GatewayIo {
                 }
                 (endpoints::Ask::Status, None) => continue,
                 (endpoints::Ask::Keys, _) => export(endpoint, &self.peers, self.local),
+                (endpoints::Ask::Reload, _) => {
+                    zeroize::Zeroizing::new(format!("{}\n", self.reload_logged(endpoint)))
+                }
             };
             let _ = reply.send(text);
         }
@@ -436,7 +616,9 @@ fn state_machine(
                 let id = server
                     .add_client(&key, Some(SocketAddr::new(c.address, port)), t0)
                     .map_err(|e| format!("{field}: {e}"))?;
-                peers.insert(id, peer_info(&field, c)?);
+                let mut info = peer_info(&field, c)?;
+                info.key = Some(config::key_digest(&key));
+                peers.insert(id, info);
             }
             (Endpoint::from(server), None)
         }
@@ -460,19 +642,9 @@ fn state_machine(
     Ok((endpoint, member_controller, peers))
 }
 
-/// The workers' paths: the inner policy (what may come out of the tunnel here), routes into
-/// the tunnel, each peer's outer header; with the XDP program's protected prefixes and the
-/// local outer address.
-fn paths(
-    role: &DataPathRole,
-    endpoint: &Endpoint,
-    peers: &HashMap<PeerId, PeerInfo>,
-    local: Option<IpAddr>,
-    (inner, outer): (&str, &str),
-    port: u16,
-) -> Result<(Paths, Protected, IpAddr), String> {
-    // Inner policy: what may come out of the tunnel here (a group member's networks are the
-    // prefixes of its own [[members]] entry).
+/// Inner policy: what may come out of the tunnel here (a group member's networks are the
+/// prefixes of its own `[[members]]` entry).
+fn local_prefixes(role: &DataPathRole) -> Result<Vec<Prefix>, String> {
     let local_field = match role {
         DataPathRole::Server(cfg) => ("prefixes".to_string(), cfg.prefixes.clone()),
         DataPathRole::Client(cfg) => ("prefixes".to_string(), cfg.prefixes.clone()),
@@ -494,11 +666,25 @@ fn paths(
             local_field.0
         ));
     }
-    let local_prefixes: Vec<Prefix> = local_field
+    local_field
         .1
         .iter()
         .map(|p| parse_prefix(&local_field.0, p).map(|(net, len)| Prefix { net, len }))
-        .collect::<Result<_, _>>()?;
+        .collect()
+}
+
+/// The workers' paths: the inner policy (what may come out of the tunnel here), routes into
+/// the tunnel, each peer's outer header; with the XDP program's protected prefixes and the
+/// local outer address.
+fn paths(
+    role: &DataPathRole,
+    endpoint: &Endpoint,
+    peers: &HashMap<PeerId, PeerInfo>,
+    local: Option<IpAddr>,
+    (inner, outer): (&str, &str),
+    port: u16,
+) -> Result<(Paths, Protected, IpAddr), String> {
+    let local_prefixes = local_prefixes(role)?;
 
     // Paths.
     let family_v4 = peers.values().all(|p| p.address.is_ipv4());
@@ -530,14 +716,35 @@ fn paths(
         IpAddr::V6(a) => Some(a),
         IpAddr::V4(_) => None,
     });
-    let mut prefixes = Vec::new();
-    // Pairwise: seal for the peer behind the prefix. Group: always under our own sender keys.
-    let seal_as = match endpoint.machine() {
-        Machine::Member(m) => m.sender(m.index()),
-        _ => None,
-    };
     paths.local = local_prefixes;
     paths.hub = matches!(role, DataPathRole::Server(cfg) if cfg.hub);
+    let prefixes = peer_paths(&mut paths, peers, seal_as(endpoint), local, port)?;
+    Ok((paths, prefixes, local))
+}
+
+/// Pairwise: packets are sealed for the peer behind the prefix (`None`). Group: always under
+/// our own sender keys.
+fn seal_as(endpoint: &Endpoint) -> Option<PeerId> {
+    match endpoint.machine() {
+        Machine::Member(m) => m.sender(m.index()),
+        _ => None,
+    }
+}
+
+/// The peers' part of `paths` (routes into the tunnel, the sources each peer may send, each
+/// peer's outer header; next-hop MACs to be filled in), replacing what was there; the
+/// prefixes the inner XDP program steers.
+fn peer_paths(
+    paths: &mut Paths,
+    peers: &Peers,
+    seal_as: Option<PeerId>,
+    local: IpAddr,
+    port: u16,
+) -> Result<Protected, String> {
+    paths.routes.clear();
+    paths.sources.clear();
+    paths.peers.clear();
+    let mut prefixes = Vec::new();
     for (id, p) in peers {
         for &(net, len) in &p.prefixes {
             paths.routes.push(Route {
@@ -569,7 +776,9 @@ fn paths(
         paths.peers.insert(id.0, PeerPath { header, mac: None });
     }
     paths.sort_routes();
-    Ok((paths, prefixes, local))
+    prefixes.sort_unstable();
+    prefixes.dedup();
+    Ok(prefixes)
 }
 
 /// One worker per queue, each with its queue pair registered in both XDP programs' XSKMAPs.
@@ -616,7 +825,7 @@ fn start_workers(
 /// `pktcrypt up --config FILE`.
 pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     // `file`: the keys of the process; the role with its peers and settings apart.
-    let GatewayFile { daemon: file, role } = config::load(path)?;
+    let (GatewayFile { daemon: file, role }, applied) = config::load_with_table(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
     let name = file.name.clone().unwrap_or_else(|| "pktcrypt".into());
     let port = file.port.unwrap_or(pktcrypt_common::DEFAULT_ESP_UDP_PORT);
@@ -708,7 +917,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         &inner,
         &SteeringConfig {
             esp_port: None,
-            prefixes,
+            prefixes: prefixes.clone(),
             spis: None,
             spi_capacity: 1,
         },
@@ -782,6 +991,10 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
 
     // The control loop.
     let status_every = status_refresh(file.status_interval_ms);
+    // SIGHUP: reload the configuration (`pktcrypt reload` asks through the keys socket).
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
+        .map_err(|e| format!("installing the SIGHUP handler: {e}"))?;
     let retire_grace_ms = match &role {
         DataPathRole::GroupMember(cfg) => cfg.retire_grace_ms,
         _ => None,
@@ -821,6 +1034,11 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         duplicate_clients: 0,
         spi_map_errors: 0,
         retired_on_evidence: 0,
+        config_path: path.to_path_buf(),
+        base: base.to_path_buf(),
+        applied,
+        protected: prefixes,
+        hup,
     };
     let result = drive(&mut endpoint, &mut io, &name, term);
     let GatewayIo {
@@ -905,7 +1123,12 @@ fn run_controller(
         "group controller up"
     );
     let status_every = status_refresh(daemon.status_interval_ms);
+    // SIGHUP must not stop the controller (its default action); it does not reload yet.
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
+        .map_err(|e| format!("installing the SIGHUP handler: {e}"))?;
     let mut io = ControllerIo {
+        hup,
         name: name.to_string(),
         file,
         socket,
@@ -928,6 +1151,8 @@ fn run_controller(
 /// The [`Io`] of `role = "group-controller"`: one kernel UDP socket to the members, status and
 /// Prometheus served like a gateway's.
 struct ControllerIo<'a> {
+    /// Set by SIGHUP.
+    hup: Arc<AtomicBool>,
     name: String,
     file: &'a ControllerGateway,
     socket: UdpSocket,
@@ -960,6 +1185,13 @@ impl Io for ControllerIo<'_> {
     }
 
     fn tick(&mut self, _: &mut Endpoint, _: Time) -> Result<(), String> {
+        if self.hup.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                controller = self.name,
+                "SIGHUP: a group controller does not reload its configuration yet (restart it \
+                 to apply a change); nothing was applied"
+            );
+        }
         Ok(())
     }
 
@@ -1179,9 +1411,16 @@ fn group_member(
         t0,
     )
     .map_err(|e| format!("{field}: {e}"))?;
+    let peers = member_peers(file, &member)?;
+    let controller = SocketAddr::new(file.controller, control_port(file.control_port, port)?);
+    Ok((member, controller, peers))
+}
+
+/// The other members of a group, by their sender peers in `member`'s group engine.
+fn member_peers(file: &MemberGateway, member: &GroupMember) -> Result<Peers, String> {
     let mut peers = HashMap::new();
     for (j, m) in file.members.iter().enumerate() {
-        if j == usize::from(index) {
+        if j == usize::from(file.index) {
             continue;
         }
         let sender = u16::try_from(j)
@@ -1190,8 +1429,7 @@ fn group_member(
             .ok_or_else(|| format!("members[{j}]: no sender slot"))?;
         peers.insert(sender, peer_info(&format!("members[{j}] ({})", m.name), m)?);
     }
-    let controller = SocketAddr::new(file.controller, control_port(file.control_port, port)?);
-    Ok((member, controller, peers))
+    Ok(peers)
 }
 
 /// The AEAD backend of the configuration, with a loud warning if it does not encrypt.
@@ -1210,6 +1448,7 @@ fn peer_info(field: &str, p: &GatewayPeer) -> Result<PeerInfo, String> {
         return Err(format!("{field}.prefixes: at least one prefix"));
     }
     Ok(PeerInfo {
+        key: None,
         name: p.name.clone(),
         address: p.address,
         prefixes: p
@@ -1520,7 +1759,7 @@ fn export(
 /// `pktcrypt status|export-keys --config FILE` (or `--socket PATH`): asks a running daemon.
 pub(crate) fn query(command: &str, args: &[String]) -> Result<String, String> {
     let mut socket = None;
-    // export-keys: `--socket` names the keys socket itself; `--config` finds it.
+    // export-keys and reload: `--socket` names the keys socket itself; `--config` finds it.
     let mut keys: Option<PathBuf> = None;
     let mut keys_given = false;
     let mut it = args.iter();
@@ -1545,7 +1784,7 @@ pub(crate) fn query(command: &str, args: &[String]) -> Result<String, String> {
         }
     }
     let path = socket.ok_or("--config FILE or --socket PATH is required")?;
-    let path = if command == "export-keys" && !keys_given {
+    let path = if matches!(command, "export-keys" | "reload") && !keys_given {
         keys.unwrap_or_else(|| endpoints::default_keys_socket(&path))
     } else {
         path

@@ -861,6 +861,17 @@ impl KeyServer {
         self.addr_of(peer)
     }
 
+    /// Sets the address of `peer` (its configuration changed): messages go there until an
+    /// authenticated packet comes from elsewhere. Keys and generations stay.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPeer`].
+    pub fn set_address(&mut self, peer: PeerId, addr: SocketAddr) -> Result<(), Error> {
+        let c = self.client(peer).ok_or(Error::UnknownPeer)?;
+        c.addr = Some(PeerAddr::new(addr));
+        Ok(())
+    }
+
     /// A resend the client asked for, at most once per `implicit_resend_interval` (a small
     /// request must not draw a large answer again and again).
     fn requested_resend(&mut self, now: Time, peer: PeerId) {

@@ -34,8 +34,9 @@ use std::fmt;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
-/// Where an init key comes from.
-#[derive(Clone, Debug, Default, Deserialize)]
+/// Where an init key comes from. `Debug` never shows a key given inline, and it is wiped
+/// when dropped.
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct KeySource {
     /// A text code, or "prompt".
@@ -44,6 +45,33 @@ pub(crate) struct KeySource {
     pub(crate) init_key_file: Option<PathBuf>,
     /// An environment variable holding a text code.
     pub(crate) init_key_env: Option<String>,
+}
+
+impl fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeySource")
+            .field(
+                "init_key",
+                &self.init_key.as_ref().map(|k| {
+                    if k == "prompt" {
+                        "prompt"
+                    } else {
+                        "(redacted)"
+                    }
+                }),
+            )
+            .field("init_key_file", &self.init_key_file)
+            .field("init_key_env", &self.init_key_env)
+            .finish()
+    }
+}
+
+impl Drop for KeySource {
+    fn drop(&mut self) {
+        if let Some(k) = &mut self.init_key {
+            zeroize::Zeroize::zeroize(k);
+        }
+    }
 }
 
 impl KeySource {
@@ -195,11 +223,20 @@ pub(crate) trait ConfigFile: Sized {
 
 /// Reads and parses a configuration file.
 pub(crate) fn load<T: ConfigFile>(path: &Path) -> Result<T, String> {
+    load_with_table(path).map(|(t, _)| t)
+}
+
+/// [`load`], with the file's TOML table as read (what a reload compares against).
+pub(crate) fn load_with_table<T: ConfigFile>(path: &Path) -> Result<(T, toml::Table), String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    Document::parse(&text)
+    let file = Document::parse(&text)
         .and_then(|doc| T::read(&doc))
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let table = text
+        .parse::<toml::Table>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((file, table))
 }
 
 pub(crate) fn engine(role: Role, replay_window: Option<u32>) -> Result<EngineConfig, String> {
@@ -286,6 +323,12 @@ pub(crate) struct GroupKeyTable {
 /// Detects an init key configured twice (two clients or members sharing a key would share
 /// every (key, nonce) of their handshakes' key derivation and could impersonate each other).
 /// Keys are compared by their SHA-256, never byte by byte.
+/// The SHA-256 of an init key's secret: how keys are told apart (never byte by byte).
+pub(crate) fn key_digest(key: &pktcrypt_core::Generation) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(key.secret.expose()).into()
+}
+
 #[derive(Default)]
 pub(crate) struct DistinctKeys(HashMap<[u8; 32], String>);
 
@@ -296,8 +339,7 @@ impl DistinctKeys {
         field: &str,
         key: &pktcrypt_core::Generation,
     ) -> Result<(), String> {
-        use sha2::Digest;
-        let digest: [u8; 32] = sha2::Sha256::digest(key.secret.expose()).into();
+        let digest = key_digest(key);
         if let Some(other) = self.0.get(&digest) {
             return Err(format!(
                 "{field}: the same init key as {other} (every peer needs a key of its own)"

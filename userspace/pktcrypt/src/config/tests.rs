@@ -316,3 +316,23 @@ fn the_documented_examples_are_read() {
     }
     assert!(blocks >= 6, "{blocks} examples");
 }
+
+/// A key written into the file never shows in `Debug` (of the key source, or of a whole file).
+#[test]
+fn debug_never_shows_an_inline_key() {
+    let code = "pkc1-secretsecretsecret";
+    let mut src = super::KeySource::default();
+    src.init_key = Some(code.into());
+    let text = format!("{src:?}");
+    assert!(!text.contains("secret"), "{text}");
+    assert!(text.contains("(redacted)"), "{text}");
+    let doc = format!(
+        "role = \"client\"\ninner = \"in\"\nouter = \"out\"\nprefixes = [\"10.1.0.0/24\"]\n\
+         [server]\nname = \"b\"\naddress = \"192.0.2.2\"\nprefixes = [\"10.2.0.0/24\"]\ninit_key = \"{code}\"\n"
+    );
+    let file: super::GatewayFile = super::Document::parse(&doc)
+        .and_then(|d| <super::GatewayFile as super::ConfigFile>::read(&d))
+        .expect("parses");
+    let text = format!("{file:?}");
+    assert!(!text.contains("secret"), "{text}");
+}
