@@ -26,6 +26,7 @@ mod endpoints;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod keycode;
+mod notify;
 mod reload;
 mod up;
 

@@ -362,7 +362,10 @@ impl GatewayIo {
 
     /// [`Self::reload`], logged.
     fn reload_logged(&mut self, endpoint: &mut Endpoint) -> String {
-        match self.reload(endpoint) {
+        crate::notify::notify("RELOADING=1");
+        let result = self.reload(endpoint);
+        crate::notify::notify("READY=1");
+        match result {
             Ok(done) => {
                 tracing::info!(gateway = self.name, "{done}");
                 done
@@ -969,6 +972,11 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         xdp_outer = ?outer_xdp.mode(),
         "up"
     );
+    // Every queue has its worker and its sockets are in both XSKMAPs: ready.
+    crate::notify::notify(&format!(
+        "READY=1\nSTATUS={} gateway {name} on {inner}/{outer}, {workers} workers",
+        role.name()
+    ));
 
     // Status thread.
     let published = Arc::new(Mutex::new(Published::default()));
@@ -1041,6 +1049,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         hup,
     };
     let result = drive(&mut endpoint, &mut io, &name, term);
+    crate::notify::notify("STOPPING=1");
     let GatewayIo {
         inner_xdp,
         outer_xdp,
@@ -1122,6 +1131,7 @@ fn run_controller(
         members = file.members.len(),
         "group controller up"
     );
+    crate::notify::notify(&format!("READY=1\nSTATUS=group controller {name}"));
     let status_every = status_refresh(daemon.status_interval_ms);
     // SIGHUP must not stop the controller (its default action); it does not reload yet.
     let hup = Arc::new(AtomicBool::new(false));
