@@ -316,3 +316,46 @@ fn the_documented_examples_are_read() {
     }
     assert!(blocks >= 6, "{blocks} examples");
 }
+
+/// `esn` is a setting of every role, in both forms: on by default, off on request (with the
+/// rekey triggers brought under the 32-bit sequence space).
+#[test]
+fn esn_is_a_setting_of_every_role() {
+    for form in Form::ALL {
+        assert!(form.keys().contains(&"esn"), "{form:?}");
+        read(form, &format!("esn = false\n{}", minimal(form)))
+            .unwrap_or_else(|e| panic!("{form:?}: {e}"));
+    }
+    let off = |text: &str| -> ServerSettings {
+        let doc = format!("{text}{}", minimal(Form::Udp(RoleName::Server)));
+        ServerFile::read(&Document::parse(&doc).expect("toml"))
+            .expect("server")
+            .settings
+    };
+    let on = off("suite = \"chacha20-poly1305\"\n")
+        .config()
+        .expect("config");
+    assert!(on.engine.esn, "ESN is on by default");
+    assert!(on.triggers.packets_sealed > 1 << 32);
+    let c = off("esn = false\nsuite = \"chacha20-poly1305\"\n")
+        .config()
+        .expect("config");
+    assert!(!c.engine.esn);
+    assert_eq!(c.triggers.packets_sealed, 1 << 31);
+    assert_eq!(c.triggers.packets_opened, 1 << 31);
+    let client = ClientSettings {
+        esn: Some(false),
+        ..ClientSettings::default()
+    };
+    assert!(!client.config().expect("client").engine.esn);
+    let member = MemberSettings {
+        esn: Some(false),
+        ..MemberSettings::default()
+    };
+    assert!(!member.config().expect("member").engine.esn);
+    let controller = ControllerSettings {
+        esn: Some(false),
+        ..ControllerSettings::default()
+    };
+    assert!(!controller.config().expect("controller").engine.esn);
+}
