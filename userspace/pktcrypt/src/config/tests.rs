@@ -359,3 +359,31 @@ fn esn_is_a_setting_of_every_role() {
     };
     assert!(!controller.config().expect("controller").engine.esn);
 }
+
+/// The configuration reference of docs/operator-guide.md names every key of every form (top
+/// level, read from the parts' structs), of the init-key tables and of the nested peer tables:
+/// a key added to the code without its line there fails here.
+#[test]
+fn the_reference_names_every_key() {
+    let guide = include_str!("../../../../docs/operator-guide.md");
+    let reference = guide
+        .split("\n## Configuration reference\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a `## Configuration reference` section");
+    let mut keys: Vec<&str> = Form::ALL.into_iter().flat_map(Form::keys).collect();
+    keys.extend(super::document::keys::<KeySource>());
+    // The nested tables with an init key flattened in (their own fields; `keys` cannot probe
+    // a struct with a flattened part): `[server]`, `[[clients]]`, `[[members]]`.
+    keys.extend(["name", "address", "prefixes", "removed"]);
+    keys.sort_unstable();
+    keys.dedup();
+    let missing: Vec<&str> = keys
+        .into_iter()
+        .filter(|k| !reference.contains(&format!("`{k}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "keys missing from the configuration reference of docs/operator-guide.md: {missing:?}"
+    );
+}
