@@ -11,7 +11,7 @@
 //!
 //! When no capture runs the cost is one relaxed atomic load per batch ([`Tap::sink`]): no
 //! copy, no clock, no channel. While one runs a worker never blocks on it: a frame that finds
-//! the channel full is not captured and is counted ([`Tap::dropped`]).
+//! the channel full is not captured and is counted ([`Session::dropped`]).
 
 use arc_swap::ArcSwapOption;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
