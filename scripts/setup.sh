@@ -11,8 +11,9 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # Debian packages: OpenSSL headers (benchmark baseline), pkg-config, Python, a C and C++ compiler
 # (C tests; libFuzzer for cargo-fuzz; AWS-LC, which aws-lc-sys builds with the cc crate: no cmake
 # or NASM needed on Linux), make and valgrind (C tests); iproute2, ping, tcpdump and iperf3 for the
-# gateway tests, demo and benchmark in network namespaces.
-APT_PACKAGES=(pkg-config libssl-dev python3 python3-venv ca-certificates gcc g++ make valgrind iproute2 iputils-ping tcpdump iperf3 ethtool)
+# gateway tests, demo and benchmark in network namespaces; tshark for the test that Wireshark
+# decrypts the gateways' captures with the exported keys (userspace/pktcrypt/tests/wireshark.rs).
+APT_PACKAGES=(pkg-config libssl-dev python3 python3-venv ca-certificates gcc g++ make valgrind iproute2 iputils-ping tcpdump iperf3 ethtool tshark)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

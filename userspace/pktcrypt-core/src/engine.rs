@@ -238,6 +238,10 @@ pub struct SaExport {
     pub outbound: bool,
     /// Whether 64-bit ESNs are in the AAD.
     pub esn: bool,
+    /// Where the SA's sequence numbers stood when it was exported: the next one to seal
+    /// (`outbound`), else the highest received (a group sender's key, both ways: the larger). Its high 32 bits are the ESN's high half that
+    /// a decryptor starting from a capture taken now must assume.
+    pub seq: u64,
     /// AEAD key followed by the 4-byte salt (the RFC 4106 / RFC 7634 "keymat").
     pub keymat: zeroize::Zeroizing<Vec<u8>>,
 }
@@ -251,6 +255,7 @@ impl fmt::Debug for SaExport {
             .field("direction", &self.direction)
             .field("outbound", &self.outbound)
             .field("esn", &self.esn)
+            .field("seq", &self.seq)
             .field("keymat", &"<redacted>")
             .finish()
     }
@@ -744,6 +749,15 @@ impl Engine {
                     direction,
                     outbound,
                     esn: self.config.esn,
+                    // A group sender's one key serves both ways: ours is sealed under, the
+                    // others' opened.
+                    seq: if tx_dir == rx_dir {
+                        sa.next_seq().max(sa.highest_received())
+                    } else if outbound {
+                        sa.next_seq()
+                    } else {
+                        sa.highest_received()
+                    },
                     keymat,
                 });
             }

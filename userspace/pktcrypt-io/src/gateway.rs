@@ -30,8 +30,12 @@
 //!   two client sites) is sealed again for that peer and sent back out.
 //! - Without a resolved MAC for a peer's next hop, packets to it are dropped and counted
 //!   (`no_neighbour`); the control thread's traffic to the peer through the kernel resolves it.
+//!
+//! While a capture runs ([`tap`], `pktcrypt capture`), the outer frames received and sent are
+//! copied to it; otherwise the tap costs one relaxed load per batch.
 
 pub mod decide;
+pub mod tap;
 
 use crate::sys;
 use crate::xsk::{Desc, Frame, Port, QueuePair};
@@ -45,7 +49,8 @@ use pktcrypt_core::{DataPlane, DropReason, OpenInfo, PeerId};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+use tap::{Captured, Tap, Way};
 
 /// Frames per batch.
 pub const BATCH: usize = 64;
@@ -280,6 +285,8 @@ pub struct Shared {
     pub stop: AtomicBool,
     /// One per worker.
     pub stats: Vec<WorkerStats>,
+    /// The capture tap (`pktcrypt capture`).
+    pub tap: Arc<Tap>,
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -489,6 +496,18 @@ impl Worker {
 
     /// Lends the received batch (`self.rx`) to the decider, then acts on its decisions.
     fn handle(&mut self, side: Side, keys: &DataPlane, paths: &Paths) {
+        // The tap: one relaxed load per batch while no capture runs.
+        let capture = self.shared.tap.sink().map(|sink| (sink, SystemTime::now()));
+        if let (Some((sink, time)), Side::Outer) = (&capture, side) {
+            // Before the decider opens them in place.
+            for d in &mut self.rx {
+                let (off, len) = (d.off(), d.len());
+                let frame = &self.qp.bytes(d.frame_mut())[off..off + len];
+                self.shared
+                    .tap
+                    .offer(sink, Way::Received, self.index as u16, *time, frame);
+            }
+        }
         let cx = Context {
             keys,
             paths,
@@ -509,12 +528,13 @@ impl Worker {
             Side::Outer => self.decider.outer(&cx, &mut frames, &mut self.decisions),
         }
         self.frames = recycle_frames(frames);
-        self.act();
+        self.act(capture.as_ref().map(|(sink, time)| (&**sink, *time)));
     }
 
     /// Queues, hands to the kernel or frees each frame of the batch as decided, and passes the
-    /// decider's messages to the control thread.
-    fn act(&mut self) {
+    /// decider's messages to the control thread. `capture`: the tap's sink while a capture runs
+    /// (the outer frames sent are copied to it) and the batch's time.
+    fn act(&mut self, capture: Option<(&Sender<Captured>, SystemTime)>) {
         let stats = &self.shared.stats[self.index];
         self.tx_outer.clear();
         self.tx_inner.clear();
@@ -551,13 +571,34 @@ impl Worker {
             stats,
             free,
         );
-        transmit(
+        // Captured before they are queued (then the kernel owns them), offered once the ring
+        // has taken them: those it refused (`tx_full`) were not sent.
+        let copies: Vec<Vec<u8>> = match capture {
+            Some(_) => self
+                .tx_outer
+                .iter_mut()
+                .map(|d| {
+                    let (off, len) = (d.off(), d.len());
+                    self.qp.bytes(d.frame_mut())[off..off + len].to_vec()
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let sent = transmit(
             &mut self.qp.outer,
             &mut self.tx_outer,
             &stats.tx_outer,
             stats,
             free,
         );
+        if let Some((sink, time)) = capture {
+            for frame in copies.into_iter().take(sent) {
+                let worker = self.index as u16;
+                self.shared
+                    .tap
+                    .offer_owned(sink, Way::Sent, worker, time, frame);
+            }
+        }
         for message in self.decider.messages() {
             let _ = self.to_control.try_send(message);
         }
@@ -572,20 +613,21 @@ enum Side {
 }
 
 /// Queues `queue` on `port`, counting those queued in `sent` and the rest as `tx_full` (their
-/// frames go back to `free`).
+/// frames go back to `free`). Returns how many were queued (the first ones of `queue`).
 fn transmit(
     port: &mut Port,
     queue: &mut Vec<Desc>,
     sent: &AtomicU64,
     stats: &WorkerStats,
     free: &mut Vec<Frame>,
-) {
+) -> usize {
     let n = port.transmit(queue);
     bump(sent, n as u64);
     for d in queue.drain(..) {
         bump(&stats.tx_full, 1);
         free.push(d.into_frame());
     }
+    n
 }
 
 /// Reuses a vector's allocation for frames of another lifetime (it is emptied).

@@ -1,5 +1,5 @@
 //! The endpoints of a running daemon: the status socket (`pktcrypt status`), the keys socket
-//! (`pktcrypt export-keys`) and the Prometheus metrics port.
+//! (`pktcrypt export-keys`, `pktcrypt capture`) and the Prometheus metrics port.
 //!
 //! Every input is bounded: at most [`MAX_CONNECTIONS`] connections per endpoint are served at
 //! once (one thread each; more are closed at once), a request is read for at most [`DEADLINE`]
@@ -9,8 +9,11 @@
 //! The sockets are created with their final mode (the umask is set around `bind`): status 0660,
 //! keys 0600 (separate sockets, so monitoring needs no access to keys). The key text is never
 //! cached: the control thread renders it for each request, and it is wiped after it is written.
+//! A capture (`crate::capture`) holds its connection for as long as it runs, one at a time.
 
+use crate::wireshark::Format;
 use crossbeam_channel::Sender;
+use pktcrypt_io::gateway::tap::Tap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
@@ -46,8 +49,8 @@ pub(crate) struct Published {
 pub(crate) enum Ask {
     /// The status document, as of now.
     Status,
-    /// The key text (keys socket only).
-    Keys,
+    /// The key text, as Wireshark's ESP SA table in this format (keys socket only).
+    Keys(Format),
     /// Apply the configuration file as it is now (keys socket only); the answer says what
     /// changed, or `error: ...`.
     Reload,
@@ -174,10 +177,12 @@ where
 }
 
 /// Starts the endpoints. `requests`: where status and key requests go (the control thread);
-/// `keys`: the keys socket's path, `None` for a role without keys to export.
+/// `keys`: the keys socket's path, `None` for a role without keys to export; `tap`: the
+/// workers' capture tap, `None` for a role without a data path.
 pub(crate) fn serve(
     status_path: &Path,
     keys: Option<&Path>,
+    tap: Option<Arc<Tap>>,
     requests: Sender<Request>,
     metrics: Option<SocketAddr>,
     published: Arc<Mutex<Published>>,
@@ -199,9 +204,9 @@ pub(crate) fn serve(
                 "metrics" => p
                     .lock()
                     .map_or_else(|_| "metrics unavailable\n".into(), |p| p.metrics.clone()),
-                cmd @ ("export-keys" | "reload") => match &keys_hint {
-                    Some(path) => format!("{cmd}: ask the keys socket, {path}\n"),
-                    None => format!("{cmd}: this role has no keys socket\n"),
+                "export-keys" | "capture" | "reload" => match &keys_hint {
+                    Some(path) => format!("{req}: ask the keys socket, {path}\n"),
+                    None => format!("{req}: this role has no data path\n"),
                 },
                 other => format!("unknown command {other:?}\n"),
             };
@@ -214,19 +219,44 @@ pub(crate) fn serve(
             "pktcrypt-keys",
             move || listener.accept().map(|(s, _)| s),
             move |mut s| {
-                let what = match read_command(&mut s).as_deref() {
-                    Some("export-keys") => Ask::Keys,
-                    Some("reload") => Ask::Reload,
+                let Some(req) = read_command(&mut s) else {
+                    return;
+                };
+                let (command, args) = req.split_once(' ').unwrap_or((&req, ""));
+                match command {
+                    "export-keys" => {
+                        let format = match args {
+                            "" => Ok(Format::default()),
+                            name => Format::from_name(name),
+                        };
+                        match format {
+                            Ok(format) => {
+                                if let Some(text) = ask(&requests, Ask::Keys(format)) {
+                                    let _ = s.write_all(text.as_bytes());
+                                    // `text` is wiped when dropped here.
+                                }
+                            }
+                            Err(e) => {
+                                let _ = s.write_all(format!("export-keys: {e}\n").as_bytes());
+                            }
+                        }
+                    }
+                    "reload" => {
+                        if let Some(text) = ask(&requests, Ask::Reload) {
+                            let _ = s.write_all(text.as_bytes());
+                        }
+                    }
+                    "capture" => match &tap {
+                        Some(tap) => crate::capture::serve(&s, tap, args),
+                        None => {
+                            let _ = s.write_all(b"capture: this role has no data path\n");
+                        }
+                    },
                     _ => {
                         let _ = s.write_all(
-                            b"unknown command (the keys socket answers export-keys and reload)\n",
+                            b"unknown command (the keys socket answers export-keys, capture and reload)\n",
                         );
-                        return;
                     }
-                };
-                if let Some(text) = ask(&requests, what) {
-                    let _ = s.write_all(text.as_bytes());
-                    // `text` is wiped when dropped here.
                 }
             },
         )?;

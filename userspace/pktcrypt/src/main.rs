@@ -14,6 +14,7 @@ use pktcrypt_core::{
     DropReason, Engine, EngineConfig, Generation, GenerationInfo, Opened, PeerId, Role, Secret,
     Slot, Spi, Suite, Time,
 };
+mod capture;
 mod config;
 mod drive;
 mod driver;
@@ -29,6 +30,7 @@ mod keycode;
 mod notify;
 mod reload;
 mod up;
+mod wireshark;
 
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
@@ -50,8 +52,13 @@ const USAGE: &str = "usage:
   pktcrypt down --config FILE
       remove the XDP programs a gateway left on its interfaces
   pktcrypt status --config FILE | --socket PATH
-  pktcrypt export-keys --config FILE | --socket KEYS_PATH
-      ask a running gateway (status socket; keys socket, 0600)
+  pktcrypt export-keys --config FILE | --socket KEYS_PATH [--format wireshark|wireshark-4.0]
+      ask a running gateway (status socket; keys socket, 0600): export-keys writes Wireshark's
+      ESP SA table (default: current Wireshark; wireshark-4.0: Debian 12's tshark)
+  pktcrypt capture --config FILE | --socket KEYS_PATH --write FILE|- [--count N] [--seconds N]
+                   [--snaplen N] [--keys FILE [--format F]]
+      a pcap of the outer packets a running gateway receives and sends (tcpdump on a gateway
+      sees none of them: AF_XDP bypasses the kernel's taps); --keys writes its ESP SA table
   pktcrypt reload --config FILE | --socket KEYS_PATH
       apply a running gateway's changed configuration file (peers and prefixes; SIGHUP does the
       same); a change that needs a restart is refused, naming the key
@@ -138,6 +145,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("capture") => {
+            match driver::termination_flag().and_then(|stop| capture::run(&args[1..], &stop)) {
+                Ok(summary) => {
+                    eprintln!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("pktcrypt capture: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some("xdp-attach") => match xdp_attach(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

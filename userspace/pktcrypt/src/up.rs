@@ -20,6 +20,7 @@ use crate::config::{
 use crate::drive::{Io, drive};
 use crate::driver::{OsRandom, ServerRandom, now};
 use crate::endpoints::{self, Published};
+use crate::wireshark::Format;
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use pktcrypt_core::aead::Backend;
@@ -29,6 +30,7 @@ use pktcrypt_core::control::{
 };
 use pktcrypt_core::wire::OuterHeader;
 use pktcrypt_core::{DropReason, PeerId, Time};
+use pktcrypt_io::gateway::tap::Tap;
 use pktcrypt_io::gateway::{
     Paths, PeerPath, Prefix, Route, Shared, ToControl, Worker, WorkerStats,
 };
@@ -575,7 +577,9 @@ impl Io for GatewayIo {
                     zeroize::Zeroizing::new(status.clone())
                 }
                 (endpoints::Ask::Status, None) => continue,
-                (endpoints::Ask::Keys, _) => export(endpoint, &self.peers, self.local),
+                (endpoints::Ask::Keys(format), _) => {
+                    export(endpoint, &self.peers, self.local, format)
+                }
                 (endpoints::Ask::Reload, _) => {
                     zeroize::Zeroizing::new(format!("{}\n", self.reload_logged(endpoint)))
                 }
@@ -914,6 +918,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         paths: ArcSwap::from_pointee(paths.clone()),
         stop: AtomicBool::new(false),
         stats: (0..workers).map(|_| WorkerStats::new()).collect(),
+        tap: Arc::new(Tap::new()),
     });
     let mut inner_xdp = XdpSteering::attach(
         &object,
@@ -992,6 +997,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     endpoints::serve(
         &socket_path,
         Some(&keys_path),
+        Some(Arc::clone(&shared.tap)),
         requests,
         file.metrics,
         Arc::clone(&published),
@@ -1119,6 +1125,7 @@ fn run_controller(
     let (requests, request_rx) = crossbeam_channel::bounded::<endpoints::Request>(16);
     endpoints::serve(
         &socket_path,
+        None,
         None,
         requests,
         daemon.metrics,
@@ -1707,61 +1714,58 @@ fn render(
     (json, prom)
 }
 
-/// Current SAs in Wireshark's `esp_sa` UAT format (one line per SA and direction).
+/// Current SAs as Wireshark's ESP SA table in `format` (one record per SA and direction; see
+/// [`crate::wireshark`]).
 fn export(
     endpoint: &Endpoint,
     peers: &HashMap<PeerId, PeerInfo>,
     local: IpAddr,
+    format: Format,
 ) -> zeroize::Zeroizing<String> {
     let engine = endpoint.engine();
-    // Large enough for every line, so the key text is never reallocated (a reallocation
-    // would leave an unwiped copy behind).
-    let mut out = zeroize::Zeroizing::new(String::with_capacity(256 * (peers.len() + 1) * 6));
-    let mut line = |sa: &pktcrypt_core::SaExport, src: IpAddr, dst: IpAddr| {
-        let proto = if local.is_ipv4() { "IPv4" } else { "IPv6" };
-        let _ = write!(
-            out,
-            "\"{proto}\",\"{src}\",\"{dst}\",\"{:#010x}\",\"{}\",\"0x",
-            sa.spi.get(),
-            sa.suite.wireshark_name()
-        );
-        for b in sa.keymat.iter() {
-            let _ = write!(out, "{b:02x}");
-        }
-        out.push_str("\",\"NULL\",\"\"\n");
-    };
     // Group mode: our own sender SAs (one key for every destination member).
     let me = match endpoint.machine() {
         Machine::Member(m) => m.sender(m.index()),
         _ => None,
     };
+    // (SA, source, destination) of every record. A group sender's key serves both directions
+    // in the engine: another member's SAs are only ever inbound, ours only outbound (to every
+    // member).
+    let mut records = Vec::new();
     for (id, info) in peers {
         if let Some(me) = me {
-            // A group sender's key serves both directions in the engine: another member's
-            // SAs are only ever inbound, ours only outbound (to every member).
             let mut seen = Vec::new();
             for sa in engine.export_sas(*id) {
                 if !seen.contains(&sa.spi) {
                     seen.push(sa.spi);
-                    line(&sa, info.address, local);
+                    records.push((sa, info.address, local));
                 }
             }
             seen.clear();
             for sa in engine.export_sas(me) {
                 if !seen.contains(&sa.spi) {
                     seen.push(sa.spi);
-                    line(&sa, local, info.address);
+                    records.push((sa, local, info.address));
                 }
             }
             continue;
         }
         for sa in engine.export_sas(*id) {
             if sa.outbound {
-                line(&sa, local, info.address);
+                records.push((sa, local, info.address));
             } else {
-                line(&sa, info.address, local);
+                records.push((sa, info.address, local));
             }
         }
+    }
+    // Large enough for every line, so the key text is never reallocated (a reallocation
+    // would leave an unwiped copy behind).
+    let mut out = zeroize::Zeroizing::new(String::with_capacity(
+        Format::record_capacity() * (records.len() + 2),
+    ));
+    crate::wireshark::write_header(&mut out, format, records.iter().any(|(sa, ..)| sa.esn));
+    for (sa, src, dst) in &records {
+        crate::wireshark::write_record(&mut out, format, sa, *src, *dst);
     }
     out
 }
@@ -1772,10 +1776,15 @@ pub(crate) fn query(command: &str, args: &[String]) -> Result<String, String> {
     // export-keys and reload: `--socket` names the keys socket itself; `--config` finds it.
     let mut keys: Option<PathBuf> = None;
     let mut keys_given = false;
+    // export-keys: the table's format (the keys socket's request names it).
+    let mut request = command.to_string();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
+            "--format" if command == "export-keys" => {
+                request = format!("{command} {}", Format::from_name(value)?.name());
+            }
             "--socket" => {
                 socket = Some(PathBuf::from(value));
                 keys_given = true;
@@ -1801,7 +1810,7 @@ pub(crate) fn query(command: &str, args: &[String]) -> Result<String, String> {
     };
     let mut stream = UnixStream::connect(&path)
         .map_err(|e| format!("{}: {e} (is `pktcrypt up` running?)", path.display()))?;
-    writeln!(stream, "{command}").map_err(|e| e.to_string())?;
+    writeln!(stream, "{request}").map_err(|e| e.to_string())?;
     let mut out = String::new();
     std::io::Read::read_to_string(&mut stream, &mut out).map_err(|e| e.to_string())?;
     Ok(out)

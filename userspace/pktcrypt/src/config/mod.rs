@@ -239,8 +239,15 @@ pub(crate) fn load_with_table<T: ConfigFile>(path: &Path) -> Result<(T, toml::Ta
     Ok((file, table))
 }
 
-pub(crate) fn engine(role: Role, replay_window: Option<u32>) -> Result<EngineConfig, String> {
+/// The engine's configuration for `role`: the replay window and ESN (default on) of a role's
+/// settings.
+pub(crate) fn engine(
+    role: Role,
+    replay_window: Option<u32>,
+    esn: Option<bool>,
+) -> Result<EngineConfig, String> {
     let mut e = EngineConfig::new(role);
+    e.esn = esn.unwrap_or(e.esn);
     if let Some(w) = replay_window {
         if !(64..=8192).contains(&w) || !w.is_multiple_of(64) {
             return Err(format!(

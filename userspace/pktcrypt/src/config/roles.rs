@@ -23,6 +23,19 @@ fn ms_or_never(v: Option<u64>, default: Option<Duration>) -> Option<Duration> {
     }
 }
 
+/// Rekey triggers that come before the sequence space runs out: without ESN an SA has 2^32 - 1
+/// sequence numbers, so packet triggers are at most half of that (a suite's own limits are
+/// higher for ChaCha20-Poly1305).
+fn triggers(mut t: RekeyTriggers, esn: bool) -> RekeyTriggers {
+    if !esn {
+        const HALF_SPACE: u64 = 1 << 31;
+        t.packets_sealed = t.packets_sealed.min(HALF_SPACE);
+        t.packets_opened = t.packets_opened.min(HALF_SPACE);
+        t.packets_total = t.packets_total.min(2 * HALF_SPACE);
+    }
+    t
+}
+
 /// A key server's settings.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,15 +65,22 @@ pub(crate) struct ServerSettings {
     pub(crate) reorder_grace_ms: Option<u64>,
     /// Anti-replay window.
     pub(crate) replay_window: Option<u32>,
+    /// 64-bit extended sequence numbers (RFC 4303 §2.2.1; default on). Off: 32-bit sequence
+    /// numbers (an SA carries at most 2^32 - 1 packets; rekeys come at 2^31), which Wireshark
+    /// 4.0 can authenticate. Every gateway of a deployment must agree.
+    pub(crate) esn: Option<bool>,
 }
 
 impl ServerSettings {
     /// The state-machine configuration.
     pub(crate) fn config(&self) -> Result<ServerConfig, String> {
         let mut c = ServerConfig::new();
-        c.engine = engine(Role::KeyServer, self.replay_window)?;
+        c.engine = engine(Role::KeyServer, self.replay_window, self.esn)?;
         c.suite = self.suite.unwrap_or(c.suite);
-        c.triggers = RekeyTriggers::for_suite(c.suite, c.engine.max_esp_len);
+        c.triggers = triggers(
+            RekeyTriggers::for_suite(c.suite, c.engine.max_esp_len),
+            c.engine.esn,
+        );
         c.derived = self.derived;
         c.pfs = self.pfs.unwrap_or(c.pfs);
         c.max_handshakes_per_second = self
@@ -99,13 +119,18 @@ pub(crate) struct ClientSettings {
     pub(crate) max_retries: Option<u32>,
     /// Anti-replay window.
     pub(crate) replay_window: Option<u32>,
+    /// 64-bit extended sequence numbers (RFC 4303 §2.2.1; default on). Off: 32-bit sequence
+    /// numbers (an SA carries at most 2^32 - 1 packets; rekeys come at 2^31), which Wireshark
+    /// 4.0 can authenticate. Every gateway of a deployment must agree.
+    pub(crate) esn: Option<bool>,
 }
 
 impl ClientSettings {
     /// The state-machine configuration.
     pub(crate) fn config(&self) -> Result<ClientConfig, String> {
         let mut c = ClientConfig::new();
-        c.engine = engine(Role::Client, self.replay_window)?;
+        c.engine = engine(Role::Client, self.replay_window, self.esn)?;
+        c.triggers = triggers(c.triggers, c.engine.esn);
         c.update_interval = ms_or_never(self.update_interval_ms, None);
         c.hello_interval = ms(
             self.hello_interval_ms.map(NonZeroU64::get),
@@ -139,13 +164,17 @@ pub(crate) struct ControllerSettings {
     /// When the members' control channels exchange fresh ephemeral keys (as a key server's).
     #[serde(default, deserialize_with = "super::pfs")]
     pub(crate) pfs: Option<Pfs>,
+    /// 64-bit extended sequence numbers (RFC 4303 §2.2.1; default on). Off: 32-bit sequence
+    /// numbers (an SA carries at most 2^32 - 1 packets; rekeys come at 2^31), which Wireshark
+    /// 4.0 can authenticate. Every gateway of a deployment must agree.
+    pub(crate) esn: Option<bool>,
 }
 
 impl ControllerSettings {
     /// The state-machine configuration.
     pub(crate) fn config(&self) -> Result<GroupConfig, String> {
         let mut c = GroupConfig::new();
-        c.engine = engine(Role::KeyServer, None)?;
+        c.engine = engine(Role::KeyServer, None, self.esn)?;
         c.suite = self.suite.unwrap_or(c.suite);
         c.rekey_interval = ms_or_never(self.rekey_interval_ms, c.rekey_interval);
         c.retry = ms(self.retry_ms, c.retry);
@@ -167,13 +196,17 @@ pub(crate) struct MemberSettings {
     pub(crate) retry_ms: Option<u64>,
     /// Anti-replay window.
     pub(crate) replay_window: Option<u32>,
+    /// 64-bit extended sequence numbers (RFC 4303 §2.2.1; default on). Off: 32-bit sequence
+    /// numbers (an SA carries at most 2^32 - 1 packets; rekeys come at 2^31), which Wireshark
+    /// 4.0 can authenticate. Every gateway of a deployment must agree.
+    pub(crate) esn: Option<bool>,
 }
 
 impl MemberSettings {
     /// The state-machine configuration.
     pub(crate) fn config(&self) -> Result<GroupConfig, String> {
         let mut c = GroupConfig::new();
-        c.engine = engine(Role::Client, self.replay_window)?;
+        c.engine = engine(Role::Client, self.replay_window, self.esn)?;
         c.suite = self.suite.unwrap_or(c.suite);
         c.retry = ms(self.retry_ms, c.retry);
         Ok(c)

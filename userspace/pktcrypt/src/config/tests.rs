@@ -336,3 +336,74 @@ fn debug_never_shows_an_inline_key() {
     let text = format!("{file:?}");
     assert!(!text.contains("secret"), "{text}");
 }
+
+/// `esn` is a setting of every role, in both forms: on by default, off on request (with the
+/// rekey triggers brought under the 32-bit sequence space).
+#[test]
+fn esn_is_a_setting_of_every_role() {
+    for form in Form::ALL {
+        assert!(form.keys().contains(&"esn"), "{form:?}");
+        read(form, &format!("esn = false\n{}", minimal(form)))
+            .unwrap_or_else(|e| panic!("{form:?}: {e}"));
+    }
+    let off = |text: &str| -> ServerSettings {
+        let doc = format!("{text}{}", minimal(Form::Udp(RoleName::Server)));
+        ServerFile::read(&Document::parse(&doc).expect("toml"))
+            .expect("server")
+            .settings
+    };
+    let on = off("suite = \"chacha20-poly1305\"\n")
+        .config()
+        .expect("config");
+    assert!(on.engine.esn, "ESN is on by default");
+    assert!(on.triggers.packets_sealed > 1 << 32);
+    let c = off("esn = false\nsuite = \"chacha20-poly1305\"\n")
+        .config()
+        .expect("config");
+    assert!(!c.engine.esn);
+    assert_eq!(c.triggers.packets_sealed, 1 << 31);
+    assert_eq!(c.triggers.packets_opened, 1 << 31);
+    let client = ClientSettings {
+        esn: Some(false),
+        ..ClientSettings::default()
+    };
+    assert!(!client.config().expect("client").engine.esn);
+    let member = MemberSettings {
+        esn: Some(false),
+        ..MemberSettings::default()
+    };
+    assert!(!member.config().expect("member").engine.esn);
+    let controller = ControllerSettings {
+        esn: Some(false),
+        ..ControllerSettings::default()
+    };
+    assert!(!controller.config().expect("controller").engine.esn);
+}
+
+/// The configuration reference of docs/operator-guide.md names every key of every form (top
+/// level, read from the parts' structs), of the init-key tables and of the nested peer tables:
+/// a key added to the code without its line there fails here.
+#[test]
+fn the_reference_names_every_key() {
+    let guide = include_str!("../../../../docs/operator-guide.md");
+    let reference = guide
+        .split("\n## Configuration reference\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a `## Configuration reference` section");
+    let mut keys: Vec<&str> = Form::ALL.into_iter().flat_map(Form::keys).collect();
+    keys.extend(super::document::keys::<KeySource>());
+    // The nested tables with an init key flattened in (their own fields; `keys` cannot probe
+    // a struct with a flattened part): `[server]`, `[[clients]]`, `[[members]]`.
+    keys.extend(["name", "address", "prefixes", "removed"]);
+    keys.sort_unstable();
+    keys.dedup();
+    let missing: Vec<&str> = keys
+        .into_iter()
+        .filter(|k| !reference.contains(&format!("`{k}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "keys missing from the configuration reference of docs/operator-guide.md: {missing:?}"
+    );
+}
