@@ -470,9 +470,9 @@ impl Tracker {
         }
     }
 
-    /// Seconds since the daemon started.
-    pub(crate) fn uptime(&self, now: Time) -> f64 {
-        seconds(now.saturating_sub(self.started))
+    /// Time since the daemon started.
+    pub(crate) fn uptime(&self, now: Time) -> Duration {
+        now.saturating_sub(self.started)
     }
 
     /// Samples `peers` if [`SAMPLE_EVERY`] passed since the last sample.
@@ -540,11 +540,6 @@ fn went_back(before: &SaCounters, now: &SaCounters) -> bool {
         || now.bytes_opened < before.bytes_opened
         || now.auth_failures < before.auth_failures
         || now.replays < before.replays
-}
-
-/// A duration in seconds.
-pub(crate) fn seconds(d: Duration) -> f64 {
-    d.as_secs_f64()
 }
 
 /// Seconds to 0.1 s, for the documents (their JSON stays short and stable).

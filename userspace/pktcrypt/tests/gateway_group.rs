@@ -257,7 +257,7 @@ fn group_members_carry_traffic_over_ipv6_through_group_rekeys() {
         "controller: ctl",
         "member: gwA",
         "member: gwC",
-        "next rollout: in",
+        "next rollout:",
     ] {
         assert!(
             ctl_text.contains(expected),

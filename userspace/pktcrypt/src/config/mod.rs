@@ -6,7 +6,7 @@
 //! load time with a message naming the key, and its line.
 //!
 //! Init keys come from exactly one of `init_key` (a `pkc1-` text code, or `"prompt"` to read one
-//! from standard input), `init_key_file` (one text code per line; line *i* for instance *i*) or
+//! from standard input, not echoed on a terminal), `init_key_file` (one text code per line; line *i* for instance *i*) or
 //! `init_key_env` (the name of an environment variable holding a text code).
 
 mod document;
