@@ -8,10 +8,10 @@
 //! `schema_version`), so readers of those fields go on working.
 //!
 //! Per-peer transfer counters ([`Transfer`]) stay monotonic across rekeys: the engine counts
-//! per generation, and a [`Tracker`] adds the counts of every generation it saw retired to
-//! those still held. It samples the engine every [`SAMPLE_EVERY`] (and at every status
-//! document), so what a generation carried in the last moments before it was retired may be
-//! missed, never counted twice.
+//! per generation, and a [`Tracker`] adds the final counts of every generation dropped (which
+//! the engine keeps for it: [`Tracker::take_retired`]) to those still held. Should a
+//! generation vanish without them, its counts at the last sample (every [`SAMPLE_EVERY`], and
+//! at every status document) stand in: never counted twice.
 
 use pktcrypt_core::{Engine, PeerId, SaCounters, Slot, Time};
 use serde::{Deserialize, Serialize};
@@ -458,6 +458,8 @@ pub(crate) struct Tracker {
     started: Time,
     next_sample: Time,
     peers: HashMap<PeerId, PeerTotals>,
+    /// The endpoint keeps the counters of the generations it drops for us.
+    keeping: bool,
 }
 
 impl Tracker {
@@ -467,6 +469,22 @@ impl Tracker {
             started: now,
             next_sample: now,
             peers: HashMap::new(),
+            keeping: false,
+        }
+    }
+
+    /// Adds the final counters of the generations `endpoint` dropped since the last call (the
+    /// first call asks it to keep them from then on). Call it before sampling.
+    pub(crate) fn take_retired(&mut self, endpoint: &mut pktcrypt_core::control::Endpoint) {
+        if !self.keeping {
+            endpoint.keep_retired_counters();
+            self.keeping = true;
+        }
+        for r in endpoint.take_retired_counters() {
+            let entry = self.peers.entry(r.peer).or_default();
+            entry.retired.add(&r.counters);
+            let spi = r.info.spi.get();
+            entry.live.retain(|(s, _)| *s != spi);
         }
     }
 
@@ -510,7 +528,8 @@ impl Tracker {
             }
         }
         for (spi, counters) in &entry.live {
-            // Gone, or held again under the same SPI but counting from zero: another SA.
+            // Gone without its final counters (the last sample stands in), or held again under
+            // the same SPI but counting from zero: another SA.
             let same = live
                 .iter()
                 .find(|(s, _)| s == spi)

@@ -375,8 +375,9 @@ impl Io for GatewayIo {
         // The status document: on the tick (printed, metrics published) and for every status
         // request (as of now); key text only on request, never kept (wiped when the endpoint
         // has written it). One rendering serves both.
-        // Per-peer counters over rekeys: sampled often enough to see most of what a generation
-        // carried before it is retired.
+        // Per-peer counters over rekeys: the final counters of the generations dropped, then
+        // those held.
+        self.tracker.take_retired(endpoint);
         let own = match endpoint.machine() {
             Machine::Member(m) => m.sender(m.index()),
             _ => None,

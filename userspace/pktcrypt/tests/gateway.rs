@@ -335,7 +335,12 @@ fn gateways_carry_traffic_through_rekeys_and_restarts() {
     ] {
         assert!(text.contains(expected), "show lacks {expected:?}:\n{text}");
     }
-    let json: Value = serde_json::from_str(&gw_b.show(&dir, true)).expect("show --json");
+    let json_text = gw_b.show(&dir, true);
+    eprintln!(
+        "pktcrypt show --json (gwB), its first lines:\n{}",
+        json_text.lines().take(70).collect::<Vec<_>>().join("\n")
+    );
+    let json: Value = serde_json::from_str(&json_text).expect("show --json");
     let status = gw_b.status(&dir);
     assert_eq!(json["schema_version"], 1);
     assert_eq!(status["schema_version"], 1);
@@ -358,10 +363,6 @@ fn gateways_carry_traffic_through_rekeys_and_restarts() {
     assert!(
         json["peers"][2]["last_received_s_ago"].is_null(),
         "ghost sent nothing"
-    );
-    eprintln!(
-        "pktcrypt show --json (gwB), gwA: {}",
-        serde_json::to_string_pretty(peer_a).unwrap_or_default()
     );
     let client_view = gw_a.show(&dir, false);
     eprintln!("pktcrypt show (gwA):\n{client_view}");
@@ -763,17 +764,19 @@ fn gateways_carry_traffic_through_rekeys_and_restarts() {
         grew("pktcrypt_peer_sent_packets_total")
     );
     assert!(grew("pktcrypt_peer_generation") >= f64::from(seconds) / 2.0);
-    // Every echo request gwB opened (the tracker may miss what a generation carried after its
-    // last sample before it was retired, never count twice; gwA's requests come under the
-    // newest generation, which is not the one retired).
-    assert!(
-        grew("pktcrypt_peer_received_packets_total") >= got as f64 * 0.9,
-        "received packets grew {} for {got} pings answered",
-        grew("pktcrypt_peer_received_packets_total")
-    );
-    eprintln!(
-        "{seconds} s at 100 pps with rekeys every second: generations {before} → {after}, {sent} sent, {got} received"
-    );
+    // Every echo request gwB opened and every reply it sealed for gwA is counted, under
+    // whichever generation (the engine keeps the final counters of those it drops: a key
+    // server transmits under N-1 until the moment it mints N+1).
+    for name in [
+        "pktcrypt_peer_received_packets_total",
+        "pktcrypt_peer_sent_packets_total",
+    ] {
+        assert!(
+            grew(name) >= got as f64,
+            "{name} grew {} for {got} pings answered",
+            grew(name)
+        );
+    }
     assert!(
         after >= before + u64::from(seconds) / 2,
         "keys did not rotate: {before} → {after}"
