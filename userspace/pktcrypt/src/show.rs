@@ -133,10 +133,10 @@ impl Block {
 }
 
 fn ago(s: f64) -> String {
-    format!(
-        "{} ago",
-        human_duration(Duration::from_secs_f64(s.max(0.0)))
-    )
+    if s < 0.05 {
+        return "just now".into();
+    }
+    format!("{} ago", human_duration(Duration::from_secs_f64(s)))
 }
 
 fn uptime(s: f64) -> String {
@@ -306,8 +306,10 @@ fn peer(p: &Peer, group: bool) -> Block {
         "the init key"
     } else if p.exchanged {
         "from a key exchange"
+    } else if group {
+        "a group key from the controller"
     } else {
-        "derived, no key exchange"
+        "without a key exchange"
     };
     b.row(
         "generation",
@@ -323,21 +325,37 @@ fn peer(p: &Peer, group: bool) -> Block {
         p.last_received_s_ago
             .map_or_else(|| "never (since start)".into(), ago),
     );
-    b.row("transfer", transfer(&p.transfer));
+    b.row(
+        "transfer",
+        if group {
+            // A member seals under its own sender keys for every member: see `group sent`.
+            format!(
+                "{} received ({})",
+                bytes(p.transfer.received_bytes),
+                plural(p.transfer.received_packets, "packet", "packets")
+            )
+        } else {
+            transfer(&p.transfer)
+        },
+    );
+    let drops: Vec<String> = [
+        (
+            p.transfer.auth_failures,
+            "authentication failure",
+            "authentication failures",
+        ),
+        (p.transfer.replays, "replay", "replays"),
+    ]
+    .iter()
+    .filter(|(n, _, _)| *n > 0)
+    .map(|(n, one, many)| plural(*n, one, many))
+    .collect();
     b.row(
         "drops",
-        if p.transfer.auth_failures + p.transfer.replays == 0 {
+        if drops.is_empty() {
             "none".into()
         } else {
-            format!(
-                "{}, {}",
-                plural(
-                    p.transfer.auth_failures,
-                    "authentication failure",
-                    "authentication failures"
-                ),
-                plural(p.transfer.replays, "replay", "replays")
-            )
+            drops.join(", ")
         },
     );
     b
@@ -406,6 +424,7 @@ mod tests {
         assert_eq!(bytes(1536), "1.50 KiB");
         assert_eq!(bytes(3 * 1024 * 1024), "3.00 MiB");
         assert_eq!(ago(0.25), "250ms ago");
+        assert_eq!(ago(0.01), "just now");
         assert_eq!(next_rekey(Some(12.0), "every 1m"), "in 12s (every 1m)");
         assert_eq!(
             next_rekey(None, "timed by the key server"),
