@@ -104,7 +104,6 @@ step "pktcrypt show (gwA)"
 # The operator's view; `pktcrypt show --json` (or `pktcrypt status`) is the same as JSON.
 "$BIN" show --socket "$DIR/gwA.sock"
 
-
 step "stopping the gateways: their XDP programs stay (fail closed) until 'pktcrypt down'"
 pkill -TERM -f "pktcrypt up --config $DIR" || true
 sleep 1.5
