@@ -3,7 +3,7 @@
 # creates three sites in network namespaces (scripts/topology.sh), starts the key server gateway
 # (gwB) and two client gateways (gwA, gwC) with `pktcrypt up` on real veth interfaces, and shows:
 # traffic flowing encrypted (ping, a TCP transfer, a capture of the wire), a rekey every second
-# without loss, `pktcrypt status`; then tears everything down. Needs root.
+# without loss, `pktcrypt show`; then tears everything down. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -100,24 +100,9 @@ ip netns exec "${P}hostA" ping -q -c 1000 -i 0.01 -W 1 10.2.0.2 | tail -2
 G1=$(gen)
 echo "key generations for gwA: $G0 → $G1 ($((G1 - G0)) rotations)"
 
-step "pktcrypt status (gwA)"
-# The whole JSON is `pktcrypt status --socket ...`; here a summary: each SA on one line, the
-# workers' non-zero counters, drop reasons and the XDP counters.
-"$BIN" status --socket "$DIR/gwA.sock" > "$DIR/status.json"
-python3 - "$DIR/status.json" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-print("%s: backend %s, %d key changes" % (d["name"], d["backend"], d["key_changes"]))
-for p in d["peers"]:
-    for s in p["sas"]:
-        print("  peer %s (%s) %-8s generation %3d SPI %s %s%s: sealed %d, opened %d" % (
-            p["peer"], p["address"], s["slot"], s["generation"], s["spi"], s["suite"],
-            " (transmitting)" if s["transmitting"] else "", s["sealed"], s["opened"]))
-print("  workers:", {k: v for k, v in d["workers"].items() if v})
-print("  drops:", d["drops"] or "none")
-print("  xdp:", d["xdp"])
-PY
-
+step "pktcrypt show (gwA)"
+# The operator's view; `pktcrypt show --json` (or `pktcrypt status`) is the same as JSON.
+"$BIN" show --socket "$DIR/gwA.sock"
 
 step "stopping the gateways: their XDP programs stay (fail closed) until 'pktcrypt down'"
 pkill -TERM -f "pktcrypt up --config $DIR" || true

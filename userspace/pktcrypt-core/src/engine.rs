@@ -286,6 +286,22 @@ pub struct Engine {
     changed: Vec<PeerId>,
     marked: Vec<bool>,
     track: bool,
+    /// The final counters of the generations dropped since [`Engine::take_retired_counters`]
+    /// last ran, when kept ([`Engine::keep_retired_counters`]).
+    retired: Vec<RetiredCounters>,
+    keep_retired: bool,
+}
+
+/// The counters of a generation as it was dropped (retired, reset or its peer removed): with
+/// those of the generations still held, a peer's traffic over every generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetiredCounters {
+    /// The peer.
+    pub peer: PeerId,
+    /// The generation.
+    pub info: GenerationInfo,
+    /// Its counters when it was dropped.
+    pub counters: SaCounters,
 }
 
 impl fmt::Debug for Engine {
@@ -315,7 +331,35 @@ impl Engine {
             changed: Vec::new(),
             marked: Vec::new(),
             track: false,
+            retired: Vec::new(),
+            keep_retired: false,
         })
+    }
+
+    /// From now on, keeps the final counters of every generation dropped (retired by a
+    /// rotation or on evidence, reset, its peer removed) for [`Self::take_retired_counters`],
+    /// so that a driver can count a peer's traffic across rekeys exactly. Off by default:
+    /// whoever turns it on must take them regularly (they accumulate until taken).
+    pub fn keep_retired_counters(&mut self) {
+        self.keep_retired = true;
+    }
+
+    /// The counters of the generations dropped since the last call (see
+    /// [`Self::keep_retired_counters`]), in the order they were dropped. Status only.
+    pub fn take_retired_counters(&mut self) -> Vec<RetiredCounters> {
+        std::mem::take(&mut self.retired)
+    }
+
+    /// Records `sa`'s final counters (in physical slot `index` of `peer`), when kept.
+    fn note_retired(&mut self, peer: PeerId, index: u8, sa: &Sa) {
+        if self.keep_retired {
+            let counters = sa.counters(self.seq_base(index));
+            self.retired.push(RetiredCounters {
+                peer,
+                info: sa.info,
+                counters,
+            });
+        }
     }
 
     /// From now on, remembers every peer whose keys change in a way a [`crate::DataPlane`]
@@ -468,8 +512,11 @@ impl Engine {
             .get_mut(id.0 as usize)
             .and_then(Option::take)
             .ok_or(Error::UnknownPeer)?;
-        for sa in peer.slots.iter().flatten() {
-            self.spis.remove(sa.info.spi.get());
+        for (index, slot) in peer.slots.iter().enumerate() {
+            if let Some(sa) = slot {
+                self.spis.remove(sa.info.spi.get());
+                self.note_retired(id, index as u8, sa);
+            }
         }
         self.free.push(id.0);
         self.mark_changed(id);
@@ -524,6 +571,7 @@ impl Engine {
         peer.newest = Some(target);
         let retired = retired.map(|old| {
             self.spis.remove(old.info.spi.get());
+            self.note_retired(id, target, &old);
             old.info
         });
         self.spis.insert(info.spi.get(), SaRef::new(id.0, target));
@@ -580,14 +628,16 @@ impl Engine {
     pub fn reset_to_init(&mut self, id: PeerId) -> Result<Vec<GenerationInfo>, Error> {
         let peer = self.peer_mut(id).ok_or(Error::UnknownPeer)?;
         peer.newest = None;
-        let dropped: Vec<GenerationInfo> = peer.slots[1..]
+        let dropped: Vec<(u8, Sa)> = peer.slots[1..]
             .iter_mut()
-            .filter_map(Option::take)
-            .map(|sa| sa.info)
+            .enumerate()
+            .filter_map(|(i, slot)| slot.take().map(|sa| (i as u8 + 1, sa)))
             .collect();
-        for info in &dropped {
-            self.spis.remove(info.spi.get());
+        for (index, sa) in &dropped {
+            self.spis.remove(sa.info.spi.get());
+            self.note_retired(id, *index, sa);
         }
+        let dropped: Vec<GenerationInfo> = dropped.iter().map(|(_, sa)| sa.info).collect();
         if !dropped.is_empty() {
             self.mark_changed(id);
         }
@@ -603,12 +653,13 @@ impl Engine {
         let Some(prev) = peer.previous_index() else {
             return Ok(None);
         };
-        let old = peer.slots[usize::from(prev)].take().map(|sa| sa.info);
-        if let Some(info) = &old {
-            self.spis.remove(info.spi.get());
+        let old = peer.slots[usize::from(prev)].take();
+        if let Some(sa) = &old {
+            self.spis.remove(sa.info.spi.get());
+            self.note_retired(id, prev, sa);
             self.mark_changed(id);
         }
-        Ok(old)
+        Ok(old.map(|sa| sa.info))
     }
 
     /// Forgets N-1 on evidence from traffic, before the control protocol would: when this side

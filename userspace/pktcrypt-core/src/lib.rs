@@ -35,7 +35,8 @@ pub mod wire;
 
 pub use datapath::DataPlane;
 pub use engine::{
-    Engine, EngineConfig, Installed, PeerStatus, Role, SaExport, SaStatus, boot_seq_base,
+    Engine, EngineConfig, Installed, PeerStatus, RetiredCounters, Role, SaExport, SaStatus,
+    boot_seq_base,
 };
 pub use error::{DropCounters, DropReason, Error, SealError};
 pub use ids::{PeerId, Slot, Spi, TxRule};

@@ -199,6 +199,50 @@ fn install_rules() {
 }
 
 /// Cipher agility (spec §7): a rekey switches suite without interrupting traffic.
+/// Status bookkeeping: a dropped generation's final counters are kept (when asked) so that a
+/// driver's per-peer counters lose nothing at a rekey; nothing is kept otherwise.
+#[test]
+fn retired_generations_leave_their_counters() {
+    let mut p = pair(Suite::Aes256Gcm);
+    p.server.keep_retired_counters();
+    for n in 1..=2 {
+        let g = generation(n, 0x2000 + n as u32, Suite::Aes256Gcm);
+        p.server.install(p.s_peer, &g, Time::ZERO).expect("server");
+        p.client.install(p.c_peer, &g, Time::ZERO).expect("client");
+    }
+    // The server transmits under generation 1 (N-1): three packets, the client opens them.
+    for i in 0..3 {
+        let packet = seal(&mut p.server, p.s_peer, &ipv4(60, i)).expect("seal");
+        assert_eq!(open(&mut p.client, &packet).map(|(g, _)| g), Ok(1));
+    }
+    assert!(p.server.take_retired_counters().is_empty());
+    let g3 = generation(3, 0x2003, Suite::Aes256Gcm);
+    p.server
+        .install(p.s_peer, &g3, Time::ZERO)
+        .expect("install 3");
+    let retired = p.server.take_retired_counters();
+    assert_eq!(retired.len(), 1, "{retired:?}");
+    assert_eq!((retired[0].peer, retired[0].info.number), (p.s_peer, 1));
+    assert_eq!(retired[0].counters.packets_sealed, 3);
+    assert!(p.server.take_retired_counters().is_empty(), "taken once");
+    p.server.reset_to_init(p.s_peer).expect("reset");
+    let numbers: Vec<u64> = p
+        .server
+        .take_retired_counters()
+        .iter()
+        .map(|r| r.info.number)
+        .collect();
+    assert_eq!(numbers.len(), 2);
+    assert!(numbers.contains(&2) && numbers.contains(&3));
+    p.server.remove_peer(p.s_peer).expect("remove");
+    assert_eq!(p.server.take_retired_counters().len(), 1, "the init key");
+    // Not asked: nothing kept.
+    p.client
+        .install(p.c_peer, &g3, Time::ZERO)
+        .expect("install 3");
+    assert!(p.client.take_retired_counters().is_empty());
+}
+
 #[test]
 fn suite_switch_at_rekey() {
     let mut p = pair(Suite::Aes128Gcm);

@@ -30,6 +30,10 @@ pub(crate) trait Io {
     fn report(&mut self, endpoint: &mut Endpoint, now: Time) -> Result<(), String>;
     /// The name of a peer, for logs.
     fn peer_name(&self, endpoint: &Endpoint, peer: PeerId) -> Option<String>;
+    /// The name of a group member by index (a controller's), for logs.
+    fn member_name(&self, _endpoint: &Endpoint, _index: u16) -> Option<String> {
+        None
+    }
     /// The loop ended (a signal, or the input is gone).
     fn finish(&mut self, endpoint: &mut Endpoint);
 }
@@ -97,7 +101,9 @@ pub(crate) fn flush(endpoint: &mut Endpoint, io: &mut impl Io, name: &str) -> Re
             Event::Group(GroupEvent::Duplicate { member, addrs }) => {
                 tracing::error!(
                     daemon = name,
-                    member,
+                    member = io
+                        .member_name(endpoint, *member)
+                        .unwrap_or_else(|| format!("member {member}")),
                     first = %addrs.0,
                     second = %addrs.1,
                     "two gateways run as this member (its index and control key in two \

@@ -236,6 +236,8 @@ struct UdpIo {
     name: String,
     /// Clients by peer, for a key server's flows and logs.
     names: HashMap<PeerId, String>,
+    /// Members by index, for a group controller's logs.
+    members: Vec<String>,
     /// Where each peer last sent from (a key server's clients).
     addrs: HashMap<PeerId, SocketAddr>,
     /// Where transmits without a known address go (a client's server, a member's controller).
@@ -268,6 +270,7 @@ impl UdpIo {
             socket,
             name,
             names: HashMap::new(),
+            members: Vec::new(),
             addrs: HashMap::new(),
             default_to: None,
             traffic: interval(traffic_pps),
@@ -387,18 +390,24 @@ impl Io for UdpIo {
         Ok(())
     }
 
-    fn event(&mut self, _: &Endpoint, event: &Event) {
+    fn event(&mut self, endpoint: &Endpoint, event: &Event) {
         match event {
             Event::Client(ClientEvent::FellBackToInit) => self.fallbacks += 1,
             Event::Client(ClientEvent::KeyInstalled { .. }) => self.installs += 1,
-            Event::Group(e) => {
-                if matches!(e, GroupEvent::RolloutStarted { .. }) {
-                    self.rollouts += 1;
-                }
-                tracing::info!(event = ?e, "group controller");
-            }
+            Event::Group(GroupEvent::RolloutStarted { .. }) => self.rollouts += 1,
             _ => {}
         }
+        let peer = |id: PeerId| self.names.get(&id).cloned();
+        let member = |index: u16| self.member_name(endpoint, index);
+        crate::events::log(
+            &crate::events::Names {
+                daemon: &self.name,
+                peer: &peer,
+                member: &member,
+                server: None,
+            },
+            event,
+        );
     }
 
     fn send(&mut self, _: &Endpoint, tr: Transmit) {
@@ -421,13 +430,20 @@ impl Io for UdpIo {
         self.names.get(&peer).cloned()
     }
 
+    fn member_name(&self, _: &Endpoint, index: u16) -> Option<String> {
+        self.members.get(usize::from(index)).cloned()
+    }
+
     fn finish(&mut self, endpoint: &mut Endpoint) {
         print(&self.line(endpoint, true));
     }
 }
 
-/// `pktcrypt server`.
-pub(crate) fn run_server(file: &ServerFile, base: &Path, term: &AtomicBool) -> Result<(), String> {
+/// A key server from its file, with its clients' names by peer (no socket).
+pub(crate) fn server(
+    file: &ServerFile,
+    base: &Path,
+) -> Result<(KeyServer, HashMap<PeerId, String>), String> {
     let config = file.server_config()?;
     let mut server =
         KeyServer::new(config, Box::new(ServerRandom::new())).map_err(|e| e.to_string())?;
@@ -442,6 +458,12 @@ pub(crate) fn run_server(file: &ServerFile, base: &Path, term: &AtomicBool) -> R
             .map_err(|e| format!("clients[{i}] ({}): {e}", c.name))?;
         names.insert(peer, c.name.clone());
     }
+    Ok((server, names))
+}
+
+/// `pktcrypt server`.
+pub(crate) fn run_server(file: &ServerFile, base: &Path, term: &AtomicBool) -> Result<(), String> {
+    let (server, names) = server(file, base)?;
     let socket = bind(file.listen)?;
     tracing::info!(
         listen = %file.listen,
@@ -459,6 +481,19 @@ pub(crate) fn run_server(file: &ServerFile, base: &Path, term: &AtomicBool) -> R
     drive(&mut Endpoint::from(server), &mut io, "server", term)
 }
 
+/// A client's init keys, one per instance.
+pub(crate) fn client_keys(
+    file: &ClientFile,
+    base: &Path,
+) -> Result<Vec<pktcrypt_core::Generation>, String> {
+    let count = file.count.map_or(1, std::num::NonZeroUsize::get);
+    let mut keys = Vec::new();
+    for i in 0..count {
+        keys.push(file.key.load("client", i, base)?);
+    }
+    Ok(keys)
+}
+
 /// `pktcrypt client` (one or `count` instances, one thread each).
 pub(crate) fn run_client(
     file: &ClientFile,
@@ -468,10 +503,7 @@ pub(crate) fn run_client(
     let config = file.client_config()?;
     let count = file.count.map_or(1, std::num::NonZeroUsize::get);
     let prefix = file.name.clone().unwrap_or_else(|| "client".into());
-    let mut keys = Vec::new();
-    for i in 0..count {
-        keys.push(file.key.load("client", i, base)?);
-    }
+    let keys = client_keys(file, base)?;
     let bind_addr = file
         .bind
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -513,12 +545,11 @@ pub(crate) fn run_client(
     Ok(())
 }
 
-/// `pktcrypt group-controller`.
-pub(crate) fn run_group_controller(
+/// A group controller from its file (no socket).
+pub(crate) fn group_controller(
     file: &GroupControllerFile,
     base: &Path,
-    term: &AtomicBool,
-) -> Result<(), String> {
+) -> Result<GroupController, String> {
     let config = file.settings.config()?;
     let group_init = file.group.key.load("group", 0, base)?;
     let mut controller =
@@ -537,6 +568,16 @@ pub(crate) fn run_group_controller(
             controller.remove_member(now(), index);
         }
     }
+    Ok(controller)
+}
+
+/// `pktcrypt group-controller`.
+pub(crate) fn run_group_controller(
+    file: &GroupControllerFile,
+    base: &Path,
+    term: &AtomicBool,
+) -> Result<(), String> {
+    let controller = group_controller(file, base)?;
     let socket = bind(file.listen)?;
     tracing::info!(
         listen = %file.listen,
@@ -550,15 +591,12 @@ pub(crate) fn run_group_controller(
         file.status_interval_ms,
         Targets::Fixed(Vec::new()),
     );
+    io.members = file.members.iter().map(|m| m.name.clone()).collect();
     drive(&mut Endpoint::from(controller), &mut io, "controller", term)
 }
 
-/// `pktcrypt group-member`.
-pub(crate) fn run_group_member(
-    file: &GroupMemberFile,
-    base: &Path,
-    term: &AtomicBool,
-) -> Result<(), String> {
+/// A group member from its file (no socket).
+pub(crate) fn group_member(file: &GroupMemberFile, base: &Path) -> Result<GroupMember, String> {
     let config = file.settings.config()?;
     let control = file.key.load("member", 0, base)?;
     let group_init = file.group.key.load("group", 0, base)?;
@@ -569,7 +607,7 @@ pub(crate) fn run_group_member(
             file.index
         ));
     }
-    let member = GroupMember::new(
+    GroupMember::new(
         config,
         file.index,
         &control,
@@ -578,7 +616,16 @@ pub(crate) fn run_group_member(
         Box::new(OsRandom),
         now(),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())
+}
+
+/// `pktcrypt group-member`.
+pub(crate) fn run_group_member(
+    file: &GroupMemberFile,
+    base: &Path,
+    term: &AtomicBool,
+) -> Result<(), String> {
+    let member = group_member(file, base)?;
     let socket = bind(file.bind)?;
     let name = format!("member{}", file.index);
     let others = file

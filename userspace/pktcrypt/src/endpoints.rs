@@ -285,7 +285,8 @@ pub(crate) fn serve(
                     .unwrap_or_default();
                 let _ = write!(
                     s,
-                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.0 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    crate::metrics::CONTENT_TYPE,
                     body.len()
                 );
             },

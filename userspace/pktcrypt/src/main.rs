@@ -1,10 +1,14 @@
-//! `pktcrypt`: the command-line tool.
+//! `pktcrypt`: the command-line tool ([`cli`] defines every command, its options and help).
 //!
 //! - `pktcrypt demo`: the packet engine between a key server and a client over real UDP sockets
 //!   on loopback through key rotations, printing what happens.
 //! - `pktcrypt keygen`: init keys as text codes (and QR codes).
 //! - `pktcrypt server|client|group-controller|group-member --config FILE`: the control-plane
 //!   roles over plain UDP (no XDP needed).
+//! - `pktcrypt up|down --config FILE`: a gateway ([`up`]); `pktcrypt check --config FILE`
+//!   validates any of these files ([`check`]).
+//! - `pktcrypt show|status|export-keys`: ask a running gateway ([`show`], [`status`]).
+//! - `pktcrypt completions SHELL`, `pktcrypt man`: generated from [`cli`].
 
 // A command-line tool prints its results on stdout by design.
 #![allow(clippy::print_stdout)]
@@ -15,10 +19,13 @@ use pktcrypt_core::{
     Slot, Spi, Suite, Time,
 };
 mod capture;
+mod check;
+mod cli;
 mod config;
 mod drive;
 mod driver;
 mod endpoints;
+mod events;
 
 /// mimalloc: the key server allocates and frees per-client key state at a high rate over a
 /// heap of millions of clients, where it keeps freed memory local and avoids the system
@@ -27,46 +34,20 @@ mod endpoints;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod keycode;
+mod metrics;
 mod notify;
 mod reload;
+mod show;
+mod status;
 mod up;
 mod wireshark;
 
+use clap::Parser as _;
+use cli::{Command, DemoArgs, KeygenArgs, XdpAttachArgs};
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-
-const USAGE: &str = "usage:
-  pktcrypt demo [--rounds N] [--packets N]
-      a key server and a client over ESP-in-UDP on 127.0.0.1 through N key rotations
-  pktcrypt keygen [--count N] [--suite NAME] [--spi BASE] [--qr] [--out FILE [--force]]
-      new init keys as text codes (one per line; --out writes a new 0600 file, --force replaces one)
-  pktcrypt server --config FILE
-  pktcrypt client --config FILE
-  pktcrypt group-controller --config FILE
-  pktcrypt group-member --config FILE
-      run a control-plane role over UDP (see docs/cli.md for the configuration)
-  pktcrypt up --config FILE
-      run a gateway (XDP + AF_XDP workers); its programs stay attached when it stops (fail closed)
-  pktcrypt down --config FILE
-      remove the XDP programs a gateway left on its interfaces
-  pktcrypt status --config FILE | --socket PATH
-  pktcrypt export-keys --config FILE | --socket KEYS_PATH [--format wireshark|wireshark-4.0]
-      ask a running gateway (status socket; keys socket, 0600): export-keys writes Wireshark's
-      ESP SA table (default: current Wireshark; wireshark-4.0: Debian 12's tshark)
-  pktcrypt capture --config FILE | --socket KEYS_PATH --write FILE|- [--count N] [--seconds N]
-                   [--snaplen N] [--keys FILE [--format F]]
-      a pcap of the outer packets a running gateway receives and sends (tcpdump on a gateway
-      sees none of them: AF_XDP bypasses the kernel's taps); --keys writes its ESP SA table
-  pktcrypt reload --config FILE | --socket KEYS_PATH
-      apply a running gateway's changed configuration file (peers and prefixes; SIGHUP does the
-      same); a change that needs a restart is refused, naming the key
-  pktcrypt xdp-attach --iface IF [--object PATH] [--esp-port PORT] [--prefix ADDR/LEN]... [--seconds N]
-      attach the XDP steering program to IF, print its counters every second, detach on exit
-
-Logs go to standard error through `tracing`; PKTCRYPT_LOG (or RUST_LOG) filters them, e.g.
-PKTCRYPT_LOG=debug or PKTCRYPT_LOG=warn (default: info). Key material is never logged.";
 
 /// Logs to standard error, filtered by `PKTCRYPT_LOG` (else `RUST_LOG`, else `info`).
 fn init_logging() {
@@ -83,132 +64,110 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
+    // --help, --version and usage errors exit here (0 or 2), before anything else.
+    let cli = cli::Cli::parse();
     init_logging();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if matches!(
-        args.first().map(String::as_str),
-        Some("up" | "server" | "client" | "group-controller" | "group-member" | "keygen")
-    ) && let Err(e) = driver::harden_process()
-    {
+    let holds_keys = matches!(
+        cli.command,
+        Command::Up(_)
+            | Command::Server(_)
+            | Command::Client(_)
+            | Command::GroupController(_)
+            | Command::GroupMember(_)
+            | Command::Keygen(_)
+            | Command::Check(_)
+    );
+    if holds_keys && let Err(e) = driver::harden_process() {
         eprintln!("pktcrypt: {e}");
         return ExitCode::FAILURE;
     }
-    match args.first().map(String::as_str) {
-        Some("demo") => match DemoArgs::parse(&args[1..]).and_then(|a| demo(&a)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("pktcrypt demo: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Some("keygen") => match keygen(&args[1..]) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("pktcrypt keygen: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Some("up") => match config_path(&args[1..])
-            .and_then(|p| driver::termination_flag().map(|t| (p, t)))
-            .and_then(|(p, t)| up::run(&p, &t))
-        {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("pktcrypt up: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Some("down") => match config_path(&args[1..]).and_then(|p| up::down(&p)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("pktcrypt down: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Some(cmd @ ("status" | "export-keys" | "reload")) => match up::query(cmd, &args[1..]) {
-            Ok(text) if cmd == "reload" && text.starts_with("error: ") => {
-                eprintln!(
-                    "pktcrypt reload: {}",
-                    text.trim_end().trim_start_matches("error: ")
-                );
-                ExitCode::FAILURE
-            }
-            Ok(text) => {
-                #[allow(clippy::print_stdout)]
-                {
-                    println!("{text}");
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("pktcrypt {cmd}: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Some("capture") => {
-            match driver::termination_flag().and_then(|stop| capture::run(&args[1..], &stop)) {
-                Ok(summary) => {
-                    eprintln!("{summary}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("pktcrypt capture: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Some("xdp-attach") => match xdp_attach(&args[1..]) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("pktcrypt xdp-attach: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Some(role @ ("server" | "client" | "group-controller" | "group-member")) => {
-            match run_role(role, &args[1..]) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("pktcrypt {role}: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Some("-h" | "--help") => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        _ => {
-            eprintln!("{USAGE}");
-            ExitCode::from(2)
+    let (name, result) = run(cli.command);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pktcrypt {name}: {e}");
+            ExitCode::FAILURE
         }
     }
 }
 
-struct DemoArgs {
+/// Runs a command: (its name for error messages, the outcome).
+fn run(command: Command) -> (&'static str, Result<(), String>) {
+    match command {
+        Command::Demo(a) => ("demo", demo_args(&a).and_then(|a| demo(&a))),
+        Command::Keygen(a) => ("keygen", keygen(&a)),
+        Command::Server(a) => ("server", run_role("server", &a.config)),
+        Command::Client(a) => ("client", run_role("client", &a.config)),
+        Command::GroupController(a) => {
+            ("group-controller", run_role("group-controller", &a.config))
+        }
+        Command::GroupMember(a) => ("group-member", run_role("group-member", &a.config)),
+        Command::Up(a) => (
+            "up",
+            driver::termination_flag().and_then(|t| up::run(&a.config, &t)),
+        ),
+        Command::Down(a) => ("down", up::down(&a.config)),
+        Command::Check(a) => ("check", check::run(&a).map(|summary| println!("{summary}"))),
+        Command::Show(a) => ("show", show::run(&a)),
+        Command::Status(a) => (
+            "status",
+            up::query("status", a.config.as_deref(), a.socket.as_deref())
+                .map(|text| println!("{}", text.trim_end())),
+        ),
+        Command::ExportKeys(a) => (
+            "export-keys",
+            wireshark::Format::from_name(&a.format).and_then(|f| {
+                up::query(
+                    &format!("export-keys {}", f.name()),
+                    a.target.config.as_deref(),
+                    a.target.socket.as_deref(),
+                )
+                .map(|text| println!("{text}"))
+            }),
+        ),
+        Command::Reload(a) => (
+            "reload",
+            up::query("reload", a.config.as_deref(), a.socket.as_deref()).and_then(
+                |text| match text.trim_end().strip_prefix("error: ") {
+                    Some(e) => Err(e.to_string()),
+                    None => {
+                        println!("{}", text.trim_end());
+                        Ok(())
+                    }
+                },
+            ),
+        ),
+        Command::Capture(a) => (
+            "capture",
+            driver::termination_flag()
+                .and_then(|stop| capture::run(&a.to_args(), &stop))
+                .map(|summary| eprintln!("{summary}")),
+        ),
+        Command::XdpAttach(a) => ("xdp-attach", xdp_attach(&a)),
+        Command::Completions(a) => {
+            cli::completions(&a);
+            ("completions", Ok(()))
+        }
+        Command::Man(a) => ("man", cli::man(&a)),
+    }
+}
+
+/// The demo's numbers, with the messages of their errors.
+struct Demo {
     rounds: u64,
     packets: u64,
 }
 
-impl DemoArgs {
-    fn parse(args: &[String]) -> Result<DemoArgs, String> {
-        let mut out = DemoArgs {
-            rounds: 4,
-            packets: 200,
-        };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-            let n: u64 = value
-                .parse()
-                .map_err(|_| format!("{flag}: expected a whole number, got {value:?}"))?;
-            match flag.as_str() {
-                "--rounds" => out.rounds = n,
-                "--packets" => out.packets = n.max(1),
-                _ => return Err(format!("unknown option {flag}")),
-            }
-        }
-        Ok(out)
-    }
+fn demo_args(args: &DemoArgs) -> Result<Demo, String> {
+    let number = |flag: &str, value: &str| -> Result<u64, String> {
+        value
+            .parse()
+            .map_err(|_| format!("{flag}: expected a whole number, got {value:?}"))
+    };
+    Ok(Demo {
+        rounds: number("--rounds", &args.rounds)?,
+        packets: number("--packets", &args.packets)?.max(1),
+    })
 }
 
 fn random_secret() -> Result<Secret, String> {
@@ -314,7 +273,7 @@ fn ipv4_packet(i: u64) -> Vec<u8> {
     p
 }
 
-fn demo(args: &DemoArgs) -> Result<(), String> {
+fn demo(args: &Demo) -> Result<(), String> {
     let start = Instant::now();
     let now = || -> Time { start.elapsed() };
     let suites = [Suite::Aes256Gcm, Suite::ChaCha20Poly1305, Suite::Aes128Gcm];
@@ -493,60 +452,35 @@ fn merge(into: &mut PerGeneration, more: PerGeneration) {
     }
 }
 
-fn config_path(args: &[String]) -> Result<PathBuf, String> {
-    match args {
-        [flag, path] if flag == "--config" => Ok(PathBuf::from(path)),
-        _ => Err("expected --config FILE".into()),
-    }
-}
-
-fn run_role(role: &str, args: &[String]) -> Result<(), String> {
-    let path = config_path(args)?;
+fn run_role(role: &str, path: &Path) -> Result<(), String> {
     let base = path
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     let term = driver::termination_flag()?;
     match role {
-        "server" => driver::run_server(&config::load(&path)?, &base, &term),
-        "client" => driver::run_client(&config::load(&path)?, &base, &term),
-        "group-controller" => driver::run_group_controller(&config::load(&path)?, &base, &term),
-        _ => driver::run_group_member(&config::load(&path)?, &base, &term),
+        "server" => driver::run_server(&config::load(path)?, &base, &term),
+        "client" => driver::run_client(&config::load(path)?, &base, &term),
+        "group-controller" => driver::run_group_controller(&config::load(path)?, &base, &term),
+        _ => driver::run_group_member(&config::load(path)?, &base, &term),
     }
 }
 
-fn keygen(args: &[String]) -> Result<(), String> {
-    let mut count = 1usize;
-    let mut suite = Suite::Aes256Gcm;
-    let mut spi_base: Option<u32> = None;
-    let mut qr = false;
-    let mut out: Option<PathBuf> = None;
-    let mut force = false;
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--count" => {
-                count = value()?
-                    .parse()
-                    .map_err(|_| "--count: expected a whole number")?;
+fn keygen(args: &KeygenArgs) -> Result<(), String> {
+    let count = args.count;
+    let suite: Suite = args.suite.parse().map_err(|e| format!("--suite: {e}"))?;
+    let spi_base = match &args.spi {
+        Some(v) => {
+            let n = match v.strip_prefix("0x") {
+                Some(h) => u32::from_str_radix(h, 16),
+                None => v.parse(),
             }
-            "--suite" => suite = value()?.parse().map_err(|e| format!("--suite: {e}"))?,
-            "--spi" => {
-                let v = value()?;
-                let n = match v.strip_prefix("0x") {
-                    Some(h) => u32::from_str_radix(h, 16),
-                    None => v.parse(),
-                }
-                .map_err(|_| format!("--spi: {v:?} is not a number"))?;
-                Spi::new(n).map_err(|e| format!("--spi: {e}"))?;
-                spi_base = Some(n);
-            }
-            "--qr" => qr = true,
-            "--force" => force = true,
-            "--out" => out = Some(PathBuf::from(value()?)),
-            other => return Err(format!("unknown option {other}")),
+            .map_err(|_| format!("--spi: {v:?} is not a number"))?;
+            Spi::new(n).map_err(|e| format!("--spi: {e}"))?;
+            Some(n)
         }
-    }
+        None => None,
+    };
+    let (qr, out, force) = (args.qr, args.out.clone(), args.force);
     let mut lines = zeroize::Zeroizing::new(String::new());
     for i in 0..count {
         let spi = match spi_base {
@@ -607,50 +541,36 @@ fn keygen(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn xdp_attach(args: &[String]) -> Result<(), String> {
-    let mut iface = None;
-    let mut object = std::env::var_os("PKTCRYPT_XDP_OBJECT").map(PathBuf::from);
-    let mut cfg = pktcrypt_io::SteeringConfig::default();
-    let mut seconds: Option<u64> = None;
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--iface" => iface = Some(value.clone()),
-            "--object" => object = Some(PathBuf::from(value)),
-            "--esp-port" => {
-                cfg.esp_port = Some(
-                    value
-                        .parse()
-                        .map_err(|_| format!("--esp-port: {value:?}"))?,
-                );
-            }
-            "--prefix" => {
-                let (addr, len) = value
-                    .split_once('/')
-                    .ok_or_else(|| format!("--prefix: {value:?} is not ADDR/LEN"))?;
-                let addr = addr
-                    .parse()
-                    .map_err(|_| format!("--prefix: bad address in {value:?}"))?;
-                let len = len
-                    .parse()
-                    .map_err(|_| format!("--prefix: bad length in {value:?}"))?;
-                cfg.prefixes.push((addr, len));
-            }
-            "--seconds" => {
-                seconds = Some(value.parse().map_err(|_| format!("--seconds: {value:?}"))?);
-            }
-            other => return Err(format!("unknown option {other}")),
-        }
+fn xdp_attach(args: &XdpAttachArgs) -> Result<(), String> {
+    let object = args
+        .object
+        .clone()
+        .or_else(|| std::env::var_os("PKTCRYPT_XDP_OBJECT").map(PathBuf::from));
+    let mut cfg = pktcrypt_io::SteeringConfig {
+        esp_port: args.esp_port,
+        ..pktcrypt_io::SteeringConfig::default()
+    };
+    for value in &args.prefix {
+        let (addr, len) = value
+            .split_once('/')
+            .ok_or_else(|| format!("--prefix: {value:?} is not ADDR/LEN"))?;
+        let addr = addr
+            .parse()
+            .map_err(|_| format!("--prefix: bad address in {value:?}"))?;
+        let len = len
+            .parse()
+            .map_err(|_| format!("--prefix: bad length in {value:?}"))?;
+        cfg.prefixes.push((addr, len));
     }
-    let iface = iface.ok_or("--iface is required")?;
+    let seconds = args.seconds;
+    let iface = args.iface.as_str();
     let object = object.ok_or(
         "--object (or PKTCRYPT_XDP_OBJECT) is required: build it with scripts/build-ebpf.sh",
     )?;
     let bytes =
         std::fs::read(&object).map_err(|e| format!("--object {}: {e}", object.display()))?;
     let term = driver::termination_flag()?;
-    let mut steering = pktcrypt_io::XdpSteering::attach(&bytes, &iface, &cfg)?;
+    let mut steering = pktcrypt_io::XdpSteering::attach(&bytes, iface, &cfg)?;
     if steering.mode() == pktcrypt_io::AttachMode::Generic {
         eprintln!(
             "pktcrypt xdp-attach: warning: {iface} has no native XDP; attached in generic (SKB) mode"

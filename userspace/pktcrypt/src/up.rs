@@ -21,6 +21,7 @@ use crate::drive::{Io, drive};
 use crate::driver::{OsRandom, ServerRandom, now};
 use crate::endpoints::{self, Published};
 use crate::wireshark::Format;
+use crate::{events, metrics, status};
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use pktcrypt_core::aead::Backend;
@@ -36,7 +37,6 @@ use pktcrypt_io::gateway::{
 };
 use pktcrypt_io::{AttachMode, SteeringConfig, XdpSteering, net};
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::num::NonZeroU32;
@@ -108,7 +108,7 @@ pub(crate) fn status_refresh(ms: Option<u64>) -> Duration {
     }
 }
 
-fn parse_prefix(field: &str, s: &str) -> Result<(IpAddr, u8), String> {
+pub(crate) fn parse_prefix(field: &str, s: &str) -> Result<(IpAddr, u8), String> {
     let (a, l) = s
         .split_once('/')
         .ok_or_else(|| format!("{field}: {s:?} is not ADDR/LEN"))?;
@@ -153,12 +153,13 @@ impl SpiActivity {
 }
 
 /// The peers of a gateway by engine id.
-type Peers = HashMap<PeerId, PeerInfo>;
+pub(crate) type Peers = HashMap<PeerId, PeerInfo>;
 
 /// The prefixes the inner XDP program steers into the tunnel.
 type Protected = Vec<(IpAddr, u8)>;
 
-struct PeerInfo {
+/// A peer of a gateway: its name, outer address and prefixes.
+pub(crate) struct PeerInfo {
     name: String,
     address: IpAddr,
     prefixes: Vec<(IpAddr, u8)>,
@@ -213,6 +214,8 @@ struct GatewayIo {
     protected: Protected,
     /// Set by SIGHUP: reload.
     hup: Arc<AtomicBool>,
+    /// Uptime, per-peer counters over rekeys, last packets received (status).
+    tracker: status::Tracker,
 }
 
 impl GatewayIo {
@@ -509,13 +512,26 @@ impl Io for GatewayIo {
         Ok(())
     }
 
-    fn event(&mut self, _: &Endpoint, event: &Event) {
+    fn event(&mut self, endpoint: &Endpoint, event: &Event) {
         if let Event::DuplicateClient { .. } = event {
             self.duplicate_clients += 1;
             return;
         }
         self.events_total += 1;
-        tracing::info!(gateway = self.name, event = ?event);
+        let server = match endpoint.machine() {
+            Machine::Client(c) => self.peers.get(&c.server()).map(|p| p.name.as_str()),
+            _ => None,
+        };
+        let peer = |id: PeerId| self.peers.get(&id).map(|p| p.name.clone());
+        events::log(
+            &events::Names {
+                daemon: &self.name,
+                peer: &peer,
+                member: &|_| None,
+                server,
+            },
+            event,
+        );
     }
 
     fn send(&mut self, _: &Endpoint, tr: Transmit) {
@@ -540,25 +556,22 @@ impl Io for GatewayIo {
         // The status document: on the tick (printed, metrics published) and for every status
         // request (as of now); key text only on request, never kept (wiped when the endpoint
         // has written it). One rendering serves both.
+        // Per-peer counters over rekeys: the final counters of the generations dropped, then
+        // those held.
+        self.tracker.take_retired(endpoint);
+        let own = match endpoint.machine() {
+            Machine::Member(m) => m.sender(m.index()),
+            _ => None,
+        };
+        self.tracker
+            .sample_due(endpoint.engine(), self.peers.keys().copied().chain(own), t);
         let asks: Vec<endpoints::Request> = self.request_rx.try_iter().collect();
         let tick = self.next_status <= t;
         let doc = (tick || asks.iter().any(|(a, _)| *a == endpoints::Ask::Status)).then(|| {
-            render(
-                &self.name,
-                endpoint,
-                self.member_controller,
-                &self.peers,
-                &self.shared,
-                &self.control_drops,
-                self.rekeys,
-                self.events_total,
-                &self.inner_xdp,
-                &self.outer_xdp,
-                [
-                    ("spi_map_errors", self.spi_map_errors),
-                    ("retired_on_evidence", self.retired_on_evidence),
-                    ("duplicate_clients", self.duplicate_clients),
-                ],
+            let doc = render(self, endpoint);
+            (
+                serde_json::to_string(&doc).unwrap_or_default(),
+                metrics::gateway(&doc),
             )
         });
         if let Some((status, metrics)) = &doc {
@@ -598,7 +611,7 @@ impl Io for GatewayIo {
 
 /// The state machine of a data-path role, its peers, and (a group member) the controller's
 /// control address.
-fn state_machine(
+pub(crate) fn state_machine(
     role: &DataPathRole,
     base: &Path,
     port: u16,
@@ -1053,6 +1066,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         applied,
         protected: prefixes,
         hup,
+        tracker: status::Tracker::new(now()),
     };
     let result = drive(&mut endpoint, &mut io, &name, term);
     crate::notify::notify("STOPPING=1");
@@ -1158,6 +1172,9 @@ fn run_controller(
         drops: pktcrypt_core::DropCounters::default(),
         rollouts: 0,
         events: 0,
+        local,
+        control_port: cport,
+        tracker: status::Tracker::new(now()),
     };
     let result = drive(&mut Endpoint::from(controller), &mut io, name, term);
     let _ = std::fs::remove_file(&socket_path);
@@ -1182,6 +1199,11 @@ struct ControllerIo<'a> {
     drops: pktcrypt_core::DropCounters,
     rollouts: u64,
     events: u64,
+    /// The control socket's address and port (status).
+    local: IpAddr,
+    control_port: u16,
+    /// Uptime (status).
+    tracker: status::Tracker,
 }
 
 impl Io for ControllerIo<'_> {
@@ -1217,12 +1239,21 @@ impl Io for ControllerIo<'_> {
         Ok(())
     }
 
-    fn event(&mut self, _: &Endpoint, event: &Event) {
+    fn event(&mut self, endpoint: &Endpoint, event: &Event) {
         self.events += 1;
         if matches!(event, Event::Group(GroupEvent::RolloutStarted { .. })) {
             self.rollouts += 1;
         }
-        tracing::info!(controller = self.name, event = ?event);
+        let member = |index: u16| self.member_name(endpoint, index);
+        events::log(
+            &events::Names {
+                daemon: &self.name,
+                peer: &|_| None,
+                member: &member,
+                server: None,
+            },
+            event,
+        );
     }
 
     fn send(&mut self, _: &Endpoint, tr: Transmit) {
@@ -1232,20 +1263,12 @@ impl Io for ControllerIo<'_> {
     }
 
     fn report(&mut self, endpoint: &mut Endpoint, t: Time) -> Result<(), String> {
-        let Machine::Controller(controller) = endpoint.machine() else {
-            return Ok(());
-        };
         let asks: Vec<endpoints::Request> = self.request_rx.try_iter().collect();
         let tick = self.next_status <= t;
-        if tick || !asks.is_empty() {
-            let (status, metrics) = render_controller(
-                &self.name,
-                self.file,
-                controller,
-                &self.drops,
-                self.rollouts,
-                self.events,
-            );
+        if (tick || !asks.is_empty())
+            && let Some(doc) = render_controller(self, endpoint)
+        {
+            let status = serde_json::to_string(&doc).unwrap_or_default();
             if tick {
                 self.next_status = t + self.status_every;
                 if self.print_status {
@@ -1255,7 +1278,7 @@ impl Io for ControllerIo<'_> {
             self.published
                 .lock()
                 .map_err(|_| "status lock poisoned")?
-                .metrics = metrics;
+                .metrics = metrics::controller(&doc);
             // A controller has no keys to export: only status requests reach it.
             for (_, reply) in asks {
                 let _ = reply.send(zeroize::Zeroizing::new(status.clone()));
@@ -1268,74 +1291,64 @@ impl Io for ControllerIo<'_> {
         None
     }
 
+    fn member_name(&self, _: &Endpoint, index: u16) -> Option<String> {
+        self.file
+            .members
+            .get(usize::from(index))
+            .map(|m| m.name.clone())
+    }
+
     fn finish(&mut self, _: &mut Endpoint) {}
 }
 
-/// (JSON status, Prometheus text) of a group controller: per member, whether it is active and
-/// the newest generation sent to it with the highest phase it acknowledged.
-fn render_controller(
-    name: &str,
-    file: &ControllerGateway,
-    controller: &GroupController,
-    drops: &pktcrypt_core::DropCounters,
-    rollouts: u64,
-    events: u64,
-) -> (String, String) {
-    let generation = controller.generation();
+/// The status document of a group controller ([`status::Controller`]): per member, whether
+/// it is active and the newest generation sent to it with the highest phase it acknowledged.
+fn render_controller(io: &ControllerIo<'_>, endpoint: &Endpoint) -> Option<status::Controller> {
+    let Machine::Controller(controller) = endpoint.machine() else {
+        return None;
+    };
+    let t = now();
     let active = controller.active_members();
-    let mut json = format!(
-        "{{\"name\":\"{name}\",\"role\":\"group-controller\",\"generation\":{generation},\"idle\":{},\"rollouts\":{rollouts},\"events\":{events},\"members\":[",
-        controller.idle()
-    );
-    let mut prom = format!(
-        "pktcrypt_group_generation {generation}\npktcrypt_group_rollouts_total {rollouts}\npktcrypt_group_active_members {}\n",
-        active.len()
-    );
-    for (i, m) in file.members.iter().enumerate() {
-        let index = u16::try_from(i).unwrap_or(u16::MAX);
-        let newest = controller.table().iter().rev().find(|e| e.member == index);
-        if i > 0 {
-            json.push(',');
-        }
-        let _ = write!(
-            json,
-            "{{\"index\":{i},\"name\":\"{}\",\"address\":\"{}\",\"active\":{},\"generation\":{},\"acked\":\"{}\"}}",
-            m.name,
-            m.address,
-            active.contains(&index),
-            newest.map_or(0, |e| e.generation),
-            newest
-                .and_then(|e| e.acked)
-                .map_or("none".to_string(), |p| format!("{p:?}")),
-        );
-    }
-    json.push_str("],\"drops\":");
-    write_drops(&mut json, &mut prom, drops.iter());
-    json.push('}');
-    (json, prom)
-}
-
-/// The non-zero drop counts as a JSON object and as Prometheus lines.
-fn write_drops(
-    json: &mut String,
-    prom: &mut String,
-    counts: impl Iterator<Item = (DropReason, u64)>,
-) {
-    json.push('{');
-    let mut first = true;
-    for (reason, n) in counts.filter(|(_, n)| *n != 0) {
-        if !first {
-            json.push(',');
-        }
-        first = false;
-        let _ = write!(json, "\"{}\":{n}", reason.label());
-        let _ = writeln!(
-            prom,
-            "pktcrypt_drops_total{{reason=\"{}\"}} {n}",
-            reason.label()
-        );
-    }
-    json.push('}');
+    let members = io
+        .file
+        .members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let index = u16::try_from(i).unwrap_or(u16::MAX);
+            let newest = controller.table().iter().rev().find(|e| e.member == index);
+            status::Member {
+                index,
+                name: m.name.clone(),
+                address: m.address,
+                active: active.contains(&index),
+                removed: m.removed,
+                generation: newest.map_or(0, |e| e.generation),
+                acked: newest
+                    .and_then(|e| e.acked)
+                    .map_or("none".to_string(), |p| format!("{p:?}")),
+            }
+        })
+        .collect();
+    let (next_rekey_s, rekey_timing) = status::next_rekey(endpoint, PeerId(0), t);
+    Some(status::Controller {
+        schema_version: status::SCHEMA_VERSION,
+        name: io.name.clone(),
+        role: endpoint.machine().name().to_string(),
+        version: status::VERSION.to_string(),
+        uptime_s: status::tenths(io.tracker.uptime(t)),
+        local: io.local,
+        control_port: io.control_port,
+        backend: endpoint.engine().config().backend.name().to_string(),
+        generation: controller.generation(),
+        idle: controller.idle(),
+        rollouts: io.rollouts,
+        events: io.events,
+        next_rekey_s,
+        rekey_timing,
+        members,
+        drops: status::drops(io.drops.iter()),
+    })
 }
 
 /// How long a peer's next hop may stay unresolved before it is logged.
@@ -1351,7 +1364,7 @@ const NEXT_HOP_RESYNC: Duration = Duration::from_secs(5);
 
 /// The UDP port of the group controller ↔ member channel: `control_port`, by default the ESP
 /// port + 1.
-fn control_port(control_port: Option<u16>, port: u16) -> Result<u16, String> {
+pub(crate) fn control_port(control_port: Option<u16>, port: u16) -> Result<u16, String> {
     let cport = control_port.unwrap_or(port.wrapping_add(1));
     if cport == port || cport == 0 {
         return Err(format!(
@@ -1523,110 +1536,89 @@ fn sum(stats: &[WorkerStats], f: impl Fn(&WorkerStats) -> &std::sync::atomic::At
     stats.iter().map(|s| f(s).load(Ordering::Relaxed)).sum()
 }
 
-/// (JSON status, Prometheus text).
-#[allow(clippy::too_many_arguments)]
-fn render(
-    name: &str,
-    endpoint: &Endpoint,
-    member_controller: Option<SocketAddr>,
-    peers: &HashMap<PeerId, PeerInfo>,
-    shared: &Shared,
-    control_drops: &pktcrypt_core::DropCounters,
-    rekeys: u64,
-    events: u64,
-    inner: &XdpSteering,
-    outer: &XdpSteering,
-    keys: [(&str, u64); 3],
-) -> (String, String) {
+/// The status document of a gateway ([`status::Gateway`]: JSON for `pktcrypt status` and
+/// `pktcrypt show`, the source of the Prometheus metrics).
+fn render(io: &mut GatewayIo, endpoint: &Endpoint) -> status::Gateway {
     let engine = endpoint.engine();
     let t = now();
-    let spi_packets = outer.spi_packets().unwrap_or_default();
-    let mut json = format!(
-        "{{\"name\":\"{name}\",\"backend\":\"{}\",\"key_changes\":{rekeys},\"events\":{events},\"peers\":[",
-        engine.config().backend.name()
-    );
-    let mut prom = String::new();
-    let mut ids: Vec<&PeerId> = peers.keys().collect();
+    let spi_packets = io.outer_xdp.spi_packets().unwrap_or_default();
+    let mut ids: Vec<&PeerId> = io.peers.keys().collect();
     ids.sort_by_key(|p| p.0);
-    for (i, id) in ids.iter().enumerate() {
-        let info = &peers[id];
-        if i > 0 {
-            json.push(',');
-        }
-        let _ = write!(
-            json,
-            "{{\"peer\":\"{}\",\"address\":\"{}\",\"sas\":[",
-            info.name, info.address
-        );
-        if let Some(st) = engine.peer_status(**id) {
-            for (k, sa) in st.sas.iter().enumerate() {
-                if k > 0 {
-                    json.push(',');
-                }
+    let mut peers = Vec::with_capacity(ids.len());
+    for id in ids {
+        let info = &io.peers[id];
+        let (transfer, last_received) = io.tracker.sample(engine, *id, t);
+        let st = engine.peer_status(*id);
+        let sas: Vec<status::Sa> = st
+            .iter()
+            .flat_map(|st| &st.sas)
+            .map(|sa| {
                 let c = sa.counters;
-                let _ = write!(
-                    json,
-                    "{{\"slot\":\"{:?}\",\"generation\":{},\"spi\":\"{}\",\"suite\":\"{}\",\"transmitting\":{},\"exchanged\":{},\"age_s\":{:.1},\"sealed\":{},\"opened\":{},\"bytes_sealed\":{},\"bytes_opened\":{},\"auth_failures\":{},\"replays\":{},\"xdp_packets\":{}}}",
-                    sa.slot,
-                    sa.info.number,
-                    sa.info.spi,
-                    sa.info.suite,
-                    sa.transmitting,
-                    sa.exchanged,
-                    t.saturating_sub(sa.installed_at).as_secs_f64(),
-                    c.packets_sealed,
-                    c.packets_opened,
-                    c.bytes_sealed,
-                    c.bytes_opened,
-                    c.auth_failures,
-                    c.replays,
-                    spi_packets.get(&sa.info.spi.get()).copied().unwrap_or(0)
-                );
-                let labels = format!("peer=\"{}\",slot=\"{:?}\"", info.name, sa.slot);
-                let _ = writeln!(
-                    prom,
-                    "pktcrypt_sa_generation{{{labels}}} {}",
-                    sa.info.number
-                );
-                let _ = writeln!(
-                    prom,
-                    "pktcrypt_sa_exchanged{{{labels}}} {}",
-                    u8::from(sa.exchanged)
-                );
-                let _ = writeln!(
-                    prom,
-                    "pktcrypt_sa_packets_sealed_total{{{labels}}} {}",
-                    c.packets_sealed
-                );
-                let _ = writeln!(
-                    prom,
-                    "pktcrypt_sa_packets_opened_total{{{labels}}} {}",
-                    c.packets_opened
-                );
-            }
-        }
-        json.push_str("]}");
+                status::Sa {
+                    slot: format!("{:?}", sa.slot),
+                    generation: sa.info.number,
+                    spi: sa.info.spi.to_string(),
+                    suite: sa.info.suite.to_string(),
+                    transmitting: sa.transmitting,
+                    exchanged: sa.exchanged,
+                    age_s: status::tenths(t.saturating_sub(sa.installed_at)),
+                    sealed: c.packets_sealed,
+                    opened: c.packets_opened,
+                    bytes_sealed: c.bytes_sealed,
+                    bytes_opened: c.bytes_opened,
+                    auth_failures: c.auth_failures,
+                    replays: c.replays,
+                    xdp_packets: spi_packets.get(&sa.info.spi.get()).copied().unwrap_or(0),
+                }
+            })
+            .collect();
+        // The current generation: the newest held (the init key before any).
+        let newest = st.as_ref().and_then(|st| {
+            st.slot(pktcrypt_core::Slot::Newest)
+                .or_else(|| st.slot(pktcrypt_core::Slot::Init))
+                .copied()
+        });
+        let tx = st.as_ref().and_then(|st| st.transmitting().copied());
+        let (next_rekey_s, rekey_timing) = status::next_rekey(endpoint, *id, t);
+        peers.push(status::Peer {
+            peer: info.name.clone(),
+            address: info.address,
+            prefixes: info
+                .prefixes
+                .iter()
+                .map(|(net, len)| format!("{net}/{len}"))
+                .collect(),
+            generation: newest.map_or(0, |s| s.info.number),
+            tx_generation: tx.map_or(0, |s| s.info.number),
+            spi: newest.map(|s| s.info.spi.to_string()).unwrap_or_default(),
+            suite: newest.map(|s| s.info.suite.to_string()).unwrap_or_default(),
+            exchanged: newest.is_some_and(|s| s.exchanged),
+            installed_s_ago: newest
+                .map_or(0.0, |s| status::tenths(t.saturating_sub(s.installed_at))),
+            next_rekey_s,
+            rekey_timing,
+            last_received_s_ago: last_received.map(|at| status::tenths(t.saturating_sub(at))),
+            transfer,
+            sas,
+        });
     }
-    json.push(']');
-    if let (Machine::Member(m), Some(controller)) = (endpoint.machine(), member_controller) {
-        let _ = write!(
-            json,
-            ",\"group\":{{\"index\":{},\"controller\":\"{controller}\",\"state\":\"{:?}\",\"generation\":{},\"tx_generation\":{},\"held\":{:?}}}",
-            m.index(),
-            m.state(),
-            m.generation(),
-            m.tx_generation(),
-            m.held()
-        );
-        let _ = writeln!(
-            prom,
-            "pktcrypt_group_generation {}\npktcrypt_group_tx_generation {}",
-            m.generation(),
-            m.tx_generation()
-        );
-    }
-    json.push_str(",\"workers\":{");
-    let s = &shared.stats;
+    let group = match (endpoint.machine(), io.member_controller) {
+        (Machine::Member(m), Some(controller)) => Some(status::MemberGroup {
+            index: m.index(),
+            controller: controller.to_string(),
+            state: format!("{:?}", m.state()),
+            generation: m.generation(),
+            tx_generation: m.tx_generation(),
+            held: m.held(),
+            sent: m
+                .sender(m.index())
+                .map(|me| io.tracker.sample(engine, me, t).0)
+                .unwrap_or_default(),
+        }),
+        _ => None,
+    };
+    let s = &io.shared.stats;
+    let mut workers = status::Workers::default();
     let fields: [(&str, u64); 20] = [
         ("rx_inner", sum(s, |w| &w.rx_inner)),
         ("rx_outer", sum(s, |w| &w.rx_outer)),
@@ -1649,69 +1641,54 @@ fn render(
         ("seal_failed", sum(s, |w| &w.seal_failed)),
         ("busy_ns", sum(s, |w| &w.busy_ns)),
     ];
-    for (i, (k, v)) in fields.iter().enumerate() {
-        if i > 0 {
-            json.push(',');
-        }
-        let _ = write!(json, "\"{k}\":{v}");
-        let _ = writeln!(prom, "pktcrypt_worker_{k}_total {v}");
+    for (k, v) in fields {
+        workers.set(k, v);
     }
-    json.push_str("},\"drops\":");
-    let counts = DropReason::ALL.iter().enumerate().map(|(i, reason)| {
+    let drops = status::drops(DropReason::ALL.iter().enumerate().map(|(i, reason)| {
         let workers: u64 = s.iter().map(|w| w.drops[i].load(Ordering::Relaxed)).sum();
-        (*reason, workers + control_drops.get(*reason))
-    });
-    write_drops(&mut json, &mut prom, counts);
-    json.push_str(",\"xdp\":{");
-    for (i, (side, x)) in [("inner", inner), ("outer", outer)].iter().enumerate() {
-        if i > 0 {
-            json.push(',');
-        }
+        (*reason, workers + io.control_drops.get(*reason))
+    }));
+    let side = |x: &XdpSteering| {
         let c = x.counters().unwrap_or_default();
-        let _ = write!(
-            json,
-            "\"{side}\":{{\"mode\":\"{:?}\",\"steered\":{},\"passed\":{},\"malformed\":{},\"no_socket\":{},\"unknown_spi\":{},\"keepalive\":{},\"not_esp\":{},\"truncated\":{},\"spis\":{}}}",
-            x.mode(),
-            c.steered,
-            c.passed,
-            c.malformed,
-            c.no_socket,
-            c.unknown_spi,
-            c.keepalive,
-            c.not_esp,
-            c.truncated,
-            x.spis().len()
-        );
-        for (reason, n) in [
-            ("unknown_spi", c.unknown_spi),
-            ("keepalive", c.keepalive),
-            ("not_esp", c.not_esp),
-            ("truncated", c.truncated),
-            ("no_socket", c.no_socket),
-        ] {
-            let _ = writeln!(
-                prom,
-                "pktcrypt_xdp_dropped_total{{side=\"{side}\",reason=\"{reason}\"}} {n}"
-            );
+        status::XdpSide {
+            mode: format!("{:?}", x.mode()),
+            steered: c.steered,
+            passed: c.passed,
+            malformed: c.malformed,
+            no_socket: c.no_socket,
+            unknown_spi: c.unknown_spi,
+            keepalive: c.keepalive,
+            not_esp: c.not_esp,
+            truncated: c.truncated,
+            spis: x.spis().len() as u64,
         }
-        let _ = writeln!(
-            prom,
-            "pktcrypt_xdp_steered_total{{side=\"{side}\"}} {}",
-            c.steered
-        );
-        let _ = writeln!(
-            prom,
-            "pktcrypt_xdp_passed_total{{side=\"{side}\"}} {}",
-            c.passed
-        );
+    };
+    status::Gateway {
+        schema_version: status::SCHEMA_VERSION,
+        name: io.name.clone(),
+        role: endpoint.machine().name().to_string(),
+        version: status::VERSION.to_string(),
+        uptime_s: status::tenths(io.tracker.uptime(t)),
+        inner: io.inner_xdp.iface().to_string(),
+        outer: io.outer_xdp.iface().to_string(),
+        local: io.local,
+        port: io.port,
+        hub: io.paths.hub,
+        backend: engine.config().backend.name().to_string(),
+        key_changes: io.rekeys,
+        events: io.events_total,
+        peers,
+        group,
+        workers,
+        drops,
+        xdp: status::Xdp {
+            inner: side(&io.inner_xdp),
+            outer: side(&io.outer_xdp),
+        },
+        spi_map_errors: io.spi_map_errors,
+        retired_on_evidence: io.retired_on_evidence,
+        duplicate_clients: io.duplicate_clients,
     }
-    json.push('}');
-    for (k, v) in keys {
-        let _ = write!(json, ",\"{k}\":{v}");
-        let _ = writeln!(prom, "pktcrypt_{k}_total {v}");
-    }
-    json.push('}');
-    (json, prom)
 }
 
 /// Current SAs as Wireshark's ESP SA table in `format` (one record per SA and direction; see
@@ -1770,43 +1747,43 @@ fn export(
     out
 }
 
-/// `pktcrypt status|export-keys --config FILE` (or `--socket PATH`): asks a running daemon.
-pub(crate) fn query(command: &str, args: &[String]) -> Result<String, String> {
-    let mut socket = None;
-    // export-keys and reload: `--socket` names the keys socket itself; `--config` finds it.
-    let mut keys: Option<PathBuf> = None;
-    let mut keys_given = false;
-    // export-keys: the table's format (the keys socket's request names it).
-    let mut request = command.to_string();
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--format" if command == "export-keys" => {
-                request = format!("{command} {}", Format::from_name(value)?.name());
+/// The status socket of the daemon configured in `path` (its `status_socket`, else
+/// `/run/pktcrypt/NAME.sock`) and its keys socket, if it has one.
+pub(crate) fn sockets(path: &Path) -> Result<(PathBuf, Option<PathBuf>), String> {
+    let file: GatewayFile = config::load(path)?;
+    let name = file.daemon.name.unwrap_or_else(|| "pktcrypt".into());
+    let status = file
+        .daemon
+        .status_socket
+        .unwrap_or_else(|| PathBuf::from(format!("/run/pktcrypt/{name}.sock")));
+    let keys = file.role.data_path().map(|d| {
+        d.keys_socket
+            .clone()
+            .unwrap_or_else(|| endpoints::default_keys_socket(&status))
+    });
+    Ok((status, keys))
+}
+
+/// `pktcrypt status|show|export-keys|reload`: asks a running daemon. `request` is the line
+/// sent; its first word is the command (`export-keys`, `reload` and `capture` go to the keys
+/// socket). `config` finds the sockets; `socket` names the one to ask instead.
+pub(crate) fn query(
+    request: &str,
+    config: Option<&Path>,
+    socket: Option<&Path>,
+) -> Result<String, String> {
+    let command = request.split(' ').next().unwrap_or(request);
+    let path = match (socket, config) {
+        (Some(socket), _) => socket.to_path_buf(),
+        (None, Some(config)) => {
+            let (status, keys) = sockets(config)?;
+            if matches!(command, "export-keys" | "reload" | "capture") {
+                keys.unwrap_or_else(|| endpoints::default_keys_socket(&status))
+            } else {
+                status
             }
-            "--socket" => {
-                socket = Some(PathBuf::from(value));
-                keys_given = true;
-            }
-            "--config" => {
-                let file: GatewayFile = config::load(Path::new(value))?;
-                let name = file.daemon.name.unwrap_or_else(|| "pktcrypt".into());
-                socket = Some(
-                    file.daemon
-                        .status_socket
-                        .unwrap_or_else(|| PathBuf::from(format!("/run/pktcrypt/{name}.sock"))),
-                );
-                keys = file.role.data_path().and_then(|d| d.keys_socket.clone());
-            }
-            other => return Err(format!("unknown option {other}")),
         }
-    }
-    let path = socket.ok_or("--config FILE or --socket PATH is required")?;
-    let path = if matches!(command, "export-keys" | "reload") && !keys_given {
-        keys.unwrap_or_else(|| endpoints::default_keys_socket(&path))
-    } else {
-        path
+        (None, None) => return Err("--config FILE or --socket PATH is required".into()),
     };
     let mut stream = UnixStream::connect(&path)
         .map_err(|e| format!("{}: {e} (is `pktcrypt up` running?)", path.display()))?;

@@ -7,6 +7,21 @@ const BIN: &str = env!("CARGO_BIN_EXE_pktcrypt");
 
 /// Runs `pktcrypt <command> --config FILE` on `toml`; returns (success, stderr).
 fn run(command: &str, toml: &str) -> (bool, String) {
+    run_with(&[command], toml)
+}
+
+/// `pktcrypt check --config FILE` as the daemon `command` would read it (`--role` for the UDP
+/// roles); returns (success, stderr).
+fn check(command: &str, toml: &str) -> (bool, String) {
+    if command == "up" {
+        run_with(&["check"], toml)
+    } else {
+        run_with(&["check", "--role", command], toml)
+    }
+}
+
+/// Runs `pktcrypt <args> --config FILE` on `toml`; returns (success, stderr).
+fn run_with(args: &[&str], toml: &str) -> (bool, String) {
     // One directory per call: the tests run in parallel threads of one process, and a name
     // shared by two calls let one remove the other's file.
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -16,7 +31,8 @@ fn run(command: &str, toml: &str) -> (bool, String) {
     let path = dir.join("config.toml");
     std::fs::write(&path, toml).expect("write");
     let out = Command::new(BIN)
-        .args([command, "--config"])
+        .args(args)
+        .arg("--config")
         .arg(&path)
         .env_remove("PKTCRYPT_XDP_OBJECT")
         .output()
@@ -40,6 +56,8 @@ fn key() -> String {
         .to_string()
 }
 
+/// `pktcrypt <command>` refuses `toml` naming `field`, and so does `pktcrypt check` (without
+/// touching an interface or a socket: these files would fail there, later).
 fn fails_naming(command: &str, toml: &str, field: &str) {
     let (ok, err) = run(command, toml);
     assert!(!ok, "{command} accepted a bad configuration:\n{toml}");
@@ -48,6 +66,12 @@ fn fails_naming(command: &str, toml: &str, field: &str) {
         "{command}: the error does not name {field:?}: {err}"
     );
     assert!(!err.contains("panicked"), "{command} panicked: {err}");
+    let (ok, err) = check(command, toml);
+    assert!(!ok, "check accepted a bad {command} configuration:\n{toml}");
+    assert!(
+        err.contains(field) && err.starts_with("pktcrypt check: "),
+        "check ({command}): the error does not name {field:?}: {err}"
+    );
 }
 
 #[test]
@@ -328,4 +352,49 @@ fn removed_is_for_group_members_only() {
         ),
         "removed",
     );
+}
+
+/// `pktcrypt check` accepts good files of every form without touching what the daemon would:
+/// interfaces that do not exist here, an address already bound, a status socket (not
+/// created), a prompt for a key (not asked: standard input is closed).
+#[test]
+fn check_accepts_good_files_and_touches_nothing() {
+    let k = key();
+    let k2 = key();
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let dir = std::env::temp_dir().join(format!("pktcrypt-check-{}", std::process::id()));
+    let sock = dir.join("never.sock");
+    let files = [
+        format!(
+            "listen = \"{addr}\"\n[[clients]]\nname = \"a\"\ninit_key = \"{k}\"\n\
+             [[clients]]\nname = \"b\"\ninit_key = \"prompt\"\n"
+        ),
+        format!("server = \"{addr}\"\nbind = \"{addr}\"\ninit_key = \"{k}\"\n"),
+        format!(
+            "role = \"server\"\nname = \"gwB\"\ninner = \"nonexistent0\"\nouter = \"nonexistent1\"\n\
+             status_socket = \"{}\"\nmetrics = \"{addr}\"\nprefixes = [\"10.2.0.0/24\"]\n\
+             [[clients]]\nname = \"gwA\"\naddress = \"192.0.2.1\"\nprefixes = [\"10.1.0.0/24\"]\n\
+             init_key = \"{k}\"\n",
+            sock.display()
+        ),
+        format!(
+            "role = \"group-controller\"\nlocal = \"192.0.2.100\"\n[group]\ninit_key = \"{k2}\"\n\
+             [[members]]\nname = \"gwA\"\naddress = \"2001:db8::1\"\ninit_key = \"{k}\"\n"
+        ),
+    ];
+    for toml in files {
+        let (ok, err) = run_with(&["check"], &toml);
+        assert!(ok, "check refused a good file: {err}\n{toml}");
+    }
+    assert!(!sock.exists(), "check created the status socket");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn check_tells_the_form_or_asks_for_it() {
+    let (ok, err) = run_with(&["check"], "listen = \"127.0.0.1:0\"\n");
+    assert!(!ok && err.contains("--role"), "{err}");
+    let (ok, err) = run_with(&["check", "--role", "server"], "role = \"server\"\n");
+    assert!(!ok && err.contains("role"), "{err}");
 }

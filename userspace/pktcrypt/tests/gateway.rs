@@ -313,6 +313,118 @@ fn gateways_carry_traffic_through_rekeys_and_restarts() {
         "no warning about the unresolvable client: {log}"
     );
 
+    // 1b. The operator's view: `pktcrypt show` (text and JSON, the same document as
+    // `pktcrypt status`), the Prometheus endpoint (checked by a strict reader and
+    // prometheus-parse), and logs that name peers.
+    let text = gw_b.show(&dir, false);
+    eprintln!("pktcrypt show (gwB):\n{text}");
+    for expected in [
+        "gateway: gwB",
+        "server (hub)",
+        "inner in (XDP",
+        "local address:",
+        "peer: gwA",
+        "peer: gwC",
+        "peer: ghost",
+        "prefixes:",
+        "10.1.0.0/24, fd01::/64",
+        "from a key exchange",
+        "next rekey:",
+        "last received:",
+        "transfer:",
+    ] {
+        assert!(text.contains(expected), "show lacks {expected:?}:\n{text}");
+    }
+    let json_text = gw_b.show(&dir, true);
+    eprintln!(
+        "pktcrypt show --json (gwB), its first lines:\n{}",
+        json_text.lines().take(70).collect::<Vec<_>>().join("\n")
+    );
+    let json: Value = serde_json::from_str(&json_text).expect("show --json");
+    let status = gw_b.status(&dir);
+    assert_eq!(json["schema_version"], 1);
+    assert_eq!(status["schema_version"], 1);
+    assert_eq!(json["role"], "server");
+    let names = |v: &Value| -> Vec<String> {
+        v["peers"]
+            .as_array()
+            .expect("peers")
+            .iter()
+            .map(|p| p["peer"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(names(&json), ["gwA", "gwC", "ghost"]);
+    assert_eq!(names(&status), names(&json));
+    let peer_a = &json["peers"][0];
+    assert!(peer_a["generation"].as_u64().unwrap_or(0) >= 1, "{peer_a}");
+    assert!(peer_a["next_rekey_s"].as_f64().is_some(), "{peer_a}");
+    assert!(peer_a["last_received_s_ago"].as_f64().is_some(), "{peer_a}");
+    assert!(peer_a["transfer"]["received_packets"].as_u64().unwrap_or(0) >= 40);
+    assert!(
+        json["peers"][2]["last_received_s_ago"].is_null(),
+        "ghost sent nothing"
+    );
+    let client_view = gw_a.show(&dir, false);
+    eprintln!("pktcrypt show (gwA):\n{client_view}");
+    assert!(
+        client_view.contains("peer: gwB") && client_view.contains("timed by the key server"),
+        "{client_view}"
+    );
+    let (content_type, body) = common::scrape(P, "gwB", "127.0.0.1:9477");
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let scrape =
+        common::prometheus::check(&body).unwrap_or_else(|e| panic!("metrics of gwB: {e}\n{body}"));
+    eprintln!(
+        "metrics of gwB: {} families, {} samples, valid",
+        scrape.types.len(),
+        scrape.samples.len()
+    );
+    for (name, labels) in [
+        ("pktcrypt_build_info", vec![("role", "server")]),
+        ("pktcrypt_uptime_seconds", vec![]),
+        (
+            "pktcrypt_peer_received_packets_total",
+            vec![("peer", "gwA")],
+        ),
+        ("pktcrypt_peer_sent_bytes_total", vec![("peer", "gwC")]),
+        ("pktcrypt_peer_generation", vec![("peer", "ghost")]),
+        ("pktcrypt_worker_busy_seconds_total", vec![]),
+        ("pktcrypt_worker_rx_outer_total", vec![]),
+        (
+            "pktcrypt_xdp_dropped_total",
+            vec![("side", "inner"), ("reason", "no_socket")],
+        ),
+        (
+            "pktcrypt_xdp_dropped_total",
+            vec![("side", "outer"), ("reason", "unknown_spi")],
+        ),
+        ("pktcrypt_drops_total", vec![("reason", "auth_failed")]),
+    ] {
+        assert!(
+            scrape.value(name, &labels).is_some(),
+            "no {name}{labels:?} in the metrics"
+        );
+    }
+    assert!(
+        scrape
+            .value("pktcrypt_peer_received_packets_total", &[("peer", "gwA")])
+            .unwrap_or(0.0)
+            >= 40.0
+    );
+    let log = std::fs::read_to_string(dir.join("gwB.log")).expect("gwB log");
+    assert!(
+        !log.contains("PeerId("),
+        "a log names a peer by its id: {log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("key minted") && l.contains("gwA")),
+        "no key event naming gwA: {log}"
+    );
+
     // 2. TCP bulk transfer, with a capture on the wire.
     let mut capture = Capture::start(P, dir.join("wire.pcap"));
     assert!(ns("hostB", "iperf3 -s -D -1").0, "iperf3 server");
@@ -613,14 +725,58 @@ fn gateways_carry_traffic_through_rekeys_and_restarts() {
     eprintln!("too big: {}", mtu_line.unwrap_or(""));
     assert_eq!(ping_run("hostA", "10.2.0.2", 5, "0.05"), (5, 5));
 
-    // 5. Rekey every second under continuous traffic.
+    // 5. Rekey every second under continuous traffic. The per-peer counters of the metrics
+    // never go back across the rekeys (the generation is a gauge, not a label).
     let before = tx_generation(&gw_b.status(&dir), "gwA");
+    let metrics_before = common::prometheus::check(&common::scrape(P, "gwB", "127.0.0.1:9477").1)
+        .expect("metrics before the rekeys");
     let count = seconds * 100;
     let (sent, got) = ping_run("hostA", "10.2.0.2", count, "0.01");
     let after = tx_generation(&gw_b.status(&dir), "gwA");
+    let metrics_after = common::prometheus::check(&common::scrape(P, "gwB", "127.0.0.1:9477").1)
+        .expect("metrics after the rekeys");
+    for (name, labels) in metrics_before.counters() {
+        let labels: Vec<(&str, &str)> = labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let (b, a) = (
+            metrics_before.value(&name, &labels),
+            metrics_after.value(&name, &labels),
+        );
+        assert!(
+            a.is_some() && a >= b,
+            "{name}{labels:?} went back across rekeys: {b:?} -> {a:?}"
+        );
+    }
+    let grew = |name: &str| {
+        metrics_after.value(name, &[("peer", "gwA")]).unwrap_or(0.0)
+            - metrics_before
+                .value(name, &[("peer", "gwA")])
+                .unwrap_or(0.0)
+    };
     eprintln!(
-        "{seconds} s at 100 pps with rekeys every second: generations {before} → {after}, {sent} sent, {got} received"
+        "metrics across the rekeys: pktcrypt_peer_generation{{peer=\"gwA\"}} +{}, \
+         pktcrypt_peer_received_packets_total{{peer=\"gwA\"}} +{}, \
+         pktcrypt_peer_sent_packets_total{{peer=\"gwA\"}} +{}",
+        grew("pktcrypt_peer_generation"),
+        grew("pktcrypt_peer_received_packets_total"),
+        grew("pktcrypt_peer_sent_packets_total")
     );
+    assert!(grew("pktcrypt_peer_generation") >= f64::from(seconds) / 2.0);
+    // Every echo request gwB opened and every reply it sealed for gwA is counted, under
+    // whichever generation (the engine keeps the final counters of those it drops: a key
+    // server transmits under N-1 until the moment it mints N+1).
+    for name in [
+        "pktcrypt_peer_received_packets_total",
+        "pktcrypt_peer_sent_packets_total",
+    ] {
+        assert!(
+            grew(name) >= got as f64,
+            "{name} grew {} for {got} pings answered",
+            grew(name)
+        );
+    }
     assert!(
         after >= before + u64::from(seconds) / 2,
         "keys did not rotate: {before} → {after}"
@@ -657,6 +813,17 @@ fn gateways_carry_traffic_through_rekeys_and_restarts() {
     let t = wait_ping("hostA", "10.2.0.2", Duration::from_secs(30));
     eprintln!("after the key server's restart, traffic back in {t:?}");
     assert!(t.is_some(), "no recovery after the key server restart");
+    // The clients noticed the lost keys: a warning, naming their key server.
+    let log = std::fs::read_to_string(dir.join("gwA.log")).expect("gwA log");
+    let fallback = log
+        .lines()
+        .find(|l| l.contains("falling back to the init key"))
+        .unwrap_or_else(|| panic!("no fallback logged by gwA: {log}"));
+    eprintln!("gwA: {fallback}");
+    assert!(
+        fallback.contains("WARN") && fallback.contains("gwB"),
+        "{fallback}"
+    );
     assert!(wait_ping("hostC", "10.2.0.2", Duration::from_secs(30)).is_some());
     // Fail closed: gwA is killed (SIGKILL) while its kernel forwards and has a route to site B
     // (as a gateway with an upstream default route would): its XDP programs stay, find no

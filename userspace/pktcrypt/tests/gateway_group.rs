@@ -249,6 +249,47 @@ fn group_members_carry_traffic_over_ipv6_through_group_rekeys() {
         "{after}"
     );
     assert_eq!(after["xdp"]["inner"]["no_socket"], 0);
+    // The operator's view of the controller and of a member, and their metrics (served on
+    // the status socket too), checked by a strict reader and prometheus-parse.
+    let ctl_text = ctl.show(&dir, false);
+    eprintln!("pktcrypt show (controller):\n{ctl_text}");
+    for expected in [
+        "controller: ctl",
+        "member: gwA",
+        "member: gwC",
+        "next rollout:",
+    ] {
+        assert!(
+            ctl_text.contains(expected),
+            "show lacks {expected:?}:\n{ctl_text}"
+        );
+    }
+    let member_text = gws[0].show(&dir, false);
+    eprintln!("pktcrypt show (gwA):\n{member_text}");
+    for expected in [
+        "gateway: gwA",
+        "group-member",
+        "peer: gwB",
+        "timed by the group controller",
+    ] {
+        assert!(
+            member_text.contains(expected),
+            "show lacks {expected:?}:\n{member_text}"
+        );
+    }
+    for (who, text) in [
+        ("controller", ctl.metrics(&dir)),
+        ("gwA", gws[0].metrics(&dir)),
+    ] {
+        let scrape = common::prometheus::check(&text)
+            .unwrap_or_else(|e| panic!("metrics of {who}: {e}\n{text}"));
+        assert!(
+            scrape
+                .value("pktcrypt_group_generation", &[])
+                .unwrap_or(0.0)
+                >= 1.0
+        );
+    }
     let (ok, keys) = sh(&format!(
         "{BIN} export-keys --socket {}/gwA.keys.sock",
         dir.display()

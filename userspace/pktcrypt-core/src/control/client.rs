@@ -282,6 +282,12 @@ impl KeyClient {
         self.newest_exchanged
     }
 
+    /// When the next client-timed update (`update_interval`) is due; `None` when the client
+    /// leaves rotation to the server (or no update is scheduled). Status only.
+    pub fn next_update(&self) -> Option<Time> {
+        self.update_at
+    }
+
     /// Whether a request is waiting for an answer.
     pub fn awaiting_answer(&self) -> bool {
         self.request.as_ref().is_some_and(|r| r.kind != Kind::Hello)

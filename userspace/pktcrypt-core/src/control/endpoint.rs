@@ -151,6 +151,23 @@ impl Endpoint {
         }
     }
 
+    /// From now on, keeps the final counters of every generation the data path's engine drops
+    /// ([`Engine::keep_retired_counters`]): take them with [`Self::take_retired_counters`]
+    /// regularly. Status only (a gateway's per-peer counters across rekeys).
+    pub fn keep_retired_counters(&mut self) {
+        if let Some(engine) = Self::data_engine(&mut self.machine) {
+            engine.keep_retired_counters();
+        }
+    }
+
+    /// The counters of the generations the data path's engine dropped since the last call
+    /// ([`Engine::take_retired_counters`]).
+    pub fn take_retired_counters(&mut self) -> Vec<crate::RetiredCounters> {
+        Self::data_engine(&mut self.machine)
+            .map(Engine::take_retired_counters)
+            .unwrap_or_default()
+    }
+
     /// The role's state machine.
     pub fn machine(&self) -> &Machine {
         &self.machine

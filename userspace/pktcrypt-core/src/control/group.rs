@@ -416,6 +416,12 @@ impl GroupController {
         self.current.as_ref().map_or(0, |g| g.number)
     }
 
+    /// When the next timed rollout (`rekey_interval`) is due, if one is scheduled. Status
+    /// only.
+    pub fn next_rekey(&self) -> Option<Time> {
+        self.rekey_at
+    }
+
     /// Whether no rollout is in progress.
     pub fn idle(&self) -> bool {
         self.stage == Stage::Idle

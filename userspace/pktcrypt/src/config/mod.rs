@@ -6,7 +6,7 @@
 //! load time with a message naming the key, and its line.
 //!
 //! Init keys come from exactly one of `init_key` (a `pkc1-` text code, or `"prompt"` to read one
-//! from standard input), `init_key_file` (one text code per line; line *i* for instance *i*) or
+//! from standard input, not echoed on a terminal), `init_key_file` (one text code per line; line *i* for instance *i*) or
 //! `init_key_env` (the name of an environment variable holding a text code).
 
 mod document;
@@ -33,6 +33,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Where an init key comes from. `Debug` never shows a key given inline, and it is wiped
 /// when dropped.
@@ -99,13 +100,15 @@ impl KeySource {
         let mut source = format!("{field}.init_key");
         let code = if let Some(k) = &self.init_key {
             if k == "prompt" {
+                if !PROMPT.load(Ordering::Relaxed) {
+                    tracing::warn!(
+                        field,
+                        "init_key = \"prompt\": asked for at start, not checked here"
+                    );
+                    return Ok(stand_in_key());
+                }
                 eprint!("{field}: enter the init key code: ");
-                let mut line = String::new();
-                std::io::stdin()
-                    .lock()
-                    .read_line(&mut line)
-                    .map_err(|e| format!("{field}.init_key: reading the prompt: {e}"))?;
-                zeroize::Zeroizing::new(line)
+                prompt().map_err(|e| format!("{field}.init_key: reading the prompt: {e}"))?
             } else {
                 zeroize::Zeroizing::new(k.clone())
             }
@@ -145,6 +148,60 @@ impl KeySource {
         };
         keycode::decode(&code).map_err(|e| format!("{source}: {e}"))
     }
+}
+
+/// Whether `init_key = "prompt"` asks (else a stand-in key: `pktcrypt check`).
+static PROMPT: AtomicBool = AtomicBool::new(true);
+
+/// `pktcrypt check`: an `init_key = "prompt"` is not asked for; a random key stands in for it
+/// (and a warning says so).
+pub(crate) fn skip_prompts() {
+    PROMPT.store(false, Ordering::Relaxed);
+}
+
+/// A random init key, for a prompt skipped.
+fn stand_in_key() -> Generation {
+    use pktcrypt_core::control::Random as _;
+    let mut secret = [0u8; 32];
+    pktcrypt_os::OsRandom.fill(&mut secret);
+    let spi = loop {
+        let mut b = [0u8; 4];
+        pktcrypt_os::OsRandom.fill(&mut b);
+        if let Ok(spi) = pktcrypt_core::Spi::new(u32::from_be_bytes(b)) {
+            break spi;
+        }
+    };
+    Generation {
+        info: pktcrypt_core::GenerationInfo {
+            number: 0,
+            spi,
+            suite: Suite::Aes256Gcm,
+        },
+        secret: pktcrypt_core::Secret::from_bytes(secret),
+    }
+}
+
+/// Reads one line from standard input, without echo when it is a terminal (the prompt is
+/// already on standard error). Not a terminal: a line as it comes (a pipe, a file).
+fn prompt() -> std::io::Result<zeroize::Zeroizing<String>> {
+    use rustix::termios::{LocalModes, OptionalActions, isatty, tcgetattr, tcsetattr};
+    let stdin = std::io::stdin();
+    let mut line = zeroize::Zeroizing::new(String::with_capacity(256));
+    if !isatty(&stdin) {
+        stdin.lock().read_line(&mut line)?;
+        return Ok(line);
+    }
+    let saved = tcgetattr(&stdin)?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    // The newline the operator types is still echoed.
+    quiet.local_modes.insert(LocalModes::ECHONL);
+    tcsetattr(&stdin, OptionalActions::Flush, &quiet)?;
+    let read = stdin.lock().read_line(&mut line);
+    let restored = tcsetattr(&stdin, OptionalActions::Now, &saved);
+    read?;
+    restored?;
+    Ok(line)
 }
 
 /// A role, as `role = "..."` names it in a gateway's file and as its UDP subcommand is called.

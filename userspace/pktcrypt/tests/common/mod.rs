@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests in network namespaces (`scripts/topology.sh`).
 #![allow(dead_code)]
 
+pub(crate) mod prometheus;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -165,6 +167,46 @@ impl Gateway {
         assert!(ok, "status of {}: {out}", self.name);
         serde_json::from_str(&out).expect("status JSON")
     }
+}
+
+impl Gateway {
+    /// `pktcrypt show` (`--json` if `json`) through its socket `dir/{name}.sock`.
+    pub(crate) fn show(&self, dir: &Path, json: bool) -> String {
+        let (ok, out) = sh(&format!(
+            "{BIN} show {}--socket {}/{}.sock",
+            if json { "--json " } else { "" },
+            dir.display(),
+            self.name
+        ));
+        assert!(ok, "show of {}: {out}", self.name);
+        out
+    }
+
+    /// The Prometheus text its status socket `dir/{name}.sock` serves (`metrics`).
+    pub(crate) fn metrics(&self, dir: &Path) -> String {
+        use std::io::{Read, Write};
+        let path = dir.join(format!("{}.sock", self.name));
+        let mut s = std::os::unix::net::UnixStream::connect(&path).expect("status socket");
+        s.write_all(b"metrics\n").expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out
+    }
+}
+
+/// Scrapes `http://{addr}/metrics` from namespace `{prefix}{name}`: (Content-Type, body).
+pub(crate) fn scrape(prefix: &str, name: &str, addr: &str) -> (String, String) {
+    let (ok, out) = ns(
+        prefix,
+        name,
+        &format!(
+            "python3 -c 'import sys, urllib.request; r = urllib.request.urlopen(\"http://{addr}/metrics\", timeout=5); \
+             sys.stdout.write(r.headers[\"Content-Type\"] + \"\\n\" + r.read().decode())'"
+        ),
+    );
+    assert!(ok, "scrape of {addr}: {out}");
+    let (content_type, body) = out.split_once('\n').expect("content type line");
+    (content_type.to_string(), body.to_string())
 }
 
 impl Drop for Gateway {
