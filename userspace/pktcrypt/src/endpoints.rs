@@ -204,6 +204,10 @@ pub(crate) fn serve(
                 "metrics" => p
                     .lock()
                     .map_or_else(|_| "metrics unavailable\n".into(), |p| p.metrics.clone()),
+                // A role without a keys socket (a group controller) reloads through this one:
+                // a reload reveals nothing, it applies the (root-owned) file.
+                "reload" if keys_hint.is_none() => ask(&status_requests, Ask::Reload)
+                    .map_or_else(|| "reload unavailable\n".into(), |t| t.to_string()),
                 "export-keys" | "capture" | "reload" => match &keys_hint {
                     Some(path) => format!("{req}: ask the keys socket, {path}\n"),
                     None => format!("{req}: this role has no data path\n"),

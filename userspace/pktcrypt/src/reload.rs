@@ -20,7 +20,7 @@ fn reloadable(role: &str, key: &str) -> bool {
         (_, "prefixes")
             | ("server", "clients")
             | ("client", "server")
-            | ("group-member", "members")
+            | ("group-member" | "group-controller", "members")
     )
 }
 
@@ -78,6 +78,30 @@ pub(crate) fn check_restart(old: &toml::Table, new: &toml::Table) -> Result<(), 
                 }
             }
         }
+        "group-controller" => {
+            let (o, n) = (array(old, "members"), array(new, "members"));
+            if o.len() != n.len() {
+                return Err(format!(
+                    "members: {} members, were {}: adding or removing a member shifts the \
+                     indices every member's file holds, and needs a restart of every gateway \
+                     of the group (mark a member `removed = true` to take it out); nothing was \
+                     reloaded",
+                    n.len(),
+                    o.len()
+                ));
+            }
+            for (i, (a, b)) in o.iter().zip(&n).enumerate() {
+                let (Some(a), Some(b)) = (a.as_table(), b.as_table()) else {
+                    continue;
+                };
+                let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                for k in keys {
+                    if k != "removed" && a.get(k) != b.get(k) {
+                        return Err(restart(&format!("members[{i}].{k}")));
+                    }
+                }
+            }
+        }
         _ => {}
     }
     Ok(())
@@ -122,6 +146,23 @@ mod tests {
         )
         .expect_err("port");
         assert!(e.starts_with("port: "), "{e}");
+    }
+
+    #[test]
+    fn a_group_controller_reloads_removed_marks_only() {
+        let c = "role = \"group-controller\"\n[group]\ninit_key = \"g\"\n\
+                 [[members]]\nname = \"a\"\naddress = \"fd00::1\"\ninit_key = \"k1\"\n\
+                 [[members]]\nname = \"b\"\naddress = \"fd00::2\"\ninit_key = \"k2\"\n";
+        let removed = c.replace("\"k2\"\n", "\"k2\"\nremoved = true\n");
+        assert_eq!(check_restart(&t(c), &t(&removed)), Ok(()));
+        assert_eq!(check_restart(&t(&removed), &t(c)), Ok(()));
+        let e = check_restart(&t(c), &t(&c.replace("fd00::2", "fd00::9"))).expect_err("address");
+        assert!(e.starts_with("members[1].address: "), "{e}");
+        let one = &c[..c.rfind("[[members]]").unwrap_or(c.len())];
+        let e = check_restart(&t(c), &t(one)).expect_err("count");
+        assert!(e.starts_with("members: "), "{e}");
+        let e = check_restart(&t(c), &t(&c.replace("\"g\"", "\"h\""))).expect_err("group");
+        assert!(e.starts_with("group: "), "{e}");
     }
 
     #[test]

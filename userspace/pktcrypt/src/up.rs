@@ -851,7 +851,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     let port = file.port.unwrap_or(pktcrypt_common::DEFAULT_ESP_UDP_PORT);
     let (data_path, role) = match role {
         GatewayRole::GroupController(controller) => {
-            return run_controller(&file, &controller, base, &name, port, term);
+            return run_controller(&file, &controller, (path, applied), base, &name, port, term);
         }
         GatewayRole::DataPath(data_path, role) => (data_path, role),
     };
@@ -1099,6 +1099,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
 fn run_controller(
     daemon: &Daemon,
     file: &ControllerGateway,
+    (path, applied): (&Path, toml::Table),
     base: &Path,
     name: &str,
     port: u16,
@@ -1154,12 +1155,15 @@ fn run_controller(
     );
     crate::notify::notify(&format!("READY=1\nSTATUS=group controller {name}"));
     let status_every = status_refresh(daemon.status_interval_ms);
-    // SIGHUP must not stop the controller (its default action); it does not reload yet.
+    // SIGHUP: reload (members taken out of the group or re-admitted).
     let hup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
         .map_err(|e| format!("installing the SIGHUP handler: {e}"))?;
     let mut io = ControllerIo {
         hup,
+        config_path: path.to_path_buf(),
+        base: base.to_path_buf(),
+        applied,
         name: name.to_string(),
         file,
         socket,
@@ -1187,6 +1191,10 @@ fn run_controller(
 struct ControllerIo<'a> {
     /// Set by SIGHUP.
     hup: Arc<AtomicBool>,
+    /// Where the configuration came from, its directory, and its TOML as last applied.
+    config_path: PathBuf,
+    base: PathBuf,
+    applied: toml::Table,
     name: String,
     file: &'a ControllerGateway,
     socket: UdpSocket,
@@ -1206,6 +1214,77 @@ struct ControllerIo<'a> {
     tracker: status::Tracker,
 }
 
+impl ControllerIo<'_> {
+    /// Applies the configuration file as it is now: only members' `removed` marks may change
+    /// (see [`crate::reload`]); a member marked is taken out of the group (the group rekeys
+    /// without it), one unmarked is re-admitted. What changed, as one line.
+    fn reload(&mut self, endpoint: &mut Endpoint) -> Result<String, String> {
+        let (file, table): (GatewayFile, _) = config::load_with_table(&self.config_path)?;
+        crate::reload::check_restart(&self.applied, &table)?;
+        let GatewayRole::GroupController(new) = &file.role else {
+            return Err("role: changed, and that needs a restart of the daemon".into());
+        };
+        let Machine::Controller(controller) = endpoint.machine_mut() else {
+            return Err("role: changed, and that needs a restart of the daemon".into());
+        };
+        // The keys are the same (checked above); loading them again checks the files still
+        // read, as at start.
+        for (i, m) in new.members.iter().enumerate() {
+            m.key
+                .load(&format!("members[{i}] ({})", m.name), 0, &self.base)?;
+        }
+        let now = now();
+        let mut changes = Vec::new();
+        let active = controller.active_members();
+        for (i, m) in new.members.iter().enumerate() {
+            let Ok(index) = u16::try_from(i) else { break };
+            let was_removed = self
+                .applied
+                .get("members")
+                .and_then(toml::Value::as_array)
+                .and_then(|a| a.get(i))
+                .and_then(|v| v.get("removed"))
+                .and_then(toml::Value::as_bool)
+                .unwrap_or(false);
+            if m.removed && !was_removed {
+                controller.remove_member(now, index);
+                changes.push(format!("removed {}", m.name));
+            } else if !m.removed && was_removed {
+                controller.readmit(now, index);
+                changes.push(format!("re-admitted {}", m.name));
+            } else if !m.removed && !active.contains(&index) {
+                // Evicted (unresponsive, or a duplicate) and still in the file unmarked: the
+                // operator's reload re-admits it, as a restart would.
+                controller.readmit(now, index);
+                changes.push(format!("re-admitted {}", m.name));
+            }
+        }
+        self.applied = table;
+        Ok(if changes.is_empty() {
+            "reloaded: nothing changed".into()
+        } else {
+            format!("reloaded: {}", changes.join(", "))
+        })
+    }
+
+    /// [`Self::reload`], logged.
+    fn reload_logged(&mut self, endpoint: &mut Endpoint) -> String {
+        crate::notify::notify("RELOADING=1");
+        let result = self.reload(endpoint);
+        crate::notify::notify("READY=1");
+        match result {
+            Ok(done) => {
+                tracing::info!(controller = self.name, "{done}");
+                done
+            }
+            Err(e) => {
+                tracing::error!(controller = self.name, error = e, "reload refused");
+                format!("error: {e}")
+            }
+        }
+    }
+}
+
 impl Io for ControllerIo<'_> {
     fn receive(&mut self, endpoint: &mut Endpoint, wait: Duration) -> Result<bool, String> {
         let wait = wait.clamp(Duration::from_millis(1), Duration::from_millis(200));
@@ -1223,13 +1302,9 @@ impl Io for ControllerIo<'_> {
         self.next_status
     }
 
-    fn tick(&mut self, _: &mut Endpoint, _: Time) -> Result<(), String> {
+    fn tick(&mut self, endpoint: &mut Endpoint, _: Time) -> Result<(), String> {
         if self.hup.swap(false, Ordering::Relaxed) {
-            tracing::warn!(
-                controller = self.name,
-                "SIGHUP: a group controller does not reload its configuration yet (restart it \
-                 to apply a change); nothing was applied"
-            );
+            self.reload_logged(endpoint);
         }
         Ok(())
     }
@@ -1279,9 +1354,13 @@ impl Io for ControllerIo<'_> {
                 .lock()
                 .map_err(|_| "status lock poisoned")?
                 .metrics = metrics::controller(&doc);
-            // A controller has no keys to export: only status requests reach it.
-            for (_, reply) in asks {
-                let _ = reply.send(zeroize::Zeroizing::new(status.clone()));
+            // A controller has no keys to export: status and reload requests reach it.
+            for (ask, reply) in asks {
+                let text = match ask {
+                    endpoints::Ask::Reload => format!("{}\n", self.reload_logged(endpoint)),
+                    _ => status.clone(),
+                };
+                let _ = reply.send(zeroize::Zeroizing::new(text));
             }
         }
         Ok(())
@@ -1777,7 +1856,10 @@ pub(crate) fn query(
         (Some(socket), _) => socket.to_path_buf(),
         (None, Some(config)) => {
             let (status, keys) = sockets(config)?;
-            if matches!(command, "export-keys" | "reload" | "capture") {
+            if command == "reload" {
+                // A group controller has no keys socket: it reloads through its status socket.
+                keys.unwrap_or(status)
+            } else if matches!(command, "export-keys" | "capture") {
                 keys.unwrap_or_else(|| endpoints::default_keys_socket(&status))
             } else {
                 status

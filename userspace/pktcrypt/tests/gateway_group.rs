@@ -306,6 +306,34 @@ fn group_members_carry_traffic_over_ipv6_through_group_rekeys() {
         "gwC's sender SA: {keys}"
     );
 
+    // 3b. Reload at the controller: gwC marked `removed` is taken out of the group (the group
+    // rekeys without it: A and C stop reaching each other, A and B go on), then unmarked and
+    // re-admitted (A and C reach each other again). No restart.
+    let ctl_text = std::fs::read_to_string(&configs[0]).expect("ctl.toml");
+    let marked = ctl_text.replacen("name = \"gwC\"\n", "name = \"gwC\"\nremoved = true\n", 1);
+    assert_ne!(marked, ctl_text);
+    let reload = || sh(&format!("{BIN} reload --config {}", configs[0].display()));
+    std::fs::write(&configs[0], &marked).expect("write");
+    let (ok, out) = reload();
+    eprintln!("controller reload: {out}");
+    assert!(ok && out.contains("removed gwC"), "reload: {out}");
+    let cut = (0..40).any(|_| {
+        std::thread::sleep(Duration::from_millis(250));
+        common::ping_run(P, "hostA", "10.3.0.2", 2, "0.1").1 == 0
+    });
+    assert!(cut, "gwC still reaches the group after its removal");
+    assert_eq!(ping_run("hostA", "10.2.0.2", 10), (10, 10), "A → B after C left");
+    std::fs::write(&configs[0], &ctl_text).expect("write");
+    let (ok, out) = reload();
+    eprintln!("controller reload: {out}");
+    assert!(ok && out.contains("re-admitted gwC"), "reload: {out}");
+    assert!(
+        common::wait_ping(P, "hostA", "10.3.0.2", Duration::from_secs(20)).is_some(),
+        "gwC re-admitted but not reached; logs in {}",
+        dir.display()
+    );
+    assert_eq!(ping_run("hostC", "10.1.0.2", 10), (10, 10), "C → A after re-admission");
+
     // 4. Clean stop (the programs stay, fail closed), then `pktcrypt down`: nothing attached.
     for g in gws.iter_mut() {
         assert!(g.stop(), "{} did not stop cleanly", g.name);
