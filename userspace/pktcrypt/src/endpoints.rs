@@ -198,7 +198,9 @@ pub(crate) fn serve(
             let Some(req) = read_command(&mut s) else {
                 return;
             };
-            let reply = match req.as_str() {
+            // The command is the first word (`export-keys wireshark-4.0`).
+            let command = req.split_once(' ').map_or(req.as_str(), |(c, _)| c);
+            let reply = match command {
                 "status" => ask(&status_requests, Ask::Status)
                     .map_or_else(|| "status unavailable\n".into(), |t| t.to_string()),
                 "metrics" => p
@@ -209,8 +211,8 @@ pub(crate) fn serve(
                 "reload" if keys_hint.is_none() => ask(&status_requests, Ask::Reload)
                     .map_or_else(|| "reload unavailable\n".into(), |t| t.to_string()),
                 "export-keys" | "capture" | "reload" => match &keys_hint {
-                    Some(path) => format!("{req}: ask the keys socket, {path}\n"),
-                    None => format!("{req}: this role has no data path\n"),
+                    Some(path) => format!("{command}: ask the keys socket, {path}\n"),
+                    None => format!("{command}: this role has no data path\n"),
                 },
                 other => format!("unknown command {other:?}\n"),
             };
