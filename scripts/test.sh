@@ -49,6 +49,9 @@ diff -u ffi/include/pktcrypt.h target/pktcrypt.h.fresh \
   || { echo "ffi/include/pktcrypt.h is stale: regenerate it with cbindgen (see ffi/cbindgen.toml)"; exit 1; }
 make -C ffi test
 make -C ffi test VALGRIND=1
+
+step "C library installed: make install (release) into a prefix under target/, an example built and run against it through pkg-config alone; a DESTDIR install and uninstall"
+./ffi/tests/install.sh
 c_passed=$(( $(ls ffi/tests/test_*.c | wc -l) + 1 ))
 
 step "Python: wheel built in a fresh virtual environment, installed, pytest, mypy"
