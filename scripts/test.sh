@@ -54,16 +54,44 @@ step "C library installed: make install (release) into a prefix under target/, a
 ./ffi/tests/install.sh
 c_passed=$(( $(ls ffi/tests/test_*.c | wc -l) + 1 ))
 
-step "Python: wheel built in a fresh virtual environment, installed, pytest, mypy"
+step "Python: abi3 wheel built in a fresh virtual environment, installed, pytest, mypy"
 cargo fmt --manifest-path python/Cargo.toml -- --check
 cargo clippy --manifest-path python/Cargo.toml --locked -- -D warnings
-rm -rf target/pyvenv target/wheels
+rm -rf target/pyvenv target/wheels target/sdist
 python3 -m venv target/pyvenv
 target/pyvenv/bin/pip install --quiet --disable-pip-version-check maturin pytest mypy cryptography
-(cd python && ../target/pyvenv/bin/maturin build --release --quiet --out ../target/wheels)
-target/pyvenv/bin/pip install --quiet --disable-pip-version-check target/wheels/pktcrypt-*.whl
+(cd python && ../target/pyvenv/bin/maturin build --release --locked --quiet --out ../target/wheels)
+# One wheel for every CPython from 3.11 on (pyo3's abi3-py311): its name and its module say so.
+wheel=$(ls target/wheels/pktcrypt-*.whl)
+target/pyvenv/bin/python - "$wheel" <<'PY'
+import sys, zipfile
+path = sys.argv[1]
+names = zipfile.ZipFile(path).namelist()
+assert "-cp311-abi3-" in path.rsplit("/", 1)[-1], f"not a cp311-abi3 wheel: {path}"
+assert "pktcrypt/_native.abi3.so" in names, f"no abi3 extension module in {names}"
+assert any(n.endswith("LICENSE-MIT") for n in names) and any(n.endswith("LICENSE-APACHE") for n in names), "licence files"
+print("abi3 wheel:", path.rsplit("/", 1)[-1])
+PY
+target/pyvenv/bin/pip install --quiet --disable-pip-version-check "$wheel"
 (cd python && ../target/pyvenv/bin/python -m pytest -q tests | tee ../target/pytest.log && ../target/pyvenv/bin/mypy)
 py_passed=$(grep -Eo '[0-9]+ passed' target/pytest.log | tail -1 | awk '{print $1}')
+
+step "Python: sdist; pip install ./python and pip install of the sdist, each in a fresh virtual environment"
+(cd python && ../target/pyvenv/bin/maturin sdist --out ../target/sdist 2>/dev/null)
+sdist=$(ls target/sdist/pktcrypt-*.tar.gz)
+# Both build through maturin's PEP 517 backend (Cargo.lock, locked: pyproject.toml). The sdist's
+# build shares python/target: the crates.io crates are not compiled again, pktcrypt's own crates
+# (from the sdist's copy) are.
+for src in ./python "$sdist"; do
+  rm -rf target/pyvenv-install
+  python3 -m venv target/pyvenv-install
+  CARGO_TARGET_DIR=$PWD/python/target target/pyvenv-install/bin/pip install --quiet --no-cache-dir \
+    --disable-pip-version-check "$src" pytest
+  (cd python && ../target/pyvenv-install/bin/python -m pytest -q -p no:cacheprovider tests/test_roundtrip.py tests/test_errors.py) \
+    || { echo "pip install $src: the tests fail"; exit 1; }
+  echo "pip install $src: ok"
+done
+rm -rf target/pyvenv-install
 
 step "benchmarks compile"
 cargo bench -p pktcrypt-benches --locked --no-run
