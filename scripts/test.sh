@@ -115,6 +115,17 @@ step "the README's main job: scripts/demo.sh (gateways in namespaces, must exit 
 ./scripts/demo.sh > target/demo.log 2>&1 || { tail -40 target/demo.log; echo "demo failed"; exit 1; }
 grep -E "on the wire:|packet loss|key generations|stopped gateways drop|no XDP program left" target/demo.log
 
+step "cargo install on stable: the installed binary passes the XDP test with its embedded object"
+# The same release build as the demo's (same target directory), so nothing is compiled again.
+rm -rf target/pkinst
+cargo install --path userspace/pktcrypt --locked --root target/pkinst --target-dir target --quiet
+PKTCRYPT_BIN=$PWD/target/pkinst/bin/pktcrypt cargo test --workspace --locked --test xdp -- --nocapture \
+  > target/xdp-installed.log 2>&1 || { tail -40 target/xdp-installed.log; echo "XDP test with the installed binary failed"; exit 1; }
+grep -q "^binary $PWD/target/pkinst/bin/pktcrypt, XDP object embedded$" target/xdp-installed.log \
+  && grep -q "^test result: ok. 1 passed" target/xdp-installed.log \
+  || { cat target/xdp-installed.log; echo "the XDP test did not run the installed binary with the embedded object"; exit 1; }
+grep -E "^binary|^test result" target/xdp-installed.log
+
 echo
 echo "all checks passed: Rust $rust_passed, C $c_passed (native and valgrind), Python $py_passed"
 echo "summary: $((rust_passed + c_passed + py_passed)) passed, 0 failed"
