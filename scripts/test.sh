@@ -116,10 +116,13 @@ step "the README's main job: scripts/demo.sh (gateways in namespaces, must exit 
 grep -E "on the wire:|packet loss|key generations|stopped gateways drop|no XDP program left" target/demo.log
 
 step "cargo install on stable: the installed binary passes the XDP test with its embedded object"
-# The same release build as the demo's (same target directory), so nothing is compiled again.
+# The same release build as the demo's (same target directory), so nothing is compiled again; the
+# XDP test is the binary the cargo test run above built (cargo-test.log names it).
 rm -rf target/pkinst
 cargo install --path userspace/pktcrypt --locked --root target/pkinst --target-dir target --quiet
-PKTCRYPT_BIN=$PWD/target/pkinst/bin/pktcrypt cargo test --workspace --locked --test xdp -- --nocapture \
+xdp_test=$(sed -n 's|^ *Running tests/xdp\.rs (\(.*\))$|\1|p' target/cargo-test.log | head -1)
+[ -n "$xdp_test" ] && [ -x "$xdp_test" ] || { echo "no XDP test binary named in target/cargo-test.log"; exit 1; }
+PKTCRYPT_BIN=$PWD/target/pkinst/bin/pktcrypt "$xdp_test" --nocapture \
   > target/xdp-installed.log 2>&1 || { tail -40 target/xdp-installed.log; echo "XDP test with the installed binary failed"; exit 1; }
 grep -q "^binary $PWD/target/pkinst/bin/pktcrypt, XDP object embedded$" target/xdp-installed.log \
   && grep -q "^test result: ok. 1 passed" target/xdp-installed.log \
