@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job: on a fresh machine, installs what is needed, builds pktcrypt and its XDP program,
-# creates three sites in network namespaces (scripts/topology.sh), starts the key server gateway
-# (gwB) and two client gateways (gwA, gwC) with `pktcrypt up` on real veth interfaces, and shows:
+# The main job: on a fresh machine, installs what is needed, builds pktcrypt (its XDP program is
+# the compiled object embedded in the binary: no eBPF toolchain needed), creates three sites in
+# network namespaces (scripts/topology.sh), starts the key server gateway (gwB) and two client
+# gateways (gwA, gwC) with `pktcrypt up` on real veth interfaces, and shows:
 # traffic flowing encrypted (ping, a TCP transfer, a capture of the wire), a rekey every second
 # without loss, `pktcrypt show`; then tears everything down. Needs root.
 set -euo pipefail
@@ -9,9 +10,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 ./scripts/setup.sh
 step() { printf '\n\033[1;34m==> %s\033[0m\n' "$*"; }
-step "building (release) and the XDP program from source"
+step "building (release)"
 cargo build --release --locked -p pktcrypt
-OBJ=$(./scripts/build-ebpf.sh)
 BIN=$ROOT/target/release/pktcrypt
 DIR=$(mktemp -d /tmp/pktcrypt-demo.XXXXXX)
 P=pd-
@@ -32,7 +32,6 @@ role = "server"
 name = "gwB"
 inner = "in"
 outer = "out"
-xdp_object = "$OBJ"
 status_socket = "$DIR/gwB.sock"
 rekey_interval_ms = 1000
 status_interval_ms = 0
@@ -58,7 +57,6 @@ role = "client"
 name = "gw$L"
 inner = "in"
 outer = "out"
-xdp_object = "$OBJ"
 status_socket = "$DIR/gw$L.sock"
 status_interval_ms = 0
 prefixes = ["10.$N.0.0/24", "fd0$N::/64"]

@@ -24,9 +24,12 @@ cargo test -p pktcrypt-core --features insecure-null-backend --lib --locked -- n
 step "cargo doc (public API docs, warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
-step "XDP program built from source"
-PKTCRYPT_XDP_OBJECT=$(./scripts/build-ebpf.sh)
-export PKTCRYPT_XDP_OBJECT
+step "XDP program rebuilt from source: byte for byte the checked-in object that the binary embeds"
+# The build is reproducible (pinned nightly and bpf-linker; no paths in the object), so every XDP
+# test below (cargo test, the xdp fuzz target, the demo) runs the embedded object, and that is
+# the program built from this source.
+unset PKTCRYPT_XDP_OBJECT
+./scripts/build-ebpf.sh --check
 cargo fmt --manifest-path ebpf/pktcrypt-xdp/Cargo.toml -- --check
 
 step "cargo test (unit, known-answer, property, independence, demo, loopback, XDP on veth, gateways end to end)"
@@ -46,18 +49,49 @@ diff -u ffi/include/pktcrypt.h target/pktcrypt.h.fresh \
   || { echo "ffi/include/pktcrypt.h is stale: regenerate it with cbindgen (see ffi/cbindgen.toml)"; exit 1; }
 make -C ffi test
 make -C ffi test VALGRIND=1
+
+step "C library installed: make install (release) into a prefix under target/, an example built and run against it through pkg-config alone; a DESTDIR install and uninstall"
+./ffi/tests/install.sh
 c_passed=$(( $(ls ffi/tests/test_*.c | wc -l) + 1 ))
 
-step "Python: wheel built in a fresh virtual environment, installed, pytest, mypy"
+step "Python: abi3 wheel built in a fresh virtual environment, installed, pytest, mypy"
 cargo fmt --manifest-path python/Cargo.toml -- --check
 cargo clippy --manifest-path python/Cargo.toml --locked -- -D warnings
-rm -rf target/pyvenv target/wheels
+rm -rf target/pyvenv target/wheels target/sdist
 python3 -m venv target/pyvenv
 target/pyvenv/bin/pip install --quiet --disable-pip-version-check maturin pytest mypy cryptography
-(cd python && ../target/pyvenv/bin/maturin build --release --quiet --out ../target/wheels)
-target/pyvenv/bin/pip install --quiet --disable-pip-version-check target/wheels/pktcrypt-*.whl
+(cd python && ../target/pyvenv/bin/maturin build --release --locked --quiet --out ../target/wheels)
+# One wheel for every CPython from 3.11 on (pyo3's abi3-py311): its name and its module say so.
+wheel=$(ls target/wheels/pktcrypt-*.whl)
+target/pyvenv/bin/python - "$wheel" <<'PY'
+import sys, zipfile
+path = sys.argv[1]
+names = zipfile.ZipFile(path).namelist()
+assert "-cp311-abi3-" in path.rsplit("/", 1)[-1], f"not a cp311-abi3 wheel: {path}"
+assert "pktcrypt/_native.abi3.so" in names, f"no abi3 extension module in {names}"
+assert any(n.endswith("LICENSE-MIT") for n in names) and any(n.endswith("LICENSE-APACHE") for n in names), "licence files"
+print("abi3 wheel:", path.rsplit("/", 1)[-1])
+PY
+target/pyvenv/bin/pip install --quiet --disable-pip-version-check "$wheel"
 (cd python && ../target/pyvenv/bin/python -m pytest -q tests | tee ../target/pytest.log && ../target/pyvenv/bin/mypy)
 py_passed=$(grep -Eo '[0-9]+ passed' target/pytest.log | tail -1 | awk '{print $1}')
+
+step "Python: sdist; pip install ./python and pip install of the sdist, each in a fresh virtual environment"
+(cd python && ../target/pyvenv/bin/maturin sdist --out ../target/sdist 2>/dev/null)
+sdist=$(ls target/sdist/pktcrypt-*.tar.gz)
+# Both build through maturin's PEP 517 backend (Cargo.lock, locked: pyproject.toml). The sdist's
+# build shares python/target: the crates.io crates are not compiled again, pktcrypt's own crates
+# (from the sdist's copy) are.
+for src in ./python "$sdist"; do
+  rm -rf target/pyvenv-install
+  python3 -m venv target/pyvenv-install
+  CARGO_TARGET_DIR=$PWD/python/target target/pyvenv-install/bin/pip install --quiet --no-cache-dir \
+    --disable-pip-version-check "$src" pytest
+  (cd python && ../target/pyvenv-install/bin/python -m pytest -q -p no:cacheprovider tests/test_roundtrip.py tests/test_errors.py) \
+    || { echo "pip install $src: the tests fail"; exit 1; }
+  echo "pip install $src: ok"
+done
+rm -rf target/pyvenv-install
 
 step "benchmarks compile"
 cargo bench -p pktcrypt-benches --locked --no-run
@@ -80,6 +114,20 @@ done
 step "the README's main job: scripts/demo.sh (gateways in namespaces, must exit 0)"
 ./scripts/demo.sh > target/demo.log 2>&1 || { tail -40 target/demo.log; echo "demo failed"; exit 1; }
 grep -E "on the wire:|packet loss|key generations|stopped gateways drop|no XDP program left" target/demo.log
+
+step "cargo install on stable: the installed binary passes the XDP test with its embedded object"
+# The same release build as the demo's (same target directory), so nothing is compiled again; the
+# XDP test is the binary the cargo test run above built (cargo-test.log names it).
+rm -rf target/pkinst
+cargo install --path userspace/pktcrypt --locked --root target/pkinst --target-dir target --quiet
+xdp_test=$(sed -n 's|^ *Running tests/xdp\.rs (\(.*\))$|\1|p' target/cargo-test.log | head -1)
+[ -n "$xdp_test" ] && [ -x "$xdp_test" ] || { echo "no XDP test binary named in target/cargo-test.log"; exit 1; }
+PKTCRYPT_BIN=$PWD/target/pkinst/bin/pktcrypt "$xdp_test" --nocapture \
+  > target/xdp-installed.log 2>&1 || { tail -40 target/xdp-installed.log; echo "XDP test with the installed binary failed"; exit 1; }
+grep -q "^binary $PWD/target/pkinst/bin/pktcrypt, XDP object embedded$" target/xdp-installed.log \
+  && grep -q "^test result: ok. 1 passed" target/xdp-installed.log \
+  || { cat target/xdp-installed.log; echo "the XDP test did not run the installed binary with the embedded object"; exit 1; }
+grep -E "^binary|^test result" target/xdp-installed.log
 
 echo
 echo "all checks passed: Rust $rust_passed, C $c_passed (native and valgrind), Python $py_passed"

@@ -16,14 +16,19 @@ int main(int argc, char **argv) {
   }
   unsigned count = (unsigned)atoi(argv[3]);
   pktcrypt_config cfg;
-  pktcrypt_config_init(&cfg, PKTCRYPT_ROLE_CLIENT);
+  pktcrypt_result r = pktcrypt_config_init(&cfg, PKTCRYPT_ROLE_CLIENT);
+  if (r != PKTCRYPT_RESULT_OK) { /* e.g. a header of another version than the library */
+    fprintf(stderr, "echo_client: libpktcrypt %s: %s\n", pktcrypt_version(), pktcrypt_result_message(r));
+    return 1;
+  }
   if (getenv("PKTCRYPT_BACKEND") && strcmp(getenv("PKTCRYPT_BACKEND"), "rustcrypto") == 0)
     cfg.backend = PKTCRYPT_BACKEND_RUSTCRYPTO;
   cfg.hello_interval_ms = 500;
   cfg.request_timeout_ms = 100;
   pktcrypt_endpoint *ep = NULL;
-  if (pktcrypt_endpoint_new(&cfg, argv[2], pktcrypt_now_ns(), &ep) != PKTCRYPT_RESULT_OK) {
-    fprintf(stderr, "echo_client: bad key\n");
+  r = pktcrypt_endpoint_new(&cfg, argv[2], pktcrypt_now_ns(), &ep);
+  if (r != PKTCRYPT_RESULT_OK) {
+    fprintf(stderr, "echo_client: %s\n", pktcrypt_result_message(r));
     return 1;
   }
   int fd = socket(AF_INET, SOCK_DGRAM, 0);
@@ -64,8 +69,8 @@ int main(int argc, char **argv) {
   }
   pktcrypt_peer_status st;
   pktcrypt_status(ep, 0, &st);
-  printf("echo_client: %u of %u echoes came back, generation %llu\n", back, count,
-         (unsigned long long)st.tx_generation);
+  printf("echo_client: %u of %u echoes came back, generation %llu (libpktcrypt %s)\n", back, count,
+         (unsigned long long)st.tx_generation, pktcrypt_version());
   pktcrypt_endpoint_free(ep);
   close(fd);
   return back == count ? 0 : 1;

@@ -17,7 +17,11 @@ int main(int argc, char **argv) {
   }
   uint64_t run_ns = (argc > 3 ? strtoull(argv[3], NULL, 10) : 10) * 1000000000ull;
   pktcrypt_config cfg;
-  pktcrypt_config_init(&cfg, PKTCRYPT_ROLE_SERVER);
+  pktcrypt_result r = pktcrypt_config_init(&cfg, PKTCRYPT_ROLE_SERVER);
+  if (r != PKTCRYPT_RESULT_OK) { /* e.g. a header of another version than the library */
+    fprintf(stderr, "echo_server: libpktcrypt %s: %s\n", pktcrypt_version(), pktcrypt_result_message(r));
+    return 1;
+  }
   if (getenv("PKTCRYPT_BACKEND") && strcmp(getenv("PKTCRYPT_BACKEND"), "rustcrypto") == 0)
     cfg.backend = PKTCRYPT_BACKEND_RUSTCRYPTO;
   cfg.rekey_interval_ms = 500;

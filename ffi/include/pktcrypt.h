@@ -7,6 +7,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Fills *cfg with the defaults of role and sets cfg->struct_size to the size of pktcrypt_config
+ * in this header (see pktcrypt_config_init_sized). */
+#define pktcrypt_config_init(cfg, role) \
+  pktcrypt_config_init_sized((cfg), sizeof(pktcrypt_config), (role))
+
+// The ABI version: the number in the shared library's SONAME (`libpktcrypt.so.0`). A new
+// function or a field appended to `pktcrypt_config` keeps it; an incompatible change bumps it.
+#define PKTCRYPT_ABI_VERSION 0
+
 // `pktcrypt_config.pfs`: every rotation exchanges ephemeral keys (the default).
 #define PKTCRYPT_PFS_EVERY_REKEY 0
 
@@ -43,6 +52,10 @@ typedef enum {
   // No key is established with the peer yet (protocol version 3 sends nothing but
   // handshake messages under the init key): wait for the handshake, then seal.
   PKTCRYPT_RESULT_ERR_NO_KEY = 11,
+  // `pktcrypt_config.struct_size` is not the size of a `pktcrypt_config` this library knows:
+  // the header the caller was compiled with does not match the library (or the config was
+  // not filled by `pktcrypt_config_init`).
+  PKTCRYPT_RESULT_ERR_CONFIG_SIZE = 12,
 } pktcrypt_result;
 
 // Role of an endpoint.
@@ -135,7 +148,14 @@ typedef struct pktcrypt_endpoint pktcrypt_endpoint;
 
 // Endpoint configuration. Fill it with `pktcrypt_config_init`, then change fields.
 // Durations are in milliseconds; 0 means the default unless stated.
+//
+// It may grow in later versions (fields are only appended): `struct_size` tells the library
+// which version the caller has, so never set it by hand.
 typedef struct {
+  // `sizeof(pktcrypt_config)` as the caller was compiled with it; set by
+  // `pktcrypt_config_init`. Calls refuse a size they do not know
+  // (`PKTCRYPT_RESULT_ERR_CONFIG_SIZE`).
+  uint32_t struct_size;
   // Server or client.
   pktcrypt_role role;
   // Suite of new generations (server).
@@ -245,11 +265,16 @@ typedef struct {
 extern "C" {
 #endif // __cplusplus
 
-// Fills `cfg` with the defaults of `role`.
+// Fills `cfg`, a `pktcrypt_config` of `struct_size` bytes, with the defaults of `role`, and
+// sets its `struct_size`. Call it through the header's `pktcrypt_config_init(cfg, role)`,
+// which passes `sizeof(pktcrypt_config)` as the caller's header has it. A size this library
+// does not know is refused (`PKTCRYPT_RESULT_ERR_CONFIG_SIZE`) and nothing is written.
 //
 // # Safety
-// `cfg` is NULL or points to writable memory for a `pktcrypt_config`.
-pktcrypt_result pktcrypt_config_init(pktcrypt_config *cfg, pktcrypt_role role);
+// `cfg` is NULL or points to `struct_size` writable bytes.
+pktcrypt_result pktcrypt_config_init_sized(pktcrypt_config *cfg,
+                                           size_t struct_size,
+                                           pktcrypt_role role);
 
 // Creates an endpoint. A client needs its init key code (`pkc1-...`); a server takes NULL and
 // gets its clients with `pktcrypt_endpoint_add_peer`. A client starts asking for its first key
@@ -363,6 +388,10 @@ uint64_t pktcrypt_now_ns(void);
 
 // A static description of a result (never NULL, never freed).
 const char *pktcrypt_result_message(pktcrypt_result r);
+
+// The library's version, e.g. `"0.1.0"` (static, never NULL, never freed). Compare with the
+// header you compiled with if it matters; the ABI is `PKTCRYPT_ABI_VERSION`.
+const char *pktcrypt_version(void);
 
 // The detail of the last failure on `ep` ("" if none). Valid until the next call on `ep`.
 //

@@ -11,6 +11,12 @@
 //!   once (it is `Send`, not `Sync`). Different handles are independent.
 //! - Time is a `uint64_t` of nanoseconds on a monotonic clock; `pktcrypt_now_ns()` reads
 //!   `CLOCK_BOOTTIME`, which keeps counting across suspend.
+//! - ABI: the shared library's SONAME is `libpktcrypt.so.0` ([`PKTCRYPT_ABI_VERSION`]); it
+//!   changes only when a function or struct changes incompatibly. `pktcrypt_config` can grow
+//!   without that: its first field, `struct_size`, is the size of the struct the caller was
+//!   compiled with (`pktcrypt_config_init` sets it), new fields are only ever appended, and the
+//!   library accepts the sizes it knows (today only one) and refuses any other with
+//!   `PKTCRYPT_RESULT_ERR_CONFIG_SIZE` rather than read or write past the caller's struct.
 #![allow(non_camel_case_types)]
 
 use pktcrypt_core::control::{
@@ -54,7 +60,15 @@ pub enum pktcrypt_result {
     /// No key is established with the peer yet (protocol version 3 sends nothing but
     /// handshake messages under the init key): wait for the handshake, then seal.
     ErrNoKey = 11,
+    /// `pktcrypt_config.struct_size` is not the size of a `pktcrypt_config` this library knows:
+    /// the header the caller was compiled with does not match the library (or the config was
+    /// not filled by `pktcrypt_config_init`).
+    ErrConfigSize = 12,
 }
+
+/// The ABI version: the number in the shared library's SONAME (`libpktcrypt.so.0`). A new
+/// function or a field appended to `pktcrypt_config` keeps it; an incompatible change bumps it.
+pub const PKTCRYPT_ABI_VERSION: u32 = 0;
 
 /// Role of an endpoint.
 #[repr(C)]
@@ -199,9 +213,16 @@ impl From<DropReason> for pktcrypt_drop_reason {
 
 /// Endpoint configuration. Fill it with `pktcrypt_config_init`, then change fields.
 /// Durations are in milliseconds; 0 means the default unless stated.
+///
+/// It may grow in later versions (fields are only appended): `struct_size` tells the library
+/// which version the caller has, so never set it by hand.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct pktcrypt_config {
+    /// `sizeof(pktcrypt_config)` as the caller was compiled with it; set by
+    /// `pktcrypt_config_init`. Calls refuse a size they do not know
+    /// (`PKTCRYPT_RESULT_ERR_CONFIG_SIZE`).
+    pub struct_size: u32,
     /// Server or client.
     pub role: pktcrypt_role,
     /// Suite of new generations (server).
@@ -375,22 +396,35 @@ unsafe fn key_arg(p: *const c_char) -> Result<Generation, (pktcrypt_result, Stri
     keycode::decode(s).map_err(|e| (pktcrypt_result::ErrKey, e))
 }
 
-/// Fills `cfg` with the defaults of `role`.
+/// The one size of `pktcrypt_config` this library knows (the first version of the struct).
+fn config_size() -> u32 {
+    size_of::<pktcrypt_config>() as u32
+}
+
+/// Fills `cfg`, a `pktcrypt_config` of `struct_size` bytes, with the defaults of `role`, and
+/// sets its `struct_size`. Call it through the header's `pktcrypt_config_init(cfg, role)`,
+/// which passes `sizeof(pktcrypt_config)` as the caller's header has it. A size this library
+/// does not know is refused (`PKTCRYPT_RESULT_ERR_CONFIG_SIZE`) and nothing is written.
 ///
 /// # Safety
-/// `cfg` is NULL or points to writable memory for a `pktcrypt_config`.
+/// `cfg` is NULL or points to `struct_size` writable bytes.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn pktcrypt_config_init(
+pub unsafe extern "C" fn pktcrypt_config_init_sized(
     cfg: *mut pktcrypt_config,
+    struct_size: size_t,
     role: pktcrypt_role,
 ) -> pktcrypt_result {
     guard(|| {
         if cfg.is_null() {
             return pktcrypt_result::ErrNull;
         }
+        if struct_size != config_size() as usize {
+            return pktcrypt_result::ErrConfigSize;
+        }
         let c = ClientConfig::new();
         let s = ServerConfig::new();
         let value = pktcrypt_config {
+            struct_size: config_size(),
             role,
             suite: suite_out(s.suite),
             derived: false,
@@ -474,7 +508,13 @@ pub unsafe extern "C" fn pktcrypt_endpoint_new(
         if cfg.is_null() || out.is_null() {
             return pktcrypt_result::ErrNull;
         }
-        // SAFETY: non-null; the caller passes a valid, initialised config.
+        // SAFETY: non-null; the caller passes a config filled by `pktcrypt_config_init`, of any
+        // version: every version starts with `struct_size`, so this field is there to read.
+        if unsafe { (&raw const (*cfg).struct_size).read() } != config_size() {
+            return pktcrypt_result::ErrConfigSize;
+        }
+        // SAFETY: non-null, and of this library's size (checked above): a valid, initialised
+        // config.
         let cfg = unsafe { *cfg };
         let machine = match cfg.role {
             pktcrypt_role::Server => {
@@ -1063,8 +1103,23 @@ pub extern "C" fn pktcrypt_result_message(r: pktcrypt_result) -> *const c_char {
         pktcrypt_result::ErrSeal => c"sealing failed",
         pktcrypt_result::ErrPanic => c"internal error (panic caught)",
         pktcrypt_result::ErrNoKey => c"no key established with the peer yet",
+        pktcrypt_result::ErrConfigSize => {
+            c"pktcrypt_config of a size this library does not know: fill it with pktcrypt_config_init from a header that matches the library"
+        }
     };
     s.as_ptr()
+}
+
+/// The library's version, e.g. `"0.1.0"` (static, never NULL, never freed). Compare with the
+/// header you compiled with if it matters; the ABI is `PKTCRYPT_ABI_VERSION`.
+#[unsafe(no_mangle)]
+pub extern "C" fn pktcrypt_version() -> *const c_char {
+    const VERSION: &CStr =
+        match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+            Ok(v) => v,
+            Err(_) => panic!("the crate version has a NUL byte"),
+        };
+    VERSION.as_ptr()
 }
 
 /// The detail of the last failure on `ep` ("" if none). Valid until the next call on `ep`.
@@ -1092,5 +1147,54 @@ pub unsafe extern "C" fn pktcrypt_endpoint_role(ep: *const pktcrypt_endpoint) ->
     match unsafe { ep.as_ref() } {
         Some(ep) => ep.config.role,
         None => pktcrypt_role::Client,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_soname_is_the_abi_version_and_the_version_the_crate_version() {
+        assert_eq!(
+            env!("PKTCRYPT_SONAME_ABI"),
+            PKTCRYPT_ABI_VERSION.to_string()
+        );
+        // SAFETY: a static NUL-terminated string.
+        let v = unsafe { CStr::from_ptr(pktcrypt_version()) };
+        assert_eq!(v.to_str(), Ok(env!("CARGO_PKG_VERSION")));
+    }
+
+    #[test]
+    fn a_config_of_another_size_is_refused_and_left_alone() {
+        let mut cfg = std::mem::MaybeUninit::<pktcrypt_config>::zeroed();
+        let size = size_of::<pktcrypt_config>();
+        for other in [0, 4, size - 8, size + 8] {
+            // SAFETY: `cfg` has room for a whole config (and nothing is written on refusal).
+            let r = unsafe {
+                pktcrypt_config_init_sized(cfg.as_mut_ptr(), other, pktcrypt_role::Client)
+            };
+            assert_eq!(r, pktcrypt_result::ErrConfigSize, "{other}");
+        }
+        // SAFETY: zeroed is a valid config bit pattern for this check (struct_size 0, role 0).
+        assert_eq!(unsafe { cfg.assume_init_ref() }.struct_size, 0);
+        // SAFETY: as above, with the right size.
+        let r =
+            unsafe { pktcrypt_config_init_sized(cfg.as_mut_ptr(), size, pktcrypt_role::Server) };
+        assert_eq!(r, pktcrypt_result::Ok);
+        // SAFETY: initialised by the call above.
+        let mut cfg = unsafe { cfg.assume_init() };
+        assert_eq!(cfg.struct_size as usize, size);
+        let mut ep = std::ptr::null_mut();
+        cfg.struct_size -= 8;
+        // SAFETY: a config and an out pointer.
+        let r = unsafe { pktcrypt_endpoint_new(&cfg, std::ptr::null(), 0, &mut ep) };
+        assert_eq!((r, ep.is_null()), (pktcrypt_result::ErrConfigSize, true));
+        cfg.struct_size += 8;
+        // SAFETY: as above.
+        let r = unsafe { pktcrypt_endpoint_new(&cfg, std::ptr::null(), 0, &mut ep) };
+        assert_eq!(r, pktcrypt_result::Ok);
+        // SAFETY: a live handle, freed once.
+        unsafe { pktcrypt_endpoint_free(ep) };
     }
 }

@@ -28,6 +28,29 @@ int main(void) {
   cfg.replay_window = 100;
   CHECK(pktcrypt_endpoint_new(&cfg, key, 0, &ep) == PKTCRYPT_RESULT_ERR_CONFIG);
   cfg.replay_window = 1024;
+
+  /* The config's size: set by pktcrypt_config_init; a size the library does not know (a header
+   * of another version, or a config never initialised) is refused, and nothing is written. */
+  CHECK(cfg.struct_size == sizeof(pktcrypt_config));
+  pktcrypt_config other;
+  memset(&other, 0, sizeof other);
+  CHECK(pktcrypt_endpoint_new(&other, key, 0, &ep) == PKTCRYPT_RESULT_ERR_CONFIG_SIZE);
+  CHECK(pktcrypt_config_init_sized(&other, sizeof other - 8, PKTCRYPT_ROLE_CLIENT) ==
+        PKTCRYPT_RESULT_ERR_CONFIG_SIZE);
+  CHECK(pktcrypt_config_init_sized(&other, sizeof other + 8, PKTCRYPT_ROLE_CLIENT) ==
+        PKTCRYPT_RESULT_ERR_CONFIG_SIZE);
+  CHECK(other.struct_size == 0);
+  CHECK(pktcrypt_config_init_sized(NULL, sizeof other, PKTCRYPT_ROLE_CLIENT) == PKTCRYPT_RESULT_ERR_NULL);
+  cfg.struct_size = sizeof cfg + 8;
+  CHECK(pktcrypt_endpoint_new(&cfg, key, 0, &ep) == PKTCRYPT_RESULT_ERR_CONFIG_SIZE);
+  CHECK(ep == NULL);
+  CHECK(strstr(pktcrypt_result_message(PKTCRYPT_RESULT_ERR_CONFIG_SIZE), "size") != NULL);
+  cfg.struct_size = sizeof cfg;
+
+  /* The library's version: "MAJOR.MINOR.PATCH"; the ABI in the SONAME is PKTCRYPT_ABI_VERSION. */
+  unsigned major, minor, patch;
+  CHECK(sscanf(pktcrypt_version(), "%u.%u.%u", &major, &minor, &patch) == 3);
+  CHECK(PKTCRYPT_ABI_VERSION == 0);
   CHECK_OK(pktcrypt_endpoint_new(&cfg, key, 0, &ep));
 
   /* Wrong role. */

@@ -1,7 +1,7 @@
 //! The I/O layer between the kernel and the sans-IO core: the XDP steering program.
 //!
-//! [`XdpSteering::attach`] loads pktcrypt's XDP object (built from `ebpf/pktcrypt-xdp` by
-//! `scripts/build-ebpf.sh`), attaches it to an interface in native (driver) mode, or in generic
+//! [`XdpSteering::attach`] loads pktcrypt's XDP object ([`XDP_OBJECT`], built from
+//! `ebpf/pktcrypt-xdp` by `scripts/build-ebpf.sh`, checked in and embedded), attaches it to an interface in native (driver) mode, or in generic
 //! (SKB) mode with a warning when the driver has no XDP support, and configures what it steers.
 //! The program is attached through rtnetlink ([`xdp_attach`]), not a bpf_link: it stays on the
 //! interface when the process exits or is killed, and with no AF_XDP socket left it drops
@@ -31,8 +31,31 @@ use aya::programs::Xdp;
 use aya::{Ebpf, EbpfLoader};
 use core::net::IpAddr;
 use pktcrypt_common::{XDP_COUNTER_SLOTS, XDP_PROGRAM, XdpCounter, config, maps};
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
+
+/// The XDP program, compiled: the object built from `ebpf/pktcrypt-xdp` by
+/// `scripts/build-ebpf.sh` (nightly, bpf-linker), checked in as `xdp/pktcrypt-xdp.o` and
+/// embedded here, so that a build on stable Rust runs `pktcrypt up` as it is. The build is
+/// reproducible: CI rebuilds it from source and fails if it differs from the checked-in object
+/// by a byte (`scripts/build-ebpf.sh --check`). Aligned to 8 bytes, as the ELF parser needs.
+pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!("../xdp/pktcrypt-xdp.o");
+
+/// The XDP object to load: the file at `path` if one is given (an override: `xdp_object` in
+/// the configuration, `PKTCRYPT_XDP_OBJECT`), else the embedded [`XDP_OBJECT`].
+///
+/// # Errors
+/// The file cannot be read (the message names it).
+pub fn xdp_object(path: Option<&Path>) -> Result<Cow<'static, [u8]>> {
+    match path {
+        None => Ok(Cow::Borrowed(XDP_OBJECT)),
+        Some(p) => std::fs::read(p)
+            .map(Cow::Owned)
+            .map_err(|e| Error::new(format!("reading the XDP object {}", p.display()), e)),
+    }
+}
 
 /// What to steer into the AF_XDP sockets.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -401,5 +424,41 @@ impl XdpSteering {
             };
             let _ = xdp_attach::detach(&self.iface, flags);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The embedded object is what aya can parse without a kernel: 8-byte aligned, a
+    /// little-endian ELF64 relocatable for BPF, with the program and the maps it looks up by
+    /// name. (Loading it needs root: the XDP tests and the `xdp` fuzz target do.)
+    #[test]
+    fn the_embedded_xdp_object_is_an_aligned_bpf_elf_with_the_program_and_maps() {
+        let o = XDP_OBJECT;
+        assert_eq!(o.as_ptr().align_offset(8), 0, "aligned as aya needs");
+        assert_eq!(&o[..4], b"\x7fELF");
+        assert_eq!((o[4], o[5]), (2, 1), "ELF64, little-endian");
+        assert_eq!(u16::from_le_bytes([o[16], o[17]]), 1, "ET_REL");
+        assert_eq!(u16::from_le_bytes([o[18], o[19]]), 247, "EM_BPF");
+        let has = |name: &str| {
+            o.windows(name.len() + 1)
+                .any(|w| w[..name.len()] == *name.as_bytes() && w[name.len()] == 0)
+        };
+        for name in [
+            XDP_PROGRAM,
+            maps::XSKS,
+            maps::CONFIG,
+            maps::COUNTERS,
+            maps::SPIS,
+        ] {
+            assert!(has(name), "{name} in the object's symbols");
+        }
+        assert!(matches!(xdp_object(None), Ok(Cow::Borrowed(b)) if b.as_ptr() == o.as_ptr()));
+        let missing = xdp_object(Some(Path::new("/nonexistent/pktcrypt-xdp.o")))
+            .expect_err("no such file")
+            .to_string();
+        assert!(missing.contains("/nonexistent/pktcrypt-xdp.o"), "{missing}");
     }
 }

@@ -564,11 +564,8 @@ fn xdp_attach(args: &XdpAttachArgs) -> Result<(), String> {
     }
     let seconds = args.seconds;
     let iface = args.iface.as_str();
-    let object = object.ok_or(
-        "--object (or PKTCRYPT_XDP_OBJECT) is required: build it with scripts/build-ebpf.sh",
-    )?;
-    let bytes =
-        std::fs::read(&object).map_err(|e| format!("--object {}: {e}", object.display()))?;
+    // Without --object (or PKTCRYPT_XDP_OBJECT): the object embedded in the binary.
+    let bytes = pktcrypt_io::xdp_object(object.as_deref()).map_err(|e| format!("--object: {e}"))?;
     let term = driver::termination_flag()?;
     let mut steering = pktcrypt_io::XdpSteering::attach(&bytes, iface, &cfg)?;
     if steering.mode() == pktcrypt_io::AttachMode::Generic {

@@ -882,16 +882,14 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
     if !(256..=262_144).contains(&frames) {
         return Err("frames: must be in 256..=262144".into());
     }
+    // An override of the XDP object embedded in the binary, if one is given.
     let object_path = data_path
         .xdp_object
         .clone()
         .map(|p| if p.is_relative() { base.join(p) } else { p })
-        .or_else(|| std::env::var_os("PKTCRYPT_XDP_OBJECT").map(PathBuf::from))
-        .ok_or(
-            "xdp_object: not set (nor PKTCRYPT_XDP_OBJECT); build it with scripts/build-ebpf.sh",
-        )?;
-    let object = std::fs::read(&object_path)
-        .map_err(|e| format!("xdp_object: {}: {e}", object_path.display()))?;
+        .or_else(|| std::env::var_os("PKTCRYPT_XDP_OBJECT").map(PathBuf::from));
+    let object =
+        pktcrypt_io::xdp_object(object_path.as_deref()).map_err(|e| format!("xdp_object: {e}"))?;
 
     let backend = backend(file.backend);
     check_forwarding(data_path.allow_forwarding)?;

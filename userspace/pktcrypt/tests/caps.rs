@@ -4,7 +4,7 @@
 //! `nobody` with exactly those capabilities (setpriv: inheritable, ambient and bounding sets):
 //! traffic passes, and each reports READY to a `NOTIFY_SOCKET`.
 //! Then, for every capability in the list, a gateway started without it fails (so the list has
-//! nothing it does not need). Needs root and the XDP object in `PKTCRYPT_XDP_OBJECT`.
+//! nothing it does not need). Needs root (the XDP object embedded in the binary, or `PKTCRYPT_XDP_OBJECT`'s).
 
 mod common;
 
@@ -74,13 +74,13 @@ fn start(name: &str, config: &Path, caps: &[String], notify: &Path, log: &Path) 
 fn configs(dir: &Path, object: &str, keys: &[&str]) -> (std::path::PathBuf, std::path::PathBuf) {
     let d = dir.display();
     let server = format!(
-        "role = \"server\"\nname = \"gwB\"\ninner = \"in\"\nouter = \"out\"\nxdp_object = \"{object}\"\n\
+        "role = \"server\"\nname = \"gwB\"\ninner = \"in\"\nouter = \"out\"\n{object}\
          status_socket = \"{d}/gwB.sock\"\nstatus_interval_ms = 0\nprefixes = [\"10.2.0.0/24\"]\n\n\
          [[clients]]\nname = \"gwA\"\naddress = \"192.0.2.1\"\nprefixes = [\"10.1.0.0/24\"]\ninit_key = \"{}\"\n",
         keys[0]
     );
     let client = format!(
-        "role = \"client\"\nname = \"gwA\"\ninner = \"in\"\nouter = \"out\"\nxdp_object = \"{object}\"\n\
+        "role = \"client\"\nname = \"gwA\"\ninner = \"in\"\nouter = \"out\"\n{object}\
          prefixes = [\"10.1.0.0/24\"]\nstatus_socket = \"{d}/gwA.sock\"\nstatus_interval_ms = 0\n\
          hello_interval_ms = 1000\nrequest_timeout_ms = 200\nmax_backoff_ms = 1000\n\n\
          [server]\nname = \"gwB\"\naddress = \"192.0.2.2\"\nprefixes = [\"10.2.0.0/24\"]\ninit_key = \"{}\"\n",
@@ -114,12 +114,10 @@ fn kill(c: &mut Child) {
 
 #[test]
 fn the_units_capabilities_are_enough_and_each_is_needed() {
-    let Some(object) = std::env::var("PKTCRYPT_XDP_OBJECT").ok() else {
-        eprintln!(
-            "SKIPPED: set PKTCRYPT_XDP_OBJECT to the compiled XDP object (scripts/test.sh does)"
-        );
+    if !common::root_or_skip() {
         return;
-    };
+    }
+    let object = common::xdp_object_line();
     let caps = unit_caps();
     eprintln!("the unit's capabilities: {caps:?}");
     let dir = std::env::temp_dir().join(format!("pktcrypt-caps-{}", std::process::id()));

@@ -1,7 +1,7 @@
 //! End to end through real interfaces: three sites in network namespaces (scripts/topology.sh),
 //! gateways running `pktcrypt up` with the XDP program and AF_XDP workers, gwB the key server and
-//! gwA, gwC its clients. Needs root and the compiled XDP object in `PKTCRYPT_XDP_OBJECT`
-//! (`scripts/test.sh` builds it from source and sets it).
+//! gwA, gwC its clients. Needs root; the gateways load the XDP object embedded in the binary, or
+//! the one in `PKTCRYPT_XDP_OBJECT` if set.
 //!
 //! One test, in phases (they share the topology): ping and IPv6 ping through the tunnel, a site
 //! to site path through the hub (A → B → C), a TCP bulk transfer, a capture on the wire showing
@@ -204,12 +204,13 @@ fn tx_generation(status: &Value, peer: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// `object`: the `xdp_object` line, or "" (`common::xdp_object_line`).
 fn write_configs(dir: &Path, object: &str, rekey_ms: u64) -> [PathBuf; 3] {
     let keys = std::fs::read_to_string(dir.join("keys.txt")).expect("keys");
     let keys: Vec<&str> = keys.lines().filter(|l| l.starts_with("pkc1-")).collect();
     let d = dir.display();
     let server = format!(
-        "role = \"server\"\nname = \"gwB\"\ninner = \"in\"\nouter = \"out\"\nxdp_object = \"{object}\"\n\
+        "role = \"server\"\nname = \"gwB\"\ninner = \"in\"\nouter = \"out\"\n{object}\
          status_socket = \"{d}/gwB.sock\"\nrekey_interval_ms = {rekey_ms}\nstatus_interval_ms = 0\n\
          prefixes = [\"10.2.0.0/24\", \"fd02::/64\"]\nhub = true\nmetrics = \"127.0.0.1:9477\"\n\n\
          [[clients]]\nname = \"gwA\"\naddress = \"192.0.2.1\"\nprefixes = [\"10.1.0.0/24\", \"fd01::/64\"]\ninit_key = \"{}\"\n\n\
@@ -219,7 +220,7 @@ fn write_configs(dir: &Path, object: &str, rekey_ms: u64) -> [PathBuf; 3] {
     );
     let client = |name: &str, key: &str, other: &str, own: &str| {
         format!(
-            "role = \"client\"\nname = \"{name}\"\ninner = \"in\"\nouter = \"out\"\nxdp_object = \"{object}\"\n\
+            "role = \"client\"\nname = \"{name}\"\ninner = \"in\"\nouter = \"out\"\n{object}\
              prefixes = [{own}]\n\
              status_socket = \"{d}/{name}.sock\"\nstatus_interval_ms = 0\nhello_interval_ms = 1000\n\
              request_timeout_ms = 200\nmax_backoff_ms = 1000\nmax_retries = 3\n\n\
@@ -257,12 +258,10 @@ fn write_configs(dir: &Path, object: &str, rekey_ms: u64) -> [PathBuf; 3] {
 
 #[test]
 fn gateways_carry_traffic_through_rekeys_and_restarts() {
-    let Some(object) = std::env::var("PKTCRYPT_XDP_OBJECT").ok() else {
-        eprintln!(
-            "SKIPPED: set PKTCRYPT_XDP_OBJECT to the compiled XDP object (scripts/test.sh does)"
-        );
+    if !common::root_or_skip() {
         return;
-    };
+    }
+    let object = common::xdp_object_line();
     let seconds: u32 = std::env::var("PKTCRYPT_E2E_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -7,7 +7,7 @@
 //! Phases: the group comes up and carries IPv4 and IPv6 between every pair of sites; the group is
 //! rekeyed every second (three-phase rollouts) under continuous pings, which all arrive; a capture
 //! on the wire holds only IPv6 and no inner address; ESP behind IPv6 extension headers reaches
-//! the workers; status and export-keys show the group; the members detach cleanly. Needs root and `PKTCRYPT_XDP_OBJECT` (as `tests/gateway.rs`).
+//! the workers; status and export-keys show the group; the members detach cleanly. Needs root (as `tests/gateway.rs`).
 
 mod common;
 
@@ -77,6 +77,7 @@ fn members(keys: &[Option<&str>]) -> String {
     out
 }
 
+/// `object`: the `xdp_object` line, or "" (`common::xdp_object_line`).
 fn write_configs(dir: &Path, object: &str) -> Vec<std::path::PathBuf> {
     let keys = std::fs::read_to_string(dir.join("keys.txt")).expect("keys");
     let keys: Vec<&str> = keys.lines().filter(|l| l.starts_with("pkc1-")).collect();
@@ -95,7 +96,7 @@ fn write_configs(dir: &Path, object: &str) -> Vec<std::path::PathBuf> {
         own[i] = Some(keys[i]);
         let member = format!(
             "role = \"group-member\"\nname = \"{name}\"\ninner = \"in\"\nouter = \"out\"\n\
-             xdp_object = \"{object}\"\nstatus_socket = \"{d}/{name}.sock\"\nstatus_interval_ms = 0\n\
+             {object}status_socket = \"{d}/{name}.sock\"\nstatus_interval_ms = 0\n\
              index = {i}\ncontroller = \"2001:db8::100\"\nretry_ms = 200\n\n\
              [group]\ninit_key = \"{group_key}\"\n{}",
             members(&own)
@@ -113,12 +114,10 @@ fn group_generation(status: &Value) -> u64 {
 
 #[test]
 fn group_members_carry_traffic_over_ipv6_through_group_rekeys() {
-    let Some(object) = std::env::var("PKTCRYPT_XDP_OBJECT").ok() else {
-        eprintln!(
-            "SKIPPED: set PKTCRYPT_XDP_OBJECT to the compiled XDP object (scripts/test.sh does)"
-        );
+    if !common::root_or_skip() {
         return;
-    };
+    }
+    let object = common::xdp_object_line();
     let dir = std::env::temp_dir().join(format!("pktcrypt-gateway-group-{}", std::process::id()));
     // A directory left by an earlier run with the same process id would hold its keys.
     let _ = std::fs::remove_dir_all(&dir);
@@ -322,7 +321,11 @@ fn group_members_carry_traffic_over_ipv6_through_group_rekeys() {
         common::ping_run(P, "hostA", "10.3.0.2", 2, "0.1").1 == 0
     });
     assert!(cut, "gwC still reaches the group after its removal");
-    assert_eq!(ping_run("hostA", "10.2.0.2", 10), (10, 10), "A → B after C left");
+    assert_eq!(
+        ping_run("hostA", "10.2.0.2", 10),
+        (10, 10),
+        "A → B after C left"
+    );
     std::fs::write(&configs[0], &ctl_text).expect("write");
     let (ok, out) = reload();
     eprintln!("controller reload: {out}");
@@ -332,7 +335,11 @@ fn group_members_carry_traffic_over_ipv6_through_group_rekeys() {
         "gwC re-admitted but not reached; logs in {}",
         dir.display()
     );
-    assert_eq!(ping_run("hostC", "10.1.0.2", 10), (10, 10), "C → A after re-admission");
+    assert_eq!(
+        ping_run("hostC", "10.1.0.2", 10),
+        (10, 10),
+        "C → A after re-admission"
+    );
 
     // 4. Clean stop (the programs stay, fail closed), then `pktcrypt down`: nothing attached.
     for g in gws.iter_mut() {

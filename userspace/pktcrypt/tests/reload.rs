@@ -3,8 +3,8 @@
 //! `pktcrypt reload` while hostA pings hostB every 10 ms: not one of those pings is lost, gwA's
 //! keys are the same before and after (not re-initialised), and gwC's traffic flows. A change
 //! that needs a restart (the port) is refused naming the key, and changes nothing. Then gwC is
-//! removed again with SIGHUP: its traffic stops, gwA's goes on. Needs root and the XDP object in
-//! `PKTCRYPT_XDP_OBJECT`.
+//! removed again with SIGHUP: its traffic stops, gwA's goes on. Needs root (the XDP object embedded in
+//! the binary, or `PKTCRYPT_XDP_OBJECT`'s).
 
 mod common;
 
@@ -44,7 +44,7 @@ fn sas_of(status: &Value, peer: &str) -> Vec<(String, u64, String)> {
 fn server_config(object: &str, d: &Path, keys: &[&str], with_c: bool, port: Option<u16>) -> String {
     let d = d.display();
     let mut s = format!(
-        "role = \"server\"\nname = \"gwB\"\ninner = \"in\"\nouter = \"out\"\nxdp_object = \"{object}\"\n\
+        "role = \"server\"\nname = \"gwB\"\ninner = \"in\"\nouter = \"out\"\n{object}\
          status_socket = \"{d}/gwB.sock\"\nstatus_interval_ms = 0\nrekey_interval_ms = 600000\n\
          prefixes = [\"10.2.0.0/24\"]\n"
     );
@@ -67,7 +67,7 @@ fn server_config(object: &str, d: &Path, keys: &[&str], with_c: bool, port: Opti
 fn client_config(object: &str, d: &Path, name: &str, own: &str, key: &str) -> String {
     let d = d.display();
     format!(
-        "role = \"client\"\nname = \"{name}\"\ninner = \"in\"\nouter = \"out\"\nxdp_object = \"{object}\"\n\
+        "role = \"client\"\nname = \"{name}\"\ninner = \"in\"\nouter = \"out\"\n{object}\
          prefixes = [\"{own}\"]\nstatus_socket = \"{d}/{name}.sock\"\nstatus_interval_ms = 0\n\
          hello_interval_ms = 1000\nrequest_timeout_ms = 200\nmax_backoff_ms = 1000\nmax_retries = 3\n\n\
          [server]\nname = \"gwB\"\naddress = \"192.0.2.2\"\nprefixes = [\"10.2.0.0/24\"]\ninit_key = \"{key}\"\n"
@@ -83,12 +83,10 @@ fn ping_in_background(from: &str, to: &str, count: u32) -> std::thread::JoinHand
 
 #[test]
 fn reload_adds_and_removes_a_site_under_traffic() {
-    let Some(object) = std::env::var("PKTCRYPT_XDP_OBJECT").ok() else {
-        eprintln!(
-            "SKIPPED: set PKTCRYPT_XDP_OBJECT to the compiled XDP object (scripts/test.sh does)"
-        );
+    if !common::root_or_skip() {
         return;
-    };
+    }
+    let object = common::xdp_object_line();
     let dir = std::env::temp_dir().join(format!("pktcrypt-reload-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");

@@ -44,14 +44,14 @@ fn write_configs(dir: &Path, object: &str, esn: bool) -> [PathBuf; 2] {
     let keys: Vec<&str> = keys.lines().filter(|l| l.starts_with("pkc1-")).collect();
     let d = dir.display();
     let server = format!(
-        "role = \"server\"\nname = \"gwB\"\ninner = \"in\"\nouter = \"out\"\nxdp_object = \"{object}\"\n\
+        "role = \"server\"\nname = \"gwB\"\ninner = \"in\"\nouter = \"out\"\n{object}\
          status_socket = \"{d}/gwB.sock\"\nstatus_interval_ms = 0\nrekey_interval_ms = 0\nesn = {esn}\n\
          prefixes = [\"10.2.0.0/24\"]\n\n\
          [[clients]]\nname = \"gwA\"\naddress = \"192.0.2.1\"\nprefixes = [\"10.1.0.0/24\"]\ninit_key = \"{}\"\n",
         keys[0]
     );
     let client = format!(
-        "role = \"client\"\nname = \"gwA\"\ninner = \"in\"\nouter = \"out\"\nxdp_object = \"{object}\"\n\
+        "role = \"client\"\nname = \"gwA\"\ninner = \"in\"\nouter = \"out\"\n{object}\
          status_socket = \"{d}/gwA.sock\"\nstatus_interval_ms = 0\nesn = {esn}\nprefixes = [\"10.1.0.0/24\"]\n\n\
          [server]\nname = \"gwB\"\naddress = \"192.0.2.2\"\nprefixes = [\"10.2.0.0/24\"]\ninit_key = \"{}\"\n",
         keys[0]
@@ -194,12 +194,10 @@ fn pktcrypt_capture(dir: &Path, name: &str, format: &str) -> Child {
 
 #[test]
 fn wireshark_decrypts_and_authenticates_captures_of_the_gateways() {
-    let Some(object) = std::env::var("PKTCRYPT_XDP_OBJECT").ok() else {
-        eprintln!(
-            "SKIPPED: set PKTCRYPT_XDP_OBJECT to the compiled XDP object (scripts/test.sh does)"
-        );
+    if !common::root_or_skip() {
         return;
-    };
+    }
+    let object = common::xdp_object_line();
     let Some(version) = tshark_version() else {
         // CI runs scripts/setup.sh, which installs it: there the test must not skip.
         assert!(

@@ -1,9 +1,10 @@
 //! The XDP program on arbitrary frames, in the kernel, through `BPF_PROG_TEST_RUN`.
 //!
-//! Loads the compiled object named by `PKTCRYPT_XDP_OBJECT` once per process, three times, each
-//! configured as the daemon configures an interface: the inner side with some protected prefixes,
-//! the inner side with everything protected (`0.0.0.0/0`, `::/0`), and the outer side (ESP-in-UDP
-//! on port 4500). Maps are configured by name (`CONFIG`, `PREFIXES_V4`, `PREFIXES_V6` from
+//! Loads the compiled object (the one `pktcrypt-io` embeds, `pktcrypt_io::XDP_OBJECT`, or the
+//! file named by `PKTCRYPT_XDP_OBJECT` if set) once per process, four times, each configured as
+//! the daemon configures an interface: the inner side with some protected prefixes, the inner
+//! side with everything protected (`0.0.0.0/0`, `::/0`), the outer side (ESP-in-UDP on port
+//! 4500), and the outer side with the SPI check. Maps are configured by name (`CONFIG`, `PREFIXES_V4`, `PREFIXES_V6` from
 //! `pktcrypt-common`); any other map of the object is left as it is, so the harness runs
 //! against later versions of the program too. No AF_XDP socket is registered, so a steered frame
 //! takes the program's fallback action.
@@ -21,8 +22,7 @@
 //! version, a destination from a table (inside or outside the prefixes), UDP to the ESP port, so
 //! that the interesting cases come up often (the program itself gives the fuzzer no coverage).
 //!
-//! Needs root (loading programs); without `PKTCRYPT_XDP_OBJECT` or without root it says so
-//! once and skips every input.
+//! Needs root (loading programs); without root it says so once and skips every input.
 #![no_main]
 
 use aya::Ebpf;
@@ -199,26 +199,23 @@ fn load(object: &[u8], side: Side) -> Loaded {
     Loaded { _ebpf: ebpf, fd }
 }
 
-/// The three instances (loaded once, for the life of the process), or `None` (skipping)
-/// without an object or root.
+/// The four instances (loaded once, for the life of the process), or `None` (skipping)
+/// without root.
 fn programs() -> Option<&'static [Loaded; 4]> {
     static PROGRAMS: OnceLock<Option<[Loaded; 4]>> = OnceLock::new();
     PROGRAMS
         .get_or_init(|| {
-            let Some(path) = std::env::var_os("PKTCRYPT_XDP_OBJECT") else {
-                eprintln!(
-                    "xdp fuzz target: PKTCRYPT_XDP_OBJECT is not set: SKIPPING (no input is tested)"
-                );
-                return None;
-            };
             // SAFETY: geteuid has no preconditions and cannot fail.
             if unsafe { libc::geteuid() } != 0 {
                 eprintln!("xdp fuzz target: not root: SKIPPING (no input is tested)");
                 return None;
             }
-            let object = std::fs::read(&path)
-                .unwrap_or_else(|e| panic!("reading {}: {e}", path.to_string_lossy()));
-            eprintln!("xdp fuzz target: {}", path.to_string_lossy());
+            let path = std::env::var_os("PKTCRYPT_XDP_OBJECT").map(std::path::PathBuf::from);
+            let object = pktcrypt_io::xdp_object(path.as_deref()).unwrap_or_else(|e| panic!("{e}"));
+            eprintln!(
+                "xdp fuzz target: {}",
+                path.map_or("the embedded object".into(), |p| p.display().to_string())
+            );
             Some(Side::ALL.map(|side| load(&object, side)))
         })
         .as_ref()

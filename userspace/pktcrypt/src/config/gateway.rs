@@ -109,7 +109,8 @@ pub(crate) struct DataPath {
     pub(crate) allow_forwarding: bool,
     /// Worker threads, one per RX queue of each interface (default: the number of queues).
     pub(crate) workers: Option<NonZeroU32>,
-    /// Compiled XDP program (default: `$PKTCRYPT_XDP_OBJECT`).
+    /// Compiled XDP program to load instead of the one embedded in the binary (default:
+    /// `$PKTCRYPT_XDP_OBJECT` if set, else the embedded one).
     pub(crate) xdp_object: Option<PathBuf>,
     /// Unix socket for `pktcrypt export-keys` (mode 0600; default: the status socket's name
     /// with `.keys.sock`).

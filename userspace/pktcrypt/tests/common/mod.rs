@@ -11,6 +11,29 @@ use std::time::{Duration, Instant};
 /// The `pktcrypt` binary under test.
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_pktcrypt");
 
+/// Whether the tests run as root (network namespaces, XDP); if not, says that the test skips.
+pub(crate) fn root_or_skip() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    // "Uid:\treal\teffective\t...": the effective one decides.
+    let root = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        == Some("0");
+    if !root {
+        eprintln!("SKIPPED: needs root (network namespaces, XDP)");
+    }
+    root
+}
+
+/// The `xdp_object` line of a gateway's configuration: the object in `PKTCRYPT_XDP_OBJECT` if
+/// set (an override), else no line: the gateway loads the object embedded in the binary.
+pub(crate) fn xdp_object_line() -> String {
+    std::env::var("PKTCRYPT_XDP_OBJECT")
+        .map(|o| format!("xdp_object = \"{o}\"\n"))
+        .unwrap_or_default()
+}
+
 /// Runs a shell command: (success, stdout + stderr).
 pub(crate) fn sh(cmd: &str) -> (bool, String) {
     let out = Command::new("bash")
