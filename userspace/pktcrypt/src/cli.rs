@@ -267,7 +267,8 @@ pub(crate) struct XdpAttachArgs {
     /// The interface
     #[arg(long, value_name = "IF")]
     pub(crate) iface: String,
-    /// The compiled XDP program (default: $PKTCRYPT_XDP_OBJECT)
+    /// A compiled XDP program (default: $PKTCRYPT_XDP_OBJECT, else the one embedded in the
+    /// binary)
     #[arg(long, value_name = "PATH")]
     pub(crate) object: Option<PathBuf>,
     /// Steer UDP to this port (ESP-in-UDP) into the AF_XDP sockets

@@ -369,17 +369,7 @@ impl GatewayIo {
     fn reload_logged(&mut self, endpoint: &mut Endpoint) -> String {
         crate::notify::notify("RELOADING=1");
         let result = self.reload(endpoint);
-        crate::notify::notify("READY=1");
-        match result {
-            Ok(done) => {
-                tracing::info!(gateway = self.name, "{done}");
-                done
-            }
-            Err(e) => {
-                tracing::error!(gateway = self.name, error = e, "reload refused");
-                format!("error: {e}")
-            }
-        }
+        logged_reload(&self.name, result)
     }
 }
 
@@ -1184,6 +1174,22 @@ fn run_controller(
     result
 }
 
+/// The answer to a reload (`reloaded: ...` or `error: ...`), logged, with READY for the
+/// service manager.
+fn logged_reload(name: &str, result: Result<String, String>) -> String {
+    crate::notify::notify("READY=1");
+    match result {
+        Ok(done) => {
+            tracing::info!(daemon = name, "{done}");
+            done
+        }
+        Err(e) => {
+            tracing::error!(daemon = name, error = e, "reload refused");
+            format!("error: {e}")
+        }
+    }
+}
+
 /// The [`Io`] of `role = "group-controller"`: one kernel UDP socket to the members, status and
 /// Prometheus served like a gateway's.
 struct ControllerIo<'a> {
@@ -1269,17 +1275,7 @@ impl ControllerIo<'_> {
     fn reload_logged(&mut self, endpoint: &mut Endpoint) -> String {
         crate::notify::notify("RELOADING=1");
         let result = self.reload(endpoint);
-        crate::notify::notify("READY=1");
-        match result {
-            Ok(done) => {
-                tracing::info!(controller = self.name, "{done}");
-                done
-            }
-            Err(e) => {
-                tracing::error!(controller = self.name, error = e, "reload refused");
-                format!("error: {e}")
-            }
-        }
+        logged_reload(&self.name, result)
     }
 }
 

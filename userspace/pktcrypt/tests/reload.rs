@@ -87,16 +87,8 @@ fn reload_adds_and_removes_a_site_under_traffic() {
         return;
     }
     let object = common::xdp_object_line();
-    let dir = std::env::temp_dir().join(format!("pktcrypt-reload-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let (ok, out) = sh(&format!(
-        "{BIN} keygen --count 2 --out {}/keys.txt",
-        dir.display()
-    ));
-    assert!(ok, "keygen: {out}");
-    let keys = std::fs::read_to_string(dir.join("keys.txt")).expect("keys");
-    let keys: Vec<&str> = keys.lines().filter(|l| l.starts_with("pkc1-")).collect();
+    let (dir, keys) = common::dir_with_keys("reload", 2);
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     let _topology = Topology::up(P, 1);
     let b_cfg = dir.join("gwB.toml");
     std::fs::write(&b_cfg, server_config(&object, &dir, &keys, false, None)).expect("write");

@@ -208,14 +208,7 @@ fn wireshark_decrypts_and_authenticates_captures_of_the_gateways() {
         return;
     };
     eprintln!("tshark {}.{}", version.0, version.1);
-    let dir = std::env::temp_dir().join(format!("pktcrypt-wireshark-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let (ok, out) = sh(&format!(
-        "{BIN} keygen --count 1 --out {}/keys.txt",
-        dir.display()
-    ));
-    assert!(ok, "keygen: {out}");
+    let (dir, _) = common::dir_with_keys("wireshark", 1);
     let _topology = Topology::up(P, 2);
 
     // Phase 1: without ESN, for Wireshark 4.0.

@@ -34,6 +34,27 @@ pub(crate) fn xdp_object_line() -> String {
         .unwrap_or_default()
 }
 
+/// A fresh temporary directory for test `name` (one left by an earlier run with the same
+/// process id is removed: it would hold that run's keys), with `count` init keys written to
+/// `keys.txt` in it by `pktcrypt keygen`; the keys too.
+pub(crate) fn dir_with_keys(name: &str, count: u32) -> (PathBuf, Vec<String>) {
+    let dir = std::env::temp_dir().join(format!("pktcrypt-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (ok, out) = sh(&format!(
+        "{BIN} keygen --count {count} --out {}/keys.txt",
+        dir.display()
+    ));
+    assert!(ok, "keygen: {out}");
+    let keys = std::fs::read_to_string(dir.join("keys.txt")).expect("keys");
+    let keys = keys
+        .lines()
+        .filter(|l| l.starts_with("pkc1-"))
+        .map(str::to_string)
+        .collect();
+    (dir, keys)
+}
+
 /// Runs a shell command: (success, stdout + stderr).
 pub(crate) fn sh(cmd: &str) -> (bool, String) {
     let out = Command::new("bash")
