@@ -220,8 +220,8 @@ struct GatewayIo {
 
 impl GatewayIo {
     /// Applies the configuration file as it is now (see [`crate::reload`]): peers and prefixes
-    /// added, removed or changed; nothing else may differ. What changed, as one line.
-    fn reload(&mut self, endpoint: &mut Endpoint) -> Result<String, String> {
+    /// added, removed or changed; nothing else may differ. What changed.
+    fn reload(&mut self, endpoint: &mut Endpoint) -> Result<Vec<String>, String> {
         let (file, table): (GatewayFile, _) = config::load_with_table(&self.config_path)?;
         crate::reload::check_restart(&self.applied, &table)?;
         let GatewayRole::DataPath(_, role) = &file.role else {
@@ -358,14 +358,10 @@ impl GatewayIo {
         }
         self.protected = protected;
         self.applied = table;
-        Ok(if changes.is_empty() {
-            "reloaded: nothing changed".into()
-        } else {
-            format!("reloaded: {}", changes.join(", "))
-        })
+        Ok(changes)
     }
 
-    /// [`Self::reload`], logged.
+    /// [`Self::reload`], logged, as the answer to `pktcrypt reload`.
     fn reload_logged(&mut self, endpoint: &mut Endpoint) -> String {
         crate::notify::notify("RELOADING=1");
         let result = self.reload(endpoint);
@@ -1174,12 +1170,17 @@ fn run_controller(
     result
 }
 
-/// The answer to a reload (`reloaded: ...` or `error: ...`), logged, with READY for the
-/// service manager.
-fn logged_reload(name: &str, result: Result<String, String>) -> String {
+/// The answer to a reload (`reloaded: ` and what changed, or `error: ...`), logged, with
+/// READY for the service manager.
+fn logged_reload(name: &str, result: Result<Vec<String>, String>) -> String {
     crate::notify::notify("READY=1");
     match result {
-        Ok(done) => {
+        Ok(changes) => {
+            let done = if changes.is_empty() {
+                "reloaded: nothing changed".to_string()
+            } else {
+                format!("reloaded: {}", changes.join(", "))
+            };
             tracing::info!(daemon = name, "{done}");
             done
         }
@@ -1221,8 +1222,8 @@ struct ControllerIo<'a> {
 impl ControllerIo<'_> {
     /// Applies the configuration file as it is now: only members' `removed` marks may change
     /// (see [`crate::reload`]); a member marked is taken out of the group (the group rekeys
-    /// without it), one unmarked is re-admitted. What changed, as one line.
-    fn reload(&mut self, endpoint: &mut Endpoint) -> Result<String, String> {
+    /// without it), one unmarked is re-admitted. What changed.
+    fn reload(&mut self, endpoint: &mut Endpoint) -> Result<Vec<String>, String> {
         let (file, table): (GatewayFile, _) = config::load_with_table(&self.config_path)?;
         crate::reload::check_restart(&self.applied, &table)?;
         let GatewayRole::GroupController(new) = &file.role else {
@@ -1264,14 +1265,10 @@ impl ControllerIo<'_> {
             }
         }
         self.applied = table;
-        Ok(if changes.is_empty() {
-            "reloaded: nothing changed".into()
-        } else {
-            format!("reloaded: {}", changes.join(", "))
-        })
+        Ok(changes)
     }
 
-    /// [`Self::reload`], logged.
+    /// [`Self::reload`], logged, as the answer to `pktcrypt reload`.
     fn reload_logged(&mut self, endpoint: &mut Endpoint) -> String {
         crate::notify::notify("RELOADING=1");
         let result = self.reload(endpoint);
