@@ -107,8 +107,8 @@ impl KeySource {
                     );
                     return Ok(stand_in_key());
                 }
-                eprint!("{field}: enter the init key code: ");
-                prompt().map_err(|e| format!("{field}.init_key: reading the prompt: {e}"))?
+                prompt(&format!("{field}: enter the init key code: "))
+                    .map_err(|e| format!("{field}.init_key: reading the prompt: {e}"))?
             } else {
                 zeroize::Zeroizing::new(k.clone())
             }
@@ -181,13 +181,19 @@ fn stand_in_key() -> Generation {
     }
 }
 
-/// Reads one line from standard input, without echo when it is a terminal (the prompt is
-/// already on standard error). Not a terminal: a line as it comes (a pipe, a file).
-fn prompt() -> std::io::Result<zeroize::Zeroizing<String>> {
+/// Shows `text` on standard error and reads one line from standard input, without echo when
+/// it is a terminal. Not a terminal: a line as it comes (a pipe, a file).
+///
+/// Echo goes off (discarding what was typed before) *before* the prompt is shown, as
+/// getpass(3) does: whatever is typed once the prompt is visible is kept. (Discarding after
+/// showing it lost a code pasted quickly, and left the daemon waiting.)
+fn prompt(text: &str) -> std::io::Result<zeroize::Zeroizing<String>> {
     use rustix::termios::{LocalModes, OptionalActions, isatty, tcgetattr, tcsetattr};
+    use std::io::Write as _;
     let stdin = std::io::stdin();
     let mut line = zeroize::Zeroizing::new(String::with_capacity(256));
     if !isatty(&stdin) {
+        eprint!("{text}");
         stdin.lock().read_line(&mut line)?;
         return Ok(line);
     }
@@ -197,6 +203,8 @@ fn prompt() -> std::io::Result<zeroize::Zeroizing<String>> {
     // The newline the operator types is still echoed.
     quiet.local_modes.insert(LocalModes::ECHONL);
     tcsetattr(&stdin, OptionalActions::Flush, &quiet)?;
+    eprint!("{text}");
+    let _ = std::io::stderr().flush();
     let read = stdin.lock().read_line(&mut line);
     let restored = tcsetattr(&stdin, OptionalActions::Now, &saved);
     read?;
