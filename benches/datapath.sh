@@ -138,7 +138,9 @@ measure() { # LABEL-JSON [measure options] -- command
 import json, sys
 r = json.loads(sys.stdin.read())
 got = (r.get("snmp") or {}).get("Ip.InReceives", 0) / r["seconds"]
-print("  %-9s %-9s %5s run %s: hostB IP %9.0f pkt/s, load %.2f" % (r["mode"], r["test"], r.get("size", ""), r["run"], got, r["load1"]))' >&2
+sent = (r.get("tx") or {}).get("tx_packets", 0) / r["seconds"]
+print("  %-9s %-9s %5s run %s: hostA sent %9.0f, hostB IP got %9.0f pkt/s; load %.2f"
+      % (r["mode"], r["test"], r.get("size") or "", r["run"], sent, got, r["load1"]))' >&2
 }
 
 wait_ping() {
@@ -292,8 +294,12 @@ for ((run = 1; run <= RUNS; run++)); do
   for ((k = 0; k < n; k++)); do
     mode=${modes[$(( (k + run - 1) % n ))]}
     log "round $run/$RUNS: $mode ($(( $(date +%s) - start )) s so far)"
-    mode_up "$mode"
-    run_tests "$mode" "$run"
+    if mode_up "$mode"; then
+      run_tests "$mode" "$run"
+    else
+      log "mode $mode did not come up in round $run: skipped"
+      for f in "$DIR"/*.log; do [ -e "$f" ] && tail -5 "$f" >&2; done
+    fi
     mode_down
   done
 done

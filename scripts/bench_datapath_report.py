@@ -138,6 +138,7 @@ def per_packet(r):
         out["workers"] = out["control"] = None
     out["worker_busy"] = busy_ns(r) / n if r["mode"] in PKTCRYPT else None
     out["received_pps"] = n / r["seconds"]
+    out["offered_pps"] = offered_pps(r)
     return out
 
 
@@ -272,6 +273,37 @@ def svg_cost(costs, sizes, path):
 
 # ---------------------------------------------------------------- report
 
+def caveats(rows, groups, sizes):
+    """What keeps the ratios from being honest in this run, from the CPU figures."""
+    out = []
+    traffic = [r for r in rows if r["test"] in ("gen-udp", "iperf-udp", "tcp")]
+    rest = stats([parties(r)["rest"] for r in traffic])
+    idle = stats([parties(r)["idle"] for r in traffic])
+    load = stats([r["load1"] for r in rows])
+    if rest and rest["median"] > 0.25:
+        out.append(f"- **Other work shared the CPUs**: in the throughput tests, {rest['median']:.2f} cores "
+                   f"(median; {rest['min']:.2f}–{rest['max']:.2f}) of busy time belonged to no party of the "
+                   f"benchmark, load average {load['median']:.1f}. Every mode lost CPU to it, not equally "
+                   "(userspace gateways lose more than softirq work): these ratios are not the machine's.")
+    if idle and idle["median"] < 0.05:
+        out.append("- The machine had no idle time during the throughput tests: every result is CPU-bound "
+                   "on the shared cores, so a ratio compares how the modes share 2 CPUs with the generator, "
+                   "the receiver and each other.")
+    for s in sizes:
+        sink = stats([received_pps(r) for r in groups.get(("sink", "gen-udp", s), [])])
+        k = stats([received_pps(r) for r in groups.get(("kernel", "gen-udp", s), [])])
+        if sink and k and sink["median"] and k["median"] > 0.8 * sink["median"]:
+            out.append(f"- {s} B: kernel forwarding reached {k['median'] / sink['median']:.2f}× of what the "
+                       "generator alone offers: the generator limits the baseline, so the ratio against the "
+                       "kernel overstates pktcrypt.")
+        elif sink and k and sink["median"]:
+            out.append(f"- {s} B (trafgen): the generator alone offers {sink['median'] / k['median']:.1f}× what "
+                       "kernel forwarding delivers: it does not limit the baseline.")
+    if out:
+        out = ["What limits these ratios in this run:", ""] + out + [""]
+    return out
+
+
 def main(argv):
     bench = None
     if "--benchmarks" in argv:
@@ -398,6 +430,7 @@ def main(argv):
                 goal_rows.append((title, b, med, goal))
         L.append(f"| {title} | " + " | ".join(cells) + f" | {', '.join(verdict) or '–'} |")
     L.append("")
+    L += caveats(rows, groups, sizes)
 
     # Is the generator the limit?
     L += ["## Which side limited the result", "",
@@ -468,12 +501,14 @@ def main(argv):
           "(thread CPU time in worker loop passes that had packets: receive, seal or open, transmit, the "
           "kernel's copy-mode work in the TX kick); *worker CPU*: all CPU time of the workers (also waking "
           "up and polling; boringtun: all its threads); *machine*: all busy CPU of the machine per packet "
-          "(generator, gateways, kernel, and any other session's work: meaningful only on a quiet machine).", "",
-          "| mode | size | received pkt/s | worker busy ns | worker CPU ns | generator ns | softirq ns | machine ns |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|"]
+          "(generator, gateways, kernel, and any other session's work: meaningful only on a quiet machine). "
+          "The figures are per packet *received*: where received falls short of offered, work on packets "
+          "lost downstream is in them (and the mode did not keep up with the rate on this run).", "",
+          "| mode | size | offered pkt/s | received pkt/s | worker busy ns | worker CPU ns | generator ns | softirq ns | machine ns |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for (m, s), cst in costs.items():
         wb = cst["worker_busy"]
-        L.append(f"| {m} | {s} B | {fmt_stat(cst['received_pps'], fmt_pps)} | "
+        L.append(f"| {m} | {s} B | {fmt_stat(cst['offered_pps'], fmt_pps)} | {fmt_stat(cst['received_pps'], fmt_pps)} | "
                  f"{'–' if wb is None else f'{wb:,.0f}'} | {fmt_stat(cst['workers'], lambda v: f'{v:,.0f}')} | "
                  f"{fmt_stat(cst['generator'], lambda v: f'{v:,.0f}')} | {fmt_stat(cst['softirq'], lambda v: f'{v:,.0f}')} | "
                  f"{fmt_stat(cst['busy'], lambda v: f'{v:,.0f}')} |")
