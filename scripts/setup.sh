@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # Installs everything pktcrypt's build, demo and tests need on a fresh Debian 12 machine.
 # Idempotent: every step checks before it installs. Run as root (or with sudo).
+#   scripts/setup.sh           what the build and the tests need (CI)
+#   scripts/setup.sh --bench   also the data-path benchmark's tools (benches/datapath.sh):
+#                              netsniff-ng (trafgen), xdp-tools, wireguard-tools, boringtun-cli
 set -euo pipefail
 cd "$(dirname "$0")/.."
+BENCH=0
+case "${1:-}" in
+  "") ;;
+  --bench) BENCH=1 ;;
+  *) echo "usage: $0 [--bench]" >&2; exit 2 ;;
+esac
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 SUDO=""
@@ -14,6 +23,8 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # gateway tests, demo and benchmark in network namespaces; tshark for the test that Wireshark
 # decrypts the gateways' captures with the exported keys (userspace/pktcrypt/tests/wireshark.rs).
 APT_PACKAGES=(pkg-config libssl-dev python3 python3-venv ca-certificates gcc g++ make valgrind iproute2 iputils-ping tcpdump iperf3 ethtool tshark)
+# The benchmark's generator (trafgen), XDP sink (xdp-bench) and WireGuard's `wg`.
+[ "$BENCH" = 1 ] && APT_PACKAGES+=(netsniff-ng xdp-tools wireguard-tools)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -60,5 +71,10 @@ fi
 if ! "$VENV/bin/python" -c 'import cryptography' >/dev/null 2>&1; then
   log "pip install cryptography"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check 'cryptography>=42'
+fi
+# boringtun (userspace WireGuard), the benchmark's other tunnel.
+if [ "$BENCH" = 1 ] && ! command -v boringtun-cli >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/boringtun-cli" ]; then
+  log "cargo install boringtun-cli"
+  cargo install boringtun-cli --locked --quiet
 fi
 log "ready"
