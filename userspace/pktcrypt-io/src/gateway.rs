@@ -497,7 +497,10 @@ impl Worker {
                     idle_rounds = idle_rounds.saturating_add(1);
                 }
             }
-            if last_publish.elapsed() >= Duration::from_millis(100) {
+            // The clock only on passes with packets and before sleeping (not while spinning).
+            if (started.is_some() || idle_rounds > SPIN_PASSES)
+                && last_publish.elapsed() >= Duration::from_millis(100)
+            {
                 last_publish = Instant::now();
                 self.publish_drops();
             }
