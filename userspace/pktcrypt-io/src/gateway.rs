@@ -40,6 +40,7 @@ pub mod tap;
 use crate::sys;
 use crate::xsk::{Desc, Frame, Port, QueuePair};
 use arc_swap::ArcSwap;
+use arc_swap::cache::Cache;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crossbeam_channel::Sender;
@@ -208,6 +209,32 @@ pub enum ToControl {
 
 /// The longest an idle worker sleeps in `poll` before looking at its rings again (ms).
 const IDLE_MAX_WAIT_MS: u32 = 50;
+
+/// Passes without packets a worker makes before it sleeps in `poll`: a pass that finds
+/// nothing reads only its rings (no system call), so a short spin catches the next packets of
+/// a burst without a sleep and a wake-up, and an idle worker still gives the CPU back within
+/// microseconds.
+pub const SPIN_PASSES: u32 = 64;
+
+/// The workers' keys, for an [`arc_swap::Cache`].
+struct KeysOf(Arc<Shared>);
+
+impl core::ops::Deref for KeysOf {
+    type Target = ArcSwap<DataPlane>;
+    fn deref(&self) -> &Self::Target {
+        &self.0.keys
+    }
+}
+
+/// The workers' paths, for an [`arc_swap::Cache`].
+struct PathsOf(Arc<Shared>);
+
+impl core::ops::Deref for PathsOf {
+    type Target = ArcSwap<Paths>;
+    fn deref(&self) -> &Self::Target {
+        &self.0.paths
+    }
+}
 
 /// How often a worker reports ongoing data per peer.
 pub const OBSERVE_INTERVAL: Duration = Duration::from_millis(100);
@@ -416,47 +443,64 @@ impl Worker {
     }
 
     /// Runs until `shared.stop` is set.
+    ///
+    /// One pass: take back completed frames, refill the fill rings, receive from each side and
+    /// handle what came, kick the TX rings. A pass that received nothing reads no clock and no
+    /// keys; after [`SPIN_PASSES`] such passes in a row the worker sleeps in `poll`
+    /// ([`Self::idle`]). Keys and paths are read through caches (one atomic load each per
+    /// pass with packets while they are unchanged: no reference count shared with the other
+    /// workers is touched). The busy time costs one thread-clock read per pass with packets
+    /// while passes with packets follow each other (the end of one is the start of the next).
     pub fn run(mut self) {
         // Half the frames wait in each fill ring; the rest are for TX and in flight.
         let half = self.free.len() / 4;
-        let mut inner_share: Vec<Frame> = self.free.split_off(self.free.len() - half);
-        self.qp.inner.fill(&mut inner_share);
-        self.free.extend(inner_share);
-        let mut outer_share: Vec<Frame> = self.free.split_off(self.free.len() - half);
-        self.qp.outer.fill(&mut outer_share);
-        self.free.extend(outer_share);
+        self.qp.inner.fill(&mut self.free, half);
+        self.qp.outer.fill(&mut self.free, half);
+        let mut keys = Cache::new(KeysOf(Arc::clone(&self.shared)));
+        let mut paths = Cache::new(PathsOf(Arc::clone(&self.shared)));
         let mut last_publish = Instant::now();
         let mut idle_rounds = 0u32;
+        // The thread clock at the end of the last pass, if that pass had packets.
+        let mut busy_since: Option<u64> = None;
         while !self.shared.stop.load(Ordering::Relaxed) {
-            let started = sys::thread_cpu_ns();
             self.qp.inner.reap(&mut self.free);
             self.qp.outer.reap(&mut self.free);
             self.refill();
-            let keys = self.shared.keys.load_full();
-            let paths = self.shared.paths.load_full();
+            // When this pass's work began (the clock is read once there is work).
+            let mut started: Option<u64> = None;
             let n_in = self.qp.inner.receive(&mut self.rx, BATCH);
             if n_in > 0 {
+                started.get_or_insert_with(|| busy_since.unwrap_or_else(sys::thread_cpu_ns));
                 bump(&self.stats().rx_inner, n_in as u64);
-                self.handle(Side::Inner, &keys, &paths);
+                self.handle(Side::Inner, keys.load(), paths.load());
             }
             let n_out = self.qp.outer.receive(&mut self.rx, BATCH);
             if n_out > 0 {
+                started.get_or_insert_with(|| busy_since.unwrap_or_else(sys::thread_cpu_ns));
                 bump(&self.stats().rx_outer, n_out as u64);
-                self.handle(Side::Outer, &keys, &paths);
+                self.handle(Side::Outer, keys.load(), paths.load());
             }
             self.qp.inner.flush();
             self.qp.outer.flush();
-            if n_in == 0 && n_out == 0 {
-                self.idle(idle_rounds);
-                idle_rounds = idle_rounds.saturating_add(1);
-            } else {
-                idle_rounds = 0;
-                bump(
-                    &self.stats().busy_ns,
-                    sys::thread_cpu_ns().saturating_sub(started),
-                );
+            match started {
+                Some(started) => {
+                    idle_rounds = 0;
+                    let now = sys::thread_cpu_ns();
+                    bump(&self.stats().busy_ns, now.saturating_sub(started));
+                    busy_since = Some(now);
+                }
+                None => {
+                    busy_since = None;
+                    if idle_rounds >= SPIN_PASSES {
+                        self.idle(idle_rounds - SPIN_PASSES);
+                    }
+                    idle_rounds = idle_rounds.saturating_add(1);
+                }
             }
-            if last_publish.elapsed() >= Duration::from_millis(100) {
+            // The clock only on passes with packets and before sleeping (not while spinning).
+            if (started.is_some() || idle_rounds > SPIN_PASSES)
+                && last_publish.elapsed() >= Duration::from_millis(100)
+            {
                 last_publish = Instant::now();
                 self.publish_drops();
             }
@@ -468,10 +512,8 @@ impl Worker {
         // Keep a reserve for answers; split the rest between the two fill rings.
         if self.free.len() > BATCH {
             let give = (self.free.len() - BATCH) / 2;
-            let mut part: Vec<Frame> = self.free.split_off(self.free.len() - give);
-            self.qp.inner.fill(&mut part);
-            self.qp.outer.fill(&mut part);
-            self.free.extend(part);
+            self.qp.inner.fill(&mut self.free, give);
+            self.qp.outer.fill(&mut self.free, give);
         }
     }
 

@@ -70,6 +70,33 @@ pub struct SteeringConfig {
     pub spis: Option<Vec<u32>>,
     /// Capacity of the SPI map: the most SPIs held at once (at least the number given).
     pub spi_capacity: u32,
+    /// How to attach: native if the driver has it, else generic (the default), or only one.
+    pub mode: XdpMode,
+}
+
+/// How the XDP program is attached (`xdp_mode` in a gateway's file).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Native (driver) mode if the driver has it, else generic.
+    #[default]
+    Auto,
+    /// Native mode only: fail if the driver lacks it.
+    Native,
+    /// Generic (SKB) mode: the program runs on the kernel's socket buffers. On veth this
+    /// avoids native mode's copy of every frame the stack sends it into a fresh page.
+    Generic,
+}
+
+impl XdpMode {
+    /// The mode named `auto`, `native` or `generic`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "auto" => Some(Self::Auto),
+            "native" => Some(Self::Native),
+            "generic" => Some(Self::Generic),
+            _ => None,
+        }
+    }
 }
 
 /// Counters kept by the XDP program, summed over CPUs.
@@ -171,8 +198,32 @@ impl XdpSteering {
             .map_err(|e| err("program fd", e))?
             .as_fd()
             .as_raw_fd();
-        // Replaces the program a previous run left (fail closed) in one step.
-        if let Err(native) = xdp_attach::attach(iface, fd, xdp_attach::XDP_FLAGS_DRV_MODE) {
+        // Replaces the program a previous run left (fail closed) in one step. The kernel holds
+        // a native and a generic program never at once: switching modes removes the other
+        // mode's program first (the one moment without a program, and only when the mode
+        // changes).
+        let attach = |flags: u32, other: u32| {
+            xdp_attach::attach(iface, fd, flags).or_else(|e| {
+                if e.raw_os_error() != Some(libc::EEXIST) {
+                    return Err(e);
+                }
+                let _ = xdp_attach::detach(iface, other);
+                xdp_attach::attach(iface, fd, flags)
+            })
+        };
+        let (native, generic) = (
+            xdp_attach::XDP_FLAGS_DRV_MODE,
+            xdp_attach::XDP_FLAGS_SKB_MODE,
+        );
+        let attach_native = || attach(native, generic);
+        if cfg.mode == XdpMode::Generic {
+            attach(generic, native)
+                .map_err(|e| e.within(format!("attaching to {iface} in generic mode")))?;
+            steering.mode = AttachMode::Generic;
+        } else if let Err(native) = attach_native() {
+            if cfg.mode == XdpMode::Native {
+                return Err(native.within(format!("attaching to {iface} in native mode")));
+            }
             // The errno kept is generic mode's (the last tried); both messages are shown.
             xdp_attach::attach(iface, fd, xdp_attach::XDP_FLAGS_SKB_MODE).map_err(|e| {
                 e.within(format!(

@@ -14,7 +14,7 @@ use rustix::mm::{MapFlags, ProtFlags, mmap_anonymous, munmap};
 use rustix::net::{AddressFamily, SendFlags, SocketFlags, SocketType, ipproto, sendto};
 use rustix::time::{ClockId, Timespec, clock_gettime};
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 /// An anonymous, private, populated, read-write mapping; unmapped on drop.
 #[derive(Debug)]
@@ -69,6 +69,32 @@ pub(crate) fn thread_cpu_ns() -> u64 {
         .unwrap_or(0)
         .saturating_mul(1_000_000_000)
         .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
+}
+
+/// `SOL_XDP` / `XDP_MAX_TX_SKB_BUDGET` (include/uapi/linux/if_xdp.h, Linux 6.17): frames one
+/// TX kick of a copy-mode AF_XDP socket may send. Not in the libc crate yet.
+const SOL_XDP: i32 = 283;
+const XDP_MAX_TX_SKB_BUDGET: i32 = 9;
+
+/// Sets how many frames one TX kick of the AF_XDP socket `fd` (with its TX ring) may send in
+/// copy mode; the kernel takes 32 up to half the TX ring.
+pub(crate) fn set_xdp_tx_budget(fd: BorrowedFd<'_>, frames: u32) -> io::Result<()> {
+    // SAFETY: `fd` is an open socket for the call's duration; the option value is a `u32` we
+    // own, passed with its size, which the kernel only reads.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            SOL_XDP,
+            XDP_MAX_TX_SKB_BUDGET,
+            (&raw const frames).cast(),
+            core::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// A raw IPv4 (`v6` false) or IPv6 socket sending complete IP packets (`IPPROTO_RAW`): the

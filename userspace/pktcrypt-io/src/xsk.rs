@@ -36,6 +36,10 @@ pub const FRAME_SIZE: u32 = 4096;
 pub const HEADROOM: u32 = 256;
 /// Entries of every ring.
 pub const RING_SIZE: u32 = 2048;
+/// Frames one TX kick may send in copy mode (`XDP_MAX_TX_SKB_BUDGET`, Linux 6.17 and later;
+/// the kernel's own is 32): a worker queues at most a batch per side and pass, plus ICMP
+/// answers, so one kick sends them all.
+pub const TX_BUDGET: u32 = 128;
 
 /// Identifies a UMEM for the lifetime of the process (never reused), so that a [`Frame`] is
 /// only ever used with the UMEM it belongs to.
@@ -212,6 +216,7 @@ pub struct Port {
     tx: RingTx,
     ifindex: u32,
     source: FrameSource,
+    tx_budget: Option<u32>,
 }
 
 impl Port {
@@ -255,14 +260,21 @@ impl Port {
         let rx = user.map_rx().map_err(|e| ctx("mapping the rx ring", e))?;
         let tx = user.map_tx().map_err(|e| ctx("mapping the tx ring", e))?;
         umem.bind(&user).map_err(|e| ctx("bind", e))?;
-        Ok(Self {
+        let mut port = Self {
             device,
             user,
             rx,
             tx,
             ifindex: info.ifindex(),
             source: frames.source,
-        })
+            tx_budget: None,
+        };
+        // Older kernels do not have it (ENOPROTOOPT): then each kick sends 32 and `flush`
+        // kicks again.
+        port.tx_budget = crate::sys::set_xdp_tx_budget(port.as_fd(), TX_BUDGET)
+            .is_ok()
+            .then_some(TX_BUDGET);
+        Ok(port)
     }
 
     /// The socket's file descriptor (for the XSKMAP).
@@ -275,18 +287,25 @@ impl Port {
         self.ifindex
     }
 
-    /// Gives frames from the end of `free` to the kernel's fill ring (as many as fit).
+    /// Frames one TX kick sends in copy mode, if the kernel took [`TX_BUDGET`] (else its
+    /// default, 32).
+    pub fn tx_budget(&self) -> Option<u32> {
+        self.tx_budget
+    }
+
+    /// Gives at most `max` frames from the end of `free` to the kernel's fill ring (as many as
+    /// fit); allocates nothing.
     ///
     /// # Panics
     /// If a frame belongs to another UMEM (the ring would give it back as one of this one's).
-    pub fn fill(&mut self, free: &mut Vec<Frame>) {
-        let want = (free.len() as u32).min(RING_SIZE);
+    pub fn fill(&mut self, free: &mut Vec<Frame>, max: usize) {
+        let want = (free.len().min(max) as u32).min(RING_SIZE);
         if want == 0 {
             return;
         }
         {
             let mut writer = self.device.fill(want);
-            let n = writer.capacity() as usize;
+            let n = (writer.capacity() as usize).min(want as usize);
             let start = free.len() - n.min(free.len());
             let umem = self.source.umem;
             let inserted = writer.insert(free[start..].iter().map(|f| {

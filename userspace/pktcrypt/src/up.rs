@@ -809,6 +809,14 @@ fn start_workers(
                 .spawn(move || {
                     match pktcrypt_io::xsk::QueuePair::new(&inner_if, &outer_if, q, frames) {
                         Ok(qp) => {
+                            if q == 0 {
+                                match qp.outer.tx_budget() {
+                                    Some(n) => tracing::debug!(frames = n, "TX budget per kick"),
+                                    None => tracing::debug!(
+                                        "no XDP_MAX_TX_SKB_BUDGET in this kernel: 32 frames per TX kick"
+                                    ),
+                                }
+                            }
                             let _ = ready_tx.send(Ok((qp.inner.fd(), qp.outer.fd())));
                             Worker::new(qp, sh, q as usize, tc).run();
                         }
@@ -925,6 +933,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
             prefixes: prefixes.clone(),
             spis: None,
             spi_capacity: 1,
+            mode: data_path.xdp_mode,
         },
     )
     .map_err(|e| format!("inner: {e}"))?;
@@ -943,6 +952,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
             prefixes: Vec::new(),
             spis: Some(held),
             spi_capacity,
+            mode: data_path.xdp_mode,
         },
     )
     .map_err(|e| format!("outer: {e}"))?;

@@ -319,8 +319,11 @@ impl Decider {
             return;
         }
         let (keys, paths, stats) = (cx.keys, cx.paths, cx.stats);
-        // Stable: within a peer the jobs stay in frame order.
-        self.seal_jobs.sort_by_key(|j| j.peer.0);
+        // Within a peer the jobs stay in frame order (the key is unique: an in-place sort that
+        // allocates nothing, and none at all in the usual batch of one peer).
+        if !self.seal_jobs.is_sorted_by_key(|j| (j.peer.0, j.frame)) {
+            self.seal_jobs.sort_unstable_by_key(|j| (j.peer.0, j.frame));
+        }
         let mut start = 0;
         while start < self.seal_jobs.len() {
             let peer = self.seal_jobs[start].peer;
@@ -345,9 +348,16 @@ impl Decider {
             self.packets = recycle(packets);
             start = end;
         }
+        // One atomic add per batch for the bytes.
+        let mut sealed = 0u64;
         for job in &self.seal_jobs {
-            out[job.frame] = finish_seal(job, &mut frames[job.frame], paths, stats);
+            let d = finish_seal(job, &mut frames[job.frame], paths, stats);
+            if matches!(d, Decision::Outer { .. }) {
+                sealed += job.len as u64;
+            }
+            out[job.frame] = d;
         }
+        bump(&stats.bytes_sealed, sealed);
     }
 
     /// Frames from the outer interface (ESP-in-UDP): parse, open, then deliver (inner
@@ -402,9 +412,15 @@ impl Decider {
             packets.push(Packet::new(&mut f.buf[esp_at..esp_at + len], len));
         }
         keys.open_batch(&mut packets, &mut self.drops);
+        // One atomic add per batch for the bytes.
+        let mut opened = 0u64;
         for (job, p) in self.open_jobs.iter_mut().zip(&packets) {
             job.outcome = p.opened();
+            if let OpenOutcome::Data { len, .. } = job.outcome {
+                opened += len as u64;
+            }
         }
+        bump(&stats.bytes_opened, opened);
         self.packets = recycle(packets);
         for k in 0..self.open_jobs.len() {
             let job = self.open_jobs[k];
@@ -420,7 +436,6 @@ impl Decider {
             OpenOutcome::Data { len, info, .. } => {
                 self.observe(info, job.from, cx.now);
                 let inner_at = job.esp_at + ESP_HEADER_LEN;
-                bump(&stats.bytes_opened, len as u64);
                 let inner = &f.buf[inner_at..inner_at + len];
                 let ethertype = ethertype_of(inner);
                 let Some((_, src, dst)) = ip_info(inner, ethertype) else {
@@ -545,7 +560,6 @@ fn finish_seal(
     };
     let ethertype = ethertype_of(&f.buf[ip_at..]);
     write_eth(&mut f.buf[eth_at..], mac, paths.outer_mac, ethertype);
-    bump(&stats.bytes_sealed, job.len as u64);
     Decision::Outer {
         at: eth_at,
         len: end - eth_at,

@@ -117,6 +117,10 @@ pub(crate) struct DataPath {
     pub(crate) keys_socket: Option<PathBuf>,
     /// UMEM frames per worker (default 8192).
     pub(crate) frames: Option<u32>,
+    /// How the XDP programs attach: `auto` (native if the driver has it, else generic; the
+    /// default), `native` (fail without it) or `generic` (SKB mode).
+    #[serde(default, deserialize_with = "super::xdp_mode")]
+    pub(crate) xdp_mode: pktcrypt_io::XdpMode,
 }
 
 /// A peer of a gateway: where it is and what lies behind it.

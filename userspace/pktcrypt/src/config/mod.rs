@@ -349,6 +349,16 @@ pub(crate) fn backend<'de, D: Deserializer<'de>>(d: D) -> Result<Backend, D::Err
     })
 }
 
+/// `xdp_mode = "auto" | "native" | "generic"`.
+pub(crate) fn xdp_mode<'de, D: Deserializer<'de>>(d: D) -> Result<pktcrypt_io::XdpMode, D::Error> {
+    let name = String::deserialize(d)?;
+    pktcrypt_io::XdpMode::from_name(&name).ok_or_else(|| {
+        de::Error::custom(format!(
+            "xdp_mode: {name:?} is not \"auto\", \"native\" or \"generic\""
+        ))
+    })
+}
+
 /// `pfs = "every-rekey" | "init-only" | "off" | N` (N: every Nth rotation exchanges keys).
 pub(crate) fn pfs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Pfs>, D::Error> {
     struct PfsVisitor;
