@@ -568,7 +568,9 @@ fn two_openers_share_the_window_of_four_workers_flows() {
     let plane = server.data_plane().expect("data plane");
     let barrier = Barrier::new(2);
     let rounds: Vec<&[Arrival]> = order.chunks(128).collect();
-    let results: Vec<(Vec<(u64, bool, bool)>, DropCounters)> = std::thread::scope(|scope| {
+    // Per opener: (sequence number, a copy?, accepted?) of each arrival, and its drops.
+    type Seen = Vec<(u64, bool, bool)>;
+    let results: Vec<(Seen, DropCounters)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..2usize)
             .map(|q| {
                 let (plane, barrier, rounds) = (&plane, &barrier, &rounds);
