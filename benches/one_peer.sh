@@ -10,7 +10,10 @@
 # the machine: kernel softirq and everything else) and the load average before it. Prints one
 # JSON line per run and a summary (medians). Needs root and a release build of pktcrypt
 # (PKTCRYPT_BIN, default target/release/pktcrypt).
-# Usage: benches/one_peer.sh [SECONDS] [ROUNDS] [PAYLOAD]
+# TOPOLOGY=direct connects the gateways' outer veths directly instead of through the wire
+# bridge (there a veth's RX queue is the sender's queue; through the bridge the kernel keeps
+# an AF_XDP frame's queue and every packet of one peer reached gwB's queue 0 here).
+# Usage: [TOPOLOGY=bridge|direct] benches/one_peer.sh [SECONDS] [ROUNDS] [PAYLOAD]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-5}
@@ -27,7 +30,30 @@ stop_gateways() {
   for pid in "${GWPIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   GWPIDS=()
 }
-trap 'stop_gateways; ./scripts/topology.sh down $P; echo "results: $OUT" >&2' EXIT
+TOPOLOGY=${TOPOLOGY:-bridge}
+topo_up() { # QUEUES
+  if [ "$TOPOLOGY" = bridge ]; then QUEUES=$1 ./scripts/topology.sh up $P >/dev/null; return; fi
+  local n q="numtxqueues $1 numrxqueues $1"
+  for n in hostA gwA gwB hostB; do ip netns del $P$n 2>/dev/null || true; ip netns add $P$n; ip -n $P$n link set lo up; done
+  ip link add in netns ${P}gwA $q type veth peer eth0 netns ${P}hostA $q
+  ip link add in netns ${P}gwB $q type veth peer eth0 netns ${P}hostB $q
+  ip link add out netns ${P}gwA $q type veth peer out netns ${P}gwB $q
+  for s in A:1 B:2; do
+    g=${s%:*}; n=${s#*:}
+    ip -n ${P}host$g addr add 10.$n.0.2/24 dev eth0; ip -n ${P}host$g link set eth0 up
+    ip -n ${P}host$g route add default via 10.$n.0.1
+    ip -n ${P}gw$g addr add 10.$n.0.1/24 dev in; ip -n ${P}gw$g link set in up
+    ip -n ${P}gw$g addr add 192.0.2.$n/24 dev out; ip -n ${P}gw$g link set out up
+    ip netns exec ${P}gw$g sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0
+    for i in in out; do ip netns exec ${P}gw$g ethtool -K $i tx off >/dev/null; done
+    ip netns exec ${P}host$g ethtool -K eth0 tx off >/dev/null
+  done
+}
+topo_down() {
+  ./scripts/topology.sh down $P
+  for n in hostA gwA gwB hostB; do ip netns del $P$n 2>/dev/null || true; done
+}
+trap 'stop_gateways; topo_down; echo "results: $OUT" >&2' EXIT
 "$BIN" keygen --count 1 --out "$DIR/keys.txt" >/dev/null
 K0=$(grep '^pkc1-' "$DIR/keys.txt" | head -1)
 TICK=$(getconf CLK_TCK)
@@ -156,11 +182,11 @@ for round in $(seq "$ROUNDS"); do
     q=2; sp=per-worker
     [ $mode = w1 ] && q=1
     [ $mode = w2-single ] && sp=single
-    QUEUES=$q ./scripts/topology.sh up $P >/dev/null
+    topo_up $q
     start_gateways $sp
     run $mode | tee -a "$OUT"
     stop_gateways
-    ./scripts/topology.sh down $P
+    topo_down
   done
 done
 python3 - "$OUT" <<'PY'
