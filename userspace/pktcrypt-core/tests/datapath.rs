@@ -310,3 +310,317 @@ proptest::proptest! {
         proptest::prop_assert_eq!(one.top(), many.top());
     }
 }
+
+/// A small deterministic generator (splitmix64) for arrival orders.
+struct Mix(u64);
+
+impl Mix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// `workers` threads seal `batches` batches of 64 each on one SA through one DataPlane (as the
+/// gateway's workers do, one peer's traffic over every core); each thread's packets in its own
+/// order, with their sequence numbers.
+fn seal_by_workers(
+    client: &mut Engine,
+    c: PeerId,
+    workers: usize,
+    batches: usize,
+) -> Vec<Vec<(u64, Vec<u8>)>> {
+    let plane = client.data_plane().expect("data plane");
+    let barrier = Barrier::new(workers);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let (plane, barrier) = (&plane, &barrier);
+                scope.spawn(move || {
+                    barrier.wait();
+                    let mut out = Vec::new();
+                    for b in 0..batches {
+                        let mut bufs: Vec<Vec<u8>> = (0..64)
+                            .map(|i| {
+                                let mut buf = vec![0u8; ESP_HEADER_LEN + 60 + 64];
+                                let inner = ipv4(60, (w * 31 + b + i) as u8);
+                                buf[ESP_HEADER_LEN..ESP_HEADER_LEN + 60].copy_from_slice(&inner);
+                                buf
+                            })
+                            .collect();
+                        let mut packets: Vec<Packet<'_>> =
+                            bufs.iter_mut().map(|b| Packet::new(b, 60)).collect();
+                        plane.seal_batch(c, &mut packets);
+                        for p in &packets {
+                            let n = p.sealed().expect("sealed");
+                            let seq = u64::from_be_bytes(
+                                esp::EspHeader::parse(p.buf()).expect("header").iv,
+                            );
+                            out.push((seq, p.buf()[..n].to_vec()));
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("worker"))
+            .collect()
+    })
+}
+
+/// One packet as it arrives: its sender worker, sequence number, bytes, and whether it is a
+/// copy of one delivered before.
+#[derive(Clone)]
+struct Arrival {
+    worker: usize,
+    seq: u64,
+    bytes: Vec<u8>,
+    duplicate: bool,
+}
+
+/// The packets of every worker in the order a receiver sees them when each worker's packets
+/// travel as a flow of their own (its own UDP source port, its own RX queue): each flow keeps
+/// its order, the flows interleave at random, and each flow lags behind the sequence order by
+/// up to `max_lag` packets (its queue's delay). Every packet is also delivered a second time,
+/// 1 to 3,000 packets later.
+fn arrivals(streams: &[Vec<(u64, Vec<u8>)>], max_lag: u64, seed: u64) -> Vec<Arrival> {
+    let mut rng = Mix(seed);
+    // Arrival time: sequence number plus the flow's lag (which drifts) plus jitter; within a
+    // flow, order is kept (times are made non-decreasing).
+    let mut timed: Vec<(u64, usize, Arrival)> = Vec::new();
+    for (w, stream) in streams.iter().enumerate() {
+        let mut last = 0;
+        let mut lag = rng.below(max_lag + 1);
+        for (seq, bytes) in stream {
+            if rng.below(64) == 0 {
+                lag = rng.below(max_lag + 1);
+            }
+            let t = (seq + lag + rng.below(8)).max(last);
+            last = t;
+            timed.push((
+                t,
+                w,
+                Arrival {
+                    worker: w,
+                    seq: *seq,
+                    bytes: bytes.clone(),
+                    duplicate: false,
+                },
+            ));
+        }
+    }
+    let copies: Vec<(u64, usize, Arrival)> = timed
+        .iter()
+        .map(|(t, w, a)| {
+            let mut copy = a.clone();
+            copy.duplicate = true;
+            (t + 1 + rng.below(3000), *w, copy)
+        })
+        .collect();
+    timed.extend(copies);
+    // Ties broken at random (stable sort after a shuffle by key).
+    let mut keyed: Vec<(u64, u64, Arrival)> = timed
+        .into_iter()
+        .map(|(t, _, a)| (t, rng.next(), a))
+        .collect();
+    keyed.sort_by_key(|(t, r, _)| (*t, *r));
+    keyed.into_iter().map(|(_, _, a)| a).collect()
+}
+
+/// What an RFC 4303 receiver with a window of `window` packets must decide for each arrival,
+/// in order: accept a number not seen before and not `window` or more behind the highest
+/// accepted.
+fn model(arrivals: &[Arrival], window: u64) -> Vec<bool> {
+    let mut seen = HashSet::new();
+    let mut top = 0u64;
+    arrivals
+        .iter()
+        .map(|a| {
+            let inside = a.seq + window > top;
+            let ok = inside && !seen.contains(&a.seq);
+            if ok {
+                seen.insert(a.seq);
+                top = top.max(a.seq);
+            }
+            ok
+        })
+        .collect()
+}
+
+fn opened(
+    plane: &pktcrypt_core::DataPlane,
+    batch: &[Arrival],
+    drops: &mut DropCounters,
+) -> Vec<bool> {
+    let mut bufs: Vec<Vec<u8>> = batch.iter().map(|a| a.bytes.clone()).collect();
+    let mut packets = esp_batch(&mut bufs);
+    plane.open_batch(&mut packets, drops);
+    packets
+        .iter()
+        .map(|p| !matches!(p.opened(), OpenOutcome::Drop(_)))
+        .collect()
+}
+
+/// Four workers seal one peer's traffic on one SA; its receiver takes their four flows
+/// interleaved (each lagging by up to 900 packets, within the 1,024-packet window) with a copy
+/// of every packet delivered again later. One opener in arrival order, in batches: exactly
+/// what the window model says, which here is every original (none is outside the window)
+/// and no copy. Then with lags beyond the window: the late ones dropped as too old, exactly as
+/// the model says, never a copy accepted.
+#[test]
+fn a_window_of_1024_takes_four_workers_interleaved() {
+    for (max_lag, seed, all_inside) in [(900, 1, true), (900, 2, true), (3000, 3, false)] {
+        let mut config = EngineConfig::new(Role::KeyServer);
+        config.replay_window = 1024;
+        let mut server = Engine::new(config).expect("config");
+        let mut client_config = EngineConfig::new(Role::Client);
+        client_config.replay_window = 1024;
+        let mut client = Engine::new(client_config).expect("config");
+        let init = generation(0, 0x1000);
+        let s = server.add_peer(&init, Time::ZERO).expect("peer");
+        let c = client.add_peer(&init, Time::ZERO).expect("peer");
+        server
+            .install(s, &generation(1, 0x2001), Time::ZERO)
+            .expect("install");
+        client
+            .install(c, &generation(1, 0x2001), Time::ZERO)
+            .expect("install");
+        let streams = seal_by_workers(&mut client, c, 4, 40);
+        let mut seqs: Vec<u64> = streams.iter().flatten().map(|(s, _)| *s).collect();
+        let total = seqs.len();
+        seqs.sort_unstable();
+        seqs.dedup();
+        assert_eq!(seqs.len(), total, "a sequence number sealed twice");
+
+        let order = arrivals(&streams, max_lag, seed);
+        let expected = model(&order, 1024);
+        let plane = server.data_plane().expect("data plane");
+        let mut drops = DropCounters::default();
+        let mut got = Vec::new();
+        for batch in order.chunks(64) {
+            got.extend(opened(&plane, batch, &mut drops));
+        }
+        for (i, (a, (g, e))) in order.iter().zip(got.iter().zip(&expected)).enumerate() {
+            assert_eq!(
+                g, e,
+                "arrival {i}: worker {} seq {} duplicate {} (lag {max_lag})",
+                a.worker, a.seq, a.duplicate
+            );
+            assert!(!(a.duplicate && *g), "a copy accepted: seq {}", a.seq);
+        }
+        let originals_dropped = order
+            .iter()
+            .zip(&got)
+            .filter(|(a, g)| !a.duplicate && !**g)
+            .count();
+        if all_inside {
+            assert_eq!(
+                originals_dropped, 0,
+                "an authentic packet inside the window dropped"
+            );
+        } else {
+            assert!(
+                originals_dropped > 0,
+                "lags beyond the window must age some out"
+            );
+        }
+        assert_eq!(drops.get(DropReason::AuthFailed), 0);
+        let refused = drops.get(DropReason::Replay) + drops.get(DropReason::TooOld);
+        assert_eq!(
+            refused as usize,
+            order.len() - got.iter().filter(|g| **g).count()
+        );
+    }
+}
+
+/// The same four flows on two receiving workers at once (flows 0 and 2 on one, 1 and 3 on the
+/// other, as RSS might put them; every copy on the other worker than its original), through
+/// one shared window: every sequence number accepted exactly once, every other copy refused. The openers
+/// advance round by round (128 arrivals), as two workers draining their queues at one pace.
+#[test]
+fn two_openers_share_the_window_of_four_workers_flows() {
+    let mut config = EngineConfig::new(Role::KeyServer);
+    config.replay_window = 1024;
+    let mut server = Engine::new(config).expect("config");
+    let mut client_config = EngineConfig::new(Role::Client);
+    client_config.replay_window = 1024;
+    let mut client = Engine::new(client_config).expect("config");
+    let init = generation(0, 0x1000);
+    let s = server.add_peer(&init, Time::ZERO).expect("peer");
+    let c = client.add_peer(&init, Time::ZERO).expect("peer");
+    server
+        .install(s, &generation(1, 0x2001), Time::ZERO)
+        .expect("install");
+    client
+        .install(c, &generation(1, 0x2001), Time::ZERO)
+        .expect("install");
+    let streams = seal_by_workers(&mut client, c, 4, 40);
+    let order = arrivals(&streams, 700, 9);
+    let plane = server.data_plane().expect("data plane");
+    let barrier = Barrier::new(2);
+    let rounds: Vec<&[Arrival]> = order.chunks(128).collect();
+    // Per opener: (sequence number, a copy?, accepted?) of each arrival, and its drops.
+    type Seen = Vec<(u64, bool, bool)>;
+    let results: Vec<(Seen, DropCounters)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..2usize)
+            .map(|q| {
+                let (plane, barrier, rounds) = (&plane, &barrier, &rounds);
+                scope.spawn(move || {
+                    let mut drops = DropCounters::default();
+                    let mut seen = Vec::new();
+                    for round in rounds {
+                        let mine: Vec<Arrival> = round
+                            .iter()
+                            .filter(|a| (a.worker % 2 == q) != a.duplicate)
+                            .cloned()
+                            .collect();
+                        for batch in mine.chunks(64) {
+                            let ok = opened(plane, batch, &mut drops);
+                            seen.extend(batch.iter().zip(ok).map(|(a, o)| (a.seq, a.duplicate, o)));
+                        }
+                        barrier.wait();
+                    }
+                    (seen, drops)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("opener"))
+            .collect()
+    });
+    let mut accepted = HashSet::new();
+    for (q, (seen, _)) in results.iter().enumerate() {
+        assert!(
+            seen.iter().any(|(_, d, o)| !d && *o),
+            "opener {q} opened nothing"
+        );
+        // A copy may overtake its original on the other worker within a round: then the copy
+        // is the one accepted. Either way a number is accepted once.
+        for (seq, _, ok) in seen {
+            if *ok {
+                assert!(accepted.insert(*seq), "seq {seq} accepted twice");
+            }
+        }
+    }
+    let originals = order.iter().filter(|a| !a.duplicate).count();
+    assert_eq!(
+        accepted.len(),
+        originals,
+        "an authentic packet inside the window dropped"
+    );
+    let refused: u64 = results
+        .iter()
+        .map(|(_, d)| d.get(DropReason::Replay) + d.get(DropReason::TooOld))
+        .sum();
+    assert_eq!(refused as usize, order.len() - originals);
+}

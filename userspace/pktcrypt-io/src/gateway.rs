@@ -314,6 +314,10 @@ pub struct Shared {
     pub stats: Vec<WorkerStats>,
     /// The capture tap (`pktcrypt capture`).
     pub tap: Arc<Tap>,
+    /// The outer UDP source port of each worker's packets (index: the worker; see
+    /// [`decide::Context::source_port`]). A worker without an entry sends from the port in its
+    /// paths' headers (the ESP port).
+    pub source_ports: Vec<u16>,
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -555,6 +559,7 @@ impl Worker {
             paths,
             stats: &self.shared.stats[self.index],
             now: Instant::now(),
+            source_port: self.shared.source_ports.get(self.index).copied(),
         };
         let mut frames = recycle_frames(core::mem::take(&mut self.frames));
         for d in &mut self.rx {

@@ -235,6 +235,8 @@ pub struct Gateway<K: Borrow<Keys> = Keys> {
     pub decider: Decider,
     /// The time of the next decisions.
     pub now: Instant,
+    /// The worker's own UDP source port (`None`: the ESP port of the paths' headers).
+    pub source_port: Option<u16>,
 }
 
 impl<K: Borrow<Keys>> Gateway<K> {
@@ -247,6 +249,7 @@ impl<K: Borrow<Keys>> Gateway<K> {
             stats: WorkerStats::new(),
             decider: Decider::new(),
             now: Instant::now(),
+            source_port: None,
         }
     }
 
@@ -266,6 +269,7 @@ impl<K: Borrow<Keys>> Gateway<K> {
             paths: &self.paths,
             stats: &self.stats,
             now: self.now,
+            source_port: self.source_port,
         };
         let mut lent: Vec<FrameBuf<'_>> = frames
             .iter_mut()

@@ -568,6 +568,7 @@ mod tests {
                 busy_ns: 1_500_000_000,
                 ..Workers::default()
             },
+            per_worker: Vec::new(),
             drops,
             xdp: Xdp::default(),
             spi_map_errors: 0,

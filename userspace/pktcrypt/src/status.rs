@@ -111,6 +111,9 @@ pub(crate) struct Gateway {
     pub(crate) group: Option<MemberGroup>,
     /// The workers' counters, summed.
     pub(crate) workers: Workers,
+    /// Each worker's counters and the UDP source port it sends from, in worker order.
+    #[serde(default)]
+    pub(crate) per_worker: Vec<WorkerStatus>,
     /// Packets dropped, by reason (workers and control thread; non-zero reasons only).
     pub(crate) drops: BTreeMap<String, u64>,
     /// The XDP programs' counters.
@@ -121,6 +124,19 @@ pub(crate) struct Gateway {
     pub(crate) retired_on_evidence: u64,
     /// A key server's reports of two parties using one client's init key.
     pub(crate) duplicate_clients: u64,
+}
+
+/// One worker of a gateway: its queue, the outer UDP source port of the packets it seals,
+/// and its counters.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct WorkerStatus {
+    /// Its index, the RX queue it serves on both interfaces.
+    pub(crate) worker: u32,
+    /// The outer UDP source port of the packets it seals.
+    pub(crate) source_port: u16,
+    /// Its counters.
+    #[serde(flatten)]
+    pub(crate) counters: Workers,
 }
 
 fn unspecified() -> IpAddr {

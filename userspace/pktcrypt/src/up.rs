@@ -392,7 +392,11 @@ impl Io for GatewayIo {
                     _ => None,
                 },
                 ToControl::Observed { info, from } => {
-                    endpoint.handle_sampled(t, Some(from), &info);
+                    let known = match endpoint.machine() {
+                        Machine::Server(s) => s.address(info.peer),
+                        _ => None,
+                    };
+                    endpoint.handle_sampled(t, sample_source(known, from, self.port), &info);
                     None
                 }
                 // The controller channel (group mode only).
@@ -593,6 +597,23 @@ impl Io for GatewayIo {
     }
 
     fn finish(&mut self, _: &mut Endpoint) {}
+}
+
+/// Where a data packet a worker sampled says its peer is, for the control plane (a key
+/// server sends its control messages to the address it learned last).
+///
+/// A peer's workers send its data from a UDP source port each (`source_ports`), and none of
+/// those ports receives: its control messages, and everything sent to it, use its ESP port.
+/// So a sample never moves the peer's control address within its IP address (`None`: the
+/// address stays as its control messages, from its ESP port, last set it; behind a NAT, the
+/// port the NAT gave that one); a sample from another IP address (the peer moved) moves it
+/// there, to the ESP port, until the peer's next control message says which port a NAT
+/// gave it. Samples are authenticated (a worker opened them), as are control messages.
+fn sample_source(known: Option<SocketAddr>, from: SocketAddr, port: u16) -> Option<SocketAddr> {
+    match known {
+        Some(k) if k.ip() == from.ip() => None,
+        _ => Some(SocketAddr::new(from.ip(), port)),
+    }
 }
 
 /// The state machine of a data-path role, its peers, and (a group member) the controller's
@@ -872,6 +893,12 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
             ));
         }
     }
+    // Worker q's outer UDP source port: one flow per worker, so that a peer's receiver spreads
+    // our traffic over its queues.
+    let source_ports = data_path
+        .source_ports
+        .unwrap_or_default()
+        .ports(data_path.source_port_base.unwrap_or(port), workers)?;
     let frames = data_path.frames.unwrap_or(8192);
     if !(256..=262_144).contains(&frames) {
         return Err("frames: must be in 256..=262144".into());
@@ -924,6 +951,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         stop: AtomicBool::new(false),
         stats: (0..workers).map(|_| WorkerStats::new()).collect(),
         tap: Arc::new(Tap::new()),
+        source_ports: source_ports.clone(),
     });
     let mut inner_xdp = XdpSteering::attach(
         &object,
@@ -980,6 +1008,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         local = %local,
         port,
         workers,
+        source_ports = ?source_ports,
         xdp_inner = ?inner_xdp.mode(),
         xdp_outer = ?outer_xdp.mode(),
         "up"
@@ -1616,6 +1645,37 @@ fn sum(stats: &[WorkerStats], f: impl Fn(&WorkerStats) -> &std::sync::atomic::At
     stats.iter().map(|s| f(s).load(Ordering::Relaxed)).sum()
 }
 
+/// The counters of `s`'s workers, summed.
+fn worker_counters(s: &[WorkerStats]) -> status::Workers {
+    let mut workers = status::Workers::default();
+    let fields: [(&str, u64); 20] = [
+        ("rx_inner", sum(s, |w| &w.rx_inner)),
+        ("rx_outer", sum(s, |w| &w.rx_outer)),
+        ("tx_outer", sum(s, |w| &w.tx_outer)),
+        ("tx_inner", sum(s, |w| &w.tx_inner)),
+        ("bytes_sealed", sum(s, |w| &w.bytes_sealed)),
+        ("bytes_opened", sum(s, |w| &w.bytes_opened)),
+        ("to_kernel", sum(s, |w| &w.to_kernel)),
+        ("hairpinned", sum(s, |w| &w.hairpinned)),
+        ("control", sum(s, |w| &w.control)),
+        ("icmp_too_big", sum(s, |w| &w.icmp_too_big)),
+        ("icmp_rate_limited", sum(s, |w| &w.icmp_rate_limited)),
+        ("fragmented", sum(s, |w| &w.fragmented)),
+        ("too_big", sum(s, |w| &w.too_big)),
+        ("no_route", sum(s, |w| &w.no_route)),
+        ("no_neighbour", sum(s, |w| &w.no_neighbour)),
+        ("policy", sum(s, |w| &w.policy)),
+        ("malformed", sum(s, |w| &w.malformed)),
+        ("tx_full", sum(s, |w| &w.tx_full)),
+        ("seal_failed", sum(s, |w| &w.seal_failed)),
+        ("busy_ns", sum(s, |w| &w.busy_ns)),
+    ];
+    for (k, v) in fields {
+        workers.set(k, v);
+    }
+    workers
+}
+
 /// The status document of a gateway ([`status::Gateway`]: JSON for `pktcrypt status` and
 /// `pktcrypt show`, the source of the Prometheus metrics).
 fn render(io: &mut GatewayIo, endpoint: &Endpoint) -> status::Gateway {
@@ -1698,32 +1758,16 @@ fn render(io: &mut GatewayIo, endpoint: &Endpoint) -> status::Gateway {
         _ => None,
     };
     let s = &io.shared.stats;
-    let mut workers = status::Workers::default();
-    let fields: [(&str, u64); 20] = [
-        ("rx_inner", sum(s, |w| &w.rx_inner)),
-        ("rx_outer", sum(s, |w| &w.rx_outer)),
-        ("tx_outer", sum(s, |w| &w.tx_outer)),
-        ("tx_inner", sum(s, |w| &w.tx_inner)),
-        ("bytes_sealed", sum(s, |w| &w.bytes_sealed)),
-        ("bytes_opened", sum(s, |w| &w.bytes_opened)),
-        ("to_kernel", sum(s, |w| &w.to_kernel)),
-        ("hairpinned", sum(s, |w| &w.hairpinned)),
-        ("control", sum(s, |w| &w.control)),
-        ("icmp_too_big", sum(s, |w| &w.icmp_too_big)),
-        ("icmp_rate_limited", sum(s, |w| &w.icmp_rate_limited)),
-        ("fragmented", sum(s, |w| &w.fragmented)),
-        ("too_big", sum(s, |w| &w.too_big)),
-        ("no_route", sum(s, |w| &w.no_route)),
-        ("no_neighbour", sum(s, |w| &w.no_neighbour)),
-        ("policy", sum(s, |w| &w.policy)),
-        ("malformed", sum(s, |w| &w.malformed)),
-        ("tx_full", sum(s, |w| &w.tx_full)),
-        ("seal_failed", sum(s, |w| &w.seal_failed)),
-        ("busy_ns", sum(s, |w| &w.busy_ns)),
-    ];
-    for (k, v) in fields {
-        workers.set(k, v);
-    }
+    let workers = worker_counters(s);
+    let per_worker = s
+        .iter()
+        .enumerate()
+        .map(|(q, w)| status::WorkerStatus {
+            worker: q as u32,
+            source_port: io.shared.source_ports.get(q).copied().unwrap_or(io.port),
+            counters: worker_counters(core::slice::from_ref(w)),
+        })
+        .collect();
     let drops = status::drops(DropReason::ALL.iter().enumerate().map(|(i, reason)| {
         let workers: u64 = s.iter().map(|w| w.drops[i].load(Ordering::Relaxed)).sum();
         (*reason, workers + io.control_drops.get(*reason))
@@ -1760,6 +1804,7 @@ fn render(io: &mut GatewayIo, endpoint: &Endpoint) -> status::Gateway {
         peers,
         group,
         workers,
+        per_worker,
         drops,
         xdp: status::Xdp {
             inner: side(&io.inner_xdp),
@@ -1874,4 +1919,91 @@ pub(crate) fn query(
     let mut out = String::new();
     std::io::Read::read_to_string(&mut stream, &mut out).map_err(|e| e.to_string())?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample_source;
+    use pktcrypt_core::control::{Endpoint, KeyServer, Machine, ServerConfig};
+    use pktcrypt_core::{Generation, GenerationInfo, OpenInfo, Secret, Slot, Spi, Suite, Time};
+    use std::net::SocketAddr;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("address")
+    }
+
+    /// A key server whose client sends data from one source port per worker (and control
+    /// messages from its ESP port): the samples never move the client's control address within
+    /// its IP address, so the server neither "roams" it from port to port nor sends control
+    /// messages to a worker's port, where nothing receives; a sample from another IP address
+    /// moves it there, at the ESP port. Passing the samples' sources on as they are (what the
+    /// gateway did before workers had ports of their own) fails the first assertion.
+    #[test]
+    fn samples_from_many_source_ports_do_not_move_a_clients_control_address() {
+        let server = KeyServer::new(
+            ServerConfig::default(),
+            Box::new(pktcrypt_core::control::SeededRandom::new(7)),
+        )
+        .expect("server");
+        let mut endpoint = Endpoint::from(server);
+        let spi = Spi::new(0x100).expect("spi");
+        let init = Generation {
+            info: GenerationInfo {
+                number: 0,
+                spi,
+                suite: Suite::Aes256Gcm,
+            },
+            secret: Secret::from_bytes([3; 32]),
+        };
+        let configured = addr("192.0.2.1:4500");
+        let Machine::Server(s) = endpoint.machine_mut() else {
+            unreachable!()
+        };
+        let peer = s
+            .add_client(&init, Some(configured), Time::ZERO)
+            .expect("client");
+        let info = OpenInfo {
+            peer,
+            spi,
+            generation: 0,
+            slot: Slot::Init,
+            seq: 1,
+        };
+        let known = |e: &Endpoint| match e.machine() {
+            Machine::Server(s) => s.address(peer),
+            _ => None,
+        };
+        let mut t = Time::ZERO;
+        let mut sample = |e: &mut Endpoint, from: &str| {
+            t += std::time::Duration::from_millis(100);
+            let from = sample_source(known(e), addr(from), 4500);
+            e.handle_sampled(t, from, &info);
+        };
+        for from in ["192.0.2.1:4501", "192.0.2.1:4500", "192.0.2.1:4502"] {
+            sample(&mut endpoint, from);
+            assert_eq!(known(&endpoint), Some(configured), "after {from}");
+        }
+        // Moved: to its new address, at the ESP port; its other ports change nothing.
+        for from in ["198.51.100.7:30001", "198.51.100.7:30002"] {
+            sample(&mut endpoint, from);
+            assert_eq!(known(&endpoint), Some(addr("198.51.100.7:4500")), "{from}");
+        }
+    }
+
+    #[test]
+    fn a_sample_moves_only_the_ip_address() {
+        let k = Some(addr("203.0.113.9:61000"));
+        // Same IP: the port a NAT gave the peer's ESP port (learned from control) stays.
+        assert_eq!(sample_source(k, addr("203.0.113.9:61001"), 4500), None);
+        assert_eq!(sample_source(k, addr("203.0.113.9:61000"), 4500), None);
+        // Another IP, or none known: there, at the ESP port.
+        assert_eq!(
+            sample_source(k, addr("203.0.113.10:61001"), 4500),
+            Some(addr("203.0.113.10:4500"))
+        );
+        assert_eq!(
+            sample_source(None, addr("[2001:db8::2]:7"), 4500),
+            Some(addr("[2001:db8::2]:4500"))
+        );
+    }
 }

@@ -185,6 +185,19 @@ impl OuterHeader {
         (src.is_ipv4() == dst.is_ipv4()).then_some(Self { src, dst, ttl })
     }
 
+    /// The same headers from another UDP source port (a gateway's worker sends one peer's
+    /// packets from a port of its own, so that the receiver's RSS spreads them).
+    #[must_use]
+    pub const fn with_src_port(mut self, port: u16) -> Self {
+        self.src.set_port(port);
+        self
+    }
+
+    /// The UDP source port.
+    pub const fn src_port(&self) -> u16 {
+        self.src.port()
+    }
+
     /// Length of the IP and UDP headers.
     pub const fn len(&self) -> usize {
         match self.src {

@@ -149,6 +149,12 @@ pub struct Context<'a> {
     pub stats: &'a WorkerStats,
     /// Now (ICMP rate limit, sampling of observed generations).
     pub now: Instant,
+    /// The UDP source port of the packets this worker seals (`None`: the port of the path's
+    /// header, the ESP port). Each worker sending from a port of its own makes one peer's
+    /// traffic several UDP flows, which the receiver's RSS (or a veth's queue choice) spreads
+    /// over its queues and so over its workers; a receiver knows a peer by its SPI, never by
+    /// the source port.
+    pub source_port: Option<u16>,
 }
 
 /// One worker's decision state: ESP drop counters, the ICMP limiter, sampled generations, and
@@ -351,7 +357,7 @@ impl Decider {
         // One atomic add per batch for the bytes.
         let mut sealed = 0u64;
         for job in &self.seal_jobs {
-            let d = finish_seal(job, &mut frames[job.frame], paths, stats);
+            let d = finish_seal(job, &mut frames[job.frame], paths, cx.source_port, stats);
             if matches!(d, Decision::Outer { .. }) {
                 sealed += job.len as u64;
             }
@@ -529,11 +535,13 @@ fn malformed(stats: &WorkerStats) -> Decision {
     Decision::Drop(Dropped::Malformed)
 }
 
-/// A sealed job's outer IP/UDP and Ethernet headers, in front of its ESP packet.
+/// A sealed job's outer IP/UDP and Ethernet headers, in front of its ESP packet (from
+/// `source_port` when the worker has one of its own).
 fn finish_seal(
     job: &SealJob,
     f: &mut FrameBuf<'_>,
     paths: &Paths,
+    source_port: Option<u16>,
     stats: &WorkerStats,
 ) -> Decision {
     let path = paths.peers.get(&job.path);
@@ -546,12 +554,16 @@ fn finish_seal(
         return Decision::Drop(Dropped::NoNeighbour);
     };
     let end = job.esp_at + job.sealed;
+    let header = match source_port {
+        Some(port) => path.header.with_src_port(port),
+        None => path.header,
+    };
     let headers = job
         .esp_at
-        .checked_sub(path.header.len() + ETH_HLEN)
+        .checked_sub(header.len() + ETH_HLEN)
         .and_then(|eth_at| {
             let ip_at = eth_at + ETH_HLEN;
-            path.header.write(&mut f.buf[ip_at..end])?;
+            header.write(&mut f.buf[ip_at..end])?;
             Some((eth_at, ip_at))
         });
     let Some((eth_at, ip_at)) = headers else {

@@ -121,6 +121,46 @@ pub(crate) struct DataPath {
     /// default), `native` (fail without it) or `generic` (SKB mode).
     #[serde(default, deserialize_with = "super::xdp_mode")]
     pub(crate) xdp_mode: pktcrypt_io::XdpMode,
+    /// Which outer UDP source ports the workers send from (default: one per worker).
+    pub(crate) source_ports: Option<SourcePorts>,
+    /// The first worker's outer UDP source port (default: `port`, the ESP port).
+    pub(crate) source_port_base: Option<u16>,
+}
+
+/// `source_ports`: the outer UDP source ports of the packets the workers seal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum SourcePorts {
+    /// Worker *q* sends from `source_port_base + q`: one peer's traffic is one UDP flow per
+    /// worker, which the receiver's RSS spreads over its queues.
+    #[default]
+    PerWorker,
+    /// Every worker sends from `source_port_base`: one UDP flow per peer (for a key server of
+    /// a version that follows a client's source port).
+    Single,
+}
+
+impl SourcePorts {
+    /// The source port of each of `workers` workers, from `base`.
+    ///
+    /// # Errors
+    /// A port above 65535, or a base of 0.
+    pub(crate) fn ports(self, base: u16, workers: u32) -> Result<Vec<u16>, String> {
+        if base == 0 {
+            return Err("source_port_base: must be non-zero".into());
+        }
+        (0..workers)
+            .map(|q| match self {
+                SourcePorts::Single => Ok(base),
+                SourcePorts::PerWorker => u16::try_from(u32::from(base) + q).map_err(|_| {
+                    format!(
+                        "source_port_base: {base} + {workers} workers passes port 65535 \
+                         (source_ports = \"per-worker\" takes one port per worker)"
+                    )
+                }),
+            })
+            .collect()
+    }
 }
 
 /// A peer of a gateway: where it is and what lies behind it.

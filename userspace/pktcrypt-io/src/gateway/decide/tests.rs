@@ -113,6 +113,71 @@ fn a_packet_to_a_protected_prefix_is_sealed_and_delivered_at_the_far_side() {
     assert_eq!(gb.decider.messages().count(), 0);
 }
 
+/// Workers with source ports of their own: one peer's packets leave as several UDP flows (to
+/// the one ESP port), and the receiver opens every one of them under the same peer, reporting
+/// where each came from; over IPv6 the UDP checksum covers the port.
+#[test]
+fn each_worker_sends_from_its_own_source_port_and_the_receiver_takes_every_one() {
+    for v6 in [false, true] {
+        use crate::testing::{Gateway, Keys};
+        let mut ga = Gateway::new(0, Keys::new(0), v6);
+        let mut gb = Gateway::new(1, Keys::new(1), v6);
+        let (src, dst) = if v6 {
+            ("fd01::5", "fd02::9")
+        } else {
+            ("10.1.0.5", "10.2.0.9")
+        };
+        gb.paths.inner_neighbours.insert(a(dst), HOST_B);
+        let ip = if v6 {
+            ipv6(src, dst, 200)
+        } else {
+            ipv4(src, dst, 200, true)
+        };
+        let frame = eth(INNER_MAC[0], HOST_A, &[], &ip);
+        let udp_at = 14 + if v6 { 40 } else { 20 };
+        let mut seen = Vec::new();
+        for (worker, port) in [(0, None), (1, Some(4501)), (2, Some(40_000))] {
+            ga.source_port = port;
+            let (d, f) = ga.inner(&frame);
+            let wire = f.out(d).to_vec();
+            let sport = u16::from_be_bytes([wire[udp_at], wire[udp_at + 1]]);
+            assert_eq!(sport, port.unwrap_or(4500), "worker {worker}");
+            assert_eq!(&wire[udp_at + 2..udp_at + 4], &4500u16.to_be_bytes());
+            if v6 {
+                // The checksum over the pseudo-header and the whole datagram folds to zero.
+                let udp = &wire[udp_at..];
+                let mut pseudo = wire[14 + 8..14 + 40].to_vec();
+                pseudo.extend_from_slice(&[0, 0]);
+                pseudo.extend_from_slice(&(udp.len() as u16).to_be_bytes());
+                pseudo.extend_from_slice(&[0, 0, 0, 17]);
+                pseudo.extend_from_slice(udp);
+                assert_eq!(checksum(&pseudo, 0), 0, "worker {worker}");
+            }
+            let (d, _) = gb.outer(&wire);
+            assert!(
+                matches!(d, Decision::Inner { .. }),
+                "worker {worker}: {d:?}"
+            );
+            // Sampled: the first packet, then one per interval.
+            seen.extend(gb.decider.messages());
+            gb.now += OBSERVE_INTERVAL;
+        }
+        let froms: Vec<u16> = seen
+            .iter()
+            .map(|m| match m {
+                ToControl::Observed { info, from } => {
+                    assert_eq!(info.peer, gb.peer(0));
+                    assert_eq!(from.ip(), crate::testing::outer_addr(0, v6).ip());
+                    from.port()
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(froms, [4500, 4501, 40_000], "v6 {v6}");
+        assert_eq!(gb.count(|s| &s.bytes_opened), 3 * ip.len() as u64);
+    }
+}
+
 #[test]
 fn ipv6_without_a_neighbour_goes_to_the_kernel() {
     let (mut ga, mut gb, _) = sites();
@@ -566,6 +631,7 @@ fn a_frame_without_headroom_is_not_sealed() {
         paths: &ga.paths,
         stats: &ga.stats,
         now: ga.now,
+        source_port: None,
     };
     let mut frames = [FrameBuf {
         buf: &mut buf,
