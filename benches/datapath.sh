@@ -34,8 +34,8 @@
 # usage (root): benches/datapath.sh            full run: RUNS=5, SECS=5 (about 22 minutes)
 #               QUICK=1 benches/datapath.sh    smoke run: RUNS=1, SECS=2, writes the report into
 #                                              target/bench-datapath/ only (about 3 minutes)
-# Environment: RUNS, SECS, RATE (30000), QUEUES (2), MODES ("sink kernel aes chacha null
-# boringtun"), SIZES ("64 1400"), BORINGTUN_THREADS ($QUEUES), IDLE (2), REPORT (the report's
+# Environment: RUNS, SECS, RATE (30000), QUEUES (2), MODES ("sink kernel aes aes-generic
+# chacha null boringtun"), SIZES ("64 1400"), BORINGTUN_THREADS ($QUEUES), IDLE (2), REPORT (the report's
 # path; default BENCH_DATAPATH.md, or target/bench-datapath/BENCH_DATAPATH.md with QUICK=1),
 # WORKERS_BENCH=1 also runs the worker-scaling criterion bench (benches/benches/workers.rs) first,
 # NOTE="text" puts a note at the top of the report, LOCK another lock file (development only).
@@ -53,7 +53,7 @@ RUNS=${RUNS:-5}
 SECS=${SECS:-5}
 RATE=${RATE:-30000}
 QUEUES=${QUEUES:-2}
-MODES=${MODES:-sink kernel aes chacha null boringtun}
+MODES=${MODES:-sink kernel aes aes-generic chacha null boringtun}
 SIZES=${SIZES:-64 1400}
 BORINGTUN_THREADS=${BORINGTUN_THREADS:-$QUEUES}
 IDLE=${IDLE:-2}
@@ -152,7 +152,7 @@ forwarding() { # 0|1
   for g in A B; do ip netns exec ${P}gw$g sysctl -qw net.ipv4.ip_forward="$1"; done
 }
 
-pktcrypt_up() { # SUITE BACKEND
+pktcrypt_up() { # SUITE BACKEND [XDP_MODE]
   cat > "$DIR/gwB.toml" <<CFG
 role = "server"
 name = "gwB"
@@ -161,6 +161,7 @@ outer = "out"
 status_socket = "$DIR/gwB.sock"
 suite = "$1"
 backend = "$2"
+xdp_mode = "${3:-auto}"
 prefixes = ["10.2.0.0/24"]
 [[clients]]
 name = "gwA"
@@ -175,6 +176,7 @@ inner = "in"
 outer = "out"
 status_socket = "$DIR/gwA.sock"
 backend = "$2"
+xdp_mode = "${3:-auto}"
 prefixes = ["10.1.0.0/24"]
 [server]
 name = "gwB"
@@ -225,6 +227,7 @@ mode_up() { # MODE
       ip -n ${P}gwA route add 10.2.0.0/24 via 192.0.2.2
       ip -n ${P}gwB route add 10.1.0.0/24 via 192.0.2.1 ;;
     aes) pktcrypt_up aes-256-gcm default ;;
+    aes-generic) pktcrypt_up aes-256-gcm default generic ;;
     chacha) pktcrypt_up chacha20-poly1305 default ;;
     null) pktcrypt_up aes-256-gcm null-insecure ;;
     boringtun) boringtun_up ;;

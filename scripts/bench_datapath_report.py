@@ -18,18 +18,20 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-MODES = ["sink", "kernel", "aes", "chacha", "null", "boringtun"]
+MODES = ["sink", "kernel", "aes", "aes-generic", "chacha", "null", "boringtun"]
 NAMES = {
     "sink": "generator alone (XDP drop)",
     "kernel": "kernel forwarding, no crypto",
     "aes": "pktcrypt AES-256-GCM",
+    "aes-generic": "pktcrypt AES-256-GCM, generic (SKB-mode) XDP",
     "chacha": "pktcrypt ChaCha20-Poly1305",
     "null": "pktcrypt no-op cipher",
     "boringtun": "boringtun (WireGuard, TUN)",
 }
-COLOURS = {"sink": "#bbbbbb", "kernel": "#666666", "aes": "#1f77b4", "chacha": "#ff7f0e",
+COLOURS = {"sink": "#bbbbbb", "kernel": "#666666", "aes": "#1f77b4", "aes-generic": "#9467bd",
+           "chacha": "#ff7f0e",
            "null": "#2ca02c", "boringtun": "#d62728"}
-PKTCRYPT = ("aes", "chacha", "null")
+PKTCRYPT = ("aes", "aes-generic", "chacha", "null")
 BUSY = ("user", "nice", "system", "irq", "softirq")
 
 
@@ -432,12 +434,13 @@ def main(argv):
           "Ratio of the medians; in brackets the range of the per-round ratios (the two modes measured "
           "minutes apart in the same round). Goals: pktcrypt ≥ 0.9× kernel forwarding for UDP, ≥ 0.6× for "
           "TCP, ≥ 4× boringtun in all three.", "",
-          "| test | AES-GCM / kernel | ChaCha20 / kernel | no-op / kernel | AES-GCM / boringtun | ChaCha20 / boringtun | goals (AES-GCM) |",
-          "|---|---:|---:|---:|---:|---:|---|"]
+          "| test | AES-GCM / kernel | AES-GCM generic XDP / kernel | ChaCha20 / kernel | no-op / kernel | AES-GCM / boringtun | ChaCha20 / boringtun | generic / native XDP (AES-GCM) | goals (AES-GCM) |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     goal_rows = []
     for test, size, title in tests:
         cells, verdict = [], []
-        for a, b in (("aes", "kernel"), ("chacha", "kernel"), ("null", "kernel"), ("aes", "boringtun"), ("chacha", "boringtun")):
+        for a, b in (("aes", "kernel"), ("aes-generic", "kernel"), ("chacha", "kernel"), ("null", "kernel"),
+                     ("aes", "boringtun"), ("chacha", "boringtun"), ("aes-generic", "aes")):
             med, per = ratio(a, b, test, size)
             cells.append("–" if med is None else (f"**{med:.2f}**" if a == "aes" else f"{med:.2f}")
                          + (f" ({per['min']:.2f}–{per['max']:.2f})" if per and per["n"] > 1 else ""))
