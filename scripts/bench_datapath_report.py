@@ -575,6 +575,11 @@ def main(argv):
                      f"{w['two_threads_pps']:,.0f} | **{w['ratio']:.2f}** | {w.get('two_threads_refused', 0)} |")
         L.append("")
 
+    # Hand-measured notes on the worker loop (the before/after of issue 15), kept with the bench.
+    notes = Path(__file__).resolve().parent.parent / "benches" / "datapath-cheaper.md"
+    if notes.exists():
+        L += [notes.read_text().rstrip("\n"), ""]
+
     L += ["## Reproduce", "",
           "As root on Debian 12 (installs netsniff-ng, xdp-tools, wireguard-tools and `cargo install "
           "boringtun-cli --locked` through `scripts/setup.sh --bench`; holds `/tmp/pktcrypt-netns.lock`):", "",
