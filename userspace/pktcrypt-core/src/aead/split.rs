@@ -1,0 +1,109 @@
+//! [`super::Backend::RingAwsLc`]: ring for short packets, aws-lc-rs for long AES-GCM ones.
+//!
+//! Why two libraries: on AVX-512 machines AWS-LC's AES-GCM (VAES + VPCLMULQDQ on 512-bit
+//! registers) is faster than ring 0.17's from about half a kilobyte up, and slower below (a larger
+//! fixed cost per call); see `BENCHMARKS.md`, "AEAD backends". ChaCha20-Poly1305 runs the same
+//! in both, so it stays on ring alone.
+//!
+//! Memory: the ring key is expanded with the key. The AWS-LC key (an `EVP_AEAD_CTX` on the C
+//! heap) is expanded only at the **second** packet of at least [`LARGE`] bytes: a key that seals
+//! or opens one control message (the engine derives those per message) or carries only short
+//! packets never pays for it. Until then the raw key waits here, wiped on drop.
+
+use super::aws_lc_backend::AwsLcAead;
+use super::ring_backend::RingAead;
+use super::{AuthError, NONCE_LEN, TAG_LEN};
+use crate::Suite;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use zeroize::Zeroizing;
+
+/// Packets of this many bytes (the data transformed: the ESP payload and trailer) and more go to
+/// AWS-LC once its key is expanded. Measured (`BENCHMARKS.md`): the crossover lies between 256
+/// and 512 bytes for seal and open.
+pub(super) const LARGE: usize = 512;
+
+pub(super) struct Split {
+    small: RingAead,
+    /// The AES-GCM key of AWS-LC, once expanded. Never for ChaCha20-Poly1305.
+    large: OnceLock<AwsLcAead>,
+    /// A packet of [`LARGE`] bytes or more went through ring: the next one expands `large`.
+    seen_large: AtomicBool,
+    suite: Suite,
+    /// The raw key while `large` may still be needed (AES-GCM), to expand it from.
+    key: Option<Zeroizing<[u8; 32]>>,
+}
+
+impl Split {
+    pub(super) fn new(suite: Suite, key: &[u8]) -> Result<Self, crate::Error> {
+        let small = RingAead::new(suite, key)?;
+        let raw = match suite {
+            Suite::Aes128Gcm | Suite::Aes256Gcm => {
+                let mut raw = Zeroizing::new([0u8; 32]);
+                raw.get_mut(..key.len())
+                    .ok_or(crate::Error::KeyLength)?
+                    .copy_from_slice(key);
+                Some(raw)
+            }
+            Suite::ChaCha20Poly1305 => None,
+        };
+        Ok(Self {
+            small,
+            large: OnceLock::new(),
+            seen_large: AtomicBool::new(false),
+            suite,
+            key: raw,
+        })
+    }
+
+    /// The AWS-LC key for a packet of `len` bytes, if that packet should use it.
+    fn large(&self, len: usize) -> Option<&AwsLcAead> {
+        if len < LARGE {
+            return None;
+        }
+        if let Some(k) = self.large.get() {
+            return Some(k);
+        }
+        let raw = self.key.as_ref()?;
+        // The first long packet under this key goes through ring: a key used once (a control
+        // message) never expands the second one.
+        if !self.seen_large.swap(true, Ordering::Relaxed) {
+            return None;
+        }
+        let k = AwsLcAead::new(self.suite, &raw[..self.suite.key_len()]).ok()?;
+        // Two threads may race here: one key wins, the other is freed (and wiped by AWS-LC).
+        let _ = self.large.set(k);
+        self.large.get()
+    }
+
+    /// Whether the AWS-LC key is expanded.
+    #[cfg(test)]
+    pub(super) fn large_expanded(&self) -> bool {
+        self.large.get().is_some()
+    }
+
+    pub(super) fn seal(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        data: &mut [u8],
+    ) -> [u8; TAG_LEN] {
+        match self.large(data.len()) {
+            Some(k) => k.seal(nonce, aad, data),
+            None => self.small.seal(nonce, aad, data),
+        }
+    }
+
+    pub(super) fn open(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        data: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<(), AuthError> {
+        match self.large(data.len()) {
+            Some(k) => k.open(nonce, aad, data, tag),
+            None => self.small.open(nonce, aad, data, tag),
+        }
+    }
+}
