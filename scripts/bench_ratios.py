@@ -9,7 +9,8 @@ groups). Times are criterion's median estimates (ns, not rounded).
 Several runs (criterion `--save-baseline NAME`, one name per run) give one ratio per run; the
 table shows their median and, with more than one run, the range.
 
-usage: bench_ratios.py [--criterion DIR] [--runs r1,r2,r3] [--markdown]
+usage: bench_ratios.py [--criterion DIR] [--runs r1,r2,r3] [--filter PREFIX] [--pivot]
+(--pivot: one row per group, one column per candidate: the ratio only)
 """
 import argparse
 import json
@@ -60,6 +61,7 @@ def main():
     ap.add_argument("--criterion", default="target/criterion")
     ap.add_argument("--runs", default="new", help="comma-separated criterion baseline names")
     ap.add_argument("--filter", default="", help="only groups starting with this prefix")
+    ap.add_argument("--pivot", action="store_true", help="one row per group, ratios only")
     args = ap.parse_args()
     runs = [r for r in args.runs.split(",") if r]
     data = [load(args.criterion, r) for r in runs]
@@ -69,6 +71,9 @@ def main():
     print(f"runs: {', '.join(runs)}; ratio = ring's time / candidate's time in the same run"
           + ("; median (range) over the runs" if len(runs) > 1 else ""))
     print()
+    if args.pivot:
+        pivot(data, groups)
+        return
     print("| group | candidate | ns (median) | speed vs ring |")
     print("|---|---|---:|---:|")
     for group in groups:
@@ -89,6 +94,29 @@ def main():
                 continue
             ratio = fmt_ratio(ratios) if ratios else "-"
             print(f"| {group} | {fn} | {statistics.median(ns):.1f} | {ratio} |")
+
+
+def pivot(data, groups):
+    columns = []
+    for g in groups:
+        for d in data:
+            for fn in d.get(g, {}):
+                if fn not in BASELINES and fn not in columns:
+                    columns.append(fn)
+    order = ["pktcrypt-ring+aws-lc", "pktcrypt-ring", "pktcrypt-aws-lc", "pktcrypt-rustcrypto"]
+    first_seen = list(columns)
+    columns.sort(key=lambda c: (order.index(c) if c in order else len(order), first_seen.index(c)))
+    print("| group | ring ns | " + " | ".join(columns) + " |")
+    print("|---|---:|" + "---:|" * len(columns))
+    for g in groups:
+        base = [next((d[g][b] for b in BASELINES if b in d.get(g, {})), None) for d in data]
+        base_ns = [b for b in base if b]
+        cells = []
+        for fn in columns:
+            ratios = [b / d[g][fn] for b, d in zip(base, data) if b and fn in d.get(g, {})]
+            cells.append(fmt_ratio(ratios) if ratios else "")
+        ns = f"{statistics.median(base_ns):.0f}" if base_ns else "-"
+        print(f"| {g} | {ns} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

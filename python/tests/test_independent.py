@@ -23,7 +23,7 @@ def test_cryptography_decrypts_our_packets(suite: pktcrypt.Suite, backend: pktcr
     aead = ChaCha20Poly1305(sa.key) if suite is pktcrypt.Suite.CHACHA20_POLY1305 else AESGCM(sa.key)
     # Short and long packets, long ones more than once: ring+aws-lc seals the first long packet
     # under a key with ring and the next ones with aws-lc-rs.
-    for length in (20, 21, 22, 23, 200, 600, 1400, 1400, 4000):
+    for length in (20, 21, 22, 23, 200, 1400, 9000, 9000, 9000):
         inner = ipv4(length, length)
         packet = client.seal(inner)
         spi, seq_low = struct.unpack(">II", packet[:8])
@@ -47,7 +47,7 @@ def test_every_backend_opens_every_other_backends_packets(suite: pktcrypt.Suite)
             peer = server.add_peer(key)
             client = pktcrypt.Endpoint(pktcrypt.Role.CLIENT, key, backend=tx)
             connect(server, client)
-            for length in (40, 300, 600, 1400, 1400, 9000):
+            for length in (40, 300, 1400, 9000, 9000, 9000):
                 inner = ipv4(length, length)
                 assert server.open(client.seal(inner)).data == inner, (tx, rx, length)
                 assert client.open(server.seal(inner, peer=peer)).data == inner, (tx, rx, length)

@@ -81,7 +81,7 @@ class Backend(str, enum.Enum):
     AWS_LC = "aws-lc"
     """aws-lc-rs (AWS-LC's assembly: AVX-512 VAES + VPCLMULQDQ AES-GCM)."""
     RING_AWS_LC = "ring+aws-lc"
-    """ring for packets below 512 bytes, aws-lc-rs from 512 bytes (AES-GCM; ChaCha20-Poly1305 on ring)."""
+    """ring, and aws-lc-rs for AES-GCM packets of 4 KiB (seal) or 6 KiB (open) and more."""
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,12 @@
 //!   generates the CTR keystream of many small packets in one `aes` call, so the VAES pipeline is
 //!   full even for 64-byte packets.
 //! - [`Backend::Ring`] (feature `ring`): `ring`'s assembly implementations.
-//! - [`Backend::AwsLc`] (feature `aws-lc`): AWS-LC's, through aws-lc-rs's safe API; its AES-GCM
-//!   uses AVX-512 VAES + VPCLMULQDQ where the CPU has them (ring 0.17 stops at 256-bit VAES).
+//! - [`Backend::AwsLc`] (feature `aws-lc-aead`): AWS-LC's, through aws-lc-rs's safe API; its
+//!   AES-GCM uses AVX-512 VAES + VPCLMULQDQ where the CPU has them (ring 0.17 stops at 256-bit
+//!   VAES).
 //! - [`Backend::RingAwsLc`] (both features, the default then): per packet the faster of the two
-//!   by size, measured: ring below 512 bytes, AWS-LC from 512 bytes (AES-GCM only; ChaCha20-Poly1305
-//!   runs on ring, which is as fast).
+//!   by size, measured: AWS-LC for AES-GCM packets of 4 KiB (seal) or 6 KiB (open) and more, ring
+//!   for the rest (ChaCha20-Poly1305 runs on ring, which is as fast).
 //!
 //! Feature `insecure-null-backend` adds `Backend::NullInsecure`, which does not encrypt: it exists
 //! only so the data-path benchmark can measure pktcrypt's forwarding cost without the cipher.
@@ -45,10 +46,11 @@ pub enum Backend {
     /// `aws-lc-rs` (AWS-LC: AVX-512 VAES + VPCLMULQDQ AES-GCM), feature `aws-lc`.
     #[cfg(feature = "aws-lc-aead")]
     AwsLc,
-    /// ring for packets below 512 bytes, aws-lc-rs from 512 bytes (AES-GCM; ChaCha20-Poly1305 on
-    /// ring alone): the faster of the two at each size, measured. The aws-lc-rs key is expanded
-    /// at a key's second packet of 512 bytes or more, so keys that only carry short packets or
-    /// one control message cost no more than ring's (features `ring` and `aws-lc`).
+    /// ring, and aws-lc-rs for long AES-GCM packets (sealing 4096 bytes or more, opening 6144 or
+    /// more; ChaCha20-Poly1305 on ring alone): the faster of the two at each size, measured. The
+    /// aws-lc-rs key is expanded at a key's second long packet, so keys that only carry shorter
+    /// packets or one control message cost no more than ring's (features `ring` and
+    /// `aws-lc-aead`).
     #[cfg(all(feature = "ring", feature = "aws-lc-aead"))]
     RingAwsLc,
     /// **Insecure, benchmarks only** (feature `insecure-null-backend`): leaves the data as it is
@@ -62,9 +64,10 @@ impl Default for Backend {
     /// The backend the engine uses unless told otherwise.
     ///
     /// Chosen by measurement (`BENCHMARKS.md`, "AEAD backends"): [`Backend::RingAwsLc`] where
-    /// both `ring` and `aws-lc` are built (ring below 512 bytes, AWS-LC's AVX-512 AES-GCM from
-    /// 512 bytes), else [`Backend::Ring`] (its fused assembly is faster per packet than the
-    /// separate CTR and GHASH passes the RustCrypto crates allow), else RustCrypto.
+    /// both `ring` and `aws-lc-aead` are built (ring, and AWS-LC's AVX-512 AES-GCM for packets of
+    /// 4-6 KiB and more, where it is faster), else [`Backend::Ring`] (its fused assembly is
+    /// faster per packet than the separate CTR and GHASH passes the RustCrypto crates allow),
+    /// else RustCrypto.
     fn default() -> Self {
         #[cfg(all(feature = "ring", feature = "aws-lc-aead"))]
         {
@@ -424,12 +427,12 @@ mod tests {
             let key = Backend::RingAwsLc
                 .key(suite, &[3; 32][..suite.key_len()])
                 .expect("key");
-            let mut short = [0u8; split::LARGE - 1];
+            let mut short = [0u8; split::SEAL_LARGE - 1];
             for i in 0..10 {
                 key.seal(&nonce(i), b"", &mut short);
             }
             assert!(!split(&key).large_expanded(), "short packets only");
-            let mut long = [0u8; split::LARGE];
+            let mut long = [0u8; split::OPEN_LARGE];
             let tag = key.seal(&nonce(20), b"", &mut long);
             assert!(!split(&key).large_expanded(), "one long packet");
             let expect = suite != Suite::ChaCha20Poly1305;
