@@ -8,7 +8,7 @@
 //! above (`benches/benches/aead_crossover.rs`, `BENCHMARKS.md` "AEAD backends"). ChaCha20-Poly1305
 //! runs the same in both, so it stays on ring alone.
 //!
-//! Memory: the ring key is expanded with the key. The AWS-LC key (an `EVP_AEAD_CTX` on the C
+//! Memory: ring's key is expanded when the key is built. AWS-LC's (an `EVP_AEAD_CTX` on the C
 //! heap) is expanded only at the **second** long packet: a key that seals or opens one control
 //! message (the engine derives those per message) or carries only packets below the thresholds
 //! (every packet of a 1500-byte MTU) never pays for it. Until then the raw key waits here, wiped
