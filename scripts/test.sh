@@ -41,6 +41,9 @@ cargo test --workspace --locked 2>&1 | tee target/cargo-test.log
 aws_lc_passed=$(grep -Ec '^test kex::aws_lc_tests::[a-z0-9_]+ \.\.\. ok$' target/cargo-test.log || true)
 [ "$aws_lc_passed" -ge 4 ] \
   || { echo "the aws-lc key-exchange tests did not run (is pktcrypt-core's feature aws-lc still on in the workspace?)"; exit 1; }
+# And the default AEAD backend of those builds, ring+aws-lc, was the one tested.
+grep -Eq '^test aead::tests::ring_aws_lc_expands_its_second_key_at_the_second_long_packet \.\.\. ok$' target/cargo-test.log \
+  || { echo "the ring+aws-lc AEAD tests did not run (pktcrypt-core's features ring and aws-lc-aead)"; exit 1; }
 rust_passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' target/cargo-test.log | awk '{s+=$4} END {print s+0}')
 
 step "C ABI: header up to date, C tests and examples (native, then valgrind)"

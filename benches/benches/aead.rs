@@ -1,9 +1,10 @@
-//! Seal and open per suite and size: pktcrypt's two backends through its own AEAD layer and
-//! through the full ESP engine, against ring and OpenSSL (reused `EVP_CIPHER_CTX`) called
-//! directly. Batched 64 B / 256 B packets compare one engine batch with one ring call per packet.
+//! Seal and open per suite and size: every pktcrypt backend (RustCrypto, ring, aws-lc-rs and the
+//! default) through its own AEAD layer and through the full ESP engine, against ring and OpenSSL
+//! (reused `EVP_CIPHER_CTX`) called directly. Batched 64 B / 256 B packets compare one engine
+//! batch with one ring call per packet. `scripts/bench_ratios.py` turns a run into ratios.
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use openssl::cipher::Cipher;
 use openssl::cipher_ctx::CipherCtx;
 use pktcrypt_benches::{BATCH, SIZES};
@@ -62,30 +63,19 @@ fn nonce(i: u64) -> [u8; 12] {
     n
 }
 
+/// One group per suite and size, every candidate in it: criterion runs a group's candidates back
+/// to back, so their ratios come from the same minute of a shared machine.
 fn seal(c: &mut Criterion) {
     let key = [0x42u8; 32];
     for suite in Suite::ALL {
         let k = &key[..suite.key_len()];
-        let mut group = c.benchmark_group(format!("seal/{}", suite.name()));
         for size in SIZES {
+            let mut group = c.benchmark_group(format!("seal/{}/{size}", suite.name()));
             group.throughput(Throughput::Bytes(size as u64));
             let mut buf = vec![0u8; size];
-            for backend in Backend::all() {
-                let aead = backend.key(suite, k).unwrap();
-                let mut i = 0u64;
-                group.bench_function(
-                    BenchmarkId::new(format!("pktcrypt-{}", backend.name()), size),
-                    |b| {
-                        b.iter(|| {
-                            i += 1;
-                            black_box(aead.seal(&nonce(i), &AAD, black_box(&mut buf)))
-                        })
-                    },
-                );
-            }
             let rk = ring_key(suite, k);
             let mut i = 0u64;
-            group.bench_function(BenchmarkId::new("ring", size), |b| {
+            group.bench_function("ring", |b| {
                 b.iter(|| {
                     i += 1;
                     black_box(
@@ -98,66 +88,80 @@ fn seal(c: &mut Criterion) {
                     )
                 })
             });
+            for backend in Backend::all() {
+                let aead = backend.key(suite, k).unwrap();
+                let mut i = 0u64;
+                group.bench_function(format!("pktcrypt-{}", backend.name()), |b| {
+                    b.iter(|| {
+                        i += 1;
+                        black_box(aead.seal(&nonce(i), &AAD, black_box(&mut buf)))
+                    })
+                });
+            }
             let mut ossl = OpensslSeal::new(suite, k);
             let mut i = 0u64;
-            group.bench_function(BenchmarkId::new("openssl", size), |b| {
+            group.bench_function("openssl", |b| {
                 b.iter(|| {
                     i += 1;
                     black_box(ossl.seal(&nonce(i), black_box(&mut buf)))
                 })
             });
+            group.finish();
         }
-        group.finish();
     }
 }
 
+/// Open in place needs the ciphertext back each round: every candidate copies it first
+/// (`copy-only` is that copy alone, to read the candidates' times net of it).
 fn open(c: &mut Criterion) {
     let key = [0x42u8; 32];
     for suite in Suite::ALL {
         let k = &key[..suite.key_len()];
-        let mut group = c.benchmark_group(format!("open/{}", suite.name()));
-        let size = 1420;
-        group.throughput(Throughput::Bytes(size as u64));
-        for backend in Backend::all() {
-            let aead = backend.key(suite, k).unwrap();
+        for size in SIZES {
+            let mut group = c.benchmark_group(format!("open/{}/{size}", suite.name()));
+            group.throughput(Throughput::Bytes(size as u64));
+            let rk = ring_key(suite, k);
             let mut sealed = vec![0u8; size];
-            let tag = aead.seal(&nonce(1), &AAD, &mut sealed);
+            let tag = rk
+                .seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce(1)),
+                    Aad::from(&AAD),
+                    &mut sealed,
+                )
+                .unwrap();
             let mut buf = sealed.clone();
-            group.bench_function(
-                BenchmarkId::new(format!("pktcrypt-{}", backend.name()), size),
-                |b| {
+            group.bench_function("ring", |b| {
+                b.iter(|| {
+                    buf.copy_from_slice(&sealed);
+                    rk.open_in_place_separate_tag(
+                        Nonce::assume_unique_for_key(nonce(1)),
+                        Aad::from(&AAD),
+                        tag,
+                        black_box(&mut buf),
+                        0..,
+                    )
+                    .unwrap();
+                })
+            });
+            let tag: [u8; 16] = tag.as_ref().try_into().unwrap();
+            for backend in Backend::all() {
+                let aead = backend.key(suite, k).unwrap();
+                group.bench_function(format!("pktcrypt-{}", backend.name()), |b| {
                     b.iter(|| {
                         buf.copy_from_slice(&sealed);
                         aead.open(&nonce(1), &AAD, black_box(&mut buf), &tag)
                             .unwrap();
                     })
-                },
-            );
+                });
+            }
+            group.bench_function("copy-only", |b| {
+                b.iter(|| {
+                    buf.copy_from_slice(&sealed);
+                    black_box(&mut buf);
+                })
+            });
+            group.finish();
         }
-        let rk = ring_key(suite, k);
-        let mut sealed = vec![0u8; size];
-        let tag = rk
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce(1)),
-                Aad::from(&AAD),
-                &mut sealed,
-            )
-            .unwrap();
-        let mut buf = sealed.clone();
-        group.bench_function(BenchmarkId::new("ring", size), |b| {
-            b.iter(|| {
-                buf.copy_from_slice(&sealed);
-                rk.open_in_place_separate_tag(
-                    Nonce::assume_unique_for_key(nonce(1)),
-                    Aad::from(&AAD),
-                    tag,
-                    black_box(&mut buf),
-                    0..,
-                )
-                .unwrap();
-            })
-        });
-        group.finish();
     }
 }
 
@@ -245,8 +249,8 @@ criterion_group! {
     name = benches;
     config = Criterion::default()
         .without_plots()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
         .sample_size(30);
     targets = seal, open, batched
 }

@@ -25,12 +25,24 @@
     }                                                                                  \
   } while (0)
 
-/* PKTCRYPT_BACKEND=rustcrypto|ring picks the AEAD implementation (the valgrind run uses
- * rustcrypto: memcheck cannot follow definedness through ring's assembly). */
+/* The backends by their config names (pktcrypt.toml's `backend`). */
+static const struct {
+  const char *name;
+  pktcrypt_backend backend;
+} TEST_BACKENDS[] = {
+    {"rustcrypto", PKTCRYPT_BACKEND_RUSTCRYPTO},
+    {"ring", PKTCRYPT_BACKEND_RING},
+    {"aws-lc", PKTCRYPT_BACKEND_AWS_LC},
+    {"ring+aws-lc", PKTCRYPT_BACKEND_RING_AWS_LC},
+};
+#define N_TEST_BACKENDS (sizeof TEST_BACKENDS / sizeof TEST_BACKENDS[0])
+
+/* PKTCRYPT_BACKEND=rustcrypto|ring|aws-lc|ring+aws-lc picks the AEAD implementation (the
+ * valgrind run uses rustcrypto for the tests that run long: see ffi/Makefile). */
 static inline void apply_test_backend(pktcrypt_config *cfg) {
   const char *b = getenv("PKTCRYPT_BACKEND");
-  if (b && strcmp(b, "rustcrypto") == 0) cfg->backend = PKTCRYPT_BACKEND_RUSTCRYPTO;
-  if (b && strcmp(b, "ring") == 0) cfg->backend = PKTCRYPT_BACKEND_RING;
+  for (size_t i = 0; b && i < N_TEST_BACKENDS; i++)
+    if (strcmp(b, TEST_BACKENDS[i].name) == 0) cfg->backend = TEST_BACKENDS[i].backend;
 }
 
 /* A minimal IPv4 packet of len bytes whose payload starts with a counter. */

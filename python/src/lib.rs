@@ -237,12 +237,8 @@ impl Endpoint {
                 }
             }
         }
-        let backend = match backend {
-            "default" => Backend::default(),
-            "ring" => Backend::Ring,
-            "rustcrypto" => Backend::RustCrypto,
-            other => return Err(ConfigError::new_err(format!("backend: unknown {other:?}"))),
-        };
+        let backend = Backend::from_name(backend)
+            .ok_or_else(|| ConfigError::new_err(format!("backend: unknown {backend:?}")))?;
         if !(64..=8192).contains(&replay_window) || !replay_window.is_multiple_of(64) {
             return Err(ConfigError::new_err(
                 "replay_window: must be a multiple of 64 in 64..8192",

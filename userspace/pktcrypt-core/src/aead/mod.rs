@@ -1,22 +1,32 @@
 //! AEAD primitives behind a small backend trait.
 //!
-//! Two backends implement every [`Suite`]:
+//! Every backend implements every [`Suite`]:
 //! - [`Backend::RustCrypto`]: AES-GCM assembled here from the `aes` (AES-NI/VAES), `ctr` and `ghash`
 //!   crates, and ChaCha20-Poly1305 from the `chacha20poly1305` crate. Its GCM has a batch path that
 //!   generates the CTR keystream of many small packets in one `aes` call, so the VAES pipeline is
 //!   full even for 64-byte packets.
 //! - [`Backend::Ring`] (feature `ring`): `ring`'s assembly implementations.
+//! - [`Backend::AwsLc`] (feature `aws-lc-aead`): AWS-LC's, through aws-lc-rs's safe API; its
+//!   AES-GCM uses AVX-512 VAES + VPCLMULQDQ where the CPU has them (ring 0.17 stops at 256-bit
+//!   VAES).
+//! - [`Backend::RingAwsLc`] (both features, the default then): per packet the faster of the two
+//!   by size, measured: AWS-LC for AES-GCM packets of 4 KiB (seal) or 6 KiB (open) and more, ring
+//!   for the rest (ChaCha20-Poly1305 runs on ring, which is as fast).
 //!
 //! Feature `insecure-null-backend` adds `Backend::NullInsecure`, which does not encrypt: it exists
 //! only so the data-path benchmark can measure pktcrypt's forwarding cost without the cipher.
 //! It is never the default, never in [`Backend::all`], and not compiled into normal builds.
 //!
-//! The engine picks [`Backend::default()`]; `benches/` measures both side by side.
+//! The engine picks [`Backend::default()`]; `benches/` measures them all side by side.
 
+#[cfg(feature = "aws-lc-aead")]
+mod aws_lc_backend;
 mod chacha;
 mod gcm;
 #[cfg(feature = "ring")]
 mod ring_backend;
+#[cfg(all(feature = "ring", feature = "aws-lc-aead"))]
+mod split;
 
 use crate::Suite;
 
@@ -33,6 +43,16 @@ pub enum Backend {
     /// `ring` (BoringSSL-derived assembly).
     #[cfg(feature = "ring")]
     Ring,
+    /// `aws-lc-rs` (AWS-LC: AVX-512 VAES + VPCLMULQDQ AES-GCM), feature `aws-lc`.
+    #[cfg(feature = "aws-lc-aead")]
+    AwsLc,
+    /// ring, and aws-lc-rs for long AES-GCM packets (sealing 4096 bytes or more, opening 6144 or
+    /// more; ChaCha20-Poly1305 on ring alone): the faster of the two at each size, measured. The
+    /// aws-lc-rs key is expanded at a key's second long packet, so keys that only carry shorter
+    /// packets or one control message cost no more than ring's (features `ring` and
+    /// `aws-lc-aead`).
+    #[cfg(all(feature = "ring", feature = "aws-lc-aead"))]
+    RingAwsLc,
     /// **Insecure, benchmarks only** (feature `insecure-null-backend`): leaves the data as it is
     /// and writes an all-zero tag; open accepts exactly that tag. Every other step of sealing
     /// and opening (headers, padding, sequence numbers, replay window) is unchanged.
@@ -43,11 +63,17 @@ pub enum Backend {
 impl Default for Backend {
     /// The backend the engine uses unless told otherwise.
     ///
-    /// Chosen by measurement (`BENCHMARKS.md`): `ring`'s fused AES-GCM and
-    /// ChaCha20-Poly1305 assembly is faster per packet than the separate CTR and GHASH passes the
-    /// RustCrypto crates allow, so it is the default where the `ring` feature is built.
+    /// Chosen by measurement (`BENCHMARKS.md`, "AEAD backends"): [`Backend::RingAwsLc`] where
+    /// both `ring` and `aws-lc-aead` are built (ring, and AWS-LC's AVX-512 AES-GCM for packets of
+    /// 4-6 KiB and more, where it is faster), else [`Backend::Ring`] (its fused assembly is
+    /// faster per packet than the separate CTR and GHASH passes the RustCrypto crates allow),
+    /// else RustCrypto.
     fn default() -> Self {
-        #[cfg(feature = "ring")]
+        #[cfg(all(feature = "ring", feature = "aws-lc-aead"))]
+        {
+            Backend::RingAwsLc
+        }
+        #[cfg(all(feature = "ring", not(feature = "aws-lc-aead")))]
         {
             Backend::Ring
         }
@@ -61,14 +87,15 @@ impl Default for Backend {
 impl Backend {
     /// All backends compiled into this build.
     pub fn all() -> &'static [Backend] {
-        #[cfg(feature = "ring")]
-        {
-            &[Backend::RustCrypto, Backend::Ring]
-        }
-        #[cfg(not(feature = "ring"))]
-        {
-            &[Backend::RustCrypto]
-        }
+        &[
+            Backend::RustCrypto,
+            #[cfg(feature = "ring")]
+            Backend::Ring,
+            #[cfg(feature = "aws-lc-aead")]
+            Backend::AwsLc,
+            #[cfg(all(feature = "ring", feature = "aws-lc-aead"))]
+            Backend::RingAwsLc,
+        ]
     }
 
     /// Stable name of the backend.
@@ -77,6 +104,10 @@ impl Backend {
             Backend::RustCrypto => "rustcrypto",
             #[cfg(feature = "ring")]
             Backend::Ring => "ring",
+            #[cfg(feature = "aws-lc-aead")]
+            Backend::AwsLc => "aws-lc",
+            #[cfg(all(feature = "ring", feature = "aws-lc-aead"))]
+            Backend::RingAwsLc => "ring+aws-lc",
             #[cfg(feature = "insecure-null-backend")]
             Backend::NullInsecure => "null-insecure",
         }
@@ -111,6 +142,10 @@ impl Backend {
             }
             #[cfg(feature = "ring")]
             (Backend::Ring, _) => Inner::Ring(ring_backend::RingAead::new(suite, key)?),
+            #[cfg(feature = "aws-lc-aead")]
+            (Backend::AwsLc, _) => Inner::AwsLc(aws_lc_backend::AwsLcAead::new(suite, key)?),
+            #[cfg(all(feature = "ring", feature = "aws-lc-aead"))]
+            (Backend::RingAwsLc, _) => Inner::Split(split::Split::new(suite, key)?),
             #[cfg(feature = "insecure-null-backend")]
             (Backend::NullInsecure, _) => Inner::Null,
         };
@@ -154,6 +189,10 @@ enum Inner {
     ChaCha(chacha::ChaChaPoly),
     #[cfg(feature = "ring")]
     Ring(ring_backend::RingAead),
+    #[cfg(feature = "aws-lc-aead")]
+    AwsLc(aws_lc_backend::AwsLcAead),
+    #[cfg(all(feature = "ring", feature = "aws-lc-aead"))]
+    Split(split::Split),
     #[cfg(feature = "insecure-null-backend")]
     Null,
 }
@@ -180,6 +219,10 @@ impl AeadKey {
             Inner::ChaCha(k) => k.seal(nonce, aad, data),
             #[cfg(feature = "ring")]
             Inner::Ring(k) => k.seal(nonce, aad, data),
+            #[cfg(feature = "aws-lc-aead")]
+            Inner::AwsLc(k) => k.seal(nonce, aad, data),
+            #[cfg(all(feature = "ring", feature = "aws-lc-aead"))]
+            Inner::Split(k) => k.seal(nonce, aad, data),
             #[cfg(feature = "insecure-null-backend")]
             Inner::Null => {
                 let _ = (nonce, aad, data);
@@ -206,6 +249,10 @@ impl AeadKey {
             Inner::ChaCha(k) => k.open(nonce, aad, data, tag),
             #[cfg(feature = "ring")]
             Inner::Ring(k) => k.open(nonce, aad, data, tag),
+            #[cfg(feature = "aws-lc-aead")]
+            Inner::AwsLc(k) => k.open(nonce, aad, data, tag),
+            #[cfg(all(feature = "ring", feature = "aws-lc-aead"))]
+            Inner::Split(k) => k.open(nonce, aad, data, tag),
             #[cfg(feature = "insecure-null-backend")]
             Inner::Null => {
                 let _ = (nonce, aad, data);
@@ -278,5 +325,119 @@ mod null_tests {
             key.open(&[0; NONCE_LEN], b"aad", &mut data, &[1; TAG_LEN])
                 .is_err()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LENS: [usize; 16] = [
+        0, 1, 15, 16, 17, 63, 64, 255, 256, 511, 512, 513, 1420, 4096, 9000, 16384,
+    ];
+
+    fn nonce(i: u8) -> [u8; NONCE_LEN] {
+        let mut n = [0xa5; NONCE_LEN];
+        n[NONCE_LEN - 1] = i;
+        n
+    }
+
+    /// AEAD is deterministic: every backend seals to the same bytes and tag, and opens every
+    /// other backend's output; for every suite and sizes around `ring+aws-lc`'s crossover. Each
+    /// key seals three packets, so `ring+aws-lc` runs both of its libraries on long ones.
+    #[test]
+    fn every_backend_seals_the_same_bytes_and_opens_every_other() {
+        let key: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(7) ^ 0x3c).collect();
+        let aad = *b"spi+seq-aad!";
+        for suite in Suite::ALL {
+            let k = &key[..suite.key_len()];
+            let keys: Vec<(Backend, AeadKey)> = Backend::all()
+                .iter()
+                .map(|b| (*b, b.key(suite, k).expect("key")))
+                .collect();
+            for len in LENS {
+                let plain: Vec<u8> = (0..len).map(|i| (i * 31 + len) as u8).collect();
+                for round in 0..3u8 {
+                    let n = nonce(round);
+                    let sealed: Vec<(Backend, Vec<u8>, [u8; TAG_LEN])> = keys
+                        .iter()
+                        .map(|(b, key)| {
+                            let mut data = plain.clone();
+                            let tag = key.seal(&n, &aad, &mut data);
+                            (*b, data, tag)
+                        })
+                        .collect();
+                    let (first, ct, tag) = &sealed[0];
+                    for (b, other_ct, other_tag) in &sealed[1..] {
+                        assert!(
+                            other_ct == ct && other_tag == tag,
+                            "{suite:?} {len} B round {round}: {} and {} differ",
+                            first.name(),
+                            b.name()
+                        );
+                    }
+                    for (b, key) in &keys {
+                        let mut data = ct.clone();
+                        key.open(&n, &aad, &mut data, tag).unwrap_or_else(|_| {
+                            panic!("{suite:?} {len} B: {} does not open", b.name())
+                        });
+                        assert_eq!(data, plain, "{suite:?} {len} B: {}", b.name());
+                    }
+                }
+            }
+        }
+    }
+
+    /// A forged tag fails in every backend at every size, and no plaintext is left behind.
+    #[test]
+    fn a_forged_tag_fails_and_releases_no_plaintext() {
+        for backend in Backend::all() {
+            for suite in Suite::ALL {
+                let key = backend
+                    .key(suite, &[9; 32][..suite.key_len()])
+                    .expect("key");
+                for len in [16usize, 600, 1420, 1420, 16384] {
+                    let plain = vec![0x77u8; len];
+                    let mut data = plain.clone();
+                    let mut tag = key.seal(&nonce(1), b"", &mut data);
+                    tag[15] ^= 0x80;
+                    assert_eq!(key.open(&nonce(1), b"", &mut data, &tag), Err(AuthError));
+                    assert_ne!(data, plain, "{} {suite:?} {len} B", backend.name());
+                }
+            }
+        }
+    }
+
+    #[cfg(all(feature = "ring", feature = "aws-lc-aead"))]
+    fn split(key: &AeadKey) -> &split::Split {
+        match &key.inner {
+            Inner::Split(s) => s,
+            _ => panic!("not ring+aws-lc"),
+        }
+    }
+
+    /// `ring+aws-lc` expands its AWS-LC key at the second long packet (sealed or opened), never
+    /// for short packets, a single long one (a control message's key) or ChaCha20-Poly1305.
+    #[cfg(all(feature = "ring", feature = "aws-lc-aead"))]
+    #[test]
+    fn ring_aws_lc_expands_its_second_key_at_the_second_long_packet() {
+        assert_eq!(Backend::default(), Backend::RingAwsLc);
+        assert_eq!(Backend::from_name("ring+aws-lc"), Some(Backend::RingAwsLc));
+        for suite in Suite::ALL {
+            let key = Backend::RingAwsLc
+                .key(suite, &[3; 32][..suite.key_len()])
+                .expect("key");
+            let mut short = [0u8; split::SEAL_LARGE - 1];
+            for i in 0..10 {
+                key.seal(&nonce(i), b"", &mut short);
+            }
+            assert!(!split(&key).large_expanded(), "short packets only");
+            let mut long = [0u8; split::OPEN_LARGE];
+            let tag = key.seal(&nonce(20), b"", &mut long);
+            assert!(!split(&key).large_expanded(), "one long packet");
+            let expect = suite != Suite::ChaCha20Poly1305;
+            assert!(key.open(&nonce(20), b"", &mut long, &tag).is_ok());
+            assert_eq!(split(&key).large_expanded(), expect, "{suite:?}");
+        }
     }
 }

@@ -86,8 +86,8 @@ pub(crate) struct Daemon {
     pub(crate) status_socket: Option<PathBuf>,
     /// Prometheus text endpoint, e.g. `127.0.0.1:9477`.
     pub(crate) metrics: Option<SocketAddr>,
-    /// AEAD implementation: `default`, `ring`, `rustcrypto` (and `null-insecure` in builds with
-    /// the benchmark-only feature `insecure-null-backend`).
+    /// AEAD implementation: `default`, `ring+aws-lc`, `ring`, `aws-lc`, `rustcrypto` (and
+    /// `null-insecure` in builds with the benchmark-only feature `insecure-null-backend`).
     #[serde(default, deserialize_with = "super::backend")]
     pub(crate) backend: Backend,
     /// Status line interval on stdout (0: none; default 1000).

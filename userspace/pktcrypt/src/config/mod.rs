@@ -336,8 +336,9 @@ pub(crate) fn suite<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Suite>, D:
         .map_err(|e| de::Error::custom(format!("suite: {name:?}: {e}")))
 }
 
-/// `backend = "default" | "ring" | "rustcrypto"` (and `"null-insecure"` in builds with the
-/// benchmark-only feature `insecure-null-backend`): the AEAD implementation.
+/// `backend = "default" | "ring+aws-lc" | "ring" | "aws-lc" | "rustcrypto"` (and
+/// `"null-insecure"` in builds with the benchmark-only feature `insecure-null-backend`): the AEAD
+/// implementation.
 pub(crate) fn backend<'de, D: Deserializer<'de>>(d: D) -> Result<Backend, D::Error> {
     let name = String::deserialize(d)?;
     Backend::from_name(&name).ok_or_else(|| {

@@ -380,6 +380,28 @@ fn esn_is_a_setting_of_every_role() {
     assert!(!controller.config().expect("controller").engine.esn);
 }
 
+/// The configuration reference's `backend` line names every backend of this build (and the
+/// config accepts each name).
+#[test]
+fn the_reference_names_every_backend() {
+    let guide = include_str!("../../../../docs/operator-guide.md");
+    let line = guide
+        .lines()
+        .find(|l| l.starts_with("| `backend` |"))
+        .expect("a `backend` line in the configuration reference");
+    for backend in pktcrypt_core::aead::Backend::all() {
+        assert!(
+            line.contains(&format!("`{}`", backend.name())),
+            "docs/operator-guide.md's backend line does not name {:?}",
+            backend.name()
+        );
+        assert_eq!(
+            pktcrypt_core::aead::Backend::from_name(backend.name()),
+            Some(*backend)
+        );
+    }
+}
+
 /// The configuration reference of docs/operator-guide.md names every key of every form (top
 /// level, read from the parts' structs), of the init-key tables and of the nested peer tables:
 /// a key added to the code without its line there fails here.
