@@ -80,6 +80,8 @@ GW_MODE=""
 
 cleanup() {
   mode_down || true
+  # Whatever mode was up: no daemon outlives the run (nor holds the lock, fd 9).
+  for pid in "${GW_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   ./scripts/topology.sh down $P
   rm -rf "$DIR"
 }
@@ -186,7 +188,7 @@ init_key = "$KEY"
 CFG
   GW_PIDS=()
   for g in A B; do
-    ip netns exec ${P}gw$g "$BIN" up --config "$DIR/gw$g.toml" >"$DIR/gw$g.log" 2>&1 &
+    ip netns exec ${P}gw$g "$BIN" up --config "$DIR/gw$g.toml" >"$DIR/gw$g.log" 2>&1 9>&- &
     GW_PIDS+=($!)
   done
   GW_MODE=pktcrypt
@@ -199,7 +201,7 @@ boringtun_up() {
   for g in A B; do
     # Interface names differ: the UAPI socket (/var/run/wireguard/NAME.sock) is not per namespace.
     ip netns exec ${P}gw$g "$BORINGTUN" wg$g --foreground --disable-drop-privileges \
-      --threads "$BORINGTUN_THREADS" --log "$DIR/boringtun-$g.log" >/dev/null 2>&1 &
+      --threads "$BORINGTUN_THREADS" --log "$DIR/boringtun-$g.log" >/dev/null 2>&1 9>&- &
     GW_PIDS+=($!)
   done
   for g in A B; do
@@ -244,7 +246,7 @@ mode_down() {
       ip -n ${P}gwA route del 10.2.0.0/24 || true
       ip -n ${P}gwB route del 10.1.0.0/24 || true
       forwarding 0 ;;
-    aes|chacha|null)
+    aes|aes-generic|chacha|null)
       for pid in "${GW_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
       for pid in "${GW_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
       for g in A B; do ip netns exec ${P}gw$g "$BIN" down --config "$DIR/gw$g.toml" >/dev/null 2>&1 || true; done ;;
