@@ -451,7 +451,7 @@ impl Worker {
     /// One pass: take back completed frames, refill the fill rings, receive from each side and
     /// handle what came, kick the TX rings. A pass that received nothing reads no clock and no
     /// keys; after [`SPIN_PASSES`] such passes in a row the worker sleeps in `poll`
-    /// ([`Self::idle`]). Keys and paths are read through caches (one atomic load each per
+    /// (`idle`). Keys and paths are read through caches (one atomic load each per
     /// pass with packets while they are unchanged: no reference count shared with the other
     /// workers is touched). The busy time costs one thread-clock read per pass with packets
     /// while passes with packets follow each other (the end of one is the start of the next).
