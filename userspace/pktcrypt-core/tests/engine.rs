@@ -967,3 +967,39 @@ fn changes_are_tracked_per_peer() {
     assert_eq!(plane.tx_generation(a), None);
     assert!(plane.rx_generations(a).is_empty());
 }
+
+/// The largest window (8192 packets) through sealed packets: with sequence number 8300 opened,
+/// 109 is the oldest that opens and 108 is too old; every number between opens once, in any
+/// order, and a forged packet far ahead moves nothing.
+#[test]
+fn the_8192_packet_window_through_sealed_packets() {
+    let mut p = pair_with(Backend::default(), Suite::Aes256Gcm, 8192);
+    let sealed: Vec<Vec<u8>> = (0..8300)
+        .map(|i| seal(&mut p.client, p.c_peer, &ipv4(40, i as u8)).expect("seal"))
+        .collect();
+    assert!(open(&mut p.server, &sealed[8299]).is_ok(), "seq 8300");
+    assert_eq!(
+        open(&mut p.server, &sealed[107]).map(|_| ()),
+        Err(DropReason::TooOld),
+        "seq 108: one left of the window"
+    );
+    // Seqs 109..=8299, from the oldest up in steps of 7 (every residue mod 7 in turn): each
+    // opens once, then is a replay.
+    for start in 0..7 {
+        for i in (108 + start..8299).step_by(7) {
+            assert!(open(&mut p.server, &sealed[i]).is_ok(), "seq {}", i + 1);
+        }
+    }
+    for i in [108, 109, 4000, 8298, 8299] {
+        assert_eq!(
+            open(&mut p.server, &sealed[i]).map(|_| ()),
+            Err(DropReason::Replay),
+            "seq {}",
+            i + 1
+        );
+    }
+    let st = p.server.peer_status(p.s_peer).expect("status");
+    let init = st.slot(Slot::Init).expect("init");
+    assert_eq!(init.counters.packets_opened, 8300 - 108);
+    assert_eq!(init.counters.replays, 1 + 5, "one too old, five replays");
+}

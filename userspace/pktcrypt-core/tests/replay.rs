@@ -74,3 +74,121 @@ fn compact_window_edges() {
     assert_eq!(floor.check(99), Err(ReplayError::Replayed));
     assert_eq!(floor.check(101), Ok(()));
 }
+
+/// What a window of `size` packets must answer, kept as plainly as possible: the highest number
+/// recorded and every number recorded.
+struct Model {
+    size: u64,
+    top: u64,
+    seen: std::collections::BTreeSet<u64>,
+}
+
+impl Model {
+    fn check(&self, seq: u64) -> Result<(), ReplayError> {
+        if seq == 0 || (seq <= self.top && self.top - seq >= self.size) {
+            Err(ReplayError::TooOld)
+        } else if self.seen.contains(&seq) {
+            Err(ReplayError::Replayed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn update(&mut self, seq: u64) -> Result<(), ReplayError> {
+        self.check(seq)?;
+        self.seen.insert(seq);
+        self.top = self.top.max(seq);
+        Ok(())
+    }
+}
+
+/// Every window size the configuration accepts, the largest (8192) included.
+const SIZES: [u32; 5] = [64, 128, 1024, 4096, 8192];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Every size, 8192 included, answers each check and update (single or in runs) exactly as
+    /// the plain model does, through histories that reorder, duplicate and jump past the window
+    /// (numbers spread over three windows' width, plus jumps of one to two windows).
+    #[test]
+    fn every_window_size_behaves_like_the_model(
+        size_index in 0usize..SIZES.len(),
+        ops in prop::collection::vec((0u8..16, 0u64..3, 0u64..8192), 1..2000)
+    ) {
+        let size = SIZES[size_index];
+        let w = ReplayWindow::new(size).expect("window");
+        let mut model = Model { size: u64::from(size), top: 0, seen: Default::default() };
+        let mut base = 1u64;
+        for (kind, third, offset) in ops {
+            // A number within three windows of the base, from the first three numbers of each
+            // 32-number block: few enough numbers that large windows see duplicates and blocks
+            // sharing a word of the ring, spread over the window's whole width.
+            let blocks = u64::from(size) / 32;
+            let seq = base + third * u64::from(size) + (offset % blocks) * 32 + offset % 3;
+            match kind {
+                0..=3 => prop_assert_eq!(w.check(seq), model.check(seq), "check {}", seq),
+                // Rare jumps, so that histories fill the window between them.
+                4 if offset % 16 == 0 => base += u64::from(size) * (1 + third),
+                5 => {
+                    // A run of consecutive numbers from `seq`, some repeated.
+                    let seqs: Vec<u64> = (0..8).map(|i| seq + i / 2 * (i % 3)).collect();
+                    let mut out = vec![Ok(()); seqs.len()];
+                    w.update_run(&seqs, &mut out);
+                    for (s, got) in seqs.iter().zip(out) {
+                        prop_assert_eq!(got, model.update(*s), "run at {}", s);
+                    }
+                }
+                _ => prop_assert_eq!(w.update(seq), model.update(seq), "update {}", seq),
+            }
+            prop_assert_eq!(w.top(), model.top);
+        }
+    }
+}
+
+/// The edges of each window size, 8192 included: with `top` recorded, `top - size + 1` is the
+/// oldest number accepted and `top - size` is too old; each opens once.
+#[test]
+fn window_edges_at_every_size() {
+    for size in SIZES {
+        let w = ReplayWindow::new(size).expect("window");
+        let top = 3 * u64::from(size) + 17;
+        w.update(top).expect("top");
+        let oldest = top - u64::from(size) + 1;
+        assert_eq!(w.check(oldest - 1), Err(ReplayError::TooOld), "size {size}");
+        assert_eq!(
+            w.update(oldest),
+            Ok(()),
+            "size {size}: oldest in the window"
+        );
+        assert_eq!(w.update(oldest), Err(ReplayError::Replayed), "size {size}");
+        // Every number between is accepted exactly once.
+        for s in oldest + 1..top {
+            assert_eq!(w.update(s), Ok(()), "size {size}: {s}");
+        }
+        for s in oldest..=top {
+            assert_eq!(w.check(s), Err(ReplayError::Replayed), "size {size}: {s}");
+        }
+        // One more at the top slides the window by one: `oldest` falls out.
+        w.update(top + 1).expect("slide");
+        assert_eq!(w.check(oldest), Err(ReplayError::TooOld), "size {size}");
+    }
+    for bad in [0, 32, 65, 8193, 8256, 16384] {
+        assert!(ReplayWindow::new(bad).is_err(), "size {bad} accepted");
+    }
+}
+
+/// ESN inference with the largest window: a low half just left of an 8192-packet window across
+/// the 2^32 boundary is placed before the wrap, one just right of the top after it.
+#[test]
+fn esn_inference_with_an_8192_packet_window() {
+    let w = ReplayWindow::new(8192).expect("window");
+    let top = (1u64 << 32) + 100;
+    w.update(top).expect("top");
+    // 8191 behind the top: before the wrap, at 2^32 - 8091.
+    let behind = top - 8191;
+    assert_eq!(w.infer_esn(behind as u32), Some(behind));
+    assert_eq!(w.check(behind), Ok(()));
+    assert_eq!(w.check(behind - 1), Err(ReplayError::TooOld));
+    assert_eq!(w.infer_esn((top + 1) as u32), Some(top + 1));
+}
