@@ -302,7 +302,21 @@ impl KeyClient {
         if let Some(u) = self.update_at {
             t = t.min(u);
         }
+        if let Some(age) = self.age_deadline() {
+            t = t.min(age);
+        }
         Some(t)
+    }
+
+    /// When the newest generation reaches the `max_age` trigger, while that would start a
+    /// request (none is waiting for an answer).
+    fn age_deadline(&self) -> Option<Time> {
+        let max_age = self.config.triggers.max_age?;
+        if self.awaiting_answer() || self.newest() == 0 {
+            return None;
+        }
+        let (_, installed) = self.engine.installed(self.server, Slot::Newest)?;
+        Some(installed + max_age)
     }
 
     /// The next packet to send.
@@ -814,6 +828,9 @@ impl KeyClient {
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Time) {
+        if self.age_deadline().is_some_and(|t| t <= now) {
+            self.check_triggers(now);
+        }
         if let Some(r) = self.request.take_if(|r| r.next_at <= now) {
             self.unanswered += 1;
             let have = self.newest();

@@ -207,12 +207,30 @@ impl Endpoint {
         buf: &'b mut [u8],
     ) -> Incoming<'b> {
         self.now = self.now.max(now);
-        match &mut self.machine {
+        // The SPI, for a failed authentication's trigger (the packet is opened in place).
+        let spi = buf
+            .get(..4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        let incoming = match &mut self.machine {
             Machine::Server(s) => s.handle_datagram(now, from, buf),
             Machine::Client(c) => c.handle_datagram(now, buf),
             Machine::Controller(c) => c.handle_datagram(now, from, buf),
             Machine::Member(m) => m.handle_datagram(now, buf),
+        };
+        // Opened data already ran its peer's triggers; a forgery counts towards the
+        // `auth_failures` trigger of the peer its SPI names.
+        if let Incoming::Dropped(DropReason::AuthFailed) = incoming {
+            match &mut self.machine {
+                Machine::Server(s) => {
+                    if let Some((peer, _, _)) = spi.and_then(|spi| s.engine().lookup_spi(spi)) {
+                        s.check_triggers(now, peer);
+                    }
+                }
+                Machine::Client(c) => c.check_triggers(now),
+                Machine::Controller(_) | Machine::Member(_) => {}
+            }
         }
+        incoming
     }
 
     /// Step 1, from workers: a control message a data-plane worker opened (under `info`) from
@@ -331,7 +349,8 @@ impl Endpoint {
 
     /// Seals a data packet for `peer` (a client's server and a member's group whatever
     /// `peer` says; a controller has no data keys: [`SealError::NoKey`]). See
-    /// [`Engine::seal`]; a client checks its rekey triggers too.
+    /// [`Engine::seal`]; a server and a client check the peer's rekey triggers too (as
+    /// [`Self::handle_datagram`] does for what it opens and for failed authentications).
     ///
     /// # Errors
     /// As [`Engine::seal`].
@@ -344,7 +363,11 @@ impl Endpoint {
         next: NextHeader,
     ) -> Result<usize, SealError> {
         match &mut self.machine {
-            Machine::Server(s) => s.seal(peer, buf, len, next),
+            Machine::Server(s) => {
+                let r = s.seal(peer, buf, len, next);
+                s.check_triggers(now, peer);
+                r
+            }
             Machine::Client(c) => c.seal(now, buf, len, next),
             Machine::Member(m) => m.seal(buf, len, next),
             Machine::Controller(_) => Err(SealError::NoKey),

@@ -84,17 +84,16 @@ impl RekeyTriggers {
     /// Defaults derived from the AEAD limits of RFC 9001 §6.6 for packets of up to `max_frame`
     /// bytes, with a safety margin of one half.
     ///
-    /// AES-GCM: confidentiality holds to an attacker advantage of 2^-57 while
-    /// `blocks_per_packet · packets ≤ 2^33.5` (RFC 9001 App. B.1.1; with 2^10-block packets this is
-    /// the RFC's 2^23 packets); integrity limit 2^52 forgery attempts. ChaCha20-Poly1305: no
-    /// practical confidentiality limit; integrity limit 2^36. Rotation is also due after one hour.
+    /// AES-GCM: the attacker's confidentiality advantage stays at 2^-57 while
+    /// `q ≤ 2^35 / l`, q packets of l 16-byte blocks each (RFC 9001 App. B.1.1: 2^28 packets
+    /// of up to 2^11 bytes, 2^23 of up to 2^16 bytes; here l counts one block more, GHASH's
+    /// length block); integrity limit 2^52 forgery attempts. ChaCha20-Poly1305: no practical
+    /// confidentiality limit (2^62 packets); integrity limit 2^36. Rotation is also due after
+    /// one hour. `tests/tests/triggers.rs` holds these against the RFC's figures.
     pub fn for_suite(suite: Suite, max_frame: usize) -> Self {
         let blocks = (max_frame as u64).div_ceil(16) + 1;
         let (confidentiality, integrity) = match suite {
-            Suite::Aes128Gcm | Suite::Aes256Gcm => {
-                // 2^33.5 ≈ 12_148_002_936.
-                (12_148_002_936 / blocks, 1u64 << 52)
-            }
+            Suite::Aes128Gcm | Suite::Aes256Gcm => ((1u64 << 35) / blocks, 1u64 << 52),
             Suite::ChaCha20Poly1305 => (1u64 << 62, 1u64 << 36),
         };
         let packets = confidentiality / 2;

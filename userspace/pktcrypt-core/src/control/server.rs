@@ -605,7 +605,8 @@ impl KeyServer {
     fn sweep_period(&self) -> Option<u64> {
         let idle = self.config.idle_evict.map(|d| nanos(d) / 4);
         let rekey = self.config.rekey_interval.map(|d| nanos(d) / 16);
-        let p = idle.into_iter().chain(rekey).min()?;
+        let age = self.config.triggers.max_age.map(|d| nanos(d) / 16);
+        let p = idle.into_iter().chain(rekey).chain(age).min()?;
         Some(p.max(1_000_000))
     }
 
@@ -1410,7 +1411,8 @@ impl KeyServer {
 
     /// One sweep tick: visits the next chunk of clients, evicting the expanded keys of those
     /// idle for `idle_evict` and marking those whose newest generation is older than its
-    /// jittered `rekey_interval` (S7: they rotate at their next proof of it).
+    /// jittered `rekey_interval` or the `max_age` trigger (S7: they rotate at their next proof
+    /// of it).
     fn sweep(&mut self, now: Time) {
         let t = nanos(now);
         let n = self.clients.len();
@@ -1422,6 +1424,7 @@ impl KeyServer {
         let half_period = period / 2;
         let interval = self.config.rekey_interval;
         let permille = self.config.rekey_jitter_permille;
+        let max_age = self.config.triggers.max_age;
         let start = if self.sweep_cursor < n {
             self.sweep_cursor
         } else {
@@ -1455,6 +1458,23 @@ impl KeyServer {
                 if t.saturating_add(half_period) >= nanos(due) {
                     c.set(flag::REKEY_WANTED, true);
                 }
+            }
+            // The `max_age` trigger: never early, late by at most one sweep period (1/16 of
+            // the age, or less).
+            let Some(c) = self.clients[i].as_mut() else {
+                continue;
+            };
+            if let Some(max_age) = max_age
+                && c.proven > 0
+                && !c.has(flag::REKEY_WANTED | flag::UNPROVEN)
+                && let Some((_, installed)) = self.engine.installed(peer, Slot::Newest)
+                && t >= nanos(installed + max_age)
+            {
+                c.set(flag::REKEY_WANTED, true);
+                self.events.push_back(ServerEvent::Triggered {
+                    peer,
+                    reason: "age",
+                });
             }
         }
     }
