@@ -349,3 +349,90 @@ fn two_clients_with_one_init_key_are_reported() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A rekey trigger from a configuration file reaches the daemon: a client with
+/// `rekey_after_packets_sealed = 40` sending 50 packets a second asks for a new generation
+/// every 40 packets (the key server's timer is off), and its log names the trigger.
+#[test]
+fn a_trigger_from_the_file_rotates_the_daemons_keys() {
+    let dir = std::env::temp_dir().join(format!("pktcrypt-trigger-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let out = Command::new(BIN)
+        .args(["keygen", "--count", "1"])
+        .output()
+        .expect("keygen");
+    let code = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("pkc1-"))
+        .expect("a key")
+        .to_owned();
+    let port = 40000 + ((std::process::id() + 7919) % 20000) as u16;
+    std::fs::write(
+        dir.join("server.toml"),
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nrekey_interval_ms = 0\nstatus_interval_ms = 60000\n\
+             [[clients]]\nname = \"branch-1\"\ninit_key = \"{code}\"\n"
+        ),
+    )
+    .expect("server.toml");
+    std::fs::write(
+        dir.join("client.toml"),
+        format!(
+            "server = \"127.0.0.1:{port}\"\nbind = \"127.0.0.1:0\"\ntraffic_pps = 50\n\
+             status_interval_ms = 250\nrekey_after_packets_sealed = 40\n\
+             init_key = \"{code}\"\n"
+        ),
+    )
+    .expect("client.toml");
+    let mut server = Command::new(BIN)
+        .args(["server", "--config", "server.toml"])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("server");
+    std::thread::sleep(Duration::from_millis(300));
+    let log = std::fs::File::create(dir.join("client.log")).expect("log");
+    let lines: Lines = Arc::new(Mutex::new(Vec::new()));
+    let mut client = Command::new(BIN)
+        .args(["client", "--config", "client.toml"])
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("client");
+    let stdout = client.stdout.take().expect("stdout");
+    let reader = {
+        let lines = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    lines.lock().expect("lock").push(v);
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(5));
+    let _ = client.kill();
+    let _ = client.wait();
+    let _ = reader.join();
+    let _ = server.kill();
+    let _ = server.wait();
+    let text = std::fs::read_to_string(dir.join("client.log")).unwrap_or_default();
+    let triggered = text
+        .lines()
+        .filter(|l| l.contains("rekey triggered") && l.contains("packets_sealed"))
+        .count();
+    let lines = lines.lock().expect("lock");
+    let generation = lines.iter().map(|v| u(v, "generation")).max().unwrap_or(0);
+    let sent = lines.iter().map(|v| u(v, "sent")).max().unwrap_or(0);
+    // About 250 packets in 5 s: one rotation per 40 sealed (the handshake's and the
+    // requests' own messages count too, so a little more often), at least 4.
+    assert!(
+        triggered >= 4 && generation >= 4,
+        "{triggered} triggers, generation {generation}, {sent} sent; log:\n{text}\nstatus: {:?}",
+        lines.last()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -157,6 +157,7 @@ parts!(A, B);
 parts!(A, B, C);
 parts!(A, B, C, D);
 parts!(A, B, C, D, E);
+parts!(A, B, C, D, E, F);
 
 /// The keys of struct `T`: the field names its derived `Deserialize` passes to
 /// `deserialize_struct` (renamed, skipped fields left out).

@@ -4,7 +4,9 @@
 //! settings ([`super::roles`]) beside them.
 
 use super::document::{Document, Parts};
-use super::roles::{ClientSettings, ControllerSettings, MemberSettings, ServerSettings};
+use super::roles::{
+    ClientSettings, ControllerSettings, MemberSettings, ServerSettings, TriggerSettings,
+};
 use super::{ConfigFile, Form, GroupKeyTable, KeySource, RoleName};
 use pktcrypt_core::aead::Backend;
 use serde::Deserialize;
@@ -276,8 +278,22 @@ pub(crate) struct ControllerMember {
     pub(crate) removed: bool,
 }
 
-type ServerParts = (RoleTag, Daemon, DataPath, ServerGateway, ServerSettings);
-type ClientParts = (RoleTag, Daemon, DataPath, ClientGateway, ClientSettings);
+type ServerParts = (
+    RoleTag,
+    Daemon,
+    DataPath,
+    ServerGateway,
+    ServerSettings,
+    TriggerSettings,
+);
+type ClientParts = (
+    RoleTag,
+    Daemon,
+    DataPath,
+    ClientGateway,
+    ClientSettings,
+    TriggerSettings,
+);
 type MemberParts = (RoleTag, Daemon, DataPath, MemberGateway, MemberSettings);
 type ControllerParts = (RoleTag, Daemon, ControllerGateway, ControllerSettings);
 
@@ -287,16 +303,20 @@ impl ConfigFile for GatewayFile {
         let form = Form::Gateway(role);
         let (daemon, role) = match role {
             RoleName::Server => {
-                let (_, daemon, data_path, mut server, settings): ServerParts = doc.parts(form)?;
+                let (_, daemon, data_path, mut server, settings, triggers): ServerParts =
+                    doc.parts(form)?;
                 server.settings = settings;
+                server.settings.triggers = triggers;
                 (
                     daemon,
                     GatewayRole::DataPath(data_path, DataPathRole::Server(server)),
                 )
             }
             RoleName::Client => {
-                let (_, daemon, data_path, mut client, settings): ClientParts = doc.parts(form)?;
+                let (_, daemon, data_path, mut client, settings, triggers): ClientParts =
+                    doc.parts(form)?;
                 client.settings = settings;
+                client.settings.triggers = triggers;
                 (
                     daemon,
                     GatewayRole::DataPath(data_path, DataPathRole::Client(client)),

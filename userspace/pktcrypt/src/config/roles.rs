@@ -36,6 +36,78 @@ fn triggers(mut t: RekeyTriggers, esn: bool) -> RekeyTriggers {
     t
 }
 
+/// The rekey triggers of a file (`rekey_after_*`), each optional: unset keeps the default of
+/// the suite's AEAD limits (RFC 9001 §6.6, halved), which no setting may exceed.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TriggerSettings {
+    /// Rekey after this many packets sealed under one generation.
+    pub(crate) rekey_after_packets_sealed: Option<NonZeroU64>,
+    /// Rekey after this many packets opened under one generation.
+    pub(crate) rekey_after_packets_opened: Option<NonZeroU64>,
+    /// Rekey after this many packets sealed and opened together.
+    pub(crate) rekey_after_packets: Option<NonZeroU64>,
+    /// Rekey after this many payload bytes sealed and opened.
+    pub(crate) rekey_after_bytes: Option<NonZeroU64>,
+    /// Rekey after this many packets failed authentication under the generation's SPI.
+    pub(crate) rekey_after_auth_failures: Option<NonZeroU64>,
+    /// Rekey a generation this old, in milliseconds.
+    pub(crate) rekey_after_age_ms: Option<NonZeroU64>,
+}
+
+impl TriggerSettings {
+    /// The defaults `limits` with the file's triggers over them; a trigger above its limit is
+    /// refused, naming the key and the limit (`suite` names where the limit comes from).
+    fn apply(&self, mut t: RekeyTriggers, suite: &str) -> Result<RekeyTriggers, String> {
+        let mut set = |key: &str, v: Option<NonZeroU64>, field: &mut u64| {
+            let Some(v) = v.map(NonZeroU64::get) else {
+                return Ok(());
+            };
+            if v > *field {
+                return Err(format!(
+                    "{key}: {v} is above the limit of {field} (half the AEAD limit of {suite}, \
+                     RFC 9001 §6.6, or half the 32-bit sequence space without ESN)"
+                ));
+            }
+            *field = v;
+            Ok(())
+        };
+        set(
+            "rekey_after_packets_sealed",
+            self.rekey_after_packets_sealed,
+            &mut t.packets_sealed,
+        )?;
+        set(
+            "rekey_after_packets_opened",
+            self.rekey_after_packets_opened,
+            &mut t.packets_opened,
+        )?;
+        set(
+            "rekey_after_packets",
+            self.rekey_after_packets,
+            &mut t.packets_total,
+        )?;
+        set("rekey_after_bytes", self.rekey_after_bytes, &mut t.bytes)?;
+        set(
+            "rekey_after_auth_failures",
+            self.rekey_after_auth_failures,
+            &mut t.auth_failures,
+        )?;
+        if let Some(age) = self.rekey_after_age_ms {
+            let age = Duration::from_millis(age.get());
+            if t.max_age.is_some_and(|m| age > m) {
+                return Err(format!(
+                    "rekey_after_age_ms: {} is above the limit of {} (one hour)",
+                    age.as_millis(),
+                    t.max_age.map_or(0, |m| m.as_millis())
+                ));
+            }
+            t.max_age = Some(age);
+        }
+        Ok(t)
+    }
+}
+
 /// A key server's settings.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,6 +141,10 @@ pub(crate) struct ServerSettings {
     /// numbers (an SA carries at most 2^32 - 1 packets; rekeys come at 2^31), which Wireshark
     /// 4.0 can authenticate. Every gateway of a deployment must agree.
     pub(crate) esn: Option<bool>,
+    /// Rekey triggers per client, on the generation it transmits with (keys of the same
+    /// table, read as a part of their own).
+    #[serde(skip)]
+    pub(crate) triggers: TriggerSettings,
 }
 
 impl ServerSettings {
@@ -77,10 +153,13 @@ impl ServerSettings {
         let mut c = ServerConfig::new();
         c.engine = engine(Role::KeyServer, self.replay_window, self.esn)?;
         c.suite = self.suite.unwrap_or(c.suite);
-        c.triggers = triggers(
-            RekeyTriggers::for_suite(c.suite, c.engine.max_esp_len),
-            c.engine.esn,
-        );
+        c.triggers = self.triggers.apply(
+            triggers(
+                RekeyTriggers::for_suite(c.suite, c.engine.max_esp_len),
+                c.engine.esn,
+            ),
+            c.suite.name(),
+        )?;
         c.derived = self.derived;
         c.pfs = self.pfs.unwrap_or(c.pfs);
         c.max_handshakes_per_second = self
@@ -123,6 +202,10 @@ pub(crate) struct ClientSettings {
     /// numbers (an SA carries at most 2^32 - 1 packets; rekeys come at 2^31), which Wireshark
     /// 4.0 can authenticate. Every gateway of a deployment must agree.
     pub(crate) esn: Option<bool>,
+    /// Rekey triggers on the generation the client transmits with (it asks for an update;
+    /// keys of the same table, read as a part of their own).
+    #[serde(skip)]
+    pub(crate) triggers: TriggerSettings,
 }
 
 impl ClientSettings {
@@ -130,7 +213,10 @@ impl ClientSettings {
     pub(crate) fn config(&self) -> Result<ClientConfig, String> {
         let mut c = ClientConfig::new();
         c.engine = engine(Role::Client, self.replay_window, self.esn)?;
-        c.triggers = triggers(c.triggers, c.engine.esn);
+        // The server picks the suite: the limits of the strictest (AES-GCM) bound the file.
+        c.triggers = self
+            .triggers
+            .apply(triggers(c.triggers, c.engine.esn), "AES-GCM")?;
         c.update_interval = ms_or_never(self.update_interval_ms, None);
         c.hello_interval = ms(
             self.hello_interval_ms.map(NonZeroU64::get),

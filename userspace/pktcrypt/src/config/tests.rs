@@ -429,3 +429,116 @@ fn the_reference_names_every_key() {
         "keys missing from the configuration reference of docs/operator-guide.md: {missing:?}"
     );
 }
+
+/// Every rekey trigger is a key of the key server's and the client's files, in both forms, and
+/// reaches the state machine's configuration exactly; zero, or a value above the suite's
+/// AEAD-limit default, is refused naming the key.
+#[test]
+fn rekey_triggers_are_read_from_both_forms() {
+    let keys = "rekey_after_packets_sealed = 11\nrekey_after_packets_opened = 12\n\
+                rekey_after_packets = 13\nrekey_after_bytes = 14000\n\
+                rekey_after_auth_failures = 15\nrekey_after_age_ms = 16000\n";
+    let want = pktcrypt_core::control::RekeyTriggers {
+        packets_sealed: 11,
+        packets_opened: 12,
+        packets_total: 13,
+        bytes: 14000,
+        auth_failures: 15,
+        max_age: Some(std::time::Duration::from_millis(16000)),
+    };
+    for role in [RoleName::Server, RoleName::Client] {
+        for form in [Form::Udp(role), Form::Gateway(role)] {
+            for key in keys.lines() {
+                let name = key.split(' ').next().unwrap_or_default();
+                assert!(form.keys().contains(&name), "{form:?}: {name}");
+            }
+            let text = match form {
+                Form::Gateway(_) => {
+                    let m = minimal(form);
+                    let (role_line, rest) = m.split_once('\n').expect("role line");
+                    format!("{role_line}\n{keys}{rest}")
+                }
+                Form::Udp(_) => format!("{keys}{}", minimal(form)),
+            };
+            let doc = Document::parse(&text).expect("toml");
+            let triggers = match form {
+                Form::Udp(RoleName::Server) => {
+                    ServerFile::read(&doc)
+                        .expect("read")
+                        .settings
+                        .config()
+                        .expect("c")
+                        .triggers
+                }
+                Form::Udp(_) => {
+                    ClientFile::read(&doc)
+                        .expect("read")
+                        .settings
+                        .config()
+                        .expect("c")
+                        .triggers
+                }
+                Form::Gateway(_) => match GatewayFile::read(&doc).expect("read").role {
+                    GatewayRole::DataPath(_, DataPathRole::Server(s)) => {
+                        s.settings.config().expect("c").triggers
+                    }
+                    GatewayRole::DataPath(_, DataPathRole::Client(c)) => {
+                        c.settings.config().expect("c").triggers
+                    }
+                    _ => panic!("{form:?}"),
+                },
+            };
+            assert_eq!(triggers, want, "{form:?}");
+        }
+    }
+    // The group roles have none (their rekeys are the controller's interval and events).
+    let err = read(
+        Form::Udp(RoleName::GroupMember),
+        &format!(
+            "rekey_after_packets = 5\n{}",
+            minimal(Form::Udp(RoleName::GroupMember))
+        ),
+    )
+    .expect_err("member");
+    assert!(err.contains("rekey_after_packets"), "{err}");
+    // Zero and values above the limits.
+    let server = |line: &str| {
+        let text = format!("{line}\n{}", minimal(Form::Udp(RoleName::Server)));
+        let doc = Document::parse(&text).expect("toml");
+        ServerFile::read(&doc)
+            .map_err(|e| e.to_string())
+            .and_then(|f| f.settings.config())
+            .map(|c| c.triggers)
+    };
+    let err = server("rekey_after_packets = 0").expect_err("zero");
+    assert!(
+        err.contains("rekey_after_packets") && err.contains("1 |"),
+        "{err}"
+    );
+    let aes = pktcrypt_core::control::RekeyTriggers::for_suite(
+        pktcrypt_core::Suite::Aes256Gcm,
+        pktcrypt_core::EngineConfig::new(pktcrypt_core::Role::KeyServer).max_esp_len,
+    );
+    let limit = aes.packets_sealed;
+    assert_eq!(
+        server(&format!("rekey_after_packets_sealed = {limit}"))
+            .expect("at the limit")
+            .packets_sealed,
+        limit
+    );
+    let err = server(&format!("rekey_after_packets_sealed = {}", limit + 1)).expect_err("above");
+    assert!(
+        err.contains("rekey_after_packets_sealed") && err.contains(&limit.to_string()),
+        "{err}"
+    );
+    // ChaCha20-Poly1305's limits are higher.
+    assert!(
+        server(&format!(
+            "suite = \"chacha20-poly1305\"\nrekey_after_packets_sealed = {}",
+            limit + 1
+        ))
+        .is_ok()
+    );
+    let err = server("rekey_after_age_ms = 3600001").expect_err("age");
+    assert!(err.contains("rekey_after_age_ms"), "{err}");
+}

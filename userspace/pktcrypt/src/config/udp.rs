@@ -3,7 +3,9 @@
 //! settings ([`super::roles`]) and, for a client or a member, its init key beside them.
 
 use super::document::{Document, Parts};
-use super::roles::{ClientSettings, ControllerSettings, MemberSettings, ServerSettings};
+use super::roles::{
+    ClientSettings, ControllerSettings, MemberSettings, ServerSettings, TriggerSettings,
+};
 use super::{ConfigFile, Form, GroupKeyTable, KeySource, RoleName};
 use pktcrypt_core::control::{ClientConfig, ServerConfig};
 use serde::Deserialize;
@@ -57,12 +59,13 @@ pub(crate) struct ServerFile {
     pub(crate) settings: ServerSettings,
 }
 
-type ServerParts = (ServerFile, ServerSettings);
+type ServerParts = (ServerFile, ServerSettings, TriggerSettings);
 
 impl ConfigFile for ServerFile {
     fn read(doc: &Document<'_>) -> Result<Self, toml::de::Error> {
-        let (mut file, settings): ServerParts = doc.parts(Form::Udp(RoleName::Server))?;
+        let (mut file, settings, triggers): ServerParts = doc.parts(Form::Udp(RoleName::Server))?;
         file.settings = settings;
+        file.settings.triggers = triggers;
         Ok(file)
     }
 }
@@ -102,13 +105,15 @@ pub(crate) struct ClientFile {
     pub(crate) settings: ClientSettings,
 }
 
-type ClientParts = (ClientFile, KeySource, ClientSettings);
+type ClientParts = (ClientFile, KeySource, ClientSettings, TriggerSettings);
 
 impl ConfigFile for ClientFile {
     fn read(doc: &Document<'_>) -> Result<Self, toml::de::Error> {
-        let (mut file, key, settings): ClientParts = doc.parts(Form::Udp(RoleName::Client))?;
+        let (mut file, key, settings, triggers): ClientParts =
+            doc.parts(Form::Udp(RoleName::Client))?;
         file.key = key;
         file.settings = settings;
+        file.settings.triggers = triggers;
         Ok(file)
     }
 }
