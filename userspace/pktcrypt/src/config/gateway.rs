@@ -24,6 +24,8 @@ pub(crate) struct GatewayFile {
 }
 
 /// A gateway's role (`role = "..."`) and the keys that belong to it.
+// One per process, read at start and on reload: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub(crate) enum GatewayRole {
     /// A gateway with a data path: a server, a client or a group member.

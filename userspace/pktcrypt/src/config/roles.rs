@@ -59,7 +59,7 @@ impl TriggerSettings {
     /// The defaults `limits` with the file's triggers over them; a trigger above its limit is
     /// refused, naming the key and the limit (`suite` names where the limit comes from).
     fn apply(&self, mut t: RekeyTriggers, suite: &str) -> Result<RekeyTriggers, String> {
-        let mut set = |key: &str, v: Option<NonZeroU64>, field: &mut u64| {
+        let set = |key: &str, v: Option<NonZeroU64>, field: &mut u64| {
             let Some(v) = v.map(NonZeroU64::get) else {
                 return Ok(());
             };
