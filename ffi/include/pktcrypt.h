@@ -204,6 +204,10 @@ typedef struct {
   // ML-KEM-768): `PKTCRYPT_PFS_EVERY_REKEY` (0, the default), `PKTCRYPT_PFS_INIT_ONLY`,
   // `PKTCRYPT_PFS_OFF`, or N > 1 for every Nth rotation.
   int32_t pfs;
+  // Rekey after this many packets sealed and opened together under one generation; 0: the
+  // default. (Appended in version 0.2 of the struct: a caller compiled with the first
+  // version leaves it at the default.)
+  uint64_t trigger_packets_total;
 } pktcrypt_config;
 
 // Metadata of a received datagram.

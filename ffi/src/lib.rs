@@ -15,7 +15,8 @@
 //!   changes only when a function or struct changes incompatibly. `pktcrypt_config` can grow
 //!   without that: its first field, `struct_size`, is the size of the struct the caller was
 //!   compiled with (`pktcrypt_config_init` sets it), new fields are only ever appended, and the
-//!   library accepts the sizes it knows (today only one) and refuses any other with
+//!   library accepts the sizes it knows (the first version, up to `pfs`, and the current one
+//!   with `trigger_packets_total`) and refuses any other with
 //!   `PKTCRYPT_RESULT_ERR_CONFIG_SIZE` rather than read or write past the caller's struct.
 #![allow(non_camel_case_types)]
 
@@ -271,6 +272,10 @@ pub struct pktcrypt_config {
     /// ML-KEM-768): `PKTCRYPT_PFS_EVERY_REKEY` (0, the default), `PKTCRYPT_PFS_INIT_ONLY`,
     /// `PKTCRYPT_PFS_OFF`, or N > 1 for every Nth rotation.
     pub pfs: i32,
+    /// Rekey after this many packets sealed and opened together under one generation; 0: the
+    /// default. (Appended in version 0.2 of the struct: a caller compiled with the first
+    /// version leaves it at the default.)
+    pub trigger_packets_total: u64,
 }
 
 /// `pktcrypt_config.pfs`: every rotation exchanges ephemeral keys (the default).
@@ -401,9 +406,47 @@ unsafe fn key_arg(p: *const c_char) -> Result<Generation, (pktcrypt_result, Stri
     keycode::decode(s).map_err(|e| (pktcrypt_result::ErrKey, e))
 }
 
-/// The one size of `pktcrypt_config` this library knows (the first version of the struct).
+/// The size of `pktcrypt_config` as this header has it (its newest version).
 fn config_size() -> u32 {
     size_of::<pktcrypt_config>() as u32
+}
+
+/// The sizes of `pktcrypt_config` this library knows: its first version (up to `pfs`) and
+/// the current one. Each version only appends fields, so a caller's struct of a known size is
+/// this struct's first `size` bytes.
+fn known_config_size(size: usize) -> bool {
+    const FIRST: usize = std::mem::offset_of!(pktcrypt_config, trigger_packets_total);
+    size == FIRST || size == config_size() as usize
+}
+
+/// The defaults of `role` (every field, of the newest version).
+fn default_config(role: pktcrypt_role) -> pktcrypt_config {
+    let c = ClientConfig::new();
+    let s = ServerConfig::new();
+    pktcrypt_config {
+        struct_size: config_size(),
+        role,
+        suite: suite_out(s.suite),
+        derived: false,
+        esn: true,
+        replay_window: 1024,
+        rekey_interval_ms: s.rekey_interval.map_or(0, |d| d.as_millis() as u64),
+        update_interval_ms: 0,
+        hello_interval_ms: c.hello_interval.as_millis() as u64,
+        request_timeout_ms: c.request_timeout.as_millis() as u64,
+        max_backoff_ms: c.max_backoff.as_millis() as u64,
+        max_retries: c.max_retries,
+        reorder_grace_ms: s.reorder_grace.as_millis() as u64,
+        trigger_packets_sealed: 0,
+        trigger_packets_opened: 0,
+        trigger_bytes: 0,
+        trigger_auth_failures: 0,
+        trigger_age_ms: 0,
+        init_seq_base: 0,
+        backend: pktcrypt_backend::Default,
+        pfs: PKTCRYPT_PFS_EVERY_REKEY,
+        trigger_packets_total: 0,
+    }
 }
 
 /// Fills `cfg`, a `pktcrypt_config` of `struct_size` bytes, with the defaults of `role`, and
@@ -423,36 +466,21 @@ pub unsafe extern "C" fn pktcrypt_config_init_sized(
         if cfg.is_null() {
             return pktcrypt_result::ErrNull;
         }
-        if struct_size != config_size() as usize {
+        if !known_config_size(struct_size) {
             return pktcrypt_result::ErrConfigSize;
         }
-        let c = ClientConfig::new();
-        let s = ServerConfig::new();
-        let value = pktcrypt_config {
-            struct_size: config_size(),
-            role,
-            suite: suite_out(s.suite),
-            derived: false,
-            esn: true,
-            replay_window: 1024,
-            rekey_interval_ms: s.rekey_interval.map_or(0, |d| d.as_millis() as u64),
-            update_interval_ms: 0,
-            hello_interval_ms: c.hello_interval.as_millis() as u64,
-            request_timeout_ms: c.request_timeout.as_millis() as u64,
-            max_backoff_ms: c.max_backoff.as_millis() as u64,
-            max_retries: c.max_retries,
-            reorder_grace_ms: s.reorder_grace.as_millis() as u64,
-            trigger_packets_sealed: 0,
-            trigger_packets_opened: 0,
-            trigger_bytes: 0,
-            trigger_auth_failures: 0,
-            trigger_age_ms: 0,
-            init_seq_base: 0,
-            backend: pktcrypt_backend::Default,
-            pfs: PKTCRYPT_PFS_EVERY_REKEY,
-        };
-        // SAFETY: checked non-null; the caller provides writable memory for one config.
-        unsafe { cfg.write(value) };
+        let mut value = default_config(role);
+        value.struct_size = struct_size as u32;
+        // SAFETY: checked non-null; the caller provides `struct_size` writable bytes, a known
+        // size, so at most `size_of::<pktcrypt_config>()`: the first `struct_size` bytes of
+        // `value` are the fields of the caller's version.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (&raw const value).cast::<u8>(),
+                cfg.cast::<u8>(),
+                struct_size,
+            );
+        }
         pktcrypt_result::Ok
     })
 }
@@ -489,6 +517,7 @@ fn triggers(cfg: &pktcrypt_config, t: &mut pktcrypt_core::control::RekeyTriggers
     };
     set(cfg.trigger_packets_sealed, &mut t.packets_sealed);
     set(cfg.trigger_packets_opened, &mut t.packets_opened);
+    set(cfg.trigger_packets_total, &mut t.packets_total);
     set(cfg.trigger_bytes, &mut t.bytes);
     set(cfg.trigger_auth_failures, &mut t.auth_failures);
     if cfg.trigger_age_ms > 0 {
@@ -517,12 +546,19 @@ pub unsafe extern "C" fn pktcrypt_endpoint_new(
         }
         // SAFETY: non-null; the caller passes a config filled by `pktcrypt_config_init`, of any
         // version: every version starts with `struct_size`, so this field is there to read.
-        if unsafe { (&raw const (*cfg).struct_size).read() } != config_size() {
+        let size = unsafe { (&raw const (*cfg).struct_size).read() } as usize;
+        if !known_config_size(size) {
             return pktcrypt_result::ErrConfigSize;
         }
-        // SAFETY: non-null, and of this library's size (checked above): a valid, initialised
-        // config.
-        let cfg = unsafe { *cfg };
+        // The defaults, with the caller's version of the struct over them: fields appended
+        // after the caller's version keep their defaults.
+        let mut full = default_config(pktcrypt_role::Server);
+        // SAFETY: non-null, and of a size this library knows (checked above), at most the
+        // size of `full`: the caller's `size` bytes are an initialised config of that version.
+        unsafe {
+            std::ptr::copy_nonoverlapping(cfg.cast::<u8>(), (&raw mut full).cast::<u8>(), size);
+        }
+        let cfg = full;
         let machine = match cfg.role {
             pktcrypt_role::Server => {
                 if !init_key.is_null() {
@@ -541,6 +577,8 @@ pub unsafe extern "C" fn pktcrypt_endpoint_new(
                 };
                 c.rekey_interval = (cfg.rekey_interval_ms > 0).then(|| ms(cfg.rekey_interval_ms));
                 c.reorder_grace = ms(cfg.reorder_grace_ms);
+                c.triggers =
+                    pktcrypt_core::control::RekeyTriggers::for_suite(c.suite, c.engine.max_esp_len);
                 triggers(&cfg, &mut c.triggers);
                 match KeyServer::new(c, Box::new(OsRandom)) {
                     Ok(s) => Endpoint::from(s),
@@ -1176,7 +1214,8 @@ mod tests {
     fn a_config_of_another_size_is_refused_and_left_alone() {
         let mut cfg = std::mem::MaybeUninit::<pktcrypt_config>::zeroed();
         let size = size_of::<pktcrypt_config>();
-        for other in [0, 4, size - 8, size + 8] {
+        let first = std::mem::offset_of!(pktcrypt_config, trigger_packets_total);
+        for other in [0, 4, first - 8, first + 4, size + 8] {
             // SAFETY: `cfg` has room for a whole config (and nothing is written on refusal).
             let r = unsafe {
                 pktcrypt_config_init_sized(cfg.as_mut_ptr(), other, pktcrypt_role::Client)
@@ -1193,14 +1232,46 @@ mod tests {
         let mut cfg = unsafe { cfg.assume_init() };
         assert_eq!(cfg.struct_size as usize, size);
         let mut ep = std::ptr::null_mut();
-        cfg.struct_size -= 8;
+        cfg.struct_size += 8;
         // SAFETY: a config and an out pointer.
         let r = unsafe { pktcrypt_endpoint_new(&cfg, std::ptr::null(), 0, &mut ep) };
         assert_eq!((r, ep.is_null()), (pktcrypt_result::ErrConfigSize, true));
-        cfg.struct_size += 8;
+        cfg.struct_size -= 8;
         // SAFETY: as above.
         let r = unsafe { pktcrypt_endpoint_new(&cfg, std::ptr::null(), 0, &mut ep) };
         assert_eq!(r, pktcrypt_result::Ok);
+        // SAFETY: a live handle, freed once.
+        unsafe { pktcrypt_endpoint_free(ep) };
+    }
+
+    /// A caller compiled with the first version of `pktcrypt_config` (up to `pfs`) still
+    /// works: its struct is filled without a byte past its end, and an endpoint made from it
+    /// keeps the later fields' defaults.
+    #[test]
+    fn a_config_of_the_first_version_is_still_accepted() {
+        let first = std::mem::offset_of!(pktcrypt_config, trigger_packets_total);
+        // Exactly the first version's bytes, 8-aligned, then a guard word.
+        let mut mem = vec![0u64; first / 8 + 1];
+        mem[first / 8] = 0x5a5a_5a5a_5a5a_5a5a;
+        let cfg = mem.as_mut_ptr().cast::<pktcrypt_config>();
+        // SAFETY: `first` writable bytes at `cfg`, aligned for the struct.
+        let r = unsafe { pktcrypt_config_init_sized(cfg, first, pktcrypt_role::Server) };
+        assert_eq!(r, pktcrypt_result::Ok);
+        assert_eq!(
+            mem[first / 8],
+            0x5a5a_5a5a_5a5a_5a5a,
+            "wrote past the caller's struct"
+        );
+        // SAFETY: the first version's fields were written above.
+        assert_eq!(unsafe { (*cfg).struct_size } as usize, first);
+        let mut ep = std::ptr::null_mut();
+        // SAFETY: a config of the first version and an out pointer.
+        let r = unsafe { pktcrypt_endpoint_new(cfg, std::ptr::null(), 0, &mut ep) };
+        assert_eq!(r, pktcrypt_result::Ok);
+        // SAFETY: a live handle.
+        let e = unsafe { &*ep };
+        assert_eq!(e.config.trigger_packets_total, 0);
+        assert_eq!(e.config.pfs, PKTCRYPT_PFS_EVERY_REKEY);
         // SAFETY: a live handle, freed once.
         unsafe { pktcrypt_endpoint_free(ep) };
     }
