@@ -83,6 +83,28 @@ fn tcpdump(name: &str, iface: &str, path: &Path) -> Child {
     child
 }
 
+/// Waits until none of `files` has grown for 500 ms (at most 10 s): tcpdump (`-U`) and
+/// `pktcrypt capture` write each packet as they read it, and on a loaded machine they read
+/// behind the traffic; an interrupt before they caught up would drop what they had not read.
+fn settle(files: &[PathBuf]) {
+    let size = || -> Vec<u64> {
+        files
+            .iter()
+            .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut last = size();
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = size();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
 /// SIGINT and wait (tcpdump and `pktcrypt capture` finish their files).
 fn interrupt(mut child: Child) {
     let _ = Command::new("kill")
@@ -224,6 +246,11 @@ fn wireshark_decrypts_and_authenticates_captures_of_the_gateways() {
     let own = tcpdump("gwB", "out", &dir.join("gwB-out.pcap"));
     let tap = pktcrypt_capture(&dir, "tap", "wireshark-4.0");
     traffic();
+    settle(&[
+        dir.join("wire.pcap"),
+        dir.join("gwB-out.pcap"),
+        dir.join("tap.pcap"),
+    ]);
     interrupt(tap);
     interrupt(own);
     interrupt(wire);
@@ -293,6 +320,7 @@ fn wireshark_decrypts_and_authenticates_captures_of_the_gateways() {
     );
     let tap = pktcrypt_capture(&dir, "esn", "wireshark-4.0");
     traffic();
+    settle(&[dir.join("esn.pcap")]);
     interrupt(tap);
     let table = std::fs::read_to_string(dir.join("esn.esp_sa")).expect("capture --keys");
     assert!(
