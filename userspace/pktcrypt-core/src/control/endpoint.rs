@@ -29,7 +29,8 @@ use super::{
     ClientEvent, GroupController, GroupEvent, GroupMember, Incoming, KeyClient, KeyServer,
     MemberEvent, ServerEvent, Transmit, TwinDetector,
 };
-use crate::wire::NextHeader;
+use crate::wire::transport::IpLayout;
+use crate::wire::{NextHeader, UdpPorts};
 use crate::{DataPlane, DropReason, Engine, Error, OpenInfo, Opened, PeerId, SealError, Time};
 use core::net::SocketAddr;
 use std::collections::{HashMap, VecDeque};
@@ -371,6 +372,61 @@ impl Endpoint {
             Machine::Client(c) => c.seal(now, buf, len, next),
             Machine::Member(m) => m.seal(buf, len, next),
             Machine::Controller(_) => Err(SealError::NoKey),
+        }
+    }
+
+    /// Seals one IP packet for `peer` in ESP transport mode inside UDP (host to host: RFC 4303
+    /// §3.1.1, RFC 3948; see [`crate::wire::transport`]), with the keys and rules of
+    /// [`Self::seal`]. The IPv4 or IPv6 packet sits at `buf[TRANSPORT_HEADROOM..][..len]`, the
+    /// buffer has room for `len + TRANSPORT_OVERHEAD` bytes; returns the length of the packet
+    /// to send at `buf[..n]` (the original IP header with protocol 17, UDP from `ports.src`
+    /// to `ports.dst`, ESP). Send it as it is (a raw IP socket, a TUN device).
+    ///
+    /// # Errors
+    /// As [`Engine::seal_transport`].
+    ///
+    /// [`TRANSPORT_HEADROOM`]: crate::wire::TRANSPORT_HEADROOM
+    /// [`TRANSPORT_OVERHEAD`]: crate::wire::TRANSPORT_OVERHEAD
+    pub fn seal_transport(
+        &mut self,
+        now: Time,
+        peer: PeerId,
+        buf: &mut [u8],
+        len: usize,
+        ports: UdpPorts,
+    ) -> Result<usize, SealError> {
+        IpLayout::seal(buf, len, ports, |esp, n, next| {
+            self.seal(now, peer, esp, n, next)
+        })
+    }
+
+    /// Step 1 for a host that receives whole IP packets: one received IP packet carrying ESP in
+    /// UDP (`buf` starts at the IP header), in either mode, opened in place as
+    /// [`Engine::open_transport`] says. [`Incoming::Data`] names the mode by its
+    /// `next_header`: [`NextHeader::Transport`] with the restored IP packet (at
+    /// `buf[TRANSPORT_HEADROOM..]`), or IPv4 / IPv6 with a tunnel-mode inner packet. Control
+    /// messages are consumed as [`Self::handle_datagram`] consumes them, from the packet's
+    /// UDP source. Drops are counted with the engine's, the IP and UDP headers' included.
+    ///
+    /// [`TRANSPORT_HEADROOM`]: crate::wire::TRANSPORT_HEADROOM
+    pub fn handle_transport<'b>(&mut self, now: Time, buf: &'b mut [u8]) -> Incoming<'b> {
+        self.now = self.now.max(now);
+        match &mut self.machine {
+            Machine::Server(s) => {
+                let from = IpLayout::parse_received(buf).ok().map(|(_, _, from)| from);
+                let opened = s.engine_mut().open_transport(buf);
+                s.handle_opened(now, from, opened)
+            }
+            Machine::Client(c) => {
+                let opened = c.engine_mut().open_transport(buf);
+                c.handle_opened(now, opened)
+            }
+            Machine::Member(m) => m.handle_transport(now, buf),
+            // Control messages only.
+            Machine::Controller(c) => match IpLayout::parse_received(buf) {
+                Ok((_, esp, from)) => c.handle_datagram(now, Some(from), &mut buf[esp]),
+                Err(reason) => Incoming::Dropped(reason),
+            },
         }
     }
 
