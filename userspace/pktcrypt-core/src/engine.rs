@@ -1128,8 +1128,8 @@ impl Engine {
     /// # Errors
     /// As [`Self::seal`], and [`SealError::Fragment`], [`SealError::UnsupportedExtension`],
     /// [`SealError::UnsupportedProtocol`] or [`SealError::BadInnerPacket`] for a packet
-    /// transport mode does not take; on error `buf` is as it was and no sequence number is
-    /// consumed.
+    /// transport mode does not take; on error the packet is still at
+    /// `buf[TRANSPORT_HEADROOM..]` and no sequence number is consumed.
     ///
     /// [`TRANSPORT_HEADROOM`]: crate::wire::TRANSPORT_HEADROOM
     /// [`TRANSPORT_OVERHEAD`]: crate::wire::TRANSPORT_OVERHEAD

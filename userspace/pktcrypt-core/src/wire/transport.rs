@@ -370,8 +370,8 @@ impl IpLayout {
     /// Seals the plaintext IP packet at `buf[TRANSPORT_HEADROOM..][..len]` in transport mode:
     /// `seal_esp` seals the transport payload in place (its buffer starts at the ESP header)
     /// under the given next header and returns the ESP packet's length. Returns the length of
-    /// the transport-mode packet at `buf[..n]`. On error `buf` holds the plaintext packet as
-    /// before (no sequence number is spent on a packet refused here).
+    /// the transport-mode packet at `buf[..n]`. On error the plaintext packet is still at
+    /// `buf[TRANSPORT_HEADROOM..]` (no sequence number is spent on a packet refused here).
     pub(crate) fn seal(
         buf: &mut [u8],
         len: usize,
