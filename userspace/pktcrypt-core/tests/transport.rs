@@ -159,9 +159,9 @@ fn open_transport(e: &mut Engine, packet: &[u8]) -> Result<(NextHeader, Vec<u8>)
 }
 
 /// Known answers: fixed SA (the client's outbound generation 1 under the keymat below), fixed
-/// packet, first sequence number 1 (IV = the 64-bit sequence number); the expected bytes were
-/// computed independently with Python's `cryptography` (AESGCM / ChaCha20Poly1305) and
-/// hand-written IP/UDP/ESP framing, not with this crate.
+/// packet, first sequence number 1 (IV = the 64-bit sequence number, ESN in the AAD); the
+/// expected bytes were computed independently by `tests/python/transport_kat.py` (Python's
+/// `cryptography`, hand-written IP/UDP/ESP framing), not with this crate.
 #[test]
 fn known_answers() {
     struct Case {
