@@ -225,9 +225,10 @@ typedef struct {
   uint32_t peer;
   // Generation it came under (data).
   uint64_t generation;
-  // Offset of the inner packet in the caller's buffer (data).
+  // Offset of the inner packet in the caller's buffer (data; from `pktcrypt_open_transport`
+  // in transport mode, of the restored IP packet).
   size_t offset;
-  // Length of the inner packet (data).
+  // Length of the inner packet (data; or of the restored IP packet).
   size_t len;
 } pktcrypt_packet_info;
 

@@ -330,9 +330,10 @@ pub struct pktcrypt_packet_info {
     pub peer: u32,
     /// Generation it came under (data).
     pub generation: u64,
-    /// Offset of the inner packet in the caller's buffer (data).
+    /// Offset of the inner packet in the caller's buffer (data; from `pktcrypt_open_transport`
+    /// in transport mode, of the restored IP packet).
     pub offset: size_t,
-    /// Length of the inner packet (data).
+    /// Length of the inner packet (data; or of the restored IP packet).
     pub len: size_t,
 }
 
