@@ -176,21 +176,51 @@ fn transport_packets() -> Vec<Vec<u8>> {
         let payload: Vec<u8> = (0..n).map(|j| (j * 7 + i) as u8).collect();
         // IPv4 + a 4-byte option (IHL 6) + TCP.
         let total = 24 + 20 + n;
-        let mut p = vec![0x46, 0, (total >> 8) as u8, total as u8, 0, i as u8, 0x40, 0, 64, 6];
+        let mut p = vec![
+            0x46,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            i as u8,
+            0x40,
+            0,
+            64,
+            6,
+        ];
         p.extend([0, 0, 192, 0, 2, 1, 198, 51, 100, 7, 1, 1, 1, 0]);
-        p.extend([0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x18, 0x20, 0, 0, 0, 0, 0]);
+        p.extend([
+            0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x18, 0x20, 0, 0, 0, 0, 0,
+        ]);
         p.extend(&payload);
         out.push(finish_packet(p, Some(16)));
         // IPv4 + UDP without a checksum.
         let total = 20 + 8 + n;
-        let mut p = vec![0x45, 0, (total >> 8) as u8, total as u8, 0, 1, 0, 0, 64, 17, 0, 0];
+        let mut p = vec![
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            1,
+            0,
+            0,
+            64,
+            17,
+            0,
+            0,
+        ];
         p.extend([10, 0, 0, 1, 10, 0, 0, 2, 0x13, 0x88, 0x13, 0x89]);
         p.extend([((8 + n) >> 8) as u8, (8 + n) as u8, 0, 0]);
         p.extend(&payload);
         out.push(finish_packet(p, None));
         // IPv6 + UDP, IPv6 + ICMPv6 echo.
         for (next, head, at) in [
-            (17u8, vec![0x14, 0xe9, 0, 53, ((8 + n) >> 8) as u8, (8 + n) as u8, 0, 0], 6),
+            (
+                17u8,
+                vec![0x14, 0xe9, 0, 53, ((8 + n) >> 8) as u8, (8 + n) as u8, 0, 0],
+                6,
+            ),
             (58, vec![128, 0, 0, 0, 0, 1, 0, 2], 2),
         ] {
             let len = head.len() + n;
@@ -206,7 +236,9 @@ fn transport_packets() -> Vec<Vec<u8>> {
     let mut icmp = vec![8, 0, 0, 0, 0, 1, 0, 1, b'p', b'i', b'n', b'g'];
     let c = checksum(&icmp, 0);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    let mut p = vec![0x45, 0, 0, 32, 0, 2, 0, 0, 64, 1, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+    let mut p = vec![
+        0x45, 0, 0, 32, 0, 2, 0, 0, 64, 1, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+    ];
     p.extend(icmp);
     out.push(finish_packet(p, None));
     out
@@ -269,7 +301,11 @@ fn python_cryptography_interoperates_in_transport_mode() {
                     u8::from(esn),
                     hex::encode(&buf[..n])
                 );
-                let protocol = if packet[0] >> 4 == 4 { packet[9] } else { packet[6] };
+                let protocol = if packet[0] >> 4 == 4 {
+                    packet[9]
+                } else {
+                    packet[6]
+                };
                 expected.push(format!("ip {protocol} {}", hex::encode(packet)));
             }
             // 2. Python seals (sequence numbers beyond ours, its own IVs), pktcrypt opens.

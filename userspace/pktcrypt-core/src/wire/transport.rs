@@ -16,7 +16,10 @@
 //! original addresses. A receiver restores the IP header it received, whose addresses a NAT may
 //! have changed, and then recomputes that checksum over them (RFC 3948 §3.1.2 allows it: the ICV
 //! has authenticated the payload, and no NAT-OA is exchanged here); a UDP checksum of zero over
-//! IPv4 (none) stays zero. ICMP over IPv4 has no pseudo-header and is left alone.
+//! IPv4 (none) stays zero. ICMP over IPv4 has no pseudo-header and is left alone. The IP header
+//! is not authenticated (a NAT must be able to rewrite it): what an opened packet's SA vouches for
+//! is its payload and its peer, not its addresses; a receiver that cares checks them against the
+//! peer.
 //!
 //! What is refused: IP fragments (transport mode applies to whole datagrams), IPv6 extension
 //! headers other than hop-by-hop and destination options (ESP goes after those; a routing
