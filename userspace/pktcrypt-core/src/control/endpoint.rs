@@ -218,20 +218,24 @@ impl Endpoint {
             Machine::Controller(c) => c.handle_datagram(now, from, buf),
             Machine::Member(m) => m.handle_datagram(now, buf),
         };
-        // Opened data already ran its peer's triggers; a forgery counts towards the
-        // `auth_failures` trigger of the peer its SPI names.
         if let Incoming::Dropped(DropReason::AuthFailed) = incoming {
-            match &mut self.machine {
-                Machine::Server(s) => {
-                    if let Some((peer, _, _)) = spi.and_then(|spi| s.engine().lookup_spi(spi)) {
-                        s.check_triggers(now, peer);
-                    }
-                }
-                Machine::Client(c) => c.check_triggers(now),
-                Machine::Controller(_) | Machine::Member(_) => {}
-            }
+            self.after_forgery(now, spi);
         }
         incoming
+    }
+
+    /// Opened data already ran its peer's triggers; a forgery counts towards the
+    /// `auth_failures` trigger of the peer its SPI names.
+    fn after_forgery(&mut self, now: Time, spi: Option<u32>) {
+        match &mut self.machine {
+            Machine::Server(s) => {
+                if let Some((peer, _, _)) = spi.and_then(|spi| s.engine().lookup_spi(spi)) {
+                    s.check_triggers(now, peer);
+                }
+            }
+            Machine::Client(c) => c.check_triggers(now),
+            Machine::Controller(_) | Machine::Member(_) => {}
+        }
     }
 
     /// Step 1, from workers: a control message a data-plane worker opened (under `info`) from
@@ -406,14 +410,22 @@ impl Endpoint {
     /// `next_header`: [`NextHeader::Transport`] with the restored IP packet (at
     /// `buf[TRANSPORT_HEADROOM..]`), or IPv4 / IPv6 with a tunnel-mode inner packet. Control
     /// messages are consumed as [`Self::handle_datagram`] consumes them, from the packet's
-    /// UDP source. Drops are counted with the engine's, the IP and UDP headers' included.
+    /// UDP source. Drops are counted with the engine's, the IP and UDP headers' included; the
+    /// rekey triggers run as in [`Self::handle_datagram`] (a forgery counts towards its peer's
+    /// `auth_failures`).
     ///
     /// [`TRANSPORT_HEADROOM`]: crate::wire::TRANSPORT_HEADROOM
     pub fn handle_transport<'b>(&mut self, now: Time, buf: &'b mut [u8]) -> Incoming<'b> {
         self.now = self.now.max(now);
-        match &mut self.machine {
+        let parsed = IpLayout::parse_received(buf).ok();
+        // The SPI, for a failed authentication's trigger (the packet is opened in place).
+        let spi = parsed.as_ref().and_then(|(_, esp, _)| {
+            let b = buf.get(esp.start..esp.start + 4)?;
+            Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        });
+        let from = parsed.map(|(_, _, from)| from);
+        let incoming = match &mut self.machine {
             Machine::Server(s) => {
-                let from = IpLayout::parse_received(buf).ok().map(|(_, _, from)| from);
                 let opened = s.engine_mut().open_transport(buf);
                 s.handle_opened(now, from, opened)
             }
@@ -427,7 +439,11 @@ impl Endpoint {
                 Ok((_, esp, from)) => c.handle_datagram(now, Some(from), &mut buf[esp]),
                 Err(reason) => Incoming::Dropped(reason),
             },
+        };
+        if let Incoming::Dropped(DropReason::AuthFailed) = incoming {
+            self.after_forgery(now, spi);
         }
+        incoming
     }
 
     /// Every key of the data path, for data-plane workers (see [`DataPlane`]); a controller
