@@ -9,7 +9,8 @@
 //!    data-plane workers open packets (the gateway) passes what they forward instead: control
 //!    messages through [`Endpoint::handle_control`], and the data packets they sampled (at
 //!    least the first of each generation from each peer, and one now and then) through
-//!    [`Endpoint::handle_sampled`].
+//!    [`Endpoint::handle_sampled`]. A host that receives whole IP packets (ESP in UDP, either
+//!    mode) passes them through [`Endpoint::handle_transport`] instead.
 //! 2. **Time.** [`Endpoint::handle_timeout`] once [`Endpoint::poll_timeout`] has passed; and,
 //!    when workers seal and open outside the endpoint, [`Endpoint::check_triggers`] now and
 //!    then (the rekey triggers count their packets, which no timer can predict).
