@@ -25,6 +25,15 @@
 // `pktcrypt_config.pfs`: no key exchange at all (no forward secrecy; for comparison only).
 #define PKTCRYPT_PFS_OFF -2
 
+// The most a transport-mode packet is longer than the IP packet it protects (UDP header, ESP
+// header, padding, trailer, ICV): `pktcrypt_seal_transport`'s `out` needs `packet_len` plus
+// this many bytes.
+#define PKTCRYPT_TRANSPORT_OVERHEAD 45
+
+// The ESP-in-UDP port of RFC 3948 (4500): the UDP ports `pktcrypt_seal_transport` uses when
+// given 0.
+#define PKTCRYPT_ESP_UDP_PORT 4500
+
 // Result of a call.
 typedef enum {
   // Success.
@@ -220,9 +229,10 @@ typedef struct {
   uint32_t peer;
   // Generation it came under (data).
   uint64_t generation;
-  // Offset of the inner packet in the caller's buffer (data).
+  // Offset of the inner packet in the caller's buffer (data; from `pktcrypt_open_transport`
+  // in transport mode, of the restored IP packet).
   size_t offset;
-  // Length of the inner packet (data).
+  // Length of the inner packet (data; or of the restored IP packet).
   size_t len;
 } pktcrypt_packet_info;
 
@@ -339,6 +349,53 @@ pktcrypt_result pktcrypt_open(pktcrypt_endpoint *ep,
                               uint8_t *buf,
                               size_t len,
                               pktcrypt_packet_info *info);
+
+// Seals an IP packet (IPv4, or IPv6 with at most hop-by-hop and destination options
+// extension headers) for `peer` (ignored by a client: its server) in ESP transport mode inside
+// UDP (RFC 4303 §3.1.1, RFC 3948), host to host: into `out` goes the packet's own IP header
+// (protocol 17, lengths and IPv4 checksum fixed), a UDP header from `src_port` to `dst_port`
+// (0: 4500), and ESP over the transport payload with next header = its protocol (6 TCP, 17
+// UDP, ...). `out` needs `packet_len + PKTCRYPT_TRANSPORT_OVERHEAD` bytes; `*out_len` receives
+// the packet's length, ready for a raw IP socket or a TUN device. The transport checksum is
+// left as it is (the receiver recomputes it).
+//
+// `PKTCRYPT_RESULT_ERR_INVALID_ARGUMENT` (the detail in `pktcrypt_endpoint_last_error`) for a
+// packet transport mode does not take: not IPv4/IPv6 or lengths that disagree, a fragment, an
+// IPv6 routing, fragment, AH or ESP header, an IP-in-IP, ESP or AH payload (seal IP-in-IP with
+// `pktcrypt_seal`, in tunnel mode). Nothing is sealed then, and no sequence number spent.
+//
+// # Safety
+// `ep` live; `packet` has `packet_len` readable bytes; `out` has `out_cap` writable bytes;
+// `out_len` writable.
+pktcrypt_result pktcrypt_seal_transport(pktcrypt_endpoint *ep,
+                                        uint32_t peer,
+                                        const uint8_t *packet,
+                                        size_t packet_len,
+                                        uint16_t src_port,
+                                        uint16_t dst_port,
+                                        uint8_t *out,
+                                        size_t out_cap,
+                                        size_t *out_len,
+                                        uint64_t now_ns);
+
+// Handles a received IP packet carrying ESP in UDP (`buf` starts at the IPv4 or IPv6 header;
+// what a raw socket or a TUN device gives), decrypting it in place in either mode, as the
+// ESP trailer's next header says. Control messages are consumed as by `pktcrypt_open`.
+// `*info` says what it was; for data the packet is at `buf + info->offset`, `info->len` bytes,
+// and `*next_header` (unless NULL; 0 for anything but data) says which mode: 4 or 41, tunnel
+// mode, the inner packet; anything else, transport mode, the IP packet restored (its protocol
+// = `*next_header`, lengths and IPv4 checksum fixed, the TCP/UDP/ICMPv6 checksum recomputed
+// over the addresses received: a NAT may have changed them, RFC 3948 §3.1.2). Malformed IP or
+// UDP headers, fragments, keepalives and anything not UDP are dropped and counted too.
+//
+// # Safety
+// `ep` live; `buf` has `len` writable bytes; `info` writable; `next_header` NULL or writable.
+pktcrypt_result pktcrypt_open_transport(pktcrypt_endpoint *ep,
+                                        uint64_t now_ns,
+                                        uint8_t *buf,
+                                        size_t len,
+                                        pktcrypt_packet_info *info,
+                                        uint8_t *next_header);
 
 // Takes the next datagram to send. `PKTCRYPT_RESULT_EMPTY` when there is none;
 // `PKTCRYPT_RESULT_ERR_BUFFER_TOO_SMALL` leaves it queued. `*peer` receives its peer id.

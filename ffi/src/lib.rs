@@ -25,6 +25,7 @@ use pktcrypt_core::control::{
     Transmit,
 };
 use pktcrypt_core::wire::esp::{ESP_HEADER_LEN, MAX_OVERHEAD, NextHeader};
+use pktcrypt_core::wire::{TRANSPORT_HEADROOM, UdpPorts};
 use pktcrypt_core::{DropReason, Generation, PeerId, Role, SealError, Slot, Suite, Time, keycode};
 use pktcrypt_os::OsRandom;
 use std::collections::VecDeque;
@@ -334,9 +335,10 @@ pub struct pktcrypt_packet_info {
     pub peer: u32,
     /// Generation it came under (data).
     pub generation: u64,
-    /// Offset of the inner packet in the caller's buffer (data).
+    /// Offset of the inner packet in the caller's buffer (data; from `pktcrypt_open_transport`
+    /// in transport mode, of the restored IP packet).
     pub offset: size_t,
-    /// Length of the inner packet (data).
+    /// Length of the inner packet (data; or of the restored IP packet).
     pub len: size_t,
 }
 
@@ -810,22 +812,38 @@ pub unsafe extern "C" fn pktcrypt_open(
             unsafe { std::slice::from_raw_parts_mut(buf, len) }
         };
         let now = time(now_ns);
+        let base = data.as_ptr() as usize;
         let r = ep.machine.handle_datagram(now, None, data);
-        let value = match r {
-            Incoming::Data {
-                peer,
-                packet,
-                generation,
-                ..
-            } => pktcrypt_packet_info {
+        let (value, _) = packet_info(base, r);
+        // SAFETY: checked non-null and writable (caller contract).
+        unsafe { info.write(value) };
+        pktcrypt_result::Ok
+    })
+}
+
+/// What `pktcrypt_open` and `pktcrypt_open_transport` report of an [`Incoming`] opened in the
+/// buffer starting at address `base`, and the data's next header (0 for anything else).
+fn packet_info(base: usize, r: Incoming<'_>) -> (pktcrypt_packet_info, u8) {
+    match r {
+        Incoming::Data {
+            peer,
+            packet,
+            generation,
+            next_header,
+        } => (
+            pktcrypt_packet_info {
                 kind: pktcrypt_packet_kind::Data,
                 reason: pktcrypt_drop_reason::None,
                 peer: peer.0,
                 generation,
-                offset: ESP_HEADER_LEN,
+                // The packet lies inside the buffer: its distance from the start.
+                offset: packet.as_ptr() as usize - base,
                 len: packet.len(),
             },
-            Incoming::Control { peer } => pktcrypt_packet_info {
+            next_header.value(),
+        ),
+        Incoming::Control { peer } => (
+            pktcrypt_packet_info {
                 kind: pktcrypt_packet_kind::Control,
                 reason: pktcrypt_drop_reason::None,
                 peer: peer.0,
@@ -833,7 +851,10 @@ pub unsafe extern "C" fn pktcrypt_open(
                 offset: 0,
                 len: 0,
             },
-            Incoming::Dropped(reason) => pktcrypt_packet_info {
+            0,
+        ),
+        Incoming::Dropped(reason) => (
+            pktcrypt_packet_info {
                 kind: pktcrypt_packet_kind::Dropped,
                 reason: reason.into(),
                 peer: 0,
@@ -841,9 +862,153 @@ pub unsafe extern "C" fn pktcrypt_open(
                 offset: 0,
                 len: 0,
             },
+            0,
+        ),
+    }
+}
+
+/// The most a transport-mode packet is longer than the IP packet it protects (UDP header, ESP
+/// header, padding, trailer, ICV): `pktcrypt_seal_transport`'s `out` needs `packet_len` plus
+/// this many bytes.
+pub const PKTCRYPT_TRANSPORT_OVERHEAD: usize = 45;
+const _: () = assert!(PKTCRYPT_TRANSPORT_OVERHEAD == pktcrypt_core::wire::TRANSPORT_OVERHEAD);
+
+/// The ESP-in-UDP port of RFC 3948 (4500): the UDP ports `pktcrypt_seal_transport` uses when
+/// given 0.
+pub const PKTCRYPT_ESP_UDP_PORT: u16 = 4500;
+const _: () = assert!(PKTCRYPT_ESP_UDP_PORT == UdpPorts::ESP_IN_UDP.dst);
+
+/// Seals an IP packet (IPv4, or IPv6 with at most hop-by-hop and destination options
+/// extension headers) for `peer` (ignored by a client: its server) in ESP transport mode inside
+/// UDP (RFC 4303 §3.1.1, RFC 3948), host to host: into `out` goes the packet's own IP header
+/// (protocol 17, lengths and IPv4 checksum fixed), a UDP header from `src_port` to `dst_port`
+/// (0: 4500), and ESP over the transport payload with next header = its protocol (6 TCP, 17
+/// UDP, ...). `out` needs `packet_len + PKTCRYPT_TRANSPORT_OVERHEAD` bytes; `*out_len` receives
+/// the packet's length, ready for a raw IP socket or a TUN device. The transport checksum is
+/// left as it is (the receiver recomputes it).
+///
+/// `PKTCRYPT_RESULT_ERR_INVALID_ARGUMENT` (the detail in `pktcrypt_endpoint_last_error`) for a
+/// packet transport mode does not take: not IPv4/IPv6 or lengths that disagree, a fragment, an
+/// IPv6 routing, fragment, AH or ESP header, an IP-in-IP, ESP or AH payload (seal IP-in-IP with
+/// `pktcrypt_seal`, in tunnel mode). Nothing is sealed then, and no sequence number spent.
+///
+/// # Safety
+/// `ep` live; `packet` has `packet_len` readable bytes; `out` has `out_cap` writable bytes;
+/// `out_len` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pktcrypt_seal_transport(
+    ep: *mut pktcrypt_endpoint,
+    peer: u32,
+    packet: *const u8,
+    packet_len: size_t,
+    src_port: u16,
+    dst_port: u16,
+    out: *mut u8,
+    out_cap: size_t,
+    out_len: *mut size_t,
+    now_ns: u64,
+) -> pktcrypt_result {
+    guard(|| {
+        // SAFETY: ep is NULL or a live handle (caller contract).
+        let Some(ep) = (unsafe { endpoint(ep) }) else {
+            return pktcrypt_result::ErrNull;
         };
+        if out.is_null() || out_len.is_null() {
+            return ep.fail(pktcrypt_result::ErrNull, "out or out_len is NULL");
+        }
+        // SAFETY: packet has packet_len readable bytes (caller contract).
+        let Some(packet) = (unsafe { slice(packet, packet_len) }) else {
+            return ep.fail(pktcrypt_result::ErrNull, "packet is NULL");
+        };
+        let port = |p: u16| if p == 0 { PKTCRYPT_ESP_UDP_PORT } else { p };
+        let ports = UdpPorts {
+            src: port(src_port),
+            dst: port(dst_port),
+        };
+        // The packet goes after the headroom of a scratch buffer (sealing moves its IP header
+        // down into it) no larger than `out`: a packet that does not fit is refused before it
+        // spends a sequence number.
+        let need = packet_len + PKTCRYPT_TRANSPORT_OVERHEAD;
+        let mut scratch = vec![0u8; out_cap.max(TRANSPORT_HEADROOM + packet_len).min(need)];
+        scratch[TRANSPORT_HEADROOM..TRANSPORT_HEADROOM + packet_len].copy_from_slice(packet);
+        let r =
+            ep.machine
+                .seal_transport(time(now_ns), PeerId(peer), &mut scratch, packet_len, ports);
+        match r {
+            // A scratch buffer larger than `out` is too small for any sealed packet: n fits.
+            Ok(n) if n <= out_cap => {
+                // SAFETY: out has out_cap writable bytes (caller contract), checked non-null;
+                // n <= out_cap.
+                let out = unsafe { std::slice::from_raw_parts_mut(out, n) };
+                out.copy_from_slice(&scratch[..n]);
+                // SAFETY: checked non-null and writable (caller contract).
+                unsafe { out_len.write(n) };
+                pktcrypt_result::Ok
+            }
+            Err(SealError::UnknownPeer) => ep.fail(pktcrypt_result::ErrUnknownPeer, "no such peer"),
+            Err(SealError::NoKey) => {
+                ep.fail(pktcrypt_result::ErrNoKey, SealError::NoKey.to_string())
+            }
+            Err(
+                e @ (SealError::BadInnerPacket
+                | SealError::Fragment
+                | SealError::UnsupportedExtension
+                | SealError::UnsupportedProtocol),
+            ) => ep.fail(pktcrypt_result::ErrInvalidArgument, e.to_string()),
+            Ok(_) | Err(SealError::BufferTooSmall) => ep.fail(
+                pktcrypt_result::ErrBufferTooSmall,
+                format!("out needs up to {need} bytes"),
+            ),
+            Err(e) => ep.fail(pktcrypt_result::ErrSeal, e.to_string()),
+        }
+    })
+}
+
+/// Handles a received IP packet carrying ESP in UDP (`buf` starts at the IPv4 or IPv6 header;
+/// what a raw socket or a TUN device gives), decrypting it in place in either mode, as the
+/// ESP trailer's next header says. Control messages are consumed as by `pktcrypt_open`.
+/// `*info` says what it was; for data the packet is at `buf + info->offset`, `info->len` bytes,
+/// and `*next_header` (unless NULL; 0 for anything but data) says which mode: 4 or 41, tunnel
+/// mode, the inner packet; anything else, transport mode, the IP packet restored (its protocol
+/// = `*next_header`, lengths and IPv4 checksum fixed, the TCP/UDP/ICMPv6 checksum recomputed
+/// over the addresses received: a NAT may have changed them, RFC 3948 §3.1.2). Malformed IP or
+/// UDP headers, fragments, keepalives and anything not UDP are dropped and counted too.
+///
+/// # Safety
+/// `ep` live; `buf` has `len` writable bytes; `info` writable; `next_header` NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pktcrypt_open_transport(
+    ep: *mut pktcrypt_endpoint,
+    now_ns: u64,
+    buf: *mut u8,
+    len: size_t,
+    info: *mut pktcrypt_packet_info,
+    next_header: *mut u8,
+) -> pktcrypt_result {
+    guard(|| {
+        // SAFETY: ep is NULL or a live handle (caller contract).
+        let Some(ep) = (unsafe { endpoint(ep) }) else {
+            return pktcrypt_result::ErrNull;
+        };
+        if info.is_null() || (buf.is_null() && len > 0) {
+            return ep.fail(pktcrypt_result::ErrNull, "buf or info is NULL");
+        }
+        let mut empty = [0u8; 0];
+        let data: &mut [u8] = if len == 0 {
+            &mut empty
+        } else {
+            // SAFETY: buf has len writable bytes (caller contract), checked non-null.
+            unsafe { std::slice::from_raw_parts_mut(buf, len) }
+        };
+        let base = data.as_ptr() as usize;
+        let r = ep.machine.handle_transport(time(now_ns), data);
+        let (value, next) = packet_info(base, r);
         // SAFETY: checked non-null and writable (caller contract).
         unsafe { info.write(value) };
+        if !next_header.is_null() {
+            // SAFETY: non-null, so writable (caller contract).
+            unsafe { next_header.write(next) };
+        }
         pktcrypt_result::Ok
     })
 }

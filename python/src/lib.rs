@@ -8,6 +8,7 @@ use pktcrypt_core::control::{
     ClientConfig, Endpoint as Core, Incoming, KeyClient, KeyServer, Machine, Random, ServerConfig,
 };
 use pktcrypt_core::wire::esp::{ESP_HEADER_LEN, MAX_OVERHEAD, NextHeader};
+use pktcrypt_core::wire::{TRANSPORT_HEADROOM, TRANSPORT_OVERHEAD, UdpPorts};
 use pktcrypt_core::{
     DropReason, Generation, GenerationInfo, PeerId, Role, SealError, Secret, Slot, Spi, Suite,
     Time, keycode,
@@ -113,6 +114,26 @@ fn seal_one(m: &mut Core, peer: u32, inner: &[u8], now: Time) -> Result<Vec<u8>,
     buf[ESP_HEADER_LEN..ESP_HEADER_LEN + inner.len()].copy_from_slice(inner);
     let r = m.seal(now, PeerId(peer), &mut buf, inner.len(), next);
     match r {
+        Ok(n) => {
+            buf.truncate(n);
+            Ok(buf)
+        }
+        Err(SealError::UnknownPeer) => Err(format!("no peer {peer}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Seals one IP packet in transport mode (see `Endpoint.seal_transport`).
+fn seal_transport_one(
+    m: &mut Core,
+    peer: u32,
+    packet: &[u8],
+    ports: UdpPorts,
+    now: Time,
+) -> Result<Vec<u8>, String> {
+    let mut buf = vec![0u8; packet.len() + TRANSPORT_OVERHEAD];
+    buf[TRANSPORT_HEADROOM..TRANSPORT_HEADROOM + packet.len()].copy_from_slice(packet);
+    match m.seal_transport(now, PeerId(peer), &mut buf, packet.len(), ports) {
         Ok(n) => {
             buf.truncate(n);
             Ok(buf)
@@ -401,6 +422,63 @@ impl Endpoint {
             }
         }
         Ok(out)
+    }
+
+    /// Seals an IP packet in ESP transport mode inside UDP (see `pktcrypt.Endpoint`).
+    #[pyo3(signature = (peer, packet, src_port=4500, dst_port=4500, now_ns=None))]
+    fn seal_transport<'py>(
+        &mut self,
+        py: Python<'py>,
+        peer: u32,
+        packet: &Bound<'py, PyAny>,
+        src_port: u16,
+        dst_port: u16,
+        now_ns: Option<u64>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let packet = bytes_of(py, packet)?;
+        let ports = UdpPorts {
+            src: src_port,
+            dst: dst_port,
+        };
+        let out = seal_transport_one(self.machine()?, peer, &packet, ports, time(now_ns))
+            .map_err(SealError_::new_err)?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// Opens a received IP packet carrying ESP in UDP, in either mode: `(kind, peer,
+    /// generation, data, next_header)`, `next_header` 0 but for data (4 or 41: tunnel mode,
+    /// `data` the inner packet; else transport mode, `data` the restored IP packet).
+    #[pyo3(signature = (packet, now_ns=None))]
+    fn open_transport(
+        &mut self,
+        py: Python<'_>,
+        packet: &Bound<'_, PyAny>,
+        now_ns: Option<u64>,
+    ) -> PyResult<Py<PyAny>> {
+        let mut buf = bytes_of(py, packet)?;
+        let r = self.machine()?.handle_transport(time(now_ns), &mut buf);
+        match r {
+            Incoming::Data {
+                peer,
+                packet,
+                generation,
+                next_header,
+            } => Ok((
+                "data",
+                peer.0,
+                generation,
+                PyBytes::new(py, packet),
+                next_header.value(),
+            )
+                .into_pyobject(py)?
+                .into_any()
+                .unbind()),
+            Incoming::Control { peer } => Ok(("control", peer.0, 0u64, PyBytes::new(py, b""), 0u8)
+                .into_pyobject(py)?
+                .into_any()
+                .unbind()),
+            Incoming::Dropped(r) => Err(dropped_err(r)),
+        }
     }
 
     fn poll_transmit<'py>(

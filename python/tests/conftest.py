@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+import struct
 from typing import List, Optional, Tuple
 
 import pytest
@@ -14,6 +15,41 @@ def ipv4(length: int, fill: int = 0) -> bytes:
     p[0] = 0x45
     p[2:4] = length.to_bytes(2, "big")
     return bytes(p)
+
+
+# Transport-mode test packets (valid IP and transport checksums).
+
+
+def csum(data: bytes, acc: int = 0) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    acc += sum(struct.unpack(f">{len(data) // 2}H", data))
+    while acc >> 16:
+        acc = (acc & 0xFFFF) + (acc >> 16)
+    return ~acc & 0xFFFF
+
+
+def pseudo(header: bytes, protocol: int, length: int) -> int:
+    addrs = header[12:20] if header[0] >> 4 == 4 else header[8:40]
+    return (~csum(addrs) & 0xFFFF) + protocol + length
+
+
+def ipv4_tcp(payload: bytes, src: bytes = bytes([192, 0, 2, 1])) -> bytes:
+    dst = bytes([198, 51, 100, 7])
+    tcp = bytearray(struct.pack(">HHIIBBHHH", 40000, 80, 1, 0, 0x50, 0x18, 0x2000, 0, 0)) + payload
+    ip = bytearray(struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 7, 0x4000, 64, 6, 0, src, dst))
+    struct.pack_into(">H", tcp, 16, csum(bytes(tcp), pseudo(bytes(ip), 6, len(tcp))))
+    struct.pack_into(">H", ip, 10, csum(bytes(ip)))
+    return bytes(ip + tcp)
+
+
+def ipv6_udp(payload: bytes) -> bytes:
+    src = bytes.fromhex("20010db8000000000000000000000001")
+    dst = bytes.fromhex("20010db8000000000000000000000002")
+    udp = bytearray(struct.pack(">HHHH", 5353, 53, 8 + len(payload), 0)) + payload
+    ip = struct.pack(">IHBB", 0x60000000, len(udp), 17, 64) + src + dst
+    struct.pack_into(">H", udp, 6, csum(bytes(udp), pseudo(ip, 17, len(udp))) or 0xFFFF)
+    return ip + bytes(udp)
 
 
 def connect(server: pktcrypt.Endpoint, client: pktcrypt.Endpoint) -> None:

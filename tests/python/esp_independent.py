@@ -7,6 +7,14 @@ Reads commands on stdin, one per line, and answers on stdout:
         -> "inner NEXT_HEADER INNER_HEX"   (decrypts a packet pktcrypt sealed)
   seal  SUITE KEYMAT_HEX ESN(0|1) SPI SEQ64 NEXT_HEADER INNER_HEX
         -> "packet PACKET_HEX"             (builds a packet for pktcrypt to open)
+  topen SUITE KEYMAT_HEX ESN(0|1) ESN_HIGH IP_PACKET_HEX
+        -> "ip NEXT_HEADER IP_PACKET_HEX"  (a transport-mode IP | UDP | ESP packet pktcrypt
+                                            sealed, back to the original IP packet)
+  tseal SUITE KEYMAT_HEX ESN(0|1) SPI SEQ64 SPORT DPORT IP_PACKET_HEX
+        -> "ip IP_PACKET_HEX"              (an IP packet in transport mode, RFC 4303 §3.1.1
+                                            and RFC 3948, for pktcrypt to open)
+
+Transport mode here takes IPv4 (with options) and IPv6 without extension headers.
 
 SUITE is aes-128-gcm, aes-256-gcm or chacha20-poly1305; KEYMAT is key || 4-byte salt.
 Any failure exits non-zero with a message: the caller's test then fails.
@@ -57,6 +65,68 @@ def seal_packet(suite, keymat, esn, spi, seq, next_header, inner):
     return struct.pack(">II", spi, seq & 0xFFFFFFFF) + iv + sealed
 
 
+def checksum(data, acc=0):
+    if len(data) % 2:
+        data += b"\0"
+    acc += sum(struct.unpack(">%dH" % (len(data) // 2), data))
+    while acc >> 16:
+        acc = (acc & 0xFFFF) + (acc >> 16)
+    return ~acc & 0xFFFF
+
+
+def split_ip(packet):
+    """(header length, offset of the protocol byte) of an IPv4 or extension-free IPv6 packet."""
+    if packet[0] >> 4 == 4:
+        return (packet[0] & 0x0F) * 4, 9
+    assert packet[0] >> 4 == 6, "not IPv4 or IPv6"
+    return 40, 6
+
+
+def fix_ip(header, proto_at, protocol, total_len):
+    """The header with a new protocol and length (and IPv4 checksum)."""
+    header = bytearray(header)
+    header[proto_at] = protocol
+    if header[0] >> 4 == 4:
+        struct.pack_into(">HH", header, 2, total_len, struct.unpack_from(">H", header, 4)[0])
+        struct.pack_into(">H", header, 10, 0)
+        struct.pack_into(">H", header, 10, checksum(bytes(header)))
+    else:
+        struct.pack_into(">H", header, 4, total_len - 40)
+    return bytes(header)
+
+
+def pseudo_sum(header, protocol, length):
+    addrs = header[12:20] if header[0] >> 4 == 4 else header[8:40]
+    return (~checksum(addrs) & 0xFFFF) + protocol + length
+
+
+def transport_open(suite, keymat, esn, esn_high, packet):
+    h, proto_at = split_ip(packet)
+    assert packet[proto_at] == 17, "not UDP"
+    udp = packet[h:]
+    sport, dport, udp_len, _ = struct.unpack(">HHHH", udp[:8])
+    assert udp_len == len(udp), "UDP length"
+    if packet[0] >> 4 == 4:
+        assert checksum(packet[:h]) == 0, "IPv4 header checksum"
+    else:
+        assert checksum(udp, pseudo_sum(packet, 17, len(udp))) == 0, "UDP checksum over IPv6"
+    next_header, payload = open_packet(suite, keymat, esn, esn_high, udp[8:])
+    assert next_header not in (4, 41, 59, 253), f"next header {next_header} is not transport mode"
+    return next_header, fix_ip(packet[:h], proto_at, next_header, h + len(payload)) + payload
+
+
+def transport_seal(suite, keymat, esn, spi, seq, sport, dport, packet):
+    h, proto_at = split_ip(packet)
+    protocol = packet[proto_at]
+    esp = seal_packet(suite, keymat, esn, spi, seq, protocol, packet[h:])
+    udp = bytearray(struct.pack(">HHHH", sport, dport, 8 + len(esp), 0))
+    header = fix_ip(packet[:h], proto_at, 17, h + 8 + len(esp))
+    if header[0] >> 4 == 6:
+        c = checksum(bytes(udp) + esp, pseudo_sum(header, 17, len(udp) + len(esp))) or 0xFFFF
+        struct.pack_into(">H", udp, 6, c)
+    return header + bytes(udp) + esp
+
+
 def main():
     for line in sys.stdin:
         words = line.split()
@@ -72,6 +142,16 @@ def main():
             pkt = seal_packet(suite, bytes.fromhex(keymat), esn == "1", int(spi), int(seq),
                               int(nh), bytes.fromhex(inner))
             print("packet", pkt.hex())
+        elif words[0] == "topen":
+            _, suite, keymat, esn, esn_high, packet = words
+            nh, ip = transport_open(suite, bytes.fromhex(keymat), esn == "1", int(esn_high),
+                                    bytes.fromhex(packet))
+            print("ip", nh, ip.hex())
+        elif words[0] == "tseal":
+            _, suite, keymat, esn, spi, seq, sport, dport, packet = words
+            ip = transport_seal(suite, bytes.fromhex(keymat), esn == "1", int(spi), int(seq),
+                                int(sport), int(dport), bytes.fromhex(packet))
+            print("ip", ip.hex())
         else:
             sys.exit(f"unknown command {words[0]!r}")
 

@@ -3,7 +3,8 @@
 //! threshold: one event short of it nothing happens, at it the trigger is reported (naming
 //! itself) and the pair rotates to a new generation. Only the calls those drivers make are
 //! used: `seal`, `handle_datagram`, `handle_timeout` (no `check_triggers`, which only the
-//! gateway's control thread calls for its workers' packets).
+//! gateway's control thread calls for its workers' packets); and, in transport mode,
+//! `seal_transport` and `handle_transport`.
 //!
 //! Also the defaults (`RekeyTriggers::for_suite`) against the AEAD limits of RFC 9001 §6.6.
 
@@ -12,6 +13,7 @@ use pktcrypt_core::control::{
     SeededRandom, ServerConfig, ServerEvent,
 };
 use pktcrypt_core::wire::esp::{self, ESP_HEADER_LEN, NextHeader};
+use pktcrypt_core::wire::{TRANSPORT_HEADROOM, TRANSPORT_OVERHEAD, UdpPorts};
 use pktcrypt_core::{PeerId, Slot, Suite, Time};
 use pktcrypt_tests::sim::init_key;
 use std::time::Duration;
@@ -43,6 +45,9 @@ struct Pair {
     now: Time,
     /// Triggers reported, by side.
     fired: Vec<(Side, &'static str)>,
+    /// Data in transport mode (`seal_transport`, `handle_transport`): `len` bytes of payload
+    /// after a 20-byte IPv4 header.
+    transport: bool,
 }
 
 impl Pair {
@@ -68,6 +73,7 @@ impl Pair {
             peer,
             now,
             fired: Vec::new(),
+            transport: false,
         };
         p.pump();
         assert_eq!(p.client.generation(), 1, "handshake done");
@@ -123,9 +129,38 @@ impl Pair {
         panic!("control messages never settle");
     }
 
+    /// In transport mode: an IPv4 packet with `len` bytes of TCP payload sealed on `from`
+    /// (returned), and the last byte flipped when `forge`.
+    fn seal_transport(&mut self, from: Side, len: usize, forge: bool) -> Vec<u8> {
+        let (peer, now) = (self.peer, self.now);
+        let total = 20 + len;
+        let mut buf = vec![0u8; total + TRANSPORT_OVERHEAD];
+        let ip = &mut buf[TRANSPORT_HEADROOM..TRANSPORT_HEADROOM + total];
+        ip[..10].copy_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0, 0, 64, 6]);
+        let n = self
+            .endpoint(from)
+            .seal_transport(now, peer, &mut buf, total, UdpPorts::ESP_IN_UDP)
+            .expect("seal");
+        buf.truncate(n);
+        if forge {
+            buf[n - 1] ^= 1;
+        }
+        buf
+    }
+
     /// Seals one data packet of `len` bytes on `from` and opens it on the other side.
     fn send(&mut self, from: Side, len: usize) {
         let (peer, now) = (self.peer, self.now);
+        let to = match from {
+            Side::Server => Side::Client,
+            Side::Client => Side::Server,
+        };
+        if self.transport {
+            let mut pkt = self.seal_transport(from, len, false);
+            let r = self.endpoint(to).handle_transport(now, &mut pkt);
+            assert!(matches!(r, Incoming::Data { .. }), "{r:?}");
+            return;
+        }
         let mut buf = vec![0u8; ESP_HEADER_LEN + len + esp::MAX_OVERHEAD];
         let inner = &mut buf[ESP_HEADER_LEN..ESP_HEADER_LEN + len];
         inner[0] = 0x45;
@@ -135,10 +170,6 @@ impl Pair {
             .seal(now, peer, &mut buf, len, NextHeader::Ipv4)
             .expect("seal");
         buf.truncate(n);
-        let to = match from {
-            Side::Server => Side::Client,
-            Side::Client => Side::Server,
-        };
         let r = self.endpoint(to).handle_datagram(now, None, &mut buf);
         assert!(matches!(r, Incoming::Data { .. }), "{r:?}");
     }
@@ -150,6 +181,12 @@ impl Pair {
             Side::Server => Side::Client,
             Side::Client => Side::Server,
         };
+        if self.transport {
+            let mut pkt = self.seal_transport(from, 40, true);
+            let r = self.endpoint(to).handle_transport(now, &mut pkt);
+            assert!(matches!(r, Incoming::Dropped(_)), "{r:?}");
+            return;
+        }
         let mut buf = vec![0u8; ESP_HEADER_LEN + 40 + esp::MAX_OVERHEAD];
         buf[ESP_HEADER_LEN] = 0x45;
         let n = self
@@ -272,6 +309,17 @@ fn cases() -> Vec<Case> {
 
 #[test]
 fn every_counter_trigger_fires_exactly_at_its_threshold_on_either_side() {
+    counter_triggers(false);
+}
+
+/// The same with data in transport mode: `seal_transport` and `handle_transport` run the
+/// triggers as `seal` and `handle_datagram` do (a forgery included).
+#[test]
+fn transport_mode_data_runs_the_same_triggers() {
+    counter_triggers(true);
+}
+
+fn counter_triggers(transport: bool) {
     const STEPS: u64 = 7;
     for side in [Side::Server, Side::Client] {
         for case in cases() {
@@ -280,6 +328,7 @@ fn every_counter_trigger_fires_exactly_at_its_threshold_on_either_side() {
             let mut probe = Pair::new(side, quiet());
             let base = probe.counters(side);
             let mut p = Pair::new(side, (case.set)(&base, STEPS));
+            p.transport = transport;
             assert_eq!(
                 p.counters(side),
                 base,

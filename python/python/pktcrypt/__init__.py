@@ -1,7 +1,9 @@
 """pktcrypt: packet encryption with two key generations.
 
 An :class:`Endpoint` is a key server (many peers) or a client (one server). It seals inner IP
-packets into ESP packets (RFC 4303) for UDP, opens received ones, and runs the key distribution:
+packets into ESP packets (RFC 4303) for UDP (tunnel mode), or whole IP packets in ESP transport
+mode (:meth:`Endpoint.seal_transport`, :meth:`Endpoint.open_transport`), opens received ones, and
+runs the key distribution:
 feed every received datagram to :meth:`Endpoint.open`, send what :meth:`Endpoint.transmits`
 yields, and call :meth:`Endpoint.handle_timeout` when :meth:`Endpoint.poll_timeout` has passed.
 
@@ -34,6 +36,7 @@ __all__ = [
     "Backend",
     "ConfigError",
     "DroppedError",
+    "ESP_UDP_PORT",
     "Endpoint",
     "InitKeyError",
     "MalformedError",
@@ -52,6 +55,9 @@ __all__ = [
 ]
 
 Buffer = Union[bytes, bytearray, memoryview]
+
+ESP_UDP_PORT = 4500
+"""The ESP-in-UDP port of RFC 3948: :meth:`Endpoint.seal_transport`'s default ports."""
 
 
 class Role(str, enum.Enum):
@@ -92,7 +98,13 @@ class Packet:
     peer: int
     generation: int
     data: bytes
-    """The decrypted inner IP packet (empty for control messages, which the endpoint consumed)."""
+    """The decrypted inner IP packet (empty for control messages, which the endpoint consumed).
+    From :meth:`Endpoint.open_transport` in transport mode: the restored IP packet."""
+    next_header: Optional[int] = None
+    """From :meth:`Endpoint.open_transport` only (``None`` otherwise): the ESP trailer's next
+    header of data, which names the mode: 4 or 41, tunnel mode (``data`` is the inner packet);
+    anything else, transport mode (``data`` is the IP packet restored, and this its protocol:
+    6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, ...). 0 for control messages."""
 
 
 @dataclass(frozen=True)
@@ -253,6 +265,44 @@ class Endpoint:
         for r in self._native.open_many(list(datagrams), _ns(now)):
             out.append(r if isinstance(r, DroppedError) else _packet(r))
         return out
+
+    def seal_transport(
+        self,
+        packet: Buffer,
+        peer: int = 0,
+        *,
+        src_port: int = ESP_UDP_PORT,
+        dst_port: int = ESP_UDP_PORT,
+        now: Optional[float] = None,
+    ) -> bytes:
+        """Seals an IP packet for ``peer`` in ESP transport mode inside UDP (RFC 4303 §3.1.1,
+        RFC 3948), host to host, and returns the packet to send as it is (a raw IP socket, a TUN
+        device): the packet's own IP header (protocol 17, lengths and IPv4 checksum fixed), a UDP
+        header from ``src_port`` to ``dst_port`` (4500 both, as RFC 3948 says, unless given),
+        then ESP over the transport payload with next header = its protocol. The transport
+        checksum is left as the sender computed it; the receiver recomputes it.
+
+        Takes IPv4 (options kept) and IPv6 with at most hop-by-hop and destination options
+        extension headers (ESP goes after them). Raises :class:`SealError` naming the reason for
+        a fragment, an IPv6 routing, fragment, AH or ESP header, an IP-in-IP, ESP or AH payload
+        (seal IP-in-IP with :meth:`seal`, in tunnel mode), or a malformed packet; nothing is sent
+        then and no sequence number spent.
+        """
+        return self._native.seal_transport(peer, packet, src_port, dst_port, _ns(now))
+
+    def open_transport(self, packet: Buffer, now: Optional[float] = None) -> Packet:
+        """Opens a received IP packet carrying ESP in UDP (it starts at the IP header), in
+        either mode: :attr:`Packet.next_header` says which. In transport mode the IP packet is
+        restored: protocol, lengths and IPv4 checksum, and the TCP/UDP/ICMPv6 checksum
+        recomputed over the addresses received (a NAT may have changed them: RFC 3948 §3.1.2;
+        the ICV has authenticated the payload). Control messages are consumed as by
+        :meth:`open`. Raises a :class:`DroppedError` subclass for a dropped packet (replayed,
+        forged, truncated, malformed IP or UDP headers, a fragment, not UDP, a keepalive, an
+        unknown SPI); drops are counted in :meth:`drops`."""
+        kind, peer, generation, data, next_header = self._native.open_transport(packet, _ns(now))
+        if kind == "data":
+            return Packet("data", peer, generation, data, next_header)
+        return Packet("control", peer, generation, data, next_header)
 
     def poll_transmit(self) -> Optional[Tuple[int, bytes]]:
         """The next (peer, datagram) to send, or None."""

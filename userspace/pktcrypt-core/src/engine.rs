@@ -23,7 +23,9 @@ use crate::keys::{Direction, Generation, GenerationInfo};
 use crate::pipeline::{Batch, SealParams, State, handshake_key, open_sequence};
 use crate::replay::DEFAULT_WINDOW;
 use crate::sa::{Keyed, Sa, SaCounters};
+use crate::wire::UdpPorts;
 use crate::wire::esp::{ESP_HEADER_LEN, NextHeader};
+use crate::wire::transport::IpLayout;
 use crate::{DropCounters, DropReason, Error, SealError, Suite, Time};
 use std::fmt;
 use std::sync::Arc;
@@ -1114,11 +1116,98 @@ impl Engine {
         counters.bytes_sealed += counts.bytes_sealed;
     }
 
+    /// Seals one IP packet for a peer in ESP transport mode inside UDP (RFC 4303 §3.1.1,
+    /// RFC 3948; see [`crate::wire::transport`]): the IP header stays in front (protocol 17,
+    /// lengths and IPv4 checksum fixed), then a UDP header with `ports`, then ESP over the
+    /// transport payload with next header = its protocol.
+    ///
+    /// The IPv4 or IPv6 packet sits at `buf[TRANSPORT_HEADROOM..][..len]`; the buffer needs
+    /// room for at most `len + TRANSPORT_OVERHEAD` bytes. Returns the length of the
+    /// transport-mode packet at `buf[..n]`.
+    ///
+    /// # Errors
+    /// As [`Self::seal`], and [`SealError::Fragment`], [`SealError::UnsupportedExtension`],
+    /// [`SealError::UnsupportedProtocol`] or [`SealError::BadInnerPacket`] for a packet
+    /// transport mode does not take; on error the packet is still at
+    /// `buf[TRANSPORT_HEADROOM..]` and no sequence number is consumed.
+    ///
+    /// [`TRANSPORT_HEADROOM`]: crate::wire::TRANSPORT_HEADROOM
+    /// [`TRANSPORT_OVERHEAD`]: crate::wire::TRANSPORT_OVERHEAD
+    pub fn seal_transport(
+        &mut self,
+        id: PeerId,
+        buf: &mut [u8],
+        len: usize,
+        ports: UdpPorts,
+    ) -> Result<usize, SealError> {
+        IpLayout::seal(buf, len, ports, |esp, n, next| self.seal(id, esp, n, next))
+    }
+
     /// Opens one ESP packet (`buf` starts at the SPI) in place.
     pub fn open<'b>(&mut self, buf: &'b mut [u8]) -> Opened<'b> {
+        self.open_one(buf, false)
+    }
+
+    /// Opens one received IP packet carrying ESP in UDP (`buf` starts at the IP header) in
+    /// place, in either mode: what the trailer's next header says decides (see
+    /// [`crate::wire::transport`]). Transport mode ([`NextHeader::Transport`]): the IP packet
+    /// is restored (protocol, lengths and IPv4 checksum; the TCP, UDP or ICMPv6 checksum
+    /// recomputed over the received addresses) at `buf[TRANSPORT_HEADROOM..]`. Tunnel mode
+    /// (next header 4 or 41): the inner packet, as [`Self::open`] gives it. The UDP ports are
+    /// not checked (the caller chose to hand this packet over as ESP in UDP).
+    ///
+    /// Drops are counted as [`Self::open`]'s, and so are those of the IP and UDP headers:
+    /// [`DropReason::Truncated`], [`DropReason::Malformed`] (lengths, IPv4 header checksum),
+    /// [`DropReason::Fragment`], [`DropReason::NotEsp`] (not UDP, or after an IPv6 extension
+    /// header other than hop-by-hop and destination options; the non-ESP marker),
+    /// [`DropReason::Keepalive`].
+    ///
+    /// [`TRANSPORT_HEADROOM`]: crate::wire::TRANSPORT_HEADROOM
+    pub fn open_transport<'b>(&mut self, buf: &'b mut [u8]) -> Opened<'b> {
+        let (layout, esp, _) = match IpLayout::parse_received(buf) {
+            Ok(v) => v,
+            Err(reason) => {
+                self.drops.add(reason);
+                return Opened::Drop(reason);
+            }
+        };
+        let esp_start = esp.start;
+        match self.open_one(&mut buf[esp], true) {
+            Opened::Data {
+                packet,
+                next_header,
+                info,
+            } => {
+                let len = packet.len();
+                let at = layout.restore(buf, esp_start, len, next_header);
+                Opened::Data {
+                    packet: &mut buf[at],
+                    next_header,
+                    info,
+                }
+            }
+            Opened::Control { message, info } => {
+                let at = esp_start + ESP_HEADER_LEN..esp_start + ESP_HEADER_LEN + message.len();
+                Opened::Control {
+                    message: &buf[at],
+                    info,
+                }
+            }
+            Opened::Drop(reason) => Opened::Drop(reason),
+        }
+    }
+
+    /// Counts a drop decided before the engine saw the ESP packet (its IP or UDP header).
+    pub(crate) fn count_drop(&mut self, reason: DropReason) {
+        self.drops.add(reason);
+    }
+
+    /// Opens one ESP packet in place, accepting transport-mode payloads or not.
+    fn open_one<'b>(&mut self, buf: &'b mut [u8], transport: bool) -> Opened<'b> {
         let len = buf.len();
         let mut packet = Packet::new(buf, len);
-        self.open_batch(core::slice::from_mut(&mut packet));
+        packet.transport = transport;
+        self.open_packets(core::slice::from_mut(&mut packet));
         let outcome = packet.opened();
         let buf = packet.buf;
         match outcome {
@@ -1142,6 +1231,12 @@ impl Engine {
     /// Opens a batch of ESP packets in place; each result is in [`Packet::opened`]. Runs of
     /// packets under the same SPI are authenticated with one batched AEAD call.
     pub fn open_batch(&mut self, packets: &mut [Packet<'_>]) {
+        self.open_packets(packets);
+    }
+
+    /// [`Self::open_batch`] in the mode each packet's `transport` says (tunnel mode unless
+    /// [`Self::open_one`] set it).
+    fn open_packets(&mut self, packets: &mut [Packet<'_>]) {
         // A key not yet expanded is derived for this batch only, and cached once a data packet
         // opens under it (control messages alone never cache one).
         let mut once: Option<(SaRef, Keyed)> = None;

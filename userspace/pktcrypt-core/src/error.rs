@@ -72,6 +72,17 @@ pub enum SealError {
     /// No key is established with the peer yet: protocol version 3 seals nothing but
     /// handshake messages under the init key.
     NoKey,
+    /// Transport mode: the packet is an IP fragment (RFC 4303 §3.1.1 applies transport mode
+    /// to whole datagrams only; reassemble first).
+    Fragment,
+    /// Transport mode: an IPv6 extension header ESP cannot be placed after here (routing,
+    /// fragment, AH, ESP, mobility, or any other than hop-by-hop and destination options), or
+    /// more than four of them.
+    UnsupportedExtension,
+    /// Transport mode: the payload's protocol is IP-in-IP (4, 41: seal the packet in tunnel
+    /// mode instead), ESP or AH (50, 51), no next header (59), or 253 (pktcrypt's control
+    /// messages).
+    UnsupportedProtocol,
 }
 
 impl fmt::Display for SealError {
@@ -83,6 +94,17 @@ impl fmt::Display for SealError {
             SealError::SequenceExhausted => "sequence numbers exhausted; a rekey is required",
             SealError::BadInnerPacket => "inner packet is not an IPv4 or IPv6 packet",
             SealError::NoKey => "no key established with the peer yet (init key: handshakes only)",
+            SealError::Fragment => {
+                "transport mode: an IP fragment (transport mode seals whole datagrams)"
+            }
+            SealError::UnsupportedExtension => {
+                "transport mode: unsupported IPv6 extension header (only hop-by-hop and \
+                 destination options, at most four)"
+            }
+            SealError::UnsupportedProtocol => {
+                "transport mode: payload protocol 4, 41, 50, 51, 59 or 253 (seal IP-in-IP in \
+                 tunnel mode)"
+            }
         })
     }
 }

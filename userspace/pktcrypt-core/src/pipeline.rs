@@ -43,11 +43,11 @@ pub struct OpenInfo {
 /// starts at [`ESP_HEADER_LEN`] in the packet buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpenOutcome {
-    /// An inner IP packet of `len` bytes.
+    /// An inner IP packet of `len` bytes (or, opened in transport mode, a transport payload).
     Data {
         /// Inner packet length.
         len: usize,
-        /// IPv4 or IPv6.
+        /// IPv4 or IPv6; [`NextHeader::Transport`] only from a transport-mode open.
         next_header: NextHeader,
         /// Who sent it, under which generation.
         info: OpenInfo,
@@ -66,11 +66,13 @@ pub enum OpenOutcome {
 /// Result of opening one packet, in the style of boringtun's `TunnResult`.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Opened<'a> {
-    /// A decrypted inner IP packet, in place in the caller's buffer.
+    /// A decrypted inner IP packet, in place in the caller's buffer. From
+    /// [`crate::Engine::open_transport`], a transport-mode packet is the IP packet restored.
     Data {
-        /// The inner packet.
+        /// The inner packet (or the restored IP packet).
         packet: &'a mut [u8],
-        /// IPv4 or IPv6.
+        /// IPv4 or IPv6 (tunnel mode); [`NextHeader::Transport`] with the payload's protocol
+        /// (transport mode, only from [`crate::Engine::open_transport`]).
         next_header: NextHeader,
         /// Who sent it, under which generation.
         info: OpenInfo,
@@ -114,6 +116,9 @@ pub struct Packet<'a> {
     /// Authenticated already in the parse pass (a handshake message under a per-message key):
     /// the batched AEAD pass and the replay window leave it alone.
     pub(crate) inline: bool,
+    /// Opened in transport mode: a trailer's next header may name any transport protocol
+    /// ([`NextHeader::Transport`]); otherwise only 4, 41 and 253 are accepted.
+    pub(crate) transport: bool,
 }
 
 impl fmt::Debug for Packet<'_> {
@@ -140,6 +145,7 @@ impl<'a> Packet<'a> {
             ct_len: 0,
             next: NextHeader::Control,
             inline: false,
+            transport: false,
         }
     }
 
@@ -189,6 +195,7 @@ impl<'a> Packet<'a> {
         self.state = State::Pending;
         self.sa = None;
         self.inline = false;
+        self.transport = false;
     }
 }
 
@@ -382,12 +389,23 @@ impl Packet<'_> {
     /// Open pass 3 (after authentication and the window update): parses the trailer.
     pub(crate) fn outcome(&self, info: OpenInfo) -> OpenOutcome {
         let plaintext = &self.buf[ESP_HEADER_LEN..ESP_HEADER_LEN + self.ct_len];
-        let (len, next_header) = match esp::parse_trailer(plaintext) {
+        let trailer = if self.transport {
+            esp::parse_trailer_any(plaintext)
+        } else {
+            esp::parse_trailer(plaintext)
+        };
+        let (len, next_header) = match trailer {
             Ok(v) => v,
             Err(reason) => return OpenOutcome::Drop(reason),
         };
         match next_header {
             NextHeader::Control => OpenOutcome::Control { len, info },
+            // Transport mode: the payload is whatever its protocol carries.
+            NextHeader::Transport(_) => OpenOutcome::Data {
+                len,
+                next_header,
+                info,
+            },
             ip => {
                 if NextHeader::for_ip_packet(&plaintext[..len]) != Some(ip) {
                     return OpenOutcome::Drop(DropReason::BadInnerPacket);

@@ -1,9 +1,12 @@
 //! Arbitrary bytes, and genuine packets with arbitrary edits, through `Engine::open` and
-//! `Engine::open_batch`. Nothing may panic, and an edited packet must never open as data.
+//! `Engine::open_batch`; arbitrary bytes through the transport mode's `Engine::open_transport`
+//! and, as a plaintext IP packet, `Engine::seal_transport`. Nothing may panic, and an edited
+//! packet must never open as data.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use pktcrypt_core::wire::esp::{ESP_HEADER_LEN, MAX_OVERHEAD, NextHeader};
+use pktcrypt_core::wire::{TRANSPORT_HEADROOM, TRANSPORT_OVERHEAD, UdpPorts};
 use pktcrypt_core::{
     Engine, EngineConfig, Generation, GenerationInfo, OpenOutcome, Opened, Packet, Role, Secret,
     Spi, Suite, Time,
@@ -25,6 +28,8 @@ fuzz_target!(|data: &[u8]| {
     // 1. Raw bytes.
     let mut raw = data.to_vec();
     let _ = server.open(&mut raw);
+    let mut raw = data.to_vec();
+    let _ = server.open_transport(&mut raw);
     // 2. A genuine packet with the input XORed over it: opens only if the edit is empty.
     let (mut client, peer) = engine(Role::Client, suite);
     let inner_len = 40;
@@ -32,6 +37,13 @@ fuzz_target!(|data: &[u8]| {
     buf[ESP_HEADER_LEN] = 0x45;
     let n = client.seal(peer, &mut buf, inner_len, NextHeader::Ipv4).expect("seal");
     buf.truncate(n);
+    // Transport mode: the input as an IP packet to seal (refused or sealed, never a panic).
+    let mut plain = vec![0u8; data.len() + TRANSPORT_OVERHEAD];
+    plain[TRANSPORT_HEADROOM..TRANSPORT_HEADROOM + data.len()].copy_from_slice(data);
+    if let Ok(n) = client.seal_transport(peer, &mut plain, data.len(), UdpPorts::ESP_IN_UDP) {
+        plain.truncate(n);
+        let _ = server.open_transport(&mut plain);
+    }
     let mut edited = buf.clone();
     let mut changed = false;
     for (b, d) in edited.iter_mut().zip(data.iter().skip(1)) {

@@ -9,7 +9,8 @@
 //!    data-plane workers open packets (the gateway) passes what they forward instead: control
 //!    messages through [`Endpoint::handle_control`], and the data packets they sampled (at
 //!    least the first of each generation from each peer, and one now and then) through
-//!    [`Endpoint::handle_sampled`].
+//!    [`Endpoint::handle_sampled`]. A host that receives whole IP packets (ESP in UDP, either
+//!    mode) passes them through [`Endpoint::handle_transport`] instead.
 //! 2. **Time.** [`Endpoint::handle_timeout`] once [`Endpoint::poll_timeout`] has passed; and,
 //!    when workers seal and open outside the endpoint, [`Endpoint::check_triggers`] now and
 //!    then (the rekey triggers count their packets, which no timer can predict).
@@ -29,7 +30,8 @@ use super::{
     ClientEvent, GroupController, GroupEvent, GroupMember, Incoming, KeyClient, KeyServer,
     MemberEvent, ServerEvent, Transmit, TwinDetector,
 };
-use crate::wire::NextHeader;
+use crate::wire::transport::IpLayout;
+use crate::wire::{NextHeader, UdpPorts};
 use crate::{DataPlane, DropReason, Engine, Error, OpenInfo, Opened, PeerId, SealError, Time};
 use core::net::SocketAddr;
 use std::collections::{HashMap, VecDeque};
@@ -217,20 +219,24 @@ impl Endpoint {
             Machine::Controller(c) => c.handle_datagram(now, from, buf),
             Machine::Member(m) => m.handle_datagram(now, buf),
         };
-        // Opened data already ran its peer's triggers; a forgery counts towards the
-        // `auth_failures` trigger of the peer its SPI names.
         if let Incoming::Dropped(DropReason::AuthFailed) = incoming {
-            match &mut self.machine {
-                Machine::Server(s) => {
-                    if let Some((peer, _, _)) = spi.and_then(|spi| s.engine().lookup_spi(spi)) {
-                        s.check_triggers(now, peer);
-                    }
-                }
-                Machine::Client(c) => c.check_triggers(now),
-                Machine::Controller(_) | Machine::Member(_) => {}
-            }
+            self.after_forgery(now, spi);
         }
         incoming
+    }
+
+    /// Opened data already ran its peer's triggers; a forgery counts towards the
+    /// `auth_failures` trigger of the peer its SPI names.
+    fn after_forgery(&mut self, now: Time, spi: Option<u32>) {
+        match &mut self.machine {
+            Machine::Server(s) => {
+                if let Some((peer, _, _)) = spi.and_then(|spi| s.engine().lookup_spi(spi)) {
+                    s.check_triggers(now, peer);
+                }
+            }
+            Machine::Client(c) => c.check_triggers(now),
+            Machine::Controller(_) | Machine::Member(_) => {}
+        }
     }
 
     /// Step 1, from workers: a control message a data-plane worker opened (under `info`) from
@@ -372,6 +378,73 @@ impl Endpoint {
             Machine::Member(m) => m.seal(buf, len, next),
             Machine::Controller(_) => Err(SealError::NoKey),
         }
+    }
+
+    /// Seals one IP packet for `peer` in ESP transport mode inside UDP (host to host: RFC 4303
+    /// §3.1.1, RFC 3948; see [`crate::wire::transport`]), with the keys and rules of
+    /// [`Self::seal`]. The IPv4 or IPv6 packet sits at `buf[TRANSPORT_HEADROOM..][..len]`, the
+    /// buffer has room for `len + TRANSPORT_OVERHEAD` bytes; returns the length of the packet
+    /// to send at `buf[..n]` (the original IP header with protocol 17, UDP from `ports.src`
+    /// to `ports.dst`, ESP). Send it as it is (a raw IP socket, a TUN device).
+    ///
+    /// # Errors
+    /// As [`Engine::seal_transport`].
+    ///
+    /// [`TRANSPORT_HEADROOM`]: crate::wire::TRANSPORT_HEADROOM
+    /// [`TRANSPORT_OVERHEAD`]: crate::wire::TRANSPORT_OVERHEAD
+    pub fn seal_transport(
+        &mut self,
+        now: Time,
+        peer: PeerId,
+        buf: &mut [u8],
+        len: usize,
+        ports: UdpPorts,
+    ) -> Result<usize, SealError> {
+        IpLayout::seal(buf, len, ports, |esp, n, next| {
+            self.seal(now, peer, esp, n, next)
+        })
+    }
+
+    /// Step 1 for a host that receives whole IP packets: one received IP packet carrying ESP in
+    /// UDP (`buf` starts at the IP header), in either mode, opened in place as
+    /// [`Engine::open_transport`] says. [`Incoming::Data`] names the mode by its
+    /// `next_header`: [`NextHeader::Transport`] with the restored IP packet (at
+    /// `buf[TRANSPORT_HEADROOM..]`), or IPv4 / IPv6 with a tunnel-mode inner packet. Control
+    /// messages are consumed as [`Self::handle_datagram`] consumes them, from the packet's
+    /// UDP source. Drops are counted with the engine's, the IP and UDP headers' included; the
+    /// rekey triggers run as in [`Self::handle_datagram`] (a forgery counts towards its peer's
+    /// `auth_failures`).
+    ///
+    /// [`TRANSPORT_HEADROOM`]: crate::wire::TRANSPORT_HEADROOM
+    pub fn handle_transport<'b>(&mut self, now: Time, buf: &'b mut [u8]) -> Incoming<'b> {
+        self.now = self.now.max(now);
+        let parsed = IpLayout::parse_received(buf).ok();
+        // The SPI, for a failed authentication's trigger (the packet is opened in place).
+        let spi = parsed.as_ref().and_then(|(_, esp, _)| {
+            let b = buf.get(esp.start..esp.start + 4)?;
+            Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        });
+        let from = parsed.map(|(_, _, from)| from);
+        let incoming = match &mut self.machine {
+            Machine::Server(s) => {
+                let opened = s.engine_mut().open_transport(buf);
+                s.handle_opened(now, from, opened)
+            }
+            Machine::Client(c) => {
+                let opened = c.engine_mut().open_transport(buf);
+                c.handle_opened(now, opened)
+            }
+            Machine::Member(m) => m.handle_transport(now, buf),
+            // Control messages only.
+            Machine::Controller(c) => match IpLayout::parse_received(buf) {
+                Ok((_, esp, from)) => c.handle_datagram(now, Some(from), &mut buf[esp]),
+                Err(reason) => Incoming::Dropped(reason),
+            },
+        };
+        if let Incoming::Dropped(DropReason::AuthFailed) = incoming {
+            self.after_forgery(now, spi);
+        }
+        incoming
     }
 
     /// Every key of the data path, for data-plane workers (see [`DataPlane`]); a controller

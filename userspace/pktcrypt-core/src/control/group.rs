@@ -39,6 +39,7 @@ use super::{
 };
 use crate::wire::NextHeader;
 use crate::wire::esp::EspHeader;
+use crate::wire::transport::IpLayout;
 use crate::{
     DropReason, Engine, EngineConfig, Error, Generation, GenerationInfo, Opened, PeerId, Role,
     SealError, Secret, Slot, Spi, Suite, Time, TxRule,
@@ -1353,6 +1354,40 @@ impl GroupMember {
             // Nothing but control messages travels on the channel.
             Incoming::Data { .. } => Incoming::Dropped(DropReason::ControlUnexpected),
             other => other,
+        }
+    }
+
+    /// [`Self::handle_datagram`] for a received IP packet carrying ESP in UDP, in either mode
+    /// (see [`super::Endpoint::handle_transport`]).
+    pub(crate) fn handle_transport<'b>(&mut self, now: Time, buf: &'b mut [u8]) -> Incoming<'b> {
+        let esp = match IpLayout::parse_received(buf) {
+            Ok((_, esp, _)) => esp,
+            Err(reason) => {
+                self.group.count_drop(reason);
+                return Incoming::Dropped(reason);
+            }
+        };
+        let is_control = EspHeader::parse(&buf[esp.clone()])
+            .ok()
+            .and_then(|h| self.channel.engine().lookup_spi(h.spi))
+            .is_some();
+        if is_control {
+            // The channel: control messages only, as from a datagram.
+            return self.handle_datagram(now, &mut buf[esp]);
+        }
+        match self.group.open_transport(buf) {
+            Opened::Data {
+                packet,
+                next_header,
+                info,
+            } => Incoming::Data {
+                peer: info.peer,
+                packet,
+                next_header,
+                generation: info.generation,
+            },
+            Opened::Control { .. } => Incoming::Dropped(DropReason::ControlUnexpected),
+            Opened::Drop(r) => Incoming::Dropped(r),
         }
     }
 

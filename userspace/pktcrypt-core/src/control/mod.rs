@@ -141,13 +141,15 @@ pub struct Transmit {
 /// What a received datagram was.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming<'a> {
-    /// A data packet for the application: the inner IP packet, decrypted in place.
+    /// A data packet for the application: the inner IP packet, decrypted in place (or, from
+    /// [`Endpoint::handle_transport`] in transport mode, the IP packet restored).
     Data {
         /// Sender.
         peer: crate::PeerId,
-        /// The inner packet.
+        /// The inner packet (tunnel mode) or the restored IP packet (transport mode).
         packet: &'a mut [u8],
-        /// IPv4 or IPv6.
+        /// IPv4 or IPv6: tunnel mode; [`crate::wire::NextHeader::Transport`] with the
+        /// payload's protocol: transport mode (only from [`Endpoint::handle_transport`]).
         next_header: crate::wire::NextHeader,
         /// Generation it came under.
         generation: u64,

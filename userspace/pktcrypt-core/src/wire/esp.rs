@@ -9,7 +9,7 @@
 //! +---------------------------------------------------------------+
 //! |                  IV (8 bytes: the 64-bit ESN)                 |
 //! +---------------------------------------------------------------+ ---
-//! |        Payload (inner IPv4/IPv6 packet or control message)    |  ^ encrypted
+//! | Payload (inner IP packet, transport payload or control message)|  ^ encrypted
 //! |                  Padding (0..3 bytes: 1, 2, 3)                 |  |
 //! |                 | Pad Length    | Next Header   |             |  v
 //! +---------------------------------------------------------------+ ---
@@ -36,6 +36,11 @@ pub enum NextHeader {
     Ipv6,
     /// A pktcrypt control message.
     Control,
+    /// The payload of an IP packet of this protocol (transport mode, RFC 4303 §3.1.1: 6 TCP,
+    /// 17 UDP, 1 ICMP, 58 ICMPv6, ...); see [`super::transport`]. Never 4, 41 or 253 (the
+    /// variants above) and never 59 (a dummy packet) when it comes from a parser:
+    /// [`NextHeader::transport`] makes one that obeys this.
+    Transport(u8),
 }
 
 impl NextHeader {
@@ -45,10 +50,27 @@ impl NextHeader {
             NextHeader::Ipv4 => NEXT_HEADER_IPV4,
             NextHeader::Ipv6 => NEXT_HEADER_IPV6,
             NextHeader::Control => NEXT_HEADER_CONTROL,
+            NextHeader::Transport(protocol) => protocol,
         }
     }
 
-    /// Classifies a trailer's next header value.
+    /// The next header of a transport-mode payload of IP protocol `protocol`, or `None` for a
+    /// value that means something else in an ESP trailer (4 and 41: tunnel mode; 253: a
+    /// control message; 59: a dummy packet).
+    pub const fn transport(protocol: u8) -> Option<NextHeader> {
+        match protocol {
+            NEXT_HEADER_IPV4 | NEXT_HEADER_IPV6 | NEXT_HEADER_CONTROL | NEXT_HEADER_NONE => None,
+            p => Some(NextHeader::Transport(p)),
+        }
+    }
+
+    /// Whether this is a transport-mode payload ([`NextHeader::Transport`]).
+    pub const fn is_transport(self) -> bool {
+        matches!(self, NextHeader::Transport(_))
+    }
+
+    /// Classifies a trailer's next header value in tunnel mode (what a tunnel endpoint
+    /// accepts; [`Self::from_value_any`] also takes transport-mode payloads).
     ///
     /// # Errors
     /// [`DropReason::Dummy`] for 59, [`DropReason::BadNextHeader`] for anything unsupported.
@@ -59,6 +81,18 @@ impl NextHeader {
             NEXT_HEADER_CONTROL => Ok(NextHeader::Control),
             NEXT_HEADER_NONE => Err(DropReason::Dummy),
             _ => Err(DropReason::BadNextHeader),
+        }
+    }
+
+    /// Classifies a trailer's next header value in either mode: 4, 41 and 253 as
+    /// [`Self::from_value`], any other protocol but 59 as [`NextHeader::Transport`].
+    ///
+    /// # Errors
+    /// [`DropReason::Dummy`] for 59.
+    pub const fn from_value_any(value: u8) -> Result<NextHeader, DropReason> {
+        match NextHeader::transport(value) {
+            Some(t) => Ok(t),
+            None => NextHeader::from_value(value),
         }
     }
 
@@ -157,6 +191,22 @@ pub fn write_trailer(ciphertext_area: &mut [u8], payload_len: usize, next: NextH
 /// [`DropReason::BadPadding`] for a pad length that overruns or padding bytes other than
 /// 1, 2, 3, ...; the next-header errors of [`NextHeader::from_value`].
 pub fn parse_trailer(plaintext: &[u8]) -> Result<(usize, NextHeader), DropReason> {
+    let (len, next) = parse_trailer_raw(plaintext)?;
+    Ok((len, NextHeader::from_value(next)?))
+}
+
+/// [`parse_trailer`] in either mode: a transport-mode payload's next header is
+/// [`NextHeader::Transport`] ([`NextHeader::from_value_any`]).
+///
+/// # Errors
+/// As [`parse_trailer`], but no [`DropReason::BadNextHeader`].
+pub fn parse_trailer_any(plaintext: &[u8]) -> Result<(usize, NextHeader), DropReason> {
+    let (len, next) = parse_trailer_raw(plaintext)?;
+    Ok((len, NextHeader::from_value_any(next)?))
+}
+
+/// The payload length and the next header's value of a decrypted trailer, padding checked.
+fn parse_trailer_raw(plaintext: &[u8]) -> Result<(usize, u8), DropReason> {
     let [.., pad_len, next] = *plaintext else {
         return Err(DropReason::Truncated);
     };
@@ -173,7 +223,6 @@ pub fn parse_trailer(plaintext: &[u8]) -> Result<(usize, NextHeader), DropReason
     {
         return Err(DropReason::BadPadding);
     }
-    let next = NextHeader::from_value(next)?;
     Ok((payload_len, next))
 }
 

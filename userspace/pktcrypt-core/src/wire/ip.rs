@@ -4,10 +4,10 @@ use crate::DropReason;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use core::ops::Range;
 
-const PROTO_UDP: u8 = 17;
-const IPV4_HEADER_LEN: usize = 20;
-const IPV6_HEADER_LEN: usize = 40;
-const UDP_HEADER_LEN: usize = 8;
+pub(crate) const PROTO_UDP: u8 = 17;
+pub(crate) const IPV4_HEADER_LEN: usize = 20;
+pub(crate) const IPV6_HEADER_LEN: usize = 40;
+pub(crate) const UDP_HEADER_LEN: usize = 8;
 /// IPv6 extension headers walked at most before giving up (bounds the work per packet).
 const MAX_IPV6_EXTENSIONS: usize = 4;
 
@@ -151,7 +151,7 @@ pub fn checksum(data: &[u8], initial: u32) -> u16 {
     !fold(sum(data, u64::from(initial)))
 }
 
-fn sum(data: &[u8], mut acc: u64) -> u64 {
+pub(crate) fn sum(data: &[u8], mut acc: u64) -> u64 {
     let mut chunks = data.chunks_exact(2);
     for c in &mut chunks {
         acc += u64::from(u16::from_be_bytes([c[0], c[1]]));
@@ -162,7 +162,7 @@ fn sum(data: &[u8], mut acc: u64) -> u64 {
     acc
 }
 
-fn fold(mut acc: u64) -> u16 {
+pub(crate) fn fold(mut acc: u64) -> u16 {
     while acc >> 16 != 0 {
         acc = (acc & 0xffff) + (acc >> 16);
     }
