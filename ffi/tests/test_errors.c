@@ -1,4 +1,5 @@
 /* Bad arguments return the right error, never crash, and leave a message on the handle. */
+#include <stddef.h>
 #include "common.h"
 
 int main(void) {
@@ -35,7 +36,9 @@ int main(void) {
   pktcrypt_config other;
   memset(&other, 0, sizeof other);
   CHECK(pktcrypt_endpoint_new(&other, key, 0, &ep) == PKTCRYPT_RESULT_ERR_CONFIG_SIZE);
-  CHECK(pktcrypt_config_init_sized(&other, sizeof other - 8, PKTCRYPT_ROLE_CLIENT) ==
+  CHECK(pktcrypt_config_init_sized(&other, sizeof other - 4, PKTCRYPT_ROLE_CLIENT) ==
+        PKTCRYPT_RESULT_ERR_CONFIG_SIZE);
+  CHECK(pktcrypt_config_init_sized(&other, sizeof other - 16, PKTCRYPT_ROLE_CLIENT) ==
         PKTCRYPT_RESULT_ERR_CONFIG_SIZE);
   CHECK(pktcrypt_config_init_sized(&other, sizeof other + 8, PKTCRYPT_ROLE_CLIENT) ==
         PKTCRYPT_RESULT_ERR_CONFIG_SIZE);
@@ -46,6 +49,17 @@ int main(void) {
   CHECK(ep == NULL);
   CHECK(strstr(pktcrypt_result_message(PKTCRYPT_RESULT_ERR_CONFIG_SIZE), "size") != NULL);
   cfg.struct_size = sizeof cfg;
+  /* The first version of the struct (up to `pfs`, before `trigger_packets_total`) is still a
+   * size the library knows: a caller compiled with that header keeps working. */
+  size_t first = offsetof(pktcrypt_config, trigger_packets_total);
+  CHECK(first == sizeof other - 8);
+  memset(&other, 0xa5, sizeof other);
+  CHECK_OK(pktcrypt_config_init_sized(&other, first, PKTCRYPT_ROLE_CLIENT));
+  CHECK(other.struct_size == first);
+  CHECK(other.trigger_packets_total == 0xa5a5a5a5a5a5a5a5ull); /* not written */
+  CHECK_OK(pktcrypt_endpoint_new(&other, key, 0, &ep));
+  pktcrypt_endpoint_free(ep);
+  ep = NULL;
 
   /* The library's version: "MAJOR.MINOR.PATCH"; the ABI in the SONAME is PKTCRYPT_ABI_VERSION. */
   unsigned major, minor, patch;
