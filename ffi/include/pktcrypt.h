@@ -34,6 +34,9 @@
 // given 0.
 #define PKTCRYPT_ESP_UDP_PORT 4500
 
+// `pktcrypt_rekey`'s `peer` for every client of a key server.
+#define PKTCRYPT_ALL_PEERS UINT32_MAX
+
 // Result of a call.
 typedef enum {
   // Success.
@@ -419,6 +422,21 @@ bool pktcrypt_poll_timeout(pktcrypt_endpoint *ep, uint64_t *deadline_ns);
 // # Safety
 // `ep` live.
 pktcrypt_result pktcrypt_handle_timeout(pktcrypt_endpoint *ep, uint64_t now_ns);
+
+// Rekey on demand: a key server rotates `peer` (every client with `PKTCRYPT_ALL_PEERS`) at
+// its next packet under its newest key (as when a rekey trigger fires); a client asks its
+// server for a new generation now (`peer` ignored; the request appears in
+// `pktcrypt_poll_transmit`). `*asked` (may be NULL) receives how many rotations were asked
+// for. `PKTCRYPT_RESULT_ERR_UNKNOWN_PEER` for a peer the server does not have,
+// `PKTCRYPT_RESULT_ERR_NO_KEY` for one (or a client) without a generation yet: its init
+// handshake gives it a fresh one.
+//
+// # Safety
+// `ep` live; `asked` NULL or writable.
+pktcrypt_result pktcrypt_rekey(pktcrypt_endpoint *ep,
+                               uint32_t peer,
+                               uint64_t now_ns,
+                               size_t *asked);
 
 // Fills `*status` for `peer` (a client's only peer is 0).
 //

@@ -1111,6 +1111,56 @@ pub unsafe extern "C" fn pktcrypt_handle_timeout(
     })
 }
 
+/// `pktcrypt_rekey`'s `peer` for every client of a key server.
+pub const PKTCRYPT_ALL_PEERS: u32 = u32::MAX;
+
+/// Rekey on demand: a key server rotates `peer` (every client with `PKTCRYPT_ALL_PEERS`) at
+/// its next packet under its newest key (as when a rekey trigger fires); a client asks its
+/// server for a new generation now (`peer` ignored; the request appears in
+/// `pktcrypt_poll_transmit`). `*asked` (may be NULL) receives how many rotations were asked
+/// for. `PKTCRYPT_RESULT_ERR_UNKNOWN_PEER` for a peer the server does not have,
+/// `PKTCRYPT_RESULT_ERR_NO_KEY` for one (or a client) without a generation yet: its init
+/// handshake gives it a fresh one.
+///
+/// # Safety
+/// `ep` live; `asked` NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pktcrypt_rekey(
+    ep: *mut pktcrypt_endpoint,
+    peer: u32,
+    now_ns: u64,
+    asked: *mut size_t,
+) -> pktcrypt_result {
+    guard(|| {
+        // SAFETY: ep is NULL or a live handle (caller contract).
+        let Some(ep) = (unsafe { endpoint(ep) }) else {
+            return pktcrypt_result::ErrNull;
+        };
+        let is_server = matches!(ep.machine.machine(), Machine::Server(_));
+        if is_server
+            && peer != PKTCRYPT_ALL_PEERS
+            && !ep.machine.engine().peers().any(|p| p == PeerId(peer))
+        {
+            return ep.fail(pktcrypt_result::ErrUnknownPeer, "no such peer");
+        }
+        let target = (is_server && peer != PKTCRYPT_ALL_PEERS).then_some(PeerId(peer));
+        let n = ep.machine.rekey(time(now_ns), target);
+        // The C API has no events (yet): drop them rather than let them pile up.
+        while ep.machine.poll_event().is_some() {}
+        if !asked.is_null() {
+            // SAFETY: checked non-null; writable per this function's contract.
+            unsafe { asked.write(n) };
+        }
+        if n == 0 && (target.is_some() || !is_server) {
+            return ep.fail(
+                pktcrypt_result::ErrNoKey,
+                "no generation yet: the init handshake has not completed",
+            );
+        }
+        pktcrypt_result::Ok
+    })
+}
+
 /// Fills `*status` for `peer` (a client's only peer is 0).
 ///
 /// # Safety

@@ -2,9 +2,10 @@
  * threshold, counted packet by packet: the handshake's own messages count too and the status
  * cannot tell them apart from the init key's, so each trigger is run at a threshold K and at
  * K + 3 and must rotate the pair exactly three packets (forgeries, kilobytes) later, never
- * earlier. The client's age trigger fires at the age, not a millisecond before. Also the
- * 8192-packet replay window's edges. (tests/tests/triggers.rs checks the same in Rust against
- * the counters of the newest generation.) */
+ * earlier. The client's age trigger fires at the age, not a millisecond before. Rekey on
+ * demand (pktcrypt_rekey) from either side. Also the 8192-packet replay window's edges.
+ * (tests/tests/triggers.rs checks the same in Rust against the counters of the newest
+ * generation.) */
 #include "common.h"
 
 #define MAX_DGRAM 2048
@@ -239,10 +240,48 @@ static void window_8192(void) {
   free_pair(&p);
 }
 
+/* Rekey on demand: a key server rotates its client at the client's next packet, a client
+ * asks at once; an unknown peer and a client without a generation are refused. */
+static void rekey_on_demand(void) {
+  pktcrypt_config scfg, ccfg;
+  CHECK_OK(pktcrypt_config_init(&scfg, PKTCRYPT_ROLE_SERVER));
+  CHECK_OK(pktcrypt_config_init(&ccfg, PKTCRYPT_ROLE_CLIENT));
+  scfg.rekey_interval_ms = 0;
+  scfg.reorder_grace_ms = 0;
+  ccfg.hello_interval_ms = 3600000;
+  pair p = make_pair(&scfg, &ccfg);
+  size_t asked = 0;
+  CHECK_OK(pktcrypt_rekey(p.server, p.peer, now_ns, &asked));
+  CHECK(asked == 1);
+  pump(p.client, p.server);
+  CHECK(newest(&p) == 1); /* at the client's next packet */
+  send(p.client, p.server, 0, 40, 0);
+  pump(p.client, p.server);
+  CHECK(newest(&p) == 2);
+  now_ns += 1000000000ull; /* rotations are rate-limited */
+  CHECK_OK(pktcrypt_rekey(p.client, 0, now_ns, &asked));
+  CHECK(asked == 1);
+  pump(p.client, p.server);
+  CHECK(newest(&p) == 3);
+  CHECK(pktcrypt_rekey(p.server, 99, now_ns, NULL) == PKTCRYPT_RESULT_ERR_UNKNOWN_PEER);
+  CHECK_OK(pktcrypt_rekey(p.server, PKTCRYPT_ALL_PEERS, now_ns, &asked));
+  CHECK(asked == 1);
+  CHECK(pktcrypt_rekey(NULL, 0, now_ns, NULL) == PKTCRYPT_RESULT_ERR_NULL);
+  free_pair(&p);
+  /* A client still in its init handshake has nothing to rotate. */
+  char key[128];
+  pktcrypt_endpoint *lonely = NULL;
+  CHECK_OK(pktcrypt_keygen(PKTCRYPT_SUITE_AES256_GCM, 0x6100, key, sizeof key));
+  CHECK_OK(pktcrypt_endpoint_new(&ccfg, key, now_ns, &lonely));
+  CHECK(pktcrypt_rekey(lonely, 0, now_ns, &asked) == PKTCRYPT_RESULT_ERR_NO_KEY && asked == 0);
+  pktcrypt_endpoint_free(lonely);
+}
+
 int main(void) {
   for (int side = 0; side < 2; side++)
     for (int t = 0; t < N_TRIGGERS; t++) run(side, (enum trigger)t);
   age();
+  rekey_on_demand();
   window_8192();
   printf("triggers: %d counter triggers x 2 sides and the age fire at their thresholds; "
          "8192-packet window edges hold\n",

@@ -504,6 +504,28 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Rekey on demand; returns how many rotations were asked for.
+    #[pyo3(signature = (peer=None, now_ns=None))]
+    fn rekey(&mut self, peer: Option<u32>, now_ns: Option<u64>) -> PyResult<usize> {
+        let now = time(now_ns);
+        let m = self.machine()?;
+        let is_server = matches!(m.machine(), Machine::Server(_));
+        if let Some(p) = peer
+            && is_server
+            && !m.engine().peers().any(|q| q == PeerId(p))
+        {
+            return Err(SealError_::new_err(format!("rekey: no peer {p}")));
+        }
+        let n = m.rekey(now, peer.filter(|_| is_server).map(PeerId));
+        while m.poll_event().is_some() {}
+        if n == 0 && (peer.is_some() || !is_server) {
+            return Err(SealError_::new_err(
+                "rekey: no generation yet: the init handshake has not completed",
+            ));
+        }
+        Ok(n)
+    }
+
     #[pyo3(signature = (peer=0))]
     fn status<'py>(&mut self, py: Python<'py>, peer: u32) -> PyResult<Bound<'py, PyDict>> {
         let m = self.machine()?;

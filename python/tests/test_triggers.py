@@ -155,3 +155,25 @@ def test_the_8192_packet_window_edges() -> None:
         assert p.server.open(sealed[i], now=p.t).kind == "data"
     with pytest.raises(pktcrypt.ReplayError):
         p.server.open(sealed[n - 8192], now=p.t)
+
+
+def test_rekey_on_demand() -> None:
+    p = Pair("client", {})
+    # A key server rotates its client at the client's next packet.
+    assert p.server.rekey(p.peer, now=p.t) == 1
+    p.pump()
+    assert p.newest() == 1
+    p.send(False, 40)
+    p.pump()
+    assert p.newest() == 2
+    # A client asks at once (a moment later: rotations are rate-limited).
+    p.t += 1.0
+    assert p.client.rekey(now=p.t) == 1
+    p.pump()
+    assert p.newest() == 3
+    assert p.server.rekey(now=p.t) == 1  # every client
+    with pytest.raises(pktcrypt.SealError, match="no peer"):
+        p.server.rekey(99, now=p.t)
+    lonely = pktcrypt.Endpoint(pktcrypt.Role.CLIENT, pktcrypt.keygen())
+    with pytest.raises(pktcrypt.SealError, match="no generation yet"):
+        lonely.rekey()

@@ -459,3 +459,45 @@ fn defaults_are_half_the_rfc_9001_limits() {
         assert_eq!(t.max_age, Some(Duration::from_secs(3600)));
     }
 }
+
+/// Rekey on demand (`pktcrypt rekey`, `pktcrypt_rekey`, `Endpoint.rekey`): a client asks at
+/// once; a key server rotates the client at its next proof; both report reason "operator".
+/// An unknown peer, or one still in its init handshake, asks nothing.
+#[test]
+fn rekey_on_demand_rotates_from_either_side() {
+    for side in [Side::Server, Side::Client] {
+        let mut p = Pair::new(side, quiet());
+        let g = p.newest();
+        let (now, peer) = (p.now, p.peer);
+        let asked = match side {
+            Side::Server => p.server.rekey(now, Some(peer)),
+            Side::Client => p.client.rekey(now, None),
+        };
+        assert_eq!(asked, 1, "{side:?}");
+        p.pump();
+        assert_eq!(p.fired, vec![(side, "operator")], "{side:?}");
+        p.prove();
+        assert_eq!(p.newest(), g + 1, "{side:?}: rotated");
+        // Every client of a server: the one it has (a moment later: rotations are
+        // rate-limited).
+        p.now += Duration::from_secs(1);
+        let now = p.now;
+        if side == Side::Server {
+            assert_eq!(p.server.rekey(now, None), 1);
+            assert_eq!(p.server.rekey(now, Some(PeerId(99))), 0, "unknown peer");
+            p.pump();
+            p.prove();
+            assert_eq!(p.newest(), g + 2, "rotated again");
+        }
+    }
+    // A client still in its init handshake has nothing to rotate.
+    let init = init_key(1, Suite::Aes256Gcm);
+    let client = KeyClient::new(
+        ClientConfig::new(),
+        &init,
+        Box::new(SeededRandom::new(3)),
+        Time::ZERO,
+    )
+    .expect("client");
+    assert_eq!(Endpoint::from(client).rekey(Time::ZERO, None), 0);
+}

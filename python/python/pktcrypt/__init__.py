@@ -322,6 +322,14 @@ class Endpoint:
         """Runs the timers due (retransmissions, rekeys, hellos)."""
         self._native.handle_timeout(_ns(now))
 
+    def rekey(self, peer: Optional[int] = None, now: Optional[float] = None) -> int:
+        """Rekey on demand: a server rotates ``peer`` (every client with ``None``) at its next
+        packet under its newest key; a client asks its server for a new generation now (the
+        request appears in :meth:`transmits`). Returns how many rotations were asked for;
+        raises :class:`SealError` for an unknown peer or one (or a client) without a generation
+        yet."""
+        return int(self._native.rekey(peer, _ns(now)))
+
     def status(self, peer: int = 0) -> Status:
         """Generations held and counters."""
         d = self._native.status(peer)

@@ -83,6 +83,10 @@ pub(crate) enum Command {
     /// Apply a running gateway's changed configuration file (peers and prefixes) without a
     /// restart; SIGHUP does the same. A change that needs a restart is refused, naming the key
     Reload(KeysTarget),
+    /// Rotate keys now: a key server rotates PEER (every client without one) at its next
+    /// packet, a client asks its key server for a new generation, a group controller rolls a
+    /// new group key out; the log says "rekey triggered" with reason "operator"
+    Rekey(RekeyArgs),
     /// Write a pcap of the outer packets a running gateway receives and sends (tcpdump on the
     /// gateway sees none of them: AF_XDP bypasses the kernel's taps)
     Capture(CaptureArgs),
@@ -189,6 +193,16 @@ pub(crate) struct KeysTarget {
     /// The gateway's keys socket
     #[arg(long, value_name = "KEYS_PATH")]
     pub(crate) socket: Option<PathBuf>,
+}
+
+/// `pktcrypt rekey`.
+#[derive(Debug, Args)]
+pub(crate) struct RekeyArgs {
+    #[command(flatten)]
+    pub(crate) target: KeysTarget,
+    /// A key server's client, by its configured name (default: every client)
+    #[arg(value_name = "PEER")]
+    pub(crate) peer: Option<String>,
 }
 
 /// `pktcrypt export-keys`.

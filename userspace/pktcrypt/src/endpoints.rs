@@ -45,7 +45,7 @@ pub(crate) struct Published {
 }
 
 /// What a request asks the control thread for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Ask {
     /// The status document, as of now.
     Status,
@@ -54,11 +54,23 @@ pub(crate) enum Ask {
     /// Apply the configuration file as it is now (keys socket only); the answer says what
     /// changed, or `error: ...`.
     Reload,
+    /// Rotate keys now (keys socket only; a group controller's status socket): one peer by
+    /// name, or every one; the answer says what was asked, or `error: ...`.
+    Rekey(Option<String>),
 }
 
 /// A request to the control thread, which answers on the channel (the status document is
 /// rendered for each request: never stale).
 pub(crate) type Request = (Ask, std::sync::mpsc::SyncSender<Zeroizing<String>>);
+
+/// `rekey [PEER]` as a request.
+fn rekey_ask(req: &str) -> Ask {
+    Ask::Rekey(
+        req.split_once(' ')
+            .map(|(_, peer)| peer.trim().to_owned())
+            .filter(|p| !p.is_empty()),
+    )
+}
 
 /// Asks the control thread and waits at most [`DEADLINE`].
 fn ask(requests: &Sender<Request>, what: Ask) -> Option<Zeroizing<String>> {
@@ -210,7 +222,9 @@ pub(crate) fn serve(
                 // a reload reveals nothing, it applies the (root-owned) file.
                 "reload" if keys_hint.is_none() => ask(&status_requests, Ask::Reload)
                     .map_or_else(|| "reload unavailable\n".into(), |t| t.to_string()),
-                "export-keys" | "capture" | "reload" => match &keys_hint {
+                "rekey" if keys_hint.is_none() => ask(&status_requests, rekey_ask(&req))
+                    .map_or_else(|| "rekey unavailable\n".into(), |t| t.to_string()),
+                "export-keys" | "capture" | "reload" | "rekey" => match &keys_hint {
                     Some(path) => format!("{command}: ask the keys socket, {path}\n"),
                     None => format!("{command}: this role has no data path\n"),
                 },
@@ -252,6 +266,11 @@ pub(crate) fn serve(
                             let _ = s.write_all(text.as_bytes());
                         }
                     }
+                    "rekey" => {
+                        if let Some(text) = ask(&requests, rekey_ask(&req)) {
+                            let _ = s.write_all(text.as_bytes());
+                        }
+                    }
                     "capture" => match &tap {
                         Some(tap) => crate::capture::serve(&s, tap, args),
                         None => {
@@ -260,7 +279,7 @@ pub(crate) fn serve(
                     },
                     _ => {
                         let _ = s.write_all(
-                            b"unknown command (the keys socket answers export-keys, capture and reload)\n",
+                            b"unknown command (the keys socket answers export-keys, capture, reload and rekey)\n",
                         );
                     }
                 }

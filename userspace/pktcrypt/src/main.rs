@@ -137,6 +137,24 @@ fn run(command: Command) -> (&'static str, Result<(), String>) {
                 },
             ),
         ),
+        Command::Rekey(a) => (
+            "rekey",
+            up::query(
+                a.peer
+                    .as_deref()
+                    .map_or_else(|| "rekey".to_owned(), |p| format!("rekey {p}"))
+                    .as_str(),
+                a.target.config.as_deref(),
+                a.target.socket.as_deref(),
+            )
+            .and_then(|text| match text.trim_end().strip_prefix("error: ") {
+                Some(e) => Err(e.to_string()),
+                None => {
+                    println!("{}", text.trim_end());
+                    Ok(())
+                }
+            }),
+        ),
         Command::Capture(a) => (
             "capture",
             driver::termination_flag()

@@ -367,6 +367,43 @@ impl GatewayIo {
         let result = self.reload(endpoint);
         logged_reload(&self.name, result)
     }
+
+    /// `pktcrypt rekey [PEER]`: asks the endpoint for rotations and answers what it asked (or
+    /// `error: ...`). The rotations themselves are logged as they are triggered.
+    fn rekey(&mut self, endpoint: &mut Endpoint, peer: Option<&str>) -> String {
+        let target = match peer {
+            None => None,
+            Some(name) => match self.peers.iter().find(|(_, p)| p.name == name) {
+                Some((id, _)) => Some(*id),
+                None => return format!("error: rekey: no peer named {name:?}"),
+            },
+        };
+        let answer = match endpoint.machine() {
+            Machine::Member(_) => {
+                return "error: rekey: a group member does not rekey its group: ask its \
+                        controller (`pktcrypt rekey` with the controller's --config)"
+                    .to_owned();
+            }
+            Machine::Server(_) => match endpoint.rekey(now(), target) {
+                0 if peer.is_some() => {
+                    return format!(
+                        "error: rekey: {} has no key yet (its init handshake has not completed)",
+                        peer.unwrap_or_default()
+                    );
+                }
+                n => format!("rekey: {n} client(s) rotate at their next packet"),
+            },
+            Machine::Client(_) | Machine::Controller(_) => match endpoint.rekey(now(), target) {
+                0 => {
+                    return "error: rekey: no key yet (the init handshake is still running)"
+                        .to_owned();
+                }
+                _ => "rekey: asked the key server for a new generation".to_owned(),
+            },
+        };
+        tracing::info!(daemon = %self.name, peer, "{answer}");
+        answer
+    }
 }
 
 impl Io for GatewayIo {
@@ -585,6 +622,9 @@ impl Io for GatewayIo {
                 }
                 (endpoints::Ask::Reload, _) => {
                     zeroize::Zeroizing::new(format!("{}\n", self.reload_logged(endpoint)))
+                }
+                (endpoints::Ask::Rekey(peer), _) => {
+                    zeroize::Zeroizing::new(format!("{}\n", self.rekey(endpoint, peer.as_deref())))
                 }
             };
             let _ = reply.send(text);
@@ -1388,6 +1428,14 @@ impl Io for ControllerIo<'_> {
             for (ask, reply) in asks {
                 let text = match ask {
                     endpoints::Ask::Reload => format!("{}\n", self.reload_logged(endpoint)),
+                    endpoints::Ask::Rekey(None) => {
+                        endpoint.rekey(now(), None);
+                        tracing::info!("group rekey asked for by the operator");
+                        "rekey: a new group key is rolled out to every member\n".to_owned()
+                    }
+                    endpoints::Ask::Rekey(Some(_)) => {
+                        "error: a group controller rekeys the whole group: no PEER\n".to_owned()
+                    }
                     _ => status.clone(),
                 };
                 let _ = reply.send(zeroize::Zeroizing::new(text));
@@ -1902,7 +1950,7 @@ pub(crate) fn query(
         (Some(socket), _) => socket.to_path_buf(),
         (None, Some(config)) => {
             let (status, keys) = sockets(config)?;
-            if command == "reload" {
+            if matches!(command, "reload" | "rekey") {
                 // A group controller has no keys socket: it reloads through its status socket.
                 keys.unwrap_or(status)
             } else if matches!(command, "export-keys" | "capture") {

@@ -3,7 +3,8 @@
 //! `pktcrypt reload` while hostA pings hostB every 10 ms: not one of those pings is lost, gwA's
 //! keys are the same before and after (not re-initialised), and gwC's traffic flows. A change
 //! that needs a restart (the port) is refused naming the key, and changes nothing. Then gwC is
-//! removed again with SIGHUP: its traffic stops, gwA's goes on. Needs root (the XDP object embedded in
+//! removed again with SIGHUP: its traffic stops, gwA's goes on. Then `pktcrypt rekey` rotates
+//! gwA's keys on demand, from the key server and from gwA, without losing a ping. Needs root (the XDP object embedded in
 //! the binary, or `PKTCRYPT_XDP_OBJECT`'s).
 
 mod common;
@@ -188,5 +189,47 @@ fn reload_adds_and_removes_a_site_under_traffic() {
     assert!(log.contains("removed gwC"), "the reload is logged: {log}");
     let (ok, out) = ns("hostA", "ping -c 3 -i 0.1 -W 1 10.2.0.2");
     assert!(ok, "A → B at the end: {out}");
+
+    // 4. Rekey on demand, under traffic from A (the server's timer is 10 minutes away): the
+    //    key server rotates gwA at its next packet, then gwA asks for a new generation itself;
+    //    no ping is lost. Unknown peers and the wrong role are refused by name.
+    let newest = |status: &Value| {
+        sas_of(status, "gwA")
+            .iter()
+            .map(|(_, g, _)| *g)
+            .max()
+            .unwrap_or(0)
+    };
+    let g0 = newest(&gw_b.status(&dir));
+    let pinger = ping_in_background("hostA", "10.2.0.2", 300);
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, out) = sh(&format!("{BIN} rekey gwA --socket {keys_socket}"));
+    eprintln!("pktcrypt rekey gwA (on gwB): {out}");
+    assert!(ok && out.contains("1 client(s)"), "rekey: {out}");
+    let wait_for = |want: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while newest(&gw_b.status(&dir)) < want && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        newest(&gw_b.status(&dir))
+    };
+    assert_eq!(wait_for(g0 + 1), g0 + 1, "gwA rotated by the key server");
+    let (ok, out) = sh(&format!(
+        "{BIN} rekey --config {}",
+        dir.join("gwA.toml").display()
+    ));
+    eprintln!("pktcrypt rekey (on gwA): {out}");
+    assert!(ok && out.contains("asked the key server"), "rekey: {out}");
+    assert_eq!(wait_for(g0 + 2), g0 + 2, "gwA rotated at its own request");
+    let (sent, received) = pinger.join().expect("pinger");
+    eprintln!("A → B during two rekeys on demand: {received} of {sent}");
+    assert_eq!((sent, received), (300, 300), "pings lost across the rekeys");
+    let (ok, out) = sh(&format!("{BIN} rekey nobody --socket {keys_socket}"));
+    assert!(!ok && out.contains("no peer named \"nobody\""), "{out}");
+    let log = std::fs::read_to_string(dir.join("gwB.log")).unwrap_or_default();
+    assert!(
+        log.contains("operator"),
+        "the operator's rekey is logged: {log}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -329,6 +329,19 @@ impl KeyClient {
         self.events.pop_front()
     }
 
+    /// Rekey on demand (an operator's `pktcrypt rekey`): asks the server for a new generation
+    /// now, reported as [`ClientEvent::Triggered`] with reason `"operator"`. `false` before the
+    /// first generation (the init handshake is still running).
+    pub fn rekey(&mut self, now: Time) -> bool {
+        if self.newest() == 0 {
+            return false;
+        }
+        self.events
+            .push_back(ClientEvent::Triggered { reason: "operator" });
+        self.request_update(now);
+        true
+    }
+
     /// Asks for a new generation now (as the update timer would).
     pub fn request_update(&mut self, now: Time) {
         if !self.awaiting_answer() {

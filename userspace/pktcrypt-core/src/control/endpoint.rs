@@ -303,6 +303,30 @@ impl Endpoint {
         }
     }
 
+    /// Rekey on demand, a role-specific call (run steps 3 and 4 after it): a key server rotates
+    /// `peer` (every client with `None`) at its next proof of its key; a client asks its server
+    /// for a new generation now; a group controller starts a rollout (after the one in
+    /// progress). Returns how many rotations were asked for: 0 for an unknown peer, a peer
+    /// without a generation yet, or a group member (its controller rekeys the group).
+    pub fn rekey(&mut self, now: Time, peer: Option<PeerId>) -> usize {
+        self.now = self.now.max(now);
+        match &mut self.machine {
+            Machine::Server(s) => match peer {
+                Some(p) => usize::from(s.rekey(p)),
+                None => {
+                    let peers: Vec<PeerId> = s.engine().peers().collect();
+                    peers.into_iter().filter(|p| s.rekey(*p)).count()
+                }
+            },
+            Machine::Client(c) => usize::from(c.rekey(now)),
+            Machine::Controller(c) => {
+                c.rekey(now, "operator");
+                1
+            }
+            Machine::Member(_) => 0,
+        }
+    }
+
     /// Step 3: the next event; [`Event::KeysChanged`] first.
     pub fn poll_event(&mut self) -> Option<Event> {
         if let Some(engine) = Self::data_engine(&mut self.machine) {

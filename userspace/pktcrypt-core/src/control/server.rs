@@ -540,6 +540,26 @@ impl KeyServer {
         self.config.suite = suite;
     }
 
+    /// Rekey on demand (an operator's `pktcrypt rekey`): `peer` is rotated at its next proof of
+    /// its newest generation (any packet under it), as when a rekey trigger fires, within the
+    /// rekey rate limit; reported as [`ServerEvent::Triggered`] with reason `"operator"`.
+    /// `false` for an unknown client or one without a generation yet (its init handshake
+    /// gives it a fresh one).
+    pub fn rekey(&mut self, peer: PeerId) -> bool {
+        let Some(c) = self.client(peer) else {
+            return false;
+        };
+        if c.proven == 0 && !c.has(flag::UNPROVEN) {
+            return false;
+        }
+        c.set(flag::REKEY_WANTED, true);
+        self.events.push_back(ServerEvent::Triggered {
+            peer,
+            reason: "operator",
+        });
+        true
+    }
+
     /// Adds a client provisioned with `init` (generation 0), optionally with a known address.
     ///
     /// # Errors
