@@ -270,6 +270,13 @@ fn message_codec_round_trips_and_rejects_trailing_bytes() {
             phase: GroupPhase::UpdateCompleted,
         },
         Message::GroupKeyRequest { have: 2 },
+        Message::GroupUsage {
+            generation: 3,
+            packets_sealed: 1 << 40,
+            packets_opened: 2,
+            bytes: u64::MAX,
+            auth_failures: 0,
+        },
         Message::GroupJoin,
         Message::GroupLeave,
     ];

@@ -75,6 +75,17 @@ pub struct GroupConfig {
     pub pfs: Pfs,
     /// Rekey each member's control channel this often (jittered). `None`: only on triggers.
     pub channel_rekey_interval: Option<Duration>,
+    /// The controller's counter rekey triggers of the group key, over the members' usage
+    /// reports: `packets_sealed` against the most any member sealed under its own sender key
+    /// of the generation (each sender key's limit), the others against the sums over every
+    /// member's report (packets opened, sealed + opened, bytes, failed authentications). Its
+    /// `max_age` is not used: `rekey_interval` times the group. Default: half the suite's AEAD
+    /// limits ([`RekeyTriggers::for_suite`]).
+    pub triggers: RekeyTriggers,
+    /// How often a member reports its use of the current generation to the controller (only
+    /// when it changed since its last report). `None`: never (the controller's counter
+    /// triggers then see nothing of it).
+    pub usage_interval: Option<Duration>,
 }
 
 impl GroupConfig {
@@ -92,6 +103,11 @@ impl GroupConfig {
             unknown_sender_holdoff: Duration::from_secs(10),
             pfs: Pfs::EveryRekey,
             channel_rekey_interval: Some(Duration::from_secs(3600)),
+            triggers: RekeyTriggers::for_suite(
+                Suite::Aes256Gcm,
+                EngineConfig::new(Role::Client).max_esp_len,
+            ),
+            usage_interval: Some(Duration::from_secs(10)),
         }
     }
 
@@ -276,6 +292,17 @@ struct MemberRec {
     evicted: bool,
     /// Where its control channels came up: two gateways running as this member show.
     twins: super::TwinDetector,
+    /// Its newest usage report: (generation, counters).
+    usage: Option<(u64, Usage)>,
+}
+
+/// A member's use of one group generation, as it reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Usage {
+    sealed: u64,
+    opened: u64,
+    bytes: u64,
+    auth_failures: u64,
 }
 
 #[derive(Clone)]
@@ -371,6 +398,7 @@ impl GroupController {
             rejoin: false,
             evicted: false,
             twins: super::TwinDetector::default(),
+            usage: None,
         });
         Ok(index)
     }
@@ -463,6 +491,41 @@ impl GroupController {
             .chain(self.rekey_at)
             .chain(self.channel.poll_timeout())
             .min()
+    }
+
+    /// Which of the group's counter triggers the members' reports on the current generation
+    /// reach, if any (see [`GroupConfig::triggers`]).
+    fn usage_exceeded(&self) -> Option<&'static str> {
+        let current = self.generation();
+        let mut total = Usage::default();
+        let mut most_sealed = 0u64;
+        for (_, u) in self
+            .members
+            .iter()
+            .filter(|m| m.active)
+            .filter_map(|m| m.usage)
+            .filter(|(g, _)| *g == current)
+        {
+            most_sealed = most_sealed.max(u.sealed);
+            total.sealed = total.sealed.saturating_add(u.sealed);
+            total.opened = total.opened.saturating_add(u.opened);
+            total.bytes = total.bytes.saturating_add(u.bytes);
+            total.auth_failures = total.auth_failures.saturating_add(u.auth_failures);
+        }
+        let t = &self.config.triggers;
+        if most_sealed >= t.packets_sealed {
+            Some("packets_sealed")
+        } else if total.opened >= t.packets_opened {
+            Some("packets_opened")
+        } else if total.sealed.saturating_add(total.opened) >= t.packets_total {
+            Some("packets_total")
+        } else if total.bytes >= t.bytes {
+            Some("bytes")
+        } else if total.auth_failures >= t.auth_failures {
+            Some("auth_failures")
+        } else {
+            None
+        }
     }
 
     /// Starts a rekey of the group now (or after the rollout in progress).
@@ -771,6 +834,30 @@ impl GroupController {
                     self.catch_up(now, member);
                 }
             }
+            Message::GroupUsage {
+                generation,
+                packets_sealed,
+                packets_opened,
+                bytes,
+                auth_failures,
+            } => {
+                if !self.members[i].active || generation != self.generation() {
+                    // A report on a generation the group no longer counts.
+                    return true;
+                }
+                self.members[i].usage = Some((
+                    generation,
+                    Usage {
+                        sealed: packets_sealed,
+                        opened: packets_opened,
+                        bytes,
+                        auth_failures,
+                    },
+                ));
+                if let Some(reason) = self.usage_exceeded() {
+                    self.rekey(now, reason);
+                }
+            }
             Message::GroupAck {
                 generation,
                 phase,
@@ -1025,6 +1112,9 @@ pub struct GroupMember {
     /// installed again is receive-only, whatever the controller says (its sender key's sequence
     /// numbers would start again).
     installed: VecDeque<(u64, u32)>,
+    /// When the next usage report is due, and the last one sent.
+    usage_at: Option<Time>,
+    last_usage: Option<(u64, Usage)>,
     rng: Box<dyn Random>,
     events: VecDeque<MemberEvent>,
 }
@@ -1095,9 +1185,12 @@ impl GroupMember {
             ack_seq: 0,
             fresh_from: None,
             installed: VecDeque::new(),
+            usage_at: None,
+            last_usage: None,
             rng,
             events: VecDeque::new(),
         };
+        member.usage_at = member.config.usage_interval.map(|i| now + i);
         member.ensure_senders(members.max(index + 1), now)?;
         member.join(now);
         Ok(member)
@@ -1237,6 +1330,7 @@ impl GroupMember {
             .map(|(t, _)| t)
             .into_iter()
             .chain(self.channel.poll_timeout())
+            .chain(self.usage_at)
             .min()
     }
 
@@ -1244,6 +1338,58 @@ impl GroupMember {
     pub fn join(&mut self, now: Time) {
         self.joined = false;
         self.request_now(now, Message::GroupJoin);
+    }
+
+    /// This member's use of the current generation: packets sealed under its own sender
+    /// key, opened under any member's, bytes, failed authentications.
+    fn usage(&self) -> Usage {
+        let mut u = Usage::default();
+        for (j, &peer) in self.senders.iter().enumerate() {
+            for slot in [Slot::Newest, Slot::Previous] {
+                let Some((info, _)) = self.group.installed(peer, slot) else {
+                    continue;
+                };
+                if info.number != self.current {
+                    continue;
+                }
+                let Some((c, _)) = self.group.sa_counters(peer, slot) else {
+                    continue;
+                };
+                if j == usize::from(self.index) {
+                    u.sealed = u.sealed.saturating_add(c.packets_sealed);
+                }
+                u.opened = u.opened.saturating_add(c.packets_opened);
+                u.bytes = u
+                    .bytes
+                    .saturating_add(c.bytes_sealed)
+                    .saturating_add(c.bytes_opened);
+                u.auth_failures = u.auth_failures.saturating_add(c.auth_failures);
+            }
+        }
+        u
+    }
+
+    /// Reports the use of the current generation to the controller if it changed since the
+    /// last report (the controller's counter triggers; [`GroupConfig::usage_interval`]).
+    fn report_usage(&mut self) {
+        if !self.joined || self.current == 0 {
+            return;
+        }
+        let usage = self.usage();
+        let report = (self.current, usage);
+        if self.last_usage == Some(report) || usage == Usage::default() {
+            return;
+        }
+        let msg = Message::GroupUsage {
+            generation: self.current,
+            packets_sealed: usage.sealed,
+            packets_opened: usage.opened,
+            bytes: usage.bytes,
+            auth_failures: usage.auth_failures,
+        };
+        if self.send_control(&msg) {
+            self.last_usage = Some(report);
+        }
     }
 
     /// Leaves the group.
@@ -1560,6 +1706,12 @@ impl GroupMember {
         if self.channel.poll_timeout().is_some_and(|t| t <= now) {
             self.channel.handle_timeout(now);
             self.pump(now);
+        }
+        if let Some(at) = self.usage_at
+            && at <= now
+        {
+            self.usage_at = self.config.usage_interval.map(|i| now + i);
+            self.report_usage();
         }
         let Some((at, attempts)) = self.request else {
             return;

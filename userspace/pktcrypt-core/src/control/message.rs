@@ -265,6 +265,20 @@ pub enum Message {
         /// Newest group generation the member holds.
         have: u64,
     },
+    /// Member → controller: how much it used `generation` (the group's counter rekey
+    /// triggers are evaluated over these reports).
+    GroupUsage {
+        /// Group generation.
+        generation: u64,
+        /// Packets the member sealed under its own sender key of the generation.
+        packets_sealed: u64,
+        /// Packets it opened under any member's sender key of the generation.
+        packets_opened: u64,
+        /// Payload bytes it sealed and opened.
+        bytes: u64,
+        /// Packets that failed authentication under the generation's SPIs.
+        auth_failures: u64,
+    },
     /// Member → controller: join the group.
     GroupJoin,
     /// Member → controller: leave the group.
@@ -314,6 +328,7 @@ mod ty {
     pub(super) const GROUP_KEY_REQUEST: u8 = 19;
     pub(super) const GROUP_JOIN: u8 = 20;
     pub(super) const GROUP_LEAVE: u8 = 21;
+    pub(super) const GROUP_USAGE: u8 = 22;
     pub(super) const FRAGMENT: u8 = 127;
 }
 
@@ -508,6 +523,24 @@ impl Message {
                 w.extend_from_slice(&have.to_be_bytes());
                 ty::GROUP_KEY_REQUEST
             }
+            Message::GroupUsage {
+                generation,
+                packets_sealed,
+                packets_opened,
+                bytes,
+                auth_failures,
+            } => {
+                for v in [
+                    generation,
+                    packets_sealed,
+                    packets_opened,
+                    bytes,
+                    auth_failures,
+                ] {
+                    w.extend_from_slice(&v.to_be_bytes());
+                }
+                ty::GROUP_USAGE
+            }
             Message::GroupJoin => ty::GROUP_JOIN,
             Message::GroupLeave => ty::GROUP_LEAVE,
         };
@@ -535,6 +568,7 @@ impl Message {
                 | Message::GroupAck { .. }
                 | Message::GroupTransition { .. }
                 | Message::GroupKeyRequest { .. }
+                | Message::GroupUsage { .. }
                 | Message::GroupJoin
                 | Message::GroupLeave
         )
@@ -623,6 +657,13 @@ impl Message {
                 phase: phase(r.u8()?)?,
             },
             ty::GROUP_KEY_REQUEST => Message::GroupKeyRequest { have: r.u64()? },
+            ty::GROUP_USAGE => Message::GroupUsage {
+                generation: r.u64()?,
+                packets_sealed: r.u64()?,
+                packets_opened: r.u64()?,
+                bytes: r.u64()?,
+                auth_failures: r.u64()?,
+            },
             ty::GROUP_JOIN => Message::GroupJoin,
             ty::GROUP_LEAVE => Message::GroupLeave,
             _ => return Err(DecodeError::UnknownType),

@@ -297,7 +297,13 @@ type ClientParts = (
     TriggerSettings,
 );
 type MemberParts = (RoleTag, Daemon, DataPath, MemberGateway, MemberSettings);
-type ControllerParts = (RoleTag, Daemon, ControllerGateway, ControllerSettings);
+type ControllerParts = (
+    RoleTag,
+    Daemon,
+    ControllerGateway,
+    ControllerSettings,
+    TriggerSettings,
+);
 
 impl ConfigFile for GatewayFile {
     fn read(doc: &Document<'_>) -> Result<Self, toml::de::Error> {
@@ -333,8 +339,10 @@ impl ConfigFile for GatewayFile {
                 )
             }
             RoleName::GroupController => {
-                let (_, daemon, mut controller, settings): ControllerParts = doc.parts(form)?;
+                let (_, daemon, mut controller, settings, triggers): ControllerParts =
+                    doc.parts(form)?;
                 controller.settings = settings;
+                controller.settings.triggers = triggers;
                 (daemon, GatewayRole::GroupController(controller))
             }
         };

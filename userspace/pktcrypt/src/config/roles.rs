@@ -254,6 +254,10 @@ pub(crate) struct ControllerSettings {
     /// numbers (an SA carries at most 2^32 - 1 packets; rekeys come at 2^31), which Wireshark
     /// 4.0 can authenticate. Every gateway of a deployment must agree.
     pub(crate) esn: Option<bool>,
+    /// The group key's counter triggers, over the members' usage reports (keys of the same
+    /// table, read as a part of their own; `rekey_interval_ms` times the group).
+    #[serde(skip)]
+    pub(crate) triggers: TriggerSettings,
 }
 
 impl ControllerSettings {
@@ -262,6 +266,18 @@ impl ControllerSettings {
         let mut c = GroupConfig::new();
         c.engine = engine(Role::KeyServer, None, self.esn)?;
         c.suite = self.suite.unwrap_or(c.suite);
+        if self.triggers.rekey_after_age_ms.is_some() {
+            return Err(
+                "rekey_after_age_ms: a group's key is timed by rekey_interval_ms".to_owned(),
+            );
+        }
+        c.triggers = self.triggers.apply(
+            triggers(
+                RekeyTriggers::for_suite(c.suite, c.engine.max_esp_len),
+                c.engine.esn,
+            ),
+            c.suite.name(),
+        )?;
         c.rekey_interval = ms_or_never(self.rekey_interval_ms, c.rekey_interval);
         c.retry = ms(self.retry_ms, c.retry);
         c.max_retries = self.max_retries.unwrap_or(c.max_retries);
@@ -280,6 +296,8 @@ pub(crate) struct MemberSettings {
     pub(crate) suite: Option<Suite>,
     /// First retransmission of a join or key request.
     pub(crate) retry_ms: Option<u64>,
+    /// How often the member reports its use of the group key to the controller (0: never).
+    pub(crate) usage_interval_ms: Option<u64>,
     /// Anti-replay window.
     pub(crate) replay_window: Option<u32>,
     /// 64-bit extended sequence numbers (RFC 4303 §2.2.1; default on). Off: 32-bit sequence
@@ -295,6 +313,7 @@ impl MemberSettings {
         c.engine = engine(Role::Client, self.replay_window, self.esn)?;
         c.suite = self.suite.unwrap_or(c.suite);
         c.retry = ms(self.retry_ms, c.retry);
+        c.usage_interval = ms_or_never(self.usage_interval_ms, c.usage_interval);
         Ok(c)
     }
 }

@@ -542,3 +542,58 @@ fn rekey_triggers_are_read_from_both_forms() {
     let err = server("rekey_after_age_ms = 3600001").expect_err("age");
     assert!(err.contains("rekey_after_age_ms"), "{err}");
 }
+
+/// A group controller's file has the counter triggers of the group key (over the members'
+/// usage reports; not the age: `rekey_interval_ms` times the group), a member's the interval
+/// of its reports.
+#[test]
+fn group_triggers_and_usage_reports_are_read() {
+    for form in [
+        Form::Udp(RoleName::GroupController),
+        Form::Gateway(RoleName::GroupController),
+    ] {
+        let m = minimal(form);
+        let text = match form {
+            Form::Gateway(_) => {
+                let (role_line, rest) = m.split_once('\n').expect("role line");
+                format!("{role_line}\nrekey_after_packets_sealed = 1000\n{rest}")
+            }
+            Form::Udp(_) => format!("rekey_after_packets_sealed = 1000\n{m}"),
+        };
+        let doc = Document::parse(&text).expect("toml");
+        let settings = match form {
+            Form::Udp(_) => GroupControllerFile::read(&doc).expect("read").settings,
+            Form::Gateway(_) => match GatewayFile::read(&doc).expect("read").role {
+                GatewayRole::GroupController(c) => c.settings,
+                _ => panic!("{form:?}"),
+            },
+        };
+        assert_eq!(
+            settings.config().expect("config").triggers.packets_sealed,
+            1000,
+            "{form:?}"
+        );
+    }
+    let settings = ControllerSettings {
+        triggers: super::roles::TriggerSettings {
+            rekey_after_age_ms: std::num::NonZeroU64::new(5),
+            ..Default::default()
+        },
+        ..ControllerSettings::default()
+    };
+    let err = settings.config().expect_err("age");
+    assert!(err.contains("rekey_after_age_ms"), "{err}");
+    let member = MemberSettings {
+        usage_interval_ms: Some(0),
+        ..MemberSettings::default()
+    };
+    assert_eq!(member.config().expect("member").usage_interval, None);
+    let member = MemberSettings {
+        usage_interval_ms: Some(2500),
+        ..MemberSettings::default()
+    };
+    assert_eq!(
+        member.config().expect("member").usage_interval,
+        Some(std::time::Duration::from_millis(2500))
+    );
+}

@@ -142,13 +142,14 @@ pub(crate) struct GroupControllerFile {
     pub(crate) settings: ControllerSettings,
 }
 
-type GroupControllerParts = (GroupControllerFile, ControllerSettings);
+type GroupControllerParts = (GroupControllerFile, ControllerSettings, TriggerSettings);
 
 impl ConfigFile for GroupControllerFile {
     fn read(doc: &Document<'_>) -> Result<Self, toml::de::Error> {
-        let (mut file, settings): GroupControllerParts =
+        let (mut file, settings, triggers): GroupControllerParts =
             doc.parts(Form::Udp(RoleName::GroupController))?;
         file.settings = settings;
+        file.settings.triggers = triggers;
         Ok(file)
     }
 }
