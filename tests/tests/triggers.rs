@@ -482,6 +482,16 @@ fn rekey_on_demand_rotates_from_either_side() {
         // rate-limited).
         p.now += Duration::from_secs(1);
         let now = p.now;
+        if side == Side::Client {
+            // Asked again while the first request is in flight: a second rotation follows
+            // the first (that one began before the call).
+            assert_eq!(p.client.rekey(now, None), 1);
+            assert_eq!(p.client.rekey(now, None), 1);
+            p.pump();
+            p.now += Duration::from_secs(1);
+            p.pump();
+            assert_eq!(p.newest(), g + 3, "both operator rekeys done");
+        }
         if side == Side::Server {
             assert_eq!(p.server.rekey(now, None), 1);
             assert_eq!(p.server.rekey(now, Some(PeerId(99))), 0, "unknown peer");

@@ -183,6 +183,9 @@ pub struct KeyClient {
     /// Requests sent in a row without an answer.
     unanswered: u32,
     update_at: Option<Time>,
+    /// An operator's rekey asked for while a request was in flight: asked for once it is
+    /// answered (a rotation already under way began before the operator's call).
+    rekey_pending: bool,
     hello_at: Time,
     transmits: VecDeque<Transmit>,
     events: VecDeque<ClientEvent>,
@@ -236,6 +239,7 @@ impl KeyClient {
             request: None,
             unanswered: 0,
             update_at: None,
+            rekey_pending: false,
             hello_at,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -338,8 +342,20 @@ impl KeyClient {
         }
         self.events
             .push_back(ClientEvent::Triggered { reason: "operator" });
-        self.request_update(now);
+        if self.awaiting_answer() {
+            self.rekey_pending = true;
+        } else {
+            self.request_update(now);
+        }
         true
+    }
+
+    /// Asks for the operator's pending rekey once nothing is in flight.
+    fn flush_rekey(&mut self, now: Time) {
+        if self.rekey_pending && !self.awaiting_answer() && self.newest() > 0 {
+            self.rekey_pending = false;
+            self.request_update(now);
+        }
     }
 
     /// Asks for a new generation now (as the update timer would).
@@ -544,6 +560,7 @@ impl KeyClient {
                     },
                 );
                 self.reassembly = reassembly;
+                self.flush_rekey(now);
                 match handled {
                     Ok(None | Some(Ok(()))) => Incoming::Control { peer },
                     Ok(Some(Err(r))) | Err(r) => Incoming::Dropped(r),
@@ -841,6 +858,7 @@ impl KeyClient {
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Time) {
+        self.flush_rekey(now);
         if self.age_deadline().is_some_and(|t| t <= now) {
             self.check_triggers(now);
         }
