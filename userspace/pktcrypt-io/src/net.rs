@@ -64,6 +64,19 @@ pub fn mtu(iface: &str) -> Result<usize> {
         .map_err(|_| Error::msg(format!("interface {iface}: bad MTU {s:?}")))
 }
 
+/// Whether the interface can carry packets now (its `operstate` is `up`, or `unknown` for a
+/// driver that does not report one): not when it is administratively down or has lost its
+/// carrier (a cable pulled, the other end of a veth down).
+///
+/// # Errors
+/// The interface does not exist.
+pub fn link_up(iface: &str) -> Result<bool> {
+    Ok(matches!(
+        sysfs(iface, "operstate")?.as_str(),
+        "up" | "unknown"
+    ))
+}
+
 /// Number of RX queues of the interface.
 ///
 /// # Errors
@@ -688,6 +701,13 @@ impl NextHops {
                 }
             }
         }
+    }
+
+    /// Whether the kernel has a route to `peer` (one of the peers followed): a peer behind a
+    /// link that went down has none until it comes up again.
+    #[must_use]
+    pub fn reachable(&self, peer: IpAddr) -> bool {
+        self.tables.routes.contains_key(&peer)
     }
 
     /// The inner interface's neighbours (valid entries: IP → MAC).

@@ -171,6 +171,18 @@ pub(crate) struct PeerInfo {
 /// The gateway's [`Io`]: control messages and samples from the workers (and, for a group
 /// member, the controller channel's datagrams), keys published to the workers and SPIs to the
 /// outer XDP program, next hops kept current, status and key export served.
+/// What a group member's gateway watches to notice that it regained connectivity.
+struct Connectivity {
+    /// The outer interface.
+    outer: String,
+    /// Its link was up at the last tick.
+    link: bool,
+    /// The controller's control address.
+    controller: SocketAddr,
+    /// The kernel had a route to it at the last tick.
+    route: bool,
+}
+
 struct GatewayIo {
     name: String,
     from_workers: Receiver<ToControl>,
@@ -180,6 +192,11 @@ struct GatewayIo {
     control_socket: Option<UdpSocket>,
     /// A group member's controller (control address).
     member_controller: Option<SocketAddr>,
+    /// Regaining connectivity (seed 001), a group member's: whether at the last tick its
+    /// outer interface was up (`operstate`: not down, carrier present) and the kernel had a
+    /// route to its controller. When either comes back, the member asks for the current group
+    /// key at once instead of waiting for the controller's next retransmission.
+    connectivity: Option<Connectivity>,
     peers: HashMap<PeerId, PeerInfo>,
     port: u16,
     local: IpAddr,
@@ -343,7 +360,12 @@ impl GatewayIo {
             self.port,
         )?;
         self.peers = peers;
-        self.hops.set_peers(self.peers.values().map(|p| p.address));
+        self.hops.set_peers(
+            self.peers
+                .values()
+                .map(|p| p.address)
+                .chain(self.member_controller.map(|c| c.ip())),
+        );
         apply_next_hops(&mut self.paths, &self.peers, &self.hops);
         self.shared.paths.store(Arc::new(self.paths.clone()));
         for &(net, len) in protected.iter().filter(|p| !self.protected.contains(p)) {
@@ -470,6 +492,38 @@ impl Io for GatewayIo {
         if results.iter().flatten().any(|r| !matches!(r, Ok(false))) {
             apply_next_hops(&mut self.paths, &self.peers, &self.hops);
             self.shared.paths.store(Arc::new(self.paths.clone()));
+        }
+        if let Some(c) = &mut self.connectivity {
+            // A link whose state cannot be read counts as up (the route still tells).
+            let link = net::link_up(&c.outer).unwrap_or(true);
+            let route = self.hops.reachable(c.controller.ip());
+            let controller = c.controller;
+            if (link && !c.link) || (route && !c.route) {
+                let why = if link && !c.link {
+                    "the outer link is up again"
+                } else {
+                    "the route to the controller is back"
+                };
+                tracing::info!(
+                    gateway = self.name,
+                    %controller,
+                    "{why}: asking the controller for the current group key"
+                );
+                if let Machine::Member(m) = endpoint.machine_mut() {
+                    m.reconnect(t);
+                }
+            }
+            if !link && c.link {
+                tracing::warn!(
+                    gateway = self.name,
+                    outer = c.outer,
+                    "the outer link is down"
+                );
+            }
+            if !route && c.route {
+                tracing::warn!(gateway = self.name, %controller, "no route to the controller");
+            }
+            (c.link, c.route) = (link, route);
         }
         match results.into_iter().flatten().find_map(Result::err) {
             Some(e) if !self.hops_failing => {
@@ -960,8 +1014,21 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
 
     let (mut paths, prefixes, local) =
         paths(&role, &endpoint, &peers, file.local, (&inner, &outer), port)?;
-    let hops = net::NextHops::new(&inner, peers.values().map(|p| p.address))
-        .map_err(|e| format!("inner: reading neighbours and routes: {e}"))?;
+    // A member follows the route to its controller too (regaining connectivity).
+    let hops = net::NextHops::new(
+        &inner,
+        peers
+            .values()
+            .map(|p| p.address)
+            .chain(member_controller.map(|c| c.ip())),
+    )
+    .map_err(|e| format!("inner: reading neighbours and routes: {e}"))?;
+    let connectivity = member_controller.map(|controller| Connectivity {
+        link: net::link_up(&outer).unwrap_or(true),
+        route: hops.reachable(controller.ip()),
+        outer: outer.clone(),
+        controller,
+    });
     apply_next_hops(&mut paths, &peers, &hops);
 
     // Control socket (sending only; see the module docs).
@@ -1099,6 +1166,7 @@ pub(crate) fn run(path: &Path, term: &AtomicBool) -> Result<(), String> {
         socket,
         control_socket,
         member_controller,
+        connectivity,
         peers,
         port,
         local,

@@ -341,6 +341,52 @@ fn group_members_carry_traffic_over_ipv6_through_group_rekeys() {
         "C → A after re-admission"
     );
 
+    // 3c. Regaining connectivity (seed 001): gwC loses its outer link's carrier for 2 s (the
+    // wire's end of its veth goes down) while the group rekeys every second (the rollouts
+    // wait for it), then gets it back. gwC notices the link come up and asks the controller
+    // for the current key at once: it logs so, holds the controller's generation and reaches
+    // A within a few seconds, without waiting for the controller's retransmissions.
+    let gen_before = group_generation(&gws[2].status(&dir));
+    assert!(
+        common::ns(P, "wire", "ip link set portC down").0,
+        "carrier off"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        common::ns(P, "wire", "ip link set portC up").0,
+        "carrier on"
+    );
+    let up_at = std::time::Instant::now();
+    let back = (0..40).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        let log = std::fs::read_to_string(dir.join("gwC.log")).unwrap_or_default();
+        log.contains("the outer link is up again: asking the controller for the current group key")
+            .then(|| up_at.elapsed())
+    });
+    let back = back.unwrap_or_else(|| {
+        panic!(
+            "gwC did not notice its link came back; log: {}",
+            std::fs::read_to_string(dir.join("gwC.log")).unwrap_or_default()
+        )
+    });
+    let log = std::fs::read_to_string(dir.join("gwC.log")).unwrap_or_default();
+    assert!(log.contains("the outer link is down"), "{log}");
+    let reached = common::wait_ping(P, "hostA", "10.3.0.2", Duration::from_secs(10));
+    let ctl_gen = ctl.status(&dir)["generation"].as_u64().unwrap_or(0);
+    let c_gen = group_generation(&gws[2].status(&dir));
+    eprintln!(
+        "carrier of gwC off 2 s: noticed it back after {back:?}, A reaches C after \
+         {reached:?}; gwC at generation {gen_before} → {c_gen}, controller {ctl_gen}"
+    );
+    assert!(
+        reached.is_some(),
+        "A does not reach C after its link came back"
+    );
+    assert!(
+        c_gen + 1 >= ctl_gen,
+        "gwC at {c_gen}, the controller at {ctl_gen}: not caught up"
+    );
+
     // 4. Clean stop (the programs stay, fail closed), then `pktcrypt down`: nothing attached.
     for g in gws.iter_mut() {
         assert!(g.stop(), "{} did not stop cleanly", g.name);
