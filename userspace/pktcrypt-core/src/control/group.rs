@@ -1169,6 +1169,22 @@ impl GroupMember {
             .map_or(0, |g| g.number)
     }
 
+    /// Whether [`Self::seal`] has a key now: the generation this member transmits with may be
+    /// one it was given receive-only (it joined or its control channel restarted since the
+    /// generation was made: it transmits again from the next rollout's transition), or none.
+    pub fn can_seal(&self) -> bool {
+        let Some(me) = self.senders.get(usize::from(self.index)) else {
+            return false;
+        };
+        let Some(tx) = self.group.tx_generation(*me) else {
+            return false;
+        };
+        match self.group.lookup_spi(tx.spi.get()) {
+            Some((_, _, Slot::Init)) | None => false,
+            Some((_, _, slot)) => !self.group.receive_only(*me, slot),
+        }
+    }
+
     /// Generations held (newest first), for invariant checks.
     pub fn held(&self) -> Vec<u64> {
         let Some(me) = self.senders.get(usize::from(self.index)) else {
