@@ -372,6 +372,11 @@ typedef struct {
   uint16_t active_members;
   // A member: its index. A controller: `UINT16_MAX`.
   uint16_t index;
+  // A member: `pktcrypt_seal` has a key now. A generation it was given receive-only (it
+  // joined, or its control channel restarted, after the generation was made) is
+  // `tx_generation` but not for sealing: it seals again from the next rollout's transition.
+  // A controller: false.
+  bool can_seal;
 } pktcrypt_group_info;
 
 #ifdef __cplusplus
@@ -627,8 +632,9 @@ pktcrypt_result pktcrypt_group_controller_new(const pktcrypt_config *cfg,
 // must have the role `PKTCRYPT_ROLE_GROUP_MEMBER` and gives the data-plane settings (`esn`,
 // `replay_window`, `backend`); `group` (NULL: the defaults) the group's (a member uses
 // `retry_ms` and `max_backoff_ms`). It joins at once (`pktcrypt_poll_transmit`); it can seal
-// once a rollout has given it a key (`pktcrypt_group_status`: `tx_generation` > 0; before,
-// `pktcrypt_seal` returns `PKTCRYPT_RESULT_ERR_NO_KEY`).
+// once a rollout made after its join has reached its transition (`pktcrypt_group_status`:
+// `can_seal`; before, and for a while after its control channel restarts, `pktcrypt_seal`
+// returns `PKTCRYPT_RESULT_ERR_NO_KEY`: skip the packet or queue it).
 //
 // `PKTCRYPT_RESULT_ERR_INVALID_ARGUMENT` when `index` is not below `member_count`;
 // `..._ERR_KEY` for an invalid key code, or the same key as member key and group key; the

@@ -138,6 +138,11 @@ pub struct pktcrypt_group_info {
     pub active_members: u16,
     /// A member: its index. A controller: `UINT16_MAX`.
     pub index: u16,
+    /// A member: `pktcrypt_seal` has a key now. A generation it was given receive-only (it
+    /// joined, or its control channel restarted, after the generation was made) is
+    /// `tx_generation` but not for sealing: it seals again from the next rollout's transition.
+    /// A controller: false.
+    pub can_seal: bool,
 }
 
 /// The size of `pktcrypt_group_config` as this header has it (its newest version).
@@ -364,8 +369,9 @@ pub unsafe extern "C" fn pktcrypt_group_controller_new(
 /// must have the role `PKTCRYPT_ROLE_GROUP_MEMBER` and gives the data-plane settings (`esn`,
 /// `replay_window`, `backend`); `group` (NULL: the defaults) the group's (a member uses
 /// `retry_ms` and `max_backoff_ms`). It joins at once (`pktcrypt_poll_transmit`); it can seal
-/// once a rollout has given it a key (`pktcrypt_group_status`: `tx_generation` > 0; before,
-/// `pktcrypt_seal` returns `PKTCRYPT_RESULT_ERR_NO_KEY`).
+/// once a rollout made after its join has reached its transition (`pktcrypt_group_status`:
+/// `can_seal`; before, and for a while after its control channel restarts, `pktcrypt_seal`
+/// returns `PKTCRYPT_RESULT_ERR_NO_KEY`: skip the packet or queue it).
 ///
 /// `PKTCRYPT_RESULT_ERR_INVALID_ARGUMENT` when `index` is not below `member_count`;
 /// `..._ERR_KEY` for an invalid key code, or the same key as member key and group key; the
@@ -512,6 +518,7 @@ pub unsafe extern "C" fn pktcrypt_group_status(
                 member_count: c.member_count(),
                 active_members: u16::try_from(c.active_members().len()).unwrap_or(u16::MAX),
                 index: u16::MAX,
+                can_seal: false,
             },
             Machine::Member(m) => {
                 let held = m.held();
@@ -524,6 +531,7 @@ pub unsafe extern "C" fn pktcrypt_group_status(
                     member_count: m.member_count(),
                     active_members: 0,
                     index: m.index(),
+                    can_seal: m.can_seal(),
                 }
             }
             Machine::Server(_) | Machine::Client(_) => {

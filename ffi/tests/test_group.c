@@ -83,10 +83,8 @@ static void step(int checking) {
     size_t ilen = 40 + (sealed % 250), len;
     make_ipv4(inner, ilen, sealed);
     pktcrypt_result r = pktcrypt_seal(members[i], 0, inner, ilen, out, sizeof out, &len, now_ns);
-    if (r == PKTCRYPT_RESULT_ERR_NO_KEY) { /* before its first key (or after a channel restart) */
-      CHECK(st.tx_generation == 0);
-      continue;
-    }
+    CHECK((r == PKTCRYPT_RESULT_OK) == st.can_seal);
+    if (r == PKTCRYPT_RESULT_ERR_NO_KEY) continue; /* before its first key (or after a channel restart) */
     CHECK_OK(r);
     if (!checking) continue;
     sealed++;
@@ -147,7 +145,7 @@ int main(void) {
     for (int i = 0; i < MEMBERS; i++) {
       pktcrypt_group_info st;
       CHECK_OK(pktcrypt_group_status(members[i], &st));
-      ready &= st.tx_generation > 0;
+      ready &= st.can_seal;
     }
     if (ready) break;
   }
@@ -186,7 +184,7 @@ int main(void) {
     CHECK_OK(pktcrypt_group_status(members[i], &st));
     CHECK(st.index == i && st.member_count == MEMBERS);
     CHECK(st.generation + 1 >= cst.generation);
-    CHECK(st.tx_generation > 0);
+    CHECK(st.tx_generation > 0 && st.can_seal);
     /* Every phase of a rollout was seen at the end of some step. */
     for (int p = 0; p < 3; p++) CHECK(phases_seen[i][p] > 0);
     /* Per member index: its own sender key (it transmits) and another member's. */

@@ -126,7 +126,7 @@ int main(void) {
   CHECK(strlen(pktcrypt_endpoint_last_error(server)) > 0);
   CHECK_OK(pktcrypt_group_status(member, &st));
   CHECK(st.index == 0 && st.member_count == 2 && st.generation == 0 && st.tx_generation == 0);
-  CHECK(st.phase == PKTCRYPT_GROUP_PHASE_UPDATE_COMPLETED && !st.rollout_in_progress);
+  CHECK(st.phase == PKTCRYPT_GROUP_PHASE_UPDATE_COMPLETED && !st.rollout_in_progress && !st.can_seal);
   CHECK_OK(pktcrypt_group_status(ctl, &st));
   CHECK(st.member_count == 2 && st.active_members == 0 && st.generation == 0 && st.index == UINT16_MAX);
 

@@ -96,7 +96,10 @@ static struct report run_member(uint16_t index, uint16_t base, const char *group
     if (now >= next_data) { /* 50 data packets per second, to each other member */
       next_data = now + 20000000ull;
       make_ipv4(inner, sizeof inner, rep.sent);
+      pktcrypt_group_info gst;
+      CHECK_OK(pktcrypt_group_status(ep, &gst));
       pktcrypt_result r = pktcrypt_seal(ep, 0, inner, sizeof inner, buf, sizeof buf, &len, now);
+      CHECK((r == PKTCRYPT_RESULT_OK) == gst.can_seal);
       if (r == PKTCRYPT_RESULT_OK) {
         for (uint16_t j = 0; j < MEMBERS; j++) {
           if (j == index) continue;
@@ -105,7 +108,7 @@ static struct report run_member(uint16_t index, uint16_t base, const char *group
         }
         rep.sent++;
       } else {
-        CHECK(r == PKTCRYPT_RESULT_ERR_NO_KEY); /* before its first key */
+        CHECK(r == PKTCRYPT_RESULT_ERR_NO_KEY); /* not yet (or not now): receive-only */
       }
     }
   }
