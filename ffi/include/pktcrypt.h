@@ -12,6 +12,11 @@
 #define pktcrypt_config_init(cfg, role) \
   pktcrypt_config_init_sized((cfg), sizeof(pktcrypt_config), (role))
 
+/* Fills *cfg with the defaults of a group and sets cfg->struct_size to the size of
+ * pktcrypt_group_config in this header (see pktcrypt_group_config_init_sized). */
+#define pktcrypt_group_config_init(cfg) \
+  pktcrypt_group_config_init_sized((cfg), sizeof(pktcrypt_group_config))
+
 // The ABI version: the number in the shared library's SONAME (`libpktcrypt.so.0`). A new
 // function or a field appended to `pktcrypt_config` keeps it; an incompatible change bumps it.
 #define PKTCRYPT_ABI_VERSION 0
@@ -36,6 +41,10 @@
 
 // `pktcrypt_rekey`'s `peer` for every client of a key server.
 #define PKTCRYPT_ALL_PEERS UINT32_MAX
+
+// The peer a group member's datagrams go to and its control messages come from: its
+// controller (`pktcrypt_poll_transmit`, `pktcrypt_packet_info.peer`).
+#define PKTCRYPT_PEER_CONTROLLER (UINT32_MAX - 1)
 
 // Result of a call.
 typedef enum {
@@ -76,6 +85,12 @@ typedef enum {
   PKTCRYPT_ROLE_SERVER = 0,
   // Client (key receiving device).
   PKTCRYPT_ROLE_CLIENT = 1,
+  // Group controller: distributes the group keys to its members, seals and opens no data
+  // (`pktcrypt_group_controller_new`).
+  PKTCRYPT_ROLE_GROUP_CONTROLLER = 2,
+  // Group member: seals under its own sender key of the group key, opens every member's
+  // packets (`pktcrypt_group_member_new`).
+  PKTCRYPT_ROLE_GROUP_MEMBER = 3,
 } pktcrypt_role;
 
 // AEAD suite.
@@ -160,6 +175,16 @@ typedef enum {
   PKTCRYPT_DROP_REASON_HANDSHAKE_RATE_LIMITED,
 } pktcrypt_drop_reason;
 
+// A state of a group member, and the phases of a rollout (spec §6).
+typedef enum {
+  // Holds only the newest key and transmits with it (a rollout completed).
+  PKTCRYPT_GROUP_PHASE_UPDATE_COMPLETED = 0,
+  // Holds old and new, transmits with old (the new key was distributed).
+  PKTCRYPT_GROUP_PHASE_DISTRIBUTION_COMPLETED = 1,
+  // Holds old and new, transmits with new.
+  PKTCRYPT_GROUP_PHASE_IN_TRANSIT = 2,
+} pktcrypt_group_phase;
+
 // An endpoint: a key server (many peers) or a client (one server). Opaque.
 typedef struct pktcrypt_endpoint pktcrypt_endpoint;
 
@@ -228,7 +253,9 @@ typedef struct {
   pktcrypt_packet_kind kind;
   // Why it was dropped (`PKTCRYPT_DROP_REASON_NONE` otherwise).
   pktcrypt_drop_reason reason;
-  // Sender (data and control).
+  // Sender (data and control). In group mode the member index (data at a member: the member
+  // that sealed it; control at a controller: the member); control at a member:
+  // `PKTCRYPT_PEER_CONTROLLER`.
   uint32_t peer;
   // Generation it came under (data).
   uint64_t generation;
@@ -283,6 +310,75 @@ typedef struct {
   size_t keymat_len;
 } pktcrypt_sa;
 
+// The settings of a group (controller and members). Fill it with `pktcrypt_group_config_init`,
+// then change fields. Durations are in milliseconds.
+//
+// It may grow in later versions (fields are only appended): `struct_size` tells the library
+// which version the caller has, so never set it by hand.
+typedef struct {
+  // `sizeof(pktcrypt_group_config)` as the caller was compiled with it; set by
+  // `pktcrypt_group_config_init`. Calls refuse a size they do not know
+  // (`PKTCRYPT_RESULT_ERR_CONFIG_SIZE`).
+  uint32_t struct_size;
+  // Suite of new group generations (controller).
+  pktcrypt_suite suite;
+  // Controller: roll out a new group key this often (jittered ±10 %); 0: only on events
+  // (a join, a leave, an eviction, `pktcrypt_rekey`). Default one hour.
+  uint64_t rekey_interval_ms;
+  // First retransmission of an unanswered control message (both roles; must not be 0).
+  uint64_t retry_ms;
+  // Largest retransmission interval (at least `retry_ms`).
+  uint64_t max_backoff_ms;
+  // Controller: retransmissions before a member is reported unresponsive.
+  uint32_t max_retries;
+  // Controller: evict unresponsive members (and roll out a key without them).
+  bool evict_unresponsive;
+  // Controller: pause between rollout phases, so that packets under the previous rule
+  // arrive first (0 allowed).
+  uint64_t phase_grace_ms;
+  // Controller: the smallest interval between two rollouts triggered by a member's
+  // authenticated messages from a new address.
+  uint64_t unknown_sender_holdoff_ms;
+  // Controller: forward secrecy of the control channels, as `pktcrypt_config.pfs`
+  // (`PKTCRYPT_PFS_EVERY_REKEY`, the default: a group key only travels under a channel
+  // generation from a fresh key exchange).
+  int32_t pfs;
+  // Controller: rekey each member's control channel this often; 0: only on its triggers.
+  // Default one hour.
+  uint64_t channel_rekey_interval_ms;
+} pktcrypt_group_config;
+
+// The state of a group endpoint (`pktcrypt_group_status`).
+typedef struct {
+  // The newest group generation (a controller: the newest it made; a member: the newest it
+  // holds; 0: none yet).
+  uint64_t generation;
+  // A member: the generation it transmits with (0: none yet, it cannot seal). A controller:
+  // 0.
+  uint64_t tx_generation;
+  // A member: the previous generation it still holds (0: none).
+  uint64_t previous_generation;
+  // A member: its state. A controller: the phase its rollout in progress waits for every
+  // member to reach, `PKTCRYPT_GROUP_PHASE_UPDATE_COMPLETED` when idle.
+  pktcrypt_group_phase phase;
+  // A controller: a rollout is in progress. A member: it holds two generations (its phase
+  // is not `UPDATE_COMPLETED`).
+  bool rollout_in_progress;
+  // The number of members (a controller: provisioned with `pktcrypt_group_add_member`; a
+  // member: as it was made with).
+  uint16_t member_count;
+  // A controller: how many members are active (joined, not left, evicted or removed). A
+  // member: 0.
+  uint16_t active_members;
+  // A member: its index. A controller: `UINT16_MAX`.
+  uint16_t index;
+  // A member: `pktcrypt_seal` has a key now. A generation it was given receive-only (it
+  // joined, or its control channel restarted, after the generation was made) is
+  // `tx_generation` but not for sealing: it seals again from the next rollout's transition.
+  // A controller: false.
+  bool can_seal;
+} pktcrypt_group_info;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -300,7 +396,9 @@ pktcrypt_result pktcrypt_config_init_sized(pktcrypt_config *cfg,
 
 // Creates an endpoint. A client needs its init key code (`pkc1-...`); a server takes NULL and
 // gets its clients with `pktcrypt_endpoint_add_peer`. A client starts asking for its first key
-// at once (`pktcrypt_poll_transmit`).
+// at once (`pktcrypt_poll_transmit`). The group roles are refused
+// (`PKTCRYPT_RESULT_ERR_WRONG_ROLE`): make them with `pktcrypt_group_controller_new` and
+// `pktcrypt_group_member_new`.
 //
 // # Safety
 // `cfg` points to a valid config; `init_key` is NULL or a NUL-terminated string; `out` points to
@@ -326,8 +424,10 @@ pktcrypt_result pktcrypt_endpoint_add_peer(pktcrypt_endpoint *ep,
                                            uint64_t now_ns,
                                            uint32_t *peer_out);
 
-// Seals an inner IP packet (IPv4 or IPv6) for `peer` (ignored by a client: its server) into
-// `out`, which needs `inner_len + 37` bytes. `*out_len` receives the ESP packet length.
+// Seals an inner IP packet (IPv4 or IPv6) for `peer` (ignored by a client: its server; and by
+// a group member: it seals for the whole group under its own sender key) into `out`, which
+// needs `inner_len + 37` bytes. `*out_len` receives the ESP packet length. A group controller
+// seals no data (`PKTCRYPT_RESULT_ERR_WRONG_ROLE`).
 //
 // # Safety
 // `ep` live; `inner` has `inner_len` readable bytes; `out` has `out_cap` writable bytes;
@@ -401,7 +501,8 @@ pktcrypt_result pktcrypt_open_transport(pktcrypt_endpoint *ep,
                                         uint8_t *next_header);
 
 // Takes the next datagram to send. `PKTCRYPT_RESULT_EMPTY` when there is none;
-// `PKTCRYPT_RESULT_ERR_BUFFER_TOO_SMALL` leaves it queued. `*peer` receives its peer id.
+// `PKTCRYPT_RESULT_ERR_BUFFER_TOO_SMALL` leaves it queued. `*peer` receives its peer id (a
+// group controller's: the member index; a group member's: `PKTCRYPT_PEER_CONTROLLER`).
 //
 // # Safety
 // `ep` live; `out` has `cap` writable bytes; `len` and `peer` writable.
@@ -429,7 +530,9 @@ pktcrypt_result pktcrypt_handle_timeout(pktcrypt_endpoint *ep, uint64_t now_ns);
 // `pktcrypt_poll_transmit`). `*asked` (may be NULL) receives how many rotations were asked
 // for. `PKTCRYPT_RESULT_ERR_UNKNOWN_PEER` for a peer the server does not have,
 // `PKTCRYPT_RESULT_ERR_NO_KEY` for one (or a client) without a generation yet: its init
-// handshake gives it a fresh one.
+// handshake gives it a fresh one. A group controller starts a rollout of a new group key
+// (after the one in progress; `peer` ignored, `*asked` 1); a group member cannot
+// (`PKTCRYPT_RESULT_ERR_WRONG_ROLE`: its controller rekeys the group).
 //
 // # Safety
 // `ep` live; `asked` NULL or writable.
@@ -438,7 +541,10 @@ pktcrypt_result pktcrypt_rekey(pktcrypt_endpoint *ep,
                                uint64_t now_ns,
                                size_t *asked);
 
-// Fills `*status` for `peer` (a client's only peer is 0).
+// Fills `*status` for `peer` (a client's only peer is 0). A group member's peers are the
+// members by index (its own: what it transmits with; another's: the keys its packets open
+// under); a group controller's are the members' control channels by index.
+// `pktcrypt_group_status` tells the group's generation and phase.
 //
 // # Safety
 // `ep` live; `status` writable.
@@ -450,7 +556,8 @@ pktcrypt_result pktcrypt_status(pktcrypt_endpoint *ep, uint32_t peer, pktcrypt_p
 // `ep` NULL or live.
 uint64_t pktcrypt_drop_count(pktcrypt_endpoint *ep, pktcrypt_drop_reason reason);
 
-// Writes up to `cap` SAs of `peer` into `sas` and their number into `*n`.
+// Writes up to `cap` SAs of `peer` into `sas` and their number into `*n` (group roles: `peer`
+// is a member index, as for `pktcrypt_status`).
 //
 // # Safety
 // `ep` live; `sas` has room for `cap` entries; `n` writable.
@@ -488,6 +595,83 @@ const char *pktcrypt_endpoint_last_error(const pktcrypt_endpoint *ep);
 // # Safety
 // `ep` live (not NULL).
 pktcrypt_role pktcrypt_endpoint_role(const pktcrypt_endpoint *ep);
+
+// Fills `cfg`, a `pktcrypt_group_config` of `struct_size` bytes, with the defaults, and sets
+// its `struct_size`. Call it through the header's `pktcrypt_group_config_init(cfg)`, which
+// passes `sizeof(pktcrypt_group_config)` as the caller's header has it. A size this library
+// does not know is refused (`PKTCRYPT_RESULT_ERR_CONFIG_SIZE`) and nothing is written.
+//
+// # Safety
+// `cfg` is NULL or points to `struct_size` writable bytes.
+pktcrypt_result pktcrypt_group_config_init_sized(pktcrypt_group_config *cfg, size_t struct_size);
+
+// Creates a group controller. `cfg` (NULL: the defaults) must have the role
+// `PKTCRYPT_ROLE_GROUP_CONTROLLER` and gives the data-plane settings (`esn`, `replay_window`,
+// `backend`; its other fields are not used); `group` (NULL: the defaults) the group's.
+// `group_key` is the group init key (`pkc1-...`), the one every member is given: the
+// controller takes the base of the members' SPIs from it. Add the members with
+// `pktcrypt_group_add_member`; the first rollout starts when the first member joins.
+//
+// `PKTCRYPT_RESULT_ERR_WRONG_ROLE` for another role in `cfg`, `..._ERR_CONFIG_SIZE` for a
+// struct of a size this library does not know, `..._ERR_CONFIG` for invalid settings,
+// `..._ERR_KEY` for an invalid key code.
+//
+// # Safety
+// `cfg` and `group` are NULL or point to configs filled by their `_init`; `group_key` is NULL
+// or a NUL-terminated string; `out` points to writable memory for a pointer. On success `*out`
+// must later be passed to `pktcrypt_endpoint_free`.
+pktcrypt_result pktcrypt_group_controller_new(const pktcrypt_config *cfg,
+                                              const pktcrypt_group_config *group,
+                                              const char *group_key,
+                                              pktcrypt_endpoint **out);
+
+// Creates group member `index` of `member_count` (member `j` transmits under the group key's
+// SPI base + `j`, so every member and the controller agree on the layout) with its own init key
+// `member_key` (its control channel with the controller, which has it from
+// `pktcrypt_group_add_member`) and the group init key `group_key`. `cfg` (NULL: the defaults)
+// must have the role `PKTCRYPT_ROLE_GROUP_MEMBER` and gives the data-plane settings (`esn`,
+// `replay_window`, `backend`); `group` (NULL: the defaults) the group's (a member uses
+// `retry_ms` and `max_backoff_ms`). It joins at once (`pktcrypt_poll_transmit`); it can seal
+// once a rollout made after its join has reached its transition (`pktcrypt_group_status`:
+// `can_seal`; before, and for a while after its control channel restarts, `pktcrypt_seal`
+// returns `PKTCRYPT_RESULT_ERR_NO_KEY`: skip the packet or queue it).
+//
+// `PKTCRYPT_RESULT_ERR_INVALID_ARGUMENT` when `index` is not below `member_count`;
+// `..._ERR_KEY` for an invalid key code, or the same key as member key and group key; the
+// others as `pktcrypt_group_controller_new`.
+//
+// # Safety
+// As `pktcrypt_group_controller_new`; `member_key` is NULL or a NUL-terminated string.
+pktcrypt_result pktcrypt_group_member_new(const pktcrypt_config *cfg,
+                                          const pktcrypt_group_config *group,
+                                          const char *group_key,
+                                          uint16_t index,
+                                          uint16_t member_count,
+                                          const char *member_key,
+                                          uint64_t now_ns,
+                                          pktcrypt_endpoint **out);
+
+// Provisions member `index` of a group controller with its own init key `member_key` (the one
+// that member is made with). Members are added in order, 0, 1, 2, ...: `index` must be the
+// number added so far (`PKTCRYPT_RESULT_ERR_INVALID_ARGUMENT` otherwise). The member becomes
+// active when it joins (its first messages arrive through `pktcrypt_open`).
+//
+// `PKTCRYPT_RESULT_ERR_WRONG_ROLE` for anything but a controller; `..._ERR_KEY` for an invalid
+// key code or one the controller holds already (every member needs a key of its own).
+//
+// # Safety
+// `ep` live; `member_key` NULL or a NUL-terminated string.
+pktcrypt_result pktcrypt_group_add_member(pktcrypt_endpoint *ep,
+                                          uint16_t index,
+                                          const char *member_key,
+                                          uint64_t now_ns);
+
+// Fills `*status` with the state of a group controller or member.
+// `PKTCRYPT_RESULT_ERR_WRONG_ROLE` for a key server or a client.
+//
+// # Safety
+// `ep` live; `status` writable.
+pktcrypt_result pktcrypt_group_status(pktcrypt_endpoint *ep, pktcrypt_group_info *status);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -18,7 +18,15 @@
 //!   library accepts the sizes it knows (the first version, up to `pfs`, and the current one
 //!   with `trigger_packets_total`) and refuses any other with
 //!   `PKTCRYPT_RESULT_ERR_CONFIG_SIZE` rather than read or write past the caller's struct.
+//!   `pktcrypt_group_config` follows the same convention.
+//! - Group mode (spec §6): `pktcrypt_group_controller_new` and `pktcrypt_group_member_new`
+//!   make the two group roles (`PKTCRYPT_ROLE_GROUP_CONTROLLER`, `PKTCRYPT_ROLE_GROUP_MEMBER`);
+//!   then the calls of the pairwise roles work for them, with member indices for peers (see
+//!   `src/group.rs`).
 #![allow(non_camel_case_types)]
+
+mod group;
+pub use group::*;
 
 use pktcrypt_core::control::{
     ClientConfig, Endpoint, Incoming, KeyClient, KeyServer, Machine, Pfs, Random, ServerConfig,
@@ -80,6 +88,12 @@ pub enum pktcrypt_role {
     Server = 0,
     /// Client (key receiving device).
     Client = 1,
+    /// Group controller: distributes the group keys to its members, seals and opens no data
+    /// (`pktcrypt_group_controller_new`).
+    GroupController = 2,
+    /// Group member: seals under its own sender key of the group key, opens every member's
+    /// packets (`pktcrypt_group_member_new`).
+    GroupMember = 3,
 }
 
 /// AEAD suite.
@@ -331,7 +345,9 @@ pub struct pktcrypt_packet_info {
     pub kind: pktcrypt_packet_kind,
     /// Why it was dropped (`PKTCRYPT_DROP_REASON_NONE` otherwise).
     pub reason: pktcrypt_drop_reason,
-    /// Sender (data and control).
+    /// Sender (data and control). In group mode the member index (data at a member: the member
+    /// that sealed it; control at a controller: the member); control at a member:
+    /// `PKTCRYPT_PEER_CONTROLLER`.
     pub peer: u32,
     /// Generation it came under (data).
     pub generation: u64,
@@ -529,7 +545,9 @@ fn triggers(cfg: &pktcrypt_config, t: &mut pktcrypt_core::control::RekeyTriggers
 
 /// Creates an endpoint. A client needs its init key code (`pkc1-...`); a server takes NULL and
 /// gets its clients with `pktcrypt_endpoint_add_peer`. A client starts asking for its first key
-/// at once (`pktcrypt_poll_transmit`).
+/// at once (`pktcrypt_poll_transmit`). The group roles are refused
+/// (`PKTCRYPT_RESULT_ERR_WRONG_ROLE`): make them with `pktcrypt_group_controller_new` and
+/// `pktcrypt_group_member_new`.
 ///
 /// # Safety
 /// `cfg` points to a valid config; `init_key` is NULL or a NUL-terminated string; `out` points to
@@ -612,6 +630,11 @@ pub unsafe extern "C" fn pktcrypt_endpoint_new(
                     Ok(c) => Endpoint::from(c),
                     Err(_) => return pktcrypt_result::ErrConfig,
                 }
+            }
+            // They need the group's settings and keys: pktcrypt_group_controller_new and
+            // pktcrypt_group_member_new.
+            pktcrypt_role::GroupController | pktcrypt_role::GroupMember => {
+                return pktcrypt_result::ErrWrongRole;
             }
         };
         let ep = Box::new(pktcrypt_endpoint {
@@ -706,8 +729,10 @@ unsafe fn slice<'a>(p: *const u8, len: usize) -> Option<&'a [u8]> {
     Some(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
-/// Seals an inner IP packet (IPv4 or IPv6) for `peer` (ignored by a client: its server) into
-/// `out`, which needs `inner_len + 37` bytes. `*out_len` receives the ESP packet length.
+/// Seals an inner IP packet (IPv4 or IPv6) for `peer` (ignored by a client: its server; and by
+/// a group member: it seals for the whole group under its own sender key) into `out`, which
+/// needs `inner_len + 37` bytes. `*out_len` receives the ESP packet length. A group controller
+/// seals no data (`PKTCRYPT_RESULT_ERR_WRONG_ROLE`).
 ///
 /// # Safety
 /// `ep` live; `inner` has `inner_len` readable bytes; `out` has `out_cap` writable bytes;
@@ -730,6 +755,9 @@ pub unsafe extern "C" fn pktcrypt_seal(
         };
         if out.is_null() || out_len.is_null() {
             return ep.fail(pktcrypt_result::ErrNull, "out or out_len is NULL");
+        }
+        if let Some(r) = group::refuse_data(ep) {
+            return r;
         }
         // SAFETY: inner has inner_len readable bytes (caller contract).
         let Some(inner) = (unsafe { slice(inner, inner_len) }) else {
@@ -814,7 +842,8 @@ pub unsafe extern "C" fn pktcrypt_open(
         let now = time(now_ns);
         let base = data.as_ptr() as usize;
         let r = ep.machine.handle_datagram(now, None, data);
-        let (value, _) = packet_info(base, r);
+        let (mut value, _) = packet_info(base, r);
+        group::map_packet_peer(&ep.machine, &mut value);
         // SAFETY: checked non-null and writable (caller contract).
         unsafe { info.write(value) };
         pktcrypt_result::Ok
@@ -916,6 +945,9 @@ pub unsafe extern "C" fn pktcrypt_seal_transport(
         if out.is_null() || out_len.is_null() {
             return ep.fail(pktcrypt_result::ErrNull, "out or out_len is NULL");
         }
+        if let Some(r) = group::refuse_data(ep) {
+            return r;
+        }
         // SAFETY: packet has packet_len readable bytes (caller contract).
         let Some(packet) = (unsafe { slice(packet, packet_len) }) else {
             return ep.fail(pktcrypt_result::ErrNull, "packet is NULL");
@@ -1002,7 +1034,8 @@ pub unsafe extern "C" fn pktcrypt_open_transport(
         };
         let base = data.as_ptr() as usize;
         let r = ep.machine.handle_transport(time(now_ns), data);
-        let (value, next) = packet_info(base, r);
+        let (mut value, next) = packet_info(base, r);
+        group::map_packet_peer(&ep.machine, &mut value);
         // SAFETY: checked non-null and writable (caller contract).
         unsafe { info.write(value) };
         if !next_header.is_null() {
@@ -1014,7 +1047,8 @@ pub unsafe extern "C" fn pktcrypt_open_transport(
 }
 
 /// Takes the next datagram to send. `PKTCRYPT_RESULT_EMPTY` when there is none;
-/// `PKTCRYPT_RESULT_ERR_BUFFER_TOO_SMALL` leaves it queued. `*peer` receives its peer id.
+/// `PKTCRYPT_RESULT_ERR_BUFFER_TOO_SMALL` leaves it queued. `*peer` receives its peer id (a
+/// group controller's: the member index; a group member's: `PKTCRYPT_PEER_CONTROLLER`).
 ///
 /// # Safety
 /// `ep` live; `out` has `cap` writable bytes; `len` and `peer` writable.
@@ -1049,12 +1083,13 @@ pub unsafe extern "C" fn pktcrypt_poll_transmit(
                 format!("datagram needs {n} bytes"),
             );
         }
+        let to = group::transmit_peer(&ep.machine, t.peer);
         // SAFETY: out has cap >= contents.len() writable bytes (caller contract, checked above);
         // len and peer are non-null and writable.
         unsafe {
             std::ptr::copy_nonoverlapping(t.contents.as_ptr(), out, t.contents.len());
             len.write(t.contents.len());
-            peer.write(t.peer.0);
+            peer.write(to);
         }
         pktcrypt_result::Ok
     })
@@ -1120,7 +1155,9 @@ pub const PKTCRYPT_ALL_PEERS: u32 = u32::MAX;
 /// `pktcrypt_poll_transmit`). `*asked` (may be NULL) receives how many rotations were asked
 /// for. `PKTCRYPT_RESULT_ERR_UNKNOWN_PEER` for a peer the server does not have,
 /// `PKTCRYPT_RESULT_ERR_NO_KEY` for one (or a client) without a generation yet: its init
-/// handshake gives it a fresh one.
+/// handshake gives it a fresh one. A group controller starts a rollout of a new group key
+/// (after the one in progress; `peer` ignored, `*asked` 1); a group member cannot
+/// (`PKTCRYPT_RESULT_ERR_WRONG_ROLE`: its controller rekeys the group).
 ///
 /// # Safety
 /// `ep` live; `asked` NULL or writable.
@@ -1136,6 +1173,12 @@ pub unsafe extern "C" fn pktcrypt_rekey(
         let Some(ep) = (unsafe { endpoint(ep) }) else {
             return pktcrypt_result::ErrNull;
         };
+        if let Machine::Member(_) = ep.machine.machine() {
+            return ep.fail(
+                pktcrypt_result::ErrWrongRole,
+                "a group member does not rekey: its controller rekeys the group",
+            );
+        }
         let is_server = matches!(ep.machine.machine(), Machine::Server(_));
         if is_server
             && peer != PKTCRYPT_ALL_PEERS
@@ -1161,7 +1204,10 @@ pub unsafe extern "C" fn pktcrypt_rekey(
     })
 }
 
-/// Fills `*status` for `peer` (a client's only peer is 0).
+/// Fills `*status` for `peer` (a client's only peer is 0). A group member's peers are the
+/// members by index (its own: what it transmits with; another's: the keys its packets open
+/// under); a group controller's are the members' control channels by index.
+/// `pktcrypt_group_status` tells the group's generation and phase.
 ///
 /// # Safety
 /// `ep` live; `status` writable.
@@ -1181,6 +1227,12 @@ pub unsafe extern "C" fn pktcrypt_status(
         }
         let (engine, id) = match ep.machine.machine() {
             Machine::Client(c) => (c.engine(), c.server()),
+            Machine::Controller(_) | Machine::Member(_) => {
+                match group::peer_target(&ep.machine, peer) {
+                    Some(target) => target,
+                    None => return ep.fail(pktcrypt_result::ErrUnknownPeer, "no such member"),
+                }
+            }
             _ => (ep.machine.engine(), PeerId(peer)),
         };
         let Some(st) = engine.peer_status(id) else {
@@ -1238,7 +1290,8 @@ pub unsafe extern "C" fn pktcrypt_drop_count(
     .unwrap_or(0)
 }
 
-/// Writes up to `cap` SAs of `peer` into `sas` and their number into `*n`.
+/// Writes up to `cap` SAs of `peer` into `sas` and their number into `*n` (group roles: `peer`
+/// is a member index, as for `pktcrypt_status`).
 ///
 /// # Safety
 /// `ep` live; `sas` has room for `cap` entries; `n` writable.
@@ -1260,6 +1313,12 @@ pub unsafe extern "C" fn pktcrypt_export_sas(
         }
         let (engine, id) = match ep.machine.machine() {
             Machine::Client(c) => (c.engine(), c.server()),
+            Machine::Controller(_) | Machine::Member(_) => {
+                match group::peer_target(&ep.machine, peer) {
+                    Some(target) => target,
+                    None => return ep.fail(pktcrypt_result::ErrUnknownPeer, "no such member"),
+                }
+            }
             _ => (ep.machine.engine(), PeerId(peer)),
         };
         let exports = engine.export_sas(id);

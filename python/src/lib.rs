@@ -4,9 +4,11 @@
 //! Bulk operations (`seal_many`, `open_many`) release the GIL while they run.
 
 use pktcrypt_core::aead::Backend;
+use pktcrypt_core::control::message::GroupPhase;
 use pktcrypt_core::control::{
     ClientConfig, Endpoint as Core, Incoming, KeyClient, KeyServer, Machine, Random, ServerConfig,
 };
+use pktcrypt_core::control::{GroupConfig, GroupController, GroupMember, MemberState};
 use pktcrypt_core::wire::esp::{ESP_HEADER_LEN, MAX_OVERHEAD, NextHeader};
 use pktcrypt_core::wire::{TRANSPORT_HEADROOM, TRANSPORT_OVERHEAD, UdpPorts};
 use pktcrypt_core::{
@@ -611,6 +613,528 @@ impl Endpoint {
     }
 }
 
+/// The peer of a group member's transmits and of its controller's control messages (in
+/// Python: `pktcrypt.CONTROLLER`).
+const CONTROLLER: i64 = -1;
+
+/// The settings of a group, as `pktcrypt.GroupController` and `pktcrypt.GroupMember` pass them.
+#[allow(clippy::too_many_arguments)]
+fn group_config(
+    suite_name: &str,
+    rekey_interval_ms: u64,
+    retry_ms: u64,
+    max_backoff_ms: u64,
+    max_retries: u32,
+    evict_unresponsive: bool,
+    phase_grace_ms: u64,
+    unknown_sender_holdoff_ms: u64,
+    pfs: &str,
+    channel_rekey_interval_ms: u64,
+    replay_window: u32,
+    backend: &str,
+    role: Role,
+) -> PyResult<GroupConfig> {
+    let ms = Duration::from_millis;
+    let mut c = GroupConfig::new();
+    c.engine = pktcrypt_core::EngineConfig::new(role);
+    c.engine.backend = Backend::from_name(backend)
+        .ok_or_else(|| ConfigError::new_err(format!("backend: unknown {backend:?}")))?;
+    if !(64..=8192).contains(&replay_window) || !replay_window.is_multiple_of(64) {
+        return Err(ConfigError::new_err(
+            "replay_window: must be a multiple of 64 in 64..8192",
+        ));
+    }
+    c.engine.replay_window = replay_window;
+    c.suite = suite(suite_name)?;
+    c.rekey_interval = (rekey_interval_ms > 0).then(|| ms(rekey_interval_ms));
+    if retry_ms == 0 {
+        return Err(ConfigError::new_err("retry: must be positive"));
+    }
+    c.retry = ms(retry_ms);
+    c.max_backoff = ms(max_backoff_ms.max(retry_ms));
+    c.max_retries = max_retries;
+    c.evict_unresponsive = evict_unresponsive;
+    c.phase_grace = ms(phase_grace_ms);
+    c.unknown_sender_holdoff = ms(unknown_sender_holdoff_ms);
+    c.pfs = pfs
+        .parse()
+        .map_err(|e| ConfigError::new_err(format!("pfs: {e}")))?;
+    c.channel_rekey_interval =
+        (channel_rekey_interval_ms > 0).then(|| ms(channel_rekey_interval_ms));
+    Ok(c)
+}
+
+fn init_key(field: &str, code: &str) -> PyResult<Generation> {
+    keycode::decode(code).map_err(|e| InitKeyError::new_err(format!("{field}: {e}")))
+}
+
+/// A phase or member state as `pktcrypt.GroupPhase` spells it.
+fn phase_name(p: MemberState) -> &'static str {
+    match p {
+        MemberState::UpdateCompleted => "update-completed",
+        MemberState::DistributionCompleted => "distribution-completed",
+        MemberState::InTransit => "in-transit",
+    }
+}
+
+fn rollout_phase_name(p: Option<GroupPhase>) -> &'static str {
+    match p {
+        None | Some(GroupPhase::UpdateCompleted) => "update-completed",
+        Some(GroupPhase::DistributionCompleted) => "distribution-completed",
+        Some(GroupPhase::InTransit) => "in-transit",
+    }
+}
+
+/// What `status` reports of `engine`'s `id` (the pairwise `Endpoint.status`'s keys).
+fn peer_status_dict<'py>(
+    py: Python<'py>,
+    engine: &pktcrypt_core::Engine,
+    id: PeerId,
+) -> PyResult<Option<Bound<'py, PyDict>>> {
+    let Some(st) = engine.peer_status(id) else {
+        return Ok(None);
+    };
+    let d = PyDict::new(py);
+    let (mut opened, mut failures, mut replays) = (0u64, 0u64, 0u64);
+    for sa in &st.sas {
+        let key = match sa.slot {
+            Slot::Init => "init",
+            Slot::Newest => "newest",
+            Slot::Previous => "previous",
+        };
+        d.set_item(format!("{key}_generation"), sa.info.number)?;
+        d.set_item(format!("{key}_spi"), sa.info.spi.get())?;
+        d.set_item(format!("{key}_suite"), sa.info.suite.name())?;
+        d.set_item(format!("{key}_exchanged"), sa.exchanged)?;
+        d.set_item(
+            format!("{key}_installed_ns"),
+            u64::try_from(sa.installed_at.as_nanos()).unwrap_or(u64::MAX),
+        )?;
+        if sa.transmitting {
+            d.set_item("tx_generation", sa.info.number)?;
+            d.set_item("packets_sealed", sa.counters.packets_sealed)?;
+        }
+        opened += sa.counters.packets_opened;
+        failures += sa.counters.auth_failures;
+        replays += sa.counters.replays;
+    }
+    d.set_item("packets_opened", opened)?;
+    d.set_item("auth_failures", failures)?;
+    d.set_item("replays", replays)?;
+    Ok(Some(d))
+}
+
+/// A group controller or member. See `pktcrypt.GroupController` and `pktcrypt.GroupMember`.
+#[pyclass(module = "pktcrypt._native")]
+struct Group {
+    machine: Option<Core>,
+}
+
+impl Group {
+    fn machine(&mut self) -> PyResult<&mut Core> {
+        self.machine
+            .as_mut()
+            .ok_or_else(|| PktcryptError::new_err("the endpoint is closed"))
+    }
+
+    fn member_only(&mut self, what: &str) -> PyResult<&mut Core> {
+        let m = self.machine()?;
+        match m.machine() {
+            Machine::Member(_) => Ok(m),
+            _ => Err(RoleError::new_err(format!(
+                "{what}: a group controller has no data keys (only members seal and open data)"
+            ))),
+        }
+    }
+
+    /// The caller's name of a sender or receiver: a member index, or `CONTROLLER`.
+    fn peer_out(m: &Core, peer: PeerId, control: bool) -> i64 {
+        match m.machine() {
+            Machine::Controller(c) => c.member_of(peer).map_or(i64::from(peer.0), i64::from),
+            Machine::Member(_) if control => CONTROLLER,
+            Machine::Member(g) => g.sender_index(peer).map_or(i64::from(peer.0), i64::from),
+            _ => i64::from(peer.0),
+        }
+    }
+
+    fn open_group(
+        m: &mut Core,
+        mut buf: Vec<u8>,
+        now: Time,
+    ) -> Result<(String, i64, u64, Vec<u8>), DropReason> {
+        let r = m.handle_datagram(now, None, &mut buf);
+        let (kind, peer, generation, data) = match r {
+            Incoming::Data {
+                peer,
+                packet,
+                generation,
+                ..
+            } => ("data", peer, generation, packet.to_vec()),
+            Incoming::Control { peer } => ("control", peer, 0, Vec::new()),
+            Incoming::Dropped(r) => return Err(r),
+        };
+        let peer = Self::peer_out(m, peer, kind == "control");
+        Ok((kind.to_string(), peer, generation, data))
+    }
+}
+
+#[pymethods]
+impl Group {
+    /// A group controller; `group_key` gives the base of the members' SPIs.
+    #[staticmethod]
+    #[pyo3(signature = (group_key, *, suite_name, rekey_interval_ms, retry_ms, max_backoff_ms,
+        max_retries, evict_unresponsive, phase_grace_ms, unknown_sender_holdoff_ms, pfs,
+        channel_rekey_interval_ms, replay_window, backend))]
+    #[allow(clippy::too_many_arguments)]
+    fn controller(
+        group_key: &str,
+        suite_name: &str,
+        rekey_interval_ms: u64,
+        retry_ms: u64,
+        max_backoff_ms: u64,
+        max_retries: u32,
+        evict_unresponsive: bool,
+        phase_grace_ms: u64,
+        unknown_sender_holdoff_ms: u64,
+        pfs: &str,
+        channel_rekey_interval_ms: u64,
+        replay_window: u32,
+        backend: &str,
+    ) -> PyResult<Self> {
+        let config = group_config(
+            suite_name,
+            rekey_interval_ms,
+            retry_ms,
+            max_backoff_ms,
+            max_retries,
+            evict_unresponsive,
+            phase_grace_ms,
+            unknown_sender_holdoff_ms,
+            pfs,
+            channel_rekey_interval_ms,
+            replay_window,
+            backend,
+            Role::KeyServer,
+        )?;
+        let group_init = init_key("group_key", group_key)?;
+        let c = GroupController::new(config, group_init.info.spi.get(), Box::new(OsRandom))
+            .map_err(|e| ConfigError::new_err(e.to_string()))?;
+        Ok(Self {
+            machine: Some(Core::from(c)),
+        })
+    }
+
+    /// Group member `index` of `member_count`.
+    #[staticmethod]
+    #[pyo3(signature = (index, member_count, member_key, group_key, *, suite_name,
+        rekey_interval_ms, retry_ms, max_backoff_ms, max_retries, evict_unresponsive,
+        phase_grace_ms, unknown_sender_holdoff_ms, pfs, channel_rekey_interval_ms, replay_window,
+        backend, now_ns=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn member(
+        index: u16,
+        member_count: u16,
+        member_key: &str,
+        group_key: &str,
+        suite_name: &str,
+        rekey_interval_ms: u64,
+        retry_ms: u64,
+        max_backoff_ms: u64,
+        max_retries: u32,
+        evict_unresponsive: bool,
+        phase_grace_ms: u64,
+        unknown_sender_holdoff_ms: u64,
+        pfs: &str,
+        channel_rekey_interval_ms: u64,
+        replay_window: u32,
+        backend: &str,
+        now_ns: Option<u64>,
+    ) -> PyResult<Self> {
+        let config = group_config(
+            suite_name,
+            rekey_interval_ms,
+            retry_ms,
+            max_backoff_ms,
+            max_retries,
+            evict_unresponsive,
+            phase_grace_ms,
+            unknown_sender_holdoff_ms,
+            pfs,
+            channel_rekey_interval_ms,
+            replay_window,
+            backend,
+            Role::Client,
+        )?;
+        if index >= member_count {
+            return Err(ConfigError::new_err(format!(
+                "index: {index} is not below member_count ({member_count})"
+            )));
+        }
+        let control = init_key("member_key", member_key)?;
+        let group_init = init_key("group_key", group_key)?;
+        if control.secret.expose() == group_init.secret.expose() {
+            return Err(InitKeyError::new_err(
+                "member_key: the same key as group_key (a member needs a key of its own)",
+            ));
+        }
+        let m = GroupMember::new(
+            config,
+            index,
+            &control,
+            &group_init,
+            member_count,
+            Box::new(OsRandom),
+            time(now_ns),
+        )
+        .map_err(|e| InitKeyError::new_err(format!("member_key / group_key: {e}")))?;
+        Ok(Self {
+            machine: Some(Core::from(m)),
+        })
+    }
+
+    /// Provisions member `index` (the next one) with its own init key (controllers only).
+    #[pyo3(signature = (index, member_key, now_ns=None))]
+    fn add_member(&mut self, index: u16, member_key: &str, now_ns: Option<u64>) -> PyResult<()> {
+        let key = init_key("member_key", member_key)?;
+        let Machine::Controller(c) = self.machine()?.machine_mut() else {
+            return Err(RoleError::new_err("only a group controller has members"));
+        };
+        let next = c.member_count();
+        if index != next {
+            return Err(ConfigError::new_err(format!(
+                "index: {index}: members are added in order, the next is {next}"
+            )));
+        }
+        c.add_member(&key, None, false, time(now_ns))
+            .map(|_| ())
+            .map_err(|e| InitKeyError::new_err(format!("member_key (member {index}): {e}")))
+    }
+
+    #[pyo3(signature = (inner, now_ns=None))]
+    fn seal<'py>(
+        &mut self,
+        py: Python<'py>,
+        inner: &Bound<'py, PyAny>,
+        now_ns: Option<u64>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let inner = bytes_of(py, inner)?;
+        let m = self.member_only("seal")?;
+        let out = seal_one(m, 0, &inner, time(now_ns)).map_err(SealError_::new_err)?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// Seals many packets with the GIL released.
+    #[pyo3(signature = (packets, now_ns=None))]
+    fn seal_many<'py>(
+        &mut self,
+        py: Python<'py>,
+        packets: &Bound<'py, PyList>,
+        now_ns: Option<u64>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let inputs: Vec<Vec<u8>> = packets
+            .iter()
+            .map(|p| bytes_of(py, &p))
+            .collect::<PyResult<_>>()?;
+        let now = time(now_ns);
+        let m = self.member_only("seal_many")?;
+        let sealed: Result<Vec<Vec<u8>>, String> =
+            py.detach(|| inputs.iter().map(|i| seal_one(m, 0, i, now)).collect());
+        let sealed = sealed.map_err(SealError_::new_err)?;
+        PyList::new(py, sealed.iter().map(|b| PyBytes::new(py, b)))
+    }
+
+    /// `(kind, peer, generation, data)`: `peer` the member index (data: the member that sealed
+    /// it; control at a controller: the member), or `CONTROLLER` (-1).
+    #[pyo3(signature = (datagram, now_ns=None))]
+    fn open(
+        &mut self,
+        py: Python<'_>,
+        datagram: &Bound<'_, PyAny>,
+        now_ns: Option<u64>,
+    ) -> PyResult<Py<PyAny>> {
+        let buf = bytes_of(py, datagram)?;
+        match Self::open_group(self.machine()?, buf, time(now_ns)) {
+            Ok((kind, peer, generation, data)) => {
+                Ok((kind, peer, generation, PyBytes::new(py, &data))
+                    .into_pyobject(py)?
+                    .into_any()
+                    .unbind())
+            }
+            Err(r) => Err(dropped_err(r)),
+        }
+    }
+
+    /// Opens many datagrams with the GIL released; drops come back as exception objects.
+    #[pyo3(signature = (datagrams, now_ns=None))]
+    fn open_many<'py>(
+        &mut self,
+        py: Python<'py>,
+        datagrams: &Bound<'py, PyList>,
+        now_ns: Option<u64>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let inputs: Vec<Vec<u8>> = datagrams
+            .iter()
+            .map(|p| bytes_of(py, &p))
+            .collect::<PyResult<_>>()?;
+        let now = time(now_ns);
+        let m = self.machine()?;
+        let results: Vec<_> = py.detach(|| {
+            inputs
+                .into_iter()
+                .map(|b| Self::open_group(m, b, now))
+                .collect()
+        });
+        let out = PyList::empty(py);
+        for r in results {
+            match r {
+                Ok((kind, peer, generation, data)) => {
+                    out.append((kind, peer, generation, PyBytes::new(py, &data)))?
+                }
+                Err(reason) => out.append(dropped_err(reason).value(py))?,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The next `(peer, datagram)`: a controller's name the member, a member's go to its
+    /// controller (`CONTROLLER`).
+    fn poll_transmit<'py>(
+        &mut self,
+        py: Python<'py>,
+    ) -> PyResult<Option<(i64, Bound<'py, PyBytes>)>> {
+        let m = self.machine()?;
+        let Some(t) = m.poll_transmit() else {
+            return Ok(None);
+        };
+        let peer = match m.machine() {
+            Machine::Member(_) => CONTROLLER,
+            _ => Self::peer_out(m, t.peer, true),
+        };
+        Ok(Some((peer, PyBytes::new(py, &t.contents))))
+    }
+
+    fn poll_timeout(&mut self) -> PyResult<Option<u64>> {
+        let t = self.machine()?.poll_timeout();
+        Ok(t.map(|t| u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)))
+    }
+
+    #[pyo3(signature = (now_ns=None))]
+    fn handle_timeout(&mut self, now_ns: Option<u64>) -> PyResult<()> {
+        let now = time(now_ns);
+        let m = self.machine()?;
+        m.handle_timeout(now);
+        // No events in the Python API (yet): drop them rather than let them pile up.
+        while m.poll_event().is_some() {}
+        Ok(())
+    }
+
+    /// A controller starts a rollout now (after the one in progress).
+    #[pyo3(signature = (now_ns=None))]
+    fn rekey(&mut self, now_ns: Option<u64>) -> PyResult<()> {
+        let m = self.machine()?;
+        if !matches!(m.machine(), Machine::Controller(_)) {
+            return Err(RoleError::new_err(
+                "rekey: a group member does not rekey: its controller rekeys the group",
+            ));
+        }
+        m.rekey(time(now_ns), None);
+        while m.poll_event().is_some() {}
+        Ok(())
+    }
+
+    /// The keys of member `index` (a member: its sender keys; a controller: its control
+    /// channel), as the pairwise `status`.
+    fn status<'py>(&mut self, py: Python<'py>, index: u16) -> PyResult<Bound<'py, PyDict>> {
+        let m = self.machine()?;
+        let target = match m.machine() {
+            Machine::Controller(c) => c.member_peer(index).map(|p| (c.channel().engine(), p)),
+            Machine::Member(g) => g.sender(index).map(|p| (g.engine(), p)),
+            _ => None,
+        };
+        let d = match target {
+            Some((engine, id)) => peer_status_dict(py, engine, id)?,
+            None => None,
+        };
+        d.ok_or_else(|| PktcryptError::new_err(format!("no member {index}")))
+    }
+
+    /// The group's generation and phase.
+    fn group_status<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        match self.machine()?.machine() {
+            Machine::Controller(c) => {
+                d.set_item("generation", c.generation())?;
+                d.set_item("phase", rollout_phase_name(c.rollout_phase()))?;
+                d.set_item("rollout_in_progress", !c.idle())?;
+                d.set_item("member_count", c.member_count())?;
+                d.set_item("active_members", c.active_members())?;
+            }
+            Machine::Member(m) => {
+                d.set_item("generation", m.generation())?;
+                d.set_item("phase", phase_name(m.state()))?;
+                d.set_item(
+                    "rollout_in_progress",
+                    m.state() != MemberState::UpdateCompleted,
+                )?;
+                d.set_item("member_count", m.member_count())?;
+                d.set_item("tx_generation", m.tx_generation())?;
+                if let Some(p) = m.held().get(1) {
+                    d.set_item("previous_generation", *p)?;
+                }
+                d.set_item("index", m.index())?;
+                d.set_item("can_seal", m.can_seal())?;
+            }
+            _ => return Err(RoleError::new_err("not a group endpoint")),
+        }
+        Ok(d)
+    }
+
+    fn drops<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let engine = self.machine()?.engine();
+        let d = PyDict::new(py);
+        for (r, n) in engine.drops().iter() {
+            d.set_item(r.label(), n)?;
+        }
+        Ok(d)
+    }
+
+    /// Both directions of every generation held for member `index` (see `status`).
+    fn export_sas<'py>(&mut self, py: Python<'py>, index: u16) -> PyResult<Bound<'py, PyList>> {
+        let m = self.machine()?;
+        let target = match m.machine() {
+            Machine::Controller(c) => c.member_peer(index).map(|p| (c.channel().engine(), p)),
+            Machine::Member(g) => g.sender(index).map(|p| (g.engine(), p)),
+            _ => None,
+        };
+        let (engine, id) =
+            target.ok_or_else(|| PktcryptError::new_err(format!("no member {index}")))?;
+        let out = PyList::empty(py);
+        for e in engine.export_sas(id) {
+            let d = PyDict::new(py);
+            d.set_item("spi", e.spi.get())?;
+            d.set_item("suite", e.suite.name())?;
+            d.set_item("generation", e.generation)?;
+            d.set_item("outbound", e.outbound)?;
+            d.set_item("esn", e.esn)?;
+            let k = e.suite.key_len();
+            d.set_item("key", PyBytes::new(py, &e.keymat[..k]))?;
+            d.set_item("salt", PyBytes::new(py, &e.keymat[k..]))?;
+            out.append(d)?;
+        }
+        Ok(out)
+    }
+
+    /// Forgets every key now (they are zeroized); the endpoint cannot be used afterwards.
+    fn close(&mut self) {
+        self.machine = None;
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.machine.is_none()
+    }
+}
+
 /// A new init key as a `pkc1-` text code. `spi` None picks a random SPI above 255.
 #[pyfunction]
 #[pyo3(signature = (suite_name, spi=None))]
@@ -648,6 +1172,7 @@ fn now_ns() -> u64 {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<Endpoint>()?;
+    m.add_class::<Group>()?;
     m.add_function(wrap_pyfunction!(keygen, m)?)?;
     m.add_function(wrap_pyfunction!(now_ns, m)?)?;
     m.add("PktcryptError", py.get_type::<PktcryptError>())?;

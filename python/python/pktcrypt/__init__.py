@@ -8,6 +8,12 @@ feed every received datagram to :meth:`Endpoint.open`, send what :meth:`Endpoint
 yields, and call :meth:`Endpoint.handle_timeout` when :meth:`Endpoint.poll_timeout` has passed.
 
 Bulk operations (:meth:`Endpoint.seal_many`, :meth:`Endpoint.open_many`) release the GIL.
+
+Group mode (one key for a whole group): a :class:`GroupController` distributes the group keys to
+its members (:meth:`GroupController.add_member`), each a :class:`GroupMember` that seals for the
+whole group under its own sender key and opens every other member's packets. They are driven
+like an :class:`Endpoint`: :meth:`~GroupMember.open`, :meth:`~GroupMember.transmits`,
+:meth:`~GroupMember.poll_timeout`, :meth:`~GroupMember.handle_timeout`.
 """
 
 from __future__ import annotations
@@ -34,10 +40,15 @@ from ._native import (
 __all__ = [
     "AuthenticationError",
     "Backend",
+    "CONTROLLER",
     "ConfigError",
     "DroppedError",
     "ESP_UDP_PORT",
     "Endpoint",
+    "GroupController",
+    "GroupMember",
+    "GroupPhase",
+    "GroupStatus",
     "InitKeyError",
     "MalformedError",
     "Packet",
@@ -67,6 +78,10 @@ class Role(str, enum.Enum):
     """Key server: transmits with N-1, receives with N and N-1."""
     CLIENT = "client"
     """Client: transmits with N, receives with N and N-1."""
+    GROUP_CONTROLLER = "group-controller"
+    """Group controller (:class:`GroupController`): distributes the group keys, no data."""
+    GROUP_MEMBER = "group-member"
+    """Group member (:class:`GroupMember`): seals for the group, opens every member's packets."""
 
 
 class Suite(str, enum.Enum):
@@ -210,6 +225,8 @@ class Endpoint:
         now: Optional[float] = None,
     ) -> None:
         self._role = Role(role)
+        if self._role in (Role.GROUP_CONTROLLER, Role.GROUP_MEMBER):
+            raise RoleError(f"{self._role.value}: use GroupController or GroupMember, not Endpoint")
         self._native = _native.Endpoint(
             self._role.value,
             init_key,
@@ -393,3 +410,364 @@ class Endpoint:
 
     def __repr__(self) -> str:
         return f"Endpoint(role={self._role.value}, closed={self.closed})"
+
+
+# Group mode (spec §6).
+
+CONTROLLER = -1
+"""The peer of a :class:`GroupMember`'s control messages (:attr:`Packet.peer`): its controller."""
+
+
+class GroupPhase(str, enum.Enum):
+    """A group member's state, and the phases of a rollout (spec §6)."""
+
+    UPDATE_COMPLETED = "update-completed"
+    """Holds only the newest key and transmits with it (a rollout completed)."""
+    DISTRIBUTION_COMPLETED = "distribution-completed"
+    """Holds old and new, transmits with old (the new key was distributed)."""
+    IN_TRANSIT = "in-transit"
+    """Holds old and new, transmits with new."""
+
+
+@dataclass(frozen=True)
+class GroupStatus:
+    """The state of a group controller or member."""
+
+    generation: int
+    """The newest group generation (a controller: the newest it made; a member: the newest it
+    holds; 0: none yet)."""
+    phase: GroupPhase
+    """A member: its state. A controller: the phase its rollout in progress waits for every
+    member to reach (:attr:`GroupPhase.UPDATE_COMPLETED` when idle)."""
+    rollout_in_progress: bool
+    member_count: int
+    """A controller: members provisioned; a member: the group's layout it was made with."""
+    tx_generation: int = 0
+    """A member: the generation it transmits with (0: none yet, it cannot seal)."""
+    previous_generation: Optional[int] = None
+    """A member: the previous generation it still holds."""
+    index: Optional[int] = None
+    """A member: its index."""
+    active_members: Tuple[int, ...] = ()
+    """A controller: the members that joined (and did not leave or get evicted)."""
+    can_seal: bool = False
+    """A member: :meth:`GroupMember.seal` has a key now. A generation it was given
+    receive-only (it joined, or its control channel restarted, after the generation was made)
+    is its ``tx_generation`` but not for sealing: it seals again from the next rollout's
+    transition."""
+
+
+def _group_settings(
+    suite: Suite,
+    rekey_interval: Optional[float],
+    retry: float,
+    max_backoff: float,
+    max_retries: int,
+    evict_unresponsive: bool,
+    phase_grace: float,
+    unknown_sender_holdoff: float,
+    pfs: Union[str, int],
+    channel_rekey_interval: Optional[float],
+    replay_window: int,
+    backend: Backend,
+) -> _native._GroupSettings:
+    return {
+        "suite_name": Suite(suite).value,
+        "rekey_interval_ms": _ms(rekey_interval, "rekey_interval"),
+        "retry_ms": _ms(retry, "retry"),
+        "max_backoff_ms": _ms(max_backoff, "max_backoff"),
+        "max_retries": max_retries,
+        "evict_unresponsive": evict_unresponsive,
+        "phase_grace_ms": _ms(phase_grace, "phase_grace"),
+        "unknown_sender_holdoff_ms": _ms(unknown_sender_holdoff, "unknown_sender_holdoff"),
+        "pfs": str(pfs),
+        "channel_rekey_interval_ms": _ms(channel_rekey_interval, "channel_rekey_interval"),
+        "replay_window": replay_window,
+        "backend": Backend(backend).value,
+    }
+
+
+def _group_packet(t: Tuple[str, int, int, bytes]) -> Packet:
+    kind, peer, generation, data = t
+    if kind == "data":
+        return Packet("data", peer, generation, data)
+    return Packet("control", peer, generation, data)
+
+
+class _Group:
+    """What a group controller and a group member share."""
+
+    _native: _native.Group
+    _role: Role
+
+    @property
+    def role(self) -> Role:
+        return self._role
+
+    def poll_timeout(self) -> Optional[float]:
+        """When :meth:`handle_timeout` must run next (seconds on :func:`now`'s clock)."""
+        t = self._native.poll_timeout()
+        return None if t is None else t / 1e9
+
+    def handle_timeout(self, now: Optional[float] = None) -> None:
+        """Runs the timers due (retransmissions, rollouts)."""
+        self._native.handle_timeout(_ns(now))
+
+    def group_status(self) -> GroupStatus:
+        """The group's generation and phase."""
+        d = self._native.group_status()
+        previous = d.get("previous_generation")
+        index = d.get("index")
+        active = d.get("active_members")
+        return GroupStatus(
+            generation=int(d["generation"]),  # type: ignore[arg-type]
+            phase=GroupPhase(d["phase"]),
+            rollout_in_progress=d["rollout_in_progress"] is True,
+            member_count=int(d["member_count"]),  # type: ignore[arg-type]
+            tx_generation=int(d.get("tx_generation", 0)),  # type: ignore[arg-type]
+            previous_generation=previous if isinstance(previous, int) else None,
+            index=index if isinstance(index, int) and not isinstance(index, bool) else None,
+            active_members=tuple(active) if isinstance(active, list) else (),
+            can_seal=d.get("can_seal") is True,
+        )
+
+    def status(self, member: int) -> Status:
+        """The keys held for member ``member`` and their counters (a member: that member's
+        sender keys, its own or another's; a controller: that member's control channel).
+        Raises :class:`PktcryptError` for an index not in the group."""
+        d = self._native.status(member)
+
+        def num(key: str) -> Optional[int]:
+            v = d.get(key)
+            return v if isinstance(v, int) else None
+
+        suite = d.get("newest_suite")
+        installed = num("newest_installed_ns")
+        return Status(
+            tx_generation=num("tx_generation") or 0,
+            newest_generation=num("newest_generation") or 0,
+            previous_generation=num("previous_generation"),
+            newest_spi=num("newest_spi"),
+            newest_suite=Suite(suite) if isinstance(suite, str) else None,
+            packets_sealed=num("packets_sealed") or 0,
+            packets_opened=num("packets_opened") or 0,
+            auth_failures=num("auth_failures") or 0,
+            replays=num("replays") or 0,
+            newest_exchanged=d.get("newest_exchanged") is True,
+            newest_installed=None if installed is None else installed / 1e9,
+        )
+
+    def export_sas(self, member: int) -> List[SA]:
+        """Both directions of every generation held for ``member`` (see :meth:`status`)."""
+        return [
+            SA(
+                spi=d["spi"],
+                suite=Suite(d["suite"]),
+                generation=d["generation"],
+                outbound=d["outbound"],
+                esn=d["esn"],
+                key=d["key"],
+                salt=d["salt"],
+            )
+            for d in self._native.export_sas(member)
+        ]
+
+    def drops(self) -> dict[str, int]:
+        """Dropped packets by reason."""
+        return self._native.drops()
+
+    def close(self) -> None:
+        """Forgets every key (zeroized). Further calls raise :class:`PktcryptError`."""
+        self._native.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._native.closed
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(closed={self.closed})"
+
+
+class GroupController(_Group):
+    """A group key controller: distributes a new group key to every member in three phases
+    (distribution, first and second transition request: spec §6) every ``rekey_interval``
+    seconds (``None``: only on events: a join, a leave, an eviction, :meth:`rekey`), retrying
+    lost messages (from ``retry`` seconds, backing off to ``max_backoff``) and, after
+    ``max_retries``, evicting a member that never answers (``evict_unresponsive``). It seals and
+    opens no data.
+
+    ``group_key`` is the group init key (a ``pkc1-`` code, given to every member too): its SPI
+    is the base of the members' SPIs. Each member has a control channel of its own with the
+    controller, keyed by its own init key (:meth:`add_member`); ``pfs`` says which of the
+    channel's rotations exchange fresh ephemeral keys (as for :class:`Endpoint`) and
+    ``channel_rekey_interval`` how often they rotate. Drive it like an :class:`Endpoint`: every
+    datagram from a member into :meth:`open`, every ``(member, datagram)`` of :meth:`transmits`
+    to that member, :meth:`handle_timeout` when :meth:`poll_timeout` has passed.
+    """
+
+    def __init__(
+        self,
+        group_key: str,
+        *,
+        suite: Suite = Suite.AES_256_GCM,
+        rekey_interval: Optional[float] = 3600.0,
+        retry: float = 0.5,
+        max_backoff: float = 4.0,
+        max_retries: int = 6,
+        evict_unresponsive: bool = True,
+        phase_grace: float = 0.1,
+        unknown_sender_holdoff: float = 10.0,
+        pfs: Union[str, int] = "every-rekey",
+        channel_rekey_interval: Optional[float] = 3600.0,
+        replay_window: int = 1024,
+        backend: Backend = Backend.DEFAULT,
+    ) -> None:
+        self._role = Role.GROUP_CONTROLLER
+        self._native = _native.Group.controller(
+            group_key,
+            **_group_settings(
+                suite,
+                rekey_interval,
+                retry,
+                max_backoff,
+                max_retries,
+                evict_unresponsive,
+                phase_grace,
+                unknown_sender_holdoff,
+                pfs,
+                channel_rekey_interval,
+                replay_window,
+                backend,
+            ),
+        )
+
+    def add_member(self, index: int, member_key: str, now: Optional[float] = None) -> None:
+        """Provisions member ``index`` with its own init key (the one that member is made with).
+        Members are added in order, 0, 1, 2, ...: :class:`ConfigError` for another index,
+        :class:`InitKeyError` for a bad key or one the controller holds already. The member
+        becomes active when it joins."""
+        self._native.add_member(index, member_key, _ns(now))
+
+    def open(self, datagram: Buffer, now: Optional[float] = None) -> Packet:
+        """Opens a datagram from a member: a control message (``peer`` its index), consumed.
+        Raises a :class:`DroppedError` subclass for a dropped one (anything else)."""
+        return _group_packet(self._native.open(datagram, _ns(now)))
+
+    def poll_transmit(self) -> Optional[Tuple[int, bytes]]:
+        """The next (member index, datagram) to send, or None."""
+        return self._native.poll_transmit()
+
+    def transmits(self) -> Iterator[Tuple[int, bytes]]:
+        """Every datagram waiting to be sent, with the index of the member it goes to."""
+        while (t := self._native.poll_transmit()) is not None:
+            yield t
+
+    def rekey(self, now: Optional[float] = None) -> None:
+        """Starts a rollout of a new group key now (after the one in progress)."""
+        self._native.rekey(_ns(now))
+
+    def __enter__(self) -> GroupController:
+        return self
+
+
+class GroupMember(_Group):
+    """Member ``index`` of a group of ``member_count`` members (member ``j`` transmits under the
+    group key's SPI base + ``j``: every member and the controller agree on the layout), with its
+    own init key ``member_key`` (its control channel with the controller) and the group init key
+    ``group_key``. It joins at once (see :meth:`transmits`: everything goes to the controller)
+    and can seal once a rollout made after its join has reached its transition
+    (:meth:`group_status`: ``can_seal``; before, and for a while after its control channel
+    restarts, :meth:`seal` raises :class:`SealError`). It seals for the
+    whole group under its own sender key and opens every other member's packets; receivers
+    pick the key by SPI, so a rollout never costs a packet. The settings are the controller's
+    (a member uses ``retry`` and ``max_backoff`` for its requests, ``replay_window`` and
+    ``backend`` for its data).
+    """
+
+    def __init__(
+        self,
+        index: int,
+        member_count: int,
+        member_key: str,
+        group_key: str,
+        *,
+        suite: Suite = Suite.AES_256_GCM,
+        rekey_interval: Optional[float] = 3600.0,
+        retry: float = 0.5,
+        max_backoff: float = 4.0,
+        max_retries: int = 6,
+        evict_unresponsive: bool = True,
+        phase_grace: float = 0.1,
+        unknown_sender_holdoff: float = 10.0,
+        pfs: Union[str, int] = "every-rekey",
+        channel_rekey_interval: Optional[float] = 3600.0,
+        replay_window: int = 1024,
+        backend: Backend = Backend.DEFAULT,
+        now: Optional[float] = None,
+    ) -> None:
+        self._role = Role.GROUP_MEMBER
+        self._native = _native.Group.member(
+            index,
+            member_count,
+            member_key,
+            group_key,
+            **_group_settings(
+                suite,
+                rekey_interval,
+                retry,
+                max_backoff,
+                max_retries,
+                evict_unresponsive,
+                phase_grace,
+                unknown_sender_holdoff,
+                pfs,
+                channel_rekey_interval,
+                replay_window,
+                backend,
+            ),
+            now_ns=_ns(now),
+        )
+
+    def seal(self, inner: Buffer, now: Optional[float] = None) -> bytes:
+        """Seals an inner IPv4/IPv6 packet for the whole group (send it to every other member)."""
+        return self._native.seal(inner, _ns(now))
+
+    def seal_many(self, packets: Sequence[Buffer], now: Optional[float] = None) -> List[bytes]:
+        """Seals many packets with the GIL released."""
+        return self._native.seal_many(list(packets), _ns(now))
+
+    def open(self, datagram: Buffer, now: Optional[float] = None) -> Packet:
+        """Opens a received datagram: data from another member (``peer`` its index) or a
+        control message from the controller (``peer`` :data:`CONTROLLER`), consumed. Raises a
+        :class:`DroppedError` subclass for a dropped one."""
+        return _group_packet(self._native.open(datagram, _ns(now)))
+
+    def open_many(
+        self, datagrams: Sequence[Buffer], now: Optional[float] = None
+    ) -> List[Union[Packet, DroppedError]]:
+        """Opens many datagrams with the GIL released; drops are returned, not raised."""
+        out: List[Union[Packet, DroppedError]] = []
+        for r in self._native.open_many(list(datagrams), _ns(now)):
+            out.append(r if isinstance(r, DroppedError) else _group_packet(r))
+        return out
+
+    def poll_transmit(self) -> Optional[bytes]:
+        """The next datagram to send to the controller, or None."""
+        t = self._native.poll_transmit()
+        return None if t is None else t[1]
+
+    def transmits(self) -> Iterator[bytes]:
+        """Every datagram waiting to be sent (all to the controller)."""
+        while (t := self._native.poll_transmit()) is not None:
+            yield t[1]
+
+    def __enter__(self) -> GroupMember:
+        return self

@@ -1,5 +1,5 @@
 # Type stubs of the native module (hand-written; kept in step with python/src/lib.rs).
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Optional, Tuple, TypedDict, Union
 
 _Buffer = Union[bytes, bytearray, memoryview]
 
@@ -60,6 +60,78 @@ class Endpoint:
     def status(self, peer: int = 0) -> dict[str, Union[int, str]]: ...
     def drops(self) -> dict[str, int]: ...
     def export_sas(self, peer: int = 0) -> list[dict[str, Any]]: ...
+    def close(self) -> None: ...
+    @property
+    def closed(self) -> bool: ...
+
+class _GroupSettings(TypedDict):
+    suite_name: str
+    rekey_interval_ms: int
+    retry_ms: int
+    max_backoff_ms: int
+    max_retries: int
+    evict_unresponsive: bool
+    phase_grace_ms: int
+    unknown_sender_holdoff_ms: int
+    pfs: str
+    channel_rekey_interval_ms: int
+    replay_window: int
+    backend: str
+
+class Group:
+    @staticmethod
+    def controller(
+        group_key: str,
+        *,
+        suite_name: str,
+        rekey_interval_ms: int,
+        retry_ms: int,
+        max_backoff_ms: int,
+        max_retries: int,
+        evict_unresponsive: bool,
+        phase_grace_ms: int,
+        unknown_sender_holdoff_ms: int,
+        pfs: str,
+        channel_rekey_interval_ms: int,
+        replay_window: int,
+        backend: str,
+    ) -> Group: ...
+    @staticmethod
+    def member(
+        index: int,
+        member_count: int,
+        member_key: str,
+        group_key: str,
+        *,
+        suite_name: str,
+        rekey_interval_ms: int,
+        retry_ms: int,
+        max_backoff_ms: int,
+        max_retries: int,
+        evict_unresponsive: bool,
+        phase_grace_ms: int,
+        unknown_sender_holdoff_ms: int,
+        pfs: str,
+        channel_rekey_interval_ms: int,
+        replay_window: int,
+        backend: str,
+        now_ns: Optional[int] = None,
+    ) -> Group: ...
+    def add_member(self, index: int, member_key: str, now_ns: Optional[int] = None) -> None: ...
+    def seal(self, inner: _Buffer, now_ns: Optional[int] = None) -> bytes: ...
+    def seal_many(self, packets: list[_Buffer], now_ns: Optional[int] = None) -> list[bytes]: ...
+    def open(self, datagram: _Buffer, now_ns: Optional[int] = None) -> Tuple[str, int, int, bytes]: ...
+    def open_many(
+        self, datagrams: list[_Buffer], now_ns: Optional[int] = None
+    ) -> list[Union[Tuple[str, int, int, bytes], DroppedError]]: ...
+    def poll_transmit(self) -> Optional[Tuple[int, bytes]]: ...
+    def poll_timeout(self) -> Optional[int]: ...
+    def handle_timeout(self, now_ns: Optional[int] = None) -> None: ...
+    def rekey(self, now_ns: Optional[int] = None) -> None: ...
+    def status(self, index: int) -> dict[str, Union[int, str]]: ...
+    def group_status(self) -> dict[str, Union[int, str, bool, list[int]]]: ...
+    def drops(self) -> dict[str, int]: ...
+    def export_sas(self, index: int) -> list[dict[str, Any]]: ...
     def close(self) -> None: ...
     @property
     def closed(self) -> bool: ...

@@ -761,11 +761,30 @@ impl GroupController {
         }
     }
 
-    fn member_of(&self, peer: PeerId) -> Option<u16> {
+    /// The member whose control channel is the channel's `peer` (what [`Self::poll_transmit`]
+    /// and [`Self::handle_datagram`] name), if any.
+    pub fn member_of(&self, peer: PeerId) -> Option<u16> {
         self.members
             .iter()
             .position(|m| m.peer == peer)
             .map(|i| i as u16)
+    }
+
+    /// The control channel's peer of member `index` (the inverse of [`Self::member_of`]).
+    pub fn member_peer(&self, index: u16) -> Option<PeerId> {
+        self.members.get(usize::from(index)).map(|m| m.peer)
+    }
+
+    /// How many members are provisioned (active or not): the next index
+    /// [`Self::add_member`] gives.
+    pub fn member_count(&self) -> u16 {
+        u16::try_from(self.members.len()).unwrap_or(u16::MAX)
+    }
+
+    /// The phase the rollout in progress waits for every active member to reach (`None` when
+    /// idle: the last rollout completed). Status only.
+    pub fn rollout_phase(&self) -> Option<GroupPhase> {
+        self.stage.wanted()
     }
 
     /// Handles a datagram received from `from`. Only authenticated messages change anything:
@@ -1243,6 +1262,22 @@ impl GroupMember {
             .map_or(0, |g| g.number)
     }
 
+    /// Whether [`Self::seal`] has a key now: the generation this member transmits with may be
+    /// one it was given receive-only (it joined or its control channel restarted since the
+    /// generation was made: it transmits again from the next rollout's transition), or none.
+    pub fn can_seal(&self) -> bool {
+        let Some(me) = self.senders.get(usize::from(self.index)) else {
+            return false;
+        };
+        let Some(tx) = self.group.tx_generation(*me) else {
+            return false;
+        };
+        match self.group.lookup_spi(tx.spi.get()) {
+            Some((_, _, Slot::Init)) | None => false,
+            Some((_, _, slot)) => !self.group.receive_only(*me, slot),
+        }
+    }
+
     /// Generations held (newest first), for invariant checks.
     pub fn held(&self) -> Vec<u64> {
         let Some(me) = self.senders.get(usize::from(self.index)) else {
@@ -1286,6 +1321,21 @@ impl GroupMember {
     /// The group data-plane engine.
     pub fn engine(&self) -> &Engine {
         &self.group
+    }
+
+    /// How many members the group has (the senders whose packets this member opens; its
+    /// layout: member `j` transmits under SPI base + `j`).
+    pub fn member_count(&self) -> u16 {
+        u16::try_from(self.senders.len()).unwrap_or(u16::MAX)
+    }
+
+    /// The member whose sender keys the group engine's `peer` holds (what
+    /// [`Self::handle_datagram`] names for data), if any: the inverse of [`Self::sender`].
+    pub fn sender_index(&self, peer: PeerId) -> Option<u16> {
+        self.senders
+            .iter()
+            .position(|p| *p == peer)
+            .and_then(|j| u16::try_from(j).ok())
     }
 
     /// The group engine, for [`super::Endpoint`] (change tracking and data-plane updates).
