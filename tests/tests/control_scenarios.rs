@@ -294,7 +294,7 @@ fn held_suites(st: &pktcrypt_core::PeerStatus) -> Vec<(u64, Suite, u64)> {
         .filter(|s| s.info.number > 0)
         .map(|s| (s.info.number, s.info.suite, s.counters.packets_opened))
         .collect();
-    v.sort_by(|a, b| b.0.cmp(&a.0));
+    v.sort_by_key(|s| std::cmp::Reverse(s.0));
     v
 }
 
