@@ -39,7 +39,9 @@
 // given 0.
 #define PKTCRYPT_ESP_UDP_PORT 4500
 
-// `pktcrypt_rekey`'s `peer` for every client of a key server.
+// Every client of a key server: `pktcrypt_rekey`'s `peer` for all of them, and
+// `pktcrypt_set_suite`'s for the server-wide suite of future generations (every client
+// without a suite of its own).
 #define PKTCRYPT_ALL_PEERS UINT32_MAX
 
 // The peer a group member's datagrams go to and its control messages come from: its
@@ -595,6 +597,39 @@ const char *pktcrypt_endpoint_last_error(const pktcrypt_endpoint *ep);
 // # Safety
 // `ep` live (not NULL).
 pktcrypt_role pktcrypt_endpoint_role(const pktcrypt_endpoint *ep);
+
+// Cipher agility on a live key server: the suite of future generations. With `peer` =
+// `PKTCRYPT_ALL_PEERS`, the server-wide suite (it also ends a rotation set with
+// `pktcrypt_set_suite_rotation`); otherwise that client's own suite, over the server-wide
+// suite or rotation, until `pktcrypt_clear_peer_suite`. Nothing is rekeyed now: each client
+// switches at its next rekey, and since every generation carries its suite (the receiver
+// picks key and suite by SPI) packets under the old and the new generation both open across
+// the switch. A client endpoint refuses (`PKTCRYPT_RESULT_ERR_WRONG_ROLE`).
+//
+// # Safety
+// `ep` live; `suite` one of the `pktcrypt_suite` values.
+pktcrypt_result pktcrypt_set_suite(pktcrypt_endpoint *ep, uint32_t peer, pktcrypt_suite suite);
+
+// Takes away the suite of `peer`'s own set by `pktcrypt_set_suite`: its future generations
+// follow the server-wide suite or rotation again.
+//
+// # Safety
+// `ep` live.
+pktcrypt_result pktcrypt_clear_peer_suite(pktcrypt_endpoint *ep, uint32_t peer);
+
+// Makes future generations of a live key server rotate through `suites[0..n]`: a client's
+// generation `g` (an init handshake starts again at 1) gets `suites[(g - 1) % n]`, so each
+// rekey takes the next suite of the list, per client, from the generation number alone.
+// Clients with a suite of their own (`pktcrypt_set_suite` with a peer) keep it. `n` = 0
+// ends the rotation (every generation then gets the server-wide suite, which a rotation
+// sets to its first). A value that is not a `pktcrypt_suite` is refused
+// (`PKTCRYPT_RESULT_ERR_INVALID_ARGUMENT`) and nothing changes.
+//
+// # Safety
+// `ep` live; `suites` has `n` readable entries (may be NULL when `n` is 0).
+pktcrypt_result pktcrypt_set_suite_rotation(pktcrypt_endpoint *ep,
+                                            const pktcrypt_suite *suites,
+                                            size_t n);
 
 // Fills `cfg`, a `pktcrypt_group_config` of `struct_size` bytes, with the defaults, and sets
 // its `struct_size`. Call it through the header's `pktcrypt_group_config_init(cfg)`, which

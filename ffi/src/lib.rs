@@ -1146,7 +1146,9 @@ pub unsafe extern "C" fn pktcrypt_handle_timeout(
     })
 }
 
-/// `pktcrypt_rekey`'s `peer` for every client of a key server.
+/// Every client of a key server: `pktcrypt_rekey`'s `peer` for all of them, and
+/// `pktcrypt_set_suite`'s for the server-wide suite of future generations (every client
+/// without a suite of its own).
 pub const PKTCRYPT_ALL_PEERS: u32 = u32::MAX;
 
 /// Rekey on demand: a key server rotates `peer` (every client with `PKTCRYPT_ALL_PEERS`) at
@@ -1467,6 +1469,137 @@ pub unsafe extern "C" fn pktcrypt_endpoint_role(ep: *const pktcrypt_endpoint) ->
         Some(ep) => ep.config.role,
         None => pktcrypt_role::Client,
     }
+}
+
+// `pktcrypt_set_suite_rotation` reads the caller's `pktcrypt_suite`s as `uint32_t`s.
+const _: () = assert!(
+    size_of::<pktcrypt_suite>() == size_of::<u32>()
+        && align_of::<pktcrypt_suite>() == align_of::<u32>()
+);
+
+/// The key server of `ep`, or the failure to return.
+fn server_of(ep: &mut pktcrypt_endpoint) -> Result<&mut KeyServer, pktcrypt_result> {
+    if !matches!(ep.machine.machine(), Machine::Server(_)) {
+        return Err(ep.fail(
+            pktcrypt_result::ErrWrongRole,
+            "only a key server chooses suites (a client takes each generation's from it)",
+        ));
+    }
+    match ep.machine.machine_mut() {
+        Machine::Server(server) => Ok(server),
+        _ => Err(pktcrypt_result::ErrWrongRole),
+    }
+}
+
+/// Cipher agility on a live key server: the suite of future generations. With `peer` =
+/// `PKTCRYPT_ALL_PEERS`, the server-wide suite (it also ends a rotation set with
+/// `pktcrypt_set_suite_rotation`); otherwise that client's own suite, over the server-wide
+/// suite or rotation, until `pktcrypt_clear_peer_suite`. Nothing is rekeyed now: each client
+/// switches at its next rekey, and since every generation carries its suite (the receiver
+/// picks key and suite by SPI) packets under the old and the new generation both open across
+/// the switch. A client endpoint refuses (`PKTCRYPT_RESULT_ERR_WRONG_ROLE`).
+///
+/// # Safety
+/// `ep` live; `suite` one of the `pktcrypt_suite` values.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pktcrypt_set_suite(
+    ep: *mut pktcrypt_endpoint,
+    peer: u32,
+    suite: pktcrypt_suite,
+) -> pktcrypt_result {
+    guard(|| {
+        // SAFETY: ep is NULL or a live handle (caller contract).
+        let Some(ep) = (unsafe { endpoint(ep) }) else {
+            return pktcrypt_result::ErrNull;
+        };
+        let server = match server_of(ep) {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
+        if peer == PKTCRYPT_ALL_PEERS {
+            server.set_suite(suite.into());
+            return pktcrypt_result::Ok;
+        }
+        match server.set_client_suite(PeerId(peer), Some(suite.into())) {
+            Ok(()) => pktcrypt_result::Ok,
+            Err(_) => ep.fail(pktcrypt_result::ErrUnknownPeer, "no such peer"),
+        }
+    })
+}
+
+/// Takes away the suite of `peer`'s own set by `pktcrypt_set_suite`: its future generations
+/// follow the server-wide suite or rotation again.
+///
+/// # Safety
+/// `ep` live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pktcrypt_clear_peer_suite(
+    ep: *mut pktcrypt_endpoint,
+    peer: u32,
+) -> pktcrypt_result {
+    guard(|| {
+        // SAFETY: ep is NULL or a live handle (caller contract).
+        let Some(ep) = (unsafe { endpoint(ep) }) else {
+            return pktcrypt_result::ErrNull;
+        };
+        let server = match server_of(ep) {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
+        match server.set_client_suite(PeerId(peer), None) {
+            Ok(()) => pktcrypt_result::Ok,
+            Err(_) => ep.fail(pktcrypt_result::ErrUnknownPeer, "no such peer"),
+        }
+    })
+}
+
+/// Makes future generations of a live key server rotate through `suites[0..n]`: a client's
+/// generation `g` (an init handshake starts again at 1) gets `suites[(g - 1) % n]`, so each
+/// rekey takes the next suite of the list, per client, from the generation number alone.
+/// Clients with a suite of their own (`pktcrypt_set_suite` with a peer) keep it. `n` = 0
+/// ends the rotation (every generation then gets the server-wide suite, which a rotation
+/// sets to its first). A value that is not a `pktcrypt_suite` is refused
+/// (`PKTCRYPT_RESULT_ERR_INVALID_ARGUMENT`) and nothing changes.
+///
+/// # Safety
+/// `ep` live; `suites` has `n` readable entries (may be NULL when `n` is 0).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pktcrypt_set_suite_rotation(
+    ep: *mut pktcrypt_endpoint,
+    suites: *const pktcrypt_suite,
+    n: size_t,
+) -> pktcrypt_result {
+    guard(|| {
+        // SAFETY: ep is NULL or a live handle (caller contract).
+        let Some(ep) = (unsafe { endpoint(ep) }) else {
+            return pktcrypt_result::ErrNull;
+        };
+        if n > 0 && suites.is_null() {
+            return ep.fail(pktcrypt_result::ErrNull, "suites is NULL");
+        }
+        let mut list = Vec::with_capacity(n.min(1024));
+        for i in 0..n {
+            // SAFETY: `suites` has `n` readable entries (caller contract); each is read as
+            // its integer representation (a C enum is an `int`), so that a value outside the
+            // enumeration is refused rather than read as a `pktcrypt_suite`.
+            let raw = unsafe { suites.cast::<u32>().add(i).read() };
+            match u8::try_from(raw).ok().and_then(Suite::from_id) {
+                Some(s) => list.push(s),
+                None => {
+                    return ep.fail(
+                        pktcrypt_result::ErrInvalidArgument,
+                        format!("suites[{i}]: {raw} is not a pktcrypt_suite"),
+                    );
+                }
+            }
+        }
+        let server = match server_of(ep) {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
+        server.set_suite_rotation(list);
+        pktcrypt_result::Ok
+    })
 }
 
 #[cfg(test)]

@@ -611,6 +611,61 @@ impl Endpoint {
     fn closed(&self) -> bool {
         self.machine.is_none()
     }
+
+    /// Cipher agility on a live key server: the suite of future generations, server-wide
+    /// (`peer` None; it also ends a rotation) or of one client (over the server-wide suite or
+    /// rotation; `suite_name` None takes the client's own suite away).
+    #[pyo3(signature = (suite_name, peer=None))]
+    fn set_suite(&mut self, suite_name: Option<&str>, peer: Option<u32>) -> PyResult<()> {
+        let suite = suite_name.map(suite).transpose()?;
+        let server = server_of(self.machine()?)?;
+        match (peer, suite) {
+            (None, Some(s)) => server.set_suite(s),
+            (None, None) => {
+                return Err(ConfigError::new_err(
+                    "suite: None takes a client's own suite away, and needs its peer",
+                ));
+            }
+            (Some(p), s) => server
+                .set_client_suite(PeerId(p), s)
+                .map_err(|_| PktcryptError::new_err(format!("no peer {p}")))?,
+        }
+        Ok(())
+    }
+
+    /// Future generations rotate through `suite_names` (a client's generation g gets
+    /// `suite_names[(g - 1) % len]`); empty: no rotation.
+    fn set_suite_rotation(&mut self, suite_names: Vec<String>) -> PyResult<()> {
+        let suites = suite_names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                n.parse::<Suite>()
+                    .map_err(|e| ConfigError::new_err(format!("suites[{i}]: {n:?}: {e}")))
+            })
+            .collect::<PyResult<Vec<Suite>>>()?;
+        server_of(self.machine()?)?.set_suite_rotation(suites);
+        Ok(())
+    }
+
+    /// The suite generation `generation` of `peer` gets when it is minted (key servers).
+    fn suite_for(&mut self, peer: u32, generation: u64) -> PyResult<&'static str> {
+        let server = server_of(self.machine()?)?;
+        if server.engine().peer_status(PeerId(peer)).is_none() {
+            return Err(PktcryptError::new_err(format!("no peer {peer}")));
+        }
+        Ok(server.suite_for(PeerId(peer), generation).name())
+    }
+}
+
+/// The key server behind an endpoint, for the calls only a key server takes.
+fn server_of(m: &mut Core) -> PyResult<&mut KeyServer> {
+    match m.machine_mut() {
+        Machine::Server(s) => Ok(s),
+        _ => Err(RoleError::new_err(
+            "only a key server chooses suites (a client takes each generation's from it)",
+        )),
+    }
 }
 
 /// The peer of a group member's transmits and of its controller's control messages (in

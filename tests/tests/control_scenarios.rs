@@ -270,6 +270,163 @@ fn suite_switch_at_rekey() {
     assert_eq!(sim.stats.key_mismatch, 0);
 }
 
+/// The suite of every generation minted for client `i`, by number.
+fn minted_suites(sim: &Sim, i: usize) -> Vec<(u64, Suite)> {
+    let peer = sim.clients[i].peer;
+    sim.server_events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            ServerEvent::KeyMinted {
+                peer: p,
+                generation,
+            } if *p == peer => Some((generation.number, generation.suite)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The suites of the generations a status shows, by number (newest first, the init key left
+/// out), with the packets opened under each.
+fn held_suites(st: &pktcrypt_core::PeerStatus) -> Vec<(u64, Suite, u64)> {
+    let mut v: Vec<_> = st
+        .sas
+        .iter()
+        .filter(|s| s.info.number > 0)
+        .map(|s| (s.info.number, s.info.suite, s.counters.packets_opened))
+        .collect();
+    v.sort_by_key(|s| std::cmp::Reverse(s.0));
+    v
+}
+
+#[test]
+fn suites_rotate_through_the_list_by_generation_number() {
+    let list = vec![Suite::Aes256Gcm, Suite::ChaCha20Poly1305, Suite::Aes128Gcm];
+    let mut sc = server_config();
+    sc.rekey_interval = Some(secs(2));
+    sc.suite_rotation = list.clone();
+    let mut sim = Sim::new(2, sc, client_config(), 21);
+    sim.run_for(secs(21));
+    for i in 0..2 {
+        let minted = minted_suites(&sim, i);
+        assert!(minted.len() >= 6, "client {i}: {minted:?}");
+        for &(n, suite) in &minted {
+            assert_eq!(
+                suite,
+                list[((n - 1) % 3) as usize],
+                "client {i}: {minted:?}"
+            );
+        }
+        let peer = sim.clients[i].peer;
+        // Both sides show the suite of each generation they hold: N and N-1 differ, and both
+        // open (the server receives under N from its client, the client under N-1).
+        let server = held_suites(&sim.server.engine().peer_status(peer).expect("status"));
+        let server_peer = sim.clients[i].machine.server();
+        let client = held_suites(
+            &sim.clients[i]
+                .machine
+                .engine()
+                .peer_status(server_peer)
+                .expect("status"),
+        );
+        assert_eq!(server.len(), 2, "{server:?}");
+        let (n, n1) = (server[0], server[1]);
+        assert_eq!(n.1, list[((n.0 - 1) % 3) as usize]);
+        assert_eq!(n1.1, list[((n1.0 - 1) % 3) as usize]);
+        assert_ne!(n.1, n1.1);
+        assert!(n.2 > 0, "the server opens its client's N: {server:?}");
+        assert_eq!(
+            client.iter().map(|c| (c.0, c.1)).collect::<Vec<_>>(),
+            server.iter().map(|c| (c.0, c.1)).collect::<Vec<_>>()
+        );
+        assert!(
+            client[1].2 > 0,
+            "the client opens the server's N-1: {client:?}"
+        );
+    }
+    assert!(sim.stats.data_opened > 300, "{:?}", sim.stats);
+    assert_eq!(sim.stats.key_mismatch, 0, "{:?}", sim.stats);
+    assert!(sim.stats.data_dropped.is_empty(), "{:?}", sim.stats);
+}
+
+#[test]
+fn a_client_suite_overrides_the_server_wide_suite_and_rotation() {
+    let mut sc = server_config();
+    sc.rekey_interval = Some(secs(2));
+    let mut sim = Sim::new(3, sc, client_config(), 22);
+    let (a, b) = (sim.clients[0].peer, sim.clients[1].peer);
+    sim.server
+        .set_client_suite(a, Some(Suite::ChaCha20Poly1305))
+        .expect("client");
+    assert_eq!(sim.server.client_suite(a), Some(Suite::ChaCha20Poly1305));
+    assert_eq!(sim.server.client_suite(b), None);
+    sim.run_for(secs(7));
+    assert!(
+        minted_suites(&sim, 0)
+            .iter()
+            .all(|&(_, s)| s == Suite::ChaCha20Poly1305)
+    );
+    assert!(
+        minted_suites(&sim, 1)
+            .iter()
+            .all(|&(_, s)| s == Suite::Aes256Gcm)
+    );
+    // A rotation for everyone else; client 0 keeps its own; client 1 gets one of its own.
+    sim.server
+        .set_suite_rotation(vec![Suite::Aes128Gcm, Suite::ChaCha20Poly1305]);
+    sim.server
+        .set_client_suite(b, Some(Suite::Aes256Gcm))
+        .expect("client");
+    let before = [0, 1, 2].map(|i| minted_suites(&sim, i).len());
+    sim.run_for(secs(9));
+    let after = [0, 1, 2].map(|i| minted_suites(&sim, i));
+    assert!(
+        after[0][before[0]..]
+            .iter()
+            .all(|&(_, s)| s == Suite::ChaCha20Poly1305)
+    );
+    assert!(
+        after[1][before[1]..]
+            .iter()
+            .all(|&(_, s)| s == Suite::Aes256Gcm)
+    );
+    let rotated = &after[2][before[2]..];
+    assert!(rotated.len() >= 3, "{rotated:?}");
+    for &(n, s) in rotated {
+        let want = [Suite::Aes128Gcm, Suite::ChaCha20Poly1305][((n - 1) % 2) as usize];
+        assert_eq!(s, want, "{rotated:?}");
+    }
+    assert_eq!(
+        sim.server.suite_for(sim.clients[2].peer, 7),
+        Suite::Aes128Gcm
+    );
+    // Taken away: client 0 follows the rotation again; set_suite ends the rotation.
+    sim.server.set_client_suite(a, None).expect("client");
+    assert_eq!(sim.server.suite_for(a, 2), Suite::ChaCha20Poly1305);
+    sim.server.set_suite(Suite::Aes128Gcm);
+    assert!(sim.server.config().suite_rotation.is_empty());
+    assert_eq!(sim.server.suite_for(a, 2), Suite::Aes128Gcm);
+    assert_eq!(sim.server.suite_for(b, 2), Suite::Aes256Gcm);
+    assert_eq!(
+        sim.server.set_client_suite(pktcrypt_core::PeerId(99), None),
+        Err(pktcrypt_core::Error::UnknownPeer)
+    );
+    assert_eq!(sim.stats.key_mismatch, 0, "{:?}", sim.stats);
+    assert!(sim.stats.data_dropped.is_empty(), "{:?}", sim.stats);
+}
+
+#[test]
+fn an_init_handshake_takes_the_clients_suite() {
+    let mut sc = server_config();
+    sc.suite_rotation = vec![Suite::ChaCha20Poly1305, Suite::Aes128Gcm];
+    let mut sim = Sim::new(2, sc, client_config(), 23);
+    sim.server
+        .set_client_suite(sim.clients[1].peer, Some(Suite::Aes256Gcm))
+        .expect("client");
+    sim.run_for(secs(2));
+    assert_eq!(minted_suites(&sim, 0), vec![(1, Suite::ChaCha20Poly1305)]);
+    assert_eq!(minted_suites(&sim, 1), vec![(1, Suite::Aes256Gcm)]);
+}
+
 #[test]
 fn rekey_trigger_on_packets_sealed() {
     let mut cc = client_config();

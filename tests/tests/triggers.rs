@@ -511,3 +511,26 @@ fn rekey_on_demand_rotates_from_either_side() {
     .expect("client");
     assert_eq!(Endpoint::from(client).rekey(Time::ZERO, None), 0);
 }
+
+/// A generation is checked against its own suite's limits, whatever the triggers were made for:
+/// a ChaCha20-Poly1305 server's packet counts never let an AES-GCM generation (after a suite
+/// change) past AES-GCM's limits, and AES-GCM's forgery count never lets a ChaCha20-Poly1305
+/// one past its integrity limit.
+#[test]
+fn triggers_are_held_within_each_generations_suite() {
+    let frame = 1500;
+    let aes = RekeyTriggers::for_suite(Suite::Aes256Gcm, frame);
+    let chacha = RekeyTriggers::for_suite(Suite::ChaCha20Poly1305, frame);
+    let t = chacha.within_limits(Suite::Aes256Gcm, frame);
+    assert_eq!(t.packets_sealed, aes.packets_sealed);
+    assert_eq!(t.bytes, aes.bytes);
+    assert_eq!(t.auth_failures, chacha.auth_failures);
+    let t = aes.within_limits(Suite::ChaCha20Poly1305, frame);
+    assert_eq!(t.packets_sealed, aes.packets_sealed);
+    assert_eq!(t.auth_failures, chacha.auth_failures);
+    // Lower settings stay; the age is not a suite's.
+    let mut low = aes;
+    low.packets_sealed = 7;
+    low.max_age = None;
+    assert_eq!(low.within_limits(Suite::Aes128Gcm, frame), low);
+}

@@ -142,6 +142,9 @@ class Status:
     """Whether the newest generation came from a key exchange (forward secret)."""
     newest_installed: Optional[float] = None
     """When the newest generation was installed (seconds on :func:`now`'s clock)."""
+    previous_suite: Optional[Suite] = None
+    """The previous generation's suite (``None`` if none is held): after a suite change at a
+    rekey it differs from ``newest_suite``, and both open."""
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,11 @@ def now() -> float:
 def keygen(suite: Suite = Suite.AES_256_GCM, spi: Optional[int] = None) -> str:
     """A new init key as a ``pkc1-`` text code (give it to both sides out of band)."""
     return _native.keygen(Suite(suite).value, spi)
+
+
+def _suite_name(suite: Union[Suite, str]) -> str:
+    """A suite's name; a string passes as it is, for the native layer to refuse by name."""
+    return suite.value if isinstance(suite, Suite) else str(suite)
 
 
 def _packet(t: Tuple[str, int, int, bytes]) -> Packet:
@@ -356,6 +364,7 @@ class Endpoint:
             return v if isinstance(v, int) else None
 
         suite = d.get("newest_suite")
+        previous_suite = d.get("previous_suite")
         return Status(
             tx_generation=num("tx_generation") or 0,
             newest_generation=num("newest_generation") or 0,
@@ -368,6 +377,7 @@ class Endpoint:
             replays=num("replays") or 0,
             newest_exchanged=d.get("newest_exchanged") is True,
             newest_installed=None if num("newest_installed_ns") is None else (num("newest_installed_ns") or 0) / 1e9,
+            previous_suite=Suite(previous_suite) if isinstance(previous_suite, str) else None,
         )
 
     def drops(self) -> dict[str, int]:
@@ -410,6 +420,35 @@ class Endpoint:
 
     def __repr__(self) -> str:
         return f"Endpoint(role={self._role.value}, closed={self.closed})"
+
+    def set_suite(self, suite: Optional[Suite], peer: Optional[int] = None) -> None:
+        """Cipher agility (key servers): the suite of future generations.
+
+        With ``peer`` left out, the server-wide suite (this also ends a rotation set with
+        :meth:`set_suite_rotation`); with a ``peer``, that client's own suite, over the
+        server-wide suite or rotation (``suite=None`` takes it away). Nothing is rekeyed now:
+        each client switches at its next rekey, and since every generation carries its suite
+        (the receiver picks key and suite by SPI), packets under the old and the new generation
+        both open across the switch. Raises :class:`RoleError` on a client, :class:`ConfigError`
+        for a bad suite, :class:`PktcryptError` for an unknown peer.
+        """
+        self._native.set_suite(None if suite is None else _suite_name(suite), peer)
+
+    def set_suite_rotation(self, suites: Sequence[Suite]) -> None:
+        """Cipher agility (key servers): future generations rotate through ``suites``.
+
+        A client's generation *g* (an init handshake starts again at 1) gets
+        ``suites[(g - 1) % len(suites)]``: each rekey takes the next suite of the list, per
+        client, from the generation number alone. Clients with a suite of their own
+        (:meth:`set_suite` with a ``peer``) keep it. An empty list ends the rotation (the
+        server-wide suite, which a rotation sets to its first, applies again).
+        """
+        self._native.set_suite_rotation([_suite_name(s) for s in suites])
+
+    def suite_for(self, peer: int, generation: int) -> Suite:
+        """The suite generation ``generation`` of ``peer`` gets when it is minted (key
+        servers): the client's own suite, else the rotation's, else the server-wide one."""
+        return Suite(self._native.suite_for(peer, generation))
 
 
 # Group mode (spec §6).

@@ -456,6 +456,9 @@ pub(crate) fn server(
         let peer = server
             .add_client(&key, c.address, now())
             .map_err(|e| format!("clients[{i}] ({}): {e}", c.name))?;
+        server
+            .set_client_suite(peer, c.suite)
+            .map_err(|e| format!("clients[{i}] ({}): {e}", c.name))?;
         names.insert(peer, c.name.clone());
     }
     Ok((server, names))

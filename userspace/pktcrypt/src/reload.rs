@@ -9,7 +9,10 @@
 //! a group member) needs a restart: [`check_restart`] refuses the file naming the first such
 //! key, and nothing is applied. A key server's client whose init key changed is removed and
 //! added again (it starts over from its new key); no other peer is touched, so traffic to
-//! unchanged peers goes on as before.
+//! unchanged peers goes on as before. A key server's `suite` / `suites` and a client's
+//! `[[clients]]` `suite`, and a group controller's `suite`, change the suite of future
+//! generations: each peer switches at its next rekey, without interruption (each generation
+//! carries its suite).
 
 use std::collections::BTreeSet;
 
@@ -18,7 +21,8 @@ fn reloadable(role: &str, key: &str) -> bool {
     matches!(
         (role, key),
         (_, "prefixes")
-            | ("server", "clients")
+            | ("server", "clients" | "suite" | "suites")
+            | ("group-controller", "suite")
             | ("client", "server")
             | ("group-member" | "group-controller", "members")
     )
@@ -146,6 +150,28 @@ mod tests {
         )
         .expect_err("port");
         assert!(e.starts_with("port: "), "{e}");
+    }
+
+    #[test]
+    fn a_servers_suites_and_a_controllers_suite_reload() {
+        let server = "role = \"server\"\ninner = \"in\"\nprefixes = [\"10.2.0.0/24\"]\n\
+                      [[clients]]\nname = \"a\"\naddress = \"192.0.2.1\"\nprefixes = [\"10.1.0.0/24\"]\ninit_key = \"k1\"\n";
+        let chacha = format!("suite = \"chacha20-poly1305\"\n{server}");
+        let rotation = format!("suites = [\"aes-128-gcm\", \"chacha20-poly1305\"]\n{server}");
+        let own = format!("{server}suite = \"aes-128-gcm\"\n");
+        for new in [&chacha, &rotation, &own] {
+            assert_eq!(check_restart(&t(server), &t(new)), Ok(()), "{new}");
+            assert_eq!(check_restart(&t(new), &t(server)), Ok(()), "{new}");
+        }
+        let c = "role = \"group-controller\"\n[group]\ninit_key = \"g\"\n\
+                 [[members]]\nname = \"a\"\naddress = \"fd00::1\"\ninit_key = \"k1\"\n";
+        let suite = format!("suite = \"aes-128-gcm\"\n{c}");
+        assert_eq!(check_restart(&t(c), &t(&suite)), Ok(()));
+        // Still not a member's (its `suite` is its channel's triggers', read at start).
+        let m = "role = \"group-member\"\nindex = 0\n";
+        let e =
+            check_restart(&t(m), &t(&format!("suite = \"aes-128-gcm\"\n{m}"))).expect_err("member");
+        assert!(e.starts_with("suite: "), "{e}");
     }
 
     #[test]

@@ -27,10 +27,10 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use pktcrypt_core::aead::Backend;
 use pktcrypt_core::control::{
     Endpoint, Event, GroupController, GroupEvent, GroupMember, Incoming, KeyClient, KeyServer,
-    Machine, Transmit,
+    Machine, ServerConfig, Transmit,
 };
 use pktcrypt_core::wire::OuterHeader;
-use pktcrypt_core::{DropReason, PeerId, Time};
+use pktcrypt_core::{DropReason, PeerId, Suite, Time};
 use pktcrypt_io::gateway::tap::Tap;
 use pktcrypt_io::gateway::{
     Paths, PeerPath, Prefix, Route, Shared, ToControl, Worker, WorkerStats,
@@ -166,6 +166,8 @@ pub(crate) struct PeerInfo {
     /// A key server's client: the digest of its init key ([`config::key_digest`]), to tell a
     /// changed key on reload.
     key: Option<[u8; 32]>,
+    /// A key server's client: its own suite of future generations (`[[clients]]` `suite`).
+    suite: Option<Suite>,
 }
 
 /// The gateway's [`Io`]: control messages and samples from the workers (and, for a group
@@ -254,6 +256,7 @@ impl GatewayIo {
                     return Err("clients: a server needs at least one [[clients]] entry".into());
                 }
                 // Everything is read and checked before anything changes.
+                let settings = cfg.settings.config()?;
                 let mut distinct = config::DistinctKeys::default();
                 let mut wanted = Vec::new();
                 for (i, c) in cfg.clients.iter().enumerate() {
@@ -305,10 +308,16 @@ impl GatewayIo {
                             .set_address(id, SocketAddr::new(info.address, self.port))
                             .map_err(|e| format!("{}: {e}", info.name))?;
                     }
+                    if server.client_suite(id) != info.suite {
+                        server
+                            .set_client_suite(id, info.suite)
+                            .map_err(|e| format!("{}: {e}", info.name))?;
+                    }
                     if old.is_some_and(|o| {
                         o.address != info.address
                             || o.prefixes != info.prefixes
                             || o.name != info.name
+                            || o.suite != info.suite
                     }) {
                         changes.push(format!("updated {}", info.name));
                     }
@@ -318,11 +327,16 @@ impl GatewayIo {
                     let id = server
                         .add_client(&key, Some(SocketAddr::new(info.address, self.port)), now)
                         .map_err(|e| format!("{field}: {e}"))?;
+                    server
+                        .set_client_suite(id, info.suite)
+                        .map_err(|e| format!("{field}: {e}"))?;
                     changes.push(format!("added {}", info.name));
                     peers.insert(id, info);
                 }
+                changes.extend(apply_suites(server, &settings));
             }
             (DataPathRole::Client(cfg), Machine::Client(client)) => {
+                cfg.server.refuse_suite("server")?;
                 let mut info = peer_info("server", &cfg.server)?;
                 let id = client.server();
                 info.key = self.peers.get(&id).and_then(|p| p.key);
@@ -334,6 +348,7 @@ impl GatewayIo {
                 peers.insert(id, info);
             }
             (DataPathRole::GroupMember(cfg), Machine::Member(member)) => {
+                refuse_member_suites(cfg)?;
                 peers = member_peers(cfg, member)?;
                 for (id, info) in &peers {
                     if self
@@ -737,6 +752,9 @@ pub(crate) fn state_machine(
                 let id = server
                     .add_client(&key, Some(SocketAddr::new(c.address, port)), t0)
                     .map_err(|e| format!("{field}: {e}"))?;
+                server
+                    .set_client_suite(id, c.suite)
+                    .map_err(|e| format!("{field}: {e}"))?;
                 let mut info = peer_info(&field, c)?;
                 info.key = Some(config::key_digest(&key));
                 peers.insert(id, info);
@@ -745,6 +763,7 @@ pub(crate) fn state_machine(
         }
         DataPathRole::Client(cfg) => {
             let s = &cfg.server;
+            s.refuse_suite("server")?;
             let key = s.key.load("server", 0, base)?;
             let mut cc = cfg.settings.config()?;
             cc.engine.backend = backend;
@@ -754,6 +773,7 @@ pub(crate) fn state_machine(
             (Endpoint::from(client), None)
         }
         DataPathRole::GroupMember(cfg) => {
+            refuse_member_suites(cfg)?;
             let (member, controller, member_peers) = group_member(cfg, base, port, backend, t0)?;
             peers = member_peers;
             (Endpoint::from(member), Some(controller))
@@ -1387,6 +1407,11 @@ impl ControllerIo<'_> {
         }
         let now = now();
         let mut changes = Vec::new();
+        let suite = new.settings.config()?.suite;
+        if controller.suite() != suite {
+            controller.set_suite(suite);
+            changes.push(format!("suite {suite}"));
+        }
         let active = controller.active_members();
         for (i, m) in new.members.iter().enumerate() {
             let Ok(index) = u16::try_from(i) else { break };
@@ -1698,12 +1723,39 @@ fn backend(backend: Backend) -> Backend {
     backend
 }
 
+/// Refuses `suite` in a group member's `[[members]]` (the controller chooses the suite).
+fn refuse_member_suites(cfg: &MemberGateway) -> Result<(), String> {
+    for (j, m) in cfg.members.iter().enumerate() {
+        m.refuse_suite(&format!("members[{j}] ({})", m.name))?;
+    }
+    Ok(())
+}
+
+/// Applies the server-wide `suite` / `suites` of a (reloaded) configuration, with the rekey
+/// triggers that follow from them; what changed, if anything.
+fn apply_suites(server: &mut KeyServer, sc: &ServerConfig) -> Option<String> {
+    let old = server.config();
+    if old.suite == sc.suite && old.suite_rotation == sc.suite_rotation {
+        return None;
+    }
+    server.set_triggers(sc.triggers);
+    if sc.suite_rotation.is_empty() {
+        server.set_suite(sc.suite);
+        Some(format!("suite {}", sc.suite))
+    } else {
+        server.set_suite_rotation(sc.suite_rotation.clone());
+        let names: Vec<&str> = sc.suite_rotation.iter().map(|s| s.name()).collect();
+        Some(format!("suites {}", names.join(", ")))
+    }
+}
+
 fn peer_info(field: &str, p: &GatewayPeer) -> Result<PeerInfo, String> {
     if p.prefixes.is_empty() {
         return Err(format!("{field}.prefixes: at least one prefix"));
     }
     Ok(PeerInfo {
         key: None,
+        suite: p.suite,
         name: p.name.clone(),
         address: p.address,
         prefixes: p

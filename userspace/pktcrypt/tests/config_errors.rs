@@ -213,6 +213,50 @@ fn gateway_roles_name_the_bad_field() {
     );
 }
 
+/// Cipher agility's keys: a bad suite name, an empty rotation, `suite` with `suites`, and a
+/// suite where the key server is not the one choosing.
+#[test]
+fn suites_name_the_bad_field() {
+    let k = key();
+    let base = "inner = \"lo\"\nouter = \"lo\"\nxdp_object = \"/dev/null\"\nprefixes = [\"10.2.0.0/24\"]\n";
+    let client = format!(
+        "[[clients]]\nname = \"a\"\naddress = \"192.0.2.1\"\nprefixes = [\"10.1.0.0/24\"]\ninit_key = \"{k}\"\n"
+    );
+    for (settings, field) in [
+        ("suites = []\n", "suites"),
+        ("suites = [\"aes-256-gcm\", \"aes\"]\n", "suites[1]"),
+        (
+            "suite = \"aes-256-gcm\"\nsuites = [\"aes-128-gcm\"]\n",
+            "suites: set either",
+        ),
+    ] {
+        fails_naming(
+            "up",
+            &format!("role = \"server\"\n{base}{settings}{client}"),
+            field,
+        );
+    }
+    fails_naming(
+        "up",
+        &format!("role = \"server\"\n{base}{client}suite = \"des\"\n"),
+        "suite: \"des\"",
+    );
+    fails_naming(
+        "up",
+        &format!(
+            "role = \"client\"\n{base}[server]\nname = \"s\"\naddress = \"192.0.2.2\"\nprefixes = [\"10.2.0.0/24\"]\ninit_key = \"{k}\"\nsuite = \"aes-128-gcm\"\n"
+        ),
+        "server.suite",
+    );
+    fails_naming(
+        "server",
+        &format!(
+            "listen = \"127.0.0.1:0\"\nsuites = [\"chacha\"]\n[[clients]]\nname = \"a\"\ninit_key = \"{k}\"\n"
+        ),
+        "suites[0]",
+    );
+}
+
 #[test]
 fn gateway_inner_policy_fields_are_required_and_checked() {
     let k = key();

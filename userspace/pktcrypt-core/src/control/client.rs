@@ -447,9 +447,13 @@ impl KeyClient {
         let Some((counters, installed)) = self.engine.sa_counters(self.server, Slot::Newest) else {
             return;
         };
+        let Some(info) = self.engine.generation(self.server, Slot::Newest) else {
+            return;
+        };
         if let Some(reason) = self
             .config
             .triggers
+            .within_limits(info.suite, self.config.engine.max_esp_len)
             .exceeded(&counters, now.saturating_sub(installed))
         {
             self.events.push_back(ClientEvent::Triggered { reason });

@@ -435,6 +435,19 @@ impl GroupController {
         }
     }
 
+    /// Changes the suite of future group generations, and of the members' control channels'
+    /// future generations (cipher agility, spec §7): the next rollout switches; each group
+    /// generation carries its suite, so members open the old and the new one side by side.
+    pub fn set_suite(&mut self, suite: Suite) {
+        self.config.suite = suite;
+        self.channel.set_suite(suite);
+    }
+
+    /// The suite of future group generations.
+    pub fn suite(&self) -> Suite {
+        self.config.suite
+    }
+
     /// The control channels' key server (its engine holds every member's channel keys).
     pub fn channel(&self) -> &KeyServer {
         &self.channel

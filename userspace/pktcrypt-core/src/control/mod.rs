@@ -107,6 +107,22 @@ impl RekeyTriggers {
         }
     }
 
+    /// These triggers, none above the defaults of `suite` ([`Self::for_suite`]): what a
+    /// generation of `suite` is checked against, so that triggers set for a looser suite (a
+    /// ChaCha20-Poly1305 server's packet counts) never let a generation of a stricter one
+    /// (AES-GCM, after a suite change) exceed its AEAD limits. The age is kept as it is.
+    pub fn within_limits(self, suite: Suite, max_frame: usize) -> Self {
+        let l = Self::for_suite(suite, max_frame);
+        Self {
+            packets_sealed: self.packets_sealed.min(l.packets_sealed),
+            packets_opened: self.packets_opened.min(l.packets_opened),
+            packets_total: self.packets_total.min(l.packets_total),
+            bytes: self.bytes.min(l.bytes),
+            auth_failures: self.auth_failures.min(l.auth_failures),
+            max_age: self.max_age,
+        }
+    }
+
     /// Whether a generation with these counters and age is due for rotation, and why.
     pub fn exceeded(&self, c: &SaCounters, age: Duration) -> Option<&'static str> {
         if c.packets_sealed >= self.packets_sealed {

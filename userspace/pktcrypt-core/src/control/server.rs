@@ -111,8 +111,16 @@ impl core::str::FromStr for Pfs {
 pub struct ServerConfig {
     /// Data-plane settings (the role is forced to [`Role::KeyServer`]).
     pub engine: EngineConfig,
-    /// Suite of newly minted generations (changing it switches suite at the next rekey).
+    /// Suite of newly minted generations (changing it switches suite at the next rekey),
+    /// unless [`Self::suite_rotation`] lists suites or the client has a suite of its own
+    /// ([`KeyServer::set_client_suite`]).
     pub suite: Suite,
+    /// Suites that generations rotate through (cipher agility at every rekey, spec §7): a
+    /// client's generation `n` (`n` ≥ 1; an init handshake starts again at 1) gets
+    /// `suite_rotation[(n - 1) % len]`, unless the client has a suite of its own. Stateless:
+    /// the suite follows from the generation number alone. Empty (the default): every
+    /// generation gets [`Self::suite`]. See [`KeyServer::suite_for`].
+    pub suite_rotation: Vec<Suite>,
     /// Derived-key mode (spec §5): distributions carry a nonce, not the secret.
     pub derived: bool,
     /// Server-timed update (S7): rotate each client this often (jittered). `None`: only on
@@ -156,6 +164,7 @@ impl ServerConfig {
         let engine = EngineConfig::new(Role::KeyServer);
         Self {
             suite: Suite::Aes256Gcm,
+            suite_rotation: Vec::new(),
             derived: false,
             rekey_interval: Some(Duration::from_secs(3600)),
             rekey_jitter_permille: 100,
@@ -301,6 +310,12 @@ mod flag {
     /// Keys may be expanded: data since the last idle eviction (a control message alone expands
     /// none, but it is not told apart here; evicting an SA with nothing to free is cheap).
     pub(super) const EXPANDED: u8 = 16;
+    /// The two top bits: the client's own suite of future generations, as its wire id (1..=3;
+    /// 0: none, the server-wide suite or rotation). Kept in the flags so that the record stays
+    /// one cache line.
+    pub(super) const SUITE_SHIFT: u32 = 6;
+    /// The mask of [`SUITE_SHIFT`]'s bits.
+    pub(super) const SUITE_MASK: u8 = 0b1100_0000;
 }
 
 /// Per-client control state: one cache line (a key server may hold millions; a test pins the
@@ -337,6 +352,20 @@ impl ClientState {
     /// Newest generation held (0: init key only).
     fn newest(&self) -> u64 {
         self.proven + u64::from(self.has(flag::UNPROVEN))
+    }
+
+    /// The client's own suite of future generations, if it has one.
+    fn suite(&self) -> Option<Suite> {
+        Suite::from_id((self.flags & flag::SUITE_MASK) >> flag::SUITE_SHIFT)
+    }
+
+    fn set_suite(&mut self, suite: Option<Suite>) {
+        let id = suite.map_or(0, Suite::id);
+        debug_assert!(
+            id <= flag::SUITE_MASK >> flag::SUITE_SHIFT,
+            "suite ids fit two bits"
+        );
+        self.flags = (self.flags & !flag::SUITE_MASK) | (id << flag::SUITE_SHIFT);
     }
 }
 
@@ -535,9 +564,64 @@ impl KeyServer {
         self.config.pfs = pfs;
     }
 
-    /// Changes the suite of future generations (cipher agility, spec §7).
+    /// Changes the suite of future generations of every client without a suite of its own
+    /// (cipher agility, spec §7), and ends a rotation ([`ServerConfig::suite_rotation`]). Each
+    /// generation carries its suite and the receiver picks key and suite by SPI, so the switch
+    /// happens at each client's next rekey without interrupting its traffic.
     pub fn set_suite(&mut self, suite: Suite) {
         self.config.suite = suite;
+        self.config.suite_rotation.clear();
+    }
+
+    /// Makes future generations rotate through `suites` (see
+    /// [`ServerConfig::suite_rotation`]); [`ServerConfig::suite`] becomes the first. Empty:
+    /// no rotation, every generation gets [`ServerConfig::suite`]. Clients with a suite of
+    /// their own keep it.
+    pub fn set_suite_rotation(&mut self, suites: Vec<Suite>) {
+        if let Some(&first) = suites.first() {
+            self.config.suite = first;
+        }
+        self.config.suite_rotation = suites;
+    }
+
+    /// Gives `peer` a suite of its own for its future generations (over the server-wide suite
+    /// or rotation), or takes it away (`None`). Kept in the client's record without growing
+    /// it; it lasts until changed or the client is removed (an init handshake keeps it).
+    ///
+    /// # Errors
+    /// [`Error::UnknownPeer`].
+    pub fn set_client_suite(&mut self, peer: PeerId, suite: Option<Suite>) -> Result<(), Error> {
+        self.client(peer)
+            .ok_or(Error::UnknownPeer)?
+            .set_suite(suite);
+        Ok(())
+    }
+
+    /// The suite of `peer`'s own (see [`Self::set_client_suite`]), if it has one.
+    pub fn client_suite(&self, peer: PeerId) -> Option<Suite> {
+        self.clients.get(peer.0 as usize)?.as_ref()?.suite()
+    }
+
+    /// The suite generation `generation` of `peer` gets when it is minted: the client's own
+    /// suite, else the rotation's (`suite_rotation[(generation - 1) % len]`), else
+    /// [`ServerConfig::suite`].
+    pub fn suite_for(&self, peer: PeerId, generation: u64) -> Suite {
+        if let Some(suite) = self.client_suite(peer) {
+            return suite;
+        }
+        let r = &self.config.suite_rotation;
+        if r.is_empty() {
+            return self.config.suite;
+        }
+        let i = generation.saturating_sub(1) % r.len() as u64;
+        r[usize::try_from(i).unwrap_or(0)]
+    }
+
+    /// Changes the rekey triggers (for example with the suites of a reloaded configuration).
+    /// Whatever they say, a generation is rotated before its own suite's AEAD limits
+    /// ([`RekeyTriggers::within_limits`]).
+    pub fn set_triggers(&mut self, triggers: RekeyTriggers) {
+        self.config.triggers = triggers;
     }
 
     /// Rekey on demand (an operator's `pktcrypt rekey`): `peer` is rotated at its next proof of
@@ -931,7 +1015,7 @@ impl KeyServer {
         let info = GenerationInfo {
             number: 1,
             spi: self.unused_spi(),
-            suite: self.config.suite,
+            suite: self.suite_for(peer, 1),
         };
         let exchanged = self.config.pfs.exchanges(1);
         let (material, shared) = if exchanged {
@@ -1032,7 +1116,8 @@ impl KeyServer {
             state.proven_at = t;
             state.last_rx = t;
             state.pending = None;
-            state.flags = flag::TX_NEWEST;
+            // Everything starts over but the client's own suite.
+            state.flags = flag::TX_NEWEST | (state.flags & flag::SUITE_MASK);
             state.set(flag::EXCHANGED, c.exchanged);
             if let Some(from) = from {
                 state.addr = Some(PeerAddr::new(from));
@@ -1146,6 +1231,7 @@ impl KeyServer {
             return;
         };
         let number = newest + 1;
+        let suite = self.suite_for(peer, number);
         // The install checks the SPI with the table's one probe; a taken one (one in a few
         // thousand with a million clients) draws another.
         let mut attempts = 0;
@@ -1159,11 +1245,7 @@ impl KeyServer {
                     break spi;
                 }
             };
-            let info = GenerationInfo {
-                number,
-                spi,
-                suite: self.config.suite,
-            };
+            let info = GenerationInfo { number, spi, suite };
             let (dist, secret) = match exchange {
                 Some((share, request_hash)) => {
                     let Some(parent) = self.engine.secret(peer, Slot::Newest).cloned() else {
@@ -1351,7 +1433,13 @@ impl KeyServer {
         let Some((counters, installed)) = self.engine.sa_counters(peer, Slot::Newest) else {
             return;
         };
-        let triggers = self.config.triggers;
+        let Some(info) = self.engine.generation(peer, Slot::Newest) else {
+            return;
+        };
+        let triggers = self
+            .config
+            .triggers
+            .within_limits(info.suite, self.config.engine.max_esp_len);
         let Some(c) = self.client(peer) else { return };
         if c.has(flag::REKEY_WANTED | flag::UNPROVEN) {
             return;
@@ -1508,6 +1596,35 @@ mod tests {
     fn a_client_record_is_one_cache_line() {
         // A key server keeps one per client: growth here multiplies by millions.
         assert_eq!(core::mem::size_of::<Option<ClientState>>(), 64);
+    }
+
+    #[test]
+    fn a_client_suite_lives_in_the_flags_beside_the_others() {
+        let mut c = ClientState {
+            addr: None,
+            proven: 0,
+            proven_at: 0,
+            last_rx: 0,
+            pending: None,
+            needed_at: 0,
+            flags: 0,
+        };
+        let all = flag::UNPROVEN
+            | flag::REKEY_WANTED
+            | flag::EXCHANGED
+            | flag::DEFERRED
+            | flag::EXPANDED
+            | flag::TX_NEWEST;
+        assert_eq!(all & flag::SUITE_MASK, 0, "the suite bits are free");
+        for others in [0, all] {
+            c.flags = others;
+            assert_eq!(c.suite(), None);
+            for suite in Suite::ALL.map(Some).into_iter().chain([None]) {
+                c.set_suite(suite);
+                assert_eq!(c.suite(), suite);
+                assert_eq!(c.flags & !flag::SUITE_MASK, others);
+            }
+        }
     }
 
     #[test]

@@ -181,6 +181,25 @@ pub(crate) struct GatewayPeer {
     /// Its init key (a group member's `[[members]]`: only its own entry's).
     #[serde(flatten)]
     pub(crate) key: KeySource,
+    /// A key server's `[[clients]]` only: the suite of this client's future generations, over
+    /// the server-wide `suite` or `suites` (reloadable). Refused elsewhere: the key server
+    /// chooses every generation's suite.
+    #[serde(default, deserialize_with = "super::suite")]
+    pub(crate) suite: Option<pktcrypt_core::Suite>,
+}
+
+impl GatewayPeer {
+    /// Refuses `suite` in a peer that is not a key server's client (`field` names the entry).
+    pub(crate) fn refuse_suite(&self, field: &str) -> Result<(), String> {
+        match self.suite {
+            Some(s) => Err(format!(
+                "{field}.suite: {s:?} only a key server's [[clients]] entries take a suite \
+                 (the key server chooses every generation's suite)",
+                s = s.name()
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 /// `role = "server"`.

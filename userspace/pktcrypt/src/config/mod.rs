@@ -336,6 +336,28 @@ pub(crate) fn suite<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Suite>, D:
         .map_err(|e| de::Error::custom(format!("suite: {name:?}: {e}")))
 }
 
+/// `suites = ["aes-256-gcm", "chacha20-poly1305"]`: a rotation of suites by name
+/// (`deserialize_with` of an optional key); an empty list is refused.
+pub(crate) fn suites<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Suite>>, D::Error> {
+    let Some(names) = Option::<Vec<String>>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if names.is_empty() {
+        return Err(de::Error::custom(
+            "suites: at least one suite (or leave the key out)",
+        ));
+    }
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            name.parse()
+                .map_err(|e| de::Error::custom(format!("suites[{i}]: {name:?}: {e}")))
+        })
+        .collect::<Result<Vec<Suite>, D::Error>>()
+        .map(Some)
+}
+
 /// `backend = "default" | "ring+aws-lc" | "ring" | "aws-lc" | "rustcrypto"` (and
 /// `"null-insecure"` in builds with the benchmark-only feature `insecure-null-backend`): the AEAD
 /// implementation.

@@ -112,9 +112,13 @@ impl TriggerSettings {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ServerSettings {
-    /// Suite of new generations.
+    /// Suite of new generations (reloadable; not with `suites`).
     #[serde(default, deserialize_with = "super::suite")]
     pub(crate) suite: Option<Suite>,
+    /// Suites new generations rotate through, by generation number: a client's generation
+    /// `n` gets `suites[(n - 1) % len]` (reloadable; not with `suite`).
+    #[serde(default, deserialize_with = "super::suites")]
+    pub(crate) suites: Option<Vec<Suite>>,
     /// Derived-key mode.
     #[serde(default)]
     pub(crate) derived: bool,
@@ -153,13 +157,29 @@ impl ServerSettings {
         let mut c = ServerConfig::new();
         c.engine = engine(Role::KeyServer, self.replay_window, self.esn)?;
         c.suite = self.suite.unwrap_or(c.suite);
-        c.triggers = self.triggers.apply(
-            triggers(
-                RekeyTriggers::for_suite(c.suite, c.engine.max_esp_len),
-                c.engine.esn,
-            ),
-            c.suite.name(),
-        )?;
+        if let Some(suites) = &self.suites {
+            if self.suite.is_some() {
+                return Err(
+                    "suites: set either `suite` (one suite) or `suites` (a rotation), \
+                            not both"
+                        .into(),
+                );
+            }
+            c.suite = suites.first().copied().unwrap_or(c.suite);
+            c.suite_rotation = suites.clone();
+        }
+        // The limits of the strictest suite in use bound the file (each generation is also
+        // held within its own suite's limits by the state machine).
+        let used = self.suites.clone().unwrap_or_else(|| vec![c.suite]);
+        let limits = used.iter().fold(
+            RekeyTriggers::for_suite(c.suite, c.engine.max_esp_len),
+            |t, &s| t.within_limits(s, c.engine.max_esp_len),
+        );
+        let mut names: Vec<&str> = used.iter().map(|s| s.name()).collect();
+        names.dedup();
+        c.triggers = self
+            .triggers
+            .apply(triggers(limits, c.engine.esn), &names.join(", "))?;
         c.derived = self.derived;
         c.pfs = self.pfs.unwrap_or(c.pfs);
         c.max_handshakes_per_second = self
@@ -236,7 +256,7 @@ impl ClientSettings {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ControllerSettings {
-    /// Suite of new group generations.
+    /// Suite of new group generations (reloadable).
     #[serde(default, deserialize_with = "super::suite")]
     pub(crate) suite: Option<Suite>,
     /// Rekey interval (0: only on events).

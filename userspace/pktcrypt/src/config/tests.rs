@@ -597,3 +597,161 @@ fn group_triggers_and_usage_reports_are_read() {
         Some(std::time::Duration::from_millis(2500))
     );
 }
+
+/// Cipher agility in the file: `suite`, a rotation `suites`, and a client's own `suite`, in
+/// both forms of the key server's file, reach the state machine's configuration; bad names,
+/// an empty list, both keys at once and a suite where only a key server's client takes one
+/// are refused naming the key.
+#[test]
+fn suites_and_client_suites_are_read_from_both_forms() {
+    use pktcrypt_core::Suite;
+    let rotation = "suites = [\"aes-256-gcm\", \"chacha20-poly1305\", \"aes-128-gcm\"]\n";
+    let udp = format!(
+        "{rotation}{}suite = \"chacha20-poly1305\"\n",
+        minimal(Form::Udp(RoleName::Server))
+    );
+    let udp: ServerFile = ServerFile::read(&Document::parse(&udp).expect("toml")).expect("udp");
+    assert_eq!(udp.clients[0].suite, Some(Suite::ChaCha20Poly1305));
+    let gateway = format!(
+        "{rotation}{}suite = \"aes-128-gcm\"\n",
+        minimal(Form::Gateway(RoleName::Server))
+    );
+    let gateway = GatewayFile::read(&Document::parse(&gateway).expect("toml")).expect("gateway");
+    let GatewayRole::DataPath(_, DataPathRole::Server(gateway)) = gateway.role else {
+        panic!("not a server");
+    };
+    assert_eq!(gateway.clients[0].suite, Some(Suite::Aes128Gcm));
+    for settings in [&udp.settings, &gateway.settings] {
+        let c = settings.config().expect("config");
+        assert_eq!(
+            c.suite_rotation,
+            vec![Suite::Aes256Gcm, Suite::ChaCha20Poly1305, Suite::Aes128Gcm]
+        );
+        assert_eq!(
+            c.suite,
+            Suite::Aes256Gcm,
+            "suite is the first of the rotation"
+        );
+        // The defaults are the strictest suite's: AES-GCM's packets, ChaCha20-Poly1305's
+        // forgeries.
+        let max = c.engine.max_esp_len;
+        let aes = pktcrypt_core::control::RekeyTriggers::for_suite(Suite::Aes256Gcm, max);
+        let chacha = pktcrypt_core::control::RekeyTriggers::for_suite(Suite::ChaCha20Poly1305, max);
+        assert_eq!(c.triggers.packets_sealed, aes.packets_sealed);
+        assert_eq!(c.triggers.auth_failures, chacha.auth_failures);
+    }
+    // A single suite: no rotation.
+    let one = format!(
+        "suite = \"aes-128-gcm\"\n{}",
+        minimal(Form::Udp(RoleName::Server))
+    );
+    let one: ServerFile = ServerFile::read(&Document::parse(&one).expect("toml")).expect("one");
+    let c = one.settings.config().expect("config");
+    assert_eq!((c.suite, c.suite_rotation.len()), (Suite::Aes128Gcm, 0));
+    assert_eq!(one.clients[0].suite, None);
+
+    // Refusals, each naming its key (and its line).
+    let server = minimal(Form::Gateway(RoleName::Server));
+    let gw = Form::Gateway(RoleName::Server);
+    let udp = Form::Udp(RoleName::Server);
+    for (form, text, message) in [
+        (
+            gw,
+            format!("suites = [\"aes\"]\n{server}"),
+            "suites[0]: \"aes\"",
+        ),
+        (
+            gw,
+            format!("suites = [\"aes-256-gcm\", \"des\"]\n{server}"),
+            "suites[1]: \"des\"",
+        ),
+        (gw, format!("suites = []\n{server}"), "suites: at least one"),
+        (
+            gw,
+            format!("suites = \"aes-256-gcm\"\n{server}"),
+            "sequence",
+        ),
+        (
+            gw,
+            format!("{server}suite = \"aes-512\"\n"),
+            "suite: \"aes-512\"",
+        ),
+        (
+            udp,
+            format!("{}suite = \"aes\"\n", minimal(udp)),
+            "suite: \"aes\"",
+        ),
+    ] {
+        let err = read(form, &text).expect_err(&text);
+        assert!(
+            err.contains(message) && err.contains(" | "),
+            "{text}: {err}"
+        );
+    }
+    let both = format!(
+        "suite = \"aes-256-gcm\"\nsuites = [\"chacha20-poly1305\"]\n{}",
+        minimal(Form::Udp(RoleName::Server))
+    );
+    let both: ServerFile = ServerFile::read(&Document::parse(&both).expect("toml")).expect("both");
+    let err = both.settings.config().expect_err("both");
+    assert!(
+        err.starts_with("suites: ") && err.contains("`suite`"),
+        "{err}"
+    );
+    // A file's triggers are bounded by the strictest suite of the rotation.
+    let limit = pktcrypt_core::control::RekeyTriggers::for_suite(
+        Suite::Aes256Gcm,
+        pktcrypt_core::EngineConfig::new(pktcrypt_core::Role::KeyServer).max_esp_len,
+    )
+    .packets_sealed;
+    let high = format!(
+        "suites = [\"chacha20-poly1305\", \"aes-256-gcm\"]\nrekey_after_packets_sealed = {}\n{}",
+        limit + 1,
+        minimal(Form::Udp(RoleName::Server))
+    );
+    let high: ServerFile = ServerFile::read(&Document::parse(&high).expect("toml")).expect("high");
+    let err = high.settings.config().expect_err("above AES-GCM's limit");
+    assert!(
+        err.contains("rekey_after_packets_sealed") && err.contains("aes-256-gcm"),
+        "{err}"
+    );
+}
+
+/// Only a key server's `[[clients]]` take a `suite`: a client's `[server]` and a group
+/// member's `[[members]]` refuse it naming the entry (the daemon and `check` alike build the
+/// state machine through `up::state_machine`).
+#[test]
+fn a_suite_is_refused_where_the_key_server_chooses() {
+    let client = format!(
+        "{}suite = \"chacha20-poly1305\"\n",
+        minimal(Form::Gateway(RoleName::Client))
+    );
+    let file = GatewayFile::read(&Document::parse(&client).expect("toml")).expect("client");
+    let GatewayRole::DataPath(_, DataPathRole::Client(c)) = file.role else {
+        panic!("not a client");
+    };
+    let err = c.server.refuse_suite("server").expect_err("client");
+    assert!(
+        err.starts_with("server.suite: \"chacha20-poly1305\" only"),
+        "{err}"
+    );
+    let member = format!(
+        "{}suite = \"aes-128-gcm\"\n",
+        minimal(Form::Gateway(RoleName::GroupMember))
+    );
+    let file = GatewayFile::read(&Document::parse(&member).expect("toml")).expect("member");
+    let GatewayRole::DataPath(_, DataPathRole::GroupMember(m)) = file.role else {
+        panic!("not a member");
+    };
+    let err = m.members[0]
+        .refuse_suite("members[0] (a)")
+        .expect_err("member");
+    assert!(err.starts_with("members[0] (a).suite: "), "{err}");
+    // A group controller's `[[members]]` have no such key at all.
+    let controller = format!(
+        "{}suite = \"aes-128-gcm\"\n",
+        minimal(Form::Gateway(RoleName::GroupController))
+    );
+    let err = read(Form::Gateway(RoleName::GroupController), &controller).expect_err("controller");
+    assert!(err.contains("suite"), "{err}");
+}

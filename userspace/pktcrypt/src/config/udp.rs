@@ -23,6 +23,10 @@ pub(crate) struct PeerEntry {
     /// Its init key.
     #[serde(flatten)]
     pub(crate) key: KeySource,
+    /// The suite of this client's future generations, over the server-wide `suite` or
+    /// `suites`.
+    #[serde(default, deserialize_with = "super::suite")]
+    pub(crate) suite: Option<pktcrypt_core::Suite>,
 }
 
 /// `[[members]]` of a group controller.
