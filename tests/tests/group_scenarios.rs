@@ -808,3 +808,29 @@ fn a_suite_change_takes_effect_at_the_next_rollout() {
         sim.stats.data_dropped
     );
 }
+
+/// Review finding (stop 21): a controller configured for ChaCha20-Poly1305 (whose default
+/// triggers are ChaCha's: 2^61 packets) and switched to AES-GCM must hold the AES-GCM
+/// generations to AES-GCM's limits, as key servers and clients do, not to ChaCha's.
+#[test]
+fn group_triggers_are_held_within_the_current_generations_suite() {
+    use pktcrypt_core::Suite;
+    use pktcrypt_core::control::RekeyTriggers;
+    let mut c = config();
+    c.rekey_interval = Some(secs(3));
+    c.suite = Suite::ChaCha20Poly1305;
+    c.triggers = RekeyTriggers::for_suite(Suite::ChaCha20Poly1305, c.engine.max_esp_len);
+    let frame = c.engine.max_esp_len;
+    let mut sim = GroupSim::new(3, c, 43);
+    sim.run_for(secs(8));
+    sim.controller.set_suite(Suite::Aes256Gcm);
+    sim.run_for(secs(10));
+    let aes = RekeyTriggers::for_suite(Suite::Aes256Gcm, frame);
+    let t = sim.controller.triggers();
+    assert!(
+        t.packets_sealed <= aes.packets_sealed && t.bytes <= aes.bytes,
+        "an AES-GCM generation held to {} packets (AES-GCM's limit {})",
+        t.packets_sealed,
+        aes.packets_sealed
+    );
+}

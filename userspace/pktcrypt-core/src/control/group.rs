@@ -448,6 +448,17 @@ impl GroupController {
         self.config.suite
     }
 
+    /// The counter triggers the members' usage reports are held against for the current
+    /// generation: the configured ones, within the AEAD limits of that generation's suite
+    /// (after a suite change, triggers made for ChaCha20-Poly1305 must not carry an AES-GCM
+    /// generation past AES-GCM's limits).
+    pub fn triggers(&self) -> RekeyTriggers {
+        let suite = self.current.as_ref().map_or(self.config.suite, |g| g.suite);
+        self.config
+            .triggers
+            .within_limits(suite, self.config.engine.max_esp_len)
+    }
+
     /// The control channels' key server (its engine holds every member's channel keys).
     pub fn channel(&self) -> &KeyServer {
         &self.channel
@@ -525,7 +536,7 @@ impl GroupController {
             total.bytes = total.bytes.saturating_add(u.bytes);
             total.auth_failures = total.auth_failures.saturating_add(u.auth_failures);
         }
-        let t = &self.config.triggers;
+        let t = &self.triggers();
         if most_sealed >= t.packets_sealed {
             Some("packets_sealed")
         } else if total.opened >= t.packets_opened {
