@@ -1006,6 +1006,12 @@ pub unsafe extern "C" fn pktcrypt_seal_transport(
 /// over the addresses received: a NAT may have changed them, RFC 3948 §3.1.2). Malformed IP or
 /// UDP headers, fragments, keepalives and anything not UDP are dropped and counted too.
 ///
+/// **The IP header of a transport-mode packet is not authenticated** (RFC 4303): an on-path
+/// attacker can deliver an authentic payload under other addresses (even another IP
+/// version), and the restored packet carries them with valid checksums. Check the restored
+/// addresses against what `info->peer` may use (as IPsec checks an SA's selectors) before
+/// handing the packet to a TUN device or a raw socket.
+///
 /// # Safety
 /// `ep` live; `buf` has `len` writable bytes; `info` writable; `next_header` NULL or writable.
 #[unsafe(no_mangle)]

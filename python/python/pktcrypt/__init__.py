@@ -323,7 +323,13 @@ class Endpoint:
         the ICV has authenticated the payload). Control messages are consumed as by
         :meth:`open`. Raises a :class:`DroppedError` subclass for a dropped packet (replayed,
         forged, truncated, malformed IP or UDP headers, a fragment, not UDP, a keepalive, an
-        unknown SPI); drops are counted in :meth:`drops`."""
+        unknown SPI); drops are counted in :meth:`drops`.
+
+        The IP header of a transport-mode packet is **not authenticated** (RFC 4303): an
+        on-path attacker can deliver an authentic payload under other addresses (even another
+        IP version) and the restored packet carries them with valid checksums. Check its
+        addresses against what ``peer`` may use before writing it to a TUN device or a raw
+        socket."""
         kind, peer, generation, data, next_header = self._native.open_transport(packet, _ns(now))
         if kind == "data":
             return Packet("data", peer, generation, data, next_header)

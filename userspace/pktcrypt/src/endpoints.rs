@@ -63,6 +63,12 @@ pub(crate) enum Ask {
 /// rendered for each request: never stale).
 pub(crate) type Request = (Ask, std::sync::mpsc::SyncSender<Zeroizing<String>>);
 
+/// Whether the other end of a Unix socket is root or this process's effective user.
+fn privileged(s: &std::os::unix::net::UnixStream) -> bool {
+    rustix::net::sockopt::socket_peercred(s)
+        .is_ok_and(|c| c.uid.is_root() || c.uid == rustix::process::geteuid())
+}
+
 /// `rekey [PEER]` as a request.
 fn rekey_ask(req: &str) -> Ask {
     Ask::Rekey(
@@ -218,8 +224,14 @@ pub(crate) fn serve(
                 "metrics" => p
                     .lock()
                     .map_or_else(|_| "metrics unavailable\n".into(), |p| p.metrics.clone()),
-                // A role without a keys socket (a group controller) reloads through this one:
-                // a reload reveals nothing, it applies the (root-owned) file.
+                // A role without a keys socket (a group controller) reloads and rekeys through
+                // this one: a reload reveals nothing (it applies the root-owned file), but the
+                // socket is group-accessible (0660), so only root or the daemon's own user may
+                // change anything through it (SO_PEERCRED).
+                "reload" | "rekey" if keys_hint.is_none() && !privileged(&s) => format!(
+                    "error: only root or the daemon's user may {command} through the \
+                     status socket\n"
+                ),
                 "reload" if keys_hint.is_none() => ask(&status_requests, Ask::Reload)
                     .map_or_else(|| "reload unavailable\n".into(), |t| t.to_string()),
                 "rekey" if keys_hint.is_none() => ask(&status_requests, rekey_ask(&req))

@@ -412,19 +412,19 @@ impl GatewayIo {
             None => None,
             Some(name) => match self.peers.iter().find(|(_, p)| p.name == name) {
                 Some((id, _)) => Some(*id),
-                None => return format!("error: rekey: no peer named {name:?}"),
+                None => return format!("error: no peer named {name:?}"),
             },
         };
         let answer = match endpoint.machine() {
             Machine::Member(_) => {
-                return "error: rekey: a group member does not rekey its group: ask its \
+                return "error: a group member does not rekey its group: ask its \
                         controller (`pktcrypt rekey` with the controller's --config)"
                     .to_owned();
             }
             Machine::Server(_) => match endpoint.rekey(now(), target) {
                 0 if peer.is_some() => {
                     return format!(
-                        "error: rekey: {} has no key yet (its init handshake has not completed)",
+                        "error: {} has no key yet (its init handshake has not completed)",
                         peer.unwrap_or_default()
                     );
                 }
@@ -432,8 +432,7 @@ impl GatewayIo {
             },
             Machine::Client(_) | Machine::Controller(_) => match endpoint.rekey(now(), target) {
                 0 => {
-                    return "error: rekey: no key yet (the init handshake is still running)"
-                        .to_owned();
+                    return "error: no key yet (the init handshake is still running)".to_owned();
                 }
                 _ => "rekey: asked the key server for a new generation".to_owned(),
             },
