@@ -612,9 +612,12 @@ pktcrypt_role pktcrypt_endpoint_role(const pktcrypt_endpoint *ep);
 // picks key and suite by SPI) packets under the old and the new generation both open across
 // the switch. A client endpoint refuses (`PKTCRYPT_RESULT_ERR_WRONG_ROLE`).
 //
+// `suite` is a `pktcrypt_suite` value passed as an integer (C lets any `int` into an enum: a
+// value that is not a suite is refused with `PKTCRYPT_RESULT_ERR_INVALID_ARGUMENT`).
+//
 // # Safety
-// `ep` live; `suite` one of the `pktcrypt_suite` values.
-pktcrypt_result pktcrypt_set_suite(pktcrypt_endpoint *ep, uint32_t peer, pktcrypt_suite suite);
+// `ep` live.
+pktcrypt_result pktcrypt_set_suite(pktcrypt_endpoint *ep, uint32_t peer, uint32_t suite);
 
 // Takes away the suite of `peer`'s own set by `pktcrypt_set_suite`: its future generations
 // follow the server-wide suite or rotation again.

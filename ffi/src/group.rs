@@ -229,6 +229,10 @@ unsafe fn read_config(
     if !known_config_size(size) {
         return Err(pktcrypt_result::ErrConfigSize);
     }
+    // SAFETY: non-null and `size` readable bytes (a size this library knows).
+    if !unsafe { crate::config_fields_valid(cfg, size) } {
+        return Err(pktcrypt_result::ErrConfig);
+    }
     // SAFETY: non-null and of a size this library knows, at most the size of `full`: the
     // caller's `size` bytes are an initialised config of that version.
     unsafe {
@@ -255,6 +259,24 @@ unsafe fn read_group_config(
     let size = unsafe { (&raw const (*group).struct_size).read() } as usize;
     if !known_group_config_size(size) {
         return Err(pktcrypt_result::ErrConfigSize);
+    }
+    // SAFETY: non-null and `size` readable bytes: its enum and bool fields hold valid values
+    // before the struct is read as Rust values.
+    if !unsafe {
+        crate::fields_valid(
+            group.cast::<u8>(),
+            size,
+            &[(
+                std::mem::offset_of!(pktcrypt_group_config, suite),
+                crate::SUITES,
+            )],
+            &[std::mem::offset_of!(
+                pktcrypt_group_config,
+                evict_unresponsive
+            )],
+        )
+    } {
+        return Err(pktcrypt_result::ErrConfig);
     }
     // SAFETY: non-null and of a size this library knows, at most the size of `full`.
     unsafe {

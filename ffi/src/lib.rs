@@ -437,6 +437,62 @@ fn known_config_size(size: usize) -> bool {
     size == FIRST || size == config_size() as usize
 }
 
+/// Whether the enum and bool fields of a caller's struct hold values their Rust types have, read
+/// as the raw integers C may have put there (any `int` fits a C enum, any byte a `bool`; a Rust
+/// enum or `bool` holding another value is undefined behaviour, so nothing may read the struct
+/// as Rust values before this). `enums`: (offset, the valid values) of each 4-byte enum field;
+/// `bools`: the offsets of the one-byte bools. Fields beyond `size` (of a later version) are not
+/// the caller's and are skipped.
+///
+/// # Safety
+/// `p` points to `size` readable bytes.
+pub(crate) unsafe fn fields_valid(
+    p: *const u8,
+    size: usize,
+    enums: &[(usize, &[u32])],
+    bools: &[usize],
+) -> bool {
+    let enums_ok = enums.iter().all(|&(off, valid)| {
+        off + 4 > size || {
+            // SAFETY: `off + 4 <= size`: within the caller's readable bytes.
+            let v = unsafe { p.add(off).cast::<u32>().read_unaligned() };
+            valid.contains(&v)
+        }
+    });
+    let bools_ok = bools.iter().all(|&off| {
+        // SAFETY: `off < size`: within the caller's readable bytes.
+        off >= size || unsafe { p.add(off).read() } <= 1
+    });
+    enums_ok && bools_ok
+}
+
+/// The valid values of `pktcrypt_suite`.
+pub(crate) const SUITES: &[u32] = &[1, 2, 3];
+
+/// Whether a caller's `pktcrypt_config` of `size` bytes holds only valid enum and bool values.
+///
+/// # Safety
+/// `cfg` points to `size` readable bytes.
+pub(crate) unsafe fn config_fields_valid(cfg: *const pktcrypt_config, size: usize) -> bool {
+    use std::mem::offset_of;
+    // SAFETY: `size` readable bytes at `cfg` (caller contract).
+    unsafe {
+        fields_valid(
+            cfg.cast::<u8>(),
+            size,
+            &[
+                (offset_of!(pktcrypt_config, role), &[0, 1, 2, 3]),
+                (offset_of!(pktcrypt_config, suite), SUITES),
+                (offset_of!(pktcrypt_config, backend), &[0, 1, 2, 3, 4]),
+            ],
+            &[
+                offset_of!(pktcrypt_config, derived),
+                offset_of!(pktcrypt_config, esn),
+            ],
+        )
+    }
+}
+
 /// The defaults of `role` (every field, of the newest version).
 fn default_config(role: pktcrypt_role) -> pktcrypt_config {
     let c = ClientConfig::new();
@@ -569,6 +625,10 @@ pub unsafe extern "C" fn pktcrypt_endpoint_new(
         let size = unsafe { (&raw const (*cfg).struct_size).read() } as usize;
         if !known_config_size(size) {
             return pktcrypt_result::ErrConfigSize;
+        }
+        // SAFETY: non-null and `size` readable bytes (a size this library knows).
+        if !unsafe { config_fields_valid(cfg, size) } {
+            return pktcrypt_result::ErrConfig;
         }
         // The defaults, with the caller's version of the struct over them: fields appended
         // after the caller's version keep their defaults.
@@ -1505,28 +1565,42 @@ fn server_of(ep: &mut pktcrypt_endpoint) -> Result<&mut KeyServer, pktcrypt_resu
 /// picks key and suite by SPI) packets under the old and the new generation both open across
 /// the switch. A client endpoint refuses (`PKTCRYPT_RESULT_ERR_WRONG_ROLE`).
 ///
+/// `suite` is a `pktcrypt_suite` value passed as an integer (C lets any `int` into an enum: a
+/// value that is not a suite is refused with `PKTCRYPT_RESULT_ERR_INVALID_ARGUMENT`).
+///
 /// # Safety
-/// `ep` live; `suite` one of the `pktcrypt_suite` values.
+/// `ep` live.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pktcrypt_set_suite(
     ep: *mut pktcrypt_endpoint,
     peer: u32,
-    suite: pktcrypt_suite,
+    suite: u32,
 ) -> pktcrypt_result {
     guard(|| {
         // SAFETY: ep is NULL or a live handle (caller contract).
         let Some(ep) = (unsafe { endpoint(ep) }) else {
             return pktcrypt_result::ErrNull;
         };
+        let suite = match suite {
+            1 => Suite::Aes128Gcm,
+            2 => Suite::Aes256Gcm,
+            3 => Suite::ChaCha20Poly1305,
+            other => {
+                return ep.fail(
+                    pktcrypt_result::ErrInvalidArgument,
+                    format!("suite: {other} is not a pktcrypt_suite"),
+                );
+            }
+        };
         let server = match server_of(ep) {
             Ok(s) => s,
             Err(r) => return r,
         };
         if peer == PKTCRYPT_ALL_PEERS {
-            server.set_suite(suite.into());
+            server.set_suite(suite);
             return pktcrypt_result::Ok;
         }
-        match server.set_client_suite(PeerId(peer), Some(suite.into())) {
+        match server.set_client_suite(PeerId(peer), Some(suite)) {
             Ok(()) => pktcrypt_result::Ok,
             Err(_) => ep.fail(pktcrypt_result::ErrUnknownPeer, "no such peer"),
         }

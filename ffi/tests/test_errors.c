@@ -30,6 +30,32 @@ int main(void) {
   CHECK(pktcrypt_endpoint_new(&cfg, key, 0, &ep) == PKTCRYPT_RESULT_ERR_CONFIG);
   cfg.replay_window = 1024;
 
+  /* C lets any integer into an enum field and any byte into a bool: values the library's types
+   * do not have are refused before anything reads them (review finding, stop 21). */
+  {
+    pktcrypt_config bad = cfg;
+    memset(&bad.suite, 0, sizeof bad.suite); /* no suite 0 */
+    CHECK(pktcrypt_endpoint_new(&bad, key, 0, &ep) == PKTCRYPT_RESULT_ERR_CONFIG && ep == NULL);
+    bad = cfg;
+    { unsigned v = 99; memcpy(&bad.backend, &v, sizeof v); }
+    CHECK(pktcrypt_endpoint_new(&bad, key, 0, &ep) == PKTCRYPT_RESULT_ERR_CONFIG && ep == NULL);
+    bad = cfg;
+    { unsigned v = 7; memcpy(&bad.role, &v, sizeof v); }
+    CHECK(pktcrypt_endpoint_new(&bad, key, 0, &ep) == PKTCRYPT_RESULT_ERR_CONFIG && ep == NULL);
+    bad = cfg;
+    { unsigned char v = 2; memcpy(&bad.esn, &v, 1); }
+    CHECK(pktcrypt_endpoint_new(&bad, key, 0, &ep) == PKTCRYPT_RESULT_ERR_CONFIG && ep == NULL);
+    pktcrypt_group_config g;
+    CHECK_OK(pktcrypt_group_config_init(&g));
+    { unsigned v = 0; memcpy(&g.suite, &v, sizeof v); }
+    pktcrypt_config ccfg;
+    CHECK_OK(pktcrypt_config_init(&ccfg, PKTCRYPT_ROLE_GROUP_CONTROLLER));
+    CHECK(pktcrypt_group_controller_new(&ccfg, &g, key, &ep) == PKTCRYPT_RESULT_ERR_CONFIG && ep == NULL);
+    CHECK_OK(pktcrypt_group_config_init(&g));
+    { unsigned char v = 3; memcpy(&g.evict_unresponsive, &v, 1); }
+    CHECK(pktcrypt_group_controller_new(&ccfg, &g, key, &ep) == PKTCRYPT_RESULT_ERR_CONFIG && ep == NULL);
+  }
+
   /* The config's size: set by pktcrypt_config_init; a size the library does not know (a header
    * of another version, or a config never initialised) is refused, and nothing is written. */
   CHECK(cfg.struct_size == sizeof(pktcrypt_config));

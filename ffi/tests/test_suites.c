@@ -156,6 +156,9 @@ int main(void) {
         PKTCRYPT_RESULT_ERR_INVALID_ARGUMENT);
   CHECK(strstr(pktcrypt_endpoint_last_error(p.server), "suites[1]") != NULL);
   CHECK(pktcrypt_set_suite(NULL, 0, PKTCRYPT_SUITE_AES128_GCM) == PKTCRYPT_RESULT_ERR_NULL);
+  /* Not a suite: refused, not read as one. */
+  CHECK(pktcrypt_set_suite(p.server, PKTCRYPT_ALL_PEERS, 9) == PKTCRYPT_RESULT_ERR_INVALID_ARGUMENT);
+  CHECK(pktcrypt_set_suite(p.server, PKTCRYPT_ALL_PEERS, 0) == PKTCRYPT_RESULT_ERR_INVALID_ARGUMENT);
   /* An empty rotation is the server-wide suite again. */
   CHECK_OK(pktcrypt_set_suite_rotation(p.server, NULL, 0));
   uint64_t before = p.top;
