@@ -538,7 +538,9 @@ pktcrypt_result pktcrypt_handle_timeout(pktcrypt_endpoint *ep, uint64_t now_ns);
 // `pktcrypt_poll_transmit`). `*asked` (may be NULL) receives how many rotations were asked
 // for. `PKTCRYPT_RESULT_ERR_UNKNOWN_PEER` for a peer the server does not have,
 // `PKTCRYPT_RESULT_ERR_NO_KEY` for one (or a client) without a generation yet: its init
-// handshake gives it a fresh one. A group controller starts a rollout of a new group key
+// handshake gives it a fresh one. A group controller starts a rollout (`*asked` 1), or asks
+// nothing while no member has joined (`*asked` 0, not an error); a member refuses
+// (`PKTCRYPT_RESULT_ERR_WRONG_ROLE`). A group controller starts a rollout of a new group key
 // (after the one in progress; `peer` ignored, `*asked` 1); a group member cannot
 // (`PKTCRYPT_RESULT_ERR_WRONG_ROLE`: its controller rekeys the group).
 //

@@ -1223,7 +1223,9 @@ pub const PKTCRYPT_ALL_PEERS: u32 = u32::MAX;
 /// `pktcrypt_poll_transmit`). `*asked` (may be NULL) receives how many rotations were asked
 /// for. `PKTCRYPT_RESULT_ERR_UNKNOWN_PEER` for a peer the server does not have,
 /// `PKTCRYPT_RESULT_ERR_NO_KEY` for one (or a client) without a generation yet: its init
-/// handshake gives it a fresh one. A group controller starts a rollout of a new group key
+/// handshake gives it a fresh one. A group controller starts a rollout (`*asked` 1), or asks
+/// nothing while no member has joined (`*asked` 0, not an error); a member refuses
+/// (`PKTCRYPT_RESULT_ERR_WRONG_ROLE`). A group controller starts a rollout of a new group key
 /// (after the one in progress; `peer` ignored, `*asked` 1); a group member cannot
 /// (`PKTCRYPT_RESULT_ERR_WRONG_ROLE`: its controller rekeys the group).
 ///
@@ -1262,7 +1264,9 @@ pub unsafe extern "C" fn pktcrypt_rekey(
             // SAFETY: checked non-null; writable per this function's contract.
             unsafe { asked.write(n) };
         }
-        if n == 0 && (target.is_some() || !is_server) {
+        // A controller without an active member asks nothing (`*asked` 0), which is no error.
+        let is_client = matches!(ep.machine.machine(), Machine::Client(_));
+        if n == 0 && (target.is_some() || is_client) {
             return ep.fail(
                 pktcrypt_result::ErrNoKey,
                 "no generation yet: the init handshake has not completed",

@@ -970,6 +970,8 @@ impl Engine {
     ///
     /// # Errors
     /// See [`SealError`]; on error no sequence number is consumed.
+    /// [`SealError::UnsupportedProtocol`] for a [`NextHeader::Transport`] whose number means
+    /// something else in a trailer (4, 41, 253, 59) or is ESP or AH (50, 51).
     pub fn seal(
         &mut self,
         id: PeerId,
@@ -977,6 +979,13 @@ impl Engine {
         payload_len: usize,
         next_header: NextHeader,
     ) -> Result<usize, SealError> {
+        if let NextHeader::Transport(p) = next_header
+            && (NextHeader::transport(p).is_none() || matches!(p, 50 | 51))
+        {
+            // A number that means something else in a trailer (tunnel mode, a control message,
+            // a dummy packet) or ESP/AH itself: its receiver would take it for another kind.
+            return Err(SealError::UnsupportedProtocol);
+        }
         let mut packet = Packet::new(buf, payload_len);
         self.seal_packets(id, core::slice::from_mut(&mut packet), Some(next_header));
         packet.sealed()

@@ -1003,3 +1003,29 @@ fn the_8192_packet_window_through_sealed_packets() {
     assert_eq!(init.counters.packets_opened, 8300 - 108);
     assert_eq!(init.counters.replays, 1 + 5, "one too old, five replays");
 }
+
+/// Review finding (stop 21): `NextHeader::Transport` can be built with any number; sealing one
+/// that means something else in an ESP trailer (4 and 41: tunnel mode; 253: a control
+/// message; 59: a dummy packet; 50 and 51: ESP and AH) is refused, so a caller cannot make a
+/// data packet its receiver takes for another kind.
+#[test]
+fn transport_next_headers_that_mean_something_else_are_refused() {
+    let mut p = pair(Suite::Aes128Gcm);
+    let inner = ipv4(60, 1);
+    for v in [4u8, 41, 253, 59, 50, 51] {
+        let mut buf = vec![0u8; ESP_HEADER_LEN + inner.len() + esp::MAX_OVERHEAD];
+        buf[ESP_HEADER_LEN..ESP_HEADER_LEN + inner.len()].copy_from_slice(&inner);
+        assert_eq!(
+            p.client
+                .seal(p.c_peer, &mut buf, inner.len(), NextHeader::Transport(v)),
+            Err(SealError::UnsupportedProtocol),
+            "next header {v}"
+        );
+    }
+    let mut buf = vec![0u8; ESP_HEADER_LEN + inner.len() + esp::MAX_OVERHEAD];
+    assert!(
+        p.client
+            .seal(p.c_peer, &mut buf, inner.len(), NextHeader::Transport(6))
+            .is_ok()
+    );
+}

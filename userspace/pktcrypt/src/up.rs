@@ -1521,9 +1521,12 @@ impl Io for ControllerIo<'_> {
                 let text = match ask {
                     endpoints::Ask::Reload => format!("{}\n", self.reload_logged(endpoint)),
                     endpoints::Ask::Rekey(None) => {
-                        endpoint.rekey(now(), None);
-                        tracing::info!("group rekey asked for by the operator");
-                        "rekey: a new group key is rolled out to every member\n".to_owned()
+                        if endpoint.rekey(now(), None) == 0 {
+                            "error: no member has joined the group yet\n".to_owned()
+                        } else {
+                            tracing::info!("group rekey asked for by the operator");
+                            "rekey: a new group key is rolled out to every member\n".to_owned()
+                        }
                     }
                     endpoints::Ask::Rekey(Some(_)) => {
                         "error: a group controller rekeys the whole group: no PEER\n".to_owned()

@@ -307,7 +307,8 @@ impl Endpoint {
     /// `peer` (every client with `None`) at its next proof of its key; a client asks its server
     /// for a new generation now; a group controller starts a rollout (after the one in
     /// progress). Returns how many rotations were asked for: 0 for an unknown peer, a peer
-    /// without a generation yet, or a group member (its controller rekeys the group).
+    /// without a generation yet, a controller without an active member, or a group member (its
+    /// controller rekeys the group).
     pub fn rekey(&mut self, now: Time, peer: Option<PeerId>) -> usize {
         self.now = self.now.max(now);
         match &mut self.machine {
@@ -319,6 +320,8 @@ impl Endpoint {
                 }
             },
             Machine::Client(c) => usize::from(c.rekey(now)),
+            // No member in the group: nothing to roll out.
+            Machine::Controller(c) if c.active_members().is_empty() => 0,
             Machine::Controller(c) => {
                 c.rekey(now, "operator");
                 1
