@@ -32,15 +32,17 @@ NIGHTLY=nightly-2026-05-20
 NIGHTLY_COMMIT=e50aa6fba4e63ab34c72bf9acfd2c307c1155d1a
 BPF_LINKER_VERSION=0.13.0
 
-if rustc +nightly -vV 2>/dev/null | grep -qx "commit-hash: $NIGHTLY_COMMIT"; then
+# Each output is read whole before grep looks at it: `grep -q` exits at its first match, and
+# under pipefail the writer it leaves behind (SIGPIPE) would fail the pipeline now and then.
+if grep -qx "commit-hash: $NIGHTLY_COMMIT" <<<"$(rustc +nightly -vV 2>/dev/null || true)"; then
   TOOLCHAIN=nightly
 else
   TOOLCHAIN=$NIGHTLY
-  rustup toolchain list | grep -q "^$NIGHTLY" || {
+  grep -q "^$NIGHTLY" <<<"$(rustup toolchain list)" || {
     log "rustup toolchain install $NIGHTLY"
     rustup toolchain install "$NIGHTLY" --profile minimal >&2
   }
-  rustc "+$TOOLCHAIN" -vV | grep -qx "commit-hash: $NIGHTLY_COMMIT" \
+  grep -qx "commit-hash: $NIGHTLY_COMMIT" <<<"$(rustc "+$TOOLCHAIN" -vV)" \
     || { echo "$NIGHTLY is not rustc $NIGHTLY_COMMIT" >&2; exit 1; }
 fi
 rustup component list --toolchain "$TOOLCHAIN" --installed 2>/dev/null | grep -q '^rust-src' \
