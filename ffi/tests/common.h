@@ -56,4 +56,29 @@ static inline void make_ipv4(uint8_t *p, size_t len, uint32_t counter) {
   memcpy(p + 20, &counter, sizeof counter);
 }
 
+/* Delivers every control message between two endpoints both ways until both are quiet, running
+ * the timers due at `now` first: the in-memory wiring of a pair. */
+static inline void pump_pair(pktcrypt_endpoint *a, pktcrypt_endpoint *b, uint64_t now) {
+  uint8_t buf[2048];
+  size_t len;
+  uint32_t peer;
+  for (int round = 0; round < 20; round++) {
+    int moved = 0;
+    for (int dir = 0; dir < 2; dir++) {
+      pktcrypt_endpoint *from = dir ? b : a, *to = dir ? a : b;
+      uint64_t deadline;
+      if (pktcrypt_poll_timeout(from, &deadline) && deadline <= now)
+        CHECK_OK(pktcrypt_handle_timeout(from, now));
+      while (pktcrypt_poll_transmit(from, buf, sizeof buf, &len, &peer) == PKTCRYPT_RESULT_OK) {
+        pktcrypt_packet_info info;
+        CHECK_OK(pktcrypt_open(to, now, buf, len, &info));
+        CHECK(info.kind == PKTCRYPT_PACKET_KIND_CONTROL);
+        moved = 1;
+      }
+    }
+    if (!moved) return;
+  }
+  CHECK(!"control messages never settle");
+}
+
 #endif

@@ -12,28 +12,7 @@
 
 static uint64_t now_ns = 1000000000ull;
 
-static void pump(pktcrypt_endpoint *a, pktcrypt_endpoint *b) {
-  uint8_t buf[MAX_DGRAM];
-  size_t len;
-  uint32_t peer;
-  for (int round = 0; round < 20; round++) {
-    int moved = 0;
-    for (int dir = 0; dir < 2; dir++) {
-      pktcrypt_endpoint *from = dir ? b : a, *to = dir ? a : b;
-      uint64_t deadline;
-      if (pktcrypt_poll_timeout(from, &deadline) && deadline <= now_ns)
-        CHECK_OK(pktcrypt_handle_timeout(from, now_ns));
-      while (pktcrypt_poll_transmit(from, buf, sizeof buf, &len, &peer) == PKTCRYPT_RESULT_OK) {
-        pktcrypt_packet_info info;
-        CHECK_OK(pktcrypt_open(to, now_ns, buf, len, &info));
-        CHECK(info.kind == PKTCRYPT_PACKET_KIND_CONTROL);
-        moved = 1;
-      }
-    }
-    if (!moved) return;
-  }
-  CHECK(!"control messages never settle");
-}
+static void pump(pktcrypt_endpoint *a, pktcrypt_endpoint *b) { pump_pair(a, b, now_ns); }
 
 typedef struct {
   pktcrypt_endpoint *server, *client;
