@@ -307,6 +307,8 @@ fn group_config(
     c.pfs = pfs_of(g.pfs)?;
     c.channel_rekey_interval =
         (g.channel_rekey_interval_ms > 0).then(|| ms(g.channel_rekey_interval_ms));
+    // The controller's `derived` rules (members take either form).
+    c.derived = cfg.derived && role == Role::KeyServer;
     Ok(c)
 }
 
@@ -374,9 +376,7 @@ pub unsafe extern "C" fn pktcrypt_group_controller_new(
         let Ok(config) = group_config(&cfg, &g, Role::KeyServer) else {
             return pktcrypt_result::ErrConfig;
         };
-        let Ok(controller) =
-            GroupController::new(config, group_init.info.spi.get(), Box::new(OsRandom))
-        else {
+        let Ok(controller) = GroupController::new(config, &group_init, Box::new(OsRandom)) else {
             return pktcrypt_result::ErrConfig;
         };
         // SAFETY: checked non-null; writable per this function's contract.
@@ -657,5 +657,22 @@ mod tests {
         assert_eq!(core, expected);
         cfg.replay_window = 100;
         assert!(group_config(&cfg, &g, Role::Client).is_err());
+    }
+
+    #[test]
+    fn derived_reaches_the_controller() {
+        let g = default_group_config();
+        let mut cfg = default_config(pktcrypt_role::GroupController);
+        assert!(
+            !group_config(&cfg, &g, Role::KeyServer)
+                .expect("config")
+                .derived
+        );
+        cfg.derived = true;
+        assert!(
+            group_config(&cfg, &g, Role::KeyServer)
+                .expect("config")
+                .derived
+        );
     }
 }

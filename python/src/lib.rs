@@ -835,14 +835,16 @@ impl Group {
 
 #[pymethods]
 impl Group {
-    /// A group controller; `group_key` gives the base of the members' SPIs.
+    /// A group controller; `group_key` gives the base of the members' SPIs (and, in derived
+    /// mode, the anchor every member computes the group key from).
     #[staticmethod]
-    #[pyo3(signature = (group_key, *, suite_name, rekey_interval_ms, retry_ms, max_backoff_ms,
-        max_retries, evict_unresponsive, phase_grace_ms, unknown_sender_holdoff_ms, pfs,
-        channel_rekey_interval_ms, replay_window, backend))]
+    #[pyo3(signature = (group_key, *, derived, suite_name, rekey_interval_ms, retry_ms,
+        max_backoff_ms, max_retries, evict_unresponsive, phase_grace_ms,
+        unknown_sender_holdoff_ms, pfs, channel_rekey_interval_ms, replay_window, backend))]
     #[allow(clippy::too_many_arguments)]
     fn controller(
         group_key: &str,
+        derived: bool,
         suite_name: &str,
         rekey_interval_ms: u64,
         retry_ms: u64,
@@ -856,7 +858,7 @@ impl Group {
         replay_window: u32,
         backend: &str,
     ) -> PyResult<Self> {
-        let config = group_config(
+        let mut config = group_config(
             suite_name,
             rekey_interval_ms,
             retry_ms,
@@ -871,8 +873,9 @@ impl Group {
             backend,
             Role::KeyServer,
         )?;
+        config.derived = derived;
         let group_init = init_key("group_key", group_key)?;
-        let c = GroupController::new(config, group_init.info.spi.get(), Box::new(OsRandom))
+        let c = GroupController::new(config, &group_init, Box::new(OsRandom))
             .map_err(|e| ConfigError::new_err(e.to_string()))?;
         Ok(Self {
             machine: Some(Core::from(c)),

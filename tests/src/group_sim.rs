@@ -26,6 +26,11 @@ fn key(spi: u32, fill: u8) -> Generation {
     }
 }
 
+/// The group init key every member and the controller hold.
+pub fn group_init_key() -> Generation {
+    key(GROUP_INIT_SPI, 0x55)
+}
+
 /// Member `i`'s control init key (its channel to the controller).
 pub fn member_control_key(i: usize) -> Generation {
     key(0x200 + i as u32, i as u8 + 1)
@@ -110,13 +115,13 @@ impl GroupSim {
     /// A group of `n` members, all active from the start.
     pub fn new(n: usize, config: GroupConfig, seed: u64) -> Self {
         let now = Time::ZERO;
+        let group_init = group_init_key();
         let mut controller = GroupController::new(
             config.clone(),
-            GROUP_INIT_SPI,
+            &group_init,
             Box::new(SeededRandom::new(seed)),
         )
         .expect("controller");
-        let group_init = key(GROUP_INIT_SPI, 0x55);
         let mut members = Vec::new();
         for i in 0..n {
             let control = key(0x200 + i as u32, i as u8 + 1);
@@ -181,7 +186,7 @@ impl GroupSim {
             config,
             i as u16,
             &key(0x200 + i as u32, i as u8 + 1),
-            &key(GROUP_INIT_SPI, 0x55),
+            &group_init_key(),
             self.original as u16,
             Box::new(SeededRandom::new(
                 self.seed ^ 0xfeed ^ self.now.as_nanos() as u64,
@@ -201,7 +206,7 @@ impl GroupSim {
             self.config.clone(),
             of as u16,
             &member_control_key(of),
-            &key(GROUP_INIT_SPI, 0x55),
+            &group_init_key(),
             self.original as u16,
             Box::new(SeededRandom::new(self.seed ^ 0xd0d0 ^ position as u64)),
             self.now,

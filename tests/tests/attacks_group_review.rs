@@ -408,7 +408,7 @@ fn rollout_without_eviction_stalls_for_good_after_an_outage() {
 #[test]
 fn controller_restart_first_rollout_can_stall_in_transit_for_good() {
     use pktcrypt_core::control::{GroupController, SeededRandom};
-    use pktcrypt_tests::group_sim::{GROUP_INIT_SPI, member_addr, member_control_key};
+    use pktcrypt_tests::group_sim::{group_init_key, member_addr, member_control_key};
     let mut failures = Vec::new();
     for seed in 0..6u64 {
         let mut sim = GroupSim::new(4, config(), 60 + seed);
@@ -426,7 +426,7 @@ fn controller_restart_first_rollout_can_stall_in_transit_for_good() {
         }
         let mut controller = GroupController::new(
             config(),
-            GROUP_INIT_SPI,
+            &group_init_key(),
             Box::new(SeededRandom::new(1000 + seed)),
         )
         .expect("controller");
@@ -471,7 +471,7 @@ fn controller_restart_first_rollout_can_stall_in_transit_for_good() {
 fn group_with_control_spi(seed: u64, control_spi: u32) -> GroupSim {
     use pktcrypt_core::control::{GroupController, GroupMember, SeededRandom};
     use pktcrypt_core::{Generation, GenerationInfo, Secret, Spi, Suite};
-    use pktcrypt_tests::group_sim::{GROUP_INIT_SPI, member_addr, member_control_key};
+    use pktcrypt_tests::group_sim::{group_init_key, member_addr, member_control_key};
     let mut sim = GroupSim::new(3, config(), seed);
     let key = |spi: u32, fill: u8| Generation {
         info: GenerationInfo {
@@ -486,9 +486,12 @@ fn group_with_control_spi(seed: u64, control_spi: u32) -> GroupSim {
         member_control_key(1),
         member_control_key(2),
     ];
-    let mut controller =
-        GroupController::new(config(), GROUP_INIT_SPI, Box::new(SeededRandom::new(seed)))
-            .expect("controller");
+    let mut controller = GroupController::new(
+        config(),
+        &group_init_key(),
+        Box::new(SeededRandom::new(seed)),
+    )
+    .expect("controller");
     for (i, c) in controls.iter().enumerate() {
         controller
             .add_member(c, Some(member_addr(i)), false, sim.now)
@@ -500,7 +503,7 @@ fn group_with_control_spi(seed: u64, control_spi: u32) -> GroupSim {
             config(),
             i as u16,
             c,
-            &key(GROUP_INIT_SPI, 0x55),
+            &group_init_key(),
             3,
             Box::new(SeededRandom::new(seed ^ ((i as u64 + 1) << 24))),
             sim.now,

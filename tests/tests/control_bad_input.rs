@@ -207,7 +207,7 @@ fn client_drops_bad_control_messages() {
 
 #[test]
 fn message_codec_round_trips_and_rejects_trailing_bytes() {
-    use pktcrypt_core::control::message::{GroupKey, GroupPhase};
+    use pktcrypt_core::control::message::{GroupKey, GroupMaterial, GroupPhase};
     let mut rng = SeededRandom::new(4);
     let share = Ephemeral::generate(&mut rng).share().clone();
     let (reply, _) = pktcrypt_core::kex::respond(&share, &mut rng).expect("exchange");
@@ -258,8 +258,10 @@ fn message_codec_round_trips_and_rejects_trailing_bytes() {
             member_index: 2,
             members: 5,
             transmit: true,
-            secret: [1; 32],
+            material: GroupMaterial::Secret([1; 32]),
         }),
+        Message::GroupKey(chain_key(4)),
+        Message::GroupKey(chain_key(1)),
         Message::GroupAck {
             generation: 3,
             phase: GroupPhase::InTransit,
@@ -308,7 +310,78 @@ fn message_codec_round_trips_and_rejects_trailing_bytes() {
         }
         assert_eq!(whole.as_deref(), Some(e.as_bytes()));
     }
-    // Debug output never shows secrets.
+    // Debug output never shows secrets, nor a chain's nonces.
     let dbg = format!("{:?}", msgs[11]);
     assert!(dbg.contains("redacted") && !dbg.contains("[1, 1"));
+    let dbg = format!("{:?}", msgs[12]);
+    assert!(dbg.contains("derived") && !dbg.contains("[7, 7"), "{dbg}");
+}
+
+/// A derived-mode group key whose chain has `n` links (the last one its own generation).
+fn chain_key(n: u64) -> pktcrypt_core::control::message::GroupKey {
+    use pktcrypt_core::control::message::{ChainLink, GroupChain, GroupKey, GroupMaterial};
+    let links = (0..n)
+        .map(|k| ChainLink {
+            generation: 10 + k,
+            spi_base: 0x9000 + k as u32 * 16,
+            suite: Suite::Aes256Gcm,
+            nonce: [7; 32],
+        })
+        .collect();
+    GroupKey {
+        generation: 9 + n,
+        spi_base: 0x9000 + (n as u32 - 1) * 16,
+        suite: Suite::Aes256Gcm,
+        member_index: 1,
+        members: 3,
+        transmit: false,
+        material: GroupMaterial::Chain(GroupChain::new(links).expect("chain")),
+    }
+}
+
+#[test]
+fn malformed_group_chains_are_rejected() {
+    use pktcrypt_core::control::message::{ChainLink, GroupChain};
+    let good = Message::GroupKey(chain_key(2)).encode(5);
+    let bytes = good.as_bytes();
+    // Header 8, then generation 8, SPI base 4, suite 1, index 2, members 2, flags, count.
+    let flags = 8 + 17;
+    let count = flags + 1;
+    assert_eq!(bytes[flags], 2);
+    assert_eq!(bytes[count], 2);
+    let decode = |edit: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = bytes.to_vec();
+        edit(&mut b);
+        Message::decode(&b)
+    };
+    assert!(decode(&|_| {}).is_ok());
+    // Unknown flag bits; a count of 0 or above the maximum (the body length is then wrong
+    // too, but the count is what is refused first).
+    assert!(decode(&|b| b[flags] = 4).is_err());
+    assert!(decode(&|b| b[count] = 0).is_err());
+    assert!(decode(&|b| b[count] = 5).is_err());
+    // The last link is not the generation the message carries (generation, SPI, suite).
+    let last = count + 1 + 45;
+    assert!(decode(&|b| b[last + 7] ^= 1).is_err());
+    assert!(decode(&|b| b[last + 11] ^= 1).is_err());
+    assert!(decode(&|b| b[last + 12] = 0).is_err());
+    // Generations not increasing.
+    assert!(decode(&|b| b[count + 1..count + 9].copy_from_slice(&20u64.to_be_bytes())).is_err());
+    // The constructor holds the same rules.
+    let link = |generation, spi_base| ChainLink {
+        generation,
+        spi_base,
+        suite: Suite::Aes128Gcm,
+        nonce: [0; 32],
+    };
+    assert!(GroupChain::new(vec![]).is_none());
+    assert!(GroupChain::new((1..=5).map(|g| link(g, 0x9000)).collect()).is_none());
+    assert!(GroupChain::new(vec![link(2, 0x9000), link(2, 0x9000)]).is_none());
+    assert!(GroupChain::new(vec![link(2, 0)]).is_none(), "reserved SPI");
+    // Extending a full chain starts a new one.
+    let full = GroupChain::new((1..=4).map(|g| link(g, 0x9000)).collect()).expect("chain");
+    assert_eq!(
+        full.extended(link(5, 0x9000)).map(|c| c.links().len()),
+        Some(1)
+    );
 }

@@ -100,7 +100,18 @@ fn member_states_during_a_rollout() {
 
 #[test]
 fn hitless_group_rekeys_with_30_percent_control_loss() {
+    hitless_rekeys_under_loss(false);
+}
+
+/// The same in derived mode: every member computes each generation from the chain of nonces.
+#[test]
+fn hitless_derived_group_rekeys_with_30_percent_control_loss() {
+    hitless_rekeys_under_loss(true);
+}
+
+fn hitless_rekeys_under_loss(derived: bool) {
     let mut c = config();
+    c.derived = derived;
     c.rekey_interval = Some(secs(3));
     c.max_retries = 12;
     // Every phase waits for the slowest of 8 members at 30 % loss each way: keep retries quick.
@@ -368,10 +379,22 @@ fn evicted_member_is_refused_until_readmitted_then_catches_up() {
 
 #[test]
 fn restarts_under_loss_reuse_no_nonce_and_the_group_recovers() {
-    // Members restart at random moments (in every phase of the rollouts), at 30 % control
-    // loss: no (key, nonce) pair is ever used twice, and every member ends on the group's
-    // generation, transmitting.
+    restarts_under_loss(false);
+}
+
+/// The same in derived mode: a restarted member computes the generations in use from the
+/// chains it is sent (it holds only the group init key).
+#[test]
+fn derived_restarts_under_loss_reuse_no_nonce_and_the_group_recovers() {
+    restarts_under_loss(true);
+}
+
+// Members restart at random moments (in every phase of the rollouts), at 30 % control loss: no
+// (key, nonce) pair is ever used twice, and every member ends on the group's generation,
+// transmitting.
+fn restarts_under_loss(derived: bool) {
     let mut c = config();
+    c.derived = derived;
     c.max_retries = 12;
     c.max_backoff = secs(1);
     // As in the 30 % loss test above: the seeds' loss patterns without usage reports.
@@ -447,14 +470,14 @@ fn restarted_controller_rekeys_promptly() {
     // A controller restart loses every generation and every channel: the members' channels
     // start over and the group gets a new generation within 3× the rekey interval (here 10 s).
     use pktcrypt_core::control::{GroupController, SeededRandom};
-    use pktcrypt_tests::group_sim::{GROUP_INIT_SPI, member_control_key};
+    use pktcrypt_tests::group_sim::{group_init_key, member_control_key};
     let mut c = config();
     c.rekey_interval = Some(secs(10));
     let mut sim = GroupSim::new(4, c.clone(), 77);
     sim.run_for(secs(15));
     assert!(sim.controller.generation() >= 1);
     let mut controller =
-        GroupController::new(c, GROUP_INIT_SPI, Box::new(SeededRandom::new(7777))).expect("ctl");
+        GroupController::new(c, &group_init_key(), Box::new(SeededRandom::new(7777))).expect("ctl");
     for i in 0..4 {
         controller
             .add_member(&member_control_key(i), Some(member_addr(i)), false, sim.now)
@@ -487,10 +510,10 @@ fn member_removed_at_start_never_gets_a_key() {
     // A controller that starts with a member marked removed (the configuration keeps its index):
     // the member's joins are refused, the others form the group.
     use pktcrypt_core::control::{GroupController, SeededRandom};
-    use pktcrypt_tests::group_sim::{GROUP_INIT_SPI, member_control_key};
+    use pktcrypt_tests::group_sim::{group_init_key, member_control_key};
     let mut sim = GroupSim::new(3, config(), 10);
     let mut controller =
-        GroupController::new(config(), GROUP_INIT_SPI, Box::new(SeededRandom::new(10)))
+        GroupController::new(config(), &group_init_key(), Box::new(SeededRandom::new(10)))
             .expect("ctl");
     for i in 0..3 {
         let index = controller

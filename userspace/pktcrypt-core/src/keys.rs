@@ -51,6 +51,19 @@ impl Secret {
         Secret(out)
     }
 
+    /// Derived mode for groups: the secret of group generation `next` computed from this secret
+    /// (the group init secret or the previous link of a [`crate::control::message::GroupChain`]) and a
+    /// fresh nonce. A label of its own keeps it apart from the pairwise ratchet.
+    pub fn derive_group_next(&self, nonce: &[u8], next: GenerationInfo) -> Secret {
+        let hk = Hkdf::<Sha256>::new(Some(nonce), &self.0);
+        let mut info = [0u8; INFO_MAX];
+        let n = next.write_info(b"group next", &mut info);
+        let mut out = [0u8; SECRET_LEN];
+        hk.expand(&info[..n], &mut out)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        Secret(out)
+    }
+
     /// The AEAD key and salt of one handshake message under this init secret (protocol
     /// version 3): `HKDF-Expand(secret, "pktc3hs" ‖ direction ‖ fresh(12) ‖ spi(4) ‖ suite(1))`,
     /// where `fresh` is the message's 96 random bits sent in the clear. Every message has a key

@@ -132,7 +132,7 @@ fn gateway(path: &Path, base: &Path) -> Result<String, String> {
             let cport = up::control_port(file.control_port, port)?;
             let mut controller = pktcrypt_core::control::GroupController::new(
                 settings,
-                group_init.info.spi.get(),
+                &group_init,
                 Box::new(pktcrypt_os::OsRandom),
             )
             .map_err(|e| e.to_string())?;

@@ -556,8 +556,7 @@ pub(crate) fn group_controller(
     let config = file.settings.config()?;
     let group_init = file.group.key.load("group", 0, base)?;
     let mut controller =
-        GroupController::new(config, group_init.info.spi.get(), Box::new(OsRandom))
-            .map_err(|e| e.to_string())?;
+        GroupController::new(config, &group_init, Box::new(OsRandom)).map_err(|e| e.to_string())?;
     let mut distinct = config::DistinctKeys::default();
     distinct.check("group", &group_init)?;
     for (i, m) in file.members.iter().enumerate() {

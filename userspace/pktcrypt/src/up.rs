@@ -1263,8 +1263,7 @@ fn run_controller(
     let group_init = file.group.key.load("group", 0, base)?;
     let cport = control_port(file.control_port, port)?;
     let mut controller =
-        GroupController::new(config, group_init.info.spi.get(), Box::new(OsRandom))
-            .map_err(|e| e.to_string())?;
+        GroupController::new(config, &group_init, Box::new(OsRandom)).map_err(|e| e.to_string())?;
     let t0 = now();
     let mut distinct = config::DistinctKeys::default();
     distinct.check("group", &group_init)?;

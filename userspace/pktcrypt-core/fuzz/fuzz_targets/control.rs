@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     let mut server = KeyServer::new(ServerConfig::new(), Box::new(SeededRandom::new(1))).expect("server");
     server.add_client(&key(0x1000), None, Time::ZERO).expect("client");
     let mut client = KeyClient::new(ClientConfig::new(), &key(0x1000), Box::new(SeededRandom::new(2)), Time::ZERO).expect("client");
-    let mut controller = GroupController::new(GroupConfig::new(), 0x9000, Box::new(SeededRandom::new(3))).expect("controller");
+    let mut controller = GroupController::new(GroupConfig::new(), &key(0x9000), Box::new(SeededRandom::new(3))).expect("controller");
     controller.add_member(&key(0x2000), None, true, Time::ZERO).expect("member");
     let mut member = GroupMember::new(GroupConfig::new(), 0, &key(0x2000), &key(0x9000), 1, Box::new(SeededRandom::new(4)), Time::ZERO).expect("member");
 

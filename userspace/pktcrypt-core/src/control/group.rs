@@ -32,7 +32,7 @@
 //! management table trigger a rekey (unauthenticated datagrams never do); a member that regains
 //! connectivity asks for the current key.
 
-use super::message::{GroupKey, GroupPhase, Message};
+use super::message::{ChainLink, GroupChain, GroupKey, GroupMaterial, GroupPhase, Message};
 use super::{
     ClientConfig, ClientEvent, Incoming, KeyClient, KeyErasureRandom, KeyServer, Pfs, Random,
     RekeyTriggers, ServerConfig, ServerEvent, Transmit, backoff, jittered,
@@ -86,6 +86,11 @@ pub struct GroupConfig {
     /// when it changed since its last report). `None`: never (the controller's counter
     /// triggers then see nothing of it).
     pub usage_interval: Option<Duration>,
+    /// Derived mode (seed 003 applied to groups, spec §5): a rollout carries nonces, never a
+    /// group secret; every member computes the new generation from the group init key and the
+    /// chain of nonces since the last anchor ([`super::message::GroupChain`]). Only the
+    /// controller's setting matters: members take either form.
+    pub derived: bool,
 }
 
 impl GroupConfig {
@@ -108,6 +113,7 @@ impl GroupConfig {
                 EngineConfig::new(Role::Client).max_esp_len,
             ),
             usage_interval: Some(Duration::from_secs(10)),
+            derived: false,
         }
     }
 
@@ -136,8 +142,9 @@ impl GroupConfig {
     }
 }
 
-/// Member `j`'s sender generation of a group key (SPI `spi_base + j`), if the SPI is valid.
-fn sender_generation(k: &GroupKey, j: usize) -> Option<Generation> {
+/// Member `j`'s sender generation of a group key (SPI `spi_base + j`) with the generation's
+/// `secret`, if the SPI is valid.
+fn sender_generation(k: &GroupKey, secret: &Secret, j: usize) -> Option<Generation> {
     let spi = Spi::new(k.spi_base.checked_add(u32::try_from(j).ok()?)?).ok()?;
     Some(Generation {
         info: GenerationInfo {
@@ -145,7 +152,7 @@ fn sender_generation(k: &GroupKey, j: usize) -> Option<Generation> {
             spi,
             suite: k.suite,
         },
-        secret: Secret::from_bytes(k.secret),
+        secret: secret.clone(),
     })
 }
 
@@ -311,6 +318,8 @@ struct GroupGen {
     spi_base: u32,
     suite: Suite,
     secret: Secret,
+    /// Derived mode: the nonces members compute `secret` from (none in distributed mode).
+    chain: Option<GroupChain>,
 }
 
 /// The group key controller.
@@ -329,6 +338,8 @@ pub struct GroupController {
     table: Vec<TableEntry>,
     events: VecDeque<GroupEvent>,
     init_spi_base: u32,
+    /// The group init secret: derived mode's anchor.
+    group_init: Secret,
 }
 
 impl std::fmt::Debug for GroupController {
@@ -342,13 +353,14 @@ impl std::fmt::Debug for GroupController {
 }
 
 impl GroupController {
-    /// A controller for a group whose init key has SPIs from `group_init_spi_base`.
+    /// A controller for a group whose init key is `group_init` (its SPI is the group's init
+    /// SPI base; its secret anchors derived mode's chains).
     ///
     /// # Errors
     /// Invalid configuration.
     pub fn new(
         mut config: GroupConfig,
-        group_init_spi_base: u32,
+        group_init: &Generation,
         mut rng: Box<dyn Random>,
     ) -> Result<Self, Error> {
         config.engine.role = Role::KeyServer;
@@ -368,8 +380,19 @@ impl GroupController {
             last_unknown: None,
             table: Vec::new(),
             events: VecDeque::new(),
-            init_spi_base: group_init_spi_base,
+            init_spi_base: group_init.info.spi.get(),
+            group_init: group_init.secret.clone(),
         })
+    }
+
+    /// The secrets of the group generations in use (tests search the wire for them).
+    #[cfg(test)]
+    pub(crate) fn secrets_in_use(&self) -> Vec<Secret> {
+        [self.current.as_ref(), self.old.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|g| g.secret.clone())
+            .collect()
     }
 
     /// Provisions member `index` (0, 1, 2, ... in order) with its pairwise control init key.
@@ -582,11 +605,37 @@ impl GroupController {
         };
         let mut bytes = [0u8; 32];
         self.rng.fill(&mut bytes);
-        let new = GroupGen {
-            number,
-            spi_base,
-            suite: self.config.suite,
-            secret: Secret::from_bytes(bytes),
+        let suite = self.config.suite;
+        let new = if self.config.derived {
+            // The bytes are the link's nonce: the secret is computed, never sent.
+            let link = ChainLink {
+                generation: number,
+                spi_base,
+                suite,
+                nonce: bytes,
+            };
+            let chain = match self.current.as_ref().and_then(|g| g.chain.as_ref()) {
+                Some(chain) => chain.extended(link),
+                None => GroupChain::new(vec![link]),
+            };
+            let Some(chain) = chain else {
+                return; // unreachable: spi_base >= 0x1000 and numbers increase
+            };
+            GroupGen {
+                number,
+                spi_base,
+                suite,
+                secret: chain.secret(&self.group_init),
+                chain: Some(chain),
+            }
+        } else {
+            GroupGen {
+                number,
+                spi_base,
+                suite,
+                secret: Secret::from_bytes(bytes),
+                chain: None,
+            }
         };
         zeroize::Zeroize::zeroize(&mut bytes);
         // The management table keeps the generations in use (and the one before): bounded.
@@ -653,7 +702,10 @@ impl GroupController {
                 .members
                 .get(usize::from(member))
                 .is_some_and(|m| g.number > m.floor),
-            secret: *g.secret.expose(),
+            material: match &g.chain {
+                Some(chain) => GroupMaterial::Chain(chain.clone()),
+                None => GroupMaterial::Secret(*g.secret.expose()),
+            },
         })
     }
 
@@ -1613,8 +1665,9 @@ impl GroupMember {
 
     /// Installs a group generation for every sender.
     fn install_key(&mut self, now: Time, k: &GroupKey) -> bool {
+        let secret = k.secret(&self.group_init.secret);
         for (j, p) in self.senders.clone().into_iter().enumerate() {
-            let Some(generation) = sender_generation(k, j) else {
+            let Some(generation) = sender_generation(k, &secret, j) else {
                 return false;
             };
             if self.group.install(p, &generation, now).is_err() {
@@ -1693,8 +1746,9 @@ impl GroupMember {
                     // N-1: take N-1 as the previous generation (N keeps its sequence numbers)
                     // and transmit with it until the transition.
                     let mut ok = true;
+                    let secret = k.secret(&self.group_init.secret);
                     for (j, p) in self.senders.clone().into_iter().enumerate() {
-                        let Some(generation) = sender_generation(&k, j) else {
+                        let Some(generation) = sender_generation(&k, &secret, j) else {
                             return false;
                         };
                         ok &= self.group.install_previous(p, &generation, now).is_ok();

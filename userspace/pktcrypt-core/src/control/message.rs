@@ -14,8 +14,8 @@
 //! [`fragments`], each a message of its own sealed in its own ESP packet, so that every
 //! datagram fits IPv6's minimum MTU of 1280 bytes; a [`Reassembler`] puts them together.
 
-use crate::Suite;
 use crate::kex::{KEY_SHARE_LEN, KeyShare, REPLY_SHARE_LEN, ReplyShare};
+use crate::{GenerationInfo, Secret, Spi, Suite};
 use core::fmt;
 use zeroize::Zeroizing;
 
@@ -140,8 +140,117 @@ impl GroupPhase {
     }
 }
 
-/// A group key as the controller distributes it to one member.
+/// Most links of a [`GroupChain`]: the controller derives a generation from the group init key
+/// again (a new anchor) at least every this many generations, which bounds both the message
+/// and what a member that joins learns of generations before the ones in use.
+pub const MAX_GROUP_CHAIN: usize = 4;
+
+/// One step of a group ratchet: generation `generation` (with its SPI base and suite) is
+/// derived from the one before it in the chain (the group init key for the first) and `nonce`.
 #[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ChainLink {
+    /// Group generation number.
+    pub generation: u64,
+    /// Its SPI base.
+    pub spi_base: u32,
+    /// Its suite.
+    pub suite: Suite,
+    /// 32 fresh random bytes chosen by the controller.
+    pub nonce: [u8; 32],
+}
+
+impl ChainLink {
+    fn info(&self) -> Option<GenerationInfo> {
+        Some(GenerationInfo {
+            number: self.generation,
+            spi: Spi::new(self.spi_base).ok()?,
+            suite: self.suite,
+        })
+    }
+}
+
+impl fmt::Debug for ChainLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChainLink")
+            .field("generation", &self.generation)
+            .field("spi_base", &format_args!("{:#010x}", self.spi_base))
+            .field("suite", &self.suite)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Derived mode for groups (seed 003 applied to a group, spec §5): the nonces from which every
+/// member computes a group generation's secret itself, starting from the group init key it was
+/// provisioned with: `S(first) = HKDF(init, nonce₁, "group next" ‖ info₁)`, then
+/// `S(k+1) = HKDF(S(k), nonceₖ₊₁, "group next" ‖ infoₖ₊₁)`. The last link is the generation
+/// the message carries. No group key material crosses the network; every message is
+/// self-contained (a member that restarted or missed rollouts needs nothing else).
+#[derive(Clone, PartialEq, Eq)]
+pub struct GroupChain(Vec<ChainLink>);
+
+impl GroupChain {
+    /// A chain of the given links: 1 to [`MAX_GROUP_CHAIN`] of them, generations increasing.
+    pub fn new(links: Vec<ChainLink>) -> Option<Self> {
+        let ok = (1..=MAX_GROUP_CHAIN).contains(&links.len())
+            && links.windows(2).all(|w| w[0].generation < w[1].generation)
+            && links.iter().all(|l| l.info().is_some());
+        ok.then_some(Self(links))
+    }
+
+    /// The links, first (derived from the group init key) to last.
+    pub fn links(&self) -> &[ChainLink] {
+        &self.0
+    }
+
+    /// The chain extended by `link`, or a new chain of `link` alone (derived from the group init
+    /// key) once this one is [`MAX_GROUP_CHAIN`] long.
+    pub fn extended(&self, link: ChainLink) -> Option<Self> {
+        if self.0.len() >= MAX_GROUP_CHAIN {
+            return Self::new(vec![link]);
+        }
+        let mut links = self.0.clone();
+        links.push(link);
+        Self::new(links)
+    }
+
+    /// The secret of the last link, computed from the group init secret.
+    pub fn secret(&self, group_init: &Secret) -> Secret {
+        let mut secret = group_init.clone();
+        for link in &self.0 {
+            // `new` checked every link's SPI.
+            if let Some(info) = link.info() {
+                secret = secret.derive_group_next(&link.nonce, info);
+            }
+        }
+        secret
+    }
+}
+
+impl fmt::Debug for GroupChain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(&self.0).finish()
+    }
+}
+
+/// How a group generation's secret reaches a member.
+#[derive(Clone, PartialEq, Eq)]
+pub enum GroupMaterial {
+    /// The group secret itself, inside the sealed message.
+    Secret([u8; 32]),
+    /// Derived mode: the nonces from which the member computes it (no key material).
+    Chain(GroupChain),
+}
+
+impl Drop for GroupMaterial {
+    fn drop(&mut self) {
+        if let GroupMaterial::Secret(s) = self {
+            zeroize::Zeroize::zeroize(s);
+        }
+    }
+}
+
+/// A group key as the controller distributes it to one member.
+#[derive(Clone, PartialEq, Eq)]
 pub struct GroupKey {
     /// Group generation number.
     pub generation: u64,
@@ -158,8 +267,20 @@ pub struct GroupKey {
     /// established: a restarted member may have used those keys' sequence numbers (flags
     /// byte, bit 0).
     pub transmit: bool,
-    /// The group secret.
-    pub secret: [u8; 32],
+    /// The group secret, or (derived mode, flags byte bit 1) the chain to compute it from.
+    /// A chain's last link is this generation (number, SPI base, suite).
+    pub material: GroupMaterial,
+}
+
+impl GroupKey {
+    /// The generation's secret: the one carried, or the one the chain derives from the group
+    /// init secret.
+    pub fn secret(&self, group_init: &Secret) -> Secret {
+        match &self.material {
+            GroupMaterial::Secret(s) => Secret::from_bytes(*s),
+            GroupMaterial::Chain(c) => c.secret(group_init),
+        }
+    }
 }
 
 impl fmt::Debug for GroupKey {
@@ -171,7 +292,13 @@ impl fmt::Debug for GroupKey {
             .field("member_index", &self.member_index)
             .field("members", &self.members)
             .field("transmit", &self.transmit)
-            .field("secret", &"<redacted>")
+            .field(
+                "material",
+                &match &self.material {
+                    GroupMaterial::Secret(_) => "secret <redacted>",
+                    GroupMaterial::Chain(_) => "derived (chain of nonces)",
+                },
+            )
             .finish()
     }
 }
@@ -500,8 +627,22 @@ impl Message {
                 w.push(k.suite.id());
                 w.extend_from_slice(&k.member_index.to_be_bytes());
                 w.extend_from_slice(&k.members.to_be_bytes());
-                w.push(u8::from(k.transmit));
-                w.extend_from_slice(&k.secret);
+                match &k.material {
+                    GroupMaterial::Secret(secret) => {
+                        w.push(u8::from(k.transmit));
+                        w.extend_from_slice(secret);
+                    }
+                    GroupMaterial::Chain(chain) => {
+                        w.push(u8::from(k.transmit) | 2);
+                        w.push(chain.links().len() as u8);
+                        for l in chain.links() {
+                            w.extend_from_slice(&l.generation.to_be_bytes());
+                            w.extend_from_slice(&l.spi_base.to_be_bytes());
+                            w.push(l.suite.id());
+                            w.extend_from_slice(&l.nonce);
+                        }
+                    }
+                }
                 ty::GROUP_KEY
             }
             Message::GroupAck {
@@ -546,6 +687,8 @@ impl Message {
         };
         let body = w.len() - HEADER_LEN;
         header(&mut w, ty, body, id);
+        #[cfg(test)]
+        tap::record(&w);
         Encoded(w)
     }
 
@@ -586,6 +729,10 @@ impl Message {
             Message::KeyUpdateRequest { share: Some(_), .. } => HEADER_LEN + 9 + 32 + KEY_SHARE_LEN,
             Message::KeyDistribution(d) => HEADER_LEN + 46 + material(d),
             Message::KeyInitReply { dist, .. } => HEADER_LEN + 46 + material(dist) + BISCUIT_LEN,
+            Message::GroupKey(GroupKey {
+                material: GroupMaterial::Chain(c),
+                ..
+            }) => HEADER_LEN + 19 + 45 * c.links().len(),
             _ => HEADER_LEN + 80,
         }
     }
@@ -634,19 +781,50 @@ impl Message {
             },
             ty::HELLO => Message::Hello { have: r.u64()? },
             ty::HELLO_REPLY => Message::HelloReply { newest: r.u64()? },
-            ty::GROUP_KEY => Message::GroupKey(GroupKey {
-                generation: r.u64()?,
-                spi_base: r.u32()?,
-                suite: Suite::from_id(r.u8()?).ok_or(DecodeError::Malformed)?,
-                member_index: r.u16()?,
-                members: r.u16()?,
-                transmit: match r.u8()? {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(DecodeError::Malformed),
-                },
-                secret: r.take()?,
-            }),
+            ty::GROUP_KEY => {
+                let generation = r.u64()?;
+                let spi_base = r.u32()?;
+                let suite = Suite::from_id(r.u8()?).ok_or(DecodeError::Malformed)?;
+                let member_index = r.u16()?;
+                let members = r.u16()?;
+                let flags = r.u8()?;
+                if flags > 3 {
+                    return Err(DecodeError::Malformed);
+                }
+                let material = if flags & 2 == 0 {
+                    GroupMaterial::Secret(r.take()?)
+                } else {
+                    let n = usize::from(r.u8()?);
+                    if n == 0 || n > MAX_GROUP_CHAIN {
+                        return Err(DecodeError::Malformed);
+                    }
+                    let mut links = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        links.push(ChainLink {
+                            generation: r.u64()?,
+                            spi_base: r.u32()?,
+                            suite: Suite::from_id(r.u8()?).ok_or(DecodeError::Malformed)?,
+                            nonce: r.take()?,
+                        });
+                    }
+                    // The last link is the generation this message carries.
+                    let last = links[n - 1];
+                    if (last.generation, last.spi_base, last.suite) != (generation, spi_base, suite)
+                    {
+                        return Err(DecodeError::Malformed);
+                    }
+                    GroupMaterial::Chain(GroupChain::new(links).ok_or(DecodeError::Malformed)?)
+                };
+                Message::GroupKey(GroupKey {
+                    generation,
+                    spi_base,
+                    suite,
+                    member_index,
+                    members,
+                    transmit: flags & 1 == 1,
+                    material,
+                })
+            }
             ty::GROUP_ACK => Message::GroupAck {
                 generation: r.u64()?,
                 phase: phase(r.u8()?)?,
@@ -866,5 +1044,34 @@ impl Reassembler {
         let len = (usize::from(count) - 1) * FRAGMENT_CHUNK + done.last_len.unwrap_or(0);
         done.buf.truncate(len);
         Ok(Assembled::Complete(done.buf))
+    }
+}
+
+/// Tests only: the plaintext of every control message encoded on this thread, so a test can
+/// search what would cross the network (inside the ESP seal) for secrets.
+#[cfg(test)]
+pub(crate) mod tap {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static CAPTURED: RefCell<Option<Vec<Vec<u8>>>> = const { RefCell::new(None) };
+    }
+
+    /// Starts recording (again, from nothing) on this thread.
+    pub(crate) fn start() {
+        CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+    }
+
+    /// Stops recording and returns what was recorded.
+    pub(crate) fn take() -> Vec<Vec<u8>> {
+        CAPTURED.with(|c| c.borrow_mut().take().unwrap_or_default())
+    }
+
+    pub(super) fn record(message: &[u8]) {
+        CAPTURED.with(|c| {
+            if let Some(v) = c.borrow_mut().as_mut() {
+                v.push(message.to_vec());
+            }
+        });
     }
 }

@@ -17,6 +17,9 @@ pub mod group;
 pub mod message;
 pub mod server;
 
+#[cfg(test)]
+mod secrets_on_wire;
+
 use crate::{SaCounters, Suite, Time};
 use core::net::SocketAddr;
 use core::time::Duration;
