@@ -204,7 +204,8 @@ typedef struct {
   pktcrypt_role role;
   // Suite of new generations (server).
   pktcrypt_suite suite;
-  // Derived-key mode (server).
+  // Derived-key mode (server; group controller: rollouts carry nonces, members compute the
+  // group key, no group key material on the wire).
   bool derived;
   // 64-bit extended sequence numbers.
   bool esn;

@@ -248,7 +248,8 @@ pub struct pktcrypt_config {
     pub role: pktcrypt_role,
     /// Suite of new generations (server).
     pub suite: pktcrypt_suite,
-    /// Derived-key mode (server).
+    /// Derived-key mode (server; group controller: rollouts carry nonces, members compute the
+    /// group key, no group key material on the wire).
     pub derived: bool,
     /// 64-bit extended sequence numbers.
     pub esn: bool,

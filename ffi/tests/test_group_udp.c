@@ -1,7 +1,9 @@
 /* Group mode over real UDP sockets on 127.0.0.1: a controller (this process) and three members
  * (three child processes). Every member sends data to the other two throughout while the
  * controller rolls out a new group key every 500 ms, and every process loses every fourth
- * control datagram it should send. Data keeps flowing across the rollouts.
+ * control datagram it should send. Data keeps flowing across the rollouts. The controller runs in
+ * derived mode (`cfg.derived`): rollouts carry nonces and every member computes the group key
+ * from the group init key (test_group.c runs the distributed form).
  *
  * The test is paced by rollouts, not by wall time (it also runs under valgrind and on a loaded
  * CI machine): once all three members are active the controller tells them to start counting,
@@ -176,6 +178,7 @@ int main(void) {
   pktcrypt_config cfg;
   CHECK_OK(pktcrypt_config_init(&cfg, PKTCRYPT_ROLE_GROUP_CONTROLLER));
   apply_test_backend(&cfg);
+  cfg.derived = true;
   pktcrypt_group_config g = group_config();
   pktcrypt_endpoint *ctl = NULL;
   CHECK_OK(pktcrypt_group_controller_new(&cfg, &g, group_key, &ctl));

@@ -17,14 +17,16 @@ SETTINGS: dict[str, float] = {"rekey_interval": 1.0, "retry": 0.1, "max_backoff"
 class Group:
     """A controller and members wired in memory, with simulated time and optional control loss."""
 
-    def __init__(self, n: int = MEMBERS, loss: float = 0.0, seed: int = 1) -> None:
+    def __init__(self, n: int = MEMBERS, loss: float = 0.0, seed: int = 1, derived: bool = False) -> None:
         self.t = 1000.0
         self.rng = random.Random(seed)
         self.loss = loss
         self.lost = 0
         group_key = pktcrypt.keygen(pktcrypt.Suite.AES_128_GCM, spi=0x10000)
         keys = [pktcrypt.keygen(spi=0x20000 + i) for i in range(n)]
-        self.controller = pktcrypt.GroupController(group_key, max_retries=12, **SETTINGS)  # type: ignore[arg-type]
+        self.controller = pktcrypt.GroupController(
+            group_key, derived=derived, max_retries=12, **SETTINGS  # type: ignore[arg-type]
+        )
         self.members: List[pktcrypt.GroupMember] = []
         for i, key in enumerate(keys):
             self.controller.add_member(i, key, now=self.t)
@@ -86,8 +88,8 @@ class Group:
         return opened
 
 
-def joined(loss: float = 0.0) -> Group:
-    g = Group(loss=loss)
+def joined(loss: float = 0.0, derived: bool = False) -> Group:
+    g = Group(loss=loss, derived=derived)
     for _ in range(300):
         g.step()
         if g.ready():
@@ -118,8 +120,10 @@ def test_rollouts_every_member_opens_every_other() -> None:
     assert g.controller.status(0).newest_generation >= 1  # the member's control channel
 
 
-def test_rollouts_survive_control_loss() -> None:
-    g = joined()
+@pytest.mark.parametrize("derived", [False, True], ids=["distributed", "derived"])
+def test_rollouts_survive_control_loss(derived: bool) -> None:
+    """In derived mode every member computes each group key from the nonces it is sent."""
+    g = joined(derived=derived)
     g.loss = 0.2
     before = g.controller.group_status().generation
     opened = 0

@@ -656,12 +656,18 @@ class GroupController(_Group):
     ``channel_rekey_interval`` how often they rotate. Drive it like an :class:`Endpoint`: every
     datagram from a member into :meth:`open`, every ``(member, datagram)`` of :meth:`transmits`
     to that member, :meth:`handle_timeout` when :meth:`poll_timeout` has passed.
+
+    ``derived=True`` is derived mode for the group key (seed 003 applied to groups): a rollout
+    carries nonces, never a group key, and every member computes the new generation from the
+    group init key and the chain of nonces since the last anchor (at most four). Members need
+    no setting for it.
     """
 
     def __init__(
         self,
         group_key: str,
         *,
+        derived: bool = False,
         suite: Suite = Suite.AES_256_GCM,
         rekey_interval: Optional[float] = 3600.0,
         retry: float = 0.5,
@@ -678,6 +684,7 @@ class GroupController(_Group):
         self._role = Role.GROUP_CONTROLLER
         self._native = _native.Group.controller(
             group_key,
+            derived=derived,
             **_group_settings(
                 suite,
                 rekey_interval,

@@ -86,6 +86,7 @@ class Group:
     def controller(
         group_key: str,
         *,
+        derived: bool,
         suite_name: str,
         rekey_interval_ms: int,
         retry_ms: int,

@@ -1,5 +1,6 @@
 //! A group controller and three members as separate processes over real UDP on loopback: the
 //! group rekeys every second while the members multicast data to each other; nothing is lost.
+//! Once with the group key distributed, once in derived mode (rollouts carry nonces).
 
 use serde_json::Value;
 use std::process::{Command, Stdio};
@@ -21,18 +22,28 @@ fn keygen(n: usize, spi: &str) -> Vec<String> {
 
 #[test]
 fn group_rekeys_over_udp_without_loss() {
-    let dir = std::env::temp_dir().join(format!("pktcrypt-group-{}", std::process::id()));
+    group_over_udp(false);
+}
+
+#[test]
+fn derived_group_rekeys_over_udp_without_loss() {
+    group_over_udp(true);
+}
+
+fn group_over_udp(derived: bool) {
+    let dir = std::env::temp_dir().join(format!("pktcrypt-group-{}-{derived}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let control = keygen(3, "0x3000");
     let group = keygen(1, "0x40000")[0].clone();
-    let base = 30000 + (std::process::id() % 10000) as u16;
+    let base = 30000 + (std::process::id() % 5000) as u16 * 2 + if derived { 10000 } else { 0 };
     let ctl = format!("127.0.0.1:{base}");
     let peers: Vec<String> = (1..=3)
         .map(|i| format!("\"127.0.0.1:{}\"", base + i))
         .collect();
     let mut c = format!(
-        "listen = \"{ctl}\"\nrekey_interval_ms = 1000\nstatus_interval_ms = 250\n[group]\ninit_key = \"{group}\"\n"
+        "listen = \"{ctl}\"\nrekey_interval_ms = 1000\nstatus_interval_ms = 250\nderived = {derived}\n\
+         [group]\ninit_key = \"{group}\"\n"
     );
     for (i, k) in control.iter().enumerate() {
         c += &format!(

@@ -270,6 +270,10 @@ pub(crate) struct ControllerSettings {
     /// When the members' control channels exchange fresh ephemeral keys (as a key server's).
     #[serde(default, deserialize_with = "super::pfs")]
     pub(crate) pfs: Option<Pfs>,
+    /// Derived mode for the group key: rollouts carry nonces, members compute each generation
+    /// from the group init key (no group key material on the wire).
+    #[serde(default)]
+    pub(crate) derived: bool,
     /// 64-bit extended sequence numbers (RFC 4303 §2.2.1; default on). Off: 32-bit sequence
     /// numbers (an SA carries at most 2^32 - 1 packets; rekeys come at 2^31), which Wireshark
     /// 4.0 can authenticate. Every gateway of a deployment must agree.
@@ -303,6 +307,7 @@ impl ControllerSettings {
         c.max_retries = self.max_retries.unwrap_or(c.max_retries);
         c.evict_unresponsive = self.evict_unresponsive.unwrap_or(c.evict_unresponsive);
         c.pfs = self.pfs.unwrap_or(c.pfs);
+        c.derived = self.derived;
         Ok(c)
     }
 }
