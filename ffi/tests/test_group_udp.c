@@ -2,8 +2,8 @@
  * (three child processes). Every member sends data to the other two throughout while the
  * controller rolls out a new group key every 500 ms, and every process loses every fourth
  * control datagram it should send. Data keeps flowing across the rollouts. The controller runs in
- * derived mode (`cfg.derived`): rollouts carry nonces and every member computes the group key
- * from the group init key (test_group.c runs the distributed form).
+ * derived mode (`cfg.derived`): a rollout carries a nonce and every member computes the group
+ * key from it and the group init key (test_group.c runs the distributed form).
  *
  * The test is paced by rollouts, not by wall time (it also runs under valgrind and on a loaded
  * CI machine): once all three members are active the controller tells them to start counting,

@@ -260,8 +260,15 @@ fn message_codec_round_trips_and_rejects_trailing_bytes() {
             transmit: true,
             material: GroupMaterial::Secret([1; 32]),
         }),
-        Message::GroupKey(chain_key(4)),
-        Message::GroupKey(chain_key(1)),
+        Message::GroupKey(GroupKey {
+            generation: 4,
+            spi_base: 0x9010,
+            suite: Suite::Aes256Gcm,
+            member_index: 1,
+            members: 3,
+            transmit: false,
+            material: GroupMaterial::Nonce([7; 32]),
+        }),
         Message::GroupAck {
             generation: 3,
             phase: GroupPhase::InTransit,
@@ -310,78 +317,69 @@ fn message_codec_round_trips_and_rejects_trailing_bytes() {
         }
         assert_eq!(whole.as_deref(), Some(e.as_bytes()));
     }
-    // Debug output never shows secrets, nor a chain's nonces.
+    // Debug output never shows secrets, nor a derived key's nonce.
     let dbg = format!("{:?}", msgs[11]);
     assert!(dbg.contains("redacted") && !dbg.contains("[1, 1"));
     let dbg = format!("{:?}", msgs[12]);
     assert!(dbg.contains("derived") && !dbg.contains("[7, 7"), "{dbg}");
 }
 
-/// A derived-mode group key whose chain has `n` links (the last one its own generation).
-fn chain_key(n: u64) -> pktcrypt_core::control::message::GroupKey {
-    use pktcrypt_core::control::message::{ChainLink, GroupChain, GroupKey, GroupMaterial};
-    let links = (0..n)
-        .map(|k| ChainLink {
-            generation: 10 + k,
-            spi_base: 0x9000 + k as u32 * 16,
-            suite: Suite::Aes256Gcm,
-            nonce: [7; 32],
-        })
-        .collect();
-    GroupKey {
-        generation: 9 + n,
-        spi_base: 0x9000 + (n as u32 - 1) * 16,
-        suite: Suite::Aes256Gcm,
-        member_index: 1,
-        members: 3,
-        transmit: false,
-        material: GroupMaterial::Chain(GroupChain::new(links).expect("chain")),
-    }
-}
-
 #[test]
-fn malformed_group_chains_are_rejected() {
-    use pktcrypt_core::control::message::{ChainLink, GroupChain};
-    let good = Message::GroupKey(chain_key(2)).encode(5);
-    let bytes = good.as_bytes();
-    // Header 8, then generation 8, SPI base 4, suite 1, index 2, members 2, flags, count.
+fn group_key_flags_and_derived_secrets() {
+    use pktcrypt_core::control::message::{GroupKey, GroupMaterial};
+    let key = |material| GroupKey {
+        generation: 5,
+        spi_base: 0x9000,
+        suite: Suite::Aes256Gcm,
+        member_index: 0,
+        members: 2,
+        transmit: true,
+        material,
+    };
+    let bytes = Message::GroupKey(key(GroupMaterial::Nonce([3; 32]))).encode(5);
+    // Header 8, then generation 8, SPI base 4, suite 1, index 2, members 2, flags.
     let flags = 8 + 17;
-    let count = flags + 1;
-    assert_eq!(bytes[flags], 2);
-    assert_eq!(bytes[count], 2);
-    let decode = |edit: &dyn Fn(&mut Vec<u8>)| {
-        let mut b = bytes.to_vec();
-        edit(&mut b);
-        Message::decode(&b)
-    };
-    assert!(decode(&|_| {}).is_ok());
-    // Unknown flag bits; a count of 0 or above the maximum (the body length is then wrong
-    // too, but the count is what is refused first).
-    assert!(decode(&|b| b[flags] = 4).is_err());
-    assert!(decode(&|b| b[count] = 0).is_err());
-    assert!(decode(&|b| b[count] = 5).is_err());
-    // The last link is not the generation the message carries (generation, SPI, suite).
-    let last = count + 1 + 45;
-    assert!(decode(&|b| b[last + 7] ^= 1).is_err());
-    assert!(decode(&|b| b[last + 11] ^= 1).is_err());
-    assert!(decode(&|b| b[last + 12] = 0).is_err());
-    // Generations not increasing.
-    assert!(decode(&|b| b[count + 1..count + 9].copy_from_slice(&20u64.to_be_bytes())).is_err());
-    // The constructor holds the same rules.
-    let link = |generation, spi_base| ChainLink {
-        generation,
-        spi_base,
-        suite: Suite::Aes128Gcm,
-        nonce: [0; 32],
-    };
-    assert!(GroupChain::new(vec![]).is_none());
-    assert!(GroupChain::new((1..=5).map(|g| link(g, 0x9000)).collect()).is_none());
-    assert!(GroupChain::new(vec![link(2, 0x9000), link(2, 0x9000)]).is_none());
-    assert!(GroupChain::new(vec![link(2, 0)]).is_none(), "reserved SPI");
-    // Extending a full chain starts a new one.
-    let full = GroupChain::new((1..=4).map(|g| link(g, 0x9000)).collect()).expect("chain");
+    assert_eq!(bytes.as_bytes()[flags], 3, "transmit and derived");
+    for bad in [4u8, 8, 0x80, 0xff] {
+        let mut b = bytes.as_bytes().to_vec();
+        b[flags] = bad;
+        assert!(Message::decode(&b).is_err(), "flags {bad:#x}");
+    }
+    // Derived: the secret depends on the group init secret, the nonce, the generation, the SPI
+    // base and the suite; it is never the nonce.
+    let init = Secret::from_bytes([0x55; 32]);
+    let derived = |k: GroupKey, init: &Secret| k.secret(init).map(|s| *s.expose());
+    let base = derived(key(GroupMaterial::Nonce([3; 32])), &init).expect("valid SPI");
+    assert_ne!(base, [3; 32]);
+    assert_ne!(
+        Some(base),
+        derived(key(GroupMaterial::Nonce([4; 32])), &init)
+    );
+    assert_ne!(
+        Some(base),
+        derived(
+            key(GroupMaterial::Nonce([3; 32])),
+            &Secret::from_bytes([0x56; 32])
+        )
+    );
+    for change in 0..3 {
+        let mut k = key(GroupMaterial::Nonce([3; 32]));
+        match change {
+            0 => k.generation += 1,
+            1 => k.spi_base += 1,
+            _ => k.suite = Suite::ChaCha20Poly1305,
+        }
+        assert_ne!(Some(base), derived(k, &init), "change {change}");
+    }
+    let mut k = key(GroupMaterial::Nonce([3; 32]));
+    k.spi_base = 0;
+    assert!(
+        derived(k, &init).is_none(),
+        "a reserved SPI base derives nothing"
+    );
+    // Distributed: the secret carried.
     assert_eq!(
-        full.extended(link(5, 0x9000)).map(|c| c.links().len()),
-        Some(1)
+        derived(key(GroupMaterial::Secret([9; 32])), &init),
+        Some([9; 32])
     );
 }

@@ -658,9 +658,9 @@ class GroupController(_Group):
     to that member, :meth:`handle_timeout` when :meth:`poll_timeout` has passed.
 
     ``derived=True`` is derived mode for the group key (seed 003 applied to groups): a rollout
-    carries nonces, never a group key, and every member computes the new generation from the
-    group init key and the chain of nonces since the last anchor (at most four). Members need
-    no setting for it.
+    carries a nonce, never a group key, and every member computes the new generation from it
+    and the group init key. Members need no setting for it, but all must hold the same group
+    init key.
     """
 
     def __init__(

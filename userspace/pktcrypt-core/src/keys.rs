@@ -51,9 +51,10 @@ impl Secret {
         Secret(out)
     }
 
-    /// Derived mode for groups: the secret of group generation `next` computed from this secret
-    /// (the group init secret or the previous link of a [`crate::control::message::GroupChain`]) and a
-    /// fresh nonce. A label of its own keeps it apart from the pairwise ratchet.
+    /// Derived mode for groups: the secret of group generation `next` computed from this
+    /// secret (the group init secret) and the generation's fresh nonce
+    /// ([`crate::control::message::GroupMaterial::Nonce`]). A label of its own keeps it apart
+    /// from the pairwise ratchet.
     pub fn derive_group_next(&self, nonce: &[u8], next: GenerationInfo) -> Secret {
         let hk = Hkdf::<Sha256>::new(Some(nonce), &self.0);
         let mut info = [0u8; INFO_MAX];

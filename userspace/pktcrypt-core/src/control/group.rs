@@ -32,7 +32,7 @@
 //! management table trigger a rekey (unauthenticated datagrams never do); a member that regains
 //! connectivity asks for the current key.
 
-use super::message::{ChainLink, GroupChain, GroupKey, GroupMaterial, GroupPhase, Message};
+use super::message::{GroupKey, GroupMaterial, GroupPhase, Message};
 use super::{
     ClientConfig, ClientEvent, Incoming, KeyClient, KeyErasureRandom, KeyServer, Pfs, Random,
     RekeyTriggers, ServerConfig, ServerEvent, Transmit, backoff, jittered,
@@ -86,10 +86,10 @@ pub struct GroupConfig {
     /// when it changed since its last report). `None`: never (the controller's counter
     /// triggers then see nothing of it).
     pub usage_interval: Option<Duration>,
-    /// Derived mode (seed 003 applied to groups, spec §5): a rollout carries nonces, never a
-    /// group secret; every member computes the new generation from the group init key and the
-    /// chain of nonces since the last anchor ([`super::message::GroupChain`]). Only the
-    /// controller's setting matters: members take either form.
+    /// Derived mode (seed 003 applied to groups, spec §5): a rollout carries a nonce, never a
+    /// group secret; every member computes the new generation from the nonce and the group init
+    /// key ([`GroupMaterial::Nonce`]). Only the controller's setting matters: members take
+    /// either form (all of them must hold the same group init key).
     pub derived: bool,
 }
 
@@ -318,8 +318,8 @@ struct GroupGen {
     spi_base: u32,
     suite: Suite,
     secret: Secret,
-    /// Derived mode: the nonces members compute `secret` from (none in distributed mode).
-    chain: Option<GroupChain>,
+    /// Derived mode: the nonce members compute `secret` from (none in distributed mode).
+    nonce: Option<zeroize::Zeroizing<[u8; 32]>>,
 }
 
 /// The group key controller.
@@ -607,26 +607,17 @@ impl GroupController {
         self.rng.fill(&mut bytes);
         let suite = self.config.suite;
         let new = if self.config.derived {
-            // The bytes are the link's nonce: the secret is computed, never sent.
-            let link = ChainLink {
-                generation: number,
-                spi_base,
-                suite,
-                nonce: bytes,
+            // The bytes are a nonce: the secret is computed on both sides, never sent.
+            let Ok(spi) = Spi::new(spi_base) else {
+                return; // unreachable: SPI bases start at 0x1000
             };
-            let chain = match self.current.as_ref().and_then(|g| g.chain.as_ref()) {
-                Some(chain) => chain.extended(link),
-                None => GroupChain::new(vec![link]),
-            };
-            let Some(chain) = chain else {
-                return; // unreachable: spi_base >= 0x1000 and numbers increase
-            };
+            let info = GenerationInfo { number, spi, suite };
             GroupGen {
                 number,
                 spi_base,
                 suite,
-                secret: chain.secret(&self.group_init),
-                chain: Some(chain),
+                secret: self.group_init.derive_group_next(&bytes, info),
+                nonce: Some(zeroize::Zeroizing::new(bytes)),
             }
         } else {
             GroupGen {
@@ -634,7 +625,7 @@ impl GroupController {
                 spi_base,
                 suite,
                 secret: Secret::from_bytes(bytes),
-                chain: None,
+                nonce: None,
             }
         };
         zeroize::Zeroize::zeroize(&mut bytes);
@@ -702,8 +693,8 @@ impl GroupController {
                 .members
                 .get(usize::from(member))
                 .is_some_and(|m| g.number > m.floor),
-            material: match &g.chain {
-                Some(chain) => GroupMaterial::Chain(chain.clone()),
+            material: match &g.nonce {
+                Some(nonce) => GroupMaterial::Nonce(**nonce),
                 None => GroupMaterial::Secret(*g.secret.expose()),
             },
         })
@@ -1260,7 +1251,8 @@ impl GroupMember {
         )?;
         channel.carry_group_messages();
         // Nothing is sealed or accepted under the group init key (its sequence numbers would
-        // start again at every restart); it only anchors the senders' SPIs.
+        // start again at every restart); it anchors the senders' SPIs and, in derived mode,
+        // every group generation's secret.
         let mut group_engine = config.engine.clone();
         group_engine.handshake_init = true;
         let group = Engine::new(group_engine)?;
@@ -1665,7 +1657,9 @@ impl GroupMember {
 
     /// Installs a group generation for every sender.
     fn install_key(&mut self, now: Time, k: &GroupKey) -> bool {
-        let secret = k.secret(&self.group_init.secret);
+        let Some(secret) = k.secret(&self.group_init.secret) else {
+            return false;
+        };
         for (j, p) in self.senders.clone().into_iter().enumerate() {
             let Some(generation) = sender_generation(k, &secret, j) else {
                 return false;
@@ -1746,7 +1740,9 @@ impl GroupMember {
                     // N-1: take N-1 as the previous generation (N keeps its sequence numbers)
                     // and transmit with it until the transition.
                     let mut ok = true;
-                    let secret = k.secret(&self.group_init.secret);
+                    let Some(secret) = k.secret(&self.group_init.secret) else {
+                        return false;
+                    };
                     for (j, p) in self.senders.clone().into_iter().enumerate() {
                         let Some(generation) = sender_generation(&k, &secret, j) else {
                             return false;

@@ -140,111 +140,24 @@ impl GroupPhase {
     }
 }
 
-/// Most links of a [`GroupChain`]: the controller derives a generation from the group init key
-/// again (a new anchor) at least every this many generations, which bounds both the message
-/// and what a member that joins learns of generations before the ones in use.
-pub const MAX_GROUP_CHAIN: usize = 4;
-
-/// One step of a group ratchet: generation `generation` (with its SPI base and suite) is
-/// derived from the one before it in the chain (the group init key for the first) and `nonce`.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct ChainLink {
-    /// Group generation number.
-    pub generation: u64,
-    /// Its SPI base.
-    pub spi_base: u32,
-    /// Its suite.
-    pub suite: Suite,
-    /// 32 fresh random bytes chosen by the controller.
-    pub nonce: [u8; 32],
-}
-
-impl ChainLink {
-    fn info(&self) -> Option<GenerationInfo> {
-        Some(GenerationInfo {
-            number: self.generation,
-            spi: Spi::new(self.spi_base).ok()?,
-            suite: self.suite,
-        })
-    }
-}
-
-impl fmt::Debug for ChainLink {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ChainLink")
-            .field("generation", &self.generation)
-            .field("spi_base", &format_args!("{:#010x}", self.spi_base))
-            .field("suite", &self.suite)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Derived mode for groups (seed 003 applied to a group, spec §5): the nonces from which every
-/// member computes a group generation's secret itself, starting from the group init key it was
-/// provisioned with: `S(first) = HKDF(init, nonce₁, "group next" ‖ info₁)`, then
-/// `S(k+1) = HKDF(S(k), nonceₖ₊₁, "group next" ‖ infoₖ₊₁)`. The last link is the generation
-/// the message carries. No group key material crosses the network; every message is
-/// self-contained (a member that restarted or missed rollouts needs nothing else).
-#[derive(Clone, PartialEq, Eq)]
-pub struct GroupChain(Vec<ChainLink>);
-
-impl GroupChain {
-    /// A chain of the given links: 1 to [`MAX_GROUP_CHAIN`] of them, generations increasing.
-    pub fn new(links: Vec<ChainLink>) -> Option<Self> {
-        let ok = (1..=MAX_GROUP_CHAIN).contains(&links.len())
-            && links.windows(2).all(|w| w[0].generation < w[1].generation)
-            && links.iter().all(|l| l.info().is_some());
-        ok.then_some(Self(links))
-    }
-
-    /// The links, first (derived from the group init key) to last.
-    pub fn links(&self) -> &[ChainLink] {
-        &self.0
-    }
-
-    /// The chain extended by `link`, or a new chain of `link` alone (derived from the group init
-    /// key) once this one is [`MAX_GROUP_CHAIN`] long.
-    pub fn extended(&self, link: ChainLink) -> Option<Self> {
-        if self.0.len() >= MAX_GROUP_CHAIN {
-            return Self::new(vec![link]);
-        }
-        let mut links = self.0.clone();
-        links.push(link);
-        Self::new(links)
-    }
-
-    /// The secret of the last link, computed from the group init secret.
-    pub fn secret(&self, group_init: &Secret) -> Secret {
-        let mut secret = group_init.clone();
-        for link in &self.0 {
-            // `new` checked every link's SPI.
-            if let Some(info) = link.info() {
-                secret = secret.derive_group_next(&link.nonce, info);
-            }
-        }
-        secret
-    }
-}
-
-impl fmt::Debug for GroupChain {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(&self.0).finish()
-    }
-}
-
 /// How a group generation's secret reaches a member.
 #[derive(Clone, PartialEq, Eq)]
 pub enum GroupMaterial {
     /// The group secret itself, inside the sealed message.
     Secret([u8; 32]),
-    /// Derived mode: the nonces from which the member computes it (no key material).
-    Chain(GroupChain),
+    /// Derived mode (seed 003 applied to a group, spec §5): a fresh nonce from which the member
+    /// computes the secret with the group init key it was provisioned with,
+    /// `HKDF(salt = nonce, ikm = group init secret, info = "group next" ‖ generation ‖ SPI base
+    /// ‖ suite)`. No group key material crosses the network. Not a secret on its own, but
+    /// whoever also holds the group init key (every member, and a former one) gets the key from
+    /// it: it is wiped like one.
+    Nonce([u8; 32]),
 }
 
 impl Drop for GroupMaterial {
     fn drop(&mut self) {
-        if let GroupMaterial::Secret(s) = self {
-            zeroize::Zeroize::zeroize(s);
+        match self {
+            GroupMaterial::Secret(b) | GroupMaterial::Nonce(b) => zeroize::Zeroize::zeroize(b),
         }
     }
 }
@@ -267,18 +180,24 @@ pub struct GroupKey {
     /// established: a restarted member may have used those keys' sequence numbers (flags
     /// byte, bit 0).
     pub transmit: bool,
-    /// The group secret, or (derived mode, flags byte bit 1) the chain to compute it from.
-    /// A chain's last link is this generation (number, SPI base, suite).
+    /// The group secret, or (derived mode, flags byte bit 1) the nonce to compute it from.
     pub material: GroupMaterial,
 }
 
 impl GroupKey {
-    /// The generation's secret: the one carried, or the one the chain derives from the group
-    /// init secret.
-    pub fn secret(&self, group_init: &Secret) -> Secret {
+    /// The generation's secret: the one carried, or the one derived from the nonce and the
+    /// group init secret. `None` for a nonce with an invalid SPI base.
+    pub fn secret(&self, group_init: &Secret) -> Option<Secret> {
         match &self.material {
-            GroupMaterial::Secret(s) => Secret::from_bytes(*s),
-            GroupMaterial::Chain(c) => c.secret(group_init),
+            GroupMaterial::Secret(s) => Some(Secret::from_bytes(*s)),
+            GroupMaterial::Nonce(n) => Some(group_init.derive_group_next(
+                n,
+                GenerationInfo {
+                    number: self.generation,
+                    spi: Spi::new(self.spi_base).ok()?,
+                    suite: self.suite,
+                },
+            )),
         }
     }
 }
@@ -296,7 +215,7 @@ impl fmt::Debug for GroupKey {
                 "material",
                 &match &self.material {
                     GroupMaterial::Secret(_) => "secret <redacted>",
-                    GroupMaterial::Chain(_) => "derived (chain of nonces)",
+                    GroupMaterial::Nonce(_) => "derived (nonce <redacted>)",
                 },
             )
             .finish()
@@ -627,22 +546,12 @@ impl Message {
                 w.push(k.suite.id());
                 w.extend_from_slice(&k.member_index.to_be_bytes());
                 w.extend_from_slice(&k.members.to_be_bytes());
-                match &k.material {
-                    GroupMaterial::Secret(secret) => {
-                        w.push(u8::from(k.transmit));
-                        w.extend_from_slice(secret);
-                    }
-                    GroupMaterial::Chain(chain) => {
-                        w.push(u8::from(k.transmit) | 2);
-                        w.push(chain.links().len() as u8);
-                        for l in chain.links() {
-                            w.extend_from_slice(&l.generation.to_be_bytes());
-                            w.extend_from_slice(&l.spi_base.to_be_bytes());
-                            w.push(l.suite.id());
-                            w.extend_from_slice(&l.nonce);
-                        }
-                    }
-                }
+                let (derived, bytes) = match &k.material {
+                    GroupMaterial::Secret(b) => (0, b),
+                    GroupMaterial::Nonce(b) => (2, b),
+                };
+                w.push(u8::from(k.transmit) | derived);
+                w.extend_from_slice(bytes);
                 ty::GROUP_KEY
             }
             Message::GroupAck {
@@ -729,10 +638,6 @@ impl Message {
             Message::KeyUpdateRequest { share: Some(_), .. } => HEADER_LEN + 9 + 32 + KEY_SHARE_LEN,
             Message::KeyDistribution(d) => HEADER_LEN + 46 + material(d),
             Message::KeyInitReply { dist, .. } => HEADER_LEN + 46 + material(dist) + BISCUIT_LEN,
-            Message::GroupKey(GroupKey {
-                material: GroupMaterial::Chain(c),
-                ..
-            }) => HEADER_LEN + 19 + 45 * c.links().len(),
             _ => HEADER_LEN + 80,
         }
     }
@@ -791,29 +696,11 @@ impl Message {
                 if flags > 3 {
                     return Err(DecodeError::Malformed);
                 }
+                let bytes = Zeroizing::new(r.take::<32>()?);
                 let material = if flags & 2 == 0 {
-                    GroupMaterial::Secret(r.take()?)
+                    GroupMaterial::Secret(*bytes)
                 } else {
-                    let n = usize::from(r.u8()?);
-                    if n == 0 || n > MAX_GROUP_CHAIN {
-                        return Err(DecodeError::Malformed);
-                    }
-                    let mut links = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        links.push(ChainLink {
-                            generation: r.u64()?,
-                            spi_base: r.u32()?,
-                            suite: Suite::from_id(r.u8()?).ok_or(DecodeError::Malformed)?,
-                            nonce: r.take()?,
-                        });
-                    }
-                    // The last link is the generation this message carries.
-                    let last = links[n - 1];
-                    if (last.generation, last.spi_base, last.suite) != (generation, spi_base, suite)
-                    {
-                        return Err(DecodeError::Malformed);
-                    }
-                    GroupMaterial::Chain(GroupChain::new(links).ok_or(DecodeError::Malformed)?)
+                    GroupMaterial::Nonce(*bytes)
                 };
                 Message::GroupKey(GroupKey {
                     generation,

@@ -270,8 +270,8 @@ pub(crate) struct ControllerSettings {
     /// When the members' control channels exchange fresh ephemeral keys (as a key server's).
     #[serde(default, deserialize_with = "super::pfs")]
     pub(crate) pfs: Option<Pfs>,
-    /// Derived mode for the group key: rollouts carry nonces, members compute each generation
-    /// from the group init key (no group key material on the wire).
+    /// Derived mode for the group key: a rollout carries a nonce, members compute each
+    /// generation from it and the group init key (no group key material on the wire).
     #[serde(default)]
     pub(crate) derived: bool,
     /// 64-bit extended sequence numbers (RFC 4303 §2.2.1; default on). Off: 32-bit sequence
