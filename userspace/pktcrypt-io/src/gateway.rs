@@ -38,7 +38,7 @@ pub mod decide;
 pub mod tap;
 
 use crate::sys;
-use crate::xsk::{Desc, Frame, Port, QueuePair};
+use crate::xsk::{Desc, Frame, Port, QueuePair, SocketStats};
 use arc_swap::ArcSwap;
 use arc_swap::cache::Cache;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -287,6 +287,16 @@ pub struct WorkerStats {
     /// transmit): the worker's cost of the packets, without idle polling and without time the
     /// thread was not running.
     pub busy_ns: AtomicU64,
+    /// The kernel's counters of the worker's two AF_XDP sockets, summed
+    /// ([`crate::xsk::Port::statistics`]; refreshed with the drop counters): frames steered to
+    /// the worker that the kernel dropped before the worker saw them.
+    pub socket_rx_dropped: AtomicU64,
+    /// Of those, times an RX ring was full.
+    pub socket_rx_ring_full: AtomicU64,
+    /// Times a fill ring had no frame for a packet.
+    pub socket_fill_ring_empty: AtomicU64,
+    /// Descriptors the kernel refused.
+    pub socket_invalid_descs: AtomicU64,
     /// Per [`DropReason`] (index in [`DropReason::ALL`]): ESP packets dropped while opening.
     pub drops: Vec<AtomicU64>,
 }
@@ -538,6 +548,20 @@ impl Worker {
         for (i, (_, n)) in self.decider.drops().iter().enumerate() {
             self.stats().drops[i].store(n, Ordering::Relaxed);
         }
+        // Two getsockopt calls every 100 ms at most.
+        let sides = [self.qp.inner.statistics(), self.qp.outer.statistics()];
+        let k = sides
+            .into_iter()
+            .flatten()
+            .fold(SocketStats::default(), |a, b| a + b);
+        let st = self.stats();
+        st.socket_rx_dropped.store(k.rx_dropped, Ordering::Relaxed);
+        st.socket_rx_ring_full
+            .store(k.rx_ring_full, Ordering::Relaxed);
+        st.socket_fill_ring_empty
+            .store(k.fill_ring_empty, Ordering::Relaxed);
+        st.socket_invalid_descs
+            .store(k.invalid_descs, Ordering::Relaxed);
     }
 
     /// Lends the received batch (`self.rx`) to the decider, then acts on its decisions.

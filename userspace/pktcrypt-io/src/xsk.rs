@@ -208,6 +208,32 @@ impl Frames {
     }
 }
 
+/// The kernel's counters of one AF_XDP socket ([`Port::statistics`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketStats {
+    /// Frames the XDP program steered to the socket that the kernel dropped (no room in the
+    /// RX ring or no frame in the fill ring, or too big for a frame).
+    pub rx_dropped: u64,
+    /// Of those, times the RX ring was full (the worker did not keep up).
+    pub rx_ring_full: u64,
+    /// Times the fill ring had no frame for a packet.
+    pub fill_ring_empty: u64,
+    /// Descriptors the kernel refused (RX and TX): a bug if not zero.
+    pub invalid_descs: u64,
+}
+
+impl core::ops::Add for SocketStats {
+    type Output = Self;
+    fn add(self, o: Self) -> Self {
+        Self {
+            rx_dropped: self.rx_dropped + o.rx_dropped,
+            rx_ring_full: self.rx_ring_full + o.rx_ring_full,
+            fill_ring_empty: self.fill_ring_empty + o.fill_ring_empty,
+            invalid_descs: self.invalid_descs + o.invalid_descs,
+        }
+    }
+}
+
 /// One interface's side of a [`QueuePair`].
 pub struct Port {
     device: DeviceQueue,
@@ -319,6 +345,18 @@ impl Port {
         if self.device.needs_wakeup() {
             self.device.wake();
         }
+    }
+
+    /// The kernel's counters of this socket (`XDP_STATISTICS`), cumulative since it was bound:
+    /// frames the kernel could not deliver to it, and why. `None` if the kernel refuses.
+    pub fn statistics(&self) -> Option<SocketStats> {
+        let s = self.device.statistics_v2().ok()?;
+        Some(SocketStats {
+            rx_dropped: s.rx_dropped,
+            rx_ring_full: s.rx_ring_full,
+            fill_ring_empty: s.rx_fill_ring_empty_descs,
+            invalid_descs: s.rx_invalid_descs + s.tx_invalid_descs,
+        })
     }
 
     /// Takes back the frames whose transmission completed, into `free`.

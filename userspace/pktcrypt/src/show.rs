@@ -262,6 +262,15 @@ fn gateway(g: &Gateway) -> String {
             ("icmp_rate_limited", w.icmp_rate_limited),
         ]),
     );
+    b.row(
+        "socket drops",
+        counts([
+            ("rx_dropped", w.socket_rx_dropped),
+            ("rx_ring_full", w.socket_rx_ring_full),
+            ("fill_ring_empty", w.socket_fill_ring_empty),
+            ("invalid_descs", w.socket_invalid_descs),
+        ]),
+    );
     let xdp: Vec<String> = [("inner", &g.xdp.inner), ("outer", &g.xdp.outer)]
         .iter()
         .filter_map(|(side, x)| {

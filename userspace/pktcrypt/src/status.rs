@@ -335,6 +335,15 @@ workers! {
     seal_failed,
     /// Thread CPU time (ns) of the workers' loop iterations that had packets.
     busy_ns,
+    /// Frames steered to a worker's AF_XDP sockets that the kernel dropped before the worker
+    /// saw them (an RX ring full or no frame in a fill ring: the worker did not keep up).
+    socket_rx_dropped,
+    /// Times a worker's RX ring was full.
+    socket_rx_ring_full,
+    /// Times a worker's fill ring had no frame for a packet.
+    socket_fill_ring_empty,
+    /// Descriptors the kernel refused (a bug if not zero).
+    socket_invalid_descs,
 }
 
 /// The XDP programs' counters.
@@ -672,8 +681,8 @@ mod tests {
             w.set(name, i as u64 + 1);
         }
         let values: Vec<u64> = w.fields().iter().map(|(_, _, v)| *v).collect();
-        assert_eq!(values, (1..=20).collect::<Vec<u64>>());
-        assert_eq!(w.busy_ns, 20);
+        assert_eq!(values, (1..=24).collect::<Vec<u64>>());
+        assert_eq!((w.busy_ns, w.socket_invalid_descs), (20, 24));
     }
 
     #[test]

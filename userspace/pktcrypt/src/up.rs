@@ -1817,7 +1817,7 @@ fn sum(stats: &[WorkerStats], f: impl Fn(&WorkerStats) -> &std::sync::atomic::At
 /// The counters of `s`'s workers, summed.
 fn worker_counters(s: &[WorkerStats]) -> status::Workers {
     let mut workers = status::Workers::default();
-    let fields: [(&str, u64); 20] = [
+    let fields: [(&str, u64); 24] = [
         ("rx_inner", sum(s, |w| &w.rx_inner)),
         ("rx_outer", sum(s, |w| &w.rx_outer)),
         ("tx_outer", sum(s, |w| &w.tx_outer)),
@@ -1838,6 +1838,13 @@ fn worker_counters(s: &[WorkerStats]) -> status::Workers {
         ("tx_full", sum(s, |w| &w.tx_full)),
         ("seal_failed", sum(s, |w| &w.seal_failed)),
         ("busy_ns", sum(s, |w| &w.busy_ns)),
+        ("socket_rx_dropped", sum(s, |w| &w.socket_rx_dropped)),
+        ("socket_rx_ring_full", sum(s, |w| &w.socket_rx_ring_full)),
+        (
+            "socket_fill_ring_empty",
+            sum(s, |w| &w.socket_fill_ring_empty),
+        ),
+        ("socket_invalid_descs", sum(s, |w| &w.socket_invalid_descs)),
     ];
     for (k, v) in fields {
         workers.set(k, v);

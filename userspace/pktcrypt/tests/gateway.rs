@@ -567,6 +567,17 @@ fn gateways_carry_traffic_through_rekeys_and_restarts() {
         "hostB received packets with a spoofed source of site C: {heard:?}"
     );
     assert!(policy >= 20, "gwB counted {policy} policy drops");
+    // The kernel's counters of the workers' AF_XDP sockets are read (XDP_STATISTICS) and
+    // reported; it never refused a descriptor of ours.
+    for key in [
+        "socket_rx_dropped",
+        "socket_rx_ring_full",
+        "socket_fill_ring_empty",
+        "socket_invalid_descs",
+    ] {
+        assert!(after[key].is_u64(), "{key} missing from {after}");
+    }
+    assert_eq!(after["socket_invalid_descs"].as_u64(), Some(0), "{after}");
 
     // 2d. An idle gateway sleeps: with `status_interval_ms = 0` (no status lines) gwB's
     // control thread and workers together use under 5 % of a core over 5 s.
