@@ -289,9 +289,9 @@ pub struct WorkerStats {
     pub busy_ns: AtomicU64,
     /// The kernel's counters of the worker's two AF_XDP sockets, summed
     /// ([`crate::xsk::Port::statistics`]; refreshed with the drop counters): frames steered to
-    /// the worker that the kernel dropped before the worker saw them.
+    /// the worker that the kernel dropped for want of a buffer before the worker saw them.
     pub socket_rx_dropped: AtomicU64,
-    /// Of those, times an RX ring was full.
+    /// Frames dropped because an RX ring was full.
     pub socket_rx_ring_full: AtomicU64,
     /// Times a fill ring had no frame for a packet.
     pub socket_fill_ring_empty: AtomicU64,

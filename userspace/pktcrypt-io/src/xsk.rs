@@ -211,12 +211,12 @@ impl Frames {
 /// The kernel's counters of one AF_XDP socket ([`Port::statistics`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SocketStats {
-    /// Frames the XDP program steered to the socket that the kernel dropped (no room in the
-    /// RX ring or no frame in the fill ring, or too big for a frame).
+    /// Frames the XDP program steered to the socket that the kernel dropped for want of a
+    /// buffer (no frame in the fill ring, or too big for a frame). Not those of `rx_ring_full`.
     pub rx_dropped: u64,
-    /// Of those, times the RX ring was full (the worker did not keep up).
+    /// Frames dropped because the RX ring was full (the worker did not keep up).
     pub rx_ring_full: u64,
-    /// Times the fill ring had no frame for a packet.
+    /// Times the fill ring had no frame for a packet (also in `rx_dropped`).
     pub fill_ring_empty: u64,
     /// Descriptors the kernel refused (RX and TX): a bug if not zero.
     pub invalid_descs: u64,

@@ -335,12 +335,12 @@ workers! {
     seal_failed,
     /// Thread CPU time (ns) of the workers' loop iterations that had packets.
     busy_ns,
-    /// Frames steered to a worker's AF_XDP sockets that the kernel dropped before the worker
-    /// saw them (an RX ring full or no frame in a fill ring: the worker did not keep up).
+    /// Frames steered to a worker's AF_XDP sockets that the kernel dropped for want of a
+    /// buffer (no frame in a fill ring, or too big) before the worker saw them.
     socket_rx_dropped,
-    /// Times a worker's RX ring was full.
+    /// Frames dropped because a worker's RX ring was full (the worker did not keep up).
     socket_rx_ring_full,
-    /// Times a worker's fill ring had no frame for a packet.
+    /// Times a worker's fill ring had no frame for a packet (also in socket_rx_dropped).
     socket_fill_ring_empty,
     /// Descriptors the kernel refused (a bug if not zero).
     socket_invalid_descs,
