@@ -42,13 +42,7 @@ impl Secret {
     /// Derived-key mode (spec §5): the secret of generation `next` computed from this secret and
     /// a fresh public nonce. Key material never crosses the network.
     pub fn derive_next(&self, nonce: &[u8], next: GenerationInfo) -> Secret {
-        let hk = Hkdf::<Sha256>::new(Some(nonce), &self.0);
-        let mut info = [0u8; INFO_MAX];
-        let n = next.write_info(b"next secret", &mut info);
-        let mut out = [0u8; SECRET_LEN];
-        hk.expand(&info[..n], &mut out)
-            .expect("32 bytes is a valid HKDF-SHA256 output length");
-        Secret(out)
+        self.derive_labelled(b"next secret", nonce, next)
     }
 
     /// Derived mode for groups: the secret of group generation `next` computed from this
@@ -56,9 +50,14 @@ impl Secret {
     /// ([`crate::control::message::GroupMaterial::Nonce`]). A label of its own keeps it apart
     /// from the pairwise ratchet.
     pub fn derive_group_next(&self, nonce: &[u8], next: GenerationInfo) -> Secret {
+        self.derive_labelled(b"group next", nonce, next)
+    }
+
+    /// `HKDF-SHA256(salt = nonce, ikm = self, info = label ‖ 0 ‖ next)`.
+    fn derive_labelled(&self, label: &[u8], nonce: &[u8], next: GenerationInfo) -> Secret {
         let hk = Hkdf::<Sha256>::new(Some(nonce), &self.0);
         let mut info = [0u8; INFO_MAX];
-        let n = next.write_info(b"group next", &mut info);
+        let n = next.write_info(label, &mut info);
         let mut out = [0u8; SECRET_LEN];
         hk.expand(&info[..n], &mut out)
             .expect("32 bytes is a valid HKDF-SHA256 output length");

@@ -606,27 +606,25 @@ impl GroupController {
         let mut bytes = [0u8; 32];
         self.rng.fill(&mut bytes);
         let suite = self.config.suite;
-        let new = if self.config.derived {
+        let (secret, nonce) = if self.config.derived {
             // The bytes are a nonce: the secret is computed on both sides, never sent.
             let Ok(spi) = Spi::new(spi_base) else {
                 return; // unreachable: SPI bases start at 0x1000
             };
             let info = GenerationInfo { number, spi, suite };
-            GroupGen {
-                number,
-                spi_base,
-                suite,
-                secret: self.group_init.derive_group_next(&bytes, info),
-                nonce: Some(zeroize::Zeroizing::new(bytes)),
-            }
+            (
+                self.group_init.derive_group_next(&bytes, info),
+                Some(zeroize::Zeroizing::new(bytes)),
+            )
         } else {
-            GroupGen {
-                number,
-                spi_base,
-                suite,
-                secret: Secret::from_bytes(bytes),
-                nonce: None,
-            }
+            (Secret::from_bytes(bytes), None)
+        };
+        let new = GroupGen {
+            number,
+            spi_base,
+            suite,
+            secret,
+            nonce,
         };
         zeroize::Zeroize::zeroize(&mut bytes);
         // The management table keeps the generations in use (and the one before): bounded.
