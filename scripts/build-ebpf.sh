@@ -45,7 +45,7 @@ else
   grep -qx "commit-hash: $NIGHTLY_COMMIT" <<<"$(rustc "+$TOOLCHAIN" -vV)" \
     || { echo "$NIGHTLY is not rustc $NIGHTLY_COMMIT" >&2; exit 1; }
 fi
-rustup component list --toolchain "$TOOLCHAIN" --installed 2>/dev/null | grep -q '^rust-src' \
+grep -q '^rust-src' <<<"$(rustup component list --toolchain "$TOOLCHAIN" --installed 2>/dev/null)" \
   || rustup component add rust-src --toolchain "$TOOLCHAIN" >&2
 
 # bpf-linker keeps an rpath to this directory, so it must outlive the build.
@@ -56,7 +56,7 @@ LIBLLVM=$(ls "$NIGHTLY_LIB"/libLLVM.so.*-rust-* 2>/dev/null | head -1)
 [ -n "$LIBLLVM" ] || { echo "no libLLVM in the nightly toolchain ($NIGHTLY_LIB)" >&2; exit 1; }
 ln -sf "$LIBLLVM" "$LLVM_PREFIX/lib/libLLVM.so"
 ln -sf "$LIBLLVM" "$LLVM_PREFIX/lib/$(basename "$LIBLLVM")"   # the soname bpf-linker loads
-if ! LD_LIBRARY_PATH="$NIGHTLY_LIB" bpf-linker --version 2>/dev/null | grep -qx "bpf-linker $BPF_LINKER_VERSION"; then
+if ! grep -qx "bpf-linker $BPF_LINKER_VERSION" <<<"$(LD_LIBRARY_PATH="$NIGHTLY_LIB" bpf-linker --version 2>/dev/null)"; then
   log "cargo install bpf-linker $BPF_LINKER_VERSION (against $LIBLLVM; several minutes)"
   LLVM_PREFIX="$LLVM_PREFIX" cargo install bpf-linker --version "=$BPF_LINKER_VERSION" \
     --no-default-features --features llvm-22 --locked --force --quiet >&2

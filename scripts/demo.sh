@@ -106,10 +106,10 @@ step "stopping the gateways: their XDP programs stay (fail closed) until 'pktcry
 pkill -TERM -f "pktcrypt up --config $DIR" || true
 sleep 1.5
 tail -1 "$DIR/gwA.log"
-if ! ip -n "${P}gwA" link show | grep -q xdp; then echo "XDP detached on stop: fail open!"; exit 1; fi
+if ! grep -q xdp <<<"$(ip -n "${P}gwA" link show)"; then echo "XDP detached on stop: fail open!"; exit 1; fi
 ip netns exec "${P}hostA" ping -c 3 -i 0.2 -W 1 10.2.0.2 >/dev/null 2>&1 \
   && { echo "traffic crossed a stopped gateway!"; exit 1; }
 echo "stopped gateways drop the protected traffic (hostA -> hostB: no answer)"
 for g in A B C; do ip netns exec "${P}gw$g" "$BIN" down --config "$DIR/gw$g.toml"; done
-if ip -n "${P}gwA" link show | grep -q xdp; then echo "XDP still attached!"; exit 1; fi
+if grep -q xdp <<<"$(ip -n "${P}gwA" link show)"; then echo "XDP still attached!"; exit 1; fi
 echo "no XDP program left on the gateways' interfaces after 'pktcrypt down'"

@@ -27,7 +27,7 @@ APT_PACKAGES=(pkg-config libssl-dev python3 python3-venv ca-certificates gcc g++
 [ "$BENCH" = 1 ] && APT_PACKAGES+=(netsniff-ng xdp-tools wireguard-tools)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  grep -q "install ok installed" <<<"$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   log "apt-get install ${missing[*]}"
@@ -43,11 +43,11 @@ if ! command -v rustup >/dev/null 2>&1; then
 fi
 rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install "$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)"
 rustup component add rustfmt clippy >/dev/null 2>&1
-if ! rustup toolchain list | grep -q '^nightly'; then
+if ! grep -q '^nightly' <<<"$(rustup toolchain list)"; then
   log "rustup toolchain install nightly"
   rustup toolchain install nightly --profile minimal
 fi
-rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src' \
+grep -q '^rust-src' <<<"$(rustup component list --toolchain nightly --installed 2>/dev/null)" \
   || rustup component add rust-src --toolchain nightly
 
 # cargo-fuzz (built from crates.io).
@@ -57,7 +57,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 # cbindgen regenerates the C header (CI fails if it differs from the checked-in one).
-if ! cbindgen --version 2>/dev/null | grep -q '0.29'; then
+if ! grep -q '0.29' <<<"$(cbindgen --version 2>/dev/null)"; then
   log "cargo install cbindgen"
   cargo install cbindgen --version '^0.29' --locked --quiet
 fi

@@ -19,7 +19,7 @@ L=$PREFIX/lib
 [ -f "$L/libpktcrypt.so.$VERSION" ] || fail "no $L/libpktcrypt.so.$VERSION"
 [ "$(readlink "$L/libpktcrypt.so.0")" = "libpktcrypt.so.$VERSION" ] || fail "libpktcrypt.so.0 is not a link to libpktcrypt.so.$VERSION"
 [ "$(readlink "$L/libpktcrypt.so")" = "libpktcrypt.so.0" ] || fail "libpktcrypt.so is not a link to libpktcrypt.so.0"
-readelf -d "$L/libpktcrypt.so.$VERSION" | grep -q 'SONAME.*\[libpktcrypt\.so\.0\]' || fail "SONAME is not libpktcrypt.so.0"
+grep -q 'SONAME.*\[libpktcrypt\.so\.0\]' <<<"$(readelf -d "$L/libpktcrypt.so.$VERSION")" || fail "SONAME is not libpktcrypt.so.0"
 [ -f "$L/libpktcrypt.a" ] && [ -f "$PREFIX/include/pktcrypt.h" ] && [ -f "$L/pkgconfig/pktcrypt.pc" ] \
   || fail "missing the static library, the header or pktcrypt.pc"
 
@@ -31,7 +31,7 @@ for ex in echo_server echo_client; do
   # shellcheck disable=SC2046 # pkg-config's output is meant to be split into words
   cc -O2 -Wall -Wextra -Werror -std=c11 -D_DEFAULT_SOURCE $(pkg-config --cflags pktcrypt) \
     -o "$T/$ex" "$T/src/$ex.c" $(pkg-config --libs pktcrypt)
-  readelf -d "$T/$ex" | grep -q 'NEEDED.*\[libpktcrypt\.so\.0\]' || fail "$ex does not need libpktcrypt.so.0"
+  grep -q 'NEEDED.*\[libpktcrypt\.so\.0\]' <<<"$(readelf -d "$T/$ex")" || fail "$ex does not need libpktcrypt.so.0"
 done
 export LD_LIBRARY_PATH
 LD_LIBRARY_PATH=$(pkg-config --variable=libdir pktcrypt)
