@@ -21,8 +21,12 @@
 #   iperf-udp SIZE iperf3 UDP, unlimited rate, $QUEUES streams, client pinned to CPU 0; received
 #                  = packets the server got (iperf3's own accounting)
 #   tcp            iperf3 TCP, $QUEUES streams, client pinned to CPU 0
-#   cost SIZE      trafgen at a fixed $RATE packets/s: the CPU each party spends per packet
-#                  (pktcrypt workers' busy_ns and thread CPU, boringtun's threads, the machine)
+#   cost SIZE      trafgen at a steady $RATE packets/s: the CPU each party spends per packet
+#                  (pktcrypt workers' busy_ns and thread CPU, boringtun's threads, the machine).
+#                  Packets evenly spaced: trafgen sleeps between packets (`--gap`, calibrated
+#                  against the machine at the start: $GAP_NS). Not trafgen's `--rate`: that sends
+#                  each second's packets in one burst at full speed (measured: 30,000 packets in
+#                  150 ms at 200 kpackets/s, then nothing for 850 ms).
 # at IP sizes 64 B and 1400 B. Before the tests of a mode, $IDLE s without traffic measure the
 # daemons' idle CPU (a spinning thread shows there). Around every test,
 # benches/datapath_measure.py samples the CPU of every party: generator, receiver, each
@@ -34,7 +38,7 @@
 # usage (root): benches/datapath.sh            full run: RUNS=5, SECS=5 (about 22 minutes)
 #               QUICK=1 benches/datapath.sh    smoke run: RUNS=1, SECS=2, writes the report into
 #                                              target/bench-datapath/ only (about 3 minutes)
-# Environment: RUNS, SECS, RATE (30000), QUEUES (2), MODES ("sink kernel aes aes-generic
+# Environment: RUNS, SECS, RATE (30000), GAP_NS (trafgen's gap for RATE; calibrated if unset), QUEUES (2), MODES ("sink kernel aes aes-generic
 # chacha null boringtun"), SIZES ("64 1400"), BORINGTUN_THREADS ($QUEUES), IDLE (2), REPORT (the report's
 # path; default BENCH_DATAPATH.md, or target/bench-datapath/BENCH_DATAPATH.md with QUICK=1),
 # WORKERS_BENCH=1 also runs the worker-scaling criterion bench (benches/benches/workers.rs) first,
@@ -123,6 +127,33 @@ for flow in range(16):
 PY
 }
 for s in $SIZES; do trafgen_conf "$s" > "$DIR/udp$s.cfg"; done
+
+# The gap between trafgen's packets for $RATE packets/s: trafgen sleeps the gap after each
+# packet, and the sleep and the send take longer than asked (timer slack, wake-up): measure
+# what a gap gives (1 s into gwA's veth, no gateway up: the kernel drops them) and shorten it
+# by the overhead, twice.
+tx_packets() { ip netns exec ${P}hostA cat /sys/class/net/eth0/statistics/tx_packets; }
+gap_rate() { # GAP_NS -> packets/s sent
+  local a b
+  a=$(tx_packets)
+  ip netns exec ${P}hostA timeout -s INT 1 trafgen -o eth0 -i "$DIR/udp64.cfg" -P 1 --no-sock-mem \
+    --notouch-irq -t "${1}ns" >/dev/null 2>&1 || true
+  b=$(tx_packets)
+  echo $((b - a))
+}
+if [ -z "${GAP_NS:-}" ]; then
+  [ -f "$DIR/udp64.cfg" ] || trafgen_conf 64 > "$DIR/udp64.cfg"
+  GAP_NS=$((1000000000 / RATE))
+  for _ in 1 2; do
+    got=$(gap_rate "$GAP_NS")
+    [ "$got" -gt 0 ] || break
+    # The overhead per packet at this gap, taken off the target interval.
+    over=$((1000000000 / got - GAP_NS))
+    GAP_NS=$((1000000000 / RATE - over))
+    [ "$GAP_NS" -ge 1000 ] || { GAP_NS=1000; break; }
+  done
+  log "trafgen gap for $RATE packets/s: ${GAP_NS} ns (measured $(gap_rate "$GAP_NS") packets/s)"
+fi
 
 measure() { # LABEL-JSON [measure options] -- command
   local label=$1; shift
@@ -277,8 +308,8 @@ run_tests() { # MODE RUN
   [ "$mode" = sink ] && return 0
   for s in $SIZES; do
     measure "$(label "$mode" cost "$s" "$run" "$RATE")" -- \
-      ip netns exec ${P}hostA timeout -s INT $((SECS + 5)) trafgen -o eth0 -i "$DIR/udp$s.cfg" -P 1 --no-sock-mem --notouch-irq \
-        -b "${RATE}pps" -n $((RATE * SECS))
+      ip netns exec ${P}hostA timeout -s INT "$SECS" trafgen -o eth0 -i "$DIR/udp$s.cfg" -P 1 --no-sock-mem --notouch-irq \
+        -t "${GAP_NS}ns"
   done
   for s in $SIZES; do
     measure "$(label "$mode" iperf-udp "$s" "$run")" \
@@ -292,7 +323,7 @@ run_tests() { # MODE RUN
 
 read -r -a modes <<< "$MODES"
 start=$(date +%s)
-log "$RUNS rounds of: ${modes[*]}; ${SECS}s per test, $QUEUES queues, sizes $SIZES, fixed rate $RATE pps; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+log "$RUNS rounds of: ${modes[*]}; ${SECS}s per test, $QUEUES queues, sizes $SIZES, steady rate $RATE pps; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 : > "$OUT/results.jsonl"
 for ((run = 1; run <= RUNS; run++)); do
   n=${#modes[@]}
@@ -309,9 +340,9 @@ for ((run = 1; run <= RUNS; run++)); do
   done
 done
 log "measured in $(( $(date +%s) - start )) s"
-python3 - "$OUT/meta.json" "$RUNS" "$SECS" "$RATE" "$QUEUES" "$BORINGTUN_THREADS" "$start" "$MTU" <<'PY'
+python3 - "$OUT/meta.json" "$RUNS" "$SECS" "$RATE" "$QUEUES" "$BORINGTUN_THREADS" "$start" "$MTU" "$GAP_NS" <<'PY'
 import json, os, platform, subprocess, sys, time
-path, runs, secs, rate, queues, bt, start, mtu = sys.argv[1:]
+path, runs, secs, rate, queues, bt, start, mtu, gap = sys.argv[1:]
 def out(*cmd):
     try:
         return subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
@@ -319,7 +350,7 @@ def out(*cmd):
         return ""
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")
 json.dump({"runs": int(runs), "seconds": int(secs), "rate": int(rate), "queues": int(queues),
-           "boringtun_threads": int(bt), "mtu": int(mtu), "cpus": os.cpu_count(), "cpu": cpu,
+           "boringtun_threads": int(bt), "mtu": int(mtu), "gap_ns": int(gap), "cpus": os.cpu_count(), "cpu": cpu,
            "kernel": platform.release(), "started": int(start), "duration": int(time.time()) - int(start),
            "commit": out("git", "rev-parse", "--short", "HEAD"), "dirty": bool(out("git", "status", "--porcelain", "-uno")),
            "trafgen": out("trafgen", "-v").splitlines()[0] if out("trafgen", "-v") else "",

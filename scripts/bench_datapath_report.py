@@ -7,7 +7,7 @@ usage: bench_datapath_report.py RESULTS.jsonl REPORT.md META.json [WORKERS.jsonl
 RESULTS.jsonl has one line per measured case (benches/datapath_measure.py). The report gives
 medians and min–max over the runs of the same run, ratios against kernel forwarding and
 boringtun (of the medians, and the range of the per-round ratios), the CPU every party used, and
-the cost per packet at a fixed offered rate. The plots are SVG written here (no plotting library:
+the cost per packet at a steady offered rate. The plots are SVG written here (no plotting library:
 it runs on a fresh machine). With --benchmarks, the block between `<!-- datapath:begin -->` and
 `<!-- datapath:end -->` in that file is replaced by a summary (appended if absent); --note puts
 TEXT at the top of the report (e.g. "preliminary").
@@ -221,7 +221,7 @@ def svg_throughput(groups, tests, path):
 
 
 def svg_cost(costs, sizes, path):
-    """Stacked bars, ns per packet at the fixed rate: pktcrypt's worker busy time split into the
+    """Stacked bars, ns per packet at the steady rate: pktcrypt's worker busy time split into the
     no-op cipher's part and the cipher's extra, the workers' remaining time (waking up, polling),
     and the generator (the rest of the machine's time is in the table only: on a shared machine it
     is mostly other work)."""
@@ -252,7 +252,7 @@ def svg_cost(costs, sizes, path):
     H = 35 + len(bars) * (bh + 6) + 10 + 18 * ((len(parts) + 1) // 2) + 10
     s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">',
          f'<rect width="{W}" height="{H}" fill="white"/>',
-         '<text x="10" y="18" font-size="14">CPU per packet received at hostB, at a fixed offered rate (medians, ns)</text>']
+         '<text x="10" y="18" font-size="14">CPU per packet received at hostB, at a steady offered rate (medians, ns)</text>']
     y = 35
     for label, seg in bars:
         s.append(f'<text x="{left - 6}" y="{y + bh - 7}" text-anchor="end">{label}</text>')
@@ -385,9 +385,11 @@ def main(argv):
         "flows) sends as fast as it can; *iperf-udp*: iperf3 UDP at unlimited rate; *tcp*: iperf3 TCP; "
         f"{meta.get('queues', '?')} iperf3 stream(s), client pinned to CPU 0. Sizes are IP packet sizes. "
         "Received rates are counted at hostB (its IP layer's `InReceives`; for iperf3 UDP the "
-        "server's count), never offered. *cost*: trafgen at a fixed "
-        f"{meta.get('rate', 0):,} packets/s (a rate every mode should sustain on a quiet machine: compare offered "
-        "and received in its table) for the CPU per packet.",
+        "server's count), never offered. *cost*: trafgen at a steady "
+        f"{meta.get('rate', 0):,} packets/s, evenly spaced (a gap of {meta.get('gap_ns', 0):,} ns after each "
+        "packet, calibrated at the start of the run; not trafgen's `--rate`, which sends each second's packets "
+        "in one burst at full speed), a rate every mode should sustain on a quiet machine (compare offered "
+        "and received in its table), for the CPU per packet.",
         "",
         "![throughput by mode and size](bench-datapath.svg)",
         "",
@@ -504,7 +506,7 @@ def main(argv):
           "than a mode delivers, and the offered rate in that mode exceeds the received, the drops happened "
           "downstream of the generator, not in it.", ""]
 
-    # Per-packet cost at the fixed rate.
+    # Per-packet cost at the steady rate.
     costs = {}
     for m in modes:
         for s in sizes:
@@ -514,9 +516,9 @@ def main(argv):
                 continue
             costs[(m, s)] = {k: stats([p[k] for p in pp]) for k in pp[0]}
             costs[(m, s)]["worker_busy"] = (costs[(m, s)]["worker_busy"] or {}).get("median")
-    L += ["## Cost per packet at a fixed offered rate", "",
+    L += ["## Cost per packet at a steady offered rate", "",
           "![cost per packet](bench-datapath-cost.svg)", "",
-          f"trafgen offers {meta.get('rate', 0):,} packets/s for {meta.get('seconds', '?')} s; ns of CPU per packet "
+          f"trafgen offers about {meta.get('rate', 0):,} packets/s, evenly spaced, for {meta.get('seconds', '?')} s; ns of CPU per packet "
           "received at hostB, medians (min–max). *worker busy*: pktcrypt's `busy_ns` counter of both gateways "
           "(thread CPU time in worker loop passes that had packets: receive, seal or open, transmit, the "
           "kernel's copy-mode work in the TX kick); *worker CPU*: all CPU time of the workers (also waking "
@@ -584,7 +586,7 @@ def main(argv):
           "As root on Debian 12 (installs netsniff-ng, xdp-tools, wireguard-tools and `cargo install "
           "boringtun-cli --locked` through `scripts/setup.sh --bench`; holds `/tmp/pktcrypt-netns.lock`):", "",
           "```",
-          f"RUNS={runs} SECS={meta.get('seconds', 5)} RATE={meta.get('rate', 30000)} QUEUES={meta.get('queues', 2)} benches/datapath.sh   # this run",
+          f"RUNS={runs} SECS={meta.get('seconds', 5)} RATE={meta.get('rate', 30000)} GAP_NS={meta.get('gap_ns', 0)} QUEUES={meta.get('queues', 2)} benches/datapath.sh   # this run",
           "benches/datapath.sh             # the full run: RUNS=5 SECS=5, about 22 minutes on 2 cores",
           "QUICK=1 benches/datapath.sh     # smoke run: one round of 2 s tests, report in target/bench-datapath/",
           "python3 scripts/bench_datapath_report.py target/bench-datapath/results.jsonl BENCH_DATAPATH.md \\",
