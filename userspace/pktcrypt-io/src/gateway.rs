@@ -210,11 +210,50 @@ pub enum ToControl {
 /// The longest an idle worker sleeps in `poll` before looking at its rings again (ms).
 const IDLE_MAX_WAIT_MS: u32 = 50;
 
-/// Passes without packets a worker makes before it sleeps in `poll`: a pass that finds
-/// nothing reads only its rings (no system call), so a short spin catches the next packets of
-/// a burst without a sleep and a wake-up, and an idle worker still gives the CPU back within
-/// microseconds.
+/// The most passes without packets a worker makes before it sleeps in `poll`: a pass that
+/// finds nothing reads only its rings (no system call), so a short spin catches the next
+/// packets of a burst without a sleep and a wake-up, and an idle worker still gives the CPU back
+/// within microseconds. The spin adapts ([`Spin`]): at most this many passes, at least one.
 pub const SPIN_PASSES: u32 = 64;
+
+/// How long a worker spins before it sleeps, learnt from what spinning found: a spin that ended
+/// in packets doubles the next one (up to [`SPIN_PASSES`]), a spin that ended in a sleep halves it
+/// (down to one pass). Packets that come in bursts keep the spin long; packets that come one by
+/// one, further apart than a spin lasts, make it short, so the worker does not burn passes that
+/// never find anything before each sleep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Spin {
+    passes: u32,
+}
+
+impl Default for Spin {
+    fn default() -> Self {
+        Self {
+            passes: SPIN_PASSES,
+        }
+    }
+}
+
+impl Spin {
+    /// Passes without packets to make before sleeping.
+    pub fn passes(self) -> u32 {
+        self.passes
+    }
+
+    /// Packets came after `empty` passes without any: learn from it. `empty` 0 (packets on
+    /// consecutive passes) teaches nothing; up to [`Self::passes`] the spin caught them; beyond,
+    /// the worker had slept.
+    pub fn packets_after(&mut self, empty: u32) {
+        if empty == 0 {
+            return;
+        }
+        self.passes = if empty <= self.passes {
+            self.passes.saturating_mul(2).min(SPIN_PASSES)
+        } else {
+            (self.passes / 2).max(1)
+        };
+    }
+}
 
 /// The workers' keys, for an [`arc_swap::Cache`].
 struct KeysOf(Arc<Shared>);
@@ -460,7 +499,7 @@ impl Worker {
     ///
     /// One pass: take back completed frames, refill the fill rings, receive from each side and
     /// handle what came, kick the TX rings. A pass that received nothing reads no clock and no
-    /// keys; after [`SPIN_PASSES`] such passes in a row the worker sleeps in `poll`
+    /// keys; after [`Spin::passes`] such passes in a row (at most [`SPIN_PASSES`]) the worker sleeps in `poll`
     /// (`idle`). Keys and paths are read through caches (one atomic load each per
     /// pass with packets while they are unchanged: no reference count shared with the other
     /// workers is touched). The busy time costs one thread-clock read per pass with packets
@@ -474,6 +513,7 @@ impl Worker {
         let mut paths = Cache::new(PathsOf(Arc::clone(&self.shared)));
         let mut last_publish = Instant::now();
         let mut idle_rounds = 0u32;
+        let mut spin = Spin::default();
         // The thread clock at the end of the last pass, if that pass had packets.
         let mut busy_since: Option<u64> = None;
         while !self.shared.stop.load(Ordering::Relaxed) {
@@ -498,6 +538,7 @@ impl Worker {
             self.qp.outer.flush();
             match started {
                 Some(started) => {
+                    spin.packets_after(idle_rounds);
                     idle_rounds = 0;
                     let now = sys::thread_cpu_ns();
                     bump(&self.stats().busy_ns, now.saturating_sub(started));
@@ -505,14 +546,14 @@ impl Worker {
                 }
                 None => {
                     busy_since = None;
-                    if idle_rounds >= SPIN_PASSES {
-                        self.idle(idle_rounds - SPIN_PASSES);
+                    if idle_rounds >= spin.passes() {
+                        self.idle(idle_rounds - spin.passes());
                     }
                     idle_rounds = idle_rounds.saturating_add(1);
                 }
             }
             // The clock only on passes with packets and before sleeping (not while spinning).
-            if (started.is_some() || idle_rounds > SPIN_PASSES)
+            if (started.is_some() || idle_rounds > spin.passes())
                 && last_publish.elapsed() >= Duration::from_millis(100)
             {
                 last_publish = Instant::now();
@@ -711,6 +752,25 @@ fn recycle_frames<'b>(mut v: Vec<FrameBuf<'_>>) -> Vec<FrameBuf<'b>> {
 mod policy_tests {
     use super::decide::{ETH_P_IP, ETH_P_IPV6, is_fragment};
     use super::*;
+
+    #[test]
+    fn the_spin_grows_when_it_catches_packets_and_shrinks_when_the_worker_slept() {
+        let mut spin = Spin::default();
+        assert_eq!(spin.passes(), SPIN_PASSES);
+        // Packets one by one, each after a sleep: down to one pass, never zero.
+        for want in [32, 16, 8, 4, 2, 1, 1] {
+            spin.packets_after(spin.passes() + 1);
+            assert_eq!(spin.passes(), want);
+        }
+        // Back-to-back passes with packets teach nothing.
+        spin.packets_after(0);
+        assert_eq!(spin.passes(), 1);
+        // A burst caught by the spin: doubling back to the cap.
+        for want in [2, 4, 8, 16, 32, 64, 64] {
+            spin.packets_after(spin.passes());
+            assert_eq!(spin.passes(), want);
+        }
+    }
 
     #[test]
     fn icmp_answers_are_rate_limited() {
