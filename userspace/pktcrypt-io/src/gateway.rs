@@ -213,7 +213,7 @@ const IDLE_MAX_WAIT_MS: u32 = 50;
 /// The most passes without packets a worker makes before it sleeps in `poll`: a pass that
 /// finds nothing reads only its rings (no system call), so a short spin catches the next
 /// packets of a burst without a sleep and a wake-up, and an idle worker still gives the CPU back
-/// within microseconds. The spin adapts ([`Spin`]): at most this many passes, at least one.
+/// within microseconds. The spin adapts (`Spin`): at most this many passes, at least one.
 pub const SPIN_PASSES: u32 = 64;
 
 /// How long a worker spins before it sleeps, learnt from what spinning found: a spin that ended
@@ -222,7 +222,7 @@ pub const SPIN_PASSES: u32 = 64;
 /// one, further apart than a spin lasts, make it short, so the worker does not burn passes that
 /// never find anything before each sleep.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Spin {
+struct Spin {
     passes: u32,
 }
 
@@ -236,14 +236,14 @@ impl Default for Spin {
 
 impl Spin {
     /// Passes without packets to make before sleeping.
-    pub fn passes(self) -> u32 {
+    fn passes(self) -> u32 {
         self.passes
     }
 
     /// Packets came after `empty` passes without any: learn from it. `empty` 0 (packets on
     /// consecutive passes) teaches nothing; up to [`Self::passes`] the spin caught them; beyond,
     /// the worker had slept.
-    pub fn packets_after(&mut self, empty: u32) {
+    fn packets_after(&mut self, empty: u32) {
         if empty == 0 {
             return;
         }
@@ -499,8 +499,8 @@ impl Worker {
     ///
     /// One pass: take back completed frames, refill the fill rings, receive from each side and
     /// handle what came, kick the TX rings. A pass that received nothing reads no clock and no
-    /// keys; after [`Spin::passes`] such passes in a row (at most [`SPIN_PASSES`]) the worker sleeps in `poll`
-    /// (`idle`). Keys and paths are read through caches (one atomic load each per
+    /// keys; after some such passes in a row (`Spin`: 1 to [`SPIN_PASSES`], learnt) the worker
+    /// sleeps in `poll` (`idle`). Keys and paths are read through caches (one atomic load each per
     /// pass with packets while they are unchanged: no reference count shared with the other
     /// workers is touched). The busy time costs one thread-clock read per pass with packets
     /// while passes with packets follow each other (the end of one is the start of the next).
